@@ -1,0 +1,1 @@
+//! (placeholder: this crate is not written yet)
