@@ -1,1 +1,37 @@
-//! (placeholder)
+//! Paillier encryption (with g = N + 1) on crypto-bigint, as veil's servers
+//! need it: key generation, validation and files; decryption and key-owner
+//! encryption through the CRT; randomness computed off the critical path
+//! (pools, fixed-base tables); homomorphic addition, plaintext addition and
+//! signed scalar multiplication; packing many small values into one
+//! plaintext; and dot and matrix-vector products as multi-exponentiations.
+//! Plaintexts are residues modulo N read as signed integers in (-N/2, N/2).
+//! Secret-key arithmetic is constant time and the secret key is zeroized on
+//! drop; everything decoded from outside (keys, ciphertexts) is validated.
+//!
+//! # Randomness
+//!
+//! The crate offers three sources of encryption noise with different costs
+//! and assumptions; see [`randomness`] for which assumption each rests on.
+
+mod mont;
+mod ciphertext;
+pub mod counter;
+mod crt;
+mod error;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
+mod keys;
+mod multiexp;
+mod pack;
+mod plaintext;
+pub mod randomness;
+
+pub use ciphertext::{Ciphertext, Noise};
+pub use crypto_bigint::BoxedUint;
+pub use error::{PaillierError, Result};
+pub use ethnum::I256;
+pub use keys::{KeySize, PublicKey, SecretKey, generate_keypair, warn_if_exposed, write_secret_file};
+pub use multiexp::PreparedBases;
+pub use pack::{MAX_VALUE_BITS, PackLayout};
+pub use plaintext::{Plaintext, Signed};
+pub use randomness::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, PoolStats};

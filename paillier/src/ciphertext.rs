@@ -1,0 +1,300 @@
+//! Ciphertexts, encryption, decryption and the homomorphic operations.
+
+use crate::error::{PaillierError, Result};
+use crate::keys::{PublicKey, SecretKey, random_below};
+use crate::mont::{Elem, Modulus};
+use crate::plaintext::{Plaintext, i256_magnitude};
+use crypto_bigint::{ConcatenatingMul, BoxedUint, Gcd, Resize};
+use ethnum::I256;
+use rand_core::CryptoRng;
+use zeroize::Zeroize;
+
+/// A Paillier ciphertext, kept in the Montgomery domain of N² so that the
+/// homomorphic operations cost one multiplication each. It remembers its key,
+/// so it can be encoded and compared on its own.
+#[derive(Clone)]
+pub struct Ciphertext {
+    pub(crate) key: PublicKey,
+    pub(crate) elem: Elem,
+}
+
+impl PartialEq for Ciphertext {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.key.ctx().equal(&self.elem, &other.elem)
+    }
+}
+
+impl Eq for Ciphertext {}
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.to_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(6)..];
+        write!(f, "Ciphertext(..{})", hex::encode(tail))
+    }
+}
+
+/// Encryption noise: an N-th residue `r^N mod N²` (or `h^α` in fixed-base
+/// mode), in the Montgomery domain. Anyone who learns it can strip it from
+/// the ciphertext, and using it twice links two ciphertexts, so it is
+/// consumed by value and zeroized when dropped.
+pub struct Noise(pub(crate) Elem);
+
+impl Noise {
+    /// The value, leaving an empty shell to be dropped.
+    pub(crate) fn into_elem(mut self) -> Elem {
+        Elem(std::mem::take(&mut self.0.0))
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl PublicKey {
+    pub(crate) fn ctx(&self) -> &Modulus {
+        &self.inner.nn_ctx
+    }
+
+    /// `g^m = 1 + m·N mod N²` in the Montgomery domain, for m in `[0, N)`.
+    pub(crate) fn g_pow(&self, m: &BoxedUint) -> Elem {
+        let wide = 2 * self.bits();
+        let product = m.resize_unchecked(self.bits()).concatenating_mul(&self.inner.n).resize_unchecked(wide);
+        let value = product.wrapping_add(&BoxedUint::one_with_precision(wide));
+        self.ctx().to_mont(&value)
+    }
+
+    fn wrap(&self, elem: Elem) -> Ciphertext {
+        Ciphertext {
+            key: self.clone(),
+            elem,
+        }
+    }
+
+    /// Fresh randomness the textbook way: `r^N mod N²` for uniform r in
+    /// Z*_N (a full exponentiation: about 2.4k multiplications modulo N² for
+    /// N of 2048 bits). Rests on the decisional composite residuosity
+    /// assumption. Variable time only in the public exponent N.
+    pub fn fresh_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Noise {
+        let n_nz = self.inner.n_odd.as_nz_ref();
+        let r = loop {
+            let r = random_below(rng, n_nz);
+            if r.gcd(&self.inner.n).is_one().to_bool() {
+                break r;
+            }
+        };
+        let ctx = self.ctx();
+        let base = ctx.to_mont(&r);
+        Noise(ctx.pow_vartime(&base, &self.inner.n))
+    }
+
+    /// The textbook noise `r^N mod N²` for a given `r` in Z*_N, for
+    /// known-answer tests and interoperability checks against other
+    /// implementations. Never reuse an `r` for real encryptions.
+    pub fn noise_from_r(&self, r: &BoxedUint) -> Result<Noise> {
+        if r.bit_width_vartime() > self.bits() {
+            return Err(PaillierError::PlaintextRange("r is not below N".into()));
+        }
+        let r = r.clone().resize_unchecked(self.bits());
+        if r >= self.inner.n || !r.gcd(&self.inner.n).is_one().to_bool() {
+            return Err(PaillierError::PlaintextRange("r is not a unit modulo N".into()));
+        }
+        let ctx = self.ctx();
+        Ok(Noise(ctx.pow_vartime(&ctx.to_mont(&r), &self.inner.n)))
+    }
+
+    /// Encrypts with the given noise: `(1 + m·N)·noise mod N²`.
+    pub fn encrypt_with_noise(&self, m: &Plaintext, noise: Noise) -> Result<Ciphertext> {
+        self.check_plaintext(m)?;
+        let g = self.g_pow(&m.residue);
+        Ok(self.wrap(self.ctx().mul(&g, &noise.0)))
+    }
+
+    /// Encrypts a machine integer with the given noise.
+    pub fn encrypt_i128(&self, value: i128, noise: Noise) -> Ciphertext {
+        let plaintext = self.encode_i128(value);
+        let g = self.g_pow(&plaintext.residue);
+        self.wrap(self.ctx().mul(&g, &noise.0))
+    }
+
+    /// Encrypts with fresh textbook randomness (a full exponentiation).
+    pub fn encrypt<R: CryptoRng + ?Sized>(&self, m: &Plaintext, rng: &mut R) -> Result<Ciphertext> {
+        let noise = self.fresh_noise(rng);
+        self.encrypt_with_noise(m, noise)
+    }
+
+    /// The trivial encryption of `m` (noise 1). Not hiding: only for
+    /// constants that are public anyway.
+    pub fn encrypt_trivial(&self, m: &Plaintext) -> Result<Ciphertext> {
+        self.check_plaintext(m)?;
+        Ok(self.wrap(self.g_pow(&m.residue)))
+    }
+
+    /// The trivial encryption of zero (the identity for [`PublicKey::add`]).
+    pub fn zero_ciphertext(&self) -> Ciphertext {
+        self.wrap(self.ctx().one())
+    }
+
+    /// `[[a + b]]`: one multiplication.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
+        self.wrap(self.ctx().mul(&a.elem, &b.elem))
+    }
+
+    /// `a ← [[a + b]]` in place.
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) {
+        self.ctx().mul_assign(&mut a.elem, &b.elem);
+    }
+
+    /// `[[a - b]]`: an inversion and a multiplication.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
+        self.add(a, &self.neg(b))
+    }
+
+    /// `[[a + k]]` for a public constant k: one multiplication by `1 + k·N`.
+    pub fn add_plain(&self, a: &Ciphertext, k: &Plaintext) -> Result<Ciphertext> {
+        self.check_plaintext(k)?;
+        Ok(self.wrap(self.ctx().mul(&a.elem, &self.g_pow(&k.residue))))
+    }
+
+    /// `[[a + k]]` for a machine-integer constant.
+    pub fn add_i128(&self, a: &Ciphertext, k: i128) -> Ciphertext {
+        let k = self.encode_i128(k);
+        self.wrap(self.ctx().mul(&a.elem, &self.g_pow(&k.residue)))
+    }
+
+    /// `[[-a]]`: the inverse modulo N² (variable time; ciphertexts are public).
+    pub fn neg(&self, a: &Ciphertext) -> Ciphertext {
+        // Every validated ciphertext is a unit, so the inverse exists; a
+        // non-unit can only come from a caller mixing keys.
+        let inv = self.ctx().invert_vartime(&a.elem, &self.inner.nn);
+        self.wrap(inv.unwrap_or_else(|| a.elem.clone()))
+    }
+
+    /// `[[k·a]]` for a signed scalar (variable time in k).
+    pub fn mul_scalar(&self, a: &Ciphertext, k: I256) -> Ciphertext {
+        let (negative, magnitude) = i256_magnitude(k);
+        self.mul_signed_magnitude(a, negative, &magnitude)
+    }
+
+    /// `[[k·a]]` for a machine-integer scalar (variable time in k).
+    pub fn mul_i128(&self, a: &Ciphertext, k: i128) -> Ciphertext {
+        let base = if k < 0 { self.neg(a) } else { a.clone() };
+        self.wrap(self.ctx().pow_u128(&base.elem, k.unsigned_abs()))
+    }
+
+    /// `[[k·a]]` for a scalar given as sign and magnitude of any size.
+    pub fn mul_signed_magnitude(&self, a: &Ciphertext, negative: bool, magnitude: &BoxedUint) -> Ciphertext {
+        let base = if negative { self.neg(a) } else { a.clone() };
+        self.wrap(self.ctx().pow_vartime(&base.elem, magnitude))
+    }
+
+    /// Re-randomizes: multiplies by fresh noise, so the result cannot be
+    /// linked to the input by anyone without the secret key.
+    pub fn rerandomize(&self, a: &Ciphertext, noise: Noise) -> Ciphertext {
+        self.wrap(self.ctx().mul(&a.elem, &noise.0))
+    }
+
+    /// The encryption of zero with the given noise.
+    pub fn encrypt_zero(&self, noise: Noise) -> Ciphertext {
+        self.wrap(noise.0.clone())
+    }
+
+    /// Decodes and validates a ciphertext: exact length, below N², and a
+    /// unit modulo N² (coprime with N).
+    pub fn ciphertext_from_bytes(&self, bytes: &[u8]) -> Result<Ciphertext> {
+        let expected = self.ciphertext_len();
+        if bytes.len() != expected {
+            return Err(PaillierError::CiphertextLength {
+                got: bytes.len(),
+                expected,
+            });
+        }
+        let value = BoxedUint::from_be_slice(bytes, 2 * self.bits())
+            .map_err(|e| PaillierError::Encoding(format!("ciphertext: {e:?}")))?;
+        self.ciphertext_from_uint(&value)
+    }
+
+    /// Validates a ciphertext given as an integer.
+    pub fn ciphertext_from_uint(&self, value: &BoxedUint) -> Result<Ciphertext> {
+        let bits = 2 * self.bits();
+        if value.bit_width_vartime() > bits {
+            return Err(PaillierError::CiphertextOutOfRange);
+        }
+        let value = value.resize_unchecked(bits);
+        if value >= *self.inner.nn.as_ref() {
+            return Err(PaillierError::CiphertextOutOfRange);
+        }
+        let reduced = value.rem_vartime(self.inner.n_odd.as_nz_ref()).resize_unchecked(self.bits());
+        if !reduced.gcd(&self.inner.n).is_one().to_bool() {
+            return Err(PaillierError::CiphertextNotUnit);
+        }
+        Ok(self.wrap(self.ctx().to_mont(&value)))
+    }
+
+    pub(crate) fn check_plaintext(&self, m: &Plaintext) -> Result<()> {
+        if m.key != *self {
+            return Err(PaillierError::KeyMismatch);
+        }
+        Ok(())
+    }
+}
+
+impl Ciphertext {
+    /// Canonical encoding: big-endian, exactly `2·bits/8` bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_uint().to_be_bytes().to_vec()
+    }
+
+    /// The ciphertext as an integer in `[0, N²)`.
+    pub fn to_uint(&self) -> BoxedUint {
+        self.key
+            .ctx()
+            .from_mont(&self.elem)
+            .resize_unchecked(2 * self.key.bits())
+    }
+
+    /// The key this ciphertext belongs to.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.key
+    }
+}
+
+impl SecretKey {
+    /// Decrypts with the CRT: two exponentiations with exponents of half the
+    /// size modulo p² and q². Constant time in the key.
+    pub fn decrypt(&self, c: &Ciphertext) -> Result<Plaintext> {
+        let public = self.public_key();
+        if c.key != *public {
+            return Err(PaillierError::KeyMismatch);
+        }
+        let residue = self.crt.decrypt(&c.to_uint()).resize_unchecked(public.bits());
+        Ok(Plaintext {
+            key: public.clone(),
+            residue,
+        })
+    }
+
+    /// Decrypts to a machine integer (an error if it does not fit).
+    pub fn decrypt_i128(&self, c: &Ciphertext) -> Result<i128> {
+        self.decrypt(c)?.to_i128()
+    }
+
+    /// Fresh noise through the CRT (two half-size exponentiations), with the
+    /// distribution of textbook `r^N mod N²`.
+    pub fn crt_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Noise {
+        let public = self.public_key();
+        match self.crt.noise(rng) {
+            Some(value) => Noise(public.ctx().to_mont(&value)),
+            // Imported keys where q divides p-1 take the textbook route.
+            None => public.fresh_noise(rng),
+        }
+    }
+
+    /// Encrypts with CRT noise.
+    pub fn encrypt<R: CryptoRng + ?Sized>(&self, m: &Plaintext, rng: &mut R) -> Result<Ciphertext> {
+        let noise = self.crt_noise(rng);
+        self.public_key().encrypt_with_noise(m, noise)
+    }
+}

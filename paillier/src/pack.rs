@@ -1,0 +1,190 @@
+//! Packing many small signed values into one plaintext, homomorphically.
+//!
+//! Slot i of a packed plaintext holds `v_i + 2^b` in `b + 2` bits, where
+//! `|v_i| < 2^b`: the bias makes every slot non-negative, and the top bit of
+//! each slot stays zero for in-range values, so a value that broke its bound
+//! is detected on unpacking instead of silently corrupting its neighbour.
+
+use crate::ciphertext::Ciphertext;
+use crate::error::{PaillierError, Result};
+use crate::keys::PublicKey;
+use crate::plaintext::Plaintext;
+use crypto_bigint::{BoxedUint, Resize};
+use ethnum::I256;
+use rayon::prelude::*;
+
+/// How values are laid out in a packed plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackLayout {
+    /// Every packed value satisfies `|v| < 2^value_bits`.
+    pub value_bits: u32,
+    /// Bits per slot: `value_bits + 2` (sign bias and guard bit).
+    pub slot_bits: u32,
+    /// Slots per plaintext.
+    pub slots: usize,
+}
+
+/// The largest value bound a slot may have: slot contents are read back as
+/// 256-bit integers.
+pub const MAX_VALUE_BITS: u32 = 250;
+
+impl PackLayout {
+    /// Ciphertexts needed for `count` values.
+    pub fn ciphertexts_for(&self, count: usize) -> usize {
+        count.div_ceil(self.slots)
+    }
+}
+
+impl PublicKey {
+    /// The layout for values bounded by `|v| < 2^value_bits`: as many slots
+    /// as fit below N with one bit to spare.
+    pub fn pack_layout(&self, value_bits: u32) -> Result<PackLayout> {
+        if value_bits == 0 || value_bits > MAX_VALUE_BITS {
+            return Err(PaillierError::Packing(format!(
+                "value bound of {value_bits} bits is outside 1..={MAX_VALUE_BITS}"
+            )));
+        }
+        let slot_bits = value_bits + 2;
+        let slots = ((self.bits() - 1) / slot_bits) as usize;
+        Ok(PackLayout {
+            value_bits,
+            slot_bits,
+            slots,
+        })
+    }
+
+    fn check_layout(&self, layout: &PackLayout, count: usize) -> Result<()> {
+        let expected = self.pack_layout(layout.value_bits)?;
+        if layout.slot_bits != expected.slot_bits || layout.slots > expected.slots {
+            return Err(PaillierError::Packing(format!(
+                "layout {layout:?} does not fit this {}-bit key",
+                self.bits()
+            )));
+        }
+        if count > layout.slots {
+            return Err(PaillierError::Packing(format!(
+                "{count} values do not fit in {} slots",
+                layout.slots
+            )));
+        }
+        if count == 0 {
+            return Err(PaillierError::Packing("nothing to pack".into()));
+        }
+        Ok(())
+    }
+
+    /// The bias added to `count` slots: `Σ 2^value_bits · 2^(slot_bits·i)`.
+    fn pack_bias(&self, layout: &PackLayout, count: usize) -> BoxedUint {
+        let mut bias = BoxedUint::zero_with_precision(self.bits());
+        for i in 0..count {
+            let bit = layout.slot_bits * i as u32 + layout.value_bits;
+            bias = bias.bitor(&BoxedUint::one_with_precision(self.bits()).shl(bit));
+        }
+        bias
+    }
+
+    /// Packs up to `layout.slots` ciphertexts into one, value 0 in the lowest
+    /// slot, by Horner's rule: `slot_bits` squarings per value plus one
+    /// multiplication, and one more for the bias. The caller vouches for the
+    /// bound `|v| < 2^value_bits` (it cannot be checked under encryption);
+    /// [`Plaintext::unpack`] detects violations through the guard bits.
+    pub fn pack(&self, layout: &PackLayout, values: &[Ciphertext]) -> Result<Ciphertext> {
+        self.check_layout(layout, values.len())?;
+        let mut iter = values.iter().rev();
+        let Some(top) = iter.next() else {
+            return Err(PaillierError::Packing("nothing to pack".into()));
+        };
+        let ctx = self.ctx();
+        let mut acc = top.elem.clone();
+        for value in iter {
+            for _ in 0..layout.slot_bits {
+                ctx.sqr_assign(&mut acc);
+            }
+            ctx.mul_assign(&mut acc, &value.elem);
+        }
+        let bias = self.pack_bias(layout, values.len());
+        ctx.mul_assign(&mut acc, &self.g_pow(&bias));
+        Ok(Ciphertext {
+            key: self.clone(),
+            elem: acc,
+        })
+    }
+
+    /// Packs any number of ciphertexts, in chunks of `layout.slots`, in
+    /// parallel.
+    pub fn pack_all(&self, layout: &PackLayout, values: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        if layout.slots == 0 {
+            return Err(PaillierError::Packing("layout has no slots".into()));
+        }
+        values
+            .par_chunks(layout.slots)
+            .map(|chunk| self.pack(layout, chunk))
+            .collect()
+    }
+
+    /// Packs plaintext values the same way (for checking, and for packing
+    /// values the encryptor knows in the clear).
+    pub fn pack_plain(&self, layout: &PackLayout, values: &[I256]) -> Result<Plaintext> {
+        self.check_layout(layout, values.len())?;
+        let bound = I256::ONE << layout.value_bits;
+        let mut acc = BoxedUint::zero_with_precision(self.bits());
+        for (i, v) in values.iter().enumerate() {
+            if *v >= bound || *v <= -bound {
+                return Err(PaillierError::Packing(format!(
+                    "value {i} ({v}) exceeds the slot bound 2^{}",
+                    layout.value_bits
+                )));
+            }
+            let biased = (*v + bound).as_u256();
+            let (hi, lo) = biased.into_words();
+            let slot = BoxedUint::from_words([lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64])
+                .resize_unchecked(self.bits())
+                .shl(layout.slot_bits * i as u32);
+            acc = acc.bitor(&slot);
+        }
+        self.plaintext_from_residue(&acc)
+    }
+}
+
+impl Plaintext {
+    /// Reads `count` values laid out by `layout`, checking every guard bit
+    /// and that nothing lies above the last slot.
+    pub fn unpack(&self, layout: &PackLayout, count: usize) -> Result<Vec<I256>> {
+        self.key.check_layout(layout, count)?;
+        let residue = &self.residue;
+        let used = layout.slot_bits * count as u32;
+        if residue.bit_width_vartime() > used {
+            return Err(PaillierError::Packing(format!(
+                "packed plaintext has {} bits, more than {count} slots of {} bits: a value broke its bound",
+                residue.bit_width_vartime(),
+                layout.slot_bits
+            )));
+        }
+        let bias = I256::ONE << layout.value_bits;
+        (0..count)
+            .map(|i| {
+                let start = layout.slot_bits * i as u32;
+                let slot = read_bits(residue, start, layout.slot_bits);
+                if slot >= bias << 1 {
+                    return Err(PaillierError::Packing(format!(
+                        "slot {i} overflowed its guard bit: a value broke its bound 2^{}",
+                        layout.value_bits
+                    )));
+                }
+                Ok(slot - bias)
+            })
+            .collect()
+    }
+}
+
+/// Bits `start..start+len` of `value` (len at most 255) as a non-negative I256.
+fn read_bits(value: &BoxedUint, start: u32, len: u32) -> I256 {
+    let mut out = I256::ZERO;
+    for b in (0..len).rev() {
+        out <<= 1;
+        if value.bit_vartime(start + b) {
+            out |= I256::ONE;
+        }
+    }
+    out
+}
