@@ -1,1 +1,33 @@
-//! (placeholder: this crate is not written yet)
+//! veil-model owns everything about the neural network itself: importing an
+//! ONNX file (tract-onnx) into alternating linear and activation stages,
+//! fusing consecutive linear operators and quantizing them to fixed point
+//! (weights at `2^w`, activations at `2^f`, biases at `2^(f+w)`), bounding
+//! every intermediate value by interval arithmetic, the public [`Topology`]
+//! (shapes, kinds, bounds; no weight) with its fingerprint, the private
+//! [`Plan`] that only server A loads, and the two references that protocol
+//! runs are checked against: the float one (tract runs the ONNX graph) and
+//! the integer one ([`Model::run_int`]) whose semantics — including the
+//! truncation rule and max-pool tie-breaking with injected randomness — the
+//! private protocol reproduces bit for bit. It also loads the MNIST and Pima
+//! data sets shipped in `data/`.
+
+mod affine;
+pub mod data;
+mod error;
+mod fixed;
+mod import;
+mod model;
+mod plan;
+mod topology;
+
+pub use error::ModelError;
+pub use fixed::{
+    ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, permute_eval,
+    truncate,
+};
+pub use import::INPUT_BOUNDS_KEY;
+pub use model::{ImportOptions, MAX_BOUND_BITS, Model, activate};
+pub use plan::{ConvGeometry, LinearLayer, Plan};
+pub use topology::{
+    ActivationKind, ActivationSpec, LinearKind, LinearSpec, PoolSpec, Stage, Topology,
+};

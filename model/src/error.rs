@@ -1,0 +1,72 @@
+use thiserror::Error;
+
+/// Everything that can go wrong while importing, encoding or running a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed ONNX model: {0}")]
+    MalformedOnnx(String),
+    #[error("unsupported ONNX operator {op_type} (node {node:?}){detail}")]
+    UnsupportedOperator {
+        op_type: String,
+        node: String,
+        detail: String,
+    },
+    #[error("unsupported use of {op_type} (node {node:?}): {reason}")]
+    UnsupportedUsage {
+        op_type: String,
+        node: String,
+        reason: String,
+    },
+    #[error("unsupported graph structure: {0}")]
+    UnsupportedGraph(String),
+    #[error(
+        "no input bounds: pass ImportOptions::input_bounds or a calibration set, or embed \
+         metadata_props \"veil.input_bounds\" in the ONNX file"
+    )]
+    MissingInputBounds,
+    #[error("invalid input bounds: {0}")]
+    InvalidBounds(String),
+    #[error("invalid fixed-point parameters: {0}")]
+    InvalidFixedPoint(String),
+    #[error("value bound of stage {stage} needs {bits} bits, more than the supported 100")]
+    BoundTooLarge { stage: usize, bits: u32 },
+    #[error("weight {value} of stage {stage} does not fit a 64-bit fixed-point integer")]
+    WeightTooLarge { stage: usize, value: f64 },
+    #[error("layer {what} would need {weights} dense weights (limit {limit})")]
+    TooLarge {
+        what: String,
+        weights: usize,
+        limit: usize,
+    },
+    #[error("expected {expected} values, got {got}")]
+    LengthMismatch { expected: usize, got: usize },
+    #[error("feature {index} = {value} is outside its bounds [{lo}, {hi}]")]
+    InputOutOfBounds {
+        index: usize,
+        value: f64,
+        lo: f64,
+        hi: f64,
+    },
+    #[error("feature {index} encodes to {encoded}, not below 2^{bits} in magnitude")]
+    EncodedInputTooLarge {
+        index: usize,
+        encoded: i128,
+        bits: u32,
+    },
+    #[error("stage {stage}: {reason}")]
+    InvalidMode { stage: usize, reason: String },
+    #[error("integer overflow in stage {stage}")]
+    Overflow { stage: usize },
+    #[error("float reference (tract) failed: {0}")]
+    Tract(String),
+    #[error("topology encoding: {0}")]
+    Encoding(String),
+    #[error("malformed data file {path}: {reason}")]
+    MalformedData { path: String, reason: String },
+}

@@ -1,0 +1,162 @@
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+use crate::topology::ActivationKind;
+
+/// Fixed-point parameters: activations carry `frac_bits` fraction bits,
+/// weights `weight_bits`, so a linear output has scale `2^(f+w)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FixedPoint {
+    pub frac_bits: u32,
+    pub weight_bits: u32,
+}
+
+impl Default for FixedPoint {
+    fn default() -> Self {
+        FixedPoint {
+            frac_bits: 16,
+            weight_bits: 16,
+        }
+    }
+}
+
+impl FixedPoint {
+    /// Both sizes must leave room for `2w`-bit leaky-ReLU products and for
+    /// f64 scale factors; 1..=30 is far more than any model needs.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        for (name, v) in [
+            ("frac_bits", self.frac_bits),
+            ("weight_bits", self.weight_bits),
+        ] {
+            if !(1..=30).contains(&v) {
+                return Err(ModelError::InvalidFixedPoint(format!(
+                    "{name} = {v}, expected 1..=30"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scale of a linear stage's output.
+    pub fn linear_scale_bits(&self) -> u32 {
+        self.frac_bits + self.weight_bits
+    }
+}
+
+/// How server B evaluates one activation stage (DESIGN §3.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivationMode {
+    /// B sees only signs (and, for pools, in-window order); positively
+    /// homogeneous functions only.
+    Blind,
+    /// B sees the shuffled values and evaluates the function in f64.
+    Permute,
+}
+
+/// The randomness that the private protocol injects into truncation and
+/// max-pool tie-breaking. Implementations must be pure functions of their
+/// arguments so that A (which derives them from a PRF) and the reference
+/// agree bit for bit.
+pub trait RoundingSource {
+    /// Uniform in `[0, 2^bits)`.
+    fn offset(&self, stage: usize, index: usize, which: u8, bits: u32) -> u128;
+    /// Rank used to break ties between equal maxima of a pooling window.
+    fn tie_rank(&self, stage: usize, window: usize, position: usize) -> u64;
+}
+
+/// Plain floor truncation and first-position tie-breaking.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FloorRounding;
+
+impl RoundingSource for FloorRounding {
+    fn offset(&self, _stage: usize, _index: usize, _which: u8, _bits: u32) -> u128 {
+        0
+    }
+    fn tie_rank(&self, _stage: usize, _window: usize, position: usize) -> u64 {
+        position as u64
+    }
+}
+
+/// Keyed pseudo-random offsets: SHA-256 over (key, label, stage, index, which).
+#[derive(Clone)]
+pub struct SeededRounding {
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for SeededRounding {
+    // The key is a secret of server A.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeededRounding { .. }")
+    }
+}
+
+impl SeededRounding {
+    fn hash(&self, label: &[u8], a: usize, b: usize, c: u64) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(label);
+        h.update((a as u64).to_le_bytes());
+        h.update((b as u64).to_le_bytes());
+        h.update(c.to_le_bytes());
+        h.finalize().into()
+    }
+}
+
+impl RoundingSource for SeededRounding {
+    fn offset(&self, stage: usize, index: usize, which: u8, bits: u32) -> u128 {
+        let d = self.hash(b"off", stage, index, u64::from(which));
+        let mut v = [0u8; 16];
+        v.copy_from_slice(&d[..16]);
+        let v = u128::from_le_bytes(v);
+        if bits >= 128 {
+            v
+        } else {
+            v & ((1u128 << bits) - 1)
+        }
+    }
+    fn tie_rank(&self, stage: usize, window: usize, position: usize) -> u64 {
+        let d = self.hash(b"tie", stage, window, position as u64);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(v)
+    }
+}
+
+/// `floor((v + r) / 2^k)`, the truncation rule of DESIGN §3.5; `r` is an
+/// offset in `[0, 2^k)`. Arithmetic shift is floor division toward −∞.
+pub fn truncate(v: i128, k: u32, r: u128) -> Option<i128> {
+    let r = i128::try_from(r).ok()?;
+    Some(v.checked_add(r)? >> k)
+}
+
+/// Server B's evaluation of one value in permute mode:
+/// `round(φ(v / 2^(f+w)) · 2^f)` in f64 (half away from zero). For pooling
+/// kinds `v` is already the window maximum, so φ is the identity (MaxPool) or
+/// ReLU (ReluMaxPool). Both the reference and server B call this function,
+/// so they agree bit for bit on the same platform.
+pub fn permute_eval(kind: &ActivationKind, v: i128, fixed: &FixedPoint) -> i128 {
+    let scale_in = 2f64.powi(fixed.linear_scale_bits() as i32);
+    let scale_out = 2f64.powi(fixed.frac_bits as i32);
+    let x = v as f64 / scale_in;
+    let y = match kind {
+        ActivationKind::Relu | ActivationKind::ReluMaxPool => {
+            if x > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        }
+        ActivationKind::LeakyRelu { alpha_q } => {
+            if x > 0.0 {
+                x
+            } else {
+                x * (*alpha_q as f64 / 2f64.powi(fixed.weight_bits as i32))
+            }
+        }
+        ActivationKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        ActivationKind::Tanh => x.tanh(),
+        ActivationKind::MaxPool => x,
+    };
+    (y * scale_out).round() as i128
+}

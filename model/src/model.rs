@@ -1,0 +1,737 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    Datum, Framework, InferenceFact, InferenceModelExt, IntoRunnable, Tensor, TypedRunnableModel,
+    tvec,
+};
+
+use crate::affine::Affine;
+use crate::error::ModelError;
+use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval, truncate};
+use crate::import::{FloatStage, ImportedGraph, decode, import};
+use crate::plan::{LinearLayer, Plan};
+use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
+
+/// Largest bound (in bits) accepted at any stage; the protocol's masks add
+/// σ bits on top and must stay well inside the Paillier plaintext space.
+pub const MAX_BOUND_BITS: u32 = 100;
+
+/// How to turn an ONNX file into a [`Model`].
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub fixed: FixedPoint,
+    /// Per-feature `[lo, hi]`. Takes precedence over everything else.
+    pub input_bounds: Option<Vec<(f64, f64)>>,
+    /// Rows of representative inputs: bounds are their per-feature min and
+    /// max, each side widened by `calibration_margin × max(hi − lo, |lo|, |hi|, 1)`.
+    /// Used when `input_bounds` is `None`; takes precedence over the metadata.
+    pub calibration: Option<Vec<Vec<f32>>>,
+    pub calibration_margin: f64,
+    /// Model name in the topology; defaults to the file stem or graph name.
+    pub name: Option<String>,
+    /// Largest dense matrix that fusing non-conv combinations may create.
+    pub max_dense_weights: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            fixed: FixedPoint::default(),
+            input_bounds: None,
+            calibration: None,
+            calibration_margin: 0.1,
+            name: None,
+            max_dense_weights: 4 << 20,
+        }
+    }
+}
+
+/// A model ready for private inference: public topology, private plan, and
+/// the two references (float via tract, integer via the plan).
+pub struct Model {
+    topology: Topology,
+    plan: Plan,
+    windows: Vec<Option<Vec<Vec<u32>>>>,
+    float: Arc<TypedRunnableModel>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bits(v: u128) -> u32 {
+    128 - v.leading_zeros()
+}
+
+fn interval_bits(iv: &[(i128, i128)]) -> u32 {
+    iv.iter()
+        .map(|(lo, hi)| bits(lo.unsigned_abs().max(hi.unsigned_abs())))
+        .max()
+        .unwrap_or(0)
+        .max(1)
+}
+
+fn resolve_bounds(
+    options: &ImportOptions,
+    metadata: Option<Result<Vec<(f64, f64)>, ModelError>>,
+    n: usize,
+) -> Result<Vec<(f64, f64)>, ModelError> {
+    let bounds = if let Some(b) = &options.input_bounds {
+        b.clone()
+    } else if let Some(rows) = &options.calibration {
+        calibration_bounds(rows, n, options.calibration_margin)?
+    } else if let Some(m) = metadata {
+        m?
+    } else {
+        return Err(ModelError::MissingInputBounds);
+    };
+    if bounds.len() != n {
+        return Err(ModelError::InvalidBounds(format!(
+            "{} bounds for {n} input features",
+            bounds.len()
+        )));
+    }
+    for (i, (lo, hi)) in bounds.iter().enumerate() {
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Err(ModelError::InvalidBounds(format!(
+                "feature {i}: [{lo}, {hi}]"
+            )));
+        }
+    }
+    Ok(bounds)
+}
+
+fn calibration_bounds(
+    rows: &[Vec<f32>],
+    n: usize,
+    margin: f64,
+) -> Result<Vec<(f64, f64)>, ModelError> {
+    if rows.is_empty() {
+        return Err(ModelError::InvalidBounds("empty calibration set".into()));
+    }
+    if !(margin.is_finite() && margin >= 0.0) {
+        return Err(ModelError::InvalidBounds(format!(
+            "calibration margin {margin}"
+        )));
+    }
+    let mut b = vec![(f64::INFINITY, f64::NEG_INFINITY); n];
+    for (r, row) in rows.iter().enumerate() {
+        if row.len() != n {
+            return Err(ModelError::InvalidBounds(format!(
+                "calibration row {r} has {} features, expected {n}",
+                row.len()
+            )));
+        }
+        for (i, (v, (lo, hi))) in row.iter().zip(b.iter_mut()).enumerate() {
+            let v = f64::from(*v);
+            if !v.is_finite() {
+                return Err(ModelError::InvalidBounds(format!(
+                    "calibration row {r}, feature {i}: {v}"
+                )));
+            }
+            *lo = lo.min(v);
+            *hi = hi.max(v);
+        }
+    }
+    Ok(b.into_iter()
+        .map(|(lo, hi)| {
+            let m = margin * (hi - lo).max(lo.abs()).max(hi.abs()).max(1.0);
+            (lo - m, hi + m)
+        })
+        .collect())
+}
+
+fn quantize_weight(v: f64, scale: f64, stage: usize) -> Result<i64, ModelError> {
+    let q = (v * scale).round();
+    if !q.is_finite() || q.abs() >= 2f64.powi(62) {
+        return Err(ModelError::WeightTooLarge { stage, value: v });
+    }
+    Ok(q as i64)
+}
+
+fn quantize_bias(v: f64, scale: f64, stage: usize) -> Result<i128, ModelError> {
+    let q = (v * scale).round();
+    if !q.is_finite() || q.abs() >= 2f64.powi(MAX_BOUND_BITS as i32) {
+        return Err(ModelError::BoundTooLarge {
+            stage,
+            bits: MAX_BOUND_BITS + 1,
+        });
+    }
+    Ok(q as i128)
+}
+
+fn quantize_layer(
+    affine: &Affine,
+    fixed: &FixedPoint,
+    stage: usize,
+    limit: usize,
+) -> Result<LinearLayer, ModelError> {
+    let ws = 2f64.powi(fixed.weight_bits as i32);
+    let bs = 2f64.powi(fixed.linear_scale_bits() as i32);
+    let qw = |w: &[f64]| {
+        w.iter()
+            .map(|v| quantize_weight(*v, ws, stage))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let qb = |b: &[f64]| {
+        b.iter()
+            .map(|v| quantize_bias(*v, bs, stage))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match affine {
+        Affine::Conv(c) => LinearLayer::conv(c.geometry, qw(&c.kernel)?, qb(&c.bias)?),
+        other => {
+            let (w, b) = other.to_dense(limit)?;
+            LinearLayer::dense(other.in_len(), other.out_len(), qw(&w)?, qb(&b)?)
+        }
+    }
+}
+
+/// Exact integer interval of every output of `layer` for inputs in `input`.
+fn linear_intervals(
+    layer: &LinearLayer,
+    input: &[(i128, i128)],
+    stage: usize,
+) -> Result<Vec<(i128, i128)>, ModelError> {
+    let too_large = ModelError::BoundTooLarge { stage, bits: 128 };
+    (0..layer.output_len())
+        .map(|o| {
+            let (mut lo, mut hi) = (layer.bias(o), layer.bias(o));
+            for (i, w) in layer.row(o) {
+                let (a, b) = input
+                    .get(i as usize)
+                    .copied()
+                    .ok_or(ModelError::LengthMismatch {
+                        expected: layer.input_len(),
+                        got: input.len(),
+                    })?;
+                let w = i128::from(w);
+                let (p, q) = (w.checked_mul(a), w.checked_mul(b));
+                let (p, q) = p
+                    .zip(q)
+                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
+                lo = lo
+                    .checked_add(p.min(q))
+                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
+                hi = hi
+                    .checked_add(p.max(q))
+                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
+            }
+            Ok((lo, hi))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()
+        .map_err(|e| match e {
+            ModelError::BoundTooLarge { .. } => too_large,
+            e => e,
+        })
+}
+
+fn floor_shift(v: i128, k: u32) -> i128 {
+    v >> k
+}
+
+fn ceil_shift(v: i128, k: u32) -> i128 {
+    -((-v) >> k)
+}
+
+fn union(a: Option<(i128, i128)>, b: (i128, i128)) -> (i128, i128) {
+    match a {
+        Some((lo, hi)) => (lo.min(b.0), hi.max(b.1)),
+        None => b,
+    }
+}
+
+/// Sound output interval of one activation output whose (window-max)
+/// input lies in `[lo, hi]`, for both modes where blind is allowed.
+fn activation_interval(
+    kind: &ActivationKind,
+    lo: i128,
+    hi: i128,
+    fixed: &FixedPoint,
+) -> (i128, i128) {
+    let w = fixed.weight_bits;
+    // Permute mode: φ is monotone on each side of 0, so its extremes are at
+    // lo, hi or 0; one unit of slack covers a libm that is not monotone to
+    // the last ulp.
+    let mut cands = vec![lo, hi];
+    if lo < 0 && hi > 0 {
+        cands.push(0);
+    }
+    let vals: Vec<i128> = cands
+        .iter()
+        .map(|v| permute_eval(kind, *v, fixed))
+        .collect();
+    let mut out = (
+        vals.iter().copied().min().unwrap_or(0) - 1,
+        vals.iter().copied().max().unwrap_or(0) + 1,
+    );
+    let one = 1i128 << fixed.frac_bits;
+    match kind {
+        ActivationKind::Sigmoid => out = (out.0.max(0), out.1.min(one)),
+        ActivationKind::Tanh => out = (out.0.max(-one), out.1.min(one)),
+        _ => {}
+    }
+    if !kind.supports_blind() {
+        return out;
+    }
+    let mut blind: Option<(i128, i128)> = None;
+    let positive = |lo: i128| (floor_shift(lo.max(1), w), ceil_shift(hi, w));
+    match kind {
+        ActivationKind::MaxPool => blind = Some((floor_shift(lo, w), ceil_shift(hi, w))),
+        ActivationKind::LeakyRelu { alpha_q } => {
+            if hi > 0 {
+                blind = Some(positive(lo));
+            }
+            if lo <= 0 {
+                let a = i128::from(*alpha_q);
+                let (p, q) = (a.saturating_mul(lo), a.saturating_mul(hi.min(0)));
+                blind = Some(union(
+                    blind,
+                    (floor_shift(p.min(q), 2 * w), ceil_shift(p.max(q), 2 * w)),
+                ));
+            }
+        }
+        _ => {
+            if hi > 0 {
+                blind = Some(positive(lo));
+            }
+            if lo <= 0 {
+                blind = Some(union(blind, (0, 0)));
+            }
+        }
+    }
+    match blind {
+        Some(b) => union(Some(out), b),
+        None => out,
+    }
+}
+
+impl Model {
+    /// Reads and imports an ONNX file; the model name defaults to the file stem.
+    pub fn load(path: &Path, options: &ImportOptions) -> Result<Model, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        Self::build(&bytes, options, stem)
+    }
+
+    pub fn from_bytes(onnx: &[u8], options: &ImportOptions) -> Result<Model, ModelError> {
+        Self::build(onnx, options, None)
+    }
+
+    fn build(
+        onnx: &[u8],
+        options: &ImportOptions,
+        default_name: Option<String>,
+    ) -> Result<Model, ModelError> {
+        let fixed = options.fixed;
+        fixed.validate()?;
+        let proto = decode(onnx)?;
+        let ImportedGraph {
+            graph_name,
+            input_shape,
+            stages: float_stages,
+            output_len,
+            device_softmax,
+            metadata_bounds,
+            float_proto,
+        } = import(proto, options.max_dense_weights)?;
+        let n: usize = input_shape.iter().product();
+        let input_bounds = resolve_bounds(options, metadata_bounds, n)?;
+
+        let fscale = 2f64.powi(fixed.frac_bits as i32);
+        let limit = 2f64.powi(MAX_BOUND_BITS as i32);
+        let mut intervals = Vec::with_capacity(n);
+        for (lo, hi) in &input_bounds {
+            let (a, b) = ((lo * fscale).round(), (hi * fscale).round());
+            if a.abs() >= limit || b.abs() >= limit {
+                return Err(ModelError::BoundTooLarge {
+                    stage: 0,
+                    bits: MAX_BOUND_BITS + 1,
+                });
+            }
+            intervals.push((a as i128, b as i128));
+        }
+        let input_bound_bits = interval_bits(&intervals);
+
+        let mut stages = Vec::with_capacity(float_stages.len());
+        let mut layers = Vec::with_capacity(float_stages.len());
+        let mut windows = Vec::with_capacity(float_stages.len());
+        for (s, fs) in float_stages.iter().enumerate() {
+            let (stage, layer, win, next) = match fs {
+                FloatStage::Linear(affine) => {
+                    let layer = quantize_layer(affine, &fixed, s, options.max_dense_weights)?;
+                    let z = linear_intervals(&layer, &intervals, s)?;
+                    let spec = LinearSpec {
+                        input_len: layer.input_len(),
+                        output_len: layer.output_len(),
+                        kind: layer.kind(),
+                        output_bound_bits: interval_bits(&z),
+                    };
+                    (Stage::Linear(spec), Some(layer), None, z)
+                }
+                FloatStage::Activation {
+                    kind,
+                    input_len,
+                    pool,
+                } => {
+                    let kind = kind.quantize(fixed.weight_bits);
+                    let win = pool.as_ref().map(|p| p.windows());
+                    let out: Vec<(i128, i128)> = match &win {
+                        Some(ws) => ws
+                            .iter()
+                            .map(|w| {
+                                let get =
+                                    |i: &u32| intervals.get(*i as usize).copied().unwrap_or((0, 0));
+                                let lo = w.iter().map(|i| get(i).0).max().unwrap_or(0);
+                                let hi = w.iter().map(|i| get(i).1).max().unwrap_or(0);
+                                activation_interval(&kind, lo, hi, &fixed)
+                            })
+                            .collect(),
+                        None => intervals
+                            .iter()
+                            .map(|(lo, hi)| activation_interval(&kind, *lo, *hi, &fixed))
+                            .collect(),
+                    };
+                    let spec = ActivationSpec {
+                        kind,
+                        input_len: *input_len,
+                        output_len: out.len(),
+                        pool: *pool,
+                        output_bound_bits: interval_bits(&out),
+                    };
+                    (Stage::Activation(spec), None, win, out)
+                }
+            };
+            let b = match &stage {
+                Stage::Linear(l) => l.output_bound_bits,
+                Stage::Activation(a) => a.output_bound_bits,
+            };
+            if b > MAX_BOUND_BITS || input_bound_bits > MAX_BOUND_BITS {
+                return Err(ModelError::BoundTooLarge {
+                    stage: s,
+                    bits: b.max(input_bound_bits),
+                });
+            }
+            stages.push(stage);
+            layers.push(layer);
+            windows.push(win);
+            intervals = next;
+        }
+        let output_scale_bits = match stages.last() {
+            Some(Stage::Linear(_)) => fixed.linear_scale_bits(),
+            _ => fixed.frac_bits,
+        };
+        let name = options.name.clone().or(default_name).unwrap_or_else(|| {
+            if graph_name.is_empty() {
+                "model".into()
+            } else {
+                graph_name
+            }
+        });
+        let input_shape_chw = match input_shape.as_slice() {
+            [c, h, w] => Some((*c, *h, *w)),
+            _ => None,
+        };
+        let topology = Topology {
+            name,
+            input_len: n,
+            input_shape: input_shape_chw,
+            input_bounds,
+            input_bound_bits,
+            fixed,
+            stages,
+            output_len,
+            output_scale_bits,
+            device_softmax,
+        };
+        topology.validate()?;
+
+        let mut dims = vec![1usize];
+        dims.extend_from_slice(&input_shape);
+        let tract_err = |e: tract_onnx::prelude::TractError| ModelError::Tract(format!("{e:#}"));
+        let float = tract_onnx::onnx()
+            .model_for_proto_model(&float_proto)
+            .map_err(tract_err)?
+            .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
+            .map_err(tract_err)?
+            .into_optimized()
+            .map_err(tract_err)?
+            .into_runnable()
+            .map_err(tract_err)?;
+        tracing::debug!(
+            model = %topology.name,
+            stages = topology.stages.len(),
+            fingerprint = %topology.fingerprint_hex(),
+            "imported model"
+        );
+        Ok(Model {
+            topology,
+            plan: Plan::new(layers),
+            windows,
+            float,
+        })
+    }
+
+    /// The public part: shapes, kinds, fixed-point parameters, bounds.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The private part (weights); only server A holds it.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The float reference: tract runs the ONNX graph itself (without a
+    /// final Softmax, so the result is logits).
+    pub fn run_float(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let n = self.topology.input_len;
+        if x.len() != n {
+            return Err(ModelError::LengthMismatch {
+                expected: n,
+                got: x.len(),
+            });
+        }
+        let mut dims = vec![1usize];
+        match self.topology.input_shape {
+            Some((c, h, w)) => dims.extend([c, h, w]),
+            None => dims.push(n),
+        }
+        let tract_err = |e: tract_onnx::prelude::TractError| ModelError::Tract(format!("{e:#}"));
+        let input = Tensor::from_shape(&dims, x).map_err(tract_err)?;
+        let out = self.float.run(tvec!(input.into())).map_err(tract_err)?;
+        let first = out
+            .first()
+            .ok_or_else(|| ModelError::Tract("no output".into()))?;
+        let view = first.to_plain_array_view::<f32>().map_err(tract_err)?;
+        let v: Vec<f32> = view.iter().copied().collect();
+        if v.len() != self.topology.output_len {
+            return Err(ModelError::LengthMismatch {
+                expected: self.topology.output_len,
+                got: v.len(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds.
+    pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
+        let t = &self.topology;
+        if x.len() != t.input_len {
+            return Err(ModelError::LengthMismatch {
+                expected: t.input_len,
+                got: x.len(),
+            });
+        }
+        let scale = 2f64.powi(t.fixed.frac_bits as i32);
+        let limit = 2f64.powi(t.input_bound_bits.min(63) as i32);
+        x.iter()
+            .zip(&t.input_bounds)
+            .enumerate()
+            .map(|(index, (v, (lo, hi)))| {
+                let v = f64::from(*v);
+                if !(v >= *lo && v <= *hi) {
+                    return Err(ModelError::InputOutOfBounds {
+                        index,
+                        value: v,
+                        lo: *lo,
+                        hi: *hi,
+                    });
+                }
+                let q = (v * scale).round();
+                if q.abs() >= limit {
+                    return Err(ModelError::EncodedInputTooLarge {
+                        index,
+                        encoded: q as i128,
+                        bits: t.input_bound_bits,
+                    });
+                }
+                Ok(q as i64)
+            })
+            .collect()
+    }
+
+    /// The integer reference: exactly what the private protocol computes
+    /// for these modes and this rounding randomness.
+    pub fn run_int(
+        &self,
+        x_hat: &[i64],
+        modes: &[ActivationMode],
+        rounding: &dyn RoundingSource,
+    ) -> Result<Vec<i128>, ModelError> {
+        let mut trace = self.run_int_trace(x_hat, modes, rounding)?;
+        Ok(trace.pop().unwrap_or_default())
+    }
+
+    /// Like [`Model::run_int`], returning every stage's output (index `s`
+    /// holds the output of stage `s`), for step-by-step comparison.
+    pub fn run_int_trace(
+        &self,
+        x_hat: &[i64],
+        modes: &[ActivationMode],
+        rounding: &dyn RoundingSource,
+    ) -> Result<Vec<Vec<i128>>, ModelError> {
+        let t = &self.topology;
+        if x_hat.len() != t.input_len {
+            return Err(ModelError::LengthMismatch {
+                expected: t.input_len,
+                got: x_hat.len(),
+            });
+        }
+        if modes.len() != t.stages.len() {
+            return Err(ModelError::LengthMismatch {
+                expected: t.stages.len(),
+                got: modes.len(),
+            });
+        }
+        let mut x: Vec<i128> = x_hat.iter().map(|v| i128::from(*v)).collect();
+        let mut trace = Vec::with_capacity(t.stages.len());
+        for (s, stage) in t.stages.iter().enumerate() {
+            x = match stage {
+                Stage::Linear(_) => {
+                    let layer = self.plan.layer(s).ok_or(ModelError::InvalidMode {
+                        stage: s,
+                        reason: "plan has no layer for this linear stage".into(),
+                    })?;
+                    layer.apply(&x).map_err(|e| match e {
+                        ModelError::Overflow { .. } => ModelError::Overflow { stage: s },
+                        e => e,
+                    })?
+                }
+                Stage::Activation(spec) => {
+                    let mode = modes.get(s).copied().unwrap_or(ActivationMode::Permute);
+                    let windows = self.windows.get(s).and_then(Option::as_ref);
+                    activate(s, spec, mode, windows, &x, &t.fixed, rounding)?
+                }
+            };
+            trace.push(x.clone());
+        }
+        Ok(trace)
+    }
+
+    /// Output integers to floats: divide by `2^output_scale_bits`.
+    pub fn decode_output(&self, out: &[i128]) -> Vec<f64> {
+        let scale = 2f64.powi(self.topology.output_scale_bits as i32);
+        out.iter().map(|v| *v as f64 / scale).collect()
+    }
+}
+
+/// One activation stage in integer semantics (see the crate docs).
+pub fn activate(
+    stage: usize,
+    spec: &ActivationSpec,
+    mode: ActivationMode,
+    windows: Option<&Vec<Vec<u32>>>,
+    z: &[i128],
+    fixed: &FixedPoint,
+    rounding: &dyn RoundingSource,
+) -> Result<Vec<i128>, ModelError> {
+    if z.len() != spec.input_len {
+        return Err(ModelError::LengthMismatch {
+            expected: spec.input_len,
+            got: z.len(),
+        });
+    }
+    if mode == ActivationMode::Blind && !spec.kind.supports_blind() {
+        return Err(ModelError::InvalidMode {
+            stage,
+            reason: format!("{:?} cannot be evaluated in blind mode", spec.kind),
+        });
+    }
+    let w = fixed.weight_bits;
+    let overflow = || ModelError::Overflow { stage };
+    let tr = |v: i128, k: u32, index: usize, which: u8| -> Result<i128, ModelError> {
+        truncate(v, k, rounding.offset(stage, index, which, k)).ok_or_else(overflow)
+    };
+    if spec.kind.is_pool() {
+        let owned;
+        let windows = match windows {
+            Some(ws) => ws,
+            None => {
+                owned = spec.pool.as_ref().map(|p| p.windows()).ok_or_else(|| {
+                    ModelError::InvalidMode {
+                        stage,
+                        reason: "pooling stage without a pool spec".into(),
+                    }
+                })?;
+                &owned
+            }
+        };
+        let relu = spec.kind == ActivationKind::ReluMaxPool;
+        return windows
+            .iter()
+            .enumerate()
+            .map(|(o, win)| {
+                let vals: Vec<i128> = win
+                    .iter()
+                    .map(|i| z.get(*i as usize).copied().unwrap_or(0))
+                    .collect();
+                let v = vals
+                    .iter()
+                    .copied()
+                    .max()
+                    .ok_or_else(|| ModelError::InvalidMode {
+                        stage,
+                        reason: format!("window {o} is empty"),
+                    })?;
+                match mode {
+                    ActivationMode::Permute => Ok(permute_eval(&spec.kind, v, fixed)),
+                    ActivationMode::Blind => {
+                        let mut best: Option<(u64, usize)> = None;
+                        let ties = vals.iter().filter(|x| **x == v).count();
+                        for (p, x) in vals.iter().enumerate() {
+                            if *x != v {
+                                continue;
+                            }
+                            // Ranks are only drawn when they matter.
+                            let rank = if ties > 1 {
+                                rounding.tie_rank(stage, o, p)
+                            } else {
+                                0
+                            };
+                            if best.is_none_or(|(r, _)| rank < r) {
+                                best = Some((rank, p));
+                            }
+                        }
+                        let k = best.map(|(_, p)| p).unwrap_or(0);
+                        let idx = win.get(k).copied().unwrap_or(0) as usize;
+                        if relu && v <= 0 {
+                            Ok(0)
+                        } else {
+                            tr(v, w, idx, 0)
+                        }
+                    }
+                }
+            })
+            .collect();
+    }
+    z.iter()
+        .enumerate()
+        .map(|(j, &v)| match (mode, spec.kind) {
+            (ActivationMode::Permute, kind) => Ok(permute_eval(&kind, v, fixed)),
+            (ActivationMode::Blind, ActivationKind::LeakyRelu { alpha_q }) => {
+                if v > 0 {
+                    tr(v, w, j, 0)
+                } else {
+                    let p = i128::from(alpha_q).checked_mul(v).ok_or_else(overflow)?;
+                    tr(p, 2 * w, j, 1)
+                }
+            }
+            (ActivationMode::Blind, _) => {
+                if v > 0 {
+                    tr(v, w, j, 0)
+                } else {
+                    Ok(0)
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,379 @@
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+use crate::fixed::{ActivationMode, FixedPoint};
+
+/// The public description of a model: everything server B and the device
+/// need (shapes, activation kinds, fixed-point parameters, value bounds), and
+/// no weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Topology {
+    pub name: String,
+    /// Number of input features `n`.
+    pub input_len: usize,
+    /// `(C, H, W)` when the model takes an image.
+    pub input_shape: Option<(usize, usize, usize)>,
+    /// Per-feature float bounds `[lo, hi]` that `encode_input` enforces.
+    pub input_bounds: Vec<(f64, f64)>,
+    /// `ℓ`: every encoded input satisfies `|x̂| < 2^ℓ`.
+    pub input_bound_bits: u32,
+    pub fixed: FixedPoint,
+    pub stages: Vec<Stage>,
+    pub output_len: usize,
+    /// Scale of the outputs of `run_int`: `f + w` after a linear stage, `f`
+    /// after an activation.
+    pub output_scale_bits: u32,
+    /// The ONNX graph ended with a Softmax, which the device applies to the
+    /// decoded logits.
+    pub device_softmax: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    Linear(LinearSpec),
+    Activation(ActivationSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearSpec {
+    pub input_len: usize,
+    pub output_len: usize,
+    pub kind: LinearKind,
+    /// `κ`: every output `z` satisfies `|z| < 2^κ` for inputs within bounds.
+    pub output_bound_bits: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LinearKind {
+    Dense,
+    Conv2d {
+        in_c: usize,
+        in_h: usize,
+        in_w: usize,
+        out_c: usize,
+        out_h: usize,
+        out_w: usize,
+        kernel_h: usize,
+        kernel_w: usize,
+        stride_h: usize,
+        stride_w: usize,
+        pad_top: usize,
+        pad_left: usize,
+        pad_bottom: usize,
+        pad_right: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationSpec {
+    pub kind: ActivationKind,
+    pub input_len: usize,
+    pub output_len: usize,
+    /// Present for MaxPool and ReluMaxPool.
+    pub pool: Option<PoolSpec>,
+    /// Every output satisfies `|out| < 2^bits` (scale `2^f`).
+    pub output_bound_bits: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivationKind {
+    Relu,
+    /// `alpha_q = round(alpha · 2^w)`.
+    LeakyRelu {
+        alpha_q: i64,
+    },
+    Sigmoid,
+    Tanh,
+    MaxPool,
+    /// ReLU and max-pool fused (they commute).
+    ReluMaxPool,
+}
+
+impl ActivationKind {
+    /// Positively homogeneous kinds, which the sign-only blind mode can evaluate.
+    pub fn supports_blind(&self) -> bool {
+        matches!(
+            self,
+            ActivationKind::Relu
+                | ActivationKind::LeakyRelu { .. }
+                | ActivationKind::MaxPool
+                | ActivationKind::ReluMaxPool
+        )
+    }
+
+    pub fn is_pool(&self) -> bool {
+        matches!(self, ActivationKind::MaxPool | ActivationKind::ReluMaxPool)
+    }
+}
+
+/// Max-pool windows over a CHW input; padded cells are excluded from a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub pad_bottom: usize,
+    pub pad_right: usize,
+}
+
+impl PoolSpec {
+    pub fn out_h(&self) -> usize {
+        out_dim(
+            self.in_h,
+            self.pad_top,
+            self.pad_bottom,
+            self.kernel_h,
+            self.stride_h,
+        )
+    }
+    pub fn out_w(&self) -> usize {
+        out_dim(
+            self.in_w,
+            self.pad_left,
+            self.pad_right,
+            self.kernel_w,
+            self.stride_w,
+        )
+    }
+    pub fn input_len(&self) -> usize {
+        self.channels * self.in_h * self.in_w
+    }
+    pub fn output_len(&self) -> usize {
+        self.channels * self.out_h() * self.out_w()
+    }
+
+    /// Input indices of each output's window, in output order (row-major CHW).
+    pub fn windows(&self) -> Vec<Vec<u32>> {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        let mut out = Vec::with_capacity(self.channels * oh * ow);
+        for c in 0..self.channels {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let mut win = Vec::with_capacity(self.kernel_h * self.kernel_w);
+                    for ky in 0..self.kernel_h {
+                        let iy = (y * self.stride_h + ky) as isize - self.pad_top as isize;
+                        if iy < 0 || iy >= self.in_h as isize {
+                            continue;
+                        }
+                        for kx in 0..self.kernel_w {
+                            let ix = (x * self.stride_w + kx) as isize - self.pad_left as isize;
+                            if ix < 0 || ix >= self.in_w as isize {
+                                continue;
+                            }
+                            let idx = (c * self.in_h + iy as usize) * self.in_w + ix as usize;
+                            win.push(idx as u32);
+                        }
+                    }
+                    out.push(win);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Output size of a convolution or pool along one axis (floor mode).
+pub(crate) fn out_dim(
+    input: usize,
+    pad_a: usize,
+    pad_b: usize,
+    kernel: usize,
+    stride: usize,
+) -> usize {
+    let padded = input + pad_a + pad_b;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        0
+    } else {
+        (padded - kernel) / stride + 1
+    }
+}
+
+const MAGIC: &[u8; 8] = b"VEILTOPO";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 8 + 2 + 8;
+/// Topologies are small; anything bigger than this is garbage.
+const MAX_PAYLOAD: usize = 64 << 20;
+
+fn decode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
+}
+
+impl Topology {
+    /// The canonical encoding that the fingerprint hashes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Plain structs with sized sequences always serialize into a Vec; the
+        // fallback is unreachable.
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical encoding; devices and B pin it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        Sha256::digest(self.canonical_bytes()).into()
+    }
+
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint())
+    }
+
+    /// Versioned, length-prefixed encoding: magic, version, payload length, payload.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let payload = self.canonical_bytes();
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Inverse of [`Topology::to_bytes`]; rejects truncated, padded, garbled
+    /// or internally inconsistent encodings.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Topology, ModelError> {
+        let enc = |m: &str| ModelError::Encoding(m.to_string());
+        let (magic, rest) = bytes
+            .split_at_checked(8)
+            .ok_or_else(|| enc("truncated header"))?;
+        if magic != MAGIC {
+            return Err(enc("not a veil topology (bad magic)"));
+        }
+        let (version, rest) = rest
+            .split_at_checked(2)
+            .ok_or_else(|| enc("truncated header"))?;
+        let version = u16::from_le_bytes([version[0], version[1]]);
+        if version != VERSION {
+            return Err(ModelError::Encoding(format!(
+                "topology version {version}, this build reads version {VERSION}"
+            )));
+        }
+        let (len, payload) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| enc("truncated header"))?;
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(len);
+        let len = u64::from_le_bytes(len_bytes);
+        if len != payload.len() as u64 {
+            return Err(ModelError::Encoding(format!(
+                "payload length {} does not match the declared {len}",
+                payload.len()
+            )));
+        }
+        let (topo, used): (Topology, usize) =
+            bincode::serde::decode_from_slice(payload, decode_config())
+                .map_err(|e| ModelError::Encoding(e.to_string()))?;
+        if used != payload.len() {
+            return Err(enc("trailing bytes after the topology"));
+        }
+        topo.validate()?;
+        Ok(topo)
+    }
+
+    /// Structural consistency: stages start with Linear and alternate, lengths chain.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Encoding(m));
+        self.fixed.validate()?;
+        if self.input_bounds.len() != self.input_len {
+            return bad(format!(
+                "{} input bounds for {} inputs",
+                self.input_bounds.len(),
+                self.input_len
+            ));
+        }
+        if let Some((c, h, w)) = self.input_shape
+            && c.checked_mul(h).and_then(|v| v.checked_mul(w)) != Some(self.input_len)
+        {
+            return bad("input shape does not match the input length".into());
+        }
+        if self.stages.is_empty() {
+            return bad("no stages".into());
+        }
+        let mut len = self.input_len;
+        for (s, stage) in self.stages.iter().enumerate() {
+            let want_linear = s % 2 == 0;
+            let (i, o, bits) = match stage {
+                Stage::Linear(l) if want_linear => {
+                    if let LinearKind::Conv2d {
+                        in_c,
+                        in_h,
+                        in_w,
+                        out_c,
+                        out_h,
+                        out_w,
+                        ..
+                    } = l.kind
+                        && (in_c.checked_mul(in_h).and_then(|v| v.checked_mul(in_w))
+                            != Some(l.input_len)
+                            || out_c.checked_mul(out_h).and_then(|v| v.checked_mul(out_w))
+                                != Some(l.output_len))
+                    {
+                        return bad(format!("stage {s}: conv shape does not match its lengths"));
+                    }
+                    (l.input_len, l.output_len, l.output_bound_bits)
+                }
+                Stage::Activation(a) if !want_linear => {
+                    match (&a.pool, a.kind.is_pool()) {
+                        (Some(p), true) => {
+                            if p.input_len() != a.input_len || p.output_len() != a.output_len {
+                                return bad(format!("stage {s}: pool shape does not match"));
+                            }
+                        }
+                        (None, false) => {
+                            if a.input_len != a.output_len {
+                                return bad(format!("stage {s}: element-wise length changes"));
+                            }
+                        }
+                        _ => return bad(format!("stage {s}: pool spec does not match the kind")),
+                    }
+                    (a.input_len, a.output_len, a.output_bound_bits)
+                }
+                _ => {
+                    return bad(format!(
+                        "stage {s}: stages must alternate Linear, Activation"
+                    ));
+                }
+            };
+            if i != len {
+                return bad(format!(
+                    "stage {s}: input length {i}, previous output {len}"
+                ));
+            }
+            if bits > 100 {
+                return bad(format!("stage {s}: bound of {bits} bits"));
+            }
+            len = o;
+        }
+        if len != self.output_len {
+            return bad("output length does not match the last stage".into());
+        }
+        let expected_scale = match self.stages.last() {
+            Some(Stage::Linear(_)) => self.fixed.linear_scale_bits(),
+            _ => self.fixed.frac_bits,
+        };
+        if self.output_scale_bits != expected_scale {
+            return bad("output scale does not match the last stage".into());
+        }
+        Ok(())
+    }
+
+    /// Blind wherever the activation allows it, permute elsewhere.
+    pub fn default_modes(&self) -> Vec<ActivationMode> {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                Stage::Activation(a) if a.kind.supports_blind() => ActivationMode::Blind,
+                _ => ActivationMode::Permute,
+            })
+            .collect()
+    }
+
+    /// Permute mode for every stage.
+    pub fn permute_modes(&self) -> Vec<ActivationMode> {
+        vec![ActivationMode::Permute; self.stages.len()]
+    }
+}
