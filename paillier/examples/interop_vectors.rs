@@ -4,10 +4,15 @@
 
 use serde_json::{Value, json};
 use std::sync::Arc;
-use veil_paillier::{BoxedUint, Ciphertext, FixedBaseNoise, I256, NoisePool, PoolFiller, SecretKey};
+use veil_paillier::{
+    BoxedUint, Ciphertext, FixedBaseNoise, I256, NoisePool, PoolFiller, SecretKey,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/phe_vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/phe_vectors.json"
+    );
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let key = doc["keys"]
         .as_array()
@@ -34,16 +39,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let c = public.encrypt(&m, &mut rng)?;
         record("public", I256::from(v), &c);
         record("crt", I256::from(v), &secret.encrypt(&m, &mut rng)?);
-        record("fixed-base", I256::from(v), &public.encrypt_with_noise(&m, table.noise(&mut rng))?);
-        record("pool", I256::from(v), &public.encrypt_with_noise(&m, pool.take())?);
+        record(
+            "fixed-base",
+            I256::from(v),
+            &public.encrypt_with_noise(&m, table.noise(&mut rng))?,
+        );
+        record(
+            "pool",
+            I256::from(v),
+            &public.encrypt_with_noise(&m, pool.take())?,
+        );
         encrypted.push(c);
     }
     let weights = [3i64, -32768, 32767, 1];
     let dot = public.dot(&encrypted, &weights)?;
-    let expected: i128 = values.iter().zip(&weights).map(|(v, w)| i128::from(*v) * i128::from(*w)).sum();
+    let expected: i128 = values
+        .iter()
+        .zip(&weights)
+        .map(|(v, w)| i128::from(*v) * i128::from(*w))
+        .sum();
     record("dot", I256::from(expected), &dot);
     let small = [5i64, -7, 11];
-    let cts: Vec<Ciphertext> = small.iter().map(|v| public.encrypt_i128(i128::from(*v), table.noise(&mut rng))).collect();
+    let cts: Vec<Ciphertext> = small
+        .iter()
+        .map(|v| public.encrypt_i128(i128::from(*v), table.noise(&mut rng)))
+        .collect();
     let layout = public.pack_layout(8)?;
     let packed = public.pack(&layout, &cts)?;
     let plain = public.pack_plain(&layout, &small.map(I256::from))?;
@@ -51,6 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     record("packed", as_signed, &packed);
     doc["veil"] = json!({"key": "phe-2048", "ciphertexts": out});
     std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
-    println!("wrote {} veil ciphertexts to {path}; now re-run make_vectors.py", doc["veil"]["ciphertexts"].as_array().map_or(0, Vec::len));
+    println!(
+        "wrote {} veil ciphertexts to {path}; now re-run make_vectors.py",
+        doc["veil"]["ciphertexts"].as_array().map_or(0, Vec::len)
+    );
     Ok(())
 }

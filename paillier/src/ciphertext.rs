@@ -4,7 +4,7 @@ use crate::error::{PaillierError, Result};
 use crate::keys::{PublicKey, SecretKey, random_below};
 use crate::mont::{Elem, Modulus};
 use crate::plaintext::{Plaintext, i256_magnitude};
-use crypto_bigint::{ConcatenatingMul, BoxedUint, Gcd, Resize};
+use crypto_bigint::{BoxedUint, ConcatenatingMul, Gcd, Resize};
 use ethnum::I256;
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
@@ -61,9 +61,12 @@ impl PublicKey {
     /// `g^m = 1 + m·N mod N²` in the Montgomery domain, for m in `[0, N)`.
     pub(crate) fn g_pow(&self, m: &BoxedUint) -> Elem {
         let wide = 2 * self.bits();
-        let product = m.resize_unchecked(self.bits()).concatenating_mul(&self.inner.n).resize_unchecked(wide);
-        let value = product.wrapping_add(&BoxedUint::one_with_precision(wide));
-        self.ctx().to_mont(&value)
+        let product = m
+            .resize_unchecked(self.bits())
+            .concatenating_mul(&self.inner.n)
+            .resize_unchecked(wide);
+        let value = product.wrapping_add(BoxedUint::one_with_precision(wide));
+        self.ctx().enter(&value)
     }
 
     fn wrap(&self, elem: Elem) -> Ciphertext {
@@ -86,7 +89,7 @@ impl PublicKey {
             }
         };
         let ctx = self.ctx();
-        let base = ctx.to_mont(&r);
+        let base = ctx.enter(&r);
         Noise(ctx.pow_vartime(&base, &self.inner.n))
     }
 
@@ -99,10 +102,12 @@ impl PublicKey {
         }
         let r = r.clone().resize_unchecked(self.bits());
         if r >= self.inner.n || !r.gcd(&self.inner.n).is_one().to_bool() {
-            return Err(PaillierError::PlaintextRange("r is not a unit modulo N".into()));
+            return Err(PaillierError::PlaintextRange(
+                "r is not a unit modulo N".into(),
+            ));
         }
         let ctx = self.ctx();
-        Ok(Noise(ctx.pow_vartime(&ctx.to_mont(&r), &self.inner.n)))
+        Ok(Noise(ctx.pow_vartime(&ctx.enter(&r), &self.inner.n)))
     }
 
     /// Encrypts with the given noise: `(1 + m·N)·noise mod N²`.
@@ -185,7 +190,12 @@ impl PublicKey {
     }
 
     /// `[[k·a]]` for a scalar given as sign and magnitude of any size.
-    pub fn mul_signed_magnitude(&self, a: &Ciphertext, negative: bool, magnitude: &BoxedUint) -> Ciphertext {
+    pub fn mul_signed_magnitude(
+        &self,
+        a: &Ciphertext,
+        negative: bool,
+        magnitude: &BoxedUint,
+    ) -> Ciphertext {
         let base = if negative { self.neg(a) } else { a.clone() };
         self.wrap(self.ctx().pow_vartime(&base.elem, magnitude))
     }
@@ -226,11 +236,13 @@ impl PublicKey {
         if value >= *self.inner.nn.as_ref() {
             return Err(PaillierError::CiphertextOutOfRange);
         }
-        let reduced = value.rem_vartime(self.inner.n_odd.as_nz_ref()).resize_unchecked(self.bits());
+        let reduced = value
+            .rem_vartime(self.inner.n_odd.as_nz_ref())
+            .resize_unchecked(self.bits());
         if !reduced.gcd(&self.inner.n).is_one().to_bool() {
             return Err(PaillierError::CiphertextNotUnit);
         }
-        Ok(self.wrap(self.ctx().to_mont(&value)))
+        Ok(self.wrap(self.ctx().enter(&value)))
     }
 
     pub(crate) fn check_plaintext(&self, m: &Plaintext) -> Result<()> {
@@ -251,7 +263,7 @@ impl Ciphertext {
     pub fn to_uint(&self) -> BoxedUint {
         self.key
             .ctx()
-            .from_mont(&self.elem)
+            .retrieve(&self.elem)
             .resize_unchecked(2 * self.key.bits())
     }
 
@@ -269,7 +281,10 @@ impl SecretKey {
         if c.key != *public {
             return Err(PaillierError::KeyMismatch);
         }
-        let residue = self.crt.decrypt(&c.to_uint()).resize_unchecked(public.bits());
+        let residue = self
+            .crt
+            .decrypt(&c.to_uint())
+            .resize_unchecked(public.bits());
         Ok(Plaintext {
             key: public.clone(),
             residue,
@@ -286,7 +301,7 @@ impl SecretKey {
     pub fn crt_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Noise {
         let public = self.public_key();
         match self.crt.noise(rng) {
-            Some(value) => Noise(public.ctx().to_mont(&value)),
+            Some(value) => Noise(public.ctx().enter(&value)),
             // Imported keys where q divides p-1 take the textbook route.
             None => public.fresh_noise(rng),
         }

@@ -9,7 +9,7 @@
 
 use crate::counter;
 use crate::mont::{Modulus, Width};
-use crypto_bigint::{ConcatenatingMul, BoxedUint, NonZero, RandomMod, Resize};
+use crypto_bigint::{BoxedUint, ConcatenatingMul, NonZero, RandomMod, Resize};
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
 
@@ -106,7 +106,9 @@ impl Crt {
     /// `(1+N)^(p-1) = 1 + (p-1)·N mod p²`, `L_p` of it is `(p-1)·(N/p) mod p`.
     fn h(n: &BoxedUint, p: &NonZero<BoxedUint>) -> Option<BoxedUint> {
         let (other, _) = n.div_rem(p);
-        let p_minus_1 = p.as_ref().wrapping_sub(&BoxedUint::one_with_precision(n.bits_precision()));
+        let p_minus_1 = p
+            .as_ref()
+            .wrapping_sub(BoxedUint::one_with_precision(n.bits_precision()));
         let lp = p_minus_1.mul_mod(&other.rem(p), p);
         Option::from(lp.invert_mod(p))
     }
@@ -122,8 +124,8 @@ impl Crt {
         h: &BoxedUint,
     ) -> BoxedUint {
         let reduced = c.rem(square).resize_unchecked(self.bits);
-        let x = ctx.pow_ct(&ctx.to_mont(&reduced), exponent.as_words(), self.half_bits);
-        let x = ctx.from_mont(&x).resize_unchecked(self.bits);
+        let x = ctx.pow_ct(&ctx.enter(&reduced), exponent.as_words(), self.half_bits);
+        let x = ctx.retrieve(&x).resize_unchecked(self.bits);
         counter::half(2);
         let one = BoxedUint::one_with_precision(self.bits);
         let (l, _) = x.wrapping_sub(&one).div_rem(prime);
@@ -133,8 +135,22 @@ impl Crt {
     /// Decrypts `c` (below N²) to the residue `m` in `[0, N)` with `bits`
     /// precision.
     pub(crate) fn decrypt(&self, c: &BoxedUint) -> BoxedUint {
-        let mp = self.half_decrypt(c, &self.p, &self.pp, &self.pp_ctx, &self.p_minus_1, &self.hp);
-        let mq = self.half_decrypt(c, &self.q, &self.qq, &self.qq_ctx, &self.q_minus_1, &self.hq);
+        let mp = self.half_decrypt(
+            c,
+            &self.p,
+            &self.pp,
+            &self.pp_ctx,
+            &self.p_minus_1,
+            &self.hp,
+        );
+        let mq = self.half_decrypt(
+            c,
+            &self.q,
+            &self.qq,
+            &self.qq_ctx,
+            &self.q_minus_1,
+            &self.hq,
+        );
         // Garner: m = m_q + q·((m_p - m_q)·q^-1 mod p).
         let diff = mp.sub_mod(&mq.rem(&self.p), &self.p);
         let h = diff.mul_mod(&self.q_inv_p, &self.p);
@@ -164,8 +180,12 @@ impl Crt {
         let diff = yq.sub_mod(&yp.rem(&self.qq), &self.qq);
         let h = diff.mul_mod(&self.pp_inv_qq, &self.qq);
         let wide = 2 * self.bits;
-        let high = self.pp.as_ref().concatenating_mul(&h).resize_unchecked(wide);
-        Some(high.wrapping_add(&yp.resize_unchecked(wide)))
+        let high = self
+            .pp
+            .as_ref()
+            .concatenating_mul(&h)
+            .resize_unchecked(wide);
+        Some(high.wrapping_add(yp.resize_unchecked(wide)))
     }
 
     fn residue_mod_square<R: CryptoRng + ?Sized>(
@@ -178,7 +198,7 @@ impl Crt {
         // x = 0 or a multiple of the prime has probability 2^-1000; such an
         // x still yields a valid (if non-unit) value, never a panic.
         let x = BoxedUint::random_mod_vartime(rng, square);
-        let y = ctx.pow_ct(&ctx.to_mont(&x), prime.as_ref().as_words(), self.half_bits);
-        ctx.from_mont(&y).resize_unchecked(self.bits)
+        let y = ctx.pow_ct(&ctx.enter(&x), prime.as_ref().as_words(), self.half_bits);
+        ctx.retrieve(&y).resize_unchecked(self.bits)
     }
 }

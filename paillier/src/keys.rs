@@ -3,7 +3,7 @@
 use crate::crt::Crt;
 use crate::error::{PaillierError, Result};
 use crate::mont::{Modulus, Width};
-use crypto_bigint::{ConcatenatingMul, BoxedUint, Gcd, Limb, NonZero, Odd, RandomBits, Resize};
+use crypto_bigint::{BoxedUint, ConcatenatingMul, Gcd, Limb, NonZero, Odd, RandomBits, Resize};
 use crypto_primes::Flavor;
 use rand_core::{CryptoRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,10 @@ use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Size of the modulus N.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum KeySize {
     /// N of 2048 bits (about 112-bit security), the default.
+    #[default]
     Bits2048,
     /// N of 3072 bits (about 128-bit security).
     Bits3072,
@@ -44,12 +45,6 @@ impl KeySize {
             KeySize::Bits2048 => 112,
             KeySize::Bits3072 => 128,
         }
-    }
-}
-
-impl Default for KeySize {
-    fn default() -> Self {
-        KeySize::Bits2048
     }
 }
 
@@ -113,7 +108,12 @@ impl Eq for PublicKey {}
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({} bits, {})", self.inner.bits, self.fingerprint_hex())
+        write!(
+            f,
+            "PublicKey({} bits, {})",
+            self.inner.bits,
+            self.fingerprint_hex()
+        )
     }
 }
 
@@ -127,7 +127,11 @@ impl PublicKey {
             .ok_or_else(|| PaillierError::MalformedKey("modulus N is even".into()))?;
         // Tiny factors would make N trivially factorable; a real modulus has none.
         for small in [3u64, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47] {
-            if n.rem_limb(NonZero::<Limb>::from_u64(std::num::NonZeroU64::MIN.saturating_add(small - 1))).0 == 0 {
+            if n.rem_limb(NonZero::<Limb>::from_u64(
+                std::num::NonZeroU64::MIN.saturating_add(small - 1),
+            ))
+            .0 == 0
+            {
                 return Err(PaillierError::MalformedKey(format!(
                     "modulus N is divisible by {small}"
                 )));
@@ -177,6 +181,11 @@ impl PublicKey {
         &self.inner.n
     }
 
+    /// N², the ciphertext modulus.
+    pub fn n_squared(&self) -> &BoxedUint {
+        self.inner.nn.as_ref()
+    }
+
     /// Bytes of one serialized ciphertext (2·bits/8).
     pub fn ciphertext_len(&self) -> usize {
         (2 * self.inner.bits / 8) as usize
@@ -215,7 +224,9 @@ impl PublicKey {
             )));
         }
         if wire.magic != PUBLIC_MAGIC {
-            return Err(PaillierError::Encoding("not a veil public key (bad magic)".into()));
+            return Err(PaillierError::Encoding(
+                "not a veil public key (bad magic)".into(),
+            ));
         }
         if wire.version != FORMAT_VERSION {
             return Err(PaillierError::Encoding(format!(
@@ -352,7 +363,10 @@ impl SecretKey {
         // gcd(N, (p-1)(q-1)) = 1 is what makes g = N + 1 work; it holds for
         // same-size primes, but an imported key is checked anyway.
         let one = BoxedUint::one_with_precision(half);
-        let phi = Zeroizing::new(p.wrapping_sub(&one).concatenating_mul(&q.wrapping_sub(&one)));
+        let phi = Zeroizing::new(
+            p.wrapping_sub(&one)
+                .concatenating_mul(&q.wrapping_sub(&one)),
+        );
         if !n.gcd(&*phi).is_one().to_bool() {
             return Err(PaillierError::MalformedKey("gcd(N, φ(N)) ≠ 1".into()));
         }
@@ -392,7 +406,9 @@ impl SecretKey {
     /// Decodes and validates a secret key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > KEY_ENCODING_LIMIT {
-            return Err(PaillierError::Encoding("secret key encoding too long".into()));
+            return Err(PaillierError::Encoding(
+                "secret key encoding too long".into(),
+            ));
         }
         let (wire, used): (SecretKeyWire, usize) =
             bincode::serde::decode_from_slice(bytes, bincode_config())
@@ -401,7 +417,9 @@ impl SecretKey {
             return Err(PaillierError::Encoding("secret key: trailing bytes".into()));
         }
         if wire.magic != SECRET_MAGIC {
-            return Err(PaillierError::Encoding("not a veil secret key (bad magic)".into()));
+            return Err(PaillierError::Encoding(
+                "not a veil secret key (bad magic)".into(),
+            ));
         }
         if wire.version != FORMAT_VERSION {
             return Err(PaillierError::Encoding(format!(
@@ -519,7 +537,10 @@ pub fn generate_keypair<R: CryptoRng + ?Sized>(rng: &mut R, size: KeySize) -> Re
     SecretKey::generate(rng, size)
 }
 
-pub(crate) fn random_below<R: CryptoRng + ?Sized>(rng: &mut R, bound: &NonZero<BoxedUint>) -> BoxedUint {
+pub(crate) fn random_below<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    bound: &NonZero<BoxedUint>,
+) -> BoxedUint {
     use crypto_bigint::RandomMod;
     BoxedUint::random_mod_vartime(rng, bound)
 }

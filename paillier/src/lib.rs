@@ -13,7 +13,6 @@
 //! The crate offers three sources of encryption noise with different costs
 //! and assumptions; see [`randomness`] for which assumption each rests on.
 
-mod mont;
 mod ciphertext;
 pub mod counter;
 mod crt;
@@ -21,6 +20,7 @@ mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod keys;
+mod mont;
 mod multiexp;
 mod pack;
 mod plaintext;
@@ -30,7 +30,9 @@ pub use ciphertext::{Ciphertext, Noise};
 pub use crypto_bigint::BoxedUint;
 pub use error::{PaillierError, Result};
 pub use ethnum::I256;
-pub use keys::{KeySize, PublicKey, SecretKey, generate_keypair, warn_if_exposed, write_secret_file};
+pub use keys::{
+    KeySize, PublicKey, SecretKey, generate_keypair, warn_if_exposed, write_secret_file,
+};
 pub use multiexp::PreparedBases;
 pub use pack::{MAX_VALUE_BITS, PackLayout};
 pub use plaintext::{Plaintext, Signed};

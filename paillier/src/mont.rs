@@ -98,10 +98,10 @@ pub(crate) fn limbs_to_words(limbs: &[u64], count: usize) -> Vec<u64> {
         if let Some(word) = words.get_mut(w) {
             *word |= limb << s;
         }
-        if s > 12 {
-            if let Some(word) = words.get_mut(w + 1) {
-                *word |= limb >> (64 - s);
-            }
+        if s > 12
+            && let Some(word) = words.get_mut(w + 1)
+        {
+            *word |= limb >> (64 - s);
         }
     }
     words
@@ -131,8 +131,9 @@ impl Modulus {
         let r_bits = (LIMB_BITS as usize * n) as u32;
         let word_count = (bits as usize).div_ceil(64);
         let modulus = m.resize_unchecked(2 * r_bits + 64);
-        let nz = Option::<NonZero<BoxedUint>>::from(NonZero::new(modulus))
-            .unwrap_or_else(|| NonZero::new(BoxedUint::one_with_precision(2 * r_bits + 64)).expect("one is nonzero"));
+        let nz = Option::<NonZero<BoxedUint>>::from(NonZero::new(modulus)).unwrap_or_else(|| {
+            NonZero::new(BoxedUint::one_with_precision(2 * r_bits + 64)).expect("one is nonzero")
+        });
         let reduce = |exponent: u32| {
             let power = BoxedUint::one_with_precision(2 * r_bits + 64).shl(exponent);
             let rem = power.rem(&nz);
@@ -205,7 +206,7 @@ impl Modulus {
 
     /// Enters the Montgomery domain. `x` must be below `2m` (it is reduced
     /// by the caller otherwise).
-    pub(crate) fn to_mont(&self, x: &BoxedUint) -> Elem {
+    pub(crate) fn enter(&self, x: &BoxedUint) -> Elem {
         let limbs = words_to_limbs(x.as_words(), self.padded);
         self.charge(false);
         Elem(self.amm(&limbs, &self.r2))
@@ -213,7 +214,7 @@ impl Modulus {
 
     /// Leaves the Montgomery domain: the canonical residue in `[0, m)` as a
     /// `BoxedUint` with the precision of `m`.
-    pub(crate) fn from_mont(&self, a: &Elem) -> BoxedUint {
+    pub(crate) fn retrieve(&self, a: &Elem) -> BoxedUint {
         let mut unit = vec![0u64; self.padded];
         unit[0] = 1;
         self.charge(false);
@@ -344,10 +345,16 @@ impl Modulus {
 
     /// Inverse through crypto-bigint's variable-time inversion: only for
     /// public values (ciphertexts). `None` if `a` is not a unit.
-    pub(crate) fn invert_vartime(&self, a: &Elem, modulus: &crypto_bigint::Odd<BoxedUint>) -> Option<Elem> {
-        let x = self.from_mont(a).resize_unchecked(modulus.as_ref().bits_precision());
+    pub(crate) fn invert_vartime(
+        &self,
+        a: &Elem,
+        modulus: &crypto_bigint::Odd<BoxedUint>,
+    ) -> Option<Elem> {
+        let x = self
+            .retrieve(a)
+            .resize_unchecked(modulus.as_ref().bits_precision());
         let inv: BoxedUint = Option::from(x.invert_odd_mod_vartime(modulus))?;
-        Some(self.to_mont(&inv))
+        Some(self.enter(&inv))
     }
 
     /// Inverts every element with one inversion and 3(n-1) multiplications
@@ -458,6 +465,8 @@ fn amm_portable(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+// Register arrays are walked in lockstep by index, as the hardware does.
+#[allow(clippy::needless_range_loop)]
 mod ifma {
     use super::{LIMB_BITS, MASK, Modulus};
     use std::arch::x86_64::*;
@@ -465,7 +474,14 @@ mod ifma {
     /// The IFMA kernel for `8·K` limbs. Safety: the CPU must support
     /// avx512f and avx512ifma, and every slice must hold `8·K` limbs.
     #[target_feature(enable = "avx512f,avx512ifma")]
-    unsafe fn amm<const K: usize>(a: &[u64], b: &[u64], m: &[u64], k0: u64, n: usize, out: &mut [u64]) {
+    unsafe fn amm<const K: usize>(
+        a: &[u64],
+        b: &[u64],
+        m: &[u64],
+        k0: u64,
+        n: usize,
+        out: &mut [u64],
+    ) {
         // SAFETY: the caller guarantees the lengths; loads and stores are
         // unaligned and stay inside the slices.
         unsafe {
@@ -547,14 +563,18 @@ mod ifma {
     }
 
     fn run<const K: usize>(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
-        assert!(a.len() == 8 * K && b.len() == 8 * K && out.len() == 8 * K && modulus.m.len() == 8 * K);
+        assert!(
+            a.len() == 8 * K && b.len() == 8 * K && out.len() == 8 * K && modulus.m.len() == 8 * K
+        );
         // SAFETY: `select_kernel` only picks this kernel after detecting the
         // features, and the lengths were just checked.
         unsafe { amm::<K>(a, b, &modulus.m, modulus.k0, modulus.n, out) }
     }
 
     pub(super) fn kernel(padded: usize) -> Option<super::Kernel> {
-        if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512ifma")) {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512ifma"))
+        {
             return None;
         }
         // K·8 lanes must hold n limbs plus the 128-bit carry masks.
@@ -593,7 +613,7 @@ impl Modulus {
     }
 
     pub(crate) fn uses_portable_kernel(&self) -> bool {
-        self.kernel as usize == amm_portable as usize
+        self.kernel as usize == amm_portable as *const () as usize
     }
 }
 
@@ -634,29 +654,45 @@ mod tests {
             let b = BoxedUint::random_bits(&mut rng, bits).rem(&nz);
             let expected = reference_mulmod(&a, &b, &m);
             for ctx in [&fast, &slow] {
-                let got = ctx.from_mont(&ctx.mul(&ctx.to_mont(&a), &ctx.to_mont(&b)));
+                let got = ctx.retrieve(&ctx.mul(&ctx.enter(&a), &ctx.enter(&b)));
                 assert_eq!(got, expected, "bits={bits}");
             }
         }
         // Long chains keep values below 2m without reduction.
         let a = BoxedUint::random_bits(&mut rng, bits).rem(&nz);
-        let mut x = fast.to_mont(&a);
-        let mut y = slow.to_mont(&a);
+        let mut x = fast.enter(&a);
+        let mut y = slow.enter(&a);
         let mut reference = a.clone();
         for _ in 0..50 {
             x = fast.sqr(&x);
             y = slow.sqr(&y);
             reference = reference_mulmod(&reference, &reference, &m);
         }
-        assert_eq!(fast.from_mont(&x), reference);
-        assert_eq!(slow.from_mont(&y), reference);
+        assert_eq!(fast.retrieve(&x), reference);
+        assert_eq!(slow.retrieve(&y), reference);
     }
 
     #[test]
     fn multiplication_matches_crypto_bigint() {
-        for (i, bits) in [1024u32, 1536, 2048, 3072, 4096, 6144].into_iter().enumerate() {
+        for (i, bits) in [1024u32, 1536, 2048, 3072, 4096, 6144]
+            .into_iter()
+            .enumerate()
+        {
             check_size(bits, i as u64);
         }
+    }
+
+    #[test]
+    fn the_ifma_kernel_is_used_where_the_cpu_has_it() {
+        let m = random_odd(&mut ChaCha20Rng::seed_from_u64(3), 4096);
+        let ctx = Modulus::new(&m, 4096, Width::Full);
+        let forced_portable = std::env::var_os("VEIL_PORTABLE_ARITH").is_some();
+        #[cfg(target_arch = "x86_64")]
+        let ifma =
+            std::is_x86_feature_detected!("avx512ifma") && std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let ifma = false;
+        assert_eq!(ctx.uses_portable_kernel(), forced_portable || !ifma);
     }
 
     #[test]
@@ -669,7 +705,7 @@ mod tests {
             let nz = NonZero::new(m.clone()).expect("odd");
             let a = BoxedUint::random_bits(&mut rng, bits).rem(&nz);
             let b = BoxedUint::random_bits(&mut rng, bits).rem(&nz);
-            let got = ctx.from_mont(&ctx.mul(&ctx.to_mont(&a), &ctx.to_mont(&b)));
+            let got = ctx.retrieve(&ctx.mul(&ctx.enter(&a), &ctx.enter(&b)));
             assert_eq!(got, reference_mulmod(&a, &b, &m));
         }
     }
@@ -689,11 +725,17 @@ mod tests {
             &crypto_bigint::modular::BoxedMontyParams::new(odd.clone()),
         );
         let expected = mont.pow(&exp).retrieve();
-        let b = ctx.to_mont(&base);
-        assert_eq!(ctx.from_mont(&ctx.pow_ct(&b, exp.as_words(), 1024)), expected);
-        assert_eq!(ctx.from_mont(&ctx.pow_vartime(&b, &exp)), expected);
-        assert_eq!(ctx.from_mont(&ctx.pow_u128(&b, 0)), BoxedUint::one_with_precision(bits));
-        assert_eq!(ctx.from_mont(&ctx.pow_u128(&b, 1)), base);
+        let b = ctx.enter(&base);
+        assert_eq!(
+            ctx.retrieve(&ctx.pow_ct(&b, exp.as_words(), 1024)),
+            expected
+        );
+        assert_eq!(ctx.retrieve(&ctx.pow_vartime(&b, &exp)), expected);
+        assert_eq!(
+            ctx.retrieve(&ctx.pow_u128(&b, 0)),
+            BoxedUint::one_with_precision(bits)
+        );
+        assert_eq!(ctx.retrieve(&ctx.pow_u128(&b, 1)), base);
     }
 
     #[test]
@@ -705,12 +747,15 @@ mod tests {
         let ctx = Modulus::new(&m, bits, Width::Full);
         let nz = NonZero::new(m.clone()).expect("odd");
         let values: Vec<Elem> = (0..5)
-            .map(|_| ctx.to_mont(&BoxedUint::random_bits(&mut rng, bits).rem(&nz)))
+            .map(|_| ctx.enter(&BoxedUint::random_bits(&mut rng, bits).rem(&nz)))
             .collect();
         let refs: Vec<&Elem> = values.iter().collect();
         let inverses = ctx.batch_invert_vartime(&refs, &odd).expect("units");
         for (v, inv) in values.iter().zip(&inverses) {
-            assert_eq!(ctx.from_mont(&ctx.mul(v, inv)), BoxedUint::one_with_precision(bits));
+            assert_eq!(
+                ctx.retrieve(&ctx.mul(v, inv)),
+                BoxedUint::one_with_precision(bits)
+            );
             let single = ctx.invert_vartime(v, &odd).expect("unit");
             assert!(ctx.equal(&single, inv));
         }

@@ -89,7 +89,11 @@ fn mul_into(ctx: &Modulus, slot: &mut Option<Elem>, factor: &Elem) {
 
 /// One window of the bucket method: `Π_j bucket_j^j`. `picks` yields, for
 /// each term, its bucket index (1-based, 0 to skip) and the factor to put in.
-fn window_sum<'a>(ctx: &Modulus, buckets: usize, picks: impl Iterator<Item = (usize, &'a Elem)>) -> Option<Elem> {
+fn window_sum<'a>(
+    ctx: &Modulus,
+    buckets: usize,
+    picks: impl Iterator<Item = (usize, &'a Elem)>,
+) -> Option<Elem> {
     let mut slots: Vec<Option<Elem>> = vec![None; buckets + 1];
     for (bucket, factor) in picks {
         if let Some(slot) = slots.get_mut(bucket).filter(|_| bucket != 0) {
@@ -127,7 +131,11 @@ fn combine_windows(ctx: &Modulus, sums: Vec<Option<Elem>>, c: u32) -> Option<Ele
 
 /// Unsigned bucket multi-exponentiation of `(base, weight ≥ 0)` terms.
 fn multiexp_unsigned(ctx: &Modulus, terms: &[(&Elem, u64)], parallel: bool) -> Option<Elem> {
-    let max_bits = terms.iter().map(|(_, w)| 64 - w.leading_zeros()).max().unwrap_or(0);
+    let max_bits = terms
+        .iter()
+        .map(|(_, w)| 64 - w.leading_zeros())
+        .max()
+        .unwrap_or(0);
     if max_bits == 0 {
         return None;
     }
@@ -140,7 +148,9 @@ fn multiexp_unsigned(ctx: &Modulus, terms: &[(&Elem, u64)], parallel: bool) -> O
         window_sum(
             ctx,
             buckets,
-            terms.iter().map(move |(base, w)| (((w >> shift) & mask) as usize, *base)),
+            terms
+                .iter()
+                .map(move |(base, w)| (((w >> shift) & mask) as usize, *base)),
         )
     };
     let sums: Vec<Option<Elem>> = if parallel {
@@ -152,7 +162,12 @@ fn multiexp_unsigned(ctx: &Modulus, terms: &[(&Elem, u64)], parallel: bool) -> O
 }
 
 /// Signed bucket multi-exponentiation over prepared bases.
-fn multiexp_signed(ctx: &Modulus, prepared: &PreparedBases, terms: &[(usize, i64)], parallel: bool) -> Option<Elem> {
+fn multiexp_signed(
+    ctx: &Modulus,
+    prepared: &PreparedBases,
+    terms: &[(usize, i64)],
+    parallel: bool,
+) -> Option<Elem> {
     let max_bits = terms.iter().map(|(_, w)| bits_of(*w)).max().unwrap_or(0);
     if max_bits == 0 {
         return None;
@@ -165,16 +180,19 @@ fn multiexp_signed(ctx: &Modulus, prepared: &PreparedBases, terms: &[(usize, i64
         window_sum(
             ctx,
             buckets,
-            terms.iter().zip(&digits).filter_map(move |((index, _), d)| {
-                let d = d.get(k).copied().unwrap_or(0);
-                let bucket = d.unsigned_abs() as usize;
-                let factor = if d >= 0 {
-                    prepared.bases.get(*index)?
-                } else {
-                    prepared.inverses.get(*index)?
-                };
-                Some((bucket, factor))
-            }),
+            terms
+                .iter()
+                .zip(&digits)
+                .filter_map(move |((index, _), d)| {
+                    let d = d.get(k).copied().unwrap_or(0);
+                    let bucket = d.unsigned_abs() as usize;
+                    let factor = if d >= 0 {
+                        prepared.bases.get(*index)?
+                    } else {
+                        prepared.inverses.get(*index)?
+                    };
+                    Some((bucket, factor))
+                }),
         )
     };
     let sums: Vec<Option<Elem>> = if parallel {
@@ -247,7 +265,10 @@ impl PublicKey {
         self.check_same_key(cts)?;
         let ctx = self.ctx();
         let bases: Vec<Elem> = cts.iter().map(|c| c.elem.clone()).collect();
-        let chunk = bases.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let chunk = bases
+            .len()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1);
         let inverses: Option<Vec<Vec<Elem>>> = bases
             .par_chunks(chunk)
             .map(|chunk| {
@@ -269,7 +290,11 @@ impl PublicKey {
 
     /// `[[Σ w·x_index]]` over prepared bases, for sparse rows such as
     /// convolution windows. Indices must be in range.
-    pub fn dot_prepared(&self, prepared: &PreparedBases, terms: &[(usize, i64)]) -> Result<Ciphertext> {
+    pub fn dot_prepared(
+        &self,
+        prepared: &PreparedBases,
+        terms: &[(usize, i64)],
+    ) -> Result<Ciphertext> {
         if prepared.key != *self {
             return Err(PaillierError::KeyMismatch);
         }
@@ -289,7 +314,12 @@ impl PublicKey {
 
     /// `[[W·x]]` for a row-major `rows × cts.len()` weight matrix, rows in
     /// parallel, sharing the bases' inverses.
-    pub fn matvec(&self, cts: &[Ciphertext], weights: &[i64], rows: usize) -> Result<Vec<Ciphertext>> {
+    pub fn matvec(
+        &self,
+        cts: &[Ciphertext],
+        weights: &[i64],
+        rows: usize,
+    ) -> Result<Vec<Ciphertext>> {
         let cols = cts.len();
         if weights.len() != rows * cols {
             return Err(PaillierError::Dimension(format!(
@@ -345,7 +375,10 @@ mod tests {
                 let half = 1i64 << (c - 1);
                 let mut value = 0i128;
                 for (k, d) in digits.iter().enumerate() {
-                    assert!(i64::from(*d) >= -half && i64::from(*d) <= half, "digit {d} c={c}");
+                    assert!(
+                        i64::from(*d) >= -half && i64::from(*d) <= half,
+                        "digit {d} c={c}"
+                    );
                     value += i128::from(*d) << (c as usize * k);
                 }
                 assert_eq!(value, i128::from(w), "w={w} c={c}");

@@ -75,8 +75,12 @@ impl PublicKey {
 
     /// Wraps a residue in `[0, N)` as a plaintext.
     pub fn plaintext_from_residue(&self, residue: &BoxedUint) -> Result<Plaintext> {
-        if residue.bit_width_vartime() > self.bits() || residue.resize_unchecked(self.bits()) >= self.inner.n {
-            return Err(PaillierError::PlaintextRange("residue is not below N".into()));
+        if residue.bit_width_vartime() > self.bits()
+            || residue.resize_unchecked(self.bits()) >= self.inner.n
+        {
+            return Err(PaillierError::PlaintextRange(
+                "residue is not below N".into(),
+            ));
         }
         Ok(Plaintext {
             key: self.clone(),
@@ -120,7 +124,11 @@ impl Plaintext {
         let lo = word(0) | (word(1) << 64);
         let hi = word(2) | (word(3) << 64);
         let magnitude = I256::from_words(hi as i128, lo as i128);
-        Ok(if signed.negative { -magnitude } else { magnitude })
+        Ok(if signed.negative {
+            -magnitude
+        } else {
+            magnitude
+        })
     }
 
     /// The signed value, if it fits in an `i128`.

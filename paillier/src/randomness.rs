@@ -74,14 +74,19 @@ impl FixedBaseNoise {
 
     /// Like [`FixedBaseNoise::new`] with an explicit comb width (1 to 8) and
     /// exponent length.
-    pub fn with_parameters<R: CryptoRng + ?Sized>(key: &PublicKey, rng: &mut R, window: u32, alpha_bits: u32) -> Self {
+    pub fn with_parameters<R: CryptoRng + ?Sized>(
+        key: &PublicKey,
+        rng: &mut R,
+        window: u32,
+        alpha_bits: u32,
+    ) -> Self {
         let window = window.clamp(1, 8);
         let ctx = key.ctx();
         let n = key.n();
         let x = random_below(rng, key.inner.n_odd.as_nz_ref());
         let x2 = x.mul_mod(&x, key.inner.n_odd.as_nz_ref());
         let minus_x2 = n.wrapping_sub(&x2);
-        let h = ctx.pow_vartime(&ctx.to_mont(&minus_x2), n);
+        let h = ctx.pow_vartime(&ctx.enter(&minus_x2), n);
         let rows = alpha_bits.div_ceil(window) as usize;
         let per_row = 1usize << window;
         let mut table = Vec::with_capacity(rows);
@@ -274,7 +279,9 @@ impl Drop for NoisePool {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic in a filler cannot leave the queue inconsistent (push and pop
     // are single operations), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn fill_loop(shared: &PoolShared, filler: &PoolFiller) {

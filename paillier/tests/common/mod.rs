@@ -11,7 +11,11 @@ pub fn vectors() -> Value {
 }
 
 pub fn hex_digits(value: &Value) -> String {
-    value.as_str().expect("hex string").trim_start_matches("0x").to_string()
+    value
+        .as_str()
+        .expect("hex string")
+        .trim_start_matches("0x")
+        .to_string()
 }
 
 pub fn hex_uint(value: &Value) -> BoxedUint {
@@ -45,7 +49,11 @@ pub fn signed_eq(a: &Signed, b: &Signed) -> bool {
 pub fn vector_key(doc: &Value, name: &str) -> SecretKey {
     let keys = doc["keys"].as_array().expect("keys");
     let key = keys.iter().find(|k| k["name"] == name).expect("named key");
-    let secret = SecretKey::from_primes(&hex_uint(&key["p"]), &hex_uint(&key["q"])).expect("valid primes");
-    assert_eq!(secret.public_key().n().to_string_radix_vartime(16), hex_digits(&key["n"]));
+    let secret =
+        SecretKey::from_primes(&hex_uint(&key["p"]), &hex_uint(&key["q"])).expect("valid primes");
+    assert_eq!(
+        secret.public_key().n().to_string_radix_vartime(16),
+        hex_digits(&key["n"])
+    );
     secret
 }
