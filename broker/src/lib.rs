@@ -1,1 +1,296 @@
-//! (placeholder: this crate is not written yet)
+//! veil's MQTT broker: an embedded rumqttd behind an ACL gate that reads
+//! Mosquitto's `password_file` and `acl_file`, so one set of files
+//! configures either this broker or a real Mosquitto.
+//!
+//! This crate owns everything between a client's socket and rumqttd's
+//! router: the TCP and TLS listeners, authentication, topic ACLs, and the
+//! lifecycle (start, reload, shutdown) of one broker instance.
+//!
+//! # Architecture
+//!
+//! rumqttd 0.20 authenticates but has no topic ACLs, and its own listeners
+//! give no hook between reading a packet and routing it. Driving its local
+//! links instead would mean reimplementing the MQTT server side (sessions,
+//! QoS 1/2 state, keep-alive, v5 properties) on top of them. So the broker
+//! is an MQTT-aware *gate* in front of an unmodified rumqttd:
+//!
+//! ```text
+//! client ──TCP/TLS──▶ gate (our listener) ──loopback TCP──▶ rumqttd (v4 or v5 server)
+//! ```
+//!
+//! - rumqttd listens on two ephemeral loopback ports (3.1.1 and 5) and only
+//!   accepts a random per-instance username/password that the gate
+//!   substitutes in each CONNECT, so nothing else on the host can bypass
+//!   the gate through those ports.
+//! - The gate authenticates the client's CONNECT against the password file
+//!   (PBKDF2-SHA512 `$7$` and SHA-512 `$6$`, constant-time comparison),
+//!   checks the will topic, and then relays packets. It frames every packet
+//!   with a bounded codec and forwards the original bytes untouched, except:
+//!   refused PUBLISHes are dropped (with PUBACK/PUBREC, reason 0x87 in v5),
+//!   SUBSCRIBEs are trimmed to the allowed filters and their SUBACK gets
+//!   the failure codes (0x80 / 0x87) merged back in, and deliveries the
+//!   client may not read are withheld (the gate acknowledges them to
+//!   rumqttd itself). Topic aliases are switched off in both directions so
+//!   every PUBLISH carries its topic.
+//! - Sessions, QoS 1/2, retained messages, persistent sessions and shared
+//!   subscriptions are rumqttd's, unchanged.
+//!
+//! # ACL semantics
+//!
+//! Publishing needs a matching write (or readwrite) entry; each delivery
+//! needs a matching read entry; a matching `deny` entry always wins. A
+//! SUBSCRIBE filter (the inner filter of `$share/<group>/<filter>`) is
+//! granted only if one read entry covers every topic the filter can match
+//! and no `deny` entry overlaps it. Differences from Mosquitto 2.0's
+//! `acl_file` plugin, all in the stricter direction: Mosquitto grants every
+//! SUBSCRIBE and only filters deliveries (so a client of a real Mosquitto
+//! never sees a SUBACK failure, but never receives a forbidden message
+//! either); Mosquitto lets a user-section grant override a `pattern` deny;
+//! and `%u`/`%c` must fill a whole topic level (a name containing `/`
+//! matches no pattern using it).
+//!
+//! # Lifecycle
+//!
+//! [`Broker::start`] binds the listeners (port 0 picks a free one) and
+//! returns a [`BrokerHandle`]; [`BrokerHandle::shutdown`] closes the
+//! listeners, ends every connection and rumqttd's servers, and waits for
+//! them. Instances share no global state, so a test can run several and
+//! restart one on the same public port. rumqttd keeps all state in memory:
+//! a restarted broker has no retained messages or offline sessions, and the
+//! router thread of a stopped instance stays behind idle (rumqttd offers no
+//! way to end it).
+
+mod acl;
+mod codec;
+mod config;
+mod error;
+mod gate;
+mod passwd;
+mod security;
+mod tls;
+mod topic;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+pub use acl::{AclError, AclFile, ClientAcl, Identity};
+pub use config::{BrokerConfig, TlsListenerConfig};
+pub use error::BrokerError;
+pub use passwd::{PasswordFile, PasswordFileError};
+pub use topic::TopicError;
+
+use gate::Gate;
+use security::{Security, SecurityStore};
+use upstream::Upstream;
+
+/// Entry point: `Broker::start(config)`.
+#[derive(Debug)]
+pub struct Broker;
+
+/// A running broker. Dropping it stops the broker in the background;
+/// [`BrokerHandle::shutdown`] stops it and waits until it has stopped.
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
+    config: BrokerConfig,
+    gate: Arc<Gate>,
+    stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    upstream: Option<Upstream>,
+}
+
+impl std::fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("tls_local_addr", &self.tls_local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })
+}
+
+impl Broker {
+    /// Loads the password and ACL files, starts rumqttd and the gate's
+    /// listeners, and returns once clients can connect.
+    pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        config.validate()?;
+        let security = Security::load(&config)?;
+        if security.passwords.is_none() && !config.allow_anonymous {
+            warn!("no password_file and allow_anonymous = false: every client will be refused");
+        }
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let plain_listener = bind(config.listen).await?;
+        let tls_listener = match &config.tls {
+            Some(t) => Some(bind(t.listen).await?),
+            None => None,
+        };
+        let local_addr = plain_listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let tls_local_addr = match &tls_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| BrokerError::Bind {
+                addr: local_addr,
+                source,
+            })?),
+            None => None,
+        };
+
+        let upstream = Upstream::start(&config).await?;
+        let gate = Arc::new(Gate {
+            security: SecurityStore::new(security),
+            upstream: upstream.addrs.clone(),
+            allow_anonymous: config.allow_anonymous,
+            max_packet: config.max_packet_size(),
+            max_violations: config.max_violations,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            queue_len: usize::from(config.max_inflight).saturating_add(64),
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut listeners = vec![tokio::spawn(accept_loop(
+            plain_listener,
+            None,
+            gate.clone(),
+            config.max_connections,
+            stop_rx.clone(),
+        ))];
+        if let (Some(listener), Some(acceptor)) = (tls_listener, tls) {
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                gate.clone(),
+                config.max_connections,
+                stop_rx,
+            )));
+        }
+        info!(%local_addr, tls = ?tls_local_addr, "veil broker listening");
+        Ok(BrokerHandle {
+            local_addr,
+            tls_local_addr,
+            config,
+            gate,
+            stop,
+            listeners,
+            upstream: Some(upstream),
+        })
+    }
+}
+
+impl BrokerHandle {
+    /// Address of the plain MQTT listener (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Address of the TLS listener, if one is configured.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
+    }
+
+    /// The configuration this broker was started with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Re-reads the password and ACL files. On success new connections and
+    /// every later decision on existing connections use the new files; on
+    /// error the old ones stay in force.
+    pub fn reload(&self) -> Result<(), BrokerError> {
+        let security = Security::load(&self.config)?;
+        self.gate.security.replace(security);
+        info!("password and ACL files reloaded");
+        Ok(())
+    }
+
+    /// Closes the listeners, ends every client connection and the embedded
+    /// rumqttd, and waits for all of it. The ports are free again when this
+    /// returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for listener in std::mem::take(&mut self.listeners) {
+            let _ = listener.await;
+        }
+        if let Some(upstream) = self.upstream.take() {
+            upstream.stop().await;
+        }
+        debug!(local_addr = %self.local_addr, "veil broker stopped");
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gate: Arc<Gate>,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= max_connections {
+                        warn!(%peer, max_connections, "connection limit reached; refusing");
+                        continue;
+                    }
+                    connections.spawn(handle_connection(stream, peer, tls.clone(), gate.clone()));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead
+                    // of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    gate: Arc<Gate>,
+) {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => gate::serve(stream, peer, gate).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(gate.connect_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => gate::serve(tls_stream, peer, gate).await,
+                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => info!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors returned by the broker's public API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::acl::AclError;
+use crate::passwd::PasswordFileError;
+
+/// Everything that can stop a broker from starting or reloading.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("invalid ACL file {path}: {source}")]
+    Acl { path: PathBuf, source: AclError },
+    #[error("invalid password file {path}: {source}")]
+    Passwords {
+        path: PathBuf,
+        source: PasswordFileError,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("embedded rumqttd failed to start: {0}")]
+    Upstream(String),
+}
