@@ -536,7 +536,7 @@ impl Walker {
                 }
                 let known = product(&dims).unwrap_or(0);
                 if let Some(i) = infer {
-                    if known == 0 || n % known != 0 {
+                    if known == 0 || !n.is_multiple_of(known) {
                         return Err(ctx.usage("cannot infer the -1 dimension"));
                     }
                     dims[i] = n / known;
@@ -556,7 +556,7 @@ impl Walker {
                     ("Sub", _) => (vec![-1.0; n], c),
                     ("Mul", _) => (c, vec![0.0; n]),
                     ("Div", 0) => {
-                        if c.iter().any(|v| *v == 0.0) {
+                        if c.contains(&0.0) {
                             return Err(ctx.usage("division by zero"));
                         }
                         (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; n])
@@ -937,13 +937,13 @@ pub(crate) fn import(proto: pb::ModelProto, limit: usize) -> Result<ImportedGrap
     };
     let mut softmax: Option<(String, String)> = None;
     for node in &graph.node {
-        if let Some((_, out)) = &softmax {
-            if node.input.iter().any(|i| i == out) || node.op_type != "Constant" {
-                return Err(ModelError::UnsupportedGraph(format!(
-                    "Softmax must be the last operator (node {:?} follows it)",
-                    node.name
-                )));
-            }
+        if let Some((_, out)) = &softmax
+            && (node.input.iter().any(|i| i == out) || node.op_type != "Constant")
+        {
+            return Err(ModelError::UnsupportedGraph(format!(
+                "Softmax must be the last operator (node {:?} follows it)",
+                node.name
+            )));
         }
         if node.op_type == "Softmax" && (node.domain.is_empty() || node.domain == "ai.onnx") {
             let ctx = Ctx { node };

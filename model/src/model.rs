@@ -53,6 +53,7 @@ pub struct Model {
     topology: Topology,
     plan: Plan,
     windows: Vec<Option<Vec<Vec<u32>>>>,
+    intervals: Vec<Vec<(i128, i128)>>,
     float: Arc<TypedRunnableModel>,
 }
 
@@ -364,6 +365,7 @@ impl Model {
         let mut stages = Vec::with_capacity(float_stages.len());
         let mut layers = Vec::with_capacity(float_stages.len());
         let mut windows = Vec::with_capacity(float_stages.len());
+        let mut all_intervals = Vec::with_capacity(float_stages.len());
         for (s, fs) in float_stages.iter().enumerate() {
             let (stage, layer, win, next) = match fs {
                 FloatStage::Linear(affine) => {
@@ -423,6 +425,7 @@ impl Model {
             stages.push(stage);
             layers.push(layer);
             windows.push(win);
+            all_intervals.push(next.clone());
             intervals = next;
         }
         let output_scale_bits = match stages.last() {
@@ -476,6 +479,7 @@ impl Model {
             topology,
             plan: Plan::new(layers),
             windows,
+            intervals: all_intervals,
             float,
         })
     }
@@ -488,6 +492,13 @@ impl Model {
     /// The private part (weights); only server A holds it.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Per-element integer bounds `[lo, hi]` of every stage's output, for
+    /// inputs within the feature bounds; the topology publishes only their
+    /// bit counts. Derived from the weights, so as private as the plan.
+    pub fn stage_intervals(&self) -> &[Vec<(i128, i128)>] {
+        &self.intervals
     }
 
     /// The float reference: tract runs the ONNX graph itself (without a
