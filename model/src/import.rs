@@ -9,7 +9,7 @@ use tract_onnx::pb;
 use crate::affine::{Affine, FloatConv, Op};
 use crate::error::ModelError;
 use crate::plan::ConvGeometry;
-use crate::topology::{ActivationKind, PoolSpec};
+use crate::topology::{ActivationKind, MAX_ELEMENTS, PoolSpec};
 
 /// Key of the ONNX metadata entry that carries per-feature input bounds.
 pub const INPUT_BOUNDS_KEY: &str = "veil.input_bounds";
@@ -410,8 +410,8 @@ impl Walker {
             pad_bottom: pb,
             pad_right: pr,
         };
-        if spec.output_len() == 0 {
-            return Err(ctx.usage("empty output"));
+        if spec.output_len() == 0 || spec.output_len() > MAX_ELEMENTS {
+            return Err(ctx.usage(format!("output of {} elements", spec.output_len())));
         }
         if pt >= kh || pb >= kh || pl >= kw || pr >= kw {
             return Err(ctx.usage("padding as large as the kernel gives windows without input"));
@@ -692,8 +692,8 @@ impl Walker {
                     pad_right: pr,
                 };
                 let out_len = geometry.output_len();
-                if out_len == 0 {
-                    return Err(ctx.usage("empty output"));
+                if out_len == 0 || out_len > MAX_ELEMENTS || geometry.kernel_len() > MAX_ELEMENTS {
+                    return Err(ctx.usage(format!("output of {out_len} elements")));
                 }
                 let per = geometry.out_h() * geometry.out_w();
                 let bias = match ctx.input(2) {
@@ -926,7 +926,11 @@ pub(crate) fn import(proto: pb::ModelProto, limit: usize) -> Result<ImportedGrap
         )));
     };
     let input_shape = value_shape(input)?;
-    let n = product(&input_shape).ok_or_else(|| malformed("input too large"))?;
+    let n = product(&input_shape)
+        .filter(|n| *n <= MAX_ELEMENTS)
+        .ok_or_else(|| {
+            ModelError::UnsupportedGraph(format!("input shape {input_shape:?} is too large"))
+        })?;
     let mut walker = Walker {
         limit,
         consts,

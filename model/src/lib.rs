@@ -29,5 +29,5 @@ pub use import::INPUT_BOUNDS_KEY;
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model, activate};
 pub use plan::{ConvGeometry, LinearLayer, Plan};
 pub use topology::{
-    ActivationKind, ActivationSpec, LinearKind, LinearSpec, PoolSpec, Stage, Topology,
+    ActivationKind, ActivationSpec, LinearKind, LinearSpec, MAX_ELEMENTS, PoolSpec, Stage, Topology,
 };

@@ -39,14 +39,22 @@ impl ConvGeometry {
             self.stride_w,
         )
     }
+    // Saturating: a garbled geometry must fail the length checks, not overflow.
     pub fn input_len(&self) -> usize {
-        self.in_c * self.in_h * self.in_w
+        self.in_c
+            .saturating_mul(self.in_h)
+            .saturating_mul(self.in_w)
     }
     pub fn output_len(&self) -> usize {
-        self.out_c * self.out_h() * self.out_w()
+        self.out_c
+            .saturating_mul(self.out_h())
+            .saturating_mul(self.out_w())
     }
     pub fn kernel_len(&self) -> usize {
-        self.out_c * self.in_c * self.kernel_h * self.kernel_w
+        self.out_c
+            .saturating_mul(self.in_c)
+            .saturating_mul(self.kernel_h)
+            .saturating_mul(self.kernel_w)
     }
 
     pub fn kind(&self) -> LinearKind {
@@ -415,7 +423,9 @@ impl Plan {
                     }
                 }
                 Weights::Conv { geometry, kernel } => {
-                    if kernel.len() != geometry.kernel_len()
+                    if geometry.output_len() > crate::topology::MAX_ELEMENTS
+                        || geometry.input_len() > crate::topology::MAX_ELEMENTS
+                        || kernel.len() != geometry.kernel_len()
                         || l.bias.len() != geometry.output_len()
                     {
                         return Err(ModelError::Encoding("inconsistent conv layer".into()));

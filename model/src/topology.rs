@@ -107,6 +107,11 @@ impl ActivationKind {
     }
 }
 
+/// Largest tensor (in elements) at any stage; far above any model that the
+/// Paillier protocol can serve, and low enough that a garbled topology
+/// cannot request absurd allocations.
+pub const MAX_ELEMENTS: usize = 1 << 26;
+
 /// Max-pool windows over a CHW input; padded cells are excluded from a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PoolSpec {
@@ -142,11 +147,16 @@ impl PoolSpec {
             self.stride_w,
         )
     }
+    // Saturating: a garbled spec must fail the length checks, not overflow.
     pub fn input_len(&self) -> usize {
-        self.channels * self.in_h * self.in_w
+        self.channels
+            .saturating_mul(self.in_h)
+            .saturating_mul(self.in_w)
     }
     pub fn output_len(&self) -> usize {
-        self.channels * self.out_h() * self.out_w()
+        self.channels
+            .saturating_mul(self.out_h())
+            .saturating_mul(self.out_w())
     }
 
     /// Input indices of each output's window, in output order (row-major CHW).
@@ -187,7 +197,7 @@ pub(crate) fn out_dim(
     kernel: usize,
     stride: usize,
 ) -> usize {
-    let padded = input + pad_a + pad_b;
+    let padded = input.saturating_add(pad_a).saturating_add(pad_b);
     if stride == 0 || kernel == 0 || padded < kernel {
         0
     } else {
