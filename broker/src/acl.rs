@@ -366,8 +366,14 @@ pattern read clients/%c/#
         let acl = AclFile::parse(SAMPLE).unwrap();
         for (user, client) in [("+", "c"), ("#", "c"), ("u", "+"), ("u", "a#")] {
             let c = acl.for_client(&who(Some(user), client));
-            assert!(!c.can_publish(&format!("devices/{user}/out")), "{user} {client}");
-            assert!(!c.can_read(&format!("clients/{client}/z")), "{user} {client}");
+            assert!(
+                !c.can_publish(&format!("devices/{user}/out")),
+                "{user} {client}"
+            );
+            assert!(
+                !c.can_read(&format!("clients/{client}/z")),
+                "{user} {client}"
+            );
             assert!(!c.can_read("clients/c/z"), "{user} {client}");
         }
     }

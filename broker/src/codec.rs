@@ -235,7 +235,9 @@ impl<'a> Cursor<'a> {
                 return Ok(value);
             }
         }
-        Err(CodecError::Malformed("variable byte integer longer than 4 bytes"))
+        Err(CodecError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
     }
 
     fn binary(&mut self) -> Result<&'a [u8], CodecError> {
@@ -493,7 +495,11 @@ impl Connect {
 
     /// Encodes this CONNECT with other credentials and without a Topic Alias
     /// Maximum, so the broker behind the gate never aliases topics.
-    pub fn encode_for_upstream(&self, username: &str, password: &[u8]) -> Result<Bytes, CodecError> {
+    pub fn encode_for_upstream(
+        &self,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Bytes, CodecError> {
         let mut body = Vec::with_capacity(64 + self.client_id.len());
         put_binary(&mut body, b"MQTT");
         body.push(match self.version {
@@ -645,19 +651,22 @@ pub fn packet_id(body: &[u8]) -> Result<u16, CodecError> {
 }
 
 /// A PUBACK/PUBREC/PUBREL/PUBCOMP. `reason` is only sent to v5 peers.
+///
+/// v5 packets carry an explicit empty property block although the spec lets
+/// it be omitted: rumqttc 0.25 loses a DISCONNECT that omits it.
 pub fn encode_ack(kind: u8, version: Version, pkid: u16, reason: u8) -> Bytes {
     let [hi, lo] = pkid.to_be_bytes();
     let flags = if kind == PUBREL { 0x02 } else { 0 };
     match version {
         Version::V4 => packet(kind, flags, &[hi, lo]),
-        Version::V5 => packet(kind, flags, &[hi, lo, reason]),
+        Version::V5 => packet(kind, flags, &[hi, lo, reason, 0]),
     }
     .unwrap_or_default()
 }
 
 /// A v5 DISCONNECT with a reason code.
 pub fn encode_disconnect_v5(reason: u8) -> Bytes {
-    packet(DISCONNECT, 0, &[reason]).unwrap_or_default()
+    packet(DISCONNECT, 0, &[reason, 0]).unwrap_or_default()
 }
 
 /// A decoded SUBSCRIBE: filters with their option bytes.
@@ -926,13 +935,19 @@ mod tests {
 
     #[test]
     fn acks_encode_per_version() {
-        assert_eq!(encode_ack(PUBACK, Version::V4, 0x0102, 0x87).as_ref(), &[0x40, 2, 1, 2]);
+        assert_eq!(
+            encode_ack(PUBACK, Version::V4, 0x0102, 0x87).as_ref(),
+            &[0x40, 2, 1, 2]
+        );
         assert_eq!(
             encode_ack(PUBACK, Version::V5, 0x0102, 0x87).as_ref(),
-            &[0x40, 3, 1, 2, 0x87]
+            &[0x40, 4, 1, 2, 0x87, 0]
         );
-        assert_eq!(encode_ack(PUBREL, Version::V4, 1, 0).as_ref(), &[0x62, 2, 0, 1]);
-        assert_eq!(encode_disconnect_v5(0x87).as_ref(), &[0xE0, 1, 0x87]);
+        assert_eq!(
+            encode_ack(PUBREL, Version::V4, 1, 0).as_ref(),
+            &[0x62, 2, 0, 1]
+        );
+        assert_eq!(encode_disconnect_v5(0x87).as_ref(), &[0xE0, 2, 0x87, 0]);
     }
 
     #[tokio::test]

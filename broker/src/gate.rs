@@ -121,7 +121,8 @@ where
         Ok(c) => c,
         Err(CodecError::UnsupportedProtocol { name, level }) => {
             info!(%peer, %name, level, "unsupported MQTT protocol level");
-            let refusal = codec::encode_connack_refusal(Version::V4, connack::V4_UNACCEPTABLE_PROTOCOL);
+            let refusal =
+                codec::encode_connack_refusal(Version::V4, connack::V4_UNACCEPTABLE_PROTOCOL);
             let _ = client_w.write_all(&refusal).await;
             return;
         }
@@ -139,7 +140,10 @@ where
     if connect.wants_enhanced_auth() {
         info!(%peer, client_id = %connect.client_id, "MQTT 5 enhanced authentication is not supported");
         let _ = client_w
-            .write_all(&refuse(connack::V4_NOT_AUTHORIZED, connack::V5_BAD_AUTH_METHOD))
+            .write_all(&refuse(
+                connack::V4_NOT_AUTHORIZED,
+                connack::V5_BAD_AUTH_METHOD,
+            ))
             .await;
         return;
     }
@@ -152,7 +156,10 @@ where
             "authentication failed"
         );
         let _ = client_w
-            .write_all(&refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED))
+            .write_all(&refuse(
+                connack::V4_NOT_AUTHORIZED,
+                connack::V5_NOT_AUTHORIZED,
+            ))
             .await;
         return;
     }
@@ -164,8 +171,8 @@ where
     let mut acl = AclCache::new(&gate.security, who.clone());
 
     if let Some(will) = &connect.will {
-        let allowed =
-            topic::validate_topic_name(&will.topic).is_ok() && acl.get(&gate.security).can_publish(&will.topic);
+        let allowed = topic::validate_topic_name(&will.topic).is_ok()
+            && acl.get(&gate.security).can_publish(&will.topic);
         if !allowed {
             warn!(
                 %peer,
@@ -176,7 +183,10 @@ where
                 "ACL violation: will topic not writable; connection refused"
             );
             let _ = client_w
-                .write_all(&refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED))
+                .write_all(&refuse(
+                    connack::V4_NOT_AUTHORIZED,
+                    connack::V5_NOT_AUTHORIZED,
+                ))
                 .await;
             return;
         }
@@ -432,11 +442,19 @@ impl ClientToUpstream<'_> {
         }
         let topic = header.topic.to_string();
         match (header.qos, header.pkid) {
-            (1, Some(pkid)) => {
-                self.reply(codec::encode_ack(codec::PUBACK, self.version, pkid, RC_NOT_AUTHORIZED))?
-            }
+            (1, Some(pkid)) => self.reply(codec::encode_ack(
+                codec::PUBACK,
+                self.version,
+                pkid,
+                RC_NOT_AUTHORIZED,
+            ))?,
             (2, Some(pkid)) => {
-                self.reply(codec::encode_ack(codec::PUBREC, self.version, pkid, RC_NOT_AUTHORIZED))?;
+                self.reply(codec::encode_ack(
+                    codec::PUBREC,
+                    self.version,
+                    pkid,
+                    RC_NOT_AUTHORIZED,
+                ))?;
                 // A v5 client ends the exchange on a failure PUBREC; a 3.1.1
                 // client cannot be told and goes on with PUBREL.
                 if self.version == Version::V4 {
@@ -561,7 +579,11 @@ impl UpstreamToClient<'_> {
         })
     }
 
-    async fn handle<W: AsyncWrite>(&mut self, frame: Frame, client: &mut WriteHalf<W>) -> Result<(), End> {
+    async fn handle<W: AsyncWrite>(
+        &mut self,
+        frame: Frame,
+        client: &mut WriteHalf<W>,
+    ) -> Result<(), End> {
         match frame.kind {
             codec::PUBLISH => {
                 let header = PublishHeader::decode(self.version, frame.flags, frame.body())

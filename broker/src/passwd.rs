@@ -248,7 +248,10 @@ iter1000:$7$1000$ztdXUm3PL6AGxFqy$gJa0gQPs/FNxQpyy1qeAYkTv+IMfBUSTYT8rNgzd2DrEjL
             ("u:$7$abc$2ImIKLCkTvVCA+Np$AA==\n", "not a number"),
             ("u:$7$0$2ImIKLCkTvVCA+Np$AA==\n", "zero"),
             ("u:$7$99999999999$2ImIKLCkTvVCA+Np$AA==\n", "not a number"),
-            ("u:$7$20000000$2ImIKLCkTvVCA+Np$AA==\n", "iteration count above"),
+            (
+                "u:$7$20000000$2ImIKLCkTvVCA+Np$AA==\n",
+                "iteration count above",
+            ),
             ("u:$7$101$!!!!$AA==\n", "salt is not valid base64"),
             ("u:$7$101$AAAA$AA==\n", "salt is 3 bytes"),
             ("u:$7$101$2ImIKLCkTvVCA+Np$AA==\n", "hash is 1 bytes"),
@@ -259,7 +262,9 @@ iter1000:$7$1000$ztdXUm3PL6AGxFqy$gJa0gQPs/FNxQpyy1qeAYkTv+IMfBUSTYT8rNgzd2DrEjL
             assert_eq!(err.line, 1);
             assert!(err.reason.contains(reason), "{text}: {}", err.reason);
         }
-        let twice = format!("{REAL}devA:$6$X19cMBTasahMe+EH$yIjjrS0RWdXErvU2iyEBHe2S3/Jh3deUp7NR4kjWtSn0YKc/h+/u7Oc9RBbBgTc6KDh5gLJMFngh6Q3gUoCPZQ==\n");
+        let twice = format!(
+            "{REAL}devA:$6$X19cMBTasahMe+EH$yIjjrS0RWdXErvU2iyEBHe2S3/Jh3deUp7NR4kjWtSn0YKc/h+/u7Oc9RBbBgTc6KDh5gLJMFngh6Q3gUoCPZQ==\n"
+        );
         let err = PasswordFile::parse(&twice).unwrap_err();
         assert_eq!(err.line, 4);
         assert!(err.reason.contains("twice"));

@@ -35,12 +35,14 @@ impl Security {
             None => None,
         };
         let acl = match &config.acl_file {
-            Some(path) => Some(AclFile::parse(&read(path)?).map_err(|source| {
-                BrokerError::Acl {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    AclFile::parse(&read(path)?).map_err(|source| BrokerError::Acl {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         Ok(Security { passwords, acl })

@@ -115,7 +115,9 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 ///
 /// This is how a SUBSCRIBE filter is checked against an ACL entry: the
 /// subscription is allowed only when the entry grants read access to every
-/// topic the subscription could ever deliver.
+/// topic the subscription could ever deliver. Like [`intersects`], this
+/// counts the zero-length topic (so `/+/#` does not cover `/#`), erring
+/// towards refusal.
 pub fn covers(outer: &str, inner: &str) -> bool {
     let mut o = outer.split('/');
     let mut i = inner.split('/');
@@ -150,7 +152,11 @@ pub fn covers(outer: &str, inner: &str) -> bool {
     }
 }
 
-/// Is there at least one topic name matched by both filters?
+/// Is there at least one topic matched by both filters?
+///
+/// The zero-length topic counts here although it is not a valid topic name
+/// (`+` and `/#` meet only there), which errs towards refusing: the ACL uses
+/// this to refuse subscriptions that could reach a denied topic.
 pub fn intersects(a: &str, b: &str) -> bool {
     let mut x = a.split('/');
     let mut y = b.split('/');
@@ -160,10 +166,7 @@ pub fn intersects(a: &str, b: &str) -> bool {
             (Some("#"), other) | (other, Some("#")) => {
                 // The `#` side can stop here or go on; the other side only
                 // fails to meet it on the `$` rule in the first level.
-                return match other {
-                    Some(l) if first && l != "+" && l != "#" && is_dollar(l) => false,
-                    _ => true,
-                };
+                return !matches!(other, Some(l) if first && l != "+" && l != "#" && is_dollar(l));
             }
             (Some(xl), Some(yl)) => {
                 let ok = match (xl, yl) {
@@ -193,7 +196,10 @@ mod tests {
     fn names_and_filters_are_validated() {
         assert!(validate_topic_name("veil/v1/pub/a/key").is_ok());
         assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
-        assert_eq!(validate_topic_name("a/+/b"), Err(TopicError::WildcardInName));
+        assert_eq!(
+            validate_topic_name("a/+/b"),
+            Err(TopicError::WildcardInName)
+        );
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0b"), Err(TopicError::Nul));
         assert!(validate_filter("a/+/b/#").is_ok());
@@ -221,7 +227,10 @@ mod tests {
     #[test]
     fn matching_follows_the_spec_examples() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("#", "a/b/c"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
@@ -271,6 +280,12 @@ mod tests {
     const LEVELS: &[&str] = &["a", "b", "", "$s"];
 
     fn all_topics(max_levels: usize) -> Vec<String> {
+        let mut out = all_topics_and_empty(max_levels);
+        out.retain(|t| !t.is_empty());
+        out
+    }
+
+    fn all_topics_and_empty(max_levels: usize) -> Vec<String> {
         let mut out: Vec<String> = LEVELS.iter().map(|l| l.to_string()).collect();
         let mut frontier = out.clone();
         for _ in 1..max_levels {
@@ -283,7 +298,6 @@ mod tests {
             out.extend(next.iter().cloned());
             frontier = next;
         }
-        out.retain(|t| !t.is_empty());
         out
     }
 
@@ -295,13 +309,14 @@ mod tests {
             Just("$s".to_string()),
             Just("+".to_string()),
         ];
-        (prop::collection::vec(level, 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
-            if hash {
-                levels.push("#".to_string());
-            }
-            levels.join("/")
-        })
-        .prop_filter("valid, non-empty filter", |f| validate_filter(f).is_ok())
+        (prop::collection::vec(level, 1..4), any::<bool>())
+            .prop_map(|(mut levels, hash)| {
+                if hash {
+                    levels.push("#".to_string());
+                }
+                levels.join("/")
+            })
+            .prop_filter("valid, non-empty filter", |f| validate_filter(f).is_ok())
     }
 
     proptest! {
@@ -309,7 +324,7 @@ mod tests {
         // every difference (a `#` needs one level past the filter).
         #[test]
         fn covers_agrees_with_brute_force(outer in filter_strategy(), inner in filter_strategy()) {
-            let universe = all_topics(5);
+            let universe = all_topics_and_empty(5);
             let brute = universe
                 .iter()
                 .filter(|t| matches(&inner, t))
@@ -319,7 +334,7 @@ mod tests {
 
         #[test]
         fn intersects_agrees_with_brute_force(a in filter_strategy(), b in filter_strategy()) {
-            let universe = all_topics(5);
+            let universe = all_topics_and_empty(5);
             let brute = universe.iter().any(|t| matches(&a, t) && matches(&b, t));
             prop_assert_eq!(intersects(&a, &b), brute, "a={} b={}", a, b);
             prop_assert_eq!(intersects(&a, &b), intersects(&b, &a));
