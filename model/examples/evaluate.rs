@@ -2,7 +2,7 @@
 //! references side by side, plus their agreement over the full sets. Its
 //! output is the table in models/README.md:
 //!
-//!     cargo run --release -p veil-model --example evaluate
+//!     cargo run -p veil-model --example evaluate
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -15,6 +15,75 @@ pub(crate) struct FloatConv {
 }
 
 impl FloatConv {
+    /// `second ∘ self` as one convolution. Exact when `second` has no
+    /// padding: it then only reads positions that `self` computed over its
+    /// own (zero-)padded input, so the combined kernel can read that same
+    /// padded input. Returns `None` otherwise.
+    fn compose(&self, second: &FloatConv) -> Option<FloatConv> {
+        let (a, b) = (&self.geometry, &second.geometry);
+        if b.pad_top + b.pad_left + b.pad_bottom + b.pad_right != 0
+            || b.in_c != a.out_c
+            || b.in_h != a.out_h()
+            || b.in_w != a.out_w()
+        {
+            return None;
+        }
+        let kh = a.kernel_h + (b.kernel_h - 1) * a.stride_h;
+        let kw = a.kernel_w + (b.kernel_w - 1) * a.stride_w;
+        let geometry = ConvGeometry {
+            in_c: a.in_c,
+            in_h: a.in_h,
+            in_w: a.in_w,
+            out_c: b.out_c,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: a.stride_h * b.stride_h,
+            stride_w: a.stride_w * b.stride_w,
+            pad_top: a.pad_top,
+            pad_left: a.pad_left,
+            pad_bottom: a.pad_bottom,
+            pad_right: a.pad_right,
+        };
+        if geometry.out_h() != b.out_h() || geometry.out_w() != b.out_w() {
+            return None;
+        }
+        let mut kernel = vec![0.0; geometry.kernel_len()];
+        for o2 in 0..b.out_c {
+            for o1 in 0..b.in_c {
+                for by in 0..b.kernel_h {
+                    for bx in 0..b.kernel_w {
+                        let k2 =
+                            second.kernel[((o2 * b.in_c + o1) * b.kernel_h + by) * b.kernel_w + bx];
+                        if k2 == 0.0 {
+                            continue;
+                        }
+                        for i in 0..a.in_c {
+                            for ay in 0..a.kernel_h {
+                                for ax in 0..a.kernel_w {
+                                    let k1 = self.kernel
+                                        [((o1 * a.in_c + i) * a.kernel_h + ay) * a.kernel_w + ax];
+                                    let (y, x) = (by * a.stride_h + ay, bx * a.stride_w + ax);
+                                    kernel[((o2 * a.in_c + i) * kh + y) * kw + x] += k2 * k1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let bias = second
+            .apply_linear(&self.bias)
+            .iter()
+            .zip(&second.bias)
+            .map(|(x, y)| x + y)
+            .collect();
+        Some(FloatConv {
+            geometry,
+            kernel,
+            bias,
+        })
+    }
+
     fn apply_linear(&self, x: &[f64]) -> Vec<f64> {
         let mut z = vec![0.0; self.geometry.output_len()];
         self.geometry.for_each_term(|out, input, k| {
@@ -262,6 +331,10 @@ impl Affine {
                 conv.bias = conv.bias.iter().zip(&shifted).map(|(b, s)| b + s).collect();
                 Ok(Affine::Conv(conv))
             }
+            (Affine::Conv(first), Op::Conv(second)) if first.compose(&second).is_some() => first
+                .compose(&second)
+                .map(Affine::Conv)
+                .ok_or_else(|| ModelError::UnsupportedGraph("convolutions do not compose".into())),
             (cur, op) => {
                 let in_len = cur.in_len();
                 check_size("fused linear layer", in_len, op.out_len(), limit)?;
@@ -402,10 +475,93 @@ mod tests {
                 .zip(second.bias())
                 .map(|(a, b)| a + b)
                 .collect();
+            let was_conv = matches!(fused2, Affine::Conv(_));
             let fused3 = fused2.then(second, 1 << 20).unwrap();
-            assert!(matches!(fused3, Affine::Dense { .. }));
+            // An unpadded conv after a conv composes into one conv.
+            assert_eq!(matches!(fused3, Affine::Conv(_)), was_conv);
             assert!(close(&fused3.apply(&x), &expect3));
         }
+    }
+
+    // Random geometries: the composed conv equals the two applied in turn.
+    #[test]
+    fn composed_convolutions_match_sequential_application() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut composed = 0;
+        for _ in 0..300 {
+            let g1 = ConvGeometry {
+                in_c: 1 + next(2),
+                in_h: 3 + next(6),
+                in_w: 3 + next(6),
+                out_c: 1 + next(3),
+                kernel_h: 1 + next(3),
+                kernel_w: 1 + next(3),
+                stride_h: 1 + next(2),
+                stride_w: 1 + next(2),
+                pad_top: next(2),
+                pad_left: next(2),
+                pad_bottom: next(2),
+                pad_right: next(2),
+            };
+            let g2 = ConvGeometry {
+                in_c: g1.out_c,
+                in_h: g1.out_h(),
+                in_w: g1.out_w(),
+                out_c: 1 + next(3),
+                kernel_h: 1 + next(2),
+                kernel_w: 1 + next(2),
+                stride_h: 1 + next(2),
+                stride_w: 1 + next(2),
+                pad_top: 0,
+                pad_left: 0,
+                pad_bottom: 0,
+                pad_right: 0,
+            };
+            if g1.output_len() == 0 || g2.output_len() == 0 {
+                continue;
+            }
+            let mk = |g: ConvGeometry, seed: usize| FloatConv {
+                geometry: g,
+                kernel: (0..g.kernel_len())
+                    .map(|i| ((i * 31 + seed) % 13) as f64 - 6.0)
+                    .collect(),
+                bias: (0..g.output_len())
+                    .map(|i| ((i + seed) % 5) as f64)
+                    .collect(),
+            };
+            let (c1, c2) = (mk(g1, 3), mk(g2, 7));
+            let x: Vec<f64> = (0..g1.input_len())
+                .map(|i| ((i * 17) % 11) as f64 - 5.0)
+                .collect();
+            let mid: Vec<f64> = c1
+                .apply_linear(&x)
+                .iter()
+                .zip(&c1.bias)
+                .map(|(a, b)| a + b)
+                .collect();
+            let want: Vec<f64> = c2
+                .apply_linear(&mid)
+                .iter()
+                .zip(&c2.bias)
+                .map(|(a, b)| a + b)
+                .collect();
+            let c = c1.compose(&c2).unwrap();
+            let got: Vec<f64> = c
+                .apply_linear(&x)
+                .iter()
+                .zip(&c.bias)
+                .map(|(a, b)| a + b)
+                .collect();
+            assert_eq!(got, want, "{g1:?} then {g2:?}");
+            composed += 1;
+        }
+        assert!(composed > 100);
     }
 
     #[test]

@@ -121,11 +121,25 @@ fn conv_net(softmax: bool) -> Graph {
 fn conv_net_with_folded_normalisation_and_fusions() {
     let model = Model::from_bytes(&conv_net(false).bytes(), &ImportOptions::default()).unwrap();
     // Normalisation and batch norm fold into the first conv, which keeps its
-    // structure; MaxPool then Relu fuse; conv then average pool become dense.
+    // structure; MaxPool then Relu fuse; the unpadded average pool composes
+    // with the conv before it into one larger conv.
     assert_eq!(
         kinds(&model),
-        ["Conv", "ReluMaxPool", "Dense", "LeakyRelu", "Dense"]
+        ["Conv", "ReluMaxPool", "Conv", "LeakyRelu", "Dense"]
     );
+    match &model.topology().stages[2] {
+        Stage::Linear(l) => assert!(matches!(
+            l.kind,
+            LinearKind::Conv2d {
+                kernel_h: 3,
+                kernel_w: 3,
+                out_h: 1,
+                out_w: 1,
+                ..
+            }
+        )),
+        other => panic!("{other:?}"),
+    }
     let t = model.topology();
     assert!(
         matches!(t.stages[3], Stage::Activation(ref a) if a.kind == ActivationKind::LeakyRelu { alpha_q: 6554 })
@@ -410,21 +424,44 @@ fn modes_are_checked() {
 
 #[test]
 fn oversized_models_are_refused() {
-    // Two convolutions with no activation between them only fuse densely.
-    let mut g = Graph::new(&[1, 8, 8]);
-    let w1 = g.init("w1", &[2, 1, 3, 3], values(20, 18, 1.0));
-    let w2 = g.init("w2", &[2, 2, 3, 3], values(21, 36, 1.0));
-    g.node("Conv", "c1", &["", &w1], &[])
-        .node("Conv", "c2", &["", &w2], &[])
-        .bounds(0.0, 1.0);
+    // A padded convolution after another one (no activation between) only
+    // fuses densely, within the size limit.
+    let convs = |pads: i64| {
+        let mut g = Graph::new(&[1, 8, 8]);
+        let w1 = g.init("w1", &[2, 1, 3, 3], values(20, 18, 1.0));
+        let w2 = g.init("w2", &[2, 2, 3, 3], values(21, 36, 1.0));
+        g.node("Conv", "c1", &["", &w1], &[])
+            .node(
+                "Conv",
+                "c2",
+                &["", &w2],
+                &[("pads", Attr::Ints(vec![pads; 4]))],
+            )
+            .bounds(0.0, 1.0);
+        g.bytes()
+    };
     let small = ImportOptions {
         max_dense_weights: 1000,
         ..Default::default()
     };
-    let err = Model::from_bytes(&g.bytes(), &small).unwrap_err();
+    let err = Model::from_bytes(&convs(1), &small).unwrap_err();
     assert!(matches!(err, ModelError::TooLarge { .. }), "{err}");
-    let fused = Model::from_bytes(&g.bytes(), &ImportOptions::default()).unwrap();
+    let fused = Model::from_bytes(&convs(1), &ImportOptions::default()).unwrap();
     assert_eq!(kinds(&fused), ["Dense"]);
+    // Unpadded, they compose into one 5×5 convolution whatever the limit.
+    let composed = Model::from_bytes(&convs(0), &small).unwrap();
+    assert_eq!(kinds(&composed), ["Conv"]);
+    for model in [&fused, &composed] {
+        let x: Vec<f32> = values(22, 64, 0.5).iter().map(|v| v + 0.5).collect();
+        let float = model.run_float(&x).unwrap();
+        let modes = model.topology().default_modes();
+        let out = model
+            .run_int(&model.encode_input(&x).unwrap(), &modes, &FloorRounding)
+            .unwrap();
+        for (a, b) in float.iter().zip(&model.decode_output(&out)) {
+            assert!((f64::from(*a) - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
 
     // Bounds beyond 2^100.
     let m = Model::from_bytes(

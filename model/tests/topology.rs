@@ -202,3 +202,14 @@ proptest! {
         prop_assert_eq!(t.fingerprint() == pima().fingerprint(), &t == pima());
     }
 }
+
+#[test]
+fn model_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let model = load("pima-mlp");
+    assert_send_sync(&model);
+    let x = [1.0, 100.0, 70.0, 30.0, 30.0, 0.5, 40.0];
+    let here = model.run_float(&x).unwrap();
+    let there = std::thread::scope(|s| s.spawn(|| model.run_float(&x).unwrap()).join().unwrap());
+    assert_eq!(here, there);
+}
