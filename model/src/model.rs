@@ -199,37 +199,28 @@ fn linear_intervals(
     input: &[(i128, i128)],
     stage: usize,
 ) -> Result<Vec<(i128, i128)>, ModelError> {
-    let too_large = ModelError::BoundTooLarge { stage, bits: 128 };
+    // Past i128 the bound is far beyond MAX_BOUND_BITS anyway.
+    let too_large = || ModelError::BoundTooLarge { stage, bits: 128 };
+    if input.len() != layer.input_len() {
+        return Err(ModelError::LengthMismatch {
+            expected: layer.input_len(),
+            got: input.len(),
+        });
+    }
     (0..layer.output_len())
         .map(|o| {
             let (mut lo, mut hi) = (layer.bias(o), layer.bias(o));
             for (i, w) in layer.row(o) {
-                let (a, b) = input
-                    .get(i as usize)
-                    .copied()
-                    .ok_or(ModelError::LengthMismatch {
-                        expected: layer.input_len(),
-                        got: input.len(),
-                    })?;
+                let (a, b) = input.get(i as usize).copied().unwrap_or((0, 0));
                 let w = i128::from(w);
-                let (p, q) = (w.checked_mul(a), w.checked_mul(b));
-                let (p, q) = p
-                    .zip(q)
-                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
-                lo = lo
-                    .checked_add(p.min(q))
-                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
-                hi = hi
-                    .checked_add(p.max(q))
-                    .ok_or(ModelError::BoundTooLarge { stage, bits: 128 })?;
+                let p = w.checked_mul(a).ok_or_else(too_large)?;
+                let q = w.checked_mul(b).ok_or_else(too_large)?;
+                lo = lo.checked_add(p.min(q)).ok_or_else(too_large)?;
+                hi = hi.checked_add(p.max(q)).ok_or_else(too_large)?;
             }
             Ok((lo, hi))
         })
-        .collect::<Result<Vec<_>, ModelError>>()
-        .map_err(|e| match e {
-            ModelError::BoundTooLarge { .. } => too_large,
-            e => e,
-        })
+        .collect()
 }
 
 fn floor_shift(v: i128, k: u32) -> i128 {
