@@ -33,6 +33,7 @@ pub const AUTH: u8 = 15;
 pub const PROP_AUTH_METHOD: u8 = 0x15;
 pub const PROP_TOPIC_ALIAS_MAX: u8 = 0x22;
 pub const PROP_TOPIC_ALIAS: u8 = 0x23;
+pub const PROP_MAX_PACKET_SIZE: u8 = 0x27;
 
 /// Largest value the 4-byte remaining-length encoding can carry.
 const MAX_REMAINING_LEN: usize = 268_435_455;
@@ -163,6 +164,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(8 * 1024),
             max_packet,
         }
+    }
+
+    /// Is a whole frame already buffered (so `next` will not wait)?
+    pub fn has_frame(&self) -> bool {
+        matches!(fixed_header(&self.buf), Ok(Some((_, h, r))) if self.buf.len() >= h + r)
     }
 
     /// The next frame, or `None` when the peer closed between packets.
@@ -583,14 +589,23 @@ impl ConnAck {
 
     /// Re-encodes for the client. In v5 the Topic Alias Maximum is removed
     /// (meaning 0): the gate checks every PUBLISH by its topic and so does
-    /// not accept aliases.
-    pub fn encode_for_client(&self, version: Version) -> Result<Bytes, CodecError> {
+    /// not accept aliases. The gate's packet limit is announced as the
+    /// Maximum Packet Size.
+    pub fn encode_for_client(
+        &self,
+        version: Version,
+        max_packet: usize,
+    ) -> Result<Bytes, CodecError> {
         let mut body = vec![u8::from(self.session_present), self.code];
         if version == Version::V5 {
-            put_properties(
-                &mut body,
+            let mut props = without_property(
                 &without_property(&self.properties, PROP_TOPIC_ALIAS_MAX),
+                PROP_MAX_PACKET_SIZE,
             );
+            props.push(PROP_MAX_PACKET_SIZE);
+            let limit = u32::try_from(max_packet).unwrap_or(u32::MAX);
+            props.extend_from_slice(&limit.to_be_bytes());
+            put_properties(&mut body, &props);
         }
         packet(CONNACK, 0, &body)
     }
@@ -925,8 +940,8 @@ mod tests {
     #[test]
     fn connack_rewrite_drops_topic_alias_maximum() {
         let ack = ConnAck::decode(Version::V5, &[1, 0, 5, 0x22, 0x10, 0, 0x24, 1]).unwrap();
-        let f = frame_of(&ack.encode_for_client(Version::V5).unwrap());
-        assert_eq!(f.body(), &[1, 0, 2, 0x24, 1][..]);
+        let f = frame_of(&ack.encode_for_client(Version::V5, 0x0100_0400).unwrap());
+        assert_eq!(f.body(), &[1, 0, 7, 0x24, 1, 0x27, 1, 0, 4, 0][..]);
         assert_eq!(
             encode_connack_refusal(Version::V4, connack::V4_NOT_AUTHORIZED).as_ref(),
             &[0x20, 2, 0, 5]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufWriter, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -56,6 +56,11 @@ const SUBACK_FAILURE_V4: u8 = 0x80;
 /// gets to finish after the other one ended.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(1);
+
+/// Output buffered per direction before a write reaches the socket.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+type UpstreamWriter = BufWriter<OwnedWriteHalf>;
 
 /// Why a relay direction stopped (shown in the close log through Debug).
 #[derive(Debug)]
@@ -208,7 +213,7 @@ where
     let (upstream_r, upstream_w, ack) = upstream;
     let ack_bytes = match version {
         Version::V4 => ack.1,
-        Version::V5 => match ack.0.encode_for_client(version) {
+        Version::V5 => match ack.0.encode_for_client(version, gate.max_packet) {
             Ok(b) => b,
             Err(_) => return,
         },
@@ -337,10 +342,19 @@ impl ClientToUpstream<'_> {
     async fn run<R: AsyncRead + Unpin>(
         mut self,
         mut client: FrameReader<R>,
-        mut upstream: OwnedWriteHalf,
+        upstream: OwnedWriteHalf,
         mut replies: mpsc::Receiver<Bytes>,
     ) -> End {
+        let mut upstream = BufWriter::with_capacity(WRITE_BUFFER, upstream);
         let end = loop {
+            // Packets that arrived together leave together: flush only
+            // before waiting for more input.
+            if !client.has_frame()
+                && replies.is_empty()
+                && let Err(e) = upstream.flush().await
+            {
+                break End::Write(e);
+            }
             let step = tokio::select! {
                 biased;
                 Some(bytes) = replies.recv() => upstream.write_all(&bytes).await.map_err(End::from),
@@ -401,7 +415,7 @@ impl ClientToUpstream<'_> {
         Ok(())
     }
 
-    async fn handle(&mut self, frame: Frame, upstream: &mut OwnedWriteHalf) -> Result<(), End> {
+    async fn handle(&mut self, frame: Frame, upstream: &mut UpstreamWriter) -> Result<(), End> {
         match frame.kind {
             codec::PUBLISH => self.publish(frame, upstream).await,
             codec::SUBSCRIBE => self.subscribe(frame, upstream).await,
@@ -427,7 +441,7 @@ impl ClientToUpstream<'_> {
         }
     }
 
-    async fn publish(&mut self, frame: Frame, upstream: &mut OwnedWriteHalf) -> Result<(), End> {
+    async fn publish(&mut self, frame: Frame, upstream: &mut UpstreamWriter) -> Result<(), End> {
         let header = PublishHeader::decode(self.version, frame.flags, frame.body())
             .map_err(|e| End::Read(e.into()))?;
         if header.topic_alias.is_some() {
@@ -466,7 +480,7 @@ impl ClientToUpstream<'_> {
         self.violation(&topic, "publish")
     }
 
-    async fn subscribe(&mut self, frame: Frame, upstream: &mut OwnedWriteHalf) -> Result<(), End> {
+    async fn subscribe(&mut self, frame: Frame, upstream: &mut UpstreamWriter) -> Result<(), End> {
         let sub = Subscribe::decode(self.version, frame.flags, frame.body())
             .map_err(|e| End::Read(e.into()))?;
         let failure = match self.version {
@@ -538,14 +552,21 @@ impl UpstreamToClient<'_> {
     async fn run<R, W>(
         mut self,
         mut upstream: FrameReader<R>,
-        mut client: WriteHalf<W>,
+        client: WriteHalf<W>,
         mut requests: mpsc::Receiver<ToClient>,
     ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut client = BufWriter::with_capacity(WRITE_BUFFER, client);
         let end = loop {
+            if !upstream.has_frame()
+                && requests.is_empty()
+                && let Err(e) = client.flush().await
+            {
+                break End::Write(e);
+            }
             let step = tokio::select! {
                 biased;
                 Some(request) = requests.recv() => match request {
@@ -582,7 +603,7 @@ impl UpstreamToClient<'_> {
     async fn handle<W: AsyncWrite>(
         &mut self,
         frame: Frame,
-        client: &mut WriteHalf<W>,
+        client: &mut BufWriter<WriteHalf<W>>,
     ) -> Result<(), End> {
         match frame.kind {
             codec::PUBLISH => {

@@ -622,3 +622,99 @@ async fn qos1_throughput_through_the_gate() {
     drop(dev);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_example_broker_toml_starts_a_working_broker() {
+    let mut config = BrokerConfig::from_toml_file(repo_config("broker.toml")).unwrap();
+    assert_eq!(config.acl_file, Some(repo_config("acl")));
+    assert_eq!(config.password_file, Some(repo_config("passwords")));
+    assert_eq!(config.max_payload_size, 16 * 1024 * 1024);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let broker = start(config).await;
+    let mut dev = V4Client::connect(broker.local_addr(), "toml-devB", "devB", true).await;
+    dev.publish_acked("veil/v1/dev/devB/session/b", b"s".to_vec(), true)
+        .await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn anonymous_clients_get_the_lines_before_the_first_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read open/#\nuser server-a\ntopic write open/#\n",
+    )
+    .unwrap();
+    let config = BrokerConfig {
+        acl_file: Some(acl),
+        ..example_config()
+    };
+    let refused = start(config.clone()).await;
+    let err = V4Client::spawn(v4_options(refused.local_addr(), "anon-0", None))
+        .connack()
+        .await
+        .unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+    refused.shutdown().await;
+
+    let broker = start(BrokerConfig {
+        allow_anonymous: true,
+        ..config
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut anon = V4Client::spawn(v4_options(addr, "anon-1", None));
+    anon.connack().await.unwrap();
+    assert_eq!(
+        anon.subscribe("open/#").await.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    anon.publish_acked("open/x", b"anon".to_vec(), false).await;
+    let mut writer = V4Client::connect(addr, "anon-writer", "server-a", true).await;
+    writer.publish_acked("open/y", b"srv".to_vec(), false).await;
+    let got = anon.publishes_within(SHORT).await;
+    let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, vec!["open/y"], "the anonymous publish was refused");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn mqtt5_qos2_refusal_and_packet_limit_are_announced() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubRecReason};
+    let broker = start(example_config()).await;
+    let addr = broker.local_addr();
+    let mut c = V5Client::spawn(common::v5::options(addr, "v5-q2-devA", "devA"));
+    let props = c
+        .expect(|p| match p {
+            P5::ConnAck(a) => Some(a.properties.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap()
+        .expect("CONNACK properties");
+    assert_eq!(
+        props.max_packet_size,
+        Some(16 * 1024 * 1024 + 64 * 1024 + 16)
+    );
+    assert_eq!(props.topic_alias_max, None);
+    c.client
+        .publish(
+            "veil/v1/dev/devB/frame",
+            Q5::ExactlyOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await
+        .unwrap();
+    let reason = c
+        .expect(|p| match p {
+            P5::PubRec(r) => Some(r.reason),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reason, PubRecReason::NotAuthorized);
+    broker.shutdown().await;
+}
