@@ -718,3 +718,35 @@ async fn mqtt5_qos2_refusal_and_packet_limit_are_announced() {
     assert_eq!(reason, PubRecReason::NotAuthorized);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn qos2_messages_are_delivered_exactly_once() {
+    let broker = start(example_config()).await;
+    let addr = broker.local_addr();
+    let mut dev = V4Client::connect(addr, "q2-devA", "devA", true).await;
+    dev.client
+        .subscribe("veil/v1/dev/devA/result", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        dev.suback().await.unwrap().return_codes,
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
+    let mut server_b = V4Client::connect(addr, "q2-server-b", "server-b", true).await;
+    for i in 0..3u8 {
+        server_b
+            .client
+            .publish("veil/v1/dev/devA/result", QoS::ExactlyOnce, false, vec![i])
+            .await
+            .unwrap();
+        server_b
+            .expect(|p| matches!(p, Packet::PubComp(_)).then_some(()))
+            .await
+            .unwrap();
+    }
+    let got = dev.publishes_within(Duration::from_secs(1)).await;
+    let payloads: Vec<u8> = got.iter().map(|p| p.payload[0]).collect();
+    assert_eq!(payloads, vec![0, 1, 2]);
+    assert!(got.iter().all(|p| p.qos == QoS::ExactlyOnce));
+    broker.shutdown().await;
+}
