@@ -88,7 +88,7 @@ async fn scenario(addr: SocketAddr, tag: &str) -> bool {
 
     let ack = dev.subscribe("veil/v1/dev/devB/result").await;
     let refused = ack.return_codes == vec![SubscribeReasonCode::Failure];
-    let mut server_b = V4Client::connect(addr, &format!("{tag}-server-b"), "server-b", true).await;
+    let server_b = V4Client::connect(addr, &format!("{tag}-server-b"), "server-b", true).await;
     server_b
         .client
         .publish(
