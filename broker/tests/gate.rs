@@ -98,7 +98,7 @@ async fn refused_subscriptions_get_failure_codes_and_allowed_ones_still_work() {
     server_b
         .publish_acked("veil/v1/dev/devB/result", b"for B".to_vec(), false)
         .await;
-    let got = dev.publishes_within(SHORT).await;
+    let got = dev.publishes_until(1, SHORT).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].topic, "veil/v1/dev/devA/result");
     assert_eq!(&got[0].payload[..], b"for A");
@@ -132,7 +132,7 @@ async fn refused_publishes_are_dropped_acknowledged_and_logged_without_payload()
     .await;
     dev.publish_acked("veil/v1/dev/devA/frame", b"own frame".to_vec(), false)
         .await;
-    let got = server_a.publishes_within(SHORT).await;
+    let got = server_a.publishes_until(1, SHORT).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].topic, "veil/v1/dev/devA/frame");
 
@@ -217,7 +217,7 @@ async fn mqtt5_clients_get_not_authorized_reason_codes() {
         )
         .await
         .unwrap();
-    let got = dev.publishes_within(SHORT).await;
+    let got = dev.publishes_until(1, SHORT).await;
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].topic[..], b"veil/v1/dev/devA/result");
     broker.shutdown().await;
@@ -281,7 +281,7 @@ async fn retained_messages_reach_later_subscribers() {
         .await;
     let mut dev = V4Client::connect(addr, "ret-devB", "devB", true).await;
     dev.subscribe("veil/v1/pub/#").await;
-    let mut got = dev.publishes_within(SHORT).await;
+    let mut got = dev.publishes_until(2, SHORT).await;
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.iter().all(|p| p.retain));
@@ -312,7 +312,7 @@ async fn persistent_sessions_get_messages_queued_while_offline() {
     let mut dev = V4Client::spawn(opts);
     let ack = dev.connack().await.unwrap();
     assert!(ack.session_present);
-    let got = dev.publishes_within(Duration::from_secs(2)).await;
+    let got = dev.publishes_until(5, SHORT).await;
     let payloads: Vec<u8> = got.iter().map(|p| p.payload[0]).collect();
     assert_eq!(payloads, vec![0, 1, 2, 3, 4]);
     assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce));
@@ -337,7 +337,8 @@ async fn shared_subscriptions_split_frames_between_workers() {
         dev.publish_acked("veil/v1/dev/devA/frame", vec![i], false)
             .await;
     }
-    let (a, b) = tokio::join!(w1.publishes_within(SHORT), w2.publishes_within(SHORT));
+    let window = Duration::from_secs(2);
+    let (a, b) = tokio::join!(w1.publishes_within(window), w2.publishes_within(window));
     let mut all: Vec<u8> = a.iter().chain(b.iter()).map(|p| p.payload[0]).collect();
     all.sort_unstable();
     assert_eq!(all, (0..20).collect::<Vec<u8>>(), "each frame exactly once");
@@ -378,7 +379,7 @@ async fn deliveries_are_checked_again_after_an_acl_reload() {
     writer
         .publish_acked("veil/v1/open", b"ok".to_vec(), false)
         .await;
-    let got = reader.publishes_within(Duration::from_secs(1)).await;
+    let got = reader.publishes_until(1, SHORT).await;
     let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, vec!["veil/v1/open"]);
 
@@ -549,7 +550,7 @@ async fn several_brokers_run_side_by_side_without_sharing_state() {
             .await;
     }
     for (i, r) in readers.iter_mut().enumerate() {
-        let got = r.publishes_within(SHORT).await;
+        let got = r.publishes_until(1, SHORT).await;
         let payloads: Vec<u8> = got.iter().map(|p| p.payload[0]).collect();
         assert_eq!(payloads, vec![i as u8]);
     }
@@ -673,7 +674,7 @@ async fn anonymous_clients_get_the_lines_before_the_first_user() {
     anon.publish_acked("open/x", b"anon".to_vec(), false).await;
     let mut writer = V4Client::connect(addr, "anon-writer", "server-a", true).await;
     writer.publish_acked("open/y", b"srv".to_vec(), false).await;
-    let got = anon.publishes_within(SHORT).await;
+    let got = anon.publishes_until(1, SHORT).await;
     let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, vec!["open/y"], "the anonymous publish was refused");
     broker.shutdown().await;
@@ -744,7 +745,7 @@ async fn qos2_messages_are_delivered_exactly_once() {
             .await
             .unwrap();
     }
-    let got = dev.publishes_within(Duration::from_secs(1)).await;
+    let got = dev.publishes_until(3, SHORT).await;
     let payloads: Vec<u8> = got.iter().map(|p| p.payload[0]).collect();
     assert_eq!(payloads, vec![0, 1, 2]);
     assert!(got.iter().all(|p| p.qos == QoS::ExactlyOnce));

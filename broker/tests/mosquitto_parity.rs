@@ -82,7 +82,9 @@ async fn scenario(addr: SocketAddr, tag: &str) -> bool {
         .await;
     dev.publish_acked("veil/v1/dev/devA/frame", b"own".to_vec(), false)
         .await;
-    let got = server_a.publishes_within(Duration::from_millis(500)).await;
+    let got = server_a
+        .publishes_until(1, Duration::from_millis(500))
+        .await;
     let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, vec!["veil/v1/dev/devA/frame"], "{tag}");
 

@@ -223,6 +223,26 @@ impl V4Client {
         out
     }
 
+    /// Waits (up to [`WAIT`]) for `count` PUBLISHes, then keeps listening
+    /// for `extra` to catch any that should not have come.
+    pub async fn publishes_until(
+        &mut self,
+        count: usize,
+        extra: Duration,
+    ) -> Vec<rumqttc::Publish> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while out.len() < count {
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                Ok(Some(Report::Packet(Packet::Publish(p)))) => out.push(p),
+                Ok(Some(_)) => {}
+                _ => return out,
+            }
+        }
+        out.extend(self.publishes_within(extra).await);
+        out
+    }
+
     /// Waits until the event loop reports an error (e.g. the broker closed
     /// the connection) and returns it.
     pub async fn closed(&mut self) -> String {
@@ -320,6 +340,24 @@ pub mod v5 {
                     return Ok(t);
                 }
             }
+        }
+
+        pub async fn publishes_until(
+            &mut self,
+            count: usize,
+            extra: Duration,
+        ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+            let mut out = Vec::new();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while out.len() < count {
+                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                    Ok(Some(Report::Packet(Packet::Publish(p)))) => out.push(p),
+                    Ok(Some(_)) => {}
+                    _ => return out,
+                }
+            }
+            out.extend(self.publishes_within(extra).await);
+            out
         }
 
         pub async fn publishes_within(
