@@ -1,0 +1,383 @@
+//! The crypto backend the protocol runs on: real Paillier, or a plaintext
+//! stand-in (identity "encryption") that drives the very same protocol code
+//! so that whole test sets can be checked in seconds.
+
+use crate::error::{ProtocolError, Result};
+use ethnum::I256;
+use std::sync::Arc;
+use veil_paillier::{
+    BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PaillierError, PreparedBases, PublicKey, SecretKey, Signed,
+};
+
+/// What server A (and anyone holding only the public key) can do.
+pub trait PublicOps: Send + Sync {
+    /// One ciphertext (possibly holding packed values).
+    type Ct: Clone + Send + Sync;
+    /// Ciphertexts prepared for many dot products over them.
+    type Prepared: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    /// A fresh encryption (new randomness).
+    fn encrypt(&self, v: I256) -> Self::Ct;
+    /// The trivial encryption of a public constant (no randomness).
+    fn constant(&self, v: I256) -> Self::Ct;
+    fn add(&self, a: &Self::Ct, b: &Self::Ct) -> Self::Ct;
+    fn add_plain(&self, a: &Self::Ct, k: I256) -> Self::Ct;
+    fn scale(&self, a: &Self::Ct, k: I256) -> Self::Ct;
+    /// The same plaintext under fresh randomness.
+    fn rerandomize(&self, a: &Self::Ct) -> Self::Ct;
+    fn prepare(&self, xs: &[Self::Ct]) -> Result<Self::Prepared>;
+    /// `[[Σ w·x_i]]` over prepared ciphertexts.
+    fn dot(&self, prepared: &Self::Prepared, terms: &[(u32, i64)]) -> Result<Self::Ct>;
+    /// How many values with `|v| < 2^value_bits` fit in one ciphertext.
+    fn slots(&self, value_bits: u32) -> Result<usize>;
+    /// Packs up to `slots(value_bits)` values into one ciphertext.
+    fn pack(&self, value_bits: u32, values: &[Self::Ct]) -> Result<Self::Ct>;
+    fn encode(&self, c: &Self::Ct) -> Vec<u8>;
+    /// Decodes and validates a ciphertext from the wire.
+    fn decode(&self, bytes: &[u8]) -> Result<Self::Ct>;
+}
+
+/// What server B can do on top: decrypt.
+pub trait SecretOps: PublicOps {
+    fn decrypt(&self, c: &Self::Ct) -> Result<I256>;
+    /// Decrypts a packed ciphertext holding `count` values.
+    fn unpack(&self, c: &Self::Ct, value_bits: u32, count: usize) -> Result<Vec<I256>>;
+}
+
+/// Where a Paillier backend gets fresh encryption noise.
+pub enum Noise {
+    /// Precomputed textbook or CRT noise (DCR only).
+    Pool(NoisePool),
+    /// Fixed-base short exponents (DCR plus short-exponent indistinguishability).
+    FixedBase(FixedBaseNoise),
+    /// Textbook noise computed on the spot (slow; for tests of the choice).
+    Textbook,
+}
+
+/// The Paillier backend for a party that holds only the public key.
+pub struct PaillierPublic {
+    key: PublicKey,
+    noise: Noise,
+}
+
+impl PaillierPublic {
+    pub fn new(key: PublicKey, noise: Noise) -> PaillierPublic {
+        PaillierPublic { key, noise }
+    }
+
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    fn fresh(&self) -> veil_paillier::Noise {
+        match &self.noise {
+            Noise::Pool(pool) => pool.take(),
+            Noise::FixedBase(table) => table.noise(&mut rand::rng()),
+            Noise::Textbook => self.key.fresh_noise(&mut rand::rng()),
+        }
+    }
+}
+
+fn signed(v: I256) -> Signed {
+    let (hi, lo) = v.unsigned_abs().into_words();
+    Signed {
+        negative: v < 0,
+        magnitude: BoxedUint::from_words([lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64]),
+    }
+}
+
+impl PublicOps for PaillierPublic {
+    type Ct = Ciphertext;
+    type Prepared = PreparedBases;
+
+    fn name(&self) -> &'static str {
+        "paillier"
+    }
+
+    fn encrypt(&self, v: I256) -> Ciphertext {
+        let plaintext = self.key.encode(v);
+        // The plaintext was just made under this key, so this cannot fail.
+        self.key
+            .encrypt_with_noise(&plaintext, self.fresh())
+            .unwrap_or_else(|_| self.key.zero_ciphertext())
+    }
+
+    fn constant(&self, v: I256) -> Ciphertext {
+        let plaintext = self.key.encode(v);
+        self.key.encrypt_trivial(&plaintext).unwrap_or_else(|_| self.key.zero_ciphertext())
+    }
+
+    fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
+        self.key.add(a, b)
+    }
+
+    fn add_plain(&self, a: &Ciphertext, k: I256) -> Ciphertext {
+        self.key.add(a, &self.constant(k))
+    }
+
+    fn scale(&self, a: &Ciphertext, k: I256) -> Ciphertext {
+        let s = signed(k);
+        self.key.mul_signed_magnitude(a, s.negative, &s.magnitude)
+    }
+
+    fn rerandomize(&self, a: &Ciphertext) -> Ciphertext {
+        self.key.rerandomize(a, self.fresh())
+    }
+
+    fn prepare(&self, xs: &[Ciphertext]) -> Result<PreparedBases> {
+        Ok(self.key.prepare_bases(xs)?)
+    }
+
+    fn dot(&self, prepared: &PreparedBases, terms: &[(u32, i64)]) -> Result<Ciphertext> {
+        let terms: Vec<(usize, i64)> = terms.iter().map(|(i, w)| (*i as usize, *w)).collect();
+        Ok(self.key.dot_prepared(prepared, &terms)?)
+    }
+
+    fn slots(&self, value_bits: u32) -> Result<usize> {
+        Ok(self.key.pack_layout(value_bits)?.slots)
+    }
+
+    fn pack(&self, value_bits: u32, values: &[Ciphertext]) -> Result<Ciphertext> {
+        let layout = self.key.pack_layout(value_bits)?;
+        Ok(self.key.pack(&layout, values)?)
+    }
+
+    fn encode(&self, c: &Ciphertext) -> Vec<u8> {
+        c.to_bytes()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Ciphertext> {
+        Ok(self.key.ciphertext_from_bytes(bytes)?)
+    }
+}
+
+/// The Paillier backend for the key owner (server B).
+pub struct PaillierSecret {
+    public: PaillierPublic,
+    secret: Arc<SecretKey>,
+}
+
+impl PaillierSecret {
+    pub fn new(secret: Arc<SecretKey>, noise: Noise) -> PaillierSecret {
+        PaillierSecret {
+            public: PaillierPublic::new(secret.public_key().clone(), noise),
+            secret,
+        }
+    }
+
+    pub fn key(&self) -> &PublicKey {
+        self.public.key()
+    }
+}
+
+impl PublicOps for PaillierSecret {
+    type Ct = Ciphertext;
+    type Prepared = PreparedBases;
+
+    fn name(&self) -> &'static str {
+        "paillier"
+    }
+    fn encrypt(&self, v: I256) -> Ciphertext {
+        self.public.encrypt(v)
+    }
+    fn constant(&self, v: I256) -> Ciphertext {
+        self.public.constant(v)
+    }
+    fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
+        self.public.add(a, b)
+    }
+    fn add_plain(&self, a: &Ciphertext, k: I256) -> Ciphertext {
+        self.public.add_plain(a, k)
+    }
+    fn scale(&self, a: &Ciphertext, k: I256) -> Ciphertext {
+        self.public.scale(a, k)
+    }
+    fn rerandomize(&self, a: &Ciphertext) -> Ciphertext {
+        self.public.rerandomize(a)
+    }
+    fn prepare(&self, xs: &[Ciphertext]) -> Result<PreparedBases> {
+        self.public.prepare(xs)
+    }
+    fn dot(&self, prepared: &PreparedBases, terms: &[(u32, i64)]) -> Result<Ciphertext> {
+        self.public.dot(prepared, terms)
+    }
+    fn slots(&self, value_bits: u32) -> Result<usize> {
+        self.public.slots(value_bits)
+    }
+    fn pack(&self, value_bits: u32, values: &[Ciphertext]) -> Result<Ciphertext> {
+        self.public.pack(value_bits, values)
+    }
+    fn encode(&self, c: &Ciphertext) -> Vec<u8> {
+        self.public.encode(c)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Ciphertext> {
+        self.public.decode(bytes)
+    }
+}
+
+impl SecretOps for PaillierSecret {
+    fn decrypt(&self, c: &Ciphertext) -> Result<I256> {
+        Ok(self.secret.decrypt(c)?.to_i256()?)
+    }
+
+    fn unpack(&self, c: &Ciphertext, value_bits: u32, count: usize) -> Result<Vec<I256>> {
+        let layout = self.key().pack_layout(value_bits)?;
+        Ok(self.secret.decrypt(c)?.unpack(&layout, count)?)
+    }
+}
+
+/// A plaintext "ciphertext": the value itself, or packed values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlainCt {
+    Value(I256),
+    Packed { value_bits: u32, values: Vec<I256> },
+}
+
+/// Identity encryption with the same packing geometry as a Paillier key of
+/// `modulus_bits` bits, so that message shapes match the real backend.
+#[derive(Clone, Debug)]
+pub struct Plain {
+    modulus_bits: u32,
+}
+
+impl Default for Plain {
+    fn default() -> Self {
+        Plain { modulus_bits: 2048 }
+    }
+}
+
+impl Plain {
+    pub fn new(modulus_bits: u32) -> Plain {
+        Plain { modulus_bits }
+    }
+
+    fn value(c: &PlainCt) -> I256 {
+        match c {
+            PlainCt::Value(v) => *v,
+            // Packed values only travel and get decrypted; arithmetic on
+            // them is a protocol bug that the tests must catch, so it yields
+            // a value no check would accept.
+            PlainCt::Packed { .. } => I256::MIN,
+        }
+    }
+}
+
+const PLAIN_VALUE: u8 = 1;
+const PLAIN_PACKED: u8 = 2;
+
+impl PublicOps for Plain {
+    type Ct = PlainCt;
+    type Prepared = Vec<I256>;
+
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    fn encrypt(&self, v: I256) -> PlainCt {
+        PlainCt::Value(v)
+    }
+    fn constant(&self, v: I256) -> PlainCt {
+        PlainCt::Value(v)
+    }
+    fn add(&self, a: &PlainCt, b: &PlainCt) -> PlainCt {
+        PlainCt::Value(Self::value(a).wrapping_add(Self::value(b)))
+    }
+    fn add_plain(&self, a: &PlainCt, k: I256) -> PlainCt {
+        PlainCt::Value(Self::value(a).wrapping_add(k))
+    }
+    fn scale(&self, a: &PlainCt, k: I256) -> PlainCt {
+        PlainCt::Value(Self::value(a).wrapping_mul(k))
+    }
+    fn rerandomize(&self, a: &PlainCt) -> PlainCt {
+        a.clone()
+    }
+    fn prepare(&self, xs: &[PlainCt]) -> Result<Vec<I256>> {
+        Ok(xs.iter().map(Self::value).collect())
+    }
+    fn dot(&self, prepared: &Vec<I256>, terms: &[(u32, i64)]) -> Result<PlainCt> {
+        let mut acc = I256::ZERO;
+        for (i, w) in terms {
+            let x = prepared
+                .get(*i as usize)
+                .ok_or_else(|| ProtocolError::Size(format!("term index {i} out of {}", prepared.len())))?;
+            acc = acc.wrapping_add(x.wrapping_mul(I256::from(*w)));
+        }
+        Ok(PlainCt::Value(acc))
+    }
+    fn slots(&self, value_bits: u32) -> Result<usize> {
+        if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
+            return Err(PaillierError::Packing(format!("value bound of {value_bits} bits is not packable")).into());
+        }
+        Ok(((self.modulus_bits - 1) / (value_bits + 2)) as usize)
+    }
+    fn pack(&self, value_bits: u32, values: &[PlainCt]) -> Result<PlainCt> {
+        let slots = self.slots(value_bits)?;
+        if values.is_empty() || values.len() > slots {
+            return Err(ProtocolError::Size(format!("{} values for {slots} slots", values.len())));
+        }
+        Ok(PlainCt::Packed {
+            value_bits,
+            values: values.iter().map(Self::value).collect(),
+        })
+    }
+    fn encode(&self, c: &PlainCt) -> Vec<u8> {
+        let mut out = Vec::new();
+        match c {
+            PlainCt::Value(v) => {
+                out.push(PLAIN_VALUE);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            PlainCt::Packed { value_bits, values } => {
+                out.push(PLAIN_PACKED);
+                out.extend_from_slice(&value_bits.to_le_bytes());
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<PlainCt> {
+        let bad = |why: &str| ProtocolError::Decode(format!("plain ciphertext: {why}"));
+        let (&tag, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
+        let read = |chunk: &[u8]| -> Result<I256> {
+            let array: [u8; 32] = chunk.try_into().map_err(|_| bad("truncated value"))?;
+            Ok(I256::from_le_bytes(array))
+        };
+        match tag {
+            PLAIN_VALUE if rest.len() == 32 => Ok(PlainCt::Value(read(rest)?)),
+            PLAIN_PACKED if rest.len() >= 4 && (rest.len() - 4) % 32 == 0 => {
+                let (bits, values) = rest.split_at(4);
+                let value_bits = u32::from_le_bytes(bits.try_into().map_err(|_| bad("truncated width"))?);
+                let values = values.chunks(32).map(read).collect::<Result<Vec<_>>>()?;
+                if values.len() > self.slots(value_bits)? || values.is_empty() {
+                    return Err(bad("more values than slots"));
+                }
+                Ok(PlainCt::Packed { value_bits, values })
+            }
+            _ => Err(bad("unknown tag or length")),
+        }
+    }
+}
+
+impl SecretOps for Plain {
+    fn decrypt(&self, c: &PlainCt) -> Result<I256> {
+        match c {
+            PlainCt::Value(v) => Ok(*v),
+            PlainCt::Packed { .. } => Err(ProtocolError::Unexpected("packed value where a single one was expected".into())),
+        }
+    }
+
+    fn unpack(&self, c: &PlainCt, value_bits: u32, count: usize) -> Result<Vec<I256>> {
+        match c {
+            PlainCt::Packed { value_bits: bits, values } if *bits == value_bits && values.len() == count => {
+                let bound = I256::ONE << value_bits;
+                if let Some(i) = values.iter().position(|v| *v >= bound || *v <= -bound) {
+                    return Err(PaillierError::Packing(format!("slot {i} broke its bound 2^{value_bits}")).into());
+                }
+                Ok(values.clone())
+            }
+            _ => Err(ProtocolError::Size(format!("expected {count} packed values of {value_bits} bits"))),
+        }
+    }
+}

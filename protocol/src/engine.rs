@@ -1,0 +1,244 @@
+//! The three parties in one process, talking through encoded messages:
+//! what `veil infer`, the tests and the benchmarks drive. Every message is
+//! encoded and decoded exactly as on the network, and can be recorded.
+
+use crate::backend::{PublicOps, SecretOps};
+use crate::counter::CounterReservation;
+use crate::device::Device;
+use crate::error::{ProtocolError, Result};
+use crate::messages::{Body, Envelope, Outgoing, Peer};
+use crate::prf::SessionId;
+use crate::server_a::ServerA;
+use crate::server_b::ServerB;
+use ethnum::I256;
+use rand::rngs::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// One message as it crossed the (simulated) network.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub from: Peer,
+    pub to: Peer,
+    pub bytes: Vec<u8>,
+}
+
+/// Time each party spent handling messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PartyTimes {
+    pub device: Duration,
+    pub a: Duration,
+    pub b: Duration,
+}
+
+impl PartyTimes {
+    fn add(&mut self, peer: Peer, d: Duration) {
+        match peer {
+            Peer::Device => self.device += d,
+            Peer::ServerA => self.a += d,
+            Peer::ServerB => self.b += d,
+        }
+    }
+}
+
+/// Traffic and time, split into offline (session set-up, first-layer masks
+/// and their precomputation) and online (from the frame to its result).
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    /// Bytes per (from, to) link.
+    pub bytes: BTreeMap<(PeerKey, PeerKey), u64>,
+    pub messages: u64,
+    pub offline: PartyTimes,
+    pub online: PartyTimes,
+}
+
+/// `Peer` as an ordered map key.
+pub type PeerKey = u8;
+
+pub fn peer_key(p: Peer) -> PeerKey {
+    match p {
+        Peer::Device => 0,
+        Peer::ServerA => 1,
+        Peer::ServerB => 2,
+    }
+}
+
+impl EngineStats {
+    pub fn link(&self, from: Peer, to: Peer) -> u64 {
+        self.bytes.get(&(peer_key(from), peer_key(to))).copied().unwrap_or(0)
+    }
+}
+
+/// The outcome of one private inference.
+#[derive(Clone, Debug)]
+pub struct Inference {
+    pub sid: SessionId,
+    pub t: u64,
+    pub outputs: Vec<I256>,
+    /// Wall time from masking the frame to unmasking its result.
+    pub latency: Duration,
+    /// Bytes of the frame message the device sent.
+    pub frame_bytes: usize,
+    /// Bytes of the result message the device received.
+    pub result_bytes: usize,
+}
+
+fn offline_kind(body: &Body) -> bool {
+    matches!(body, Body::MaskRequest { .. } | Body::MaskSupply { .. } | Body::SessionInit(_))
+}
+
+pub struct Engine<P: PublicOps, S: SecretOps> {
+    pub device: Device,
+    pub a: ServerA<P>,
+    pub b: ServerB<S>,
+    counter: CounterReservation,
+    rng: ChaCha20Rng,
+    record: bool,
+    pub transcript: Vec<Delivery>,
+    pub stats: EngineStats,
+    deferred: VecDeque<(Peer, Outgoing)>,
+}
+
+impl<P: PublicOps, S: SecretOps> Engine<P, S> {
+    /// `rng_seed` drives the device's seeds and session ids.
+    pub fn new(device: Device, a: ServerA<P>, b: ServerB<S>, rng_seed: [u8; 32]) -> Engine<P, S> {
+        Engine {
+            device,
+            a,
+            b,
+            counter: CounterReservation::recover(0, 1024),
+            rng: ChaCha20Rng::from_seed(rng_seed),
+            record: false,
+            transcript: Vec::new(),
+            stats: EngineStats::default(),
+            deferred: VecDeque::new(),
+        }
+    }
+
+    /// Keeps a copy of every message from now on.
+    pub fn record_transcript(&mut self, on: bool) {
+        self.record = on;
+    }
+
+    fn next_counter(&mut self) -> Result<u64> {
+        loop {
+            match self.counter.take() {
+                Ok(t) => return Ok(t),
+                // In one process nothing outlives a crash: the mark needs
+                // no disk.
+                Err(ProtocolError::ReservationNeeded { mark }) => self.counter.confirm(mark),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Opens a session when needed and runs every pending precomputation,
+    /// so that the next frame finds its first-layer masks ready.
+    pub fn prepare(&mut self) -> Result<()> {
+        if self.device.needs_session() {
+            let first = self.counter.peek();
+            let started = Instant::now();
+            let init = self.device.open_session(first, &mut self.rng)?;
+            self.stats.offline.add(Peer::Device, started.elapsed());
+            for out in init {
+                self.deferred.push_back((Peer::Device, out));
+            }
+        }
+        loop {
+            while let Some((from, out)) = self.deferred.pop_front() {
+                let replies = self.deliver(from, out, true)?;
+                self.deferred.extend(replies);
+            }
+            if !self.a.has_offline_work() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let out = self.a.offline_step()?;
+            self.stats.offline.add(Peer::ServerA, started.elapsed());
+            self.deferred.extend(out.into_iter().map(|o| (Peer::ServerA, o)));
+        }
+    }
+
+    /// Runs one frame `x̂` through the three-party protocol.
+    pub fn infer(&mut self, x_hat: &[i64]) -> Result<Inference> {
+        self.prepare()?;
+        let t = self.next_counter()?;
+        let started = Instant::now();
+        let frame = self.device.mask_frame(x_hat, t)?;
+        self.stats.online.add(Peer::Device, started.elapsed());
+        let sid = frame.envelope.sid;
+        let frame_bytes = frame.envelope.to_bytes()?.len();
+        let mut queue = VecDeque::from([(Peer::Device, frame)]);
+        let mut result = None;
+        while let Some((from, out)) = queue.pop_front() {
+            if out.to == Peer::Device {
+                let bytes = out.envelope.to_bytes()?;
+                self.note(from, Peer::Device, &bytes);
+                let envelope = Envelope::from_bytes(&bytes)?;
+                let opened_at = Instant::now();
+                let opened = self.device.open_result(&envelope)?;
+                self.stats.online.add(Peer::Device, opened_at.elapsed());
+                if opened.sid == sid && opened.t == t {
+                    result = Some((opened, bytes.len()));
+                }
+                continue;
+            }
+            if offline_kind(&out.envelope.body) {
+                self.deferred.push_back((from, out));
+                continue;
+            }
+            queue.extend(self.deliver(from, out, false)?);
+        }
+        let latency = started.elapsed();
+        let (opened, result_bytes) =
+            result.ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
+        // Acknowledge, then catch up on precomputation off the clock.
+        let ack = self.device.ack(sid, t);
+        self.deferred.push_back((Peer::Device, ack));
+        self.prepare()?;
+        Ok(Inference {
+            sid,
+            t,
+            outputs: opened.values,
+            latency,
+            frame_bytes,
+            result_bytes,
+        })
+    }
+
+    fn note(&mut self, from: Peer, to: Peer, bytes: &[u8]) {
+        *self.stats.bytes.entry((peer_key(from), peer_key(to))).or_default() += bytes.len() as u64;
+        self.stats.messages += 1;
+        if self.record {
+            self.transcript.push(Delivery {
+                from,
+                to,
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
+    fn deliver(&mut self, from: Peer, out: Outgoing, offline: bool) -> Result<Vec<(Peer, Outgoing)>> {
+        let bytes = out.envelope.to_bytes()?;
+        self.note(from, out.to, &bytes);
+        let envelope = Envelope::from_bytes(&bytes)?;
+        let offline = offline || offline_kind(&envelope.body);
+        let started = Instant::now();
+        let replies = match out.to {
+            Peer::ServerA => self.a.handle(envelope)?,
+            Peer::ServerB => self.b.handle(envelope)?,
+            Peer::Device => {
+                // Results outside `infer` (none are expected) are dropped.
+                Vec::new()
+            }
+        };
+        let elapsed = started.elapsed();
+        if offline {
+            self.stats.offline.add(out.to, elapsed);
+        } else {
+            self.stats.online.add(out.to, elapsed);
+        }
+        Ok(replies.into_iter().map(|o| (out.to, o)).collect())
+    }
+}

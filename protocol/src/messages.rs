@@ -1,0 +1,193 @@
+//! The messages of the protocol. Every message travels in an [`Envelope`]
+//! naming the device, the session and the frame counter, so that every
+//! party can check it belongs where it claims to.
+
+use crate::codec;
+use crate::error::{ProtocolError, Result};
+use crate::prf::SessionId;
+use serde::{Deserialize, Serialize};
+
+/// The version this build speaks; others are refused with a reason.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Longest device name: names are MQTT topic levels and ACL user names.
+pub const MAX_DEVICE_NAME: usize = 64;
+
+/// Who a message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Peer {
+    Device,
+    ServerA,
+    ServerB,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    pub device: String,
+    pub sid: SessionId,
+    /// The frame counter (for session messages: the session's first one).
+    pub t: u64,
+    pub body: Body,
+}
+
+/// How B evaluates an activation round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoundMode {
+    Blind,
+    Permute,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Device → A and device → B: the session seed for that server,
+    /// Paillier-encrypted under its key.
+    SessionInit(SessionInit),
+    /// Device → A: the doubly masked frame `y = x̂ + a + b`.
+    Frame(Frame),
+    /// A → B: send the first-layer masks `[[-b]]` for counters
+    /// `t .. t + count`.
+    MaskRequest { count: u32 },
+    /// B → A: `[[-b_i]]` for counter `t`, one ciphertext per input feature.
+    MaskSupply { masks: Vec<Vec<u8>> },
+    /// A → B: one activation round.
+    Round(Round),
+    /// B → A: the round's answers, fresh ciphertexts.
+    RoundReply { stage: u16, items: Vec<Vec<u8>> },
+    /// A → B: the outputs under A's output mask.
+    Output(Output),
+    /// B → device: the outputs under both output masks.
+    Result(FrameResult),
+    /// Device → B: the result of counter `t` arrived; B may forget it.
+    Ack,
+    /// A refusal, sent back to the peer whose message was refused.
+    Reject { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInit {
+    pub model: String,
+    /// Fingerprint of the model's public topology.
+    pub topology: [u8; 32],
+    /// Fingerprint of the protocol parameters.
+    pub params: [u8; 32],
+    /// Fingerprint of the server key the seed is encrypted under.
+    pub server_key: [u8; 32],
+    /// The 256-bit seed as a Paillier ciphertext.
+    pub seed: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub count: u32,
+    /// Bits per value (offset binary).
+    pub width: u16,
+    pub values: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Round {
+    pub stage: u16,
+    pub mode: RoundMode,
+    /// Groups in the round (real ones and dummies, shuffled): one per
+    /// element, or one per pooling window.
+    pub groups: u32,
+    pub group_size: u16,
+    /// Whether the ciphertexts below hold many values each.
+    pub packed: bool,
+    /// Blind mode: `[[β·z]]` per entry. Permute mode: `[[z]]` per entry.
+    pub values: Vec<Vec<u8>>,
+    /// Blind mode: `[[z + ρ]]` per entry.
+    pub masked: Vec<Vec<u8>>,
+    /// Blind leaky ReLU: `[[α_q·z + ρ']]` per entry.
+    pub masked_alpha: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    pub count: u32,
+    pub packed: bool,
+    pub values: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameResult {
+    pub count: u32,
+    pub width: u16,
+    pub values: Vec<u8>,
+}
+
+impl Body {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::SessionInit(_) => "session-init",
+            Body::Frame(_) => "frame",
+            Body::MaskRequest { .. } => "mask-request",
+            Body::MaskSupply { .. } => "mask-supply",
+            Body::Round(_) => "round",
+            Body::RoundReply { .. } => "round-reply",
+            Body::Output(_) => "output",
+            Body::Result(_) => "result",
+            Body::Ack => "ack",
+            Body::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// Checks that a device name can serve as an MQTT topic level and user name.
+pub fn check_device_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_DEVICE_NAME {
+        return Err(ProtocolError::Decode(format!(
+            "device name must have 1 to {MAX_DEVICE_NAME} bytes"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(ProtocolError::Decode(format!(
+            "device name contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
+        )));
+    }
+    Ok(())
+}
+
+impl Envelope {
+    pub fn new(device: &str, sid: SessionId, t: u64, body: Body) -> Envelope {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            device: device.to_string(),
+            sid,
+            t,
+            body,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        codec::encode(self)
+    }
+
+    /// Decodes and checks the envelope (version, size, device name).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope> {
+        let envelope: Envelope = codec::decode(bytes)?;
+        if envelope.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::Version {
+                got: envelope.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        check_device_name(&envelope.device)?;
+        Ok(envelope)
+    }
+}
+
+/// A message to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: Peer,
+    pub envelope: Envelope,
+}
+
+impl Outgoing {
+    pub fn new(to: Peer, envelope: Envelope) -> Outgoing {
+        Outgoing { to, envelope }
+    }
+}

@@ -1,0 +1,146 @@
+//! Protocol parameters shared by the three parties.
+
+use crate::error::{ProtocolError, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use veil_model::{ActivationMode, Stage, Topology};
+
+/// The public parameters of a deployment. Device, A and B must agree on
+/// them (sessions carry their fingerprint); they are not secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// σ: statistical masking parameter; a value below `2^k` masked by a
+    /// uniform value below `2^(k+σ)` is within `2^-σ` of uniform.
+    pub sigma: u32,
+    /// Bits of the odd multiplier β' of the blind sign test.
+    pub beta_bits: u32,
+    /// β = β'·2^e with e uniform in `[0, beta_shift_range)`.
+    pub beta_shift_range: u32,
+    /// Dummies per activation round: at least `min_dummies`, and at least
+    /// `dummy_permille`/1000 of the real entries.
+    pub min_dummies: u32,
+    pub dummy_permille: u32,
+    /// Pack many values per plaintext on A→B messages.
+    pub pack: bool,
+    /// Evaluate every activation in permute mode, even where blind mode is
+    /// possible (for comparison; blind leaks less).
+    pub force_permute: bool,
+    /// Frames per session before the device must rekey.
+    pub rekey_after: u64,
+    /// Frame counters whose first-layer masks A keeps ready ahead of time.
+    pub mask_lookahead: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            sigma: 40,
+            beta_bits: 32,
+            beta_shift_range: 64,
+            min_dummies: 4,
+            dummy_permille: 125,
+            pack: true,
+            force_permute: false,
+            rekey_after: 1 << 20,
+            mask_lookahead: 4,
+        }
+    }
+}
+
+/// The widest value the protocol ever handles, in bits: values travel as
+/// 256-bit integers and packed slots are read back as such.
+pub const MAX_VALUE_BITS: u32 = 240;
+
+impl Params {
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let bytes = bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(b"veil/params/v1");
+        h.update(bytes);
+        h.finalize().into()
+    }
+
+    /// Checks that the parameters are usable with this topology: every
+    /// masked value stays well inside the 256-bit working width.
+    pub fn check(&self, topology: &Topology) -> Result<()> {
+        if !(16..=128).contains(&self.sigma) {
+            return Err(ProtocolError::Params(format!("σ = {} is outside 16..=128", self.sigma)));
+        }
+        if !(8..=64).contains(&self.beta_bits) || self.beta_shift_range > 128 {
+            return Err(ProtocolError::Params("β must have 8 to 64 bits and a shift range ≤ 128".into()));
+        }
+        let input = topology.input_bound_bits + self.sigma + 2;
+        if input > 126 {
+            return Err(ProtocolError::Params(format!(
+                "input bound 2^{} with σ = {} does not fit a 128-bit frame value",
+                topology.input_bound_bits, self.sigma
+            )));
+        }
+        for (s, stage) in topology.stages.iter().enumerate() {
+            if let Stage::Activation(_) = stage {
+                let kappa = pre_activation_bits(topology, s)?;
+                let widest = kappa + self.beta_bits + self.beta_shift_range + 2 * topology.fixed.weight_bits + self.sigma;
+                if widest > MAX_VALUE_BITS {
+                    return Err(ProtocolError::Params(format!(
+                        "stage {s}: bound 2^{kappa} leaves no room for masks ({widest} bits needed, {MAX_VALUE_BITS} available)"
+                    )));
+                }
+            }
+        }
+        if output_bits(topology) + self.sigma + 3 > MAX_VALUE_BITS {
+            return Err(ProtocolError::Params("output bound too large for the output masks".into()));
+        }
+        Ok(())
+    }
+
+    /// The parameters as B enforces them (exposed for the shells' logs).
+    pub fn describe(&self) -> String {
+        format!(
+            "σ={} β={}+{} bits, dummies ≥{} (+{}‰), packing {}, {}",
+            self.sigma,
+            self.beta_bits,
+            self.beta_shift_range,
+            self.min_dummies,
+            self.dummy_permille,
+            if self.pack { "on" } else { "off" },
+            if self.force_permute { "permute everywhere" } else { "blind where possible" }
+        )
+    }
+
+    /// The activation modes for this topology.
+    pub fn modes(&self, topology: &Topology) -> Vec<ActivationMode> {
+        if self.force_permute {
+            topology.permute_modes()
+        } else {
+            topology.default_modes()
+        }
+    }
+
+    /// Dummies to add to a round of `real` groups.
+    pub fn dummies(&self, real: usize) -> usize {
+        let fraction = (real * self.dummy_permille as usize).div_ceil(1000);
+        fraction.max(self.min_dummies as usize)
+    }
+
+    /// The most dummies B accepts in a round of `real` groups.
+    pub fn max_dummies(&self, real: usize) -> usize {
+        2 * self.dummies(real) + 16
+    }
+}
+
+/// κ of activation stage `s`: the bound of the linear stage that feeds it.
+pub fn pre_activation_bits(topology: &Topology, s: usize) -> Result<u32> {
+    match s.checked_sub(1).and_then(|p| topology.stages.get(p)) {
+        Some(Stage::Linear(spec)) => Ok(spec.output_bound_bits),
+        _ => Err(ProtocolError::Topology(format!("activation stage {s} does not follow a linear stage"))),
+    }
+}
+
+/// The bound (bits) of the model's outputs.
+pub fn output_bits(topology: &Topology) -> u32 {
+    match topology.stages.last() {
+        Some(Stage::Linear(spec)) => spec.output_bound_bits,
+        Some(Stage::Activation(spec)) => spec.output_bound_bits,
+        None => 0,
+    }
+}

@@ -1,0 +1,712 @@
+//! Server A, the model server: it holds the weights, computes every linear
+//! layer on ciphertexts under B's key, and perturbs pre-activations before B
+//! sees them (fresh permutation, dummies, blinding and masking every round).
+
+use crate::backend::PublicOps;
+use crate::codec::unpack_ints;
+use crate::device::{centre, frame_width, input_masks, output_masks};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{Body, Envelope, Frame, Output, Outgoing, Peer, Round, RoundMode};
+use crate::params::{Params, output_bits};
+use crate::prf::{Seed, SessionId};
+use crate::round::{RoundShape, round_mode};
+use crate::session;
+use ethnum::I256;
+use rand::rngs::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use veil_model::{ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, Topology};
+use veil_paillier::SecretKey;
+
+/// What server A is configured with.
+#[derive(Clone)]
+pub struct ServerAConfig {
+    pub params: Params,
+    pub topology: Arc<Topology>,
+    pub plan: Arc<Plan>,
+    /// A's own key pair: devices encrypt their seed kA under it.
+    pub key: Arc<SecretKey>,
+    /// A's secret for truncation offsets and tie-breaking ranks.
+    pub rounding_key: Seed,
+}
+
+/// The truncation randomness A uses for frame `t` of session `sid`: a
+/// pure function of A's secret, so that the integer reference can replay it.
+pub fn frame_rounding(rounding_key: &Seed, sid: SessionId, t: u64) -> SeededRounding {
+    let mut label = b"rounding".to_vec();
+    label.extend_from_slice(&sid.0);
+    label.extend_from_slice(&t.to_le_bytes());
+    SeededRounding {
+        key: *rounding_key.derive(&label).as_bytes(),
+    }
+}
+
+struct Session {
+    device: String,
+    seed: Seed,
+    first_counter: u64,
+    last_frame: Option<u64>,
+    /// Masks were requested for every counter below this.
+    requested_until: u64,
+}
+
+enum Masks<C> {
+    /// `[[-b_i]]` as B sent them.
+    Raw(Vec<C>),
+    /// `W·[[-b]]`, one per output of the first layer.
+    Ready(Vec<C>),
+}
+
+/// Where one entry of a round came from, and the mask quotients A needs to
+/// undo B's truncation.
+#[derive(Clone)]
+struct Entry {
+    /// Input index of a real entry; `None` for padding and dummies.
+    index: Option<u32>,
+    h1: I256,
+    h2: I256,
+}
+
+#[derive(Clone, Copy)]
+enum GroupRef {
+    Real(usize),
+    Dummy,
+}
+
+struct Pending {
+    stage: usize,
+    shape: RoundShape,
+    order: Vec<GroupRef>,
+    entries: Vec<Vec<Entry>>,
+}
+
+enum FrameState {
+    /// The frame arrived before its first-layer masks: `u = y - a`.
+    Waiting(Vec<i128>),
+    /// A round is out at B.
+    InRound(Pending),
+}
+
+/// What to put in one entry of a round, drawn before the parallel part so
+/// that the protocol's randomness is consumed in a fixed order.
+struct EntrySpec {
+    source: Source,
+    beta: I256,
+    rho1: I256,
+    rho2: I256,
+}
+
+enum Source {
+    Real(u32),
+    Value(I256),
+}
+
+pub struct ServerA<P: PublicOps> {
+    cfg: ServerAConfig,
+    backend: P,
+    rng: ChaCha20Rng,
+    modes: Vec<ActivationMode>,
+    sessions: HashMap<SessionId, Session>,
+    masks: BTreeMap<(SessionId, u64), Masks<P::Ct>>,
+    frames: HashMap<(SessionId, u64), (String, FrameState)>,
+}
+
+/// A uniform value below `2^bits` (bits ≤ 254).
+fn random_below_pow2(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
+    if bits == 0 {
+        return I256::ZERO;
+    }
+    let lo = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
+    let hi = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
+    let value = ethnum::U256::from_words(hi, lo);
+    let mask = if bits >= 256 { ethnum::U256::MAX } else { (ethnum::U256::ONE << bits) - 1 };
+    (value & mask).as_i256()
+}
+
+/// A uniform value in `(-2^bits, 2^bits)`.
+fn random_signed(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
+    let magnitude = random_below_pow2(rng, bits);
+    if rng.next_u32() & 1 == 1 { -magnitude } else { magnitude }
+}
+
+impl<P: PublicOps> ServerA<P> {
+    pub fn new(cfg: ServerAConfig, backend: P, rng_seed: [u8; 32]) -> Result<ServerA<P>> {
+        cfg.params.check(&cfg.topology)?;
+        if !matches!(cfg.topology.stages.first(), Some(Stage::Linear(_))) {
+            return Err(ProtocolError::Topology("the first stage must be linear".into()));
+        }
+        for (s, stage) in cfg.topology.stages.iter().enumerate() {
+            if let Stage::Linear(spec) = stage {
+                let layer = cfg
+                    .plan
+                    .layer(s)
+                    .ok_or_else(|| ProtocolError::Topology(format!("the plan has no layer for stage {s}")))?;
+                if layer.input_len() != spec.input_len || layer.output_len() != spec.output_len {
+                    return Err(ProtocolError::Topology(format!("plan and topology disagree on stage {s}")));
+                }
+            }
+        }
+        let modes = cfg.params.modes(&cfg.topology);
+        Ok(ServerA {
+            cfg,
+            backend,
+            rng: ChaCha20Rng::from_seed(rng_seed),
+            modes,
+            sessions: HashMap::new(),
+            masks: BTreeMap::new(),
+            frames: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ServerAConfig {
+        &self.cfg
+    }
+
+    pub fn backend(&self) -> &P {
+        &self.backend
+    }
+
+    /// Sessions known, frames in flight and mask sets held (for logs).
+    pub fn load(&self) -> (usize, usize, usize) {
+        (self.sessions.len(), self.frames.len(), self.masks.len())
+    }
+
+    /// Handles one message addressed to A.
+    pub fn handle(&mut self, envelope: Envelope) -> Result<Vec<Outgoing>> {
+        let Envelope { device, sid, t, body, .. } = envelope;
+        match body {
+            Body::SessionInit(init) => self.on_session(device, sid, t, &init),
+            Body::Frame(frame) => self.on_frame(&device, sid, t, &frame),
+            Body::MaskSupply { masks } => self.on_masks(&device, sid, t, &masks),
+            Body::RoundReply { stage, items } => self.on_reply(&device, sid, t, stage, &items),
+            Body::Reject { reason } => {
+                tracing::warn!(%sid, t, %reason, "B refused a message of this frame; dropping it");
+                self.frames.remove(&(sid, t));
+                Ok(Vec::new())
+            }
+            other => Err(ProtocolError::Unexpected(format!("{} sent to server A", other.kind()))),
+        }
+    }
+
+    fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
+        let session = self.sessions.get(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        if session.device != device {
+            return Err(ProtocolError::WrongDevice {
+                sid,
+                owner: session.device.clone(),
+                claimed: device.to_string(),
+            });
+        }
+        Ok(session)
+    }
+
+    fn on_session(
+        &mut self,
+        device: String,
+        sid: SessionId,
+        first_counter: u64,
+        init: &crate::messages::SessionInit,
+    ) -> Result<Vec<Outgoing>> {
+        if let Some(existing) = self.sessions.get(&sid) {
+            if existing.device != device {
+                return Err(ProtocolError::WrongDevice {
+                    sid,
+                    owner: existing.device.clone(),
+                    claimed: device,
+                });
+            }
+            // A redelivered (retained) session message: nothing to do.
+            return Ok(Vec::new());
+        }
+        let seed = session::accept(init, &self.cfg.key, &self.cfg.topology, &self.cfg.params)?;
+        let lookahead = self.cfg.params.mask_lookahead.max(1);
+        self.sessions.insert(
+            sid,
+            Session {
+                device: device.clone(),
+                seed,
+                first_counter,
+                last_frame: None,
+                requested_until: first_counter.saturating_add(lookahead),
+            },
+        );
+        tracing::info!(%sid, %device, "session accepted");
+        Ok(vec![mask_request(&device, sid, first_counter, lookahead)])
+    }
+
+    fn on_frame(&mut self, device: &str, sid: SessionId, t: u64, frame: &Frame) -> Result<Vec<Outgoing>> {
+        let topology = Arc::clone(&self.cfg.topology);
+        let params = self.cfg.params.clone();
+        let session = self.session(device, sid)?;
+        if t < session.first_counter {
+            return Err(ProtocolError::OutOfOrder(format!(
+                "counter {t} precedes the session's first counter {}",
+                session.first_counter
+            )));
+        }
+        if let Some(last) = session.last_frame
+            && t <= last
+        {
+            return Err(ProtocolError::Replay { sid, t, last });
+        }
+        let width = frame_width(&topology, &params);
+        if frame.count as usize != topology.input_len || u32::from(frame.width) != width {
+            return Err(ProtocolError::Size(format!(
+                "frame has {} values of {} bits, the model takes {} of {width}",
+                frame.count, frame.width, topology.input_len
+            )));
+        }
+        let values = unpack_ints(&frame.values, topology.input_len, width)?;
+        let a = input_masks(&session.seed, t, &topology, &params);
+        let offset = centre(topology.input_bound_bits + params.sigma);
+        let low = -(I256::ONE << topology.input_bound_bits);
+        let high = offset + (I256::ONE << topology.input_bound_bits);
+        let mut u = Vec::with_capacity(values.len());
+        for (i, (v, a)) in values.iter().zip(&a).enumerate() {
+            // u = x̂ + b, which an honest device keeps inside these bounds.
+            let ui = *v + offset - I256::from(*a);
+            if ui <= low || ui >= high {
+                return Err(ProtocolError::Range(format!("frame value {i} is outside the masked input range")));
+            }
+            u.push(ui.as_i128());
+        }
+        let lookahead = params.mask_lookahead.max(1);
+        let mut out = Vec::new();
+        let have_masks = self.masks.contains_key(&(sid, t));
+        let session = self.sessions.get_mut(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        session.last_frame = Some(t);
+        if !have_masks && t >= session.requested_until {
+            // The device skipped counters (a crash, a lost block): ask for
+            // this one and the ones after it.
+            out.push(mask_request(device, sid, t, lookahead + 1));
+            session.requested_until = t + lookahead + 1;
+        } else if session.requested_until < t + 1 + lookahead {
+            let from = session.requested_until.max(t + 1);
+            out.push(mask_request(device, sid, from, t + 1 + lookahead - from));
+            session.requested_until = t + 1 + lookahead;
+        }
+        // Masks of counters the device skipped will never be used.
+        let stale: Vec<(SessionId, u64)> = self.masks.range((sid, 0)..(sid, t)).map(|(k, _)| *k).collect();
+        for key in stale {
+            self.masks.remove(&key);
+        }
+        match self.masks.get(&(sid, t)) {
+            Some(Masks::Ready(_)) => out.extend(self.first_layer(device, sid, t, &u)?),
+            _ => {
+                self.frames.insert((sid, t), (device.to_string(), FrameState::Waiting(u)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn on_masks(&mut self, device: &str, sid: SessionId, t: u64, masks: &[Vec<u8>]) -> Result<Vec<Outgoing>> {
+        let n = self.cfg.topology.input_len;
+        let session = self.session(device, sid)?;
+        if masks.len() != n {
+            return Err(ProtocolError::Size(format!("{} masks for {n} inputs", masks.len())));
+        }
+        let waiting = matches!(self.frames.get(&(sid, t)), Some((_, FrameState::Waiting(_))));
+        if session.last_frame.is_some_and(|last| t <= last) && !waiting {
+            // Masks for a counter already used or skipped: never needed.
+            return Ok(Vec::new());
+        }
+        if self.masks.contains_key(&(sid, t)) {
+            return Ok(Vec::new());
+        }
+        let backend = &self.backend;
+        let decoded = masks.par_iter().map(|bytes| backend.decode(bytes)).collect::<Result<Vec<_>>>()?;
+        self.masks.insert((sid, t), Masks::Raw(decoded));
+        Ok(Vec::new())
+    }
+
+    /// Whether precomputation is waiting to be done.
+    pub fn has_offline_work(&self) -> bool {
+        self.masks.values().any(|m| matches!(m, Masks::Raw(_)))
+    }
+
+    /// Does one unit of precomputation: `W·[[-b]]` for one frame counter
+    /// (a frame already waiting for it first). A frame that was waiting
+    /// continues, and its messages are returned.
+    pub fn offline_step(&mut self) -> Result<Vec<Outgoing>> {
+        let waiting_key = self.masks.iter().find_map(|(key, m)| {
+            let frame_waits = matches!(self.frames.get(key), Some((_, FrameState::Waiting(_))));
+            (matches!(m, Masks::Raw(_)) && frame_waits).then_some(*key)
+        });
+        let key = waiting_key.or_else(|| {
+            self.masks
+                .iter()
+                .find_map(|(key, m)| matches!(m, Masks::Raw(_)).then_some(*key))
+        });
+        let Some(key) = key else {
+            return Ok(Vec::new());
+        };
+        let Some(Masks::Raw(raw)) = self.masks.remove(&key) else {
+            return Ok(Vec::new());
+        };
+        let layer = self
+            .cfg
+            .plan
+            .layer(0)
+            .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
+        let backend = &self.backend;
+        let prepared = backend.prepare(&raw)?;
+        let ready = (0..layer.output_len())
+            .into_par_iter()
+            .map(|o| backend.dot(&prepared, &layer.row(o)))
+            .collect::<Result<Vec<_>>>()?;
+        self.masks.insert(key, Masks::Ready(ready));
+        let (sid, t) = key;
+        match self.frames.remove(&key) {
+            Some((device, FrameState::Waiting(u))) => self.first_layer(&device, sid, t, &u),
+            Some(other) => {
+                self.frames.insert(key, other);
+                Ok(Vec::new())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The online first layer: `[[W·x̂ + c]] = (W·u + c) ⊕ W·[[-b]]`, a
+    /// plain integer product and one multiplication per output.
+    fn first_layer(&mut self, device: &str, sid: SessionId, t: u64, u: &[i128]) -> Result<Vec<Outgoing>> {
+        let Some(Masks::Ready(ready)) = self.masks.remove(&(sid, t)) else {
+            return Err(ProtocolError::Unexpected("first layer without masks".into()));
+        };
+        let layer = self
+            .cfg
+            .plan
+            .layer(0)
+            .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
+        let plain = layer.apply(u)?;
+        let backend = &self.backend;
+        let z: Vec<P::Ct> = plain
+            .par_iter()
+            .zip(ready.par_iter())
+            .map(|(v, m)| backend.add(&backend.constant(I256::from(*v)), m))
+            .collect();
+        self.advance(device, sid, t, z, 1)
+    }
+
+    /// Runs linear stages from `s` on until an activation round goes out to
+    /// B or the outputs do.
+    fn advance(&mut self, device: &str, sid: SessionId, t: u64, mut z: Vec<P::Ct>, mut s: usize) -> Result<Vec<Outgoing>> {
+        let topology = Arc::clone(&self.cfg.topology);
+        loop {
+            match topology.stages.get(s) {
+                None => return self.output(device, sid, t, &z),
+                Some(Stage::Linear(_)) => {
+                    z = self.linear(s, &z)?;
+                    s += 1;
+                }
+                Some(Stage::Activation(_)) => {
+                    let (round, pending) = self.build_round(sid, t, s, &z)?;
+                    self.frames
+                        .insert((sid, t), (device.to_string(), FrameState::InRound(pending)));
+                    return Ok(vec![Outgoing::new(
+                        Peer::ServerB,
+                        Envelope::new(device, sid, t, Body::Round(round)),
+                    )]);
+                }
+            }
+        }
+    }
+
+    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+        let layer = self
+            .cfg
+            .plan
+            .layer(s)
+            .ok_or_else(|| ProtocolError::Topology(format!("no layer for stage {s}")))?;
+        if x.len() != layer.input_len() {
+            return Err(ProtocolError::Size(format!(
+                "stage {s} takes {} inputs, got {}",
+                layer.input_len(),
+                x.len()
+            )));
+        }
+        let backend = &self.backend;
+        let prepared = backend.prepare(x)?;
+        (0..layer.output_len())
+            .into_par_iter()
+            .map(|o| {
+                let dot = backend.dot(&prepared, &layer.row(o))?;
+                Ok(backend.add_plain(&dot, I256::from(layer.bias(o))))
+            })
+            .collect()
+    }
+
+    fn build_round(&mut self, sid: SessionId, t: u64, s: usize, z: &[P::Ct]) -> Result<(Round, Pending)> {
+        let params = self.cfg.params.clone();
+        let topology = Arc::clone(&self.cfg.topology);
+        let mode = round_mode(self.modes.get(s).copied().unwrap_or(ActivationMode::Permute));
+        let shape = RoundShape::new(&topology, &params, s, mode)?;
+        let rounding = frame_rounding(&self.cfg.rounding_key, sid, t);
+        let w = topology.fixed.weight_bits;
+        let kappa = shape.kappa;
+        let k = shape.group_size;
+        let real = shape.groups.len();
+        let mut order: Vec<GroupRef> = (0..real).map(GroupRef::Real).collect();
+        order.extend(std::iter::repeat_n(GroupRef::Dummy, params.dummies(real)));
+        // Fisher-Yates with the injected generator.
+        for i in (1..order.len()).rev() {
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let h1_bits = (kappa + params.sigma).saturating_sub(w);
+        let h2_bits = (kappa + shape.alpha_q_bits + params.sigma).saturating_sub(2 * w);
+        let padding = -(I256::ONE << kappa);
+        let rng = &mut self.rng;
+        let mut specs = Vec::with_capacity(order.len() * k);
+        let mut entries = Vec::with_capacity(order.len());
+        for group in &order {
+            let beta = match mode {
+                RoundMode::Blind => {
+                    let odd = random_below_pow2(rng, params.beta_bits) | I256::ONE;
+                    let shift = rng.next_u32() % params.beta_shift_range.max(1);
+                    odd << shift
+                }
+                RoundMode::Permute => I256::ONE,
+            };
+            let mut group_entries = Vec::with_capacity(k);
+            let mut push = |source: Source, index: Option<u32>, r1: I256, r2: I256, rng: &mut ChaCha20Rng| {
+                let h1 = random_below_pow2(rng, h1_bits);
+                let h2 = random_below_pow2(rng, h2_bits);
+                specs.push(EntrySpec {
+                    source,
+                    beta,
+                    rho1: (h1 << w) + r1,
+                    rho2: (h2 << (2 * w)) + r2,
+                });
+                group_entries.push(Entry { index, h1, h2 });
+            };
+            match group {
+                GroupRef::Real(o) => {
+                    let window = shape.groups.get(*o).cloned().unwrap_or_default();
+                    let mut positions: Vec<usize> = (0..window.len()).collect();
+                    // B keeps the first maximum it sees: order ties the way
+                    // the reference breaks them.
+                    if window.len() > 1 {
+                        positions.sort_by_key(|p| (rounding.tie_rank(s, *o, *p), *p));
+                    }
+                    for p in positions {
+                        let idx = window.get(p).copied().unwrap_or(0);
+                        let r1 = I256::from(rounding.offset(s, idx as usize, 0, w));
+                        let r2 = if shape.alpha_bits.is_some() {
+                            I256::from(rounding.offset(s, idx as usize, 1, 2 * w))
+                        } else {
+                            I256::ZERO
+                        };
+                        push(Source::Real(idx), Some(idx), r1, r2, rng);
+                    }
+                    for _ in window.len()..k {
+                        let r1 = random_below_pow2(rng, w);
+                        let r2 = random_below_pow2(rng, 2 * w);
+                        push(Source::Value(padding), None, r1, r2, rng);
+                    }
+                }
+                GroupRef::Dummy => {
+                    for _ in 0..k {
+                        let value = random_signed(rng, kappa);
+                        let r1 = random_below_pow2(rng, w);
+                        let r2 = random_below_pow2(rng, 2 * w);
+                        push(Source::Value(value), None, r1, r2, rng);
+                    }
+                }
+            }
+            entries.push(group_entries);
+        }
+        let backend = &self.backend;
+        let value_of = |source: &Source| -> Result<P::Ct> {
+            match source {
+                Source::Real(idx) => z
+                    .get(*idx as usize)
+                    .cloned()
+                    .ok_or_else(|| ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))),
+                Source::Value(v) => Ok(backend.constant(*v)),
+            }
+        };
+        let alpha_q = match shape.kind {
+            ActivationKind::LeakyRelu { alpha_q } => I256::from(alpha_q),
+            _ => I256::ZERO,
+        };
+        let leaky = shape.alpha_bits.is_some();
+        type Items<C> = (C, Option<C>, Option<C>);
+        let items: Vec<Items<P::Ct>> = specs
+            .par_iter()
+            .map(|spec| -> Result<Items<P::Ct>> {
+                let value = value_of(&spec.source)?;
+                Ok(match mode {
+                    RoundMode::Permute => (value, None, None),
+                    RoundMode::Blind => {
+                        let signed = backend.scale(&value, spec.beta);
+                        let masked = backend.add_plain(&value, spec.rho1);
+                        let alpha = leaky.then(|| backend.add_plain(&backend.scale(&value, alpha_q), spec.rho2));
+                        (signed, Some(masked), alpha)
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut values = Vec::with_capacity(items.len());
+        let mut masked = Vec::new();
+        let mut masked_alpha = Vec::new();
+        for (v, m, a) in items {
+            values.push(v);
+            masked.extend(m);
+            masked_alpha.extend(a);
+        }
+        let round = Round {
+            stage: s as u16,
+            mode,
+            groups: order.len() as u32,
+            group_size: k as u16,
+            packed: params.pack,
+            values: self.seal(&values, shape.value_bits)?,
+            masked: self.seal(&masked, shape.masked_bits)?,
+            masked_alpha: match shape.alpha_bits {
+                Some(bits) => self.seal(&masked_alpha, bits)?,
+                None => Vec::new(),
+            },
+        };
+        Ok((
+            round,
+            Pending {
+                stage: s,
+                shape,
+                order,
+                entries,
+            },
+        ))
+    }
+
+    /// Packs (when enabled) and re-randomizes ciphertexts bound for B, so
+    /// that B cannot link them to anything it produced.
+    fn seal(&self, values: &[P::Ct], bits: u32) -> Result<Vec<Vec<u8>>> {
+        let backend = &self.backend;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.cfg.params.pack {
+            let slots = backend.slots(bits)?;
+            values
+                .par_chunks(slots.max(1))
+                .map(|chunk| Ok(backend.encode(&backend.rerandomize(&backend.pack(bits, chunk)?))))
+                .collect()
+        } else {
+            Ok(values
+                .par_iter()
+                .map(|v| backend.encode(&backend.rerandomize(v)))
+                .collect())
+        }
+    }
+
+    fn on_reply(&mut self, device: &str, sid: SessionId, t: u64, stage: u16, items: &[Vec<u8>]) -> Result<Vec<Outgoing>> {
+        self.session(device, sid)?;
+        let key = (sid, t);
+        let pending = match self.frames.get(&key) {
+            Some((owner, FrameState::InRound(p))) if owner == device => p,
+            _ => return Err(ProtocolError::Unexpected(format!("no round of frame {t} is waiting for B"))),
+        };
+        if usize::from(stage) != pending.stage {
+            return Err(ProtocolError::OutOfOrder(format!(
+                "reply for stage {stage}, the round out is stage {}",
+                pending.stage
+            )));
+        }
+        let per_group = pending.shape.replies_per_group();
+        let expected = pending.order.len() * per_group;
+        if items.len() != expected {
+            return Err(ProtocolError::Size(format!("{} replies, expected {expected}", items.len())));
+        }
+        let backend = &self.backend;
+        let decoded = items.par_iter().map(|b| backend.decode(b)).collect::<Result<Vec<_>>>()?;
+        let Some((_, FrameState::InRound(pending))) = self.frames.remove(&key) else {
+            return Err(ProtocolError::Unexpected("round state vanished".into()));
+        };
+        let leaky = pending.shape.alpha_bits.is_some();
+        let outputs: Vec<(usize, P::Ct)> = pending
+            .order
+            .par_iter()
+            .enumerate()
+            .filter_map(|(pos, group)| match group {
+                GroupRef::Real(o) => Some((pos, *o)),
+                GroupRef::Dummy => None,
+            })
+            .map(|(pos, o)| {
+                let base = pos * per_group;
+                let x = decoded[base].clone();
+                let value = match pending.shape.mode {
+                    RoundMode::Permute => x,
+                    RoundMode::Blind => {
+                        let mut acc = x;
+                        for (e, entry) in pending.entries[pos].iter().enumerate() {
+                            if entry.index.is_none() {
+                                continue;
+                            }
+                            let minus_s = &decoded[base + 1 + e];
+                            if leaky {
+                                // s·(q1 - H1) + (1-s)·(q2 - H2) = X - s·(H1 - H2) - H2.
+                                acc = backend.add(&acc, &backend.scale(minus_s, entry.h1 - entry.h2));
+                                acc = backend.add_plain(&acc, -entry.h2);
+                            } else {
+                                acc = backend.add(&acc, &backend.scale(minus_s, entry.h1));
+                            }
+                        }
+                        acc
+                    }
+                };
+                (o, value)
+            })
+            .collect();
+        let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
+        for (o, value) in outputs {
+            if let Some(slot) = next.get_mut(o) {
+                *slot = Some(value);
+            }
+        }
+        let next = next
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ProtocolError::Unexpected("a real group has no answer".into()))?;
+        self.advance(device, sid, t, next, pending.stage + 1)
+    }
+
+    fn output(&mut self, device: &str, sid: SessionId, t: u64, z: &[P::Ct]) -> Result<Vec<Outgoing>> {
+        let topology = Arc::clone(&self.cfg.topology);
+        let params = self.cfg.params.clone();
+        let session = self.session(device, sid)?;
+        if z.len() != topology.output_len {
+            return Err(ProtocolError::Size(format!("{} outputs, the model has {}", z.len(), topology.output_len)));
+        }
+        let masks = output_masks(&session.seed, t, &topology, &params);
+        let backend = &self.backend;
+        let masked: Vec<P::Ct> = z
+            .par_iter()
+            .zip(masks.par_iter())
+            .map(|(v, m)| backend.add_plain(v, I256::from(*m)))
+            .collect();
+        let values = self.seal(&masked, output_bits(&topology) + params.sigma + 1)?;
+        self.frames.remove(&(sid, t));
+        Ok(vec![Outgoing::new(
+            Peer::ServerB,
+            Envelope::new(
+                device,
+                sid,
+                t,
+                Body::Output(Output {
+                    count: z.len() as u32,
+                    packed: params.pack,
+                    values,
+                }),
+            ),
+        )])
+    }
+}
+
+fn mask_request(device: &str, sid: SessionId, from: u64, count: u64) -> Outgoing {
+    Outgoing::new(
+        Peer::ServerB,
+        Envelope::new(device, sid, from, Body::MaskRequest { count: count.min(u64::from(u32::MAX)) as u32 }),
+    )
+}

@@ -1,0 +1,382 @@
+//! Server B, the key server: it supplies first-layer masks, evaluates the
+//! exact activations on what A perturbed, and turns A's masked outputs into
+//! a result only the device can unmask. It refuses every round that does
+//! not fit the published topology.
+
+use crate::backend::SecretOps;
+use crate::codec::pack_ints;
+use crate::device::{centre, input_masks, output_masks, result_width};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{Body, Envelope, FrameResult, Output, Outgoing, Peer, Round, RoundMode};
+use crate::params::{Params, output_bits};
+use crate::prf::{Seed, SessionId};
+use crate::round::{RoundShape, ciphertext_count};
+use crate::session;
+use ethnum::I256;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use veil_model::{ActivationKind, FixedPoint, Stage, Topology, permute_eval};
+use veil_paillier::SecretKey;
+
+/// Most counters one mask request may cover.
+pub const MAX_MASK_REQUEST: u32 = 64;
+
+#[derive(Clone)]
+pub struct ServerBConfig {
+    pub params: Params,
+    pub topology: Arc<Topology>,
+    /// B's key pair: devices encrypt kB under it, and (with the Paillier
+    /// backend) every ciphertext of the protocol is under it too.
+    pub key: Arc<SecretKey>,
+}
+
+struct Session {
+    device: String,
+    seed: Seed,
+    first_counter: u64,
+    /// The highest counter whose output B produced.
+    completed: Option<u64>,
+    /// For frames in progress: the next stage B expects.
+    progress: BTreeMap<u64, usize>,
+}
+
+pub struct ServerB<S: SecretOps> {
+    cfg: ServerBConfig,
+    backend: S,
+    sessions: HashMap<SessionId, Session>,
+    /// Index of each activation stage; the output comes after the last.
+    activations: Vec<usize>,
+}
+
+impl<S: SecretOps> ServerB<S> {
+    pub fn new(cfg: ServerBConfig, backend: S) -> Result<ServerB<S>> {
+        cfg.params.check(&cfg.topology)?;
+        let activations = cfg
+            .topology
+            .stages
+            .iter()
+            .enumerate()
+            .filter_map(|(s, stage)| matches!(stage, Stage::Activation(_)).then_some(s))
+            .collect();
+        Ok(ServerB {
+            cfg,
+            backend,
+            sessions: HashMap::new(),
+            activations,
+        })
+    }
+
+    pub fn config(&self) -> &ServerBConfig {
+        &self.cfg
+    }
+
+    /// Handles one message addressed to B.
+    pub fn handle(&mut self, envelope: Envelope) -> Result<Vec<Outgoing>> {
+        let Envelope { device, sid, t, body, .. } = envelope;
+        match body {
+            Body::SessionInit(init) => self.on_session(device, sid, t, &init),
+            Body::MaskRequest { count } => self.on_mask_request(&device, sid, t, count),
+            Body::Round(round) => self.on_round(&device, sid, t, &round),
+            Body::Output(output) => self.on_output(&device, sid, t, &output),
+            Body::Ack => {
+                self.session(&device, sid)?;
+                Ok(Vec::new())
+            }
+            other => Err(ProtocolError::Unexpected(format!("{} sent to server B", other.kind()))),
+        }
+    }
+
+    fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
+        let session = self.sessions.get(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        if session.device != device {
+            return Err(ProtocolError::WrongDevice {
+                sid,
+                owner: session.device.clone(),
+                claimed: device.to_string(),
+            });
+        }
+        Ok(session)
+    }
+
+    fn on_session(
+        &mut self,
+        device: String,
+        sid: SessionId,
+        first_counter: u64,
+        init: &crate::messages::SessionInit,
+    ) -> Result<Vec<Outgoing>> {
+        if let Some(existing) = self.sessions.get(&sid) {
+            if existing.device != device {
+                return Err(ProtocolError::WrongDevice {
+                    sid,
+                    owner: existing.device.clone(),
+                    claimed: device,
+                });
+            }
+            return Ok(Vec::new());
+        }
+        let seed = session::accept(init, &self.cfg.key, &self.cfg.topology, &self.cfg.params)?;
+        tracing::info!(%sid, %device, "session accepted");
+        self.sessions.insert(
+            sid,
+            Session {
+                device,
+                seed,
+                first_counter,
+                completed: None,
+                progress: BTreeMap::new(),
+            },
+        );
+        Ok(Vec::new())
+    }
+
+    /// Restores what B knew about a session's finished frames (from its
+    /// durable result queue), so replays stay refused across a restart.
+    pub fn mark_completed(&mut self, sid: SessionId, t: u64) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.completed = Some(session.completed.map_or(t, |c| c.max(t)));
+        }
+    }
+
+    fn on_mask_request(&mut self, device: &str, sid: SessionId, t: u64, count: u32) -> Result<Vec<Outgoing>> {
+        let topology = Arc::clone(&self.cfg.topology);
+        let params = &self.cfg.params;
+        let session = self.session(device, sid)?;
+        if count == 0 || count > MAX_MASK_REQUEST {
+            return Err(ProtocolError::Size(format!("mask request for {count} counters (1..={MAX_MASK_REQUEST})")));
+        }
+        if t < session.first_counter {
+            return Err(ProtocolError::OutOfOrder(format!("masks requested for counter {t}, before the session began")));
+        }
+        let backend = &self.backend;
+        let mut out = Vec::new();
+        for counter in t..t.saturating_add(u64::from(count)) {
+            if session.completed.is_some_and(|c| counter <= c) {
+                continue;
+            }
+            let b = input_masks(&session.seed, counter, &topology, params);
+            let masks: Vec<Vec<u8>> = b
+                .par_iter()
+                .map(|v| backend.encode(&backend.encrypt(-I256::from(*v))))
+                .collect();
+            out.push(Outgoing::new(
+                Peer::ServerA,
+                Envelope::new(device, sid, counter, Body::MaskSupply { masks }),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Checks where frame `t` stands and returns the stage B expects next.
+    fn expected_stage(&self, device: &str, sid: SessionId, t: u64) -> Result<usize> {
+        let session = self.session(device, sid)?;
+        if let Some(done) = session.completed
+            && t <= done
+        {
+            return Err(ProtocolError::Replay { sid, t, last: done });
+        }
+        if t < session.first_counter {
+            return Err(ProtocolError::OutOfOrder(format!("counter {t} precedes the session")));
+        }
+        Ok(session
+            .progress
+            .get(&t)
+            .copied()
+            .unwrap_or_else(|| self.activations.first().copied().unwrap_or(usize::MAX)))
+    }
+
+    fn next_after(&self, stage: usize) -> usize {
+        self.activations.iter().copied().find(|s| *s > stage).unwrap_or(usize::MAX)
+    }
+
+    fn decode_all(&self, items: &[Vec<u8>]) -> Result<Vec<S::Ct>> {
+        let backend = &self.backend;
+        items.par_iter().map(|b| backend.decode(b)).collect()
+    }
+
+    /// Decrypts `entries` values of `bits` bits from `items`.
+    fn open(&self, items: &[Vec<u8>], entries: usize, bits: u32, packed: bool, what: &str) -> Result<Vec<I256>> {
+        let backend = &self.backend;
+        let slots = if packed { backend.slots(bits)? } else { 1 };
+        let expected = ciphertext_count(entries, slots, packed);
+        if items.len() != expected {
+            return Err(ProtocolError::Size(format!(
+                "{} {what} ciphertexts for {entries} entries, expected {expected}",
+                items.len()
+            )));
+        }
+        let cts = self.decode_all(items)?;
+        let bound = I256::ONE << bits;
+        let chunks: Vec<Vec<I256>> = cts
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if packed {
+                    let count = slots.min(entries - i * slots);
+                    backend.unpack(c, bits, count)
+                } else {
+                    let v = backend.decrypt(c)?;
+                    if v >= bound || v <= -bound {
+                        return Err(ProtocolError::Range(format!("{what} value beyond 2^{bits}")));
+                    }
+                    Ok(vec![v])
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    fn on_round(&mut self, device: &str, sid: SessionId, t: u64, round: &Round) -> Result<Vec<Outgoing>> {
+        let expected = self.expected_stage(device, sid, t)?;
+        let s = usize::from(round.stage);
+        if s != expected {
+            return Err(ProtocolError::OutOfOrder(format!(
+                "round for stage {s} of frame {t}, B expects stage {expected}"
+            )));
+        }
+        let params = &self.cfg.params;
+        let shape = RoundShape::new(&self.cfg.topology, params, s, round.mode)?;
+        if usize::from(round.group_size) != shape.group_size {
+            return Err(ProtocolError::Topology(format!(
+                "groups of {} entries, stage {s} has {}",
+                round.group_size, shape.group_size
+            )));
+        }
+        let real = shape.groups.len();
+        let groups = round.groups as usize;
+        if groups < real + params.min_dummies as usize || groups > real + params.max_dummies(real) {
+            return Err(ProtocolError::Topology(format!(
+                "{groups} groups for {real} real ones (dummies must number {} to {})",
+                params.min_dummies,
+                params.max_dummies(real)
+            )));
+        }
+        if round.packed != params.pack {
+            return Err(ProtocolError::Params("packing differs from the agreed parameters".into()));
+        }
+        let entries = groups * shape.group_size;
+        let k = shape.group_size;
+        let w = self.cfg.topology.fixed.weight_bits;
+        let fixed = self.cfg.topology.fixed;
+        let values = self.open(&round.values, entries, shape.value_bits, round.packed, "value")?;
+        let backend = &self.backend;
+        let replies: Vec<Vec<S::Ct>> = match round.mode {
+            RoundMode::Permute => {
+                if !round.masked.is_empty() || !round.masked_alpha.is_empty() {
+                    return Err(ProtocolError::Size("permute rounds carry values only".into()));
+                }
+                values
+                    .par_chunks(k)
+                    .map(|group| {
+                        let v = group.iter().copied().max().unwrap_or(I256::ZERO);
+                        let out = permute_value(&shape.kind, v, &fixed)?;
+                        Ok(vec![backend.encrypt(out)])
+                    })
+                    .collect::<Result<_>>()?
+            }
+            RoundMode::Blind => {
+                let masked = self.open(&round.masked, entries, shape.masked_bits, round.packed, "masked")?;
+                let alpha = match shape.alpha_bits {
+                    Some(bits) => self.open(&round.masked_alpha, entries, bits, round.packed, "masked-alpha")?,
+                    None if round.masked_alpha.is_empty() => Vec::new(),
+                    None => return Err(ProtocolError::Size("unexpected leaky-ReLU values".into())),
+                };
+                let relu_like = matches!(shape.kind, ActivationKind::Relu | ActivationKind::ReluMaxPool);
+                (0..groups)
+                    .into_par_iter()
+                    .map(|g| {
+                        let range = g * k..(g + 1) * k;
+                        let signs = &values[range.clone()];
+                        // β > 0 is shared by the group, so the order of β·z
+                        // is the order of z; the first maximum wins.
+                        let mut best = 0;
+                        for (e, v) in signs.iter().enumerate() {
+                            if *v > signs[best] {
+                                best = e;
+                            }
+                        }
+                        let chosen = match shape.kind {
+                            ActivationKind::MaxPool => true,
+                            _ => signs[best] > I256::ZERO,
+                        };
+                        let mut x = I256::ZERO;
+                        let mut minus_s = Vec::with_capacity(k);
+                        for e in 0..k {
+                            let s = chosen && e == best;
+                            let q1 = masked[g * k + e] >> w;
+                            if s {
+                                x += q1;
+                            } else if !relu_like && shape.kind != ActivationKind::MaxPool {
+                                // Leaky ReLU: (1 - s)·q2.
+                                x += alpha.get(g * k + e).copied().unwrap_or(I256::ZERO) >> (2 * w);
+                            }
+                            minus_s.push(if s { -I256::ONE } else { I256::ZERO });
+                        }
+                        let mut reply = Vec::with_capacity(1 + k);
+                        reply.push(backend.encrypt(x));
+                        reply.extend(minus_s.into_iter().map(|v| backend.encrypt(v)));
+                        Ok(reply)
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let items: Vec<Vec<u8>> = replies.iter().flatten().map(|c| backend.encode(c)).collect();
+        let next = self.next_after(s);
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.progress.insert(t, next);
+        }
+        Ok(vec![Outgoing::new(
+            Peer::ServerA,
+            Envelope::new(device, sid, t, Body::RoundReply { stage: round.stage, items }),
+        )])
+    }
+
+    fn on_output(&mut self, device: &str, sid: SessionId, t: u64, output: &Output) -> Result<Vec<Outgoing>> {
+        let expected = self.expected_stage(device, sid, t)?;
+        if expected != usize::MAX {
+            return Err(ProtocolError::OutOfOrder(format!(
+                "output of frame {t} before its stage {expected} round"
+            )));
+        }
+        let topology = Arc::clone(&self.cfg.topology);
+        let params = self.cfg.params.clone();
+        if output.count as usize != topology.output_len {
+            return Err(ProtocolError::Topology(format!(
+                "{} outputs, the model has {}",
+                output.count, topology.output_len
+            )));
+        }
+        if output.packed != params.pack {
+            return Err(ProtocolError::Params("packing differs from the agreed parameters".into()));
+        }
+        let bits = output_bits(&topology) + params.sigma + 1;
+        let masked = self.open(&output.values, topology.output_len, bits, output.packed, "output")?;
+        let session = self.sessions.get_mut(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        let m_b = output_masks(&session.seed, t, &topology, &params);
+        let offset = centre(output_bits(&topology) + params.sigma);
+        let values: Vec<I256> = masked.iter().zip(&m_b).map(|(v, m)| *v + I256::from(*m) - offset).collect();
+        let width = result_width(&topology, &params);
+        let result = FrameResult {
+            count: values.len() as u32,
+            width: width as u16,
+            values: pack_ints(&values, width)?,
+        };
+        session.progress.remove(&t);
+        // Frames finish in order per session; an earlier one still in
+        // progress is abandoned (its round will be refused as a replay).
+        session.progress.retain(|pending, _| *pending > t);
+        session.completed = Some(session.completed.map_or(t, |c| c.max(t)));
+        Ok(vec![Outgoing::new(
+            Peer::Device,
+            Envelope::new(device, sid, t, Body::Result(result)),
+        )])
+    }
+}
+
+/// B's exact evaluation in permute mode, refusing values beyond what f64
+/// and the model crate's evaluation handle.
+fn permute_value(kind: &ActivationKind, v: I256, fixed: &FixedPoint) -> Result<I256> {
+    let v = i128::try_from(v).map_err(|_| ProtocolError::Range("pre-activation beyond 128 bits".into()))?;
+    Ok(I256::from(permute_eval(kind, v, fixed)))
+}

@@ -1,0 +1,47 @@
+//! Accepting a session on either server: the checks both servers make on a
+//! device's session message, and the recovery of the seed.
+
+use crate::error::{ProtocolError, Result};
+use crate::messages::SessionInit;
+use crate::params::Params;
+use crate::prf::Seed;
+use veil_model::Topology;
+use veil_paillier::SecretKey;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Checks that the session is for this model, these parameters and this
+/// server's key, and decrypts its seed.
+pub(crate) fn accept(init: &SessionInit, key: &SecretKey, topology: &Topology, params: &Params) -> Result<Seed> {
+    if init.model != topology.name || init.topology != topology.fingerprint() {
+        return Err(ProtocolError::Topology(format!(
+            "session is for model {:?} ({}), this server serves {:?} ({})",
+            init.model,
+            hex::encode(&init.topology[..8]),
+            topology.name,
+            &topology.fingerprint_hex()[..16]
+        )));
+    }
+    if init.params != params.fingerprint() {
+        return Err(ProtocolError::Params("session parameters differ from this server's".into()));
+    }
+    let public = key.public_key();
+    if init.server_key != public.fingerprint() {
+        return Err(ProtocolError::Params(format!(
+            "seed is encrypted under key {}, this server's key is {}",
+            hex::encode(&init.server_key[..8]),
+            &public.fingerprint_hex()[..16]
+        )));
+    }
+    let ciphertext = public.ciphertext_from_bytes(&init.seed)?;
+    let residue = key.decrypt(&ciphertext)?.residue().clone();
+    if residue.bit_width_vartime() > 256 {
+        return Err(ProtocolError::Range("session seed is wider than 256 bits".into()));
+    }
+    let bytes = Zeroizing::new(residue.to_be_bytes());
+    let mut seed = [0u8; 32];
+    let tail = bytes.len().saturating_sub(32);
+    seed.copy_from_slice(&bytes[tail..]);
+    let accepted = Seed::from_bytes(seed);
+    seed.zeroize();
+    Ok(accepted)
+}

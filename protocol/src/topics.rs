@@ -1,0 +1,71 @@
+//! MQTT topic names, all under `veil/v1/`. Devices write only under their
+//! own name and read only their own results; the servers talk to each other
+//! on the `ab` and `ba` trees (see `config/acl`).
+
+pub const ROOT: &str = "veil/v1";
+
+/// Retained public key of server A (`a`) or B (`b`).
+pub fn server_key(server: char) -> String {
+    format!("{ROOT}/pub/{server}/key")
+}
+
+/// Retained public topology of a model.
+pub fn topology(model: &str) -> String {
+    format!("{ROOT}/pub/models/{model}")
+}
+
+/// Retained session message from a device to server A (`a`) or B (`b`).
+pub fn session(device: &str, server: char) -> String {
+    format!("{ROOT}/dev/{device}/session/{server}")
+}
+
+pub fn frame(device: &str) -> String {
+    format!("{ROOT}/dev/{device}/frame")
+}
+
+pub fn result(device: &str) -> String {
+    format!("{ROOT}/dev/{device}/result")
+}
+
+pub fn ack(device: &str) -> String {
+    format!("{ROOT}/dev/{device}/ack")
+}
+
+/// A → B messages (mask requests, rounds, outputs).
+pub fn a_to_b(kind: &str) -> String {
+    format!("{ROOT}/ab/{kind}")
+}
+
+/// B → A messages, addressed to one A worker.
+pub fn b_to_a(worker: &str) -> String {
+    format!("{ROOT}/ba/{worker}")
+}
+
+/// Wildcard filters the servers subscribe to.
+pub mod filters {
+    pub const FRAMES: &str = "veil/v1/dev/+/frame";
+    pub const SESSIONS_A: &str = "veil/v1/dev/+/session/a";
+    pub const SESSIONS_B: &str = "veil/v1/dev/+/session/b";
+    pub const ACKS: &str = "veil/v1/dev/+/ack";
+    pub const A_TO_B: &str = "veil/v1/ab/#";
+}
+
+/// The device name in a `veil/v1/dev/<device>/...` topic.
+pub fn device_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("veil/v1/dev/")?;
+    let (device, _) = rest.split_once('/')?;
+    (!device.is_empty()).then_some(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_come_back_out_of_topics() {
+        assert_eq!(device_of(&frame("devA")), Some("devA"));
+        assert_eq!(device_of(&session("gw-7", 'b')), Some("gw-7"));
+        assert_eq!(device_of("veil/v1/ab/round"), None);
+        assert_eq!(device_of("veil/v1/dev//frame"), None);
+    }
+}
