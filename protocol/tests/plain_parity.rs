@@ -1,0 +1,66 @@
+//! With the plaintext backend, the full protocol reproduces the model
+//! crate's integer reference bit for bit on whole test sets, and predicts
+//! the float reference's class.
+
+mod common;
+
+use common::{argmax, mnist_rows, model, pima_rows, plain_engine, reference};
+use veil_protocol::Params;
+
+fn check(name: &str, rows: &[(Vec<f32>, u8)], params: &Params) {
+    let m = model(name);
+    let mut engine = plain_engine(&m, params, 3);
+    let mut agree = 0usize;
+    let mut correct = 0usize;
+    let mut max_diff = 0f64;
+    for (i, (x, label)) in rows.iter().enumerate() {
+        let x_hat = m.encode_input(x).expect("row within bounds");
+        let run = engine.infer(&x_hat).expect("protocol runs");
+        let expected = reference(&m, params, &x_hat, run.sid, run.t);
+        assert_eq!(run.outputs, expected, "{name}: row {i} differs from the integer reference");
+        let outputs: Vec<i128> = run.outputs.iter().map(|v| v.as_i128()).collect();
+        let decoded = m.decode_output(&outputs);
+        let float: Vec<f64> = m.run_float(x).expect("float").into_iter().map(f64::from).collect();
+        for (d, f) in decoded.iter().zip(&float) {
+            max_diff = max_diff.max((d - f).abs());
+        }
+        if argmax(&decoded) == argmax(&float) {
+            agree += 1;
+        }
+        if argmax(&decoded) == usize::from(*label) {
+            correct += 1;
+        }
+    }
+    let rate = agree as f64 / rows.len() as f64;
+    println!(
+        "{name} ({}): {agree}/{} agree with float ({:.2}%), accuracy {:.2}%, max logit diff {max_diff:.2e}",
+        if params.force_permute { "permute" } else { "default modes" },
+        rows.len(),
+        100.0 * rate,
+        100.0 * correct as f64 / rows.len() as f64
+    );
+    assert!(rate >= 0.999, "{name}: only {agree}/{} agree", rows.len());
+}
+
+#[test]
+fn pima_models_full_test_set() {
+    let rows = pima_rows();
+    for name in ["pima-mlp", "pima-tanh"] {
+        check(name, &rows, &Params::default());
+    }
+    let permute = Params {
+        force_permute: true,
+        ..Params::default()
+    };
+    check("pima-mlp", &rows, &permute);
+}
+
+#[test]
+fn mnist_mlp_full_test_set() {
+    check("mnist-mlp", &mnist_rows(), &Params::default());
+}
+
+#[test]
+fn mnist_cnn_full_test_set() {
+    check("mnist-cnn", &mnist_rows(), &Params::default());
+}
