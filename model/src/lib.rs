@@ -11,13 +11,17 @@
 //! private protocol reproduces bit for bit. It also loads the MNIST and Pima
 //! data sets shipped in `data/`.
 
+#[cfg(feature = "onnx")]
 mod affine;
 pub mod data;
 mod error;
 mod fixed;
+#[cfg(feature = "onnx")]
 mod import;
+#[cfg(feature = "onnx")]
 mod model;
 mod plan;
+mod semantics;
 mod topology;
 
 pub use error::ModelError;
@@ -25,9 +29,12 @@ pub use fixed::{
     ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, permute_eval,
     truncate,
 };
+#[cfg(feature = "onnx")]
 pub use import::INPUT_BOUNDS_KEY;
-pub use model::{ImportOptions, MAX_BOUND_BITS, Model, activate};
+#[cfg(feature = "onnx")]
+pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
 pub use plan::{ConvGeometry, LinearLayer, Plan};
+pub use semantics::activate;
 pub use topology::{
     ActivationKind, ActivationSpec, LinearKind, LinearSpec, MAX_ELEMENTS, PoolSpec, Stage, Topology,
 };

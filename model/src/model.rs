@@ -8,9 +8,10 @@ use tract_onnx::prelude::{
 
 use crate::affine::Affine;
 use crate::error::ModelError;
-use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval, truncate};
+use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval};
 use crate::import::{FloatStage, ImportedGraph, decode, import};
 use crate::plan::{LinearLayer, Plan};
+use crate::semantics::activate;
 use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
 
 /// Largest bound (in bits) accepted at any stage; the protocol's masks add
@@ -524,41 +525,10 @@ impl Model {
         Ok(v)
     }
 
-    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds.
+    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds
+    /// (see [`Topology::encode_input`]).
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
-        let t = &self.topology;
-        if x.len() != t.input_len {
-            return Err(ModelError::LengthMismatch {
-                expected: t.input_len,
-                got: x.len(),
-            });
-        }
-        let scale = 2f64.powi(t.fixed.frac_bits as i32);
-        let limit = 2f64.powi(t.input_bound_bits.min(63) as i32);
-        x.iter()
-            .zip(&t.input_bounds)
-            .enumerate()
-            .map(|(index, (v, (lo, hi)))| {
-                let v = f64::from(*v);
-                if !(v >= *lo && v <= *hi) {
-                    return Err(ModelError::InputOutOfBounds {
-                        index,
-                        value: v,
-                        lo: *lo,
-                        hi: *hi,
-                    });
-                }
-                let q = (v * scale).round();
-                if q.abs() >= limit {
-                    return Err(ModelError::EncodedInputTooLarge {
-                        index,
-                        encoded: q as i128,
-                        bits: t.input_bound_bits,
-                    });
-                }
-                Ok(q as i64)
-            })
-            .collect()
+        self.topology.encode_input(x)
     }
 
     /// The integer reference: exactly what the private protocol computes
@@ -636,116 +606,4 @@ impl Model {
         let scale = 2f64.powi(self.topology.output_scale_bits as i32);
         out.iter().map(|v| *v as f64 / scale).collect()
     }
-}
-
-/// One activation stage in integer semantics (see the crate docs).
-pub fn activate(
-    stage: usize,
-    spec: &ActivationSpec,
-    mode: ActivationMode,
-    windows: Option<&Vec<Vec<u32>>>,
-    z: &[i128],
-    fixed: &FixedPoint,
-    rounding: &dyn RoundingSource,
-) -> Result<Vec<i128>, ModelError> {
-    if z.len() != spec.input_len {
-        return Err(ModelError::LengthMismatch {
-            expected: spec.input_len,
-            got: z.len(),
-        });
-    }
-    if mode == ActivationMode::Blind && !spec.kind.supports_blind() {
-        return Err(ModelError::InvalidMode {
-            stage,
-            reason: format!("{:?} cannot be evaluated in blind mode", spec.kind),
-        });
-    }
-    let w = fixed.weight_bits;
-    let overflow = || ModelError::Overflow { stage };
-    let tr = |v: i128, k: u32, index: usize, which: u8| -> Result<i128, ModelError> {
-        truncate(v, k, rounding.offset(stage, index, which, k)).ok_or_else(overflow)
-    };
-    if spec.kind.is_pool() {
-        let owned;
-        let windows = match windows {
-            Some(ws) => ws,
-            None => {
-                owned = spec.pool.as_ref().map(|p| p.windows()).ok_or_else(|| {
-                    ModelError::InvalidMode {
-                        stage,
-                        reason: "pooling stage without a pool spec".into(),
-                    }
-                })?;
-                &owned
-            }
-        };
-        let relu = spec.kind == ActivationKind::ReluMaxPool;
-        return windows
-            .iter()
-            .enumerate()
-            .map(|(o, win)| {
-                let vals: Vec<i128> = win
-                    .iter()
-                    .map(|i| z.get(*i as usize).copied().unwrap_or(0))
-                    .collect();
-                let v = vals
-                    .iter()
-                    .copied()
-                    .max()
-                    .ok_or_else(|| ModelError::InvalidMode {
-                        stage,
-                        reason: format!("window {o} is empty"),
-                    })?;
-                match mode {
-                    ActivationMode::Permute => Ok(permute_eval(&spec.kind, v, fixed)),
-                    ActivationMode::Blind => {
-                        let mut best: Option<(u64, usize)> = None;
-                        let ties = vals.iter().filter(|x| **x == v).count();
-                        for (p, x) in vals.iter().enumerate() {
-                            if *x != v {
-                                continue;
-                            }
-                            // Ranks are only drawn when they matter.
-                            let rank = if ties > 1 {
-                                rounding.tie_rank(stage, o, p)
-                            } else {
-                                0
-                            };
-                            if best.is_none_or(|(r, _)| rank < r) {
-                                best = Some((rank, p));
-                            }
-                        }
-                        let k = best.map(|(_, p)| p).unwrap_or(0);
-                        let idx = win.get(k).copied().unwrap_or(0) as usize;
-                        if relu && v <= 0 {
-                            Ok(0)
-                        } else {
-                            tr(v, w, idx, 0)
-                        }
-                    }
-                }
-            })
-            .collect();
-    }
-    z.iter()
-        .enumerate()
-        .map(|(j, &v)| match (mode, spec.kind) {
-            (ActivationMode::Permute, kind) => Ok(permute_eval(&kind, v, fixed)),
-            (ActivationMode::Blind, ActivationKind::LeakyRelu { alpha_q }) => {
-                if v > 0 {
-                    tr(v, w, j, 0)
-                } else {
-                    let p = i128::from(alpha_q).checked_mul(v).ok_or_else(overflow)?;
-                    tr(p, 2 * w, j, 1)
-                }
-            }
-            (ActivationMode::Blind, _) => {
-                if v > 0 {
-                    tr(v, w, j, 0)
-                } else {
-                    Ok(0)
-                }
-            }
-        })
-        .collect()
 }

@@ -378,7 +378,7 @@ impl std::fmt::Debug for Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(layers: Vec<Option<LinearLayer>>) -> Plan {
+    pub fn new(layers: Vec<Option<LinearLayer>>) -> Plan {
         Plan { layers }
     }
 

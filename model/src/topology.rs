@@ -217,6 +217,44 @@ fn decode_config() -> impl bincode::config::Config {
 
 impl Topology {
     /// The canonical encoding that the fingerprint hashes.
+    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds:
+    /// what the device does to a frame before masking it.
+    pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
+        let t = self;
+        if x.len() != t.input_len {
+            return Err(ModelError::LengthMismatch {
+                expected: t.input_len,
+                got: x.len(),
+            });
+        }
+        let scale = 2f64.powi(t.fixed.frac_bits as i32);
+        let limit = 2f64.powi(t.input_bound_bits.min(63) as i32);
+        x.iter()
+            .zip(&t.input_bounds)
+            .enumerate()
+            .map(|(index, (v, (lo, hi)))| {
+                let v = f64::from(*v);
+                if !(v >= *lo && v <= *hi) {
+                    return Err(ModelError::InputOutOfBounds {
+                        index,
+                        value: v,
+                        lo: *lo,
+                        hi: *hi,
+                    });
+                }
+                let q = (v * scale).round();
+                if q.abs() >= limit {
+                    return Err(ModelError::EncodedInputTooLarge {
+                        index,
+                        encoded: q as i128,
+                        bits: t.input_bound_bits,
+                    });
+                }
+                Ok(q as i64)
+            })
+            .collect()
+    }
+
     pub fn canonical_bytes(&self) -> Vec<u8> {
         // Plain structs with sized sequences always serialize into a Vec; the
         // fallback is unreachable.

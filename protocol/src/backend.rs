@@ -6,7 +6,8 @@ use crate::error::{ProtocolError, Result};
 use ethnum::I256;
 use std::sync::Arc;
 use veil_paillier::{
-    BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PaillierError, PreparedBases, PublicKey, SecretKey, Signed,
+    BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PaillierError, PreparedBases, PublicKey,
+    SecretKey, Signed,
 };
 
 /// What server A (and anyone holding only the public key) can do.
@@ -83,7 +84,12 @@ fn signed(v: I256) -> Signed {
     let (hi, lo) = v.unsigned_abs().into_words();
     Signed {
         negative: v < 0,
-        magnitude: BoxedUint::from_words([lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64]),
+        magnitude: BoxedUint::from_words([
+            lo as u64,
+            (lo >> 64) as u64,
+            hi as u64,
+            (hi >> 64) as u64,
+        ]),
     }
 }
 
@@ -105,7 +111,9 @@ impl PublicOps for PaillierPublic {
 
     fn constant(&self, v: I256) -> Ciphertext {
         let plaintext = self.key.encode(v);
-        self.key.encrypt_trivial(&plaintext).unwrap_or_else(|_| self.key.zero_ciphertext())
+        self.key
+            .encrypt_trivial(&plaintext)
+            .unwrap_or_else(|_| self.key.zero_ciphertext())
     }
 
     fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
@@ -297,23 +305,29 @@ impl PublicOps for Plain {
     fn dot(&self, prepared: &Vec<I256>, terms: &[(u32, i64)]) -> Result<PlainCt> {
         let mut acc = I256::ZERO;
         for (i, w) in terms {
-            let x = prepared
-                .get(*i as usize)
-                .ok_or_else(|| ProtocolError::Size(format!("term index {i} out of {}", prepared.len())))?;
+            let x = prepared.get(*i as usize).ok_or_else(|| {
+                ProtocolError::Size(format!("term index {i} out of {}", prepared.len()))
+            })?;
             acc = acc.wrapping_add(x.wrapping_mul(I256::from(*w)));
         }
         Ok(PlainCt::Value(acc))
     }
     fn slots(&self, value_bits: u32) -> Result<usize> {
         if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
-            return Err(PaillierError::Packing(format!("value bound of {value_bits} bits is not packable")).into());
+            return Err(PaillierError::Packing(format!(
+                "value bound of {value_bits} bits is not packable"
+            ))
+            .into());
         }
         Ok(((self.modulus_bits - 1) / (value_bits + 2)) as usize)
     }
     fn pack(&self, value_bits: u32, values: &[PlainCt]) -> Result<PlainCt> {
         let slots = self.slots(value_bits)?;
         if values.is_empty() || values.len() > slots {
-            return Err(ProtocolError::Size(format!("{} values for {slots} slots", values.len())));
+            return Err(ProtocolError::Size(format!(
+                "{} values for {slots} slots",
+                values.len()
+            )));
         }
         Ok(PlainCt::Packed {
             value_bits,
@@ -348,7 +362,8 @@ impl PublicOps for Plain {
             PLAIN_VALUE if rest.len() == 32 => Ok(PlainCt::Value(read(rest)?)),
             PLAIN_PACKED if rest.len() >= 4 && (rest.len() - 4) % 32 == 0 => {
                 let (bits, values) = rest.split_at(4);
-                let value_bits = u32::from_le_bytes(bits.try_into().map_err(|_| bad("truncated width"))?);
+                let value_bits =
+                    u32::from_le_bytes(bits.try_into().map_err(|_| bad("truncated width"))?);
                 let values = values.chunks(32).map(read).collect::<Result<Vec<_>>>()?;
                 if values.len() > self.slots(value_bits)? || values.is_empty() {
                     return Err(bad("more values than slots"));
@@ -364,20 +379,30 @@ impl SecretOps for Plain {
     fn decrypt(&self, c: &PlainCt) -> Result<I256> {
         match c {
             PlainCt::Value(v) => Ok(*v),
-            PlainCt::Packed { .. } => Err(ProtocolError::Unexpected("packed value where a single one was expected".into())),
+            PlainCt::Packed { .. } => Err(ProtocolError::Unexpected(
+                "packed value where a single one was expected".into(),
+            )),
         }
     }
 
     fn unpack(&self, c: &PlainCt, value_bits: u32, count: usize) -> Result<Vec<I256>> {
         match c {
-            PlainCt::Packed { value_bits: bits, values } if *bits == value_bits && values.len() == count => {
+            PlainCt::Packed {
+                value_bits: bits,
+                values,
+            } if *bits == value_bits && values.len() == count => {
                 let bound = I256::ONE << value_bits;
                 if let Some(i) = values.iter().position(|v| *v >= bound || *v <= -bound) {
-                    return Err(PaillierError::Packing(format!("slot {i} broke its bound 2^{value_bits}")).into());
+                    return Err(PaillierError::Packing(format!(
+                        "slot {i} broke its bound 2^{value_bits}"
+                    ))
+                    .into());
                 }
                 Ok(values.clone())
             }
-            _ => Err(ProtocolError::Size(format!("expected {count} packed values of {value_bits} bits"))),
+            _ => Err(ProtocolError::Size(format!(
+                "expected {count} packed values of {value_bits} bits"
+            ))),
         }
     }
 }

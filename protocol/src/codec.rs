@@ -16,7 +16,8 @@ fn config() -> impl bincode::config::Config {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| ProtocolError::Decode(format!("encoding: {e}")))
+    bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| ProtocolError::Decode(format!("encoding: {e}")))
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -26,9 +27,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             bytes.len()
         )));
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
     if used != bytes.len() {
-        return Err(ProtocolError::Decode(format!("{} trailing bytes", bytes.len() - used)));
+        return Err(ProtocolError::Decode(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }
@@ -37,14 +42,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// (offset binary, little-endian bit order).
 pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
     if !(1..=255).contains(&width) {
-        return Err(ProtocolError::Range(format!("field width {width} is outside 1..=255")));
+        return Err(ProtocolError::Range(format!(
+            "field width {width} is outside 1..=255"
+        )));
     }
     let offset = I256::ONE << (width - 1);
     let total_bits = values.len() * width as usize;
     let mut out = vec![0u8; total_bits.div_ceil(8)];
     for (i, v) in values.iter().enumerate() {
         if *v >= offset || *v < -offset {
-            return Err(ProtocolError::Range(format!("value {i} does not fit in {width} bits")));
+            return Err(ProtocolError::Range(format!(
+                "value {i} does not fit in {width} bits"
+            )));
         }
         let field = (*v + offset).as_u256();
         let start = i * width as usize;
@@ -61,7 +70,9 @@ pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
 /// The inverse of [`pack_ints`]; the byte length must be exact.
 pub fn unpack_ints(bytes: &[u8], count: usize, width: u32) -> Result<Vec<I256>> {
     if !(1..=255).contains(&width) {
-        return Err(ProtocolError::Range(format!("field width {width} is outside 1..=255")));
+        return Err(ProtocolError::Range(format!(
+            "field width {width} is outside 1..=255"
+        )));
     }
     let expected = count
         .checked_mul(width as usize)

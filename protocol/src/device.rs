@@ -38,7 +38,11 @@ pub struct DeviceSession {
 
 impl std::fmt::Debug for DeviceSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceSession({}, first {}, {} frames)", self.sid, self.first_counter, self.frames)
+        write!(
+            f,
+            "DeviceSession({}, first {}, {} frames)",
+            self.sid, self.first_counter, self.frames
+        )
     }
 }
 
@@ -70,12 +74,24 @@ pub fn result_width(topology: &Topology, params: &Params) -> u32 {
 
 /// Masks of the frame inputs: uniform below `2^(ℓ+σ)`.
 pub(crate) fn input_masks(seed: &Seed, t: u64, topology: &Topology, params: &Params) -> Vec<u128> {
-    expand(seed, label::INPUT, t, topology.input_len, topology.input_bound_bits + params.sigma)
+    expand(
+        seed,
+        label::INPUT,
+        t,
+        topology.input_len,
+        topology.input_bound_bits + params.sigma,
+    )
 }
 
 /// Masks of the outputs: uniform below `2^(κ_out+σ)`.
 pub(crate) fn output_masks(seed: &Seed, t: u64, topology: &Topology, params: &Params) -> Vec<u128> {
-    expand(seed, label::OUTPUT, t, topology.output_len, output_bits(topology) + params.sigma)
+    expand(
+        seed,
+        label::OUTPUT,
+        t,
+        topology.output_len,
+        output_bits(topology) + params.sigma,
+    )
 }
 
 pub(crate) fn centre(bits: u32) -> I256 {
@@ -98,7 +114,11 @@ impl Device {
     }
 
     /// Rebuilds a device from persisted sessions.
-    pub fn restore(cfg: DeviceConfig, sessions: Vec<DeviceSession>, current: Option<SessionId>) -> Result<Device> {
+    pub fn restore(
+        cfg: DeviceConfig,
+        sessions: Vec<DeviceSession>,
+        current: Option<SessionId>,
+    ) -> Result<Device> {
         let mut device = Device::new(cfg)?;
         for s in sessions {
             device.sessions.insert(s.sid, s);
@@ -121,13 +141,18 @@ impl Device {
 
     /// Whether a new session must be opened before the next frame.
     pub fn needs_session(&self) -> bool {
-        self.current().is_none_or(|s| s.frames >= self.cfg.params.rekey_after)
+        self.current()
+            .is_none_or(|s| s.frames >= self.cfg.params.rekey_after)
     }
 
     /// Opens a session starting at counter `first_counter`: draws kA, kB
     /// and the session id, and encrypts each seed under its server's key.
     /// These two encryptions are the only public-key work the device does.
-    pub fn open_session<R: CryptoRng + ?Sized>(&mut self, first_counter: u64, rng: &mut R) -> Result<[Outgoing; 2]> {
+    pub fn open_session<R: CryptoRng + ?Sized>(
+        &mut self,
+        first_counter: u64,
+        rng: &mut R,
+    ) -> Result<[Outgoing; 2]> {
         let sid = SessionId::random(rng);
         let k_a = Seed::random(rng);
         let k_b = Seed::random(rng);
@@ -159,8 +184,14 @@ impl Device {
         self.current = Some(sid);
         let device = &self.cfg.device;
         Ok([
-            Outgoing::new(Peer::ServerA, Envelope::new(device, sid, first_counter, to_a)),
-            Outgoing::new(Peer::ServerB, Envelope::new(device, sid, first_counter, to_b)),
+            Outgoing::new(
+                Peer::ServerA,
+                Envelope::new(device, sid, first_counter, to_a),
+            ),
+            Outgoing::new(
+                Peer::ServerB,
+                Envelope::new(device, sid, first_counter, to_b),
+            ),
         ])
     }
 
@@ -231,9 +262,15 @@ impl Device {
             });
         }
         let Body::Result(result) = &envelope.body else {
-            return Err(ProtocolError::Unexpected(format!("{} sent to a device", envelope.body.kind())));
+            return Err(ProtocolError::Unexpected(format!(
+                "{} sent to a device",
+                envelope.body.kind()
+            )));
         };
-        let session = self.sessions.get(&envelope.sid).ok_or(ProtocolError::UnknownSession(envelope.sid))?;
+        let session = self
+            .sessions
+            .get(&envelope.sid)
+            .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
         let topology = &self.cfg.topology;
         let params = &self.cfg.params;
         let width = result_width(topology, params);
@@ -262,7 +299,10 @@ impl Device {
 
     /// The acknowledgement that lets B drop a delivered result.
     pub fn ack(&self, sid: SessionId, t: u64) -> Outgoing {
-        Outgoing::new(Peer::ServerB, Envelope::new(&self.cfg.device, sid, t, Body::Ack))
+        Outgoing::new(
+            Peer::ServerB,
+            Envelope::new(&self.cfg.device, sid, t, Body::Ack),
+        )
     }
 
     /// Drops a finished session's secrets.

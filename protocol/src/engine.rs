@@ -66,7 +66,10 @@ pub fn peer_key(p: Peer) -> PeerKey {
 
 impl EngineStats {
     pub fn link(&self, from: Peer, to: Peer) -> u64 {
-        self.bytes.get(&(peer_key(from), peer_key(to))).copied().unwrap_or(0)
+        self.bytes
+            .get(&(peer_key(from), peer_key(to)))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -85,7 +88,10 @@ pub struct Inference {
 }
 
 fn offline_kind(body: &Body) -> bool {
-    matches!(body, Body::MaskRequest { .. } | Body::MaskSupply { .. } | Body::SessionInit(_))
+    matches!(
+        body,
+        Body::MaskRequest { .. } | Body::MaskSupply { .. } | Body::SessionInit(_)
+    )
 }
 
 pub struct Engine<P: PublicOps, S: SecretOps> {
@@ -156,7 +162,8 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
             let started = Instant::now();
             let out = self.a.offline_step()?;
             self.stats.offline.add(Peer::ServerA, started.elapsed());
-            self.deferred.extend(out.into_iter().map(|o| (Peer::ServerA, o)));
+            self.deferred
+                .extend(out.into_iter().map(|o| (Peer::ServerA, o)));
         }
     }
 
@@ -191,8 +198,8 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
             queue.extend(self.deliver(from, out, false)?);
         }
         let latency = started.elapsed();
-        let (opened, result_bytes) =
-            result.ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
+        let (opened, result_bytes) = result
+            .ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
         // Acknowledge, then catch up on precomputation off the clock.
         let ack = self.device.ack(sid, t);
         self.deferred.push_back((Peer::Device, ack));
@@ -208,7 +215,11 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
     }
 
     fn note(&mut self, from: Peer, to: Peer, bytes: &[u8]) {
-        *self.stats.bytes.entry((peer_key(from), peer_key(to))).or_default() += bytes.len() as u64;
+        *self
+            .stats
+            .bytes
+            .entry((peer_key(from), peer_key(to)))
+            .or_default() += bytes.len() as u64;
         self.stats.messages += 1;
         if self.record {
             self.transcript.push(Delivery {
@@ -219,7 +230,12 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         }
     }
 
-    fn deliver(&mut self, from: Peer, out: Outgoing, offline: bool) -> Result<Vec<(Peer, Outgoing)>> {
+    fn deliver(
+        &mut self,
+        from: Peer,
+        out: Outgoing,
+        offline: bool,
+    ) -> Result<Vec<(Peer, Outgoing)>> {
         let bytes = out.envelope.to_bytes()?;
         self.note(from, out.to, &bytes);
         let envelope = Envelope::from_bytes(&bytes)?;

@@ -35,8 +35,8 @@ pub use engine::{Delivery, Engine, EngineStats, Inference, PartyTimes, peer_key}
 pub use error::{ProtocolError, Result};
 pub use ethnum::I256;
 pub use messages::{
-    Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, Outgoing, Output, PROTOCOL_VERSION, Peer, Round, RoundMode,
-    SessionInit, check_device_name,
+    Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, Outgoing, Output, PROTOCOL_VERSION, Peer,
+    Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
 pub use prf::{Seed, SessionId, expand, label};

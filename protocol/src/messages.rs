@@ -142,7 +142,10 @@ pub fn check_device_name(name: &str) -> Result<()> {
             "device name must have 1 to {MAX_DEVICE_NAME} bytes"
         )));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
         return Err(ProtocolError::Decode(format!(
             "device name contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
         )));

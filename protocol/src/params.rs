@@ -53,7 +53,8 @@ pub const MAX_VALUE_BITS: u32 = 240;
 
 impl Params {
     pub fn fingerprint(&self) -> [u8; 32] {
-        let bytes = bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        let bytes =
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
         let mut h = Sha256::new();
         h.update(b"veil/params/v1");
         h.update(bytes);
@@ -64,10 +65,15 @@ impl Params {
     /// masked value stays well inside the 256-bit working width.
     pub fn check(&self, topology: &Topology) -> Result<()> {
         if !(16..=128).contains(&self.sigma) {
-            return Err(ProtocolError::Params(format!("σ = {} is outside 16..=128", self.sigma)));
+            return Err(ProtocolError::Params(format!(
+                "σ = {} is outside 16..=128",
+                self.sigma
+            )));
         }
         if !(8..=64).contains(&self.beta_bits) || self.beta_shift_range > 128 {
-            return Err(ProtocolError::Params("β must have 8 to 64 bits and a shift range ≤ 128".into()));
+            return Err(ProtocolError::Params(
+                "β must have 8 to 64 bits and a shift range ≤ 128".into(),
+            ));
         }
         let input = topology.input_bound_bits + self.sigma + 2;
         if input > 126 {
@@ -79,7 +85,11 @@ impl Params {
         for (s, stage) in topology.stages.iter().enumerate() {
             if let Stage::Activation(_) = stage {
                 let kappa = pre_activation_bits(topology, s)?;
-                let widest = kappa + self.beta_bits + self.beta_shift_range + 2 * topology.fixed.weight_bits + self.sigma;
+                let widest = kappa
+                    + self.beta_bits
+                    + self.beta_shift_range
+                    + 2 * topology.fixed.weight_bits
+                    + self.sigma;
                 if widest > MAX_VALUE_BITS {
                     return Err(ProtocolError::Params(format!(
                         "stage {s}: bound 2^{kappa} leaves no room for masks ({widest} bits needed, {MAX_VALUE_BITS} available)"
@@ -88,7 +98,9 @@ impl Params {
             }
         }
         if output_bits(topology) + self.sigma + 3 > MAX_VALUE_BITS {
-            return Err(ProtocolError::Params("output bound too large for the output masks".into()));
+            return Err(ProtocolError::Params(
+                "output bound too large for the output masks".into(),
+            ));
         }
         Ok(())
     }
@@ -103,7 +115,11 @@ impl Params {
             self.min_dummies,
             self.dummy_permille,
             if self.pack { "on" } else { "off" },
-            if self.force_permute { "permute everywhere" } else { "blind where possible" }
+            if self.force_permute {
+                "permute everywhere"
+            } else {
+                "blind where possible"
+            }
         )
     }
 
@@ -132,7 +148,9 @@ impl Params {
 pub fn pre_activation_bits(topology: &Topology, s: usize) -> Result<u32> {
     match s.checked_sub(1).and_then(|p| topology.stages.get(p)) {
         Some(Stage::Linear(spec)) => Ok(spec.output_bound_bits),
-        _ => Err(ProtocolError::Topology(format!("activation stage {s} does not follow a linear stage"))),
+        _ => Err(ProtocolError::Topology(format!(
+            "activation stage {s} does not follow a linear stage"
+        ))),
     }
 }
 

@@ -96,11 +96,19 @@ pub fn expand(seed: &Seed, label: &[u8], t: u64, count: usize, bits: u32) -> Vec
     let mut rng = ChaCha20Rng::from_seed(*key.as_bytes());
     rng.set_stream(t);
     let bits = bits.min(128);
-    let mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let mask = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
     (0..count)
         .map(|_| {
             let low = u128::from(rng.next_u64());
-            let value = if bits > 64 { low | (u128::from(rng.next_u64()) << 64) } else { low };
+            let value = if bits > 64 {
+                low | (u128::from(rng.next_u64()) << 64)
+            } else {
+                low
+            };
             value & mask
         })
         .collect()
@@ -115,9 +123,21 @@ mod tests {
         let seed = Seed::from_bytes([7; 32]);
         let a = expand(&seed, label::INPUT, 5, 100, 57);
         assert_eq!(a, expand(&seed, label::INPUT, 5, 100, 57));
-        assert_ne!(a, expand(&seed, label::INPUT, 6, 100, 57), "counter changes masks");
-        assert_ne!(a, expand(&seed, label::OUTPUT, 5, 100, 57), "label changes masks");
-        assert_ne!(a, expand(&Seed::from_bytes([8; 32]), label::INPUT, 5, 100, 57), "seed changes masks");
+        assert_ne!(
+            a,
+            expand(&seed, label::INPUT, 6, 100, 57),
+            "counter changes masks"
+        );
+        assert_ne!(
+            a,
+            expand(&seed, label::OUTPUT, 5, 100, 57),
+            "label changes masks"
+        );
+        assert_ne!(
+            a,
+            expand(&Seed::from_bytes([8; 32]), label::INPUT, 5, 100, 57),
+            "seed changes masks"
+        );
         assert!(a.iter().all(|v| *v < 1 << 57));
         // The top bit is used: values are not biased low.
         assert!(a.iter().any(|v| *v >= 1 << 56));

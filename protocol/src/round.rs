@@ -30,12 +30,19 @@ pub(crate) struct RoundShape {
 pub(crate) fn activation(topology: &Topology, s: usize) -> Result<&ActivationSpec> {
     match topology.stages.get(s) {
         Some(Stage::Activation(spec)) => Ok(spec),
-        _ => Err(ProtocolError::Topology(format!("stage {s} is not an activation"))),
+        _ => Err(ProtocolError::Topology(format!(
+            "stage {s} is not an activation"
+        ))),
     }
 }
 
 impl RoundShape {
-    pub fn new(topology: &Topology, params: &Params, s: usize, mode: RoundMode) -> Result<RoundShape> {
+    pub fn new(
+        topology: &Topology,
+        params: &Params,
+        s: usize,
+        mode: RoundMode,
+    ) -> Result<RoundShape> {
         let spec = activation(topology, s)?;
         if mode == RoundMode::Blind && !spec.kind.supports_blind() {
             return Err(ProtocolError::Topology(format!(
@@ -46,21 +53,31 @@ impl RoundShape {
         let kappa = pre_activation_bits(topology, s)?;
         let groups: Vec<Vec<u32>> = match (&spec.pool, spec.kind.is_pool()) {
             (Some(pool), true) => pool.windows(),
-            (None, true) => return Err(ProtocolError::Topology(format!("pooling stage {s} has no windows"))),
+            (None, true) => {
+                return Err(ProtocolError::Topology(format!(
+                    "pooling stage {s} has no windows"
+                )));
+            }
             (_, false) => (0..spec.input_len as u32).map(|j| vec![j]).collect(),
         };
         let group_size = groups.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let alpha_q_bits = match spec.kind {
-            ActivationKind::LeakyRelu { alpha_q } => (64 - alpha_q.unsigned_abs().leading_zeros()).max(1),
+            ActivationKind::LeakyRelu { alpha_q } => {
+                (64 - alpha_q.unsigned_abs().leading_zeros()).max(1)
+            }
             _ => 0,
         };
         let value_bits = match mode {
-            RoundMode::Blind => kappa + params.beta_bits + params.beta_shift_range.saturating_sub(1),
+            RoundMode::Blind => {
+                kappa + params.beta_bits + params.beta_shift_range.saturating_sub(1)
+            }
             // Padding entries hold exactly -2^κ.
             RoundMode::Permute => kappa + 1,
         };
         let alpha_bits = match (mode, spec.kind) {
-            (RoundMode::Blind, ActivationKind::LeakyRelu { .. }) => Some(kappa + alpha_q_bits + params.sigma + 1),
+            (RoundMode::Blind, ActivationKind::LeakyRelu { .. }) => {
+                Some(kappa + alpha_q_bits + params.sigma + 1)
+            }
             _ => None,
         };
         Ok(RoundShape {
@@ -88,7 +105,11 @@ impl RoundShape {
 
 /// Ciphertexts needed for `entries` values of `bits` bits.
 pub(crate) fn ciphertext_count(entries: usize, slots: usize, packed: bool) -> usize {
-    if packed { entries.div_ceil(slots.max(1)) } else { entries }
+    if packed {
+        entries.div_ceil(slots.max(1))
+    } else {
+        entries
+    }
 }
 
 /// The mode of each stage as it travels on the wire.

@@ -6,7 +6,7 @@ use crate::backend::PublicOps;
 use crate::codec::unpack_ints;
 use crate::device::{centre, frame_width, input_masks, output_masks};
 use crate::error::{ProtocolError, Result};
-use crate::messages::{Body, Envelope, Frame, Output, Outgoing, Peer, Round, RoundMode};
+use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::{Seed, SessionId};
 use crate::round::{RoundShape, round_mode};
@@ -17,7 +17,9 @@ use rand_core::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use veil_model::{ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, Topology};
+use veil_model::{
+    ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, Topology,
+};
 use veil_paillier::SecretKey;
 
 /// What server A is configured with.
@@ -121,30 +123,41 @@ fn random_below_pow2(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
     let lo = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
     let hi = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
     let value = ethnum::U256::from_words(hi, lo);
-    let mask = if bits >= 256 { ethnum::U256::MAX } else { (ethnum::U256::ONE << bits) - 1 };
+    let mask = if bits >= 256 {
+        ethnum::U256::MAX
+    } else {
+        (ethnum::U256::ONE << bits) - 1
+    };
     (value & mask).as_i256()
 }
 
 /// A uniform value in `(-2^bits, 2^bits)`.
 fn random_signed(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
     let magnitude = random_below_pow2(rng, bits);
-    if rng.next_u32() & 1 == 1 { -magnitude } else { magnitude }
+    if rng.next_u32() & 1 == 1 {
+        -magnitude
+    } else {
+        magnitude
+    }
 }
 
 impl<P: PublicOps> ServerA<P> {
     pub fn new(cfg: ServerAConfig, backend: P, rng_seed: [u8; 32]) -> Result<ServerA<P>> {
         cfg.params.check(&cfg.topology)?;
         if !matches!(cfg.topology.stages.first(), Some(Stage::Linear(_))) {
-            return Err(ProtocolError::Topology("the first stage must be linear".into()));
+            return Err(ProtocolError::Topology(
+                "the first stage must be linear".into(),
+            ));
         }
         for (s, stage) in cfg.topology.stages.iter().enumerate() {
             if let Stage::Linear(spec) = stage {
-                let layer = cfg
-                    .plan
-                    .layer(s)
-                    .ok_or_else(|| ProtocolError::Topology(format!("the plan has no layer for stage {s}")))?;
+                let layer = cfg.plan.layer(s).ok_or_else(|| {
+                    ProtocolError::Topology(format!("the plan has no layer for stage {s}"))
+                })?;
                 if layer.input_len() != spec.input_len || layer.output_len() != spec.output_len {
-                    return Err(ProtocolError::Topology(format!("plan and topology disagree on stage {s}")));
+                    return Err(ProtocolError::Topology(format!(
+                        "plan and topology disagree on stage {s}"
+                    )));
                 }
             }
         }
@@ -175,7 +188,13 @@ impl<P: PublicOps> ServerA<P> {
 
     /// Handles one message addressed to A.
     pub fn handle(&mut self, envelope: Envelope) -> Result<Vec<Outgoing>> {
-        let Envelope { device, sid, t, body, .. } = envelope;
+        let Envelope {
+            device,
+            sid,
+            t,
+            body,
+            ..
+        } = envelope;
         match body {
             Body::SessionInit(init) => self.on_session(device, sid, t, &init),
             Body::Frame(frame) => self.on_frame(&device, sid, t, &frame),
@@ -186,12 +205,18 @@ impl<P: PublicOps> ServerA<P> {
                 self.frames.remove(&(sid, t));
                 Ok(Vec::new())
             }
-            other => Err(ProtocolError::Unexpected(format!("{} sent to server A", other.kind()))),
+            other => Err(ProtocolError::Unexpected(format!(
+                "{} sent to server A",
+                other.kind()
+            ))),
         }
     }
 
     fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
-        let session = self.sessions.get(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         if session.device != device {
             return Err(ProtocolError::WrongDevice {
                 sid,
@@ -236,7 +261,13 @@ impl<P: PublicOps> ServerA<P> {
         Ok(vec![mask_request(&device, sid, first_counter, lookahead)])
     }
 
-    fn on_frame(&mut self, device: &str, sid: SessionId, t: u64, frame: &Frame) -> Result<Vec<Outgoing>> {
+    fn on_frame(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        frame: &Frame,
+    ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
         let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
@@ -268,14 +299,19 @@ impl<P: PublicOps> ServerA<P> {
             // u = x̂ + b, which an honest device keeps inside these bounds.
             let ui = *v + offset - I256::from(*a);
             if ui <= low || ui >= high {
-                return Err(ProtocolError::Range(format!("frame value {i} is outside the masked input range")));
+                return Err(ProtocolError::Range(format!(
+                    "frame value {i} is outside the masked input range"
+                )));
             }
             u.push(ui.as_i128());
         }
         let lookahead = params.mask_lookahead.max(1);
         let mut out = Vec::new();
         let have_masks = self.masks.contains_key(&(sid, t));
-        let session = self.sessions.get_mut(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        let session = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         session.last_frame = Some(t);
         if !have_masks && t >= session.requested_until {
             // The device skipped counters (a crash, a lost block): ask for
@@ -288,26 +324,43 @@ impl<P: PublicOps> ServerA<P> {
             session.requested_until = t + 1 + lookahead;
         }
         // Masks of counters the device skipped will never be used.
-        let stale: Vec<(SessionId, u64)> = self.masks.range((sid, 0)..(sid, t)).map(|(k, _)| *k).collect();
+        let stale: Vec<(SessionId, u64)> = self
+            .masks
+            .range((sid, 0)..(sid, t))
+            .map(|(k, _)| *k)
+            .collect();
         for key in stale {
             self.masks.remove(&key);
         }
         match self.masks.get(&(sid, t)) {
             Some(Masks::Ready(_)) => out.extend(self.first_layer(device, sid, t, &u)?),
             _ => {
-                self.frames.insert((sid, t), (device.to_string(), FrameState::Waiting(u)));
+                self.frames
+                    .insert((sid, t), (device.to_string(), FrameState::Waiting(u)));
             }
         }
         Ok(out)
     }
 
-    fn on_masks(&mut self, device: &str, sid: SessionId, t: u64, masks: &[Vec<u8>]) -> Result<Vec<Outgoing>> {
+    fn on_masks(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        masks: &[Vec<u8>],
+    ) -> Result<Vec<Outgoing>> {
         let n = self.cfg.topology.input_len;
         let session = self.session(device, sid)?;
         if masks.len() != n {
-            return Err(ProtocolError::Size(format!("{} masks for {n} inputs", masks.len())));
+            return Err(ProtocolError::Size(format!(
+                "{} masks for {n} inputs",
+                masks.len()
+            )));
         }
-        let waiting = matches!(self.frames.get(&(sid, t)), Some((_, FrameState::Waiting(_))));
+        let waiting = matches!(
+            self.frames.get(&(sid, t)),
+            Some((_, FrameState::Waiting(_)))
+        );
         if session.last_frame.is_some_and(|last| t <= last) && !waiting {
             // Masks for a counter already used or skipped: never needed.
             return Ok(Vec::new());
@@ -316,7 +369,10 @@ impl<P: PublicOps> ServerA<P> {
             return Ok(Vec::new());
         }
         let backend = &self.backend;
-        let decoded = masks.par_iter().map(|bytes| backend.decode(bytes)).collect::<Result<Vec<_>>>()?;
+        let decoded = masks
+            .par_iter()
+            .map(|bytes| backend.decode(bytes))
+            .collect::<Result<Vec<_>>>()?;
         self.masks.insert((sid, t), Masks::Raw(decoded));
         Ok(Vec::new())
     }
@@ -370,9 +426,17 @@ impl<P: PublicOps> ServerA<P> {
 
     /// The online first layer: `[[W·x̂ + c]] = (W·u + c) ⊕ W·[[-b]]`, a
     /// plain integer product and one multiplication per output.
-    fn first_layer(&mut self, device: &str, sid: SessionId, t: u64, u: &[i128]) -> Result<Vec<Outgoing>> {
+    fn first_layer(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        u: &[i128],
+    ) -> Result<Vec<Outgoing>> {
         let Some(Masks::Ready(ready)) = self.masks.remove(&(sid, t)) else {
-            return Err(ProtocolError::Unexpected("first layer without masks".into()));
+            return Err(ProtocolError::Unexpected(
+                "first layer without masks".into(),
+            ));
         };
         let layer = self
             .cfg
@@ -391,7 +455,14 @@ impl<P: PublicOps> ServerA<P> {
 
     /// Runs linear stages from `s` on until an activation round goes out to
     /// B or the outputs do.
-    fn advance(&mut self, device: &str, sid: SessionId, t: u64, mut z: Vec<P::Ct>, mut s: usize) -> Result<Vec<Outgoing>> {
+    fn advance(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        mut z: Vec<P::Ct>,
+        mut s: usize,
+    ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
         loop {
             match topology.stages.get(s) {
@@ -437,10 +508,21 @@ impl<P: PublicOps> ServerA<P> {
             .collect()
     }
 
-    fn build_round(&mut self, sid: SessionId, t: u64, s: usize, z: &[P::Ct]) -> Result<(Round, Pending)> {
+    fn build_round(
+        &mut self,
+        sid: SessionId,
+        t: u64,
+        s: usize,
+        z: &[P::Ct],
+    ) -> Result<(Round, Pending)> {
         let params = self.cfg.params.clone();
         let topology = Arc::clone(&self.cfg.topology);
-        let mode = round_mode(self.modes.get(s).copied().unwrap_or(ActivationMode::Permute));
+        let mode = round_mode(
+            self.modes
+                .get(s)
+                .copied()
+                .unwrap_or(ActivationMode::Permute),
+        );
         let shape = RoundShape::new(&topology, &params, s, mode)?;
         let rounding = frame_rounding(&self.cfg.rounding_key, sid, t);
         let w = topology.fixed.weight_bits;
@@ -470,17 +552,18 @@ impl<P: PublicOps> ServerA<P> {
                 RoundMode::Permute => I256::ONE,
             };
             let mut group_entries = Vec::with_capacity(k);
-            let mut push = |source: Source, index: Option<u32>, r1: I256, r2: I256, rng: &mut ChaCha20Rng| {
-                let h1 = random_below_pow2(rng, h1_bits);
-                let h2 = random_below_pow2(rng, h2_bits);
-                specs.push(EntrySpec {
-                    source,
-                    beta,
-                    rho1: (h1 << w) + r1,
-                    rho2: (h2 << (2 * w)) + r2,
-                });
-                group_entries.push(Entry { index, h1, h2 });
-            };
+            let mut push =
+                |source: Source, index: Option<u32>, r1: I256, r2: I256, rng: &mut ChaCha20Rng| {
+                    let h1 = random_below_pow2(rng, h1_bits);
+                    let h2 = random_below_pow2(rng, h2_bits);
+                    specs.push(EntrySpec {
+                        source,
+                        beta,
+                        rho1: (h1 << w) + r1,
+                        rho2: (h2 << (2 * w)) + r2,
+                    });
+                    group_entries.push(Entry { index, h1, h2 });
+                };
             match group {
                 GroupRef::Real(o) => {
                     let window = shape.groups.get(*o).cloned().unwrap_or_default();
@@ -520,10 +603,9 @@ impl<P: PublicOps> ServerA<P> {
         let backend = &self.backend;
         let value_of = |source: &Source| -> Result<P::Ct> {
             match source {
-                Source::Real(idx) => z
-                    .get(*idx as usize)
-                    .cloned()
-                    .ok_or_else(|| ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))),
+                Source::Real(idx) => z.get(*idx as usize).cloned().ok_or_else(|| {
+                    ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
+                }),
                 Source::Value(v) => Ok(backend.constant(*v)),
             }
         };
@@ -542,7 +624,8 @@ impl<P: PublicOps> ServerA<P> {
                     RoundMode::Blind => {
                         let signed = backend.scale(&value, spec.beta);
                         let masked = backend.add_plain(&value, spec.rho1);
-                        let alpha = leaky.then(|| backend.add_plain(&backend.scale(&value, alpha_q), spec.rho2));
+                        let alpha = leaky
+                            .then(|| backend.add_plain(&backend.scale(&value, alpha_q), spec.rho2));
                         (signed, Some(masked), alpha)
                     }
                 })
@@ -601,12 +684,23 @@ impl<P: PublicOps> ServerA<P> {
         }
     }
 
-    fn on_reply(&mut self, device: &str, sid: SessionId, t: u64, stage: u16, items: &[Vec<u8>]) -> Result<Vec<Outgoing>> {
+    fn on_reply(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        stage: u16,
+        items: &[Vec<u8>],
+    ) -> Result<Vec<Outgoing>> {
         self.session(device, sid)?;
         let key = (sid, t);
         let pending = match self.frames.get(&key) {
             Some((owner, FrameState::InRound(p))) if owner == device => p,
-            _ => return Err(ProtocolError::Unexpected(format!("no round of frame {t} is waiting for B"))),
+            _ => {
+                return Err(ProtocolError::Unexpected(format!(
+                    "no round of frame {t} is waiting for B"
+                )));
+            }
         };
         if usize::from(stage) != pending.stage {
             return Err(ProtocolError::OutOfOrder(format!(
@@ -617,10 +711,16 @@ impl<P: PublicOps> ServerA<P> {
         let per_group = pending.shape.replies_per_group();
         let expected = pending.order.len() * per_group;
         if items.len() != expected {
-            return Err(ProtocolError::Size(format!("{} replies, expected {expected}", items.len())));
+            return Err(ProtocolError::Size(format!(
+                "{} replies, expected {expected}",
+                items.len()
+            )));
         }
         let backend = &self.backend;
-        let decoded = items.par_iter().map(|b| backend.decode(b)).collect::<Result<Vec<_>>>()?;
+        let decoded = items
+            .par_iter()
+            .map(|b| backend.decode(b))
+            .collect::<Result<Vec<_>>>()?;
         let Some((_, FrameState::InRound(pending))) = self.frames.remove(&key) else {
             return Err(ProtocolError::Unexpected("round state vanished".into()));
         };
@@ -647,7 +747,8 @@ impl<P: PublicOps> ServerA<P> {
                             let minus_s = &decoded[base + 1 + e];
                             if leaky {
                                 // s·(q1 - H1) + (1-s)·(q2 - H2) = X - s·(H1 - H2) - H2.
-                                acc = backend.add(&acc, &backend.scale(minus_s, entry.h1 - entry.h2));
+                                acc =
+                                    backend.add(&acc, &backend.scale(minus_s, entry.h1 - entry.h2));
                                 acc = backend.add_plain(&acc, -entry.h2);
                             } else {
                                 acc = backend.add(&acc, &backend.scale(minus_s, entry.h1));
@@ -672,12 +773,22 @@ impl<P: PublicOps> ServerA<P> {
         self.advance(device, sid, t, next, pending.stage + 1)
     }
 
-    fn output(&mut self, device: &str, sid: SessionId, t: u64, z: &[P::Ct]) -> Result<Vec<Outgoing>> {
+    fn output(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        z: &[P::Ct],
+    ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
         let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
         if z.len() != topology.output_len {
-            return Err(ProtocolError::Size(format!("{} outputs, the model has {}", z.len(), topology.output_len)));
+            return Err(ProtocolError::Size(format!(
+                "{} outputs, the model has {}",
+                z.len(),
+                topology.output_len
+            )));
         }
         let masks = output_masks(&session.seed, t, &topology, &params);
         let backend = &self.backend;
@@ -707,6 +818,13 @@ impl<P: PublicOps> ServerA<P> {
 fn mask_request(device: &str, sid: SessionId, from: u64, count: u64) -> Outgoing {
     Outgoing::new(
         Peer::ServerB,
-        Envelope::new(device, sid, from, Body::MaskRequest { count: count.min(u64::from(u32::MAX)) as u32 }),
+        Envelope::new(
+            device,
+            sid,
+            from,
+            Body::MaskRequest {
+                count: count.min(u64::from(u32::MAX)) as u32,
+            },
+        ),
     )
 }

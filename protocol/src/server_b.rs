@@ -7,7 +7,7 @@ use crate::backend::SecretOps;
 use crate::codec::pack_ints;
 use crate::device::{centre, input_masks, output_masks, result_width};
 use crate::error::{ProtocolError, Result};
-use crate::messages::{Body, Envelope, FrameResult, Output, Outgoing, Peer, Round, RoundMode};
+use crate::messages::{Body, Envelope, FrameResult, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::{Seed, SessionId};
 use crate::round::{RoundShape, ciphertext_count};
@@ -73,7 +73,13 @@ impl<S: SecretOps> ServerB<S> {
 
     /// Handles one message addressed to B.
     pub fn handle(&mut self, envelope: Envelope) -> Result<Vec<Outgoing>> {
-        let Envelope { device, sid, t, body, .. } = envelope;
+        let Envelope {
+            device,
+            sid,
+            t,
+            body,
+            ..
+        } = envelope;
         match body {
             Body::SessionInit(init) => self.on_session(device, sid, t, &init),
             Body::MaskRequest { count } => self.on_mask_request(&device, sid, t, count),
@@ -83,12 +89,18 @@ impl<S: SecretOps> ServerB<S> {
                 self.session(&device, sid)?;
                 Ok(Vec::new())
             }
-            other => Err(ProtocolError::Unexpected(format!("{} sent to server B", other.kind()))),
+            other => Err(ProtocolError::Unexpected(format!(
+                "{} sent to server B",
+                other.kind()
+            ))),
         }
     }
 
     fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
-        let session = self.sessions.get(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         if session.device != device {
             return Err(ProtocolError::WrongDevice {
                 sid,
@@ -139,15 +151,25 @@ impl<S: SecretOps> ServerB<S> {
         }
     }
 
-    fn on_mask_request(&mut self, device: &str, sid: SessionId, t: u64, count: u32) -> Result<Vec<Outgoing>> {
+    fn on_mask_request(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        count: u32,
+    ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
         let params = &self.cfg.params;
         let session = self.session(device, sid)?;
         if count == 0 || count > MAX_MASK_REQUEST {
-            return Err(ProtocolError::Size(format!("mask request for {count} counters (1..={MAX_MASK_REQUEST})")));
+            return Err(ProtocolError::Size(format!(
+                "mask request for {count} counters (1..={MAX_MASK_REQUEST})"
+            )));
         }
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!("masks requested for counter {t}, before the session began")));
+            return Err(ProtocolError::OutOfOrder(format!(
+                "masks requested for counter {t}, before the session began"
+            )));
         }
         let backend = &self.backend;
         let mut out = Vec::new();
@@ -177,7 +199,9 @@ impl<S: SecretOps> ServerB<S> {
             return Err(ProtocolError::Replay { sid, t, last: done });
         }
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!("counter {t} precedes the session")));
+            return Err(ProtocolError::OutOfOrder(format!(
+                "counter {t} precedes the session"
+            )));
         }
         Ok(session
             .progress
@@ -187,7 +211,11 @@ impl<S: SecretOps> ServerB<S> {
     }
 
     fn next_after(&self, stage: usize) -> usize {
-        self.activations.iter().copied().find(|s| *s > stage).unwrap_or(usize::MAX)
+        self.activations
+            .iter()
+            .copied()
+            .find(|s| *s > stage)
+            .unwrap_or(usize::MAX)
     }
 
     fn decode_all(&self, items: &[Vec<u8>]) -> Result<Vec<S::Ct>> {
@@ -196,7 +224,14 @@ impl<S: SecretOps> ServerB<S> {
     }
 
     /// Decrypts `entries` values of `bits` bits from `items`.
-    fn open(&self, items: &[Vec<u8>], entries: usize, bits: u32, packed: bool, what: &str) -> Result<Vec<I256>> {
+    fn open(
+        &self,
+        items: &[Vec<u8>],
+        entries: usize,
+        bits: u32,
+        packed: bool,
+        what: &str,
+    ) -> Result<Vec<I256>> {
         let backend = &self.backend;
         let slots = if packed { backend.slots(bits)? } else { 1 };
         let expected = ciphertext_count(entries, slots, packed);
@@ -218,7 +253,9 @@ impl<S: SecretOps> ServerB<S> {
                 } else {
                     let v = backend.decrypt(c)?;
                     if v >= bound || v <= -bound {
-                        return Err(ProtocolError::Range(format!("{what} value beyond 2^{bits}")));
+                        return Err(ProtocolError::Range(format!(
+                            "{what} value beyond 2^{bits}"
+                        )));
                     }
                     Ok(vec![v])
                 }
@@ -227,7 +264,13 @@ impl<S: SecretOps> ServerB<S> {
         Ok(chunks.into_iter().flatten().collect())
     }
 
-    fn on_round(&mut self, device: &str, sid: SessionId, t: u64, round: &Round) -> Result<Vec<Outgoing>> {
+    fn on_round(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        round: &Round,
+    ) -> Result<Vec<Outgoing>> {
         let expected = self.expected_stage(device, sid, t)?;
         let s = usize::from(round.stage);
         if s != expected {
@@ -253,18 +296,28 @@ impl<S: SecretOps> ServerB<S> {
             )));
         }
         if round.packed != params.pack {
-            return Err(ProtocolError::Params("packing differs from the agreed parameters".into()));
+            return Err(ProtocolError::Params(
+                "packing differs from the agreed parameters".into(),
+            ));
         }
         let entries = groups * shape.group_size;
         let k = shape.group_size;
         let w = self.cfg.topology.fixed.weight_bits;
         let fixed = self.cfg.topology.fixed;
-        let values = self.open(&round.values, entries, shape.value_bits, round.packed, "value")?;
+        let values = self.open(
+            &round.values,
+            entries,
+            shape.value_bits,
+            round.packed,
+            "value",
+        )?;
         let backend = &self.backend;
         let replies: Vec<Vec<S::Ct>> = match round.mode {
             RoundMode::Permute => {
                 if !round.masked.is_empty() || !round.masked_alpha.is_empty() {
-                    return Err(ProtocolError::Size("permute rounds carry values only".into()));
+                    return Err(ProtocolError::Size(
+                        "permute rounds carry values only".into(),
+                    ));
                 }
                 values
                     .par_chunks(k)
@@ -276,13 +329,28 @@ impl<S: SecretOps> ServerB<S> {
                     .collect::<Result<_>>()?
             }
             RoundMode::Blind => {
-                let masked = self.open(&round.masked, entries, shape.masked_bits, round.packed, "masked")?;
+                let masked = self.open(
+                    &round.masked,
+                    entries,
+                    shape.masked_bits,
+                    round.packed,
+                    "masked",
+                )?;
                 let alpha = match shape.alpha_bits {
-                    Some(bits) => self.open(&round.masked_alpha, entries, bits, round.packed, "masked-alpha")?,
+                    Some(bits) => self.open(
+                        &round.masked_alpha,
+                        entries,
+                        bits,
+                        round.packed,
+                        "masked-alpha",
+                    )?,
                     None if round.masked_alpha.is_empty() => Vec::new(),
                     None => return Err(ProtocolError::Size("unexpected leaky-ReLU values".into())),
                 };
-                let relu_like = matches!(shape.kind, ActivationKind::Relu | ActivationKind::ReluMaxPool);
+                let relu_like = matches!(
+                    shape.kind,
+                    ActivationKind::Relu | ActivationKind::ReluMaxPool
+                );
                 (0..groups)
                     .into_par_iter()
                     .map(|g| {
@@ -321,18 +389,36 @@ impl<S: SecretOps> ServerB<S> {
                     .collect::<Result<_>>()?
             }
         };
-        let items: Vec<Vec<u8>> = replies.iter().flatten().map(|c| backend.encode(c)).collect();
+        let items: Vec<Vec<u8>> = replies
+            .iter()
+            .flatten()
+            .map(|c| backend.encode(c))
+            .collect();
         let next = self.next_after(s);
         if let Some(session) = self.sessions.get_mut(&sid) {
             session.progress.insert(t, next);
         }
         Ok(vec![Outgoing::new(
             Peer::ServerA,
-            Envelope::new(device, sid, t, Body::RoundReply { stage: round.stage, items }),
+            Envelope::new(
+                device,
+                sid,
+                t,
+                Body::RoundReply {
+                    stage: round.stage,
+                    items,
+                },
+            ),
         )])
     }
 
-    fn on_output(&mut self, device: &str, sid: SessionId, t: u64, output: &Output) -> Result<Vec<Outgoing>> {
+    fn on_output(
+        &mut self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        output: &Output,
+    ) -> Result<Vec<Outgoing>> {
         let expected = self.expected_stage(device, sid, t)?;
         if expected != usize::MAX {
             return Err(ProtocolError::OutOfOrder(format!(
@@ -348,14 +434,29 @@ impl<S: SecretOps> ServerB<S> {
             )));
         }
         if output.packed != params.pack {
-            return Err(ProtocolError::Params("packing differs from the agreed parameters".into()));
+            return Err(ProtocolError::Params(
+                "packing differs from the agreed parameters".into(),
+            ));
         }
         let bits = output_bits(&topology) + params.sigma + 1;
-        let masked = self.open(&output.values, topology.output_len, bits, output.packed, "output")?;
-        let session = self.sessions.get_mut(&sid).ok_or(ProtocolError::UnknownSession(sid))?;
+        let masked = self.open(
+            &output.values,
+            topology.output_len,
+            bits,
+            output.packed,
+            "output",
+        )?;
+        let session = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         let m_b = output_masks(&session.seed, t, &topology, &params);
         let offset = centre(output_bits(&topology) + params.sigma);
-        let values: Vec<I256> = masked.iter().zip(&m_b).map(|(v, m)| *v + I256::from(*m) - offset).collect();
+        let values: Vec<I256> = masked
+            .iter()
+            .zip(&m_b)
+            .map(|(v, m)| *v + I256::from(*m) - offset)
+            .collect();
         let width = result_width(&topology, &params);
         let result = FrameResult {
             count: values.len() as u32,
@@ -377,6 +478,7 @@ impl<S: SecretOps> ServerB<S> {
 /// B's exact evaluation in permute mode, refusing values beyond what f64
 /// and the model crate's evaluation handle.
 fn permute_value(kind: &ActivationKind, v: I256, fixed: &FixedPoint) -> Result<I256> {
-    let v = i128::try_from(v).map_err(|_| ProtocolError::Range("pre-activation beyond 128 bits".into()))?;
+    let v = i128::try_from(v)
+        .map_err(|_| ProtocolError::Range("pre-activation beyond 128 bits".into()))?;
     Ok(I256::from(permute_eval(kind, v, fixed)))
 }

@@ -11,7 +11,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// Checks that the session is for this model, these parameters and this
 /// server's key, and decrypts its seed.
-pub(crate) fn accept(init: &SessionInit, key: &SecretKey, topology: &Topology, params: &Params) -> Result<Seed> {
+pub(crate) fn accept(
+    init: &SessionInit,
+    key: &SecretKey,
+    topology: &Topology,
+    params: &Params,
+) -> Result<Seed> {
     if init.model != topology.name || init.topology != topology.fingerprint() {
         return Err(ProtocolError::Topology(format!(
             "session is for model {:?} ({}), this server serves {:?} ({})",
@@ -22,7 +27,9 @@ pub(crate) fn accept(init: &SessionInit, key: &SecretKey, topology: &Topology, p
         )));
     }
     if init.params != params.fingerprint() {
-        return Err(ProtocolError::Params("session parameters differ from this server's".into()));
+        return Err(ProtocolError::Params(
+            "session parameters differ from this server's".into(),
+        ));
     }
     let public = key.public_key();
     if init.server_key != public.fingerprint() {
@@ -35,7 +42,9 @@ pub(crate) fn accept(init: &SessionInit, key: &SecretKey, topology: &Topology, p
     let ciphertext = public.ciphertext_from_bytes(&init.seed)?;
     let residue = key.decrypt(&ciphertext)?.residue().clone();
     if residue.bit_width_vartime() > 256 {
-        return Err(ProtocolError::Range("session seed is wider than 256 bits".into()));
+        return Err(ProtocolError::Range(
+            "session seed is wider than 256 bits".into(),
+        ));
     }
     let bytes = Zeroizing::new(residue.to_be_bytes());
     let mut seed = [0u8; 32];

@@ -16,8 +16,15 @@ fn check(name: &str, rows: &[(Vec<f32>, u8)], params: &Params) {
         let x_hat = m.encode_input(x).expect("row within bounds");
         let expected = plain.infer(&x_hat).expect("plain run");
         let got = real.infer(&x_hat).expect("paillier run");
-        assert_eq!((got.sid, got.t), (expected.sid, expected.t), "same seeds, same sessions");
-        assert_eq!(got.outputs, expected.outputs, "{name}: row {i} differs between backends");
+        assert_eq!(
+            (got.sid, got.t),
+            (expected.sid, expected.t),
+            "same seeds, same sessions"
+        );
+        assert_eq!(
+            got.outputs, expected.outputs,
+            "{name}: row {i} differs between backends"
+        );
     }
     println!(
         "{name}: {} rows bit-identical under Paillier in {:.1?} ({:.1?} per frame incl. precomputation)",
@@ -55,5 +62,12 @@ fn permute_mode_and_unpacked_rounds_agree_too() {
         ..Params::default()
     };
     check("pima-mlp", &rows, &params);
-    check("pima-tanh", &rows, &Params { pack: false, ..Params::default() });
+    check(
+        "pima-tanh",
+        &rows,
+        &Params {
+            pack: false,
+            ..Params::default()
+        },
+    );
 }

@@ -17,10 +17,18 @@ fn check(name: &str, rows: &[(Vec<f32>, u8)], params: &Params) {
         let x_hat = m.encode_input(x).expect("row within bounds");
         let run = engine.infer(&x_hat).expect("protocol runs");
         let expected = reference(&m, params, &x_hat, run.sid, run.t);
-        assert_eq!(run.outputs, expected, "{name}: row {i} differs from the integer reference");
+        assert_eq!(
+            run.outputs, expected,
+            "{name}: row {i} differs from the integer reference"
+        );
         let outputs: Vec<i128> = run.outputs.iter().map(|v| v.as_i128()).collect();
         let decoded = m.decode_output(&outputs);
-        let float: Vec<f64> = m.run_float(x).expect("float").into_iter().map(f64::from).collect();
+        let float: Vec<f64> = m
+            .run_float(x)
+            .expect("float")
+            .into_iter()
+            .map(f64::from)
+            .collect();
         for (d, f) in decoded.iter().zip(&float) {
             max_diff = max_diff.max((d - f).abs());
         }
@@ -34,7 +42,11 @@ fn check(name: &str, rows: &[(Vec<f32>, u8)], params: &Params) {
     let rate = agree as f64 / rows.len() as f64;
     println!(
         "{name} ({}): {agree}/{} agree with float ({:.2}%), accuracy {:.2}%, max logit diff {max_diff:.2e}",
-        if params.force_permute { "permute" } else { "default modes" },
+        if params.force_permute {
+            "permute"
+        } else {
+            "default modes"
+        },
         rows.len(),
         100.0 * rate,
         100.0 * correct as f64 / rows.len() as f64

@@ -9,8 +9,8 @@ use veil_model::{ImportOptions, Model};
 use veil_paillier::fixtures::{key_2048_a, key_2048_b};
 use veil_paillier::{FixedBaseNoise, SecretKey};
 use veil_protocol::{
-    Device, DeviceConfig, Engine, I256, Noise, PaillierPublic, PaillierSecret, Params, Plain, Seed, ServerA,
-    ServerAConfig, ServerB, ServerBConfig, frame_rounding,
+    Device, DeviceConfig, Engine, I256, Noise, PaillierPublic, PaillierSecret, Params, Plain, Seed,
+    ServerA, ServerAConfig, ServerB, ServerBConfig, frame_rounding,
 };
 
 pub const ROUNDING_KEY: [u8; 32] = [42; 32];
@@ -21,7 +21,8 @@ pub fn models_dir() -> PathBuf {
 
 /// A shipped model, loaded once per test binary.
 pub fn model(name: &str) -> Arc<Model> {
-    static CACHE: OnceLock<Mutex<Vec<(String, Arc<Model>)>>> = OnceLock::new();
+    type Cache = Mutex<Vec<(String, Arc<Model>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = cache.lock().expect("model cache");
     if let Some((_, m)) = guard.iter().find(|(n, _)| n == name) {
@@ -53,7 +54,12 @@ pub fn device_for(model: &Model, params: &Params, a: &SecretKey, b: &SecretKey) 
     .expect("device config")
 }
 
-pub fn configs(model: &Model, params: &Params, a: Arc<SecretKey>, b: Arc<SecretKey>) -> (ServerAConfig, ServerBConfig) {
+pub fn configs(
+    model: &Model,
+    params: &Params,
+    a: Arc<SecretKey>,
+    b: Arc<SecretKey>,
+) -> (ServerAConfig, ServerBConfig) {
     let topology = Arc::new(model.topology().clone());
     (
         ServerAConfig {
@@ -80,7 +86,11 @@ pub fn plain_engine(model: &Model, params: &Params, seed: u8) -> Engine<Plain, P
     Engine::new(device, a, b, [seed.wrapping_add(1); 32])
 }
 
-pub fn paillier_engine(model: &Model, params: &Params, seed: u8) -> Engine<PaillierPublic, PaillierSecret> {
+pub fn paillier_engine(
+    model: &Model,
+    params: &Params,
+    seed: u8,
+) -> Engine<PaillierPublic, PaillierSecret> {
     let (ka, kb) = keys();
     let device = device_for(model, params, &ka, &kb);
     let mut rng = rand::rng();
@@ -95,7 +105,13 @@ pub fn paillier_engine(model: &Model, params: &Params, seed: u8) -> Engine<Paill
 }
 
 /// The integer reference for the frame the engine just ran.
-pub fn reference(model: &Model, params: &Params, x_hat: &[i64], sid: veil_protocol::SessionId, t: u64) -> Vec<I256> {
+pub fn reference(
+    model: &Model,
+    params: &Params,
+    x_hat: &[i64],
+    sid: veil_protocol::SessionId,
+    t: u64,
+) -> Vec<I256> {
     let rounding = frame_rounding(&Seed::from_bytes(ROUNDING_KEY), sid, t);
     let modes = params.modes(model.topology());
     model
@@ -110,14 +126,21 @@ pub fn argmax(values: &[f64]) -> usize {
     values
         .iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best })
+        .fold((0, f64::NEG_INFINITY), |best, (i, v)| {
+            if *v > best.1 { (i, *v) } else { best }
+        })
         .0
 }
 
 pub fn pima_rows() -> Vec<(Vec<f32>, u8)> {
-    let data = veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
-        .expect("pima test set");
-    data.features.into_iter().map(|f| f.to_vec()).zip(data.labels).collect()
+    let data =
+        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
+            .expect("pima test set");
+    data.features
+        .into_iter()
+        .map(|f| f.to_vec())
+        .zip(data.labels)
+        .collect()
 }
 
 pub fn mnist_rows() -> Vec<(Vec<f32>, u8)> {
