@@ -60,6 +60,9 @@ pub enum Body {
     Result(FrameResult),
     /// Device → B: the result of counter `t` arrived; B may forget it.
     Ack,
+    /// Device → B, on (re)connecting: send again every result still
+    /// queued for this device. Handled by B's shell, which owns the queue.
+    Sync,
     /// A refusal, sent back to the peer whose message was refused.
     Reject { reason: String },
 }
@@ -130,6 +133,7 @@ impl Body {
             Body::Output(_) => "output",
             Body::Result(_) => "result",
             Body::Ack => "ack",
+            Body::Sync => "sync",
             Body::Reject { .. } => "reject",
         }
     }

@@ -87,8 +87,8 @@ struct Pending {
 enum FrameState {
     /// The frame arrived before its first-layer masks: `u = y - a`.
     Waiting(Vec<i128>),
-    /// A round is out at B.
-    InRound(Pending),
+    /// A round is out at B; `u` is kept so the frame can start over.
+    InRound(Pending, Vec<i128>),
 }
 
 /// What to put in one entry of a round, drawn before the parallel part so
@@ -113,6 +113,8 @@ pub struct ServerA<P: PublicOps> {
     sessions: HashMap<SessionId, Session>,
     masks: BTreeMap<(SessionId, u64), Masks<P::Ct>>,
     frames: HashMap<(SessionId, u64), (String, FrameState)>,
+    /// `u = y - a` of every frame in flight, to start it over if needed.
+    inputs: HashMap<(SessionId, u64), Vec<i128>>,
 }
 
 /// A uniform value below `2^bits` (bits ≤ 254).
@@ -170,6 +172,7 @@ impl<P: PublicOps> ServerA<P> {
             sessions: HashMap::new(),
             masks: BTreeMap::new(),
             frames: HashMap::new(),
+            inputs: HashMap::new(),
         })
     }
 
@@ -203,6 +206,7 @@ impl<P: PublicOps> ServerA<P> {
             Body::Reject { reason } => {
                 tracing::warn!(%sid, t, %reason, "B refused a message of this frame; dropping it");
                 self.frames.remove(&(sid, t));
+                self.inputs.remove(&(sid, t));
                 Ok(Vec::new())
             }
             other => Err(ProtocolError::Unexpected(format!(
@@ -342,6 +346,32 @@ impl<P: PublicOps> ServerA<P> {
         Ok(out)
     }
 
+    /// Frames in flight: `(device, session, counter)`, for the shell's
+    /// timers.
+    pub fn frames_in_flight(&self) -> Vec<(String, SessionId, u64)> {
+        self.frames
+            .iter()
+            .map(|((sid, t), (device, _))| (device.clone(), *sid, *t))
+            .collect()
+    }
+
+    /// Starts frame `t` over from its first layer, with fresh first-layer
+    /// masks (B derives the same `b` and encrypts it anew) and fresh
+    /// perturbations: for when B's reply is lost or B restarted.
+    pub fn retry_frame(&mut self, sid: SessionId, t: u64) -> Result<Vec<Outgoing>> {
+        let Some((device, state)) = self.frames.remove(&(sid, t)) else {
+            return Err(ProtocolError::Unexpected(format!("frame {t} of session {sid} is not in flight")));
+        };
+        let u = match state {
+            FrameState::Waiting(u) => u,
+            FrameState::InRound(_, u) => u,
+        };
+        self.inputs.remove(&(sid, t));
+        self.masks.remove(&(sid, t));
+        self.frames.insert((sid, t), (device.clone(), FrameState::Waiting(u)));
+        Ok(vec![mask_request(&device, sid, t, 1)])
+    }
+
     fn on_masks(
         &mut self,
         device: &str,
@@ -443,6 +473,7 @@ impl<P: PublicOps> ServerA<P> {
             .plan
             .layer(0)
             .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
+        self.inputs.insert((sid, t), u.to_vec());
         let plain = layer.apply(u)?;
         let backend = &self.backend;
         let z: Vec<P::Ct> = plain
@@ -473,8 +504,9 @@ impl<P: PublicOps> ServerA<P> {
                 }
                 Some(Stage::Activation(_)) => {
                     let (round, pending) = self.build_round(sid, t, s, &z)?;
+                    let u = self.inputs.get(&(sid, t)).cloned().unwrap_or_default();
                     self.frames
-                        .insert((sid, t), (device.to_string(), FrameState::InRound(pending)));
+                        .insert((sid, t), (device.to_string(), FrameState::InRound(pending, u)));
                     return Ok(vec![Outgoing::new(
                         Peer::ServerB,
                         Envelope::new(device, sid, t, Body::Round(round)),
@@ -695,7 +727,7 @@ impl<P: PublicOps> ServerA<P> {
         self.session(device, sid)?;
         let key = (sid, t);
         let pending = match self.frames.get(&key) {
-            Some((owner, FrameState::InRound(p))) if owner == device => p,
+            Some((owner, FrameState::InRound(p, _))) if owner == device => p,
             _ => {
                 return Err(ProtocolError::Unexpected(format!(
                     "no round of frame {t} is waiting for B"
@@ -721,7 +753,7 @@ impl<P: PublicOps> ServerA<P> {
             .par_iter()
             .map(|b| backend.decode(b))
             .collect::<Result<Vec<_>>>()?;
-        let Some((_, FrameState::InRound(pending))) = self.frames.remove(&key) else {
+        let Some((_, FrameState::InRound(pending, _))) = self.frames.remove(&key) else {
             return Err(ProtocolError::Unexpected("round state vanished".into()));
         };
         let leaky = pending.shape.alpha_bits.is_some();
@@ -799,6 +831,7 @@ impl<P: PublicOps> ServerA<P> {
             .collect();
         let values = self.seal(&masked, output_bits(&topology) + params.sigma + 1)?;
         self.frames.remove(&(sid, t));
+        self.inputs.remove(&(sid, t));
         Ok(vec![Outgoing::new(
             Peer::ServerB,
             Envelope::new(

@@ -85,7 +85,7 @@ impl<S: SecretOps> ServerB<S> {
             Body::MaskRequest { count } => self.on_mask_request(&device, sid, t, count),
             Body::Round(round) => self.on_round(&device, sid, t, &round),
             Body::Output(output) => self.on_output(&device, sid, t, &output),
-            Body::Ack => {
+            Body::Ack | Body::Sync => {
                 self.session(&device, sid)?;
                 Ok(Vec::new())
             }
@@ -271,8 +271,16 @@ impl<S: SecretOps> ServerB<S> {
         t: u64,
         round: &Round,
     ) -> Result<Vec<Outgoing>> {
-        let expected = self.expected_stage(device, sid, t)?;
+        let mut expected = self.expected_stage(device, sid, t)?;
         let s = usize::from(round.stage);
+        let first = self.activations.first().copied().unwrap_or(usize::MAX);
+        if s == first && expected != first {
+            // A started this frame over (after losing a reply, or a
+            // restart of either server): it gets fresh answers to fresh
+            // perturbations, which tells it nothing new.
+            tracing::info!(%sid, t, "frame restarted by A");
+            expected = first;
+        }
         if s != expected {
             return Err(ProtocolError::OutOfOrder(format!(
                 "round for stage {s} of frame {t}, B expects stage {expected}"
