@@ -1,0 +1,449 @@
+//! Every refusal rule: unknown sessions, wrong devices, wrong sizes,
+//! replays, out-of-order rounds, rounds that do not fit the published
+//! topology, foreign parameters, bad versions and garbage bytes.
+
+mod common;
+
+use common::{model, plain_engine};
+use veil_protocol::{
+    Body, Engine, Envelope, Outgoing, Params, Peer, Plain, ProtocolError, PublicOps, SecretOps,
+    SessionId,
+};
+
+fn x_hat(name: &str) -> Vec<i64> {
+    let m = model(name);
+    let row = common::pima_rows().into_iter().next().expect("a row").0;
+    m.encode_input(&row).expect("in bounds")
+}
+
+/// Delivers `out` and everything it causes, except messages of the kinds in
+/// `hold`, which are returned undelivered.
+fn pump<P: PublicOps, S: SecretOps>(
+    engine: &mut Engine<P, S>,
+    first: Outgoing,
+    hold: &[&str],
+) -> Vec<Outgoing> {
+    let mut queue = vec![first];
+    let mut held = Vec::new();
+    while let Some(out) = queue.pop() {
+        if hold.contains(&out.envelope.body.kind()) || out.to == Peer::Device {
+            held.push(out);
+            continue;
+        }
+        let replies = match out.to {
+            Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
+            Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+            Peer::Device => unreachable!(),
+        };
+        queue.extend(replies);
+        while engine.a.has_offline_work() {
+            queue.extend(engine.a.offline_step().expect("precomputation"));
+        }
+    }
+    held
+}
+
+fn started_frame(engine: &mut Engine<Plain, Plain>, x: &[i64], t: u64) -> (Outgoing, Outgoing) {
+    let frame = engine.device.mask_frame(x, t).expect("masks");
+    let held = pump(engine, frame.clone(), &["round", "output"]);
+    let round = held
+        .into_iter()
+        .find(|o| o.envelope.body.kind() == "round")
+        .expect("A sends a round");
+    (frame, round)
+}
+
+fn fresh(name: &str) -> Engine<Plain, Plain> {
+    let m = model(name);
+    let mut engine = plain_engine(&m, &Params::default(), 11);
+    engine
+        .infer(&x_hat(name))
+        .expect("a first frame opens the session");
+    engine
+}
+
+#[test]
+fn replays_and_unknown_sessions_are_refused() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let (frame, round) = started_frame(&mut engine, &x, 10);
+    // The same frame again.
+    let again = engine.a.handle(frame.envelope.clone());
+    assert!(
+        matches!(again, Err(ProtocolError::Replay { t: 10, .. })),
+        "{again:?}"
+    );
+    // An older counter after a newer one.
+    let older = engine
+        .device
+        .mask_frame(&x, 7)
+        .expect("device masks whatever it is told");
+    assert!(matches!(
+        engine.a.handle(older.envelope),
+        Err(ProtocolError::Replay { .. })
+    ));
+    // Finish frame 10, then replay its round and output at B.
+    let held = pump(&mut engine, round.clone(), &["output"]);
+    let output = held
+        .into_iter()
+        .find(|o| o.envelope.body.kind() == "output")
+        .expect("output");
+    let result = engine
+        .b
+        .handle(output.envelope.clone())
+        .expect("B accepts the output");
+    assert_eq!(result.len(), 1);
+    assert!(matches!(
+        engine.b.handle(output.envelope),
+        Err(ProtocolError::Replay { t: 10, .. })
+    ));
+    assert!(matches!(
+        engine.b.handle(round.envelope.clone()),
+        Err(ProtocolError::Replay { .. })
+    ));
+    // Unknown session and the wrong device.
+    let mut stranger = frame.envelope.clone();
+    stranger.sid = SessionId([9; 16]);
+    assert!(matches!(
+        engine.a.handle(stranger.clone()),
+        Err(ProtocolError::UnknownSession(_))
+    ));
+    assert!(matches!(
+        engine.b.handle(Envelope {
+            body: round.envelope.body.clone(),
+            ..stranger
+        }),
+        Err(ProtocolError::UnknownSession(_))
+    ));
+    let mut impostor = engine.device.mask_frame(&x, 11).expect("masks").envelope;
+    impostor.device = "devB".into();
+    assert!(matches!(
+        engine.a.handle(impostor),
+        Err(ProtocolError::WrongDevice { .. })
+    ));
+}
+
+#[test]
+fn rounds_must_fit_the_topology() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let (_, round) = started_frame(&mut engine, &x, 20);
+    let Body::Round(good) = round.envelope.body.clone() else {
+        panic!("a round")
+    };
+    let with = |f: &dyn Fn(&mut veil_protocol::Round)| {
+        let mut r = good.clone();
+        f(&mut r);
+        Envelope {
+            body: Body::Round(r),
+            ..round.envelope.clone()
+        }
+    };
+    let cases: Vec<(&str, Envelope)> = vec![
+        ("later stage first", with(&|r| r.stage = 3)),
+        ("a linear stage", with(&|r| r.stage = 0)),
+        ("group size", with(&|r| r.group_size = 2)),
+        ("no dummies", with(&|r| r.groups = 16)),
+        ("too many dummies", with(&|r| r.groups = 500)),
+        ("packing flag", with(&|r| r.packed = false)),
+        (
+            "missing ciphertext",
+            with(&|r| {
+                r.values.pop();
+            }),
+        ),
+        (
+            "extra masked ciphertext",
+            with(&|r| r.masked.push(r.masked[0].clone())),
+        ),
+        (
+            "leaky values on a ReLU",
+            with(&|r| r.masked_alpha = r.masked.clone()),
+        ),
+        ("garbled ciphertext", with(&|r| r.values[0] = vec![1, 2, 3])),
+        (
+            "permute values with masks",
+            with(&|r| r.mode = veil_protocol::RoundMode::Permute),
+        ),
+    ];
+    for (what, envelope) in cases {
+        let outcome = engine.b.handle(envelope);
+        assert!(
+            outcome.is_err(),
+            "{what}: B accepted a round that does not fit"
+        );
+        println!(
+            "{what}: {}",
+            outcome.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    // The untouched round still goes through, and its reply has the right shape.
+    let replies = engine
+        .b
+        .handle(round.envelope.clone())
+        .expect("the genuine round");
+    let Body::RoundReply { items, .. } = &replies[0].envelope.body else {
+        panic!("a reply")
+    };
+    assert_eq!(items.len(), good.groups as usize * 2);
+    // A refuses a reply of the wrong length.
+    let mut short = replies[0].envelope.clone();
+    if let Body::RoundReply { items, .. } = &mut short.body {
+        items.pop();
+    }
+    assert!(matches!(
+        engine.a.handle(short),
+        Err(ProtocolError::Size(_))
+    ));
+}
+
+#[test]
+fn blind_rounds_are_refused_for_functions_that_need_values() {
+    let mut engine = fresh("pima-tanh");
+    let x = x_hat("pima-tanh");
+    let (_, round) = started_frame(&mut engine, &x, 5);
+    let Body::Round(r) = &round.envelope.body else {
+        panic!("a round")
+    };
+    assert_eq!(
+        r.mode,
+        veil_protocol::RoundMode::Permute,
+        "tanh runs in permute mode"
+    );
+    let mut blind = r.clone();
+    blind.mode = veil_protocol::RoundMode::Blind;
+    let outcome = engine.b.handle(Envelope {
+        body: Body::Round(blind),
+        ..round.envelope.clone()
+    });
+    assert!(
+        matches!(outcome, Err(ProtocolError::Topology(_))),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn frames_and_outputs_with_wrong_sizes_are_refused() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let frame = engine.device.mask_frame(&x, 30).expect("masks");
+    let Body::Frame(good) = frame.envelope.body.clone() else {
+        panic!("a frame")
+    };
+    let with = |f: &dyn Fn(&mut veil_protocol::Frame)| {
+        let mut g = good.clone();
+        f(&mut g);
+        Envelope {
+            body: Body::Frame(g),
+            ..frame.envelope.clone()
+        }
+    };
+    for (what, envelope) in [
+        ("count", with(&|g| g.count = 6)),
+        ("width", with(&|g| g.width -= 1)),
+        (
+            "bytes",
+            with(&|g| {
+                g.values.pop();
+            }),
+        ),
+        (
+            "value out of the masked range",
+            with(&|g| g.values.iter_mut().for_each(|b| *b = 0xff)),
+        ),
+    ] {
+        assert!(engine.a.handle(envelope).is_err(), "{what}");
+    }
+    assert!(
+        engine.device.mask_frame(&x[..6], 31).is_err(),
+        "too few features"
+    );
+    let mut huge = x.clone();
+    huge[1] = i64::MAX / 2;
+    assert!(matches!(
+        engine.device.mask_frame(&huge, 31),
+        Err(ProtocolError::Range(_))
+    ));
+    // An output before any round of its frame.
+    let (_, round) = started_frame(&mut engine, &x, 40);
+    let output = Envelope {
+        body: Body::Output(veil_protocol::Output {
+            count: 2,
+            packed: true,
+            values: vec![],
+        }),
+        ..round.envelope
+    };
+    assert!(matches!(
+        engine.b.handle(output),
+        Err(ProtocolError::OutOfOrder(_))
+    ));
+}
+
+#[test]
+fn sessions_for_another_model_parameters_or_key_are_refused() {
+    let m = model("pima-mlp");
+    let params = Params::default();
+    let mut engine = plain_engine(&m, &params, 12);
+    let [to_a, to_b] = engine
+        .device
+        .open_session(0, &mut rand::rng())
+        .expect("session");
+    let Body::SessionInit(init) = to_a.envelope.body.clone() else {
+        panic!("init")
+    };
+    let variants: Vec<(&str, veil_protocol::SessionInit)> = vec![
+        (
+            "model",
+            veil_protocol::SessionInit {
+                topology: [0; 32],
+                ..init.clone()
+            },
+        ),
+        (
+            "params",
+            veil_protocol::SessionInit {
+                params: [1; 32],
+                ..init.clone()
+            },
+        ),
+        (
+            "key",
+            veil_protocol::SessionInit {
+                server_key: [2; 32],
+                ..init.clone()
+            },
+        ),
+        (
+            "seed",
+            veil_protocol::SessionInit {
+                seed: vec![0; 512],
+                ..init.clone()
+            },
+        ),
+    ];
+    for (what, variant) in variants {
+        let envelope = Envelope {
+            body: Body::SessionInit(variant),
+            ..to_a.envelope.clone()
+        };
+        assert!(
+            engine.a.handle(envelope).is_err(),
+            "A accepted a session with a foreign {what}"
+        );
+    }
+    // B's seed is under B's key: A cannot open it.
+    let crossed = Envelope {
+        body: to_b.envelope.body.clone(),
+        ..to_a.envelope.clone()
+    };
+    assert!(engine.a.handle(crossed).is_err());
+    assert_eq!(
+        engine
+            .a
+            .handle(to_a.envelope.clone())
+            .expect("genuine")
+            .len(),
+        1,
+        "A asks B for masks"
+    );
+    assert!(
+        engine
+            .a
+            .handle(to_a.envelope)
+            .expect("redelivered")
+            .is_empty(),
+        "a redelivered session is idempotent"
+    );
+    engine.b.handle(to_b.envelope).expect("B accepts its own");
+}
+
+#[test]
+fn bad_bytes_versions_and_messages_for_the_wrong_party() {
+    assert!(matches!(
+        Envelope::from_bytes(&[1, 2, 3]),
+        Err(ProtocolError::Decode(_))
+    ));
+    assert!(
+        Envelope::from_bytes(&vec![0xff; 70 << 20]).is_err(),
+        "oversized input is refused unread"
+    );
+    let mut engine = fresh("pima-mlp");
+    let ack = engine.device.ack(SessionId([0; 16]), 0).envelope;
+    let mut bytes = Envelope {
+        version: 2,
+        ..ack.clone()
+    }
+    .to_bytes()
+    .expect("encodes");
+    assert!(matches!(
+        Envelope::from_bytes(&bytes),
+        Err(ProtocolError::Version { got: 2, .. })
+    ));
+    bytes = Envelope {
+        device: "dev/../x".into(),
+        ..ack.clone()
+    }
+    .to_bytes()
+    .expect("encodes");
+    assert!(
+        Envelope::from_bytes(&bytes).is_err(),
+        "device names must be topic-safe"
+    );
+    assert!(matches!(
+        engine.a.handle(ack.clone()),
+        Err(ProtocolError::Unexpected(_))
+    ));
+    let frame = engine
+        .device
+        .mask_frame(&x_hat("pima-mlp"), 50)
+        .expect("masks")
+        .envelope;
+    assert!(matches!(
+        engine.b.handle(frame),
+        Err(ProtocolError::Unexpected(_))
+    ));
+    let result = Envelope {
+        body: Body::Result(veil_protocol::FrameResult {
+            count: 2,
+            width: 3,
+            values: vec![0],
+        }),
+        ..ack
+    };
+    assert!(engine.device.open_result(&result).is_err());
+}
+
+#[test]
+fn a_frame_can_start_over_after_a_lost_reply() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let (_, lost_round) = started_frame(&mut engine, &x, 60);
+    // B answers, but the reply is lost; A retries the whole frame.
+    engine
+        .b
+        .handle(lost_round.envelope.clone())
+        .expect("B answers");
+    let retry = engine
+        .a
+        .retry_frame(lost_round.envelope.sid, 60)
+        .expect("retry");
+    let mut results = Vec::new();
+    for out in retry {
+        results.extend(pump(&mut engine, out, &[]));
+    }
+    let result = results
+        .iter()
+        .find(|o| o.envelope.body.kind() == "result")
+        .expect("the retried frame finishes");
+    let opened = engine
+        .device
+        .open_result(&result.envelope)
+        .expect("unmasks");
+    let expected = common::reference(&model("pima-mlp"), &Params::default(), &x, opened.sid, 60);
+    assert_eq!(opened.values, expected);
+    assert!(
+        engine.a.retry_frame(lost_round.envelope.sid, 60).is_err(),
+        "a finished frame cannot be retried"
+    );
+}
