@@ -1,1 +1,274 @@
-//! (placeholder: this crate is not written yet)
+//! veil-server-a is the model server's runtime: a thin shell that moves
+//! MQTT messages in and out of the protocol's [`veil_protocol::ServerA`]
+//! state machine, run on a dedicated thread (the state machine spreads its
+//! homomorphic work over every core with rayon). The shell owns what the
+//! state machine leaves to it: the durable frame store (sled) that keeps
+//! every incoming frame until its output has reached the broker and replays
+//! it after a restart; the sessions it accepted, restored on start (and
+//! renewed by the devices' retained session messages); precomputing the
+//! first-layer masks whenever it is idle; timers that start a frame over
+//! when B's answer is overdue; one frame per session at a time (B finishes
+//! a session's frames in counter order); parking frames that arrive before
+//! their session; refusals logged and sent back (through B, which relays
+//! them to the device); and publishing A's public key and the model's
+//! public topology (retained).
+//!
+//! # Several A workers
+//!
+//! Every A worker has its own `worker` name. Each subscribes to every
+//! session (sessions are retained messages, so a new worker learns them
+//! all), and to the frames through a shared subscription
+//! (`$share/<group>/veil/v1/dev/+/frame`) so that each frame reaches one
+//! worker. A worker sends to B on `veil/v1/ab/<worker>` and B answers on
+//! `veil/v1/ba/<worker>`, so replies come back to the worker that asked.
+//! Because B finishes a session's frames in counter order, a device's
+//! frames should stick to one worker: use the broker's topic-hash dispatch
+//! for the shared group (EMQX: `shared_subscription_strategy = hash_topic`).
+
+mod config;
+mod core;
+mod store;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use config::{Config, ConfigError};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use veil_link::{Link, LinkEvent, MqttSettings};
+use veil_model::Model;
+use veil_paillier::{NoiseSource, PublicKey, SecretKey};
+use veil_protocol::{Params, Seed};
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerAError {
+    #[error("state store {path}: {source}")]
+    Store { path: PathBuf, source: sled::Error },
+    #[error("state store: {0}")]
+    StoreOp(#[from] sled::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] veil_protocol::ProtocolError),
+    #[error("MQTT: {0}")]
+    Link(#[from] veil_link::LinkError),
+    #[error("creating {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the worker thread could not start: {0}")]
+    Thread(std::io::Error),
+    #[error("invalid worker name {0:?} (letters, digits, '-', '_', '.')")]
+    Worker(String),
+}
+
+/// How the runtime behaves (everything but keys and model).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub mqtt: MqttSettings,
+    /// Directory of the sled store (frames in progress, sessions).
+    pub state_dir: PathBuf,
+    /// This worker's name: B answers on `veil/v1/ba/<worker>`.
+    pub worker: String,
+    /// Join this shared-subscription group for frames (several workers).
+    pub shared_group: Option<String>,
+    /// A frame with no progress for this long is started over.
+    pub round_timeout: Duration,
+    /// Starts-over before a frame is given up.
+    pub max_retries: u32,
+    /// How long a frame waits for its session message.
+    pub park_timeout: Duration,
+    pub noise: NoiseSource,
+}
+
+impl Options {
+    pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            mqtt,
+            state_dir: state_dir.into(),
+            worker: "a1".into(),
+            shared_group: None,
+            round_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            park_timeout: Duration::from_secs(60),
+            noise: NoiseSource::FixedBase,
+        }
+    }
+}
+
+/// A's truncation and tie-breaking secret, derived from A's key so that
+/// every worker and every restart uses the same one (the integer reference
+/// needs it to reproduce A's results exactly).
+pub fn rounding_key(key: &SecretKey) -> Seed {
+    let mut h = Sha256::new();
+    h.update(b"veil/server-a/rounding/v1");
+    h.update(key.to_bytes().as_slice());
+    Seed::from_bytes(h.finalize().into())
+}
+
+/// Counters for logs, tests and the load command.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub sessions: AtomicU64,
+    pub frames: AtomicU64,
+    pub outputs: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub retries: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub rejected: AtomicU64,
+    pub replayed: AtomicU64,
+    pub precomputed: AtomicU64,
+}
+
+/// A plain copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub sessions: u64,
+    pub frames: u64,
+    pub outputs: u64,
+    pub duplicates: u64,
+    pub retries: u64,
+    pub abandoned: u64,
+    pub rejected: u64,
+    /// Frames taken back up from the store at start.
+    pub replayed: u64,
+    pub precomputed: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            sessions: get(&self.sessions),
+            frames: get(&self.frames),
+            outputs: get(&self.outputs),
+            duplicates: get(&self.duplicates),
+            retries: get(&self.retries),
+            abandoned: get(&self.abandoned),
+            rejected: get(&self.rejected),
+            replayed: get(&self.replayed),
+            precomputed: get(&self.precomputed),
+        }
+    }
+}
+
+/// What A serves with: its key pair, B's public key (every ciphertext is
+/// under it) and the model.
+pub struct Setup {
+    pub key: Arc<SecretKey>,
+    pub b_key: PublicKey,
+    pub model: Arc<Model>,
+    pub params: Params,
+}
+
+/// A running server A.
+pub struct ServerA {
+    link: Option<Link>,
+    core: Option<std::thread::JoinHandle<()>>,
+    inputs: std::sync::mpsc::Sender<core::Input>,
+    forwarder: tokio::task::JoinHandle<()>,
+    stats: Arc<Stats>,
+}
+
+impl ServerA {
+    /// Restores the store, starts the worker thread and connects.
+    pub async fn start(options: Options, setup: Setup) -> Result<ServerA, ServerAError> {
+        veil_protocol::check_device_name(&options.worker)
+            .map_err(|_| ServerAError::Worker(options.worker.clone()))?;
+        let stats = Arc::new(Stats::default());
+        let store = store::Store::open(&options.state_dir)?;
+        let (inputs, rx) = std::sync::mpsc::channel();
+        let mut link = Link::start(&options.mqtt)?;
+        let handle = link.handle.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let core_stats = Arc::clone(&stats);
+        let core = std::thread::Builder::new()
+            .name("veil-server-a".into())
+            .spawn(
+                move || match core::Core::new(options, setup, store, handle, core_stats) {
+                    Ok(mut core) => {
+                        let _ = ready_tx.send(Ok(()));
+                        core.run(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )
+            .map_err(ServerAError::Thread)?;
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ServerAError::Thread(std::io::Error::other(
+                    "worker thread ended during start",
+                )));
+            }
+        }
+        let mut events =
+            std::mem::replace(&mut link.events, tokio::sync::mpsc::unbounded_channel().1);
+        let to_core = inputs.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let input = match event {
+                    LinkEvent::Connected { .. } => core::Input::Connected,
+                    LinkEvent::Message(m) => core::Input::Message(m),
+                    LinkEvent::Confirmed(token) => core::Input::Confirmed(token),
+                    LinkEvent::Disconnected { .. } | LinkEvent::Subscribed { .. } => continue,
+                };
+                if to_core.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ServerA {
+            link: Some(link),
+            core: Some(core),
+            inputs,
+            forwarder,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops cleanly: the worker finishes the message in hand, the store
+    /// is flushed, the MQTT session is closed.
+    pub async fn shutdown(mut self) {
+        self.stop(core::Input::Shutdown).await;
+        if let Some(link) = self.link.take() {
+            link.close().await;
+        }
+    }
+
+    /// Stops as a crash would: no DISCONNECT, nothing flushed beyond what
+    /// the runtime had already made durable.
+    pub async fn abort(mut self) {
+        if let Some(link) = self.link.take() {
+            link.abort();
+        }
+        self.stop(core::Input::Crash).await;
+    }
+
+    async fn stop(&mut self, how: core::Input) {
+        self.forwarder.abort();
+        let _ = self.inputs.send(how);
+        if let Some(core) = self.core.take() {
+            let _ = tokio::task::spawn_blocking(move || core.join()).await;
+        }
+    }
+}
+
+impl Drop for ServerA {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+        let _ = self.inputs.send(core::Input::Crash);
+    }
+}

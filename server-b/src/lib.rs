@@ -1,1 +1,240 @@
-//! (placeholder: this crate is not written yet)
+//! veil-server-b is the key server's runtime: a thin shell that moves MQTT
+//! messages in and out of the protocol's [`veil_protocol::ServerB`] state
+//! machine, which it runs on a dedicated thread (the state machine spreads
+//! its decryptions over every core with rayon). The shell owns what the
+//! state machine leaves to it: the durable result queue (sled) that holds
+//! every result until the device acknowledges it, redelivers it when the
+//! device sends `Sync` and expires it after a time to live; the sessions
+//! and per-session completion marks it restores on start; parking messages
+//! that arrive before their session; refusals sent back as `Reject`; relaying
+//! A's refusals of a device's messages to that device; and publishing B's
+//! public key (retained).
+
+mod config;
+mod core;
+mod store;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use config::{Config, ConfigError};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use veil_link::{Link, LinkEvent, MqttSettings};
+use veil_model::Topology;
+use veil_paillier::{NoiseSource, SecretKey};
+use veil_protocol::Params;
+
+/// The reason B gives A when asked to work on a frame it already finished;
+/// A's shell then drops the frame instead of retrying it. (server-a matches
+/// the same text.)
+pub const REJECT_COMPLETED: &str = "completed: frame already answered";
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerBError {
+    #[error("state store {path}: {source}")]
+    Store { path: PathBuf, source: sled::Error },
+    #[error("state store: {0}")]
+    StoreOp(#[from] sled::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] veil_protocol::ProtocolError),
+    #[error("MQTT: {0}")]
+    Link(#[from] veil_link::LinkError),
+    #[error("creating {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the worker thread could not start: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How the runtime behaves (everything but the key and the model).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub mqtt: MqttSettings,
+    /// Directory of the sled store (results, sessions, completion marks).
+    pub state_dir: PathBuf,
+    /// Results not acknowledged after this long are dropped.
+    pub result_ttl: Duration,
+    /// How long a message for a session B has not seen yet waits for it.
+    pub park_timeout: Duration,
+    pub noise: NoiseSource,
+    /// Noise values kept ready when `noise` is a pool.
+    pub pool_capacity: usize,
+    /// A workers this B serves (`+` = all): B subscribes to
+    /// `veil/v1/ab/<worker>` for each.
+    pub a_workers: Vec<String>,
+}
+
+impl Options {
+    pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            mqtt,
+            state_dir: state_dir.into(),
+            result_ttl: Duration::from_secs(7 * 24 * 3600),
+            park_timeout: Duration::from_secs(60),
+            noise: NoiseSource::FixedBase,
+            pool_capacity: 4096,
+            a_workers: vec!["+".into()],
+        }
+    }
+}
+
+/// Counters for logs, tests and the load command.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub sessions: AtomicU64,
+    pub results: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub expired: AtomicU64,
+    pub rejected: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+/// A plain copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub sessions: u64,
+    pub results: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    /// Results waiting for an acknowledgement.
+    pub queued: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            sessions: get(&self.sessions),
+            results: get(&self.results),
+            redelivered: get(&self.redelivered),
+            acked: get(&self.acked),
+            expired: get(&self.expired),
+            rejected: get(&self.rejected),
+            queued: get(&self.queued),
+        }
+    }
+}
+
+/// A running server B.
+pub struct ServerB {
+    link: Option<Link>,
+    core: Option<std::thread::JoinHandle<()>>,
+    inputs: std::sync::mpsc::Sender<core::Input>,
+    forwarder: tokio::task::JoinHandle<()>,
+    stats: Arc<Stats>,
+}
+
+impl ServerB {
+    /// Restores the state store, starts the worker thread and connects.
+    pub async fn start(
+        options: Options,
+        key: Arc<SecretKey>,
+        topology: Arc<Topology>,
+        params: Params,
+    ) -> Result<ServerB, ServerBError> {
+        let stats = Arc::new(Stats::default());
+        let store = store::Store::open(&options.state_dir)?;
+        let (inputs, rx) = std::sync::mpsc::channel();
+        let mut link = Link::start(&options.mqtt)?;
+        let handle = link.handle.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let core_stats = Arc::clone(&stats);
+        let core = std::thread::Builder::new()
+            .name("veil-server-b".into())
+            .spawn(move || {
+                let started =
+                    core::Core::new(options, key, topology, params, store, handle, core_stats);
+                match started {
+                    Ok(mut core) => {
+                        let _ = ready_tx.send(Ok(()));
+                        core.run(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(ServerBError::Thread)?;
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ServerBError::Thread(std::io::Error::other(
+                    "worker thread ended during start",
+                )));
+            }
+        }
+        let mut events =
+            std::mem::replace(&mut link.events, tokio::sync::mpsc::unbounded_channel().1);
+        let to_core = inputs.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let input = match event {
+                    LinkEvent::Connected { .. } => core::Input::Connected,
+                    LinkEvent::Message(m) => core::Input::Message(m),
+                    LinkEvent::Disconnected { .. }
+                    | LinkEvent::Subscribed { .. }
+                    | LinkEvent::Confirmed(_) => continue,
+                };
+                if to_core.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ServerB {
+            link: Some(link),
+            core: Some(core),
+            inputs,
+            forwarder,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops cleanly: the worker finishes the message in hand, the store
+    /// is flushed, the MQTT session is closed.
+    pub async fn shutdown(mut self) {
+        self.stop(core::Input::Shutdown).await;
+        if let Some(link) = self.link.take() {
+            link.close().await;
+        }
+    }
+
+    /// Stops as a crash would: no DISCONNECT, nothing flushed beyond what
+    /// the runtime had already made durable.
+    pub async fn abort(mut self) {
+        if let Some(link) = self.link.take() {
+            link.abort();
+        }
+        self.stop(core::Input::Crash).await;
+    }
+
+    async fn stop(&mut self, how: core::Input) {
+        self.forwarder.abort();
+        let _ = self.inputs.send(how);
+        if let Some(core) = self.core.take() {
+            let _ = tokio::task::spawn_blocking(move || core.join()).await;
+        }
+    }
+}
+
+impl Drop for ServerB {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+        let _ = self.inputs.send(core::Input::Crash);
+    }
+}

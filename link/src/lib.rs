@@ -1,0 +1,756 @@
+//! veil-link owns the MQTT connection that every veil runtime (edge agent,
+//! server A, server B) uses: the connection settings (URL, credentials,
+//! optional TLS, packet limits), the rumqttc event loop run in its own task
+//! with reconnection and exponential backoff, re-subscription after every
+//! reconnect, publishes held back while the broker is unreachable, manual
+//! acknowledgement of incoming messages (so a runtime acknowledges only what
+//! it has made durable), and *confirmed* publishes: a publish that carries a
+//! token is reported back once the broker has acknowledged it (PUBACK), and
+//! is sent again after a reconnect until it has been. It knows nothing of
+//! the protocol: the runtimes give it topics and bytes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+/// Why a link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("broker URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("no retained message on {topics} ({last_error})")]
+    Missing { topics: String, last_error: String },
+}
+
+/// How to reach the broker. Deserializable from the `[mqtt]` table of
+/// every role's configuration file.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` (plain) or `mqtts://host:port` (TLS).
+    pub url: String,
+    pub username: Option<String>,
+    /// The password itself; prefer `password_file` outside demos.
+    pub password: Option<String>,
+    /// A file holding the password (first line), e.g. a systemd credential.
+    pub password_file: Option<PathBuf>,
+    /// MQTT client id; empty means the username.
+    pub client_id: String,
+    /// PEM file of the CA certificates trusted for `mqtts://` (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive_secs: u64,
+    /// Largest MQTT packet sent or received. Mask supplies are about
+    /// 400 KB for MNIST and rounds of big models several MiB, far above
+    /// rumqttc's 10 KiB default.
+    pub max_packet_bytes: usize,
+    /// Keep the broker-side session (subscriptions and queued QoS 1
+    /// messages) across disconnections.
+    pub persistent_session: bool,
+    /// First and longest wait between reconnection attempts.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// QoS 1 publishes in flight before waiting for acknowledgements.
+    pub inflight: u16,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            url: "mqtt://127.0.0.1:1883".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            client_id: String::new(),
+            ca_file: None,
+            keep_alive_secs: 30,
+            max_packet_bytes: 32 * 1024 * 1024,
+            persistent_session: true,
+            backoff_min_ms: 250,
+            backoff_max_ms: 30_000,
+            inflight: 100,
+        }
+    }
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("client_id", &self.client_id)
+            .field("persistent_session", &self.persistent_session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSettings {
+    /// Settings for `url` with credentials.
+    pub fn new(url: impl Into<String>, username: &str, password: &str) -> MqttSettings {
+        MqttSettings {
+            url: url.into(),
+            username: Some(username.to_string()),
+            password: Some(password.to_string()),
+            ..MqttSettings::default()
+        }
+    }
+
+    /// Applies `<PREFIX>BROKER_URL`, `<PREFIX>MQTT_USERNAME`,
+    /// `<PREFIX>MQTT_PASSWORD`, `<PREFIX>MQTT_PASSWORD_FILE` and
+    /// `<PREFIX>MQTT_CLIENT_ID` from the environment, when set.
+    pub fn apply_env(&mut self, prefix: &str) {
+        let var = |name: &str| std::env::var(format!("{prefix}{name}")).ok();
+        if let Some(v) = var("BROKER_URL") {
+            self.url = v;
+        }
+        if let Some(v) = var("MQTT_USERNAME") {
+            self.username = Some(v);
+        }
+        if let Some(v) = var("MQTT_PASSWORD") {
+            self.password = Some(v);
+        }
+        if let Some(v) = var("MQTT_PASSWORD_FILE") {
+            self.password_file = Some(v.into());
+        }
+        if let Some(v) = var("MQTT_CLIENT_ID") {
+            self.client_id = v;
+        }
+    }
+
+    /// Host, port and whether TLS is asked for.
+    pub fn endpoint(&self) -> Result<(String, u16, bool), LinkError> {
+        let bad = |reason: &str| LinkError::Url {
+            url: self.url.clone(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://host:port or mqtts://host:port"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" | "tls" => true,
+            _ => return Err(bad("the scheme must be mqtt or mqtts")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+                (host, port)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok((host.to_string(), port, tls))
+    }
+
+    fn resolved_password(&self) -> Result<Option<Zeroizing<String>>, LinkError> {
+        if let Some(path) = &self.password_file {
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                LinkError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
+            let first = text.lines().next().unwrap_or("").to_string();
+            return Ok(Some(Zeroizing::new(first)));
+        }
+        Ok(self.password.clone().map(Zeroizing::new))
+    }
+
+    fn options(&self) -> Result<MqttOptions, LinkError> {
+        let (host, port, tls) = self.endpoint()?;
+        let client_id = if self.client_id.is_empty() {
+            self.username.clone().unwrap_or_else(|| "veil".into())
+        } else {
+            self.client_id.clone()
+        };
+        let mut options = MqttOptions::new(client_id, host, port);
+        options.set_keep_alive(Duration::from_secs(self.keep_alive_secs.max(5)));
+        options.set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes);
+        options.set_clean_session(!self.persistent_session);
+        options.set_manual_acks(true);
+        options.set_inflight(self.inflight.max(1));
+        if let Some(user) = &self.username {
+            let password = self.resolved_password()?;
+            options.set_credentials(
+                user.clone(),
+                password.as_ref().map(|p| p.as_str()).unwrap_or(""),
+            );
+        }
+        if tls {
+            configure_tls(&mut options, self.ca_file.as_ref())?;
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn configure_tls(options: &mut MqttOptions, ca_file: Option<&PathBuf>) -> Result<(), LinkError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| LinkError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_roots();
+            for cert in found {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+    ));
+    Ok(())
+}
+
+#[cfg(feature = "tls")]
+fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    // The usual Debian bundle; deployments with another layout set ca_file.
+    CertificateDer::pem_file_iter("/etc/ssl/certs/ca-certificates.crt")
+        .map(|iter| iter.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "tls"))]
+fn configure_tls(_: &mut MqttOptions, _: Option<&PathBuf>) -> Result<(), LinkError> {
+    Err(LinkError::Tls(
+        "this build has no TLS support (enable the `tls` feature)".into(),
+    ))
+}
+
+/// An incoming message.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub retain: bool,
+    /// Hand back to [`LinkHandle::ack`] once the message is safe.
+    pub ack: AckToken,
+}
+
+/// Identifies one incoming QoS 1 message for its acknowledgement.
+#[derive(Debug)]
+pub struct AckToken {
+    generation: u64,
+    publish: Option<Publish>,
+}
+
+/// What the link reports to its owner.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected (again); subscriptions are being renewed.
+    Connected {
+        session_present: bool,
+    },
+    /// The subscriptions of this connection are in place; `granted` tells,
+    /// per filter, whether the broker accepted it (a real Mosquitto accepts
+    /// every filter and filters deliveries instead, so nothing may rely on
+    /// a refusal showing up here).
+    Subscribed {
+        granted: Vec<bool>,
+    },
+    Message(Message),
+    /// The broker acknowledged the publish that carried this token.
+    Confirmed(u64),
+    Disconnected {
+        error: String,
+    },
+}
+
+enum Request {
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        token: Option<u64>,
+    },
+    Subscribe(Vec<String>),
+    Ack(AckToken),
+    Shutdown,
+}
+
+/// A cheap handle to send through the link. Nothing here waits for the
+/// network: requests are queued while the broker is unreachable.
+#[derive(Clone)]
+pub struct LinkHandle {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl LinkHandle {
+    /// Publishes with QoS 1; sent when connected, dropped if the link ends.
+    pub fn publish(&self, topic: impl Into<String>, payload: Vec<u8>, retain: bool) {
+        let _ = self.tx.send(Request::Publish {
+            topic: topic.into(),
+            payload,
+            retain,
+            token: None,
+        });
+    }
+
+    /// Publishes with QoS 1 and reports [`LinkEvent::Confirmed`] with
+    /// `token` once the broker has it; resent after reconnections until
+    /// then.
+    pub fn publish_confirmed(
+        &self,
+        topic: impl Into<String>,
+        payload: Vec<u8>,
+        retain: bool,
+        token: u64,
+    ) {
+        let _ = self.tx.send(Request::Publish {
+            topic: topic.into(),
+            payload,
+            retain,
+            token: Some(token),
+        });
+    }
+
+    /// Sets the filters to hold (QoS 1), now and after every reconnect.
+    pub fn subscribe(&self, filters: Vec<String>) {
+        let _ = self.tx.send(Request::Subscribe(filters));
+    }
+
+    /// Acknowledges an incoming message.
+    pub fn ack(&self, token: AckToken) {
+        let _ = self.tx.send(Request::Ack(token));
+    }
+
+    /// Disconnects cleanly and ends the link.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+}
+
+/// A running link: its handle, its events, and its tasks.
+pub struct Link {
+    pub handle: LinkHandle,
+    pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts connecting (in the background) and returns at once.
+    pub fn start(settings: &MqttSettings) -> Result<Link, LinkError> {
+        let options = settings.options()?;
+        let (client, eventloop) = AsyncClient::new(options, 4096);
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let backoff = (
+            Duration::from_millis(settings.backoff_min_ms.max(10)),
+            Duration::from_millis(settings.backoff_max_ms.max(settings.backoff_min_ms.max(10))),
+        );
+        let poller = tokio::spawn(poll_loop(eventloop, raw_tx, backoff));
+        let driver = tokio::spawn(
+            Driver {
+                client,
+                events: event_tx,
+                backlog: VecDeque::new(),
+                connected: false,
+                generation: 0,
+                filters: Vec::new(),
+                assign: VecDeque::new(),
+                by_pkid: HashMap::new(),
+                unconfirmed: BTreeMap::new(),
+            }
+            .run(rx, raw_rx),
+        );
+        Ok(Link {
+            handle: LinkHandle { tx },
+            events,
+            tasks: vec![poller, driver],
+        })
+    }
+
+    /// Ends the link's tasks at once, without a DISCONNECT: what a crash
+    /// or a power cut looks like to the broker.
+    pub fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Sends DISCONNECT and waits (briefly) for the tasks to end.
+    pub async fn close(mut self) {
+        self.handle.shutdown();
+        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
+        let poller = tasks.next();
+        // The driver sends DISCONNECT through the poller, so it goes first.
+        if let Some(driver) = tasks.next()
+            && tokio::time::timeout(Duration::from_secs(2), driver)
+                .await
+                .is_err()
+        {
+            tracing::debug!("MQTT link did not close in time");
+        }
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+enum Raw {
+    Event(Event),
+    Error(String),
+}
+
+/// Polls rumqttc's event loop for ever, sleeping with exponential backoff
+/// between failed connections (reset by every CONNACK).
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Raw>,
+    (min, max): (Duration, Duration),
+) {
+    let mut backoff = min;
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    backoff = min;
+                }
+                if tx.send(Raw::Event(event)).is_err() {
+                    return;
+                }
+            }
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                if tx.send(Raw::Error(e.to_string())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+struct Pending {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+struct Driver {
+    client: AsyncClient,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    /// Requests waiting for a connection (or for room in rumqttc's queue).
+    backlog: VecDeque<Request>,
+    connected: bool,
+    /// Bumped on every connection, so that acknowledgements of messages of
+    /// an earlier connection are not sent on a later one.
+    generation: u64,
+    filters: Vec<String>,
+    /// Token of each publish handed to rumqttc whose packet id is not yet
+    /// known, in order (rumqttc reports packet ids in the same order).
+    assign: VecDeque<Option<u64>>,
+    /// Publishes in flight by packet id.
+    by_pkid: HashMap<u16, Option<u64>>,
+    /// Confirmed-publish requests not yet acknowledged, by token.
+    unconfirmed: BTreeMap<u64, Pending>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut raw: mpsc::UnboundedReceiver<Raw>,
+    ) {
+        loop {
+            self.feed();
+            tokio::select! {
+                request = requests.recv() => match request {
+                    None | Some(Request::Shutdown) => {
+                        let _ = self.client.try_disconnect();
+                        // Give the event loop a moment to send DISCONNECT.
+                        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                            while let Some(r) = raw.recv().await {
+                                if matches!(r, Raw::Error(_) | Raw::Event(Event::Outgoing(Outgoing::Disconnect))) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                        return;
+                    }
+                    Some(Request::Subscribe(filters)) => {
+                        self.filters = filters;
+                        if self.connected {
+                            self.backlog.push_back(Request::Subscribe(self.filters.clone()));
+                        }
+                    }
+                    Some(Request::Publish { topic, payload, retain, token: Some(token) }) => {
+                        self.unconfirmed.insert(token, Pending { topic: topic.clone(), payload: payload.clone(), retain });
+                        self.backlog.push_back(Request::Publish { topic, payload, retain, token: Some(token) });
+                    }
+                    Some(other) => self.backlog.push_back(other),
+                },
+                raw_event = raw.recv() => match raw_event {
+                    None => return,
+                    Some(Raw::Error(error)) => {
+                        if self.connected {
+                            tracing::info!(%error, "MQTT connection lost");
+                        } else {
+                            tracing::debug!(%error, "MQTT connection attempt failed");
+                        }
+                        self.connected = false;
+                        let _ = self.events.send(LinkEvent::Disconnected { error });
+                    }
+                    Some(Raw::Event(event)) => self.on_event(event),
+                },
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                self.connected = true;
+                self.generation += 1;
+                // Requests from the last connection (acks, subscriptions)
+                // would be wrong on this one.
+                self.backlog
+                    .retain(|r| matches!(r, Request::Publish { .. }));
+                if !ack.session_present {
+                    // rumqttc dropped everything in flight: send the
+                    // confirmed publishes again, in order.
+                    self.assign.clear();
+                    self.by_pkid.clear();
+                    self.backlog
+                        .retain(|r| matches!(r, Request::Publish { token: None, .. }));
+                    for (token, p) in self.unconfirmed.iter().rev() {
+                        self.backlog.push_front(Request::Publish {
+                            topic: p.topic.clone(),
+                            payload: p.payload.clone(),
+                            retain: p.retain,
+                            token: Some(*token),
+                        });
+                    }
+                }
+                if !self.filters.is_empty() {
+                    self.backlog
+                        .push_front(Request::Subscribe(self.filters.clone()));
+                }
+                let _ = self.events.send(LinkEvent::Connected {
+                    session_present: ack.session_present,
+                });
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                    .collect();
+                let _ = self.events.send(LinkEvent::Subscribed { granted });
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                let ack = AckToken {
+                    generation: self.generation,
+                    publish: (publish.qos != QoS::AtMostOnce).then(|| Publish {
+                        payload: bytes::Bytes::new(),
+                        ..publish.clone()
+                    }),
+                };
+                let _ = self.events.send(LinkEvent::Message(Message {
+                    topic: publish.topic.clone(),
+                    payload: publish.payload,
+                    retain: publish.retain,
+                    ack,
+                }));
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Some(token)) = self.by_pkid.remove(&ack.pkid)
+                    && self.unconfirmed.remove(&token).is_some()
+                {
+                    let _ = self.events.send(LinkEvent::Confirmed(token));
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                // A retransmission keeps its packet id; a new publish takes
+                // the next token in line.
+                if pkid != 0
+                    && !self.by_pkid.contains_key(&pkid)
+                    && let Some(token) = self.assign.pop_front()
+                {
+                    self.by_pkid.insert(pkid, token);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands queued requests to rumqttc while connected and while its
+    /// queue has room.
+    fn feed(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while let Some(request) = self.backlog.pop_front() {
+            let sent = match &request {
+                Request::Publish {
+                    topic,
+                    payload,
+                    retain,
+                    token,
+                } => {
+                    if token.is_some_and(|t| !self.unconfirmed.contains_key(&t)) {
+                        continue;
+                    }
+                    let ok = self
+                        .client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, *retain, payload.clone())
+                        .is_ok();
+                    if ok {
+                        self.assign.push_back(*token);
+                    }
+                    ok
+                }
+                Request::Subscribe(filters) => self
+                    .client
+                    .try_subscribe_many(
+                        filters
+                            .iter()
+                            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                    )
+                    .is_ok(),
+                Request::Ack(token) => {
+                    if token.generation == self.generation
+                        && let Some(publish) = &token.publish
+                    {
+                        self.client.try_ack(publish).is_ok()
+                    } else {
+                        true
+                    }
+                }
+                Request::Shutdown => true,
+            };
+            if !sent {
+                self.backlog.push_front(request);
+                return;
+            }
+        }
+    }
+}
+
+/// Fetches the retained messages of `topics` (e.g. the servers' keys and a
+/// model's topology), waiting up to `timeout` for all of them. Connects
+/// with its own clean session so the caller's session is left alone.
+pub async fn fetch_retained(
+    settings: &MqttSettings,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<HashMap<String, Vec<u8>>, LinkError> {
+    let mut settings = settings.clone();
+    settings.persistent_session = false;
+    let base = if settings.client_id.is_empty() {
+        settings.username.clone().unwrap_or_else(|| "veil".into())
+    } else {
+        settings.client_id.clone()
+    };
+    settings.client_id = format!("{base}-fetch");
+    let mut link = Link::start(&settings)?;
+    link.handle.subscribe(topics.to_vec());
+    let mut found = HashMap::new();
+    let mut last_error = None;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while found.len() < topics.len() {
+        match tokio::time::timeout_at(deadline, link.events.recv()).await {
+            Ok(Some(LinkEvent::Message(m))) => {
+                if topics.contains(&m.topic) && !m.payload.is_empty() {
+                    found.insert(m.topic.clone(), m.payload.to_vec());
+                }
+                link.handle.ack(m.ack);
+            }
+            Ok(Some(LinkEvent::Disconnected { error })) => last_error = Some(error),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    link.close().await;
+    if found.len() < topics.len() {
+        let missing: Vec<&str> = topics
+            .iter()
+            .filter(|t| !found.contains_key(*t))
+            .map(String::as_str)
+            .collect();
+        return Err(LinkError::Missing {
+            topics: missing.join(", "),
+            last_error: last_error
+                .unwrap_or_else(|| "connected, but nothing retained there".into()),
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_host_port_and_tls() {
+        let mut s = MqttSettings {
+            url: "mqtt://broker.local:1884".into(),
+            ..MqttSettings::default()
+        };
+        assert_eq!(s.endpoint().unwrap(), ("broker.local".into(), 1884, false));
+        s.url = "mqtts://10.0.0.1".into();
+        assert_eq!(s.endpoint().unwrap(), ("10.0.0.1".into(), 8883, true));
+        s.url = "mqtt://[::1]:1883".into();
+        assert_eq!(s.endpoint().unwrap(), ("::1".into(), 1883, false));
+        s.url = "http://x:1".into();
+        assert!(s.endpoint().is_err());
+        s.url = "mqtt://x:notaport".into();
+        assert!(s.endpoint().is_err());
+        s.url = "broker:1883".into();
+        assert!(s.endpoint().is_err());
+    }
+
+    #[test]
+    fn passwords_never_appear_in_debug_output() {
+        let s = MqttSettings::new("mqtt://h:1", "devA", "secret-pw");
+        assert!(!format!("{s:?}").contains("secret-pw"));
+    }
+}

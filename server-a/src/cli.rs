@@ -1,0 +1,103 @@
+//! The `veil-server-a` / `veil server-a` command.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use veil_model::{ImportOptions, Model};
+use veil_paillier::{PublicKey, SecretKey};
+use veil_protocol::{Params, topics};
+
+use crate::{Config, ServerA, Setup};
+
+/// Run server A, the model server: linear layers on ciphertexts, the
+/// perturbation of every activation round, the durable frame store.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Configuration file (see config/server-a.toml); environment variables
+    /// (VEIL_BROKER_URL, VEIL_MQTT_PASSWORD, VEIL_STATE_DIR, ...) override it.
+    #[arg(long, short, env = "VEIL_SERVER_A_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
+/// then stops cleanly.
+pub async fn run(args: Args) -> Result<()> {
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let key = SecretKey::read_from_file(&config.key_file)
+        .with_context(|| format!("reading A's key {}", config.key_file.display()))?;
+    let model = Model::load(&config.model_file, &ImportOptions::default())
+        .with_context(|| format!("loading the model {}", config.model_file.display()))?;
+    let b_key = load_b_key(&config).await?;
+    let server = ServerA::start(
+        config.options(),
+        Setup {
+            key: Arc::new(key),
+            b_key,
+            model: Arc::new(model),
+            params: Params::default(),
+        },
+    )
+    .await
+    .context("starting server A")?;
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn load_b_key(config: &Config) -> Result<PublicKey> {
+    let key = match &config.b_key_file {
+        Some(path) => PublicKey::read_from_file(path)
+            .with_context(|| format!("reading B's public key {}", path.display()))?,
+        None => {
+            let topic = topics::server_key('b');
+            tracing::info!(%topic, "fetching the key server B publishes");
+            let found = veil_link::fetch_retained(
+                &config.mqtt,
+                std::slice::from_ref(&topic),
+                Duration::from_secs(60),
+            )
+            .await
+            .context("fetching B's public key")?;
+            let bytes = found.get(&topic).context("B's key missing")?;
+            PublicKey::from_bytes(bytes).context("decoding B's published key")?
+        }
+    };
+    if let Some(pin) = &config.b_key_fingerprint
+        && !pin.eq_ignore_ascii_case(&key.fingerprint_hex())
+    {
+        bail!(
+            "B's key fingerprint {} does not match the pinned {pin}",
+            key.fingerprint_hex()
+        );
+    }
+    Ok(key)
+}
+
+/// Waits for SIGINT or SIGTERM (what systemd sends to stop a unit).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Logging for the stand-alone binary.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,143 @@
+//! Server A's configuration file (see `config/server-a.toml`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use veil_link::MqttSettings;
+use veil_paillier::NoiseSource;
+
+use crate::Options;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttSettings,
+    pub state_dir: PathBuf,
+    /// A's secret key (mode 0600), as written by `veil keygen`.
+    pub key_file: PathBuf,
+    /// The model (ONNX). Its weights never leave A.
+    pub model_file: PathBuf,
+    /// B's public key as a file (`server-b.pub` from `veil keygen`)...
+    pub b_key_file: Option<PathBuf>,
+    /// ...or its fingerprint (hex), to pin the key B publishes (retained).
+    pub b_key_fingerprint: Option<String>,
+    pub worker: String,
+    pub shared_group: Option<String>,
+    pub round_timeout_secs: u64,
+    pub max_retries: u32,
+    pub park_timeout_secs: u64,
+    pub noise: NoiseSource,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt: MqttSettings {
+                username: Some("server-a".into()),
+                ..MqttSettings::default()
+            },
+            state_dir: "/var/lib/veil/server-a".into(),
+            key_file: "/etc/veil/keys/server-a.key".into(),
+            model_file: "/usr/share/veil/models/pima-mlp.onnx".into(),
+            b_key_file: None,
+            b_key_fingerprint: None,
+            worker: "a1".into(),
+            shared_group: None,
+            round_timeout_secs: 30,
+            max_retries: 3,
+            park_timeout_secs: 60,
+            noise: NoiseSource::FixedBase,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (when given), then applies the environment: the
+    /// `VEIL_` variables of [`MqttSettings::apply_env`] plus
+    /// `VEIL_STATE_DIR`, `VEIL_KEY_FILE`, `VEIL_MODEL_FILE` and
+    /// `VEIL_WORKER`. Relative paths
+    /// in the file are taken relative to the file's directory.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let mut c: Config = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?;
+                let base = path.parent().unwrap_or(Path::new(""));
+                for p in [&mut c.state_dir, &mut c.key_file, &mut c.model_file] {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                for p in [
+                    &mut c.b_key_file,
+                    &mut c.mqtt.password_file,
+                    &mut c.mqtt.ca_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                c
+            }
+            None => Config::default(),
+        };
+        config.mqtt.apply_env("VEIL_");
+        if let Ok(v) = std::env::var("VEIL_STATE_DIR") {
+            config.state_dir = v.into();
+        }
+        if let Ok(v) = std::env::var("VEIL_KEY_FILE") {
+            config.key_file = v.into();
+        }
+        if let Ok(v) = std::env::var("VEIL_MODEL_FILE") {
+            config.model_file = v.into();
+        }
+        if let Ok(v) = std::env::var("VEIL_WORKER") {
+            config.worker = v;
+        }
+        if config.b_key_file.is_none() && config.b_key_fingerprint.is_none() {
+            return Err(ConfigError::Invalid(
+                "set b_key_file, or b_key_fingerprint to pin the key B publishes".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            mqtt: self.mqtt.clone(),
+            state_dir: self.state_dir.clone(),
+            worker: self.worker.clone(),
+            shared_group: self.shared_group.clone(),
+            round_timeout: Duration::from_secs(self.round_timeout_secs.max(1)),
+            max_retries: self.max_retries,
+            park_timeout: Duration::from_secs(self.park_timeout_secs.max(1)),
+            noise: self.noise,
+        }
+    }
+}

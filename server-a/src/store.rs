@@ -1,0 +1,117 @@
+//! A's durable state in sled: frames until their output reached the
+//! broker, and the sessions it accepted.
+
+use std::path::Path;
+
+use veil_protocol::SessionId;
+
+use crate::ServerAError;
+
+pub struct Store {
+    db: sled::Db,
+    /// `sid ‖ t` → `device \0 envelope`.
+    frames: sled::Tree,
+    /// `sid` → `device \0 envelope` of the session message.
+    sessions: sled::Tree,
+}
+
+fn frame_key(sid: SessionId, t: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&sid.0);
+    key[16..].copy_from_slice(&t.to_be_bytes());
+    key
+}
+
+fn with_device(device: &str, envelope: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(device.len() + 1 + envelope.len());
+    value.extend_from_slice(device.as_bytes());
+    value.push(0);
+    value.extend_from_slice(envelope);
+    value
+}
+
+fn split_device(value: &[u8]) -> Option<(String, Vec<u8>)> {
+    let split = value.iter().position(|b| *b == 0)?;
+    let device = std::str::from_utf8(value.get(..split)?).ok()?.to_string();
+    Some((device, value.get(split + 1..)?.to_vec()))
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, ServerAError> {
+        std::fs::create_dir_all(dir).map_err(|source| ServerAError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        restrict(dir);
+        let path = dir.join("server-a.sled");
+        let db = sled::open(&path).map_err(|source| ServerAError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        restrict(&path);
+        Ok(Store {
+            frames: db.open_tree("frames")?,
+            sessions: db.open_tree("sessions")?,
+            db,
+        })
+    }
+
+    pub fn flush(&self) -> sled::Result<()> {
+        self.db.flush().map(|_| ())
+    }
+
+    pub fn has_frame(&self, sid: SessionId, t: u64) -> bool {
+        self.frames.contains_key(frame_key(sid, t)).unwrap_or(false)
+    }
+
+    pub fn put_frame(
+        &self,
+        sid: SessionId,
+        t: u64,
+        device: &str,
+        envelope: &[u8],
+    ) -> sled::Result<()> {
+        self.frames
+            .insert(frame_key(sid, t), with_device(device, envelope))?;
+        self.flush()
+    }
+
+    pub fn remove_frame(&self, sid: SessionId, t: u64) {
+        let _ = self.frames.remove(frame_key(sid, t));
+    }
+
+    /// Every stored frame in (session, counter) order: `(device, envelope)`.
+    pub fn frames(&self) -> Vec<(String, Vec<u8>)> {
+        self.frames
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| split_device(&v))
+            .collect()
+    }
+
+    pub fn put_session(&self, sid: SessionId, device: &str, envelope: &[u8]) -> sled::Result<()> {
+        self.sessions.insert(sid.0, with_device(device, envelope))?;
+        self.flush()
+    }
+
+    pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
+        self.sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| split_device(&v))
+            .collect()
+    }
+
+    pub fn remove_session(&self, sid: SessionId) {
+        let _ = self.sessions.remove(sid.0);
+    }
+}
+
+/// Owner-only access: the store holds masked frames and session messages.
+pub fn restrict(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    }
+}

@@ -1,0 +1,108 @@
+//! The `veil-server-b` / `veil server-b` command.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use veil_model::Topology;
+use veil_paillier::SecretKey;
+use veil_protocol::{Params, topics};
+
+use crate::{Config, ServerB};
+
+/// Run server B, the key server: first-layer masks, exact activations on
+/// perturbed values, and the durable result queue.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Configuration file (see config/server-b.toml); environment variables
+    /// (VEIL_BROKER_URL, VEIL_MQTT_PASSWORD, VEIL_STATE_DIR, ...) override it.
+    #[arg(long, short, env = "VEIL_SERVER_B_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Loads the configuration, the key and the topology, runs until SIGINT or
+/// SIGTERM, then stops cleanly.
+pub async fn run(args: Args) -> Result<()> {
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let key = SecretKey::read_from_file(&config.key_file)
+        .with_context(|| format!("reading B's key {}", config.key_file.display()))?;
+    let topology = load_topology(&config).await?;
+    let server = ServerB::start(
+        config.options(),
+        Arc::new(key),
+        Arc::new(topology),
+        Params::default(),
+    )
+    .await
+    .context("starting server B")?;
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn load_topology(config: &Config) -> Result<Topology> {
+    let topology = match &config.topology_file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Topology::from_bytes(&bytes).with_context(|| format!("decoding {}", path.display()))?
+        }
+        None => {
+            let topic = topics::topology(&config.model);
+            tracing::info!(%topic, "fetching the model topology published by server A");
+            let found = veil_link::fetch_retained(
+                &config.mqtt,
+                std::slice::from_ref(&topic),
+                Duration::from_secs(60),
+            )
+            .await
+            .context("fetching the topology")?;
+            let bytes = found.get(&topic).context("topology missing")?;
+            Topology::from_bytes(bytes).context("decoding the published topology")?
+        }
+    };
+    if let Some(pin) = &config.topology_fingerprint
+        && !pin.eq_ignore_ascii_case(&topology.fingerprint_hex())
+    {
+        bail!(
+            "topology fingerprint {} does not match the pinned {pin}",
+            topology.fingerprint_hex()
+        );
+    }
+    if topology.name != config.model {
+        bail!(
+            "the topology is for model {:?}, not {:?}",
+            topology.name,
+            config.model
+        );
+    }
+    Ok(topology)
+}
+
+/// Waits for SIGINT or SIGTERM (what systemd sends to stop a unit).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Logging for the stand-alone binary.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,142 @@
+//! Server B's configuration file (see `config/server-b.toml`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use veil_link::MqttSettings;
+use veil_paillier::NoiseSource;
+
+use crate::Options;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttSettings,
+    pub state_dir: PathBuf,
+    /// B's secret key (mode 0600), as written by `veil keygen`.
+    pub key_file: PathBuf,
+    /// The model served, by name (its topology is A's retained message
+    /// `veil/v1/pub/models/<model>`).
+    pub model: String,
+    /// The model's topology as a file (`Topology::to_bytes`), instead of
+    /// fetching A's retained message.
+    pub topology_file: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex) the topology must have; required when it
+    /// is fetched from the broker.
+    pub topology_fingerprint: Option<String>,
+    pub result_ttl_secs: u64,
+    pub park_timeout_secs: u64,
+    pub noise: NoiseSource,
+    pub pool_capacity: usize,
+    pub a_workers: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt: MqttSettings {
+                username: Some("server-b".into()),
+                ..MqttSettings::default()
+            },
+            state_dir: "/var/lib/veil/server-b".into(),
+            key_file: "/etc/veil/keys/server-b.key".into(),
+            model: "pima-mlp".into(),
+            topology_file: None,
+            topology_fingerprint: None,
+            result_ttl_secs: 7 * 24 * 3600,
+            park_timeout_secs: 60,
+            noise: NoiseSource::FixedBase,
+            pool_capacity: 4096,
+            a_workers: vec!["+".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (when given), then applies the environment: the
+    /// `VEIL_` variables of [`MqttSettings::apply_env`] plus
+    /// `VEIL_STATE_DIR`, `VEIL_KEY_FILE` and `VEIL_MODEL`. Relative paths
+    /// in the file are taken relative to the file's directory.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let mut c: Config = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?;
+                let base = path.parent().unwrap_or(Path::new(""));
+                for p in [&mut c.state_dir, &mut c.key_file] {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                for p in [
+                    &mut c.topology_file,
+                    &mut c.mqtt.password_file,
+                    &mut c.mqtt.ca_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                c
+            }
+            None => Config::default(),
+        };
+        config.mqtt.apply_env("VEIL_");
+        if let Ok(v) = std::env::var("VEIL_STATE_DIR") {
+            config.state_dir = v.into();
+        }
+        if let Ok(v) = std::env::var("VEIL_KEY_FILE") {
+            config.key_file = v.into();
+        }
+        if let Ok(v) = std::env::var("VEIL_MODEL") {
+            config.model = v;
+        }
+        if config.topology_file.is_none() && config.topology_fingerprint.is_none() {
+            return Err(ConfigError::Invalid(
+                "set topology_file, or topology_fingerprint to pin the topology fetched from the broker".into(),
+            ));
+        }
+        if config.a_workers.is_empty() {
+            return Err(ConfigError::Invalid("a_workers is empty".into()));
+        }
+        Ok(config)
+    }
+
+    pub fn options(&self) -> Options {
+        Options {
+            mqtt: self.mqtt.clone(),
+            state_dir: self.state_dir.clone(),
+            result_ttl: Duration::from_secs(self.result_ttl_secs.max(1)),
+            park_timeout: Duration::from_secs(self.park_timeout_secs.max(1)),
+            noise: self.noise,
+            pool_capacity: self.pool_capacity,
+            a_workers: self.a_workers.clone(),
+        }
+    }
+}

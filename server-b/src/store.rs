@@ -1,0 +1,183 @@
+//! B's durable state in sled: the result queue, the sessions it accepted
+//! and the highest finished counter of each session.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use veil_protocol::SessionId;
+
+use crate::ServerBError;
+
+pub struct Store {
+    db: sled::Db,
+    /// `device \0 sid t` → `stored_at_ms (8 bytes) ‖ envelope`.
+    results: sled::Tree,
+    /// `sid` → `device \0 envelope` of the session message.
+    sessions: sled::Tree,
+    /// `sid` → highest finished counter (8 bytes, big-endian).
+    completed: sled::Tree,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn result_key(device: &str, sid: SessionId, t: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(device.len() + 25);
+    key.extend_from_slice(device.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&sid.0);
+    key.extend_from_slice(&t.to_be_bytes());
+    key
+}
+
+fn device_prefix(device: &str) -> Vec<u8> {
+    let mut key = device.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// A queued result: when it was stored and its envelope.
+pub struct Queued {
+    pub key: Vec<u8>,
+    pub stored_at_ms: u64,
+    pub envelope: Vec<u8>,
+}
+
+fn split_queued(key: &[u8], value: &[u8]) -> Option<Queued> {
+    let (stamp, envelope) = value.split_at_checked(8)?;
+    Some(Queued {
+        key: key.to_vec(),
+        stored_at_ms: u64::from_be_bytes(stamp.try_into().ok()?),
+        envelope: envelope.to_vec(),
+    })
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, ServerBError> {
+        std::fs::create_dir_all(dir).map_err(|source| ServerBError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        restrict(dir);
+        let path = dir.join("server-b.sled");
+        let db = sled::open(&path).map_err(|source| ServerBError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        restrict(&path);
+        Ok(Store {
+            results: db.open_tree("results")?,
+            sessions: db.open_tree("sessions")?,
+            completed: db.open_tree("completed")?,
+            db,
+        })
+    }
+
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+
+    pub fn put_session(&self, sid: SessionId, device: &str, envelope: &[u8]) -> sled::Result<()> {
+        let mut value = device_prefix(device);
+        value.extend_from_slice(envelope);
+        self.sessions.insert(sid.0, value)?;
+        self.flush()
+    }
+
+    pub fn has_session(&self, sid: SessionId) -> bool {
+        self.sessions.contains_key(sid.0).unwrap_or(false)
+    }
+
+    /// Every stored session: `(device, envelope)`.
+    pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
+        self.sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| {
+                let split = v.iter().position(|b| *b == 0)?;
+                let device = std::str::from_utf8(&v[..split]).ok()?.to_string();
+                Some((device, v[split + 1..].to_vec()))
+            })
+            .collect()
+    }
+
+    pub fn remove_session(&self, sid: SessionId) {
+        let _ = self.sessions.remove(sid.0);
+    }
+
+    pub fn completed(&self) -> Vec<(SessionId, u64)> {
+        self.completed
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let sid: [u8; 16] = k.as_ref().try_into().ok()?;
+                let t = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some((SessionId(sid), t))
+            })
+            .collect()
+    }
+
+    pub fn completed_of(&self, sid: SessionId) -> Option<u64> {
+        let v = self.completed.get(sid.0).ok()??;
+        Some(u64::from_be_bytes(v.as_ref().try_into().ok()?))
+    }
+
+    /// Queues a result and raises its session's completion mark, durably,
+    /// before anything is published.
+    pub fn put_result(
+        &self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        envelope: &[u8],
+    ) -> sled::Result<()> {
+        let mut value = now_ms().to_be_bytes().to_vec();
+        value.extend_from_slice(envelope);
+        self.results.insert(result_key(device, sid, t), value)?;
+        let mark = self.completed_of(sid).map_or(t, |c| c.max(t));
+        self.completed.insert(sid.0, &mark.to_be_bytes())?;
+        self.flush()
+    }
+
+    /// Drops an acknowledged result; whether it was queued.
+    pub fn remove_result(&self, device: &str, sid: SessionId, t: u64) -> bool {
+        matches!(self.results.remove(result_key(device, sid, t)), Ok(Some(_)))
+    }
+
+    pub fn results_of(&self, device: &str) -> Vec<Queued> {
+        self.results
+            .scan_prefix(device_prefix(device))
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| split_queued(&k, &v))
+            .collect()
+    }
+
+    pub fn all_results(&self) -> Vec<Queued> {
+        self.results
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| split_queued(&k, &v))
+            .collect()
+    }
+
+    pub fn remove_key(&self, key: &[u8]) {
+        let _ = self.results.remove(key);
+    }
+
+    pub fn queued(&self) -> u64 {
+        self.results.len() as u64
+    }
+}
+
+/// Owner-only access: the store holds session messages and results.
+pub fn restrict(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    }
+}
