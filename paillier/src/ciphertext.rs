@@ -228,6 +228,43 @@ impl PublicKey {
 
     /// Validates a ciphertext given as an integer.
     pub fn ciphertext_from_uint(&self, value: &BoxedUint) -> Result<Ciphertext> {
+        let c = self.ciphertext_in_range(value)?;
+        self.check_units(std::slice::from_ref(&c))?;
+        Ok(c)
+    }
+
+    /// Decodes and validates many ciphertexts at once. The unit check, a
+    /// gcd with N that costs as much as a hundred multiplications, is done
+    /// once for the product of all of them (a product is coprime with N
+    /// exactly when every factor is); only when it fails are they checked
+    /// one by one to name the culprit.
+    pub fn ciphertexts_from_bytes<B: AsRef<[u8]> + Sync>(
+        &self,
+        items: &[B],
+    ) -> Result<Vec<Ciphertext>> {
+        use rayon::prelude::*;
+        let expected = self.ciphertext_len();
+        let cts = items
+            .par_iter()
+            .map(|bytes| {
+                let bytes = bytes.as_ref();
+                if bytes.len() != expected {
+                    return Err(PaillierError::CiphertextLength {
+                        got: bytes.len(),
+                        expected,
+                    });
+                }
+                let value = BoxedUint::from_be_slice(bytes, 2 * self.bits())
+                    .map_err(|e| PaillierError::Encoding(format!("ciphertext: {e:?}")))?;
+                self.ciphertext_in_range(&value)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.check_units(&cts)?;
+        Ok(cts)
+    }
+
+    /// Range check and entry into the Montgomery domain (no unit check).
+    fn ciphertext_in_range(&self, value: &BoxedUint) -> Result<Ciphertext> {
         let bits = 2 * self.bits();
         if value.bit_width_vartime() > bits {
             return Err(PaillierError::CiphertextOutOfRange);
@@ -236,13 +273,33 @@ impl PublicKey {
         if value >= *self.inner.nn.as_ref() {
             return Err(PaillierError::CiphertextOutOfRange);
         }
+        Ok(self.wrap(self.ctx().enter(&value)))
+    }
+
+    fn is_unit(&self, value: &BoxedUint) -> bool {
         let reduced = value
             .rem_vartime(self.inner.n_odd.as_nz_ref())
             .resize_unchecked(self.bits());
-        if !reduced.gcd(&self.inner.n).is_one().to_bool() {
-            return Err(PaillierError::CiphertextNotUnit);
+        // Ciphertexts are public, so the faster variable-time gcd will do.
+        reduced.gcd_vartime(&self.inner.n).is_one().to_bool()
+    }
+
+    fn check_units(&self, cts: &[Ciphertext]) -> Result<()> {
+        let ctx = self.ctx();
+        let Some((first, rest)) = cts.split_first() else {
+            return Ok(());
+        };
+        let mut product = first.elem.clone();
+        for c in rest {
+            ctx.mul_assign(&mut product, &c.elem);
         }
-        Ok(self.wrap(self.ctx().enter(&value)))
+        if self.is_unit(&ctx.retrieve(&product)) {
+            return Ok(());
+        }
+        match cts.iter().position(|c| !self.is_unit(&c.to_uint())) {
+            Some(index) if cts.len() > 1 => Err(PaillierError::CiphertextNotUnitAt(index)),
+            _ => Err(PaillierError::CiphertextNotUnit),
+        }
     }
 
     pub(crate) fn check_plaintext(&self, m: &Plaintext) -> Result<()> {

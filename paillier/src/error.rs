@@ -15,6 +15,8 @@ pub enum PaillierError {
     CiphertextOutOfRange,
     #[error("ciphertext is not in Z*_(N²): it shares a factor with N")]
     CiphertextNotUnit,
+    #[error("ciphertext {0} of the batch is not in Z*_(N²): it shares a factor with N")]
+    CiphertextNotUnitAt(usize),
     #[error("plaintext out of range: {0}")]
     PlaintextRange(String),
     #[error("packing: {0}")]

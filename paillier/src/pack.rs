@@ -110,6 +110,57 @@ impl PublicKey {
         })
     }
 
+    /// Packs like [`PublicKey::pack`], slot i holding `v_i·2^(shifts[i])`.
+    /// The shifts cost nothing beyond Horner's squarings: a step becomes
+    /// `acc ← (acc^(2^(slot-e))·c)^(2^e)`. Each shift must be at most the
+    /// slot width, and the caller vouches that `|v_i·2^(shifts[i])|` stays
+    /// below the layout's bound.
+    pub fn pack_shifted(
+        &self,
+        layout: &PackLayout,
+        values: &[Ciphertext],
+        shifts: &[u32],
+    ) -> Result<Ciphertext> {
+        self.check_layout(layout, values.len())?;
+        if shifts.len() != values.len() {
+            return Err(PaillierError::Dimension(format!(
+                "{} shifts for {} values",
+                shifts.len(),
+                values.len()
+            )));
+        }
+        if let Some(e) = shifts.iter().find(|e| **e > layout.slot_bits) {
+            return Err(PaillierError::Packing(format!(
+                "shift {e} exceeds the slot width {}",
+                layout.slot_bits
+            )));
+        }
+        let ctx = self.ctx();
+        let mut pairs = values.iter().zip(shifts).rev();
+        let Some((top, top_shift)) = pairs.next() else {
+            return Err(PaillierError::Packing("nothing to pack".into()));
+        };
+        let mut acc = top.elem.clone();
+        for _ in 0..*top_shift {
+            ctx.sqr_assign(&mut acc);
+        }
+        for (value, shift) in pairs {
+            for _ in 0..layout.slot_bits - shift {
+                ctx.sqr_assign(&mut acc);
+            }
+            ctx.mul_assign(&mut acc, &value.elem);
+            for _ in 0..*shift {
+                ctx.sqr_assign(&mut acc);
+            }
+        }
+        let bias = self.pack_bias(layout, values.len());
+        ctx.mul_assign(&mut acc, &self.g_pow(&bias));
+        Ok(Ciphertext {
+            key: self.clone(),
+            elem: acc,
+        })
+    }
+
     /// Packs any number of ciphertexts, in chunks of `layout.slots`, in
     /// parallel.
     pub fn pack_all(&self, layout: &PackLayout, values: &[Ciphertext]) -> Result<Vec<Ciphertext>> {

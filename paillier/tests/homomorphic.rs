@@ -105,6 +105,11 @@ proptest! {
         let unpacked = secret.decrypt(&packed).expect("decrypt").unpack(&layout, count).expect("unpack");
         let expected: Vec<I256> = values.iter().map(|v| I256::from(*v)).collect();
         prop_assert_eq!(&unpacked, &expected);
+        let shifts: Vec<u32> = values.iter().map(|v| if v.unsigned_abs() < 1 << (bits / 2) { bits / 2 } else { 0 }).collect();
+        let shifted = public.pack_shifted(&layout, &cts, &shifts).expect("pack shifted");
+        let unshifted = secret.decrypt(&shifted).expect("decrypt").unpack(&layout, count).expect("unpack");
+        let want: Vec<I256> = values.iter().zip(&shifts).map(|(v, e)| I256::from(*v) << *e).collect();
+        prop_assert_eq!(unshifted, want);
         let plain = public.pack_plain(&layout, &expected).expect("pack plain");
         prop_assert_eq!(plain.unpack(&layout, count).expect("unpack plain"), expected);
     }

@@ -35,6 +35,22 @@ fn ciphertexts_with_bad_length_range_or_factor_are_rejected() {
         public.ciphertext_from_uint(public.n_squared()),
         Err(PaillierError::CiphertextOutOfRange)
     ));
+    // In a batch, the culprit is named.
+    let good = public
+        .encrypt_i128(3, public.fresh_noise(&mut rand::rng()))
+        .to_bytes();
+    let batch = [good.clone(), good.clone(), padded.clone(), good.clone()];
+    assert!(matches!(
+        public.ciphertexts_from_bytes(&batch),
+        Err(PaillierError::CiphertextNotUnitAt(2))
+    ));
+    assert_eq!(
+        public
+            .ciphertexts_from_bytes(&[good.clone(), good])
+            .expect("units")
+            .len(),
+        2
+    );
     let wider = BoxedUint::one_with_precision(8192).shl(5000);
     assert!(matches!(
         public.ciphertext_from_uint(&wider),

@@ -37,6 +37,24 @@ pub trait PublicOps: Send + Sync {
     fn encode(&self, c: &Self::Ct) -> Vec<u8>;
     /// Decodes and validates a ciphertext from the wire.
     fn decode(&self, bytes: &[u8]) -> Result<Self::Ct>;
+    /// Decodes and validates a message's worth of ciphertexts.
+    fn decode_many(&self, items: &[Vec<u8>]) -> Result<Vec<Self::Ct>> {
+        items.iter().map(|b| self.decode(b)).collect()
+    }
+    /// `[[v·2^e]]`.
+    fn shift(&self, c: &Self::Ct, e: u32) -> Self::Ct {
+        self.scale(c, I256::ONE << e)
+    }
+    /// Packs like [`PublicOps::pack`], entry i holding `v_i·2^(shifts[i])`.
+    fn pack_shifted(
+        &self,
+        value_bits: u32,
+        values: &[Self::Ct],
+        shifts: &[u32],
+    ) -> Result<Self::Ct>;
+    /// Work that can be done ahead of time (refilling noise pools), for idle
+    /// moments.
+    fn precompute(&self) {}
 }
 
 /// What server B can do on top: decrypt.
@@ -158,6 +176,31 @@ impl PublicOps for PaillierPublic {
     fn decode(&self, bytes: &[u8]) -> Result<Ciphertext> {
         Ok(self.key.ciphertext_from_bytes(bytes)?)
     }
+
+    fn decode_many(&self, items: &[Vec<u8>]) -> Result<Vec<Ciphertext>> {
+        Ok(self.key.ciphertexts_from_bytes(items)?)
+    }
+
+    fn shift(&self, c: &Ciphertext, e: u32) -> Ciphertext {
+        let magnitude = BoxedUint::one_with_precision(e + 1).shl(e);
+        self.key.mul_signed_magnitude(c, false, &magnitude)
+    }
+
+    fn pack_shifted(
+        &self,
+        value_bits: u32,
+        values: &[Ciphertext],
+        shifts: &[u32],
+    ) -> Result<Ciphertext> {
+        let layout = self.key.pack_layout(value_bits)?;
+        Ok(self.key.pack_shifted(&layout, values, shifts)?)
+    }
+
+    fn precompute(&self) {
+        if let Noise::Pool(pool) = &self.noise {
+            pool.fill(usize::MAX);
+        }
+    }
 }
 
 /// The Paillier backend for the key owner (server B).
@@ -221,6 +264,23 @@ impl PublicOps for PaillierSecret {
     }
     fn decode(&self, bytes: &[u8]) -> Result<Ciphertext> {
         self.public.decode(bytes)
+    }
+    fn decode_many(&self, items: &[Vec<u8>]) -> Result<Vec<Ciphertext>> {
+        self.public.decode_many(items)
+    }
+    fn shift(&self, c: &Ciphertext, e: u32) -> Ciphertext {
+        self.public.shift(c, e)
+    }
+    fn pack_shifted(
+        &self,
+        value_bits: u32,
+        values: &[Ciphertext],
+        shifts: &[u32],
+    ) -> Result<Ciphertext> {
+        self.public.pack_shifted(value_bits, values, shifts)
+    }
+    fn precompute(&self) {
+        self.public.precompute()
     }
 }
 
@@ -333,6 +393,21 @@ impl PublicOps for Plain {
             value_bits,
             values: values.iter().map(Self::value).collect(),
         })
+    }
+    fn pack_shifted(&self, value_bits: u32, values: &[PlainCt], shifts: &[u32]) -> Result<PlainCt> {
+        if shifts.len() != values.len() {
+            return Err(ProtocolError::Size(format!(
+                "{} shifts for {} values",
+                shifts.len(),
+                values.len()
+            )));
+        }
+        let shifted: Vec<PlainCt> = values
+            .iter()
+            .zip(shifts)
+            .map(|(v, e)| self.shift(v, *e))
+            .collect();
+        self.pack(value_bits, &shifted)
     }
     fn encode(&self, c: &PlainCt) -> Vec<u8> {
         let mut out = Vec::new();

@@ -44,6 +44,8 @@ impl PartyTimes {
 
 /// Traffic and time, split into offline (session set-up, first-layer masks
 /// and their precomputation) and online (from the frame to its result).
+/// Wall time always; CPU time (all threads of the process) when the engine
+/// was given a CPU clock.
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
     /// Bytes per (from, to) link.
@@ -51,7 +53,13 @@ pub struct EngineStats {
     pub messages: u64,
     pub offline: PartyTimes,
     pub online: PartyTimes,
+    pub offline_cpu: PartyTimes,
+    pub online_cpu: PartyTimes,
 }
+
+/// A CPU-time clock supplied by the caller (the engine reads no clock of
+/// its own beyond wall time).
+pub type CpuClock = fn() -> Duration;
 
 /// `Peer` as an ordered map key.
 pub type PeerKey = u8;
@@ -104,6 +112,37 @@ pub struct Engine<P: PublicOps, S: SecretOps> {
     pub transcript: Vec<Delivery>,
     pub stats: EngineStats,
     deferred: VecDeque<(Peer, Outgoing)>,
+    cpu: Option<CpuClock>,
+}
+
+/// Wall and CPU time of one piece of work.
+struct Timer {
+    wall: Instant,
+    cpu: Option<(CpuClock, Duration)>,
+}
+
+impl Timer {
+    fn start(cpu: Option<CpuClock>) -> Timer {
+        Timer {
+            wall: Instant::now(),
+            cpu: cpu.map(|clock| (clock, clock())),
+        }
+    }
+
+    fn stop(self, stats: &mut EngineStats, peer: Peer, offline: bool) {
+        let wall = self.wall.elapsed();
+        let cpu = self
+            .cpu
+            .map(|(clock, start)| clock().saturating_sub(start))
+            .unwrap_or_default();
+        if offline {
+            stats.offline.add(peer, wall);
+            stats.offline_cpu.add(peer, cpu);
+        } else {
+            stats.online.add(peer, wall);
+            stats.online_cpu.add(peer, cpu);
+        }
+    }
 }
 
 impl<P: PublicOps, S: SecretOps> Engine<P, S> {
@@ -119,7 +158,14 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
             transcript: Vec::new(),
             stats: EngineStats::default(),
             deferred: VecDeque::new(),
+            cpu: None,
         }
+    }
+
+    /// Measures CPU time too, with this clock (process CPU time: every
+    /// thread, since the servers compute in parallel).
+    pub fn set_cpu_clock(&mut self, clock: CpuClock) {
+        self.cpu = Some(clock);
     }
 
     /// Keeps a copy of every message from now on.
@@ -144,9 +190,9 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
     pub fn prepare(&mut self) -> Result<()> {
         if self.device.needs_session() {
             let first = self.counter.peek();
-            let started = Instant::now();
+            let timer = Timer::start(self.cpu);
             let init = self.device.open_session(first, &mut self.rng)?;
-            self.stats.offline.add(Peer::Device, started.elapsed());
+            timer.stop(&mut self.stats, Peer::Device, true);
             for out in init {
                 self.deferred.push_back((Peer::Device, out));
             }
@@ -157,11 +203,17 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
                 self.deferred.extend(replies);
             }
             if !self.a.has_offline_work() {
+                let timer = Timer::start(self.cpu);
+                self.a.backend().precompute();
+                timer.stop(&mut self.stats, Peer::ServerA, true);
+                let timer = Timer::start(self.cpu);
+                self.b.backend().precompute();
+                timer.stop(&mut self.stats, Peer::ServerB, true);
                 return Ok(());
             }
-            let started = Instant::now();
+            let timer = Timer::start(self.cpu);
             let out = self.a.offline_step()?;
-            self.stats.offline.add(Peer::ServerA, started.elapsed());
+            timer.stop(&mut self.stats, Peer::ServerA, true);
             self.deferred
                 .extend(out.into_iter().map(|o| (Peer::ServerA, o)));
         }
@@ -172,8 +224,9 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         self.prepare()?;
         let t = self.next_counter()?;
         let started = Instant::now();
+        let timer = Timer::start(self.cpu);
         let frame = self.device.mask_frame(x_hat, t)?;
-        self.stats.online.add(Peer::Device, started.elapsed());
+        timer.stop(&mut self.stats, Peer::Device, false);
         let sid = frame.envelope.sid;
         let frame_bytes = frame.envelope.to_bytes()?.len();
         let mut queue = VecDeque::from([(Peer::Device, frame)]);
@@ -183,9 +236,9 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
                 let bytes = out.envelope.to_bytes()?;
                 self.note(from, Peer::Device, &bytes);
                 let envelope = Envelope::from_bytes(&bytes)?;
-                let opened_at = Instant::now();
+                let timer = Timer::start(self.cpu);
                 let opened = self.device.open_result(&envelope)?;
-                self.stats.online.add(Peer::Device, opened_at.elapsed());
+                timer.stop(&mut self.stats, Peer::Device, false);
                 if opened.sid == sid && opened.t == t {
                     result = Some((opened, bytes.len()));
                 }
@@ -240,7 +293,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         self.note(from, out.to, &bytes);
         let envelope = Envelope::from_bytes(&bytes)?;
         let offline = offline || offline_kind(&envelope.body);
-        let started = Instant::now();
+        let timer = Timer::start(self.cpu);
         let replies = match out.to {
             Peer::ServerA => self.a.handle(envelope)?,
             Peer::ServerB => self.b.handle(envelope)?,
@@ -249,12 +302,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
                 Vec::new()
             }
         };
-        let elapsed = started.elapsed();
-        if offline {
-            self.stats.offline.add(out.to, elapsed);
-        } else {
-            self.stats.online.add(out.to, elapsed);
-        }
+        timer.stop(&mut self.stats, out.to, offline);
         Ok(replies.into_iter().map(|o| (out.to, o)).collect())
     }
 }

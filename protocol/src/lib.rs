@@ -31,7 +31,7 @@ pub mod topics;
 pub use backend::{Noise, PaillierPublic, PaillierSecret, Plain, PlainCt, PublicOps, SecretOps};
 pub use counter::CounterReservation;
 pub use device::{Device, DeviceConfig, DeviceSession, Opened, frame_width, result_width};
-pub use engine::{Delivery, Engine, EngineStats, Inference, PartyTimes, peer_key};
+pub use engine::{CpuClock, Delivery, Engine, EngineStats, Inference, PartyTimes, peer_key};
 pub use error::{ProtocolError, Result};
 pub use ethnum::I256;
 pub use messages::{

@@ -95,7 +95,9 @@ enum FrameState {
 /// that the protocol's randomness is consumed in a fixed order.
 struct EntrySpec {
     source: Source,
+    /// β = beta·2^shift; the shift is applied while packing, for free.
     beta: I256,
+    shift: u32,
     rho1: I256,
     rho2: I256,
 }
@@ -360,7 +362,9 @@ impl<P: PublicOps> ServerA<P> {
     /// perturbations: for when B's reply is lost or B restarted.
     pub fn retry_frame(&mut self, sid: SessionId, t: u64) -> Result<Vec<Outgoing>> {
         let Some((device, state)) = self.frames.remove(&(sid, t)) else {
-            return Err(ProtocolError::Unexpected(format!("frame {t} of session {sid} is not in flight")));
+            return Err(ProtocolError::Unexpected(format!(
+                "frame {t} of session {sid} is not in flight"
+            )));
         };
         let u = match state {
             FrameState::Waiting(u) => u,
@@ -368,7 +372,8 @@ impl<P: PublicOps> ServerA<P> {
         };
         self.inputs.remove(&(sid, t));
         self.masks.remove(&(sid, t));
-        self.frames.insert((sid, t), (device.clone(), FrameState::Waiting(u)));
+        self.frames
+            .insert((sid, t), (device.clone(), FrameState::Waiting(u)));
         Ok(vec![mask_request(&device, sid, t, 1)])
     }
 
@@ -505,8 +510,10 @@ impl<P: PublicOps> ServerA<P> {
                 Some(Stage::Activation(_)) => {
                     let (round, pending) = self.build_round(sid, t, s, &z)?;
                     let u = self.inputs.get(&(sid, t)).cloned().unwrap_or_default();
-                    self.frames
-                        .insert((sid, t), (device.to_string(), FrameState::InRound(pending, u)));
+                    self.frames.insert(
+                        (sid, t),
+                        (device.to_string(), FrameState::InRound(pending, u)),
+                    );
                     return Ok(vec![Outgoing::new(
                         Peer::ServerB,
                         Envelope::new(device, sid, t, Body::Round(round)),
@@ -575,13 +582,12 @@ impl<P: PublicOps> ServerA<P> {
         let mut specs = Vec::with_capacity(order.len() * k);
         let mut entries = Vec::with_capacity(order.len());
         for group in &order {
-            let beta = match mode {
+            let (beta, shift) = match mode {
                 RoundMode::Blind => {
                     let odd = random_below_pow2(rng, params.beta_bits) | I256::ONE;
-                    let shift = rng.next_u32() % params.beta_shift_range.max(1);
-                    odd << shift
+                    (odd, rng.next_u32() % params.beta_shift_range.max(1))
                 }
-                RoundMode::Permute => I256::ONE,
+                RoundMode::Permute => (I256::ONE, 0),
             };
             let mut group_entries = Vec::with_capacity(k);
             let mut push =
@@ -591,6 +597,7 @@ impl<P: PublicOps> ServerA<P> {
                     specs.push(EntrySpec {
                         source,
                         beta,
+                        shift,
                         rho1: (h1 << w) + r1,
                         rho2: (h2 << (2 * w)) + r2,
                     });
@@ -671,13 +678,14 @@ impl<P: PublicOps> ServerA<P> {
             masked.extend(m);
             masked_alpha.extend(a);
         }
+        let shifts: Vec<u32> = specs.iter().map(|spec| spec.shift).collect();
         let round = Round {
             stage: s as u16,
             mode,
             groups: order.len() as u32,
             group_size: k as u16,
             packed: params.pack,
-            values: self.seal(&values, shape.value_bits)?,
+            values: self.seal_shifted(&values, &shifts, shape.value_bits)?,
             masked: self.seal(&masked, shape.masked_bits)?,
             masked_alpha: match shape.alpha_bits {
                 Some(bits) => self.seal(&masked_alpha, bits)?,
@@ -712,6 +720,31 @@ impl<P: PublicOps> ServerA<P> {
             Ok(values
                 .par_iter()
                 .map(|v| backend.encode(&backend.rerandomize(v)))
+                .collect())
+        }
+    }
+
+    /// [`ServerA::seal`] for values still to be multiplied by `2^shift`.
+    fn seal_shifted(&self, values: &[P::Ct], shifts: &[u32], bits: u32) -> Result<Vec<Vec<u8>>> {
+        let backend = &self.backend;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.cfg.params.pack {
+            let slots = backend.slots(bits)?.max(1);
+            values
+                .par_chunks(slots)
+                .zip(shifts.par_chunks(slots))
+                .map(|(chunk, shifts)| {
+                    let packed = backend.pack_shifted(bits, chunk, shifts)?;
+                    Ok(backend.encode(&backend.rerandomize(&packed)))
+                })
+                .collect()
+        } else {
+            Ok(values
+                .par_iter()
+                .zip(shifts.par_iter())
+                .map(|(v, e)| backend.encode(&backend.rerandomize(&backend.shift(v, *e))))
                 .collect())
         }
     }

@@ -71,6 +71,10 @@ impl<S: SecretOps> ServerB<S> {
         &self.cfg
     }
 
+    pub fn backend(&self) -> &S {
+        &self.backend
+    }
+
     /// Handles one message addressed to B.
     pub fn handle(&mut self, envelope: Envelope) -> Result<Vec<Outgoing>> {
         let Envelope {
@@ -219,8 +223,7 @@ impl<S: SecretOps> ServerB<S> {
     }
 
     fn decode_all(&self, items: &[Vec<u8>]) -> Result<Vec<S::Ct>> {
-        let backend = &self.backend;
-        items.par_iter().map(|b| backend.decode(b)).collect()
+        self.backend.decode_many(items)
     }
 
     /// Decrypts `entries` values of `bits` bits from `items`.
