@@ -1,1 +1,58 @@
-//! (placeholder: this crate is not written yet)
+//! veil-edge-agent is the device runtime: the part of veil that runs on a
+//! Raspberry-Pi-class gateway. It owns capture (an embedding program calls
+//! [`EdgeAgent::capture`]; the command line replays a CSV file or reads
+//! lines on stdin), masking each frame at capture time with the protocol's
+//! [`veil_protocol::Device`], a sled outbox that keeps every frame until its
+//! result has arrived (so frames captured while the broker is unreachable go
+//! out when it comes back, and survive a reboot), the session secrets and
+//! the frame-counter mark persisted with mode 0600 (so that results for old
+//! frames can still be unmasked and no counter is ever used twice), pinning
+//! the servers' keys and the model topology, and the MQTT side: reconnection
+//! with backoff, `Sync` on every (re)connection, acknowledgements, and
+//! de-duplication so that the application sees each result once. Capture
+//! never waits for the network.
+
+mod agent;
+mod net;
+mod output;
+mod state;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use agent::{AgentOptions, AgentStats, EdgeAgent, Pins};
+pub use output::{FrameOutput, Output, decode_logits, predicted_class};
+
+use std::path::PathBuf;
+
+/// Why the agent could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("state file {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("protocol: {0}")]
+    Protocol(#[from] veil_protocol::ProtocolError),
+    #[error("model: {0}")]
+    Model(#[from] veil_model::ModelError),
+    #[error("paillier: {0}")]
+    Paillier(#[from] veil_paillier::PaillierError),
+    #[error("MQTT: {0}")]
+    Link(#[from] veil_link::LinkError),
+    #[error("{what} fingerprint {got} does not match the pinned {expected}; refusing to use it")]
+    Pin {
+        what: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the agent has stopped")]
+    Stopped,
+}
