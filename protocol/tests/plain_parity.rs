@@ -76,3 +76,33 @@ fn mnist_mlp_full_test_set() {
 fn mnist_cnn_full_test_set() {
     check("mnist-cnn", &mnist_rows(), &Params::default());
 }
+
+#[test]
+fn sessions_are_rekeyed_after_the_configured_number_of_frames() {
+    let m = model("pima-mlp");
+    let params = Params {
+        rekey_after: 3,
+        ..Params::default()
+    };
+    let mut engine = plain_engine(&m, &params, 5);
+    let rows = pima_rows();
+    let mut sessions = Vec::new();
+    let mut counters = Vec::new();
+    for (x, _) in rows.iter().take(8) {
+        let x_hat = m.encode_input(x).expect("row within bounds");
+        let run = engine.infer(&x_hat).expect("protocol runs");
+        assert_eq!(run.outputs, reference(&m, &params, &x_hat, run.sid, run.t));
+        if sessions.last() != Some(&run.sid) {
+            sessions.push(run.sid);
+        }
+        counters.push(run.t);
+    }
+    assert_eq!(sessions.len(), 3, "8 frames at 3 per session");
+    counters.dedup();
+    assert_eq!(counters.len(), 8, "counters never repeat across sessions");
+    assert_eq!(
+        engine.device.sessions().count(),
+        3,
+        "old seeds stay until dropped"
+    );
+}
