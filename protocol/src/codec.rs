@@ -38,17 +38,90 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
-/// Packs signed values `|v| < 2^(width-1)` into `width` bits each
-/// (offset binary, little-endian bit order).
-pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
+/// Appends bit fields to a byte vector, least significant bit first.
+struct BitWriter {
+    out: Vec<u8>,
+    buffer: u128,
+    filled: u32,
+}
+
+impl BitWriter {
+    fn with_capacity(bytes: usize) -> BitWriter {
+        BitWriter {
+            out: Vec::with_capacity(bytes),
+            buffer: 0,
+            filled: 0,
+        }
+    }
+
+    /// Writes the low `bits` (≤ 64) bits of `value`.
+    fn write(&mut self, value: u64, bits: u32) {
+        let masked = if bits == 64 {
+            value
+        } else {
+            value & ((1u64 << bits) - 1)
+        };
+        self.buffer |= u128::from(masked) << self.filled;
+        self.filled += bits;
+        while self.filled >= 8 {
+            self.out.push(self.buffer as u8);
+            self.buffer >>= 8;
+            self.filled -= 8;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.filled > 0 {
+            self.out.push(self.buffer as u8);
+        }
+        self.out
+    }
+}
+
+/// Reads bit fields written by [`BitWriter`].
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    next: usize,
+    buffer: u128,
+    filled: u32,
+}
+
+impl BitReader<'_> {
+    /// Reads `bits` (≤ 64) bits; missing bytes read as zero (the caller
+    /// checked the length).
+    fn read(&mut self, bits: u32) -> u64 {
+        while self.filled < bits {
+            let byte = self.bytes.get(self.next).copied().unwrap_or(0);
+            self.next += 1;
+            self.buffer |= u128::from(byte) << self.filled;
+            self.filled += 8;
+        }
+        let value = if bits == 64 {
+            self.buffer as u64
+        } else {
+            (self.buffer as u64) & ((1u64 << bits) - 1)
+        };
+        self.buffer >>= bits;
+        self.filled -= bits;
+        value
+    }
+}
+
+fn check_width(width: u32) -> Result<()> {
     if !(1..=255).contains(&width) {
         return Err(ProtocolError::Range(format!(
             "field width {width} is outside 1..=255"
         )));
     }
+    Ok(())
+}
+
+/// Packs signed values `|v| < 2^(width-1)` into `width` bits each
+/// (offset binary, little-endian bit order).
+pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
+    check_width(width)?;
     let offset = I256::ONE << (width - 1);
-    let total_bits = values.len() * width as usize;
-    let mut out = vec![0u8; total_bits.div_ceil(8)];
+    let mut writer = BitWriter::with_capacity((values.len() * width as usize).div_ceil(8));
     for (i, v) in values.iter().enumerate() {
         if *v >= offset || *v < -offset {
             return Err(ProtocolError::Range(format!(
@@ -56,24 +129,21 @@ pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
             )));
         }
         let field = (*v + offset).as_u256();
-        let start = i * width as usize;
-        for b in 0..width as usize {
-            if (field >> b) & 1 == 1 {
-                let bit = start + b;
-                out[bit / 8] |= 1 << (bit % 8);
-            }
+        let mut left = width;
+        let mut shift: u32 = 0;
+        while left > 0 {
+            let bits = left.min(64);
+            writer.write((field >> shift).as_u64(), bits);
+            shift += bits;
+            left -= bits;
         }
     }
-    Ok(out)
+    Ok(writer.finish())
 }
 
 /// The inverse of [`pack_ints`]; the byte length must be exact.
 pub fn unpack_ints(bytes: &[u8], count: usize, width: u32) -> Result<Vec<I256>> {
-    if !(1..=255).contains(&width) {
-        return Err(ProtocolError::Range(format!(
-            "field width {width} is outside 1..=255"
-        )));
-    }
+    check_width(width)?;
     let expected = count
         .checked_mul(width as usize)
         .map(|bits| bits.div_ceil(8))
@@ -85,18 +155,24 @@ pub fn unpack_ints(bytes: &[u8], count: usize, width: u32) -> Result<Vec<I256>> 
         )));
     }
     let offset = I256::ONE << (width - 1);
+    let mut reader = BitReader {
+        bytes,
+        next: 0,
+        buffer: 0,
+        filled: 0,
+    };
     Ok((0..count)
-        .map(|i| {
-            let start = i * width as usize;
-            let mut field = I256::ZERO;
-            for b in (0..width as usize).rev() {
-                let bit = start + b;
-                field <<= 1;
-                if bytes[bit / 8] >> (bit % 8) & 1 == 1 {
-                    field |= I256::ONE;
-                }
+        .map(|_| {
+            let mut field = ethnum::U256::ZERO;
+            let mut shift: u32 = 0;
+            let mut left = width;
+            while left > 0 {
+                let bits = left.min(64);
+                field |= ethnum::U256::from(reader.read(bits)) << shift;
+                shift += bits;
+                left -= bits;
             }
-            field - offset
+            field.as_i256() - offset
         })
         .collect())
 }

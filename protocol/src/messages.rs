@@ -7,6 +7,43 @@ use crate::error::{ProtocolError, Result};
 use crate::prf::SessionId;
 use serde::{Deserialize, Serialize};
 
+/// Lists of byte strings (ciphertexts) encoded as such, so that decoding
+/// copies each one in bulk rather than byte by byte.
+mod byte_list {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(items.len()))?;
+        for item in items {
+            seq.serialize_element(Bytes::new(item))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = Vec<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of byte strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // The length is the sender's claim: grow as items arrive.
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(item) = seq.next_element::<ByteBuf>()? {
+                    items.push(item.into_vec());
+                }
+                Ok(items)
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
+    }
+}
+
 /// The version this build speaks; others are refused with a reason.
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -49,11 +86,18 @@ pub enum Body {
     /// `t .. t + count`.
     MaskRequest { count: u32 },
     /// B → A: `[[-b_i]]` for counter `t`, one ciphertext per input feature.
-    MaskSupply { masks: Vec<Vec<u8>> },
+    MaskSupply {
+        #[serde(with = "byte_list")]
+        masks: Vec<Vec<u8>>,
+    },
     /// A → B: one activation round.
     Round(Round),
     /// B → A: the round's answers, fresh ciphertexts.
-    RoundReply { stage: u16, items: Vec<Vec<u8>> },
+    RoundReply {
+        stage: u16,
+        #[serde(with = "byte_list")]
+        items: Vec<Vec<u8>>,
+    },
     /// A → B: the outputs under A's output mask.
     Output(Output),
     /// B → device: the outputs under both output masks.
@@ -77,6 +121,7 @@ pub struct SessionInit {
     /// Fingerprint of the server key the seed is encrypted under.
     pub server_key: [u8; 32],
     /// The 256-bit seed as a Paillier ciphertext.
+    #[serde(with = "serde_bytes")]
     pub seed: Vec<u8>,
 }
 
@@ -85,6 +130,7 @@ pub struct Frame {
     pub count: u32,
     /// Bits per value (offset binary).
     pub width: u16,
+    #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }
 
@@ -99,10 +145,13 @@ pub struct Round {
     /// Whether the ciphertexts below hold many values each.
     pub packed: bool,
     /// Blind mode: `[[β·z]]` per entry. Permute mode: `[[z]]` per entry.
+    #[serde(with = "byte_list")]
     pub values: Vec<Vec<u8>>,
     /// Blind mode: `[[z + ρ]]` per entry.
+    #[serde(with = "byte_list")]
     pub masked: Vec<Vec<u8>>,
     /// Blind leaky ReLU: `[[α_q·z + ρ']]` per entry.
+    #[serde(with = "byte_list")]
     pub masked_alpha: Vec<Vec<u8>>,
 }
 
@@ -110,6 +159,7 @@ pub struct Round {
 pub struct Output {
     pub count: u32,
     pub packed: bool,
+    #[serde(with = "byte_list")]
     pub values: Vec<Vec<u8>>,
 }
 
@@ -117,6 +167,7 @@ pub struct Output {
 pub struct FrameResult {
     pub count: u32,
     pub width: u16,
+    #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }
 
