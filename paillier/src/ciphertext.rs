@@ -214,6 +214,13 @@ impl PublicKey {
     /// Decodes and validates a ciphertext: exact length, below N², and a
     /// unit modulo N² (coprime with N).
     pub fn ciphertext_from_bytes(&self, bytes: &[u8]) -> Result<Ciphertext> {
+        let c = self.parse_in_range(bytes)?;
+        self.check_units(std::slice::from_ref(&c))?;
+        Ok(c)
+    }
+
+    /// Length and range checks, without the unit check.
+    fn parse_in_range(&self, bytes: &[u8]) -> Result<Ciphertext> {
         let expected = self.ciphertext_len();
         if bytes.len() != expected {
             return Err(PaillierError::CiphertextLength {
@@ -223,7 +230,7 @@ impl PublicKey {
         }
         let value = BoxedUint::from_be_slice(bytes, 2 * self.bits())
             .map_err(|e| PaillierError::Encoding(format!("ciphertext: {e:?}")))?;
-        self.ciphertext_from_uint(&value)
+        self.ciphertext_in_range(&value)
     }
 
     /// Validates a ciphertext given as an integer.
@@ -243,21 +250,9 @@ impl PublicKey {
         items: &[B],
     ) -> Result<Vec<Ciphertext>> {
         use rayon::prelude::*;
-        let expected = self.ciphertext_len();
         let cts = items
             .par_iter()
-            .map(|bytes| {
-                let bytes = bytes.as_ref();
-                if bytes.len() != expected {
-                    return Err(PaillierError::CiphertextLength {
-                        got: bytes.len(),
-                        expected,
-                    });
-                }
-                let value = BoxedUint::from_be_slice(bytes, 2 * self.bits())
-                    .map_err(|e| PaillierError::Encoding(format!("ciphertext: {e:?}")))?;
-                self.ciphertext_in_range(&value)
-            })
+            .map(|bytes| self.parse_in_range(bytes.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         self.check_units(&cts)?;
         Ok(cts)

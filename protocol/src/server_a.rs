@@ -54,6 +54,12 @@ struct Session {
     requested_until: u64,
 }
 
+impl session::Owned for Session {
+    fn device(&self) -> &str {
+        &self.device
+    }
+}
+
 enum Masks<C> {
     /// `[[-b_i]]` as B sent them.
     Raw(Vec<C>),
@@ -219,18 +225,7 @@ impl<P: PublicOps> ServerA<P> {
     }
 
     fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
-        let session = self
-            .sessions
-            .get(&sid)
-            .ok_or(ProtocolError::UnknownSession(sid))?;
-        if session.device != device {
-            return Err(ProtocolError::WrongDevice {
-                sid,
-                owner: session.device.clone(),
-                claimed: device.to_string(),
-            });
-        }
-        Ok(session)
+        session::lookup(&self.sessions, device, sid)
     }
 
     fn on_session(
@@ -240,14 +235,7 @@ impl<P: PublicOps> ServerA<P> {
         first_counter: u64,
         init: &crate::messages::SessionInit,
     ) -> Result<Vec<Outgoing>> {
-        if let Some(existing) = self.sessions.get(&sid) {
-            if existing.device != device {
-                return Err(ProtocolError::WrongDevice {
-                    sid,
-                    owner: existing.device.clone(),
-                    claimed: device,
-                });
-            }
+        if session::known(&self.sessions, &device, sid)? {
             // A redelivered (retained) session message: nothing to do.
             return Ok(Vec::new());
         }

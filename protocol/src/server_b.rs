@@ -41,6 +41,12 @@ struct Session {
     progress: BTreeMap<u64, usize>,
 }
 
+impl session::Owned for Session {
+    fn device(&self) -> &str {
+        &self.device
+    }
+}
+
 pub struct ServerB<S: SecretOps> {
     cfg: ServerBConfig,
     backend: S,
@@ -101,18 +107,7 @@ impl<S: SecretOps> ServerB<S> {
     }
 
     fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
-        let session = self
-            .sessions
-            .get(&sid)
-            .ok_or(ProtocolError::UnknownSession(sid))?;
-        if session.device != device {
-            return Err(ProtocolError::WrongDevice {
-                sid,
-                owner: session.device.clone(),
-                claimed: device.to_string(),
-            });
-        }
-        Ok(session)
+        session::lookup(&self.sessions, device, sid)
     }
 
     fn on_session(
@@ -122,14 +117,7 @@ impl<S: SecretOps> ServerB<S> {
         first_counter: u64,
         init: &crate::messages::SessionInit,
     ) -> Result<Vec<Outgoing>> {
-        if let Some(existing) = self.sessions.get(&sid) {
-            if existing.device != device {
-                return Err(ProtocolError::WrongDevice {
-                    sid,
-                    owner: existing.device.clone(),
-                    claimed: device,
-                });
-            }
+        if session::known(&self.sessions, &device, sid)? {
             return Ok(Vec::new());
         }
         let seed = session::accept(init, &self.cfg.key, &self.cfg.topology, &self.cfg.params)?;

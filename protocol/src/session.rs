@@ -4,10 +4,49 @@
 use crate::error::{ProtocolError, Result};
 use crate::messages::SessionInit;
 use crate::params::Params;
-use crate::prf::Seed;
+use crate::prf::{Seed, SessionId};
+use std::collections::HashMap;
 use veil_model::Topology;
 use veil_paillier::SecretKey;
 use zeroize::{Zeroize, Zeroizing};
+
+/// A server's record of a session, owned by one device.
+pub(crate) trait Owned {
+    fn device(&self) -> &str;
+}
+
+/// The session `sid`, if it exists and belongs to `device`.
+pub(crate) fn lookup<'a, S: Owned>(
+    sessions: &'a HashMap<SessionId, S>,
+    device: &str,
+    sid: SessionId,
+) -> Result<&'a S> {
+    let session = sessions
+        .get(&sid)
+        .ok_or(ProtocolError::UnknownSession(sid))?;
+    if session.device() != device {
+        return Err(ProtocolError::WrongDevice {
+            sid,
+            owner: session.device().to_string(),
+            claimed: device.to_string(),
+        });
+    }
+    Ok(session)
+}
+
+/// Whether a session message is a redelivery of one already accepted
+/// (idempotent); an error if another device owns the id.
+pub(crate) fn known<S: Owned>(
+    sessions: &HashMap<SessionId, S>,
+    device: &str,
+    sid: SessionId,
+) -> Result<bool> {
+    if sessions.contains_key(&sid) {
+        lookup(sessions, device, sid)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
 
 /// Checks that the session is for this model, these parameters and this
 /// server's key, and decrypts its seed.
