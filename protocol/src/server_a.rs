@@ -110,6 +110,13 @@ struct EntrySpec {
 
 enum Source {
     Real(u32),
+    /// A dummy that copies a real entry, negated or not: realistic in
+    /// magnitude, random in sign. Its own β and ρ make it unlinkable to
+    /// the entry it copies.
+    Copy {
+        index: u32,
+        negate: bool,
+    },
     Value(I256),
 }
 
@@ -617,11 +624,27 @@ impl<P: PublicOps> ServerA<P> {
                     }
                 }
                 GroupRef::Dummy => {
-                    for _ in 0..k {
-                        let value = random_signed(rng, kappa);
+                    // In blind mode B sees only signs and blinded
+                    // magnitudes, so a re-signed copy of a real group is
+                    // the most convincing dummy. In permute mode B sees
+                    // values, where a copy would be recognised: random
+                    // values within the bound instead.
+                    let template = (real > 0 && mode == RoundMode::Blind)
+                        .then(|| shape.groups.get((rng.next_u64() % real as u64) as usize))
+                        .flatten();
+                    let negate = rng.next_u32() & 1 == 1;
+                    for e in 0..k {
+                        let source = match template.and_then(|window| window.get(e)) {
+                            Some(index) => Source::Copy {
+                                index: *index,
+                                negate,
+                            },
+                            None if template.is_some() => Source::Value(padding),
+                            None => Source::Value(random_signed(rng, kappa)),
+                        };
                         let r1 = random_below_pow2(rng, w);
                         let r2 = random_below_pow2(rng, 2 * w);
-                        push(Source::Value(value), None, r1, r2, rng);
+                        push(source, None, r1, r2, rng);
                     }
                 }
             }
@@ -633,6 +656,16 @@ impl<P: PublicOps> ServerA<P> {
                 Source::Real(idx) => z.get(*idx as usize).cloned().ok_or_else(|| {
                     ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
                 }),
+                Source::Copy { index, negate } => {
+                    let value = z.get(*index as usize).ok_or_else(|| {
+                        ProtocolError::Size(format!("entry {index} beyond the {} inputs", z.len()))
+                    })?;
+                    Ok(if *negate {
+                        backend.scale(value, -I256::ONE)
+                    } else {
+                        value.clone()
+                    })
+                }
                 Source::Value(v) => Ok(backend.constant(*v)),
             }
         };
