@@ -344,3 +344,16 @@ mod tests {
         assert!(read_csv(&path, None).is_err());
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_example_configuration_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/edge-agent.toml");
+        let options = super::load_options(Some(&path)).expect("config/edge-agent.toml loads");
+        assert_eq!(options.device, "devA");
+        assert_eq!(options.mqtt.username.as_deref(), Some("devA"));
+        assert_eq!(options.counter_block, 64);
+    }
+}

@@ -141,3 +141,18 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-a.toml");
+        let config = Config::load(Some(&path)).expect("config/server-a.toml loads");
+        assert_eq!(config.worker, "a1");
+        assert_eq!(config.mqtt.username.as_deref(), Some("server-a"));
+        assert_eq!(config.options().round_timeout, Duration::from_secs(30));
+        assert!(config.b_key_file.is_some());
+    }
+}

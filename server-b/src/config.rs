@@ -140,3 +140,17 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-b.toml");
+        let config = Config::load(Some(&path)).expect("config/server-b.toml loads");
+        assert_eq!(config.model, "pima-mlp");
+        assert_eq!(config.options().result_ttl, Duration::from_secs(604_800));
+        assert_eq!(config.a_workers, vec!["+".to_string()]);
+    }
+}
