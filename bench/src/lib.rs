@@ -4,8 +4,15 @@
 //! homomorphic-encryption approach, and the clocks and statistics those
 //! measurements need (process and thread CPU time, percentiles).
 
-use anyhow::{Context, Result};
-use std::path::PathBuf;
+pub mod conventional;
+pub mod harness;
+pub mod meter;
+pub mod plot;
+pub mod replay;
+pub mod report;
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use veil_model::{ImportOptions, Model};
@@ -119,6 +126,238 @@ pub fn paillier_engine(
     let mut engine = Engine::new(device, a, b, [2; 32]);
     engine.set_cpu_clock(process_cpu_time);
     Ok(engine)
+}
+
+/// The data a device benchmark draws its frames from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataset {
+    /// The held-out MNIST images (the last 2,000 of `data/`).
+    Mnist,
+    /// The Pima test rows (`data/pima-test.csv`).
+    Pima,
+}
+
+impl Dataset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::Pima => "pima",
+        }
+    }
+
+    /// `count` raw rows, cycling through the set if it is shorter.
+    pub fn rows(self, count: usize) -> Result<Vec<Vec<f32>>> {
+        let all: Vec<Vec<f32>> = match self {
+            Dataset::Mnist => veil_model::data::load_workspace_mnist()?
+                .images
+                .into_iter()
+                .skip(8000)
+                .collect(),
+            Dataset::Pima => veil_model::data::load_pima(
+                &veil_model::data::workspace_data_dir().join("pima-test.csv"),
+            )?
+            .features
+            .iter()
+            .map(|f| f.to_vec())
+            .collect(),
+        };
+        if all.is_empty() {
+            bail!("the {} data set is empty", self.name());
+        }
+        Ok(all.iter().cycle().take(count).cloned().collect())
+    }
+}
+
+/// What `veil bench device` runs.
+#[derive(Clone, Debug)]
+pub struct DeviceBenchOptions {
+    pub model: PathBuf,
+    pub dataset: Dataset,
+    /// Frames measured per approach, after `warmup` unmeasured ones.
+    pub frames: usize,
+    pub warmup: usize,
+    /// The `veil` executable to run under callgrind (None: no instruction
+    /// counts).
+    pub callgrind_exe: Option<PathBuf>,
+    /// Frames each approach replays under callgrind (capped at `frames`).
+    pub callgrind_frames_veil: usize,
+    pub callgrind_frames_conventional: usize,
+    /// No progress on stderr.
+    pub quiet: bool,
+}
+
+fn machine_info() -> std::collections::BTreeMap<String, String> {
+    let mut info = std::collections::BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo")
+        && let Some(name) = text.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+    {
+        info.insert("cpu".into(), name.trim().to_string());
+    }
+    info.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .to_string(),
+    );
+    #[cfg(target_arch = "x86_64")]
+    let ifma = std::is_x86_feature_detected!("avx512ifma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let ifma = false;
+    let portable = std::env::var_os("VEIL_PORTABLE_ARITH").is_some() || !ifma;
+    info.insert(
+        "arithmetic_kernel".into(),
+        if portable { "portable" } else { "avx512-ifma" }.into(),
+    );
+    info.insert("os".into(), std::env::consts::OS.into());
+    info.insert("arch".into(), std::env::consts::ARCH.into());
+    info
+}
+
+/// Runs both approaches over the embedded broker and measures them.
+pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceReport> {
+    use veil_model::FloorRounding;
+    if opts.frames == 0 {
+        bail!("--frames must be at least 1");
+    }
+    let model = Model::load(&opts.model, &ImportOptions::default())
+        .with_context(|| format!("loading {}", opts.model.display()))?;
+    let topology = model.topology();
+    let total = opts.warmup + opts.frames;
+    let modes = topology.default_modes();
+    let inputs = opts
+        .dataset
+        .rows(total)?
+        .iter()
+        .map(|x| -> Result<harness::Input> {
+            let x_hat = model.encode_input(x).with_context(|| {
+                format!(
+                    "a {} row does not fit model {}",
+                    opts.dataset.name(),
+                    topology.name
+                )
+            })?;
+            let reference = model.run_int(&x_hat, &modes, &FloorRounding)?;
+            Ok(harness::Input {
+                reference_class: conventional::argmax(&reference),
+                x_hat,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let quiet = opts.quiet;
+    let say = |s: &str| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    say(&format!(
+        "{}: {} measured frames (+{} warm-up) per approach",
+        topology.name, opts.frames, opts.warmup
+    ));
+    let broker = harness::BenchBroker::start()?;
+    let addr = broker.addr()?;
+    let (veil_run, veil_state) = harness::run_veil(addr, &model, &inputs, opts.warmup, quiet)?;
+    let (conv_run, conv_key, conv_sid) =
+        harness::run_conventional(addr, &model, &inputs, opts.warmup, quiet)?;
+    drop(broker);
+
+    let measured = &inputs[opts.warmup..];
+    let veil_classes: Vec<usize> = veil_run.report.frames.iter().map(|f| f.class).collect();
+    let conv_classes: Vec<usize> = conv_run.report.frames.iter().map(|f| f.class).collect();
+    let mut report = report::DeviceReport {
+        model: topology.name.clone(),
+        dataset: opts.dataset.name().into(),
+        frames: opts.frames,
+        warmup_frames: opts.warmup,
+        key_bits: 2048,
+        classes_agree: veil_classes
+            .iter()
+            .zip(&conv_classes)
+            .filter(|(a, b)| a == b)
+            .count(),
+        veil_matches_reference: veil_classes
+            .iter()
+            .zip(measured)
+            .filter(|(c, input)| input.reference_class == Some(**c))
+            .count(),
+        veil: veil_run.report,
+        conventional: conv_run.report,
+        machine: machine_info(),
+        ..report::DeviceReport::default()
+    };
+
+    match &opts.callgrind_exe {
+        None => report.instructions_note = Some("instruction counts not requested".into()),
+        Some(_) if !replay::valgrind_available() => {
+            say("valgrind is not installed: instruction counts are left out");
+            report.instructions_note = Some("valgrind not available".into());
+        }
+        Some(exe) => {
+            let frames_of = |received: &[Vec<Vec<u8>>], limit: usize| {
+                measured
+                    .iter()
+                    .zip(received)
+                    .enumerate()
+                    .take(limit.min(opts.frames))
+                    .map(|(i, (input, got))| replay::ReplayFrame {
+                        t: (opts.warmup + i) as u64,
+                        x_hat: input.x_hat.clone(),
+                        received: got.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let veil_frames = frames_of(&veil_run.received, opts.callgrind_frames_veil);
+            let n_veil = veil_frames.len();
+            let veil_replay = replay::Replay::Veil {
+                device: veil_state.config.device.clone(),
+                params: veil_state.config.params.clone(),
+                topology: veil_state.config.topology.to_bytes(),
+                server_a: veil_state.config.server_a.to_bytes(),
+                server_b: veil_state.config.server_b.to_bytes(),
+                sessions: veil_state.sessions.clone(),
+                current: veil_state.current,
+                frames: veil_frames,
+            };
+            say(&format!("callgrind: veil device work, {n_veil} frames..."));
+            let veil_instr = replay::instructions_per_frame(exe, &veil_replay, n_veil)?;
+            let key_dir = tempfile::tempdir().context("creating a key directory")?;
+            let key_file = key_dir.path().join("device.key");
+            conv_key.write_to_file(&key_file)?;
+            let conv_frames = frames_of(&conv_run.received, opts.callgrind_frames_conventional);
+            let n_conv = conv_frames.len();
+            let conv_replay = replay::Replay::Conventional {
+                device: harness::DEVICE_USER.into(),
+                topology: topology.to_bytes(),
+                key_file,
+                sid: conv_sid,
+                frames: conv_frames,
+            };
+            say(&format!(
+                "callgrind: conventional device work, {n_conv} frames (slow under valgrind)..."
+            ));
+            let conv_instr = replay::instructions_per_frame(exe, &conv_replay, n_conv)?;
+            report.veil.instructions_per_frame = Some(veil_instr);
+            report.conventional.instructions_per_frame = Some(conv_instr);
+            report.instructions_note = Some(format!(
+                "callgrind, portable arithmetic kernel, one thread; veil over {n_veil} frames, conventional over {n_conv}, minus a zero-frame run"
+            ));
+        }
+    }
+    report.compute_ratios();
+    Ok(report)
+}
+
+/// Writes `text` to `path`, creating its directory.
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

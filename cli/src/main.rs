@@ -1,6 +1,7 @@
 //! `veil`: one command bundling every role of the system, the in-process
 //! private inference (`infer`), key generation and the demo.
 
+mod bench;
 mod infer;
 mod keygen;
 
@@ -25,6 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Bench(bench::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
 }
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
     };

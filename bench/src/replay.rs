@@ -1,0 +1,209 @@
+//! Instruction counts of the device's per-frame work. The benchmark records
+//! what the device received during its run; a child process (`veil bench
+//! device-work`, hidden) repeats only the device's computations on those
+//! messages for N frames under `valgrind --tool=callgrind`, and the count of
+//! a zero-frame run (loading, start-up) is subtracted. Valgrind does not
+//! run AVX-512 code, so the child uses the portable arithmetic kernel, which
+//! is also what an ARM gateway runs.
+
+use crate::conventional::{ConvDevice, ConvEnvelope, ConvStep, argmax};
+use anyhow::{Context, Result, anyhow, bail};
+use rand::rngs::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use veil_model::Topology;
+use veil_paillier::{KeySize, PublicKey, SecretKey};
+use veil_protocol::{Device, DeviceConfig, DeviceSession, Envelope, Params, SessionId};
+
+/// One recorded frame: the device's input and what it received.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplayFrame {
+    pub t: u64,
+    pub x_hat: Vec<i64>,
+    pub received: Vec<Vec<u8>>,
+}
+
+/// Everything the child needs to redo one approach's device work.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Replay {
+    Veil {
+        device: String,
+        params: Params,
+        topology: Vec<u8>,
+        server_a: Vec<u8>,
+        server_b: Vec<u8>,
+        sessions: Vec<DeviceSession>,
+        current: Option<SessionId>,
+        frames: Vec<ReplayFrame>,
+    },
+    Conventional {
+        device: String,
+        topology: Vec<u8>,
+        /// The device's secret key file (mode 0600, deleted after the run).
+        key_file: PathBuf,
+        sid: SessionId,
+        frames: Vec<ReplayFrame>,
+    },
+}
+
+impl Replay {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .context("encoding the replay")?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<Replay> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (replay, _) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            .with_context(|| format!("decoding {}", path.display()))?;
+        Ok(replay)
+    }
+}
+
+/// Does the device's work of the first `count` recorded frames, exactly as
+/// the device did it during the run (same code, same messages). Returns the
+/// predicted classes so that nothing is optimized away.
+pub fn device_work(replay: &Replay, count: usize) -> Result<Vec<usize>> {
+    let mut classes = Vec::new();
+    match replay {
+        Replay::Veil {
+            device,
+            params,
+            topology,
+            server_a,
+            server_b,
+            sessions,
+            current,
+            frames,
+        } => {
+            let config = DeviceConfig {
+                device: device.clone(),
+                params: params.clone(),
+                topology: Arc::new(Topology::from_bytes(topology)?),
+                server_a: PublicKey::from_bytes(server_a)?,
+                server_b: PublicKey::from_bytes(server_b)?,
+            };
+            let mut device = Device::restore(config, sessions.clone(), *current)?;
+            for frame in frames.iter().take(count) {
+                let out = device
+                    .mask_frame(&frame.x_hat, frame.t)?
+                    .envelope
+                    .to_bytes()?;
+                std::hint::black_box(out);
+                for message in &frame.received {
+                    let envelope = Envelope::from_bytes(message)?;
+                    let opened = device.open_result(&envelope)?;
+                    classes.push(argmax(&opened.values).unwrap_or(0));
+                    let ack = device.ack(opened.sid, opened.t).envelope.to_bytes()?;
+                    std::hint::black_box(ack);
+                }
+            }
+        }
+        Replay::Conventional {
+            device,
+            topology,
+            key_file,
+            sid,
+            frames,
+        } => {
+            let key = SecretKey::read_from_file(key_file)?;
+            let topology = Arc::new(Topology::from_bytes(topology)?);
+            let mut device = ConvDevice::new(device, topology, KeySize::Bits2048)?;
+            device.install_session(*sid, key)?;
+            // Fixed randomness keeps the count reproducible.
+            let mut rng = ChaCha20Rng::from_seed([7; 32]);
+            for frame in frames.iter().take(count) {
+                let out = device
+                    .start_frame(&frame.x_hat, frame.t, &mut rng)?
+                    .to_bytes()?;
+                std::hint::black_box(out);
+                for message in &frame.received {
+                    let envelope = ConvEnvelope::from_bytes(message)?;
+                    match device.on_message(&envelope, &mut rng)? {
+                        ConvStep::Send(next) => {
+                            std::hint::black_box(next.to_bytes()?);
+                        }
+                        ConvStep::Done { outputs, .. } => {
+                            classes.push(argmax(&outputs).unwrap_or(0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(classes)
+}
+
+/// Whether valgrind can be run.
+pub fn valgrind_available() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Instructions executed by `exe bench device-work --replay FILE --frames N`
+/// under callgrind, portable arithmetic, one rayon thread.
+fn callgrind_count(exe: &Path, replay: &Path, frames: usize, dir: &Path) -> Result<u64> {
+    let out = dir.join(format!("callgrind.{frames}.out"));
+    let status = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg("-q")
+        .arg(exe)
+        .args(["bench", "device-work", "--replay"])
+        .arg(replay)
+        .args(["--frames", &frames.to_string()])
+        .env("VEIL_PORTABLE_ARITH", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .env("VEIL_LOG", "error")
+        .status()
+        .context("running valgrind")?;
+    if !status.success() {
+        bail!("callgrind run of {frames} frames failed ({status})");
+    }
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    parse_callgrind_total(&text).ok_or_else(|| anyhow!("no instruction total in {}", out.display()))
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind output file.
+pub fn parse_callgrind_total(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line
+            .strip_prefix("summary:")
+            .or_else(|| line.strip_prefix("totals:"))?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Instructions per frame of the device's work: `(I(n) - I(0)) / n`.
+pub fn instructions_per_frame(exe: &Path, replay: &Replay, frames: usize) -> Result<f64> {
+    if frames == 0 {
+        bail!("at least one frame is needed");
+    }
+    let dir = tempfile::tempdir().context("creating a directory for callgrind")?;
+    let file = dir.path().join("replay.bin");
+    replay.write(&file)?;
+    let base = callgrind_count(exe, &file, 0, dir.path())?;
+    let with = callgrind_count(exe, &file, frames, dir.path())?;
+    Ok(with.saturating_sub(base) as f64 / frames as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callgrind_totals_are_parsed() {
+        let text = "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 123456\n\nfn=x\n";
+        assert_eq!(parse_callgrind_total(text), Some(123_456));
+        assert_eq!(parse_callgrind_total("totals: 42 7\n"), Some(42));
+        assert_eq!(parse_callgrind_total("events: Ir\n"), None);
+    }
+}
