@@ -2,8 +2,11 @@
 //! private inference (`infer`), key generation and the demo.
 
 mod bench;
+mod demo;
 mod infer;
 mod keygen;
+mod load;
+mod roles;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +32,12 @@ enum Command {
     Bench(bench::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
+    Demo(demo::Args),
+    Load(load::Args),
+    Broker(roles::BrokerArgs),
+    ServerA(veil_server_a::cli::Args),
+    ServerB(veil_server_b::cli::Args),
+    EdgeAgent(veil_edge_agent::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Broker(args) => roles::broker(args),
+        Command::ServerA(args) => roles::server_a(args),
+        Command::ServerB(args) => roles::server_b(args),
+        Command::EdgeAgent(args) => roles::edge_agent(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -368,7 +368,13 @@ impl Link {
     /// Starts connecting (in the background) and returns at once.
     pub fn start(settings: &MqttSettings) -> Result<Link, LinkError> {
         let options = settings.options()?;
-        let (client, eventloop) = AsyncClient::new(options, 4096);
+        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        // Protocol messages are small and chained (a reply triggers the
+        // next round): Nagle's delay would add tens of milliseconds per hop.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(10);
+        eventloop.set_network_options(network);
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();

@@ -1,0 +1,254 @@
+//! `veil load`: K simulated devices × M frames through the embedded broker
+//! and both servers, reporting throughput, latency and loss.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use sha2::{Digest, Sha512};
+use veil_broker::Broker;
+use veil_edge_agent::{AgentOptions, EdgeAgent, Output};
+
+use crate::demo::{
+    Dataset, broker_config, demo_mqtt, keys, load_model, percentile, rows, start_servers,
+};
+
+/// Load test: K devices, each sending M frames, all through the embedded
+/// broker on loopback. Fails when any frame is lost.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Simulated devices (K).
+    #[arg(long, short = 'k', default_value_t = 4)]
+    pub devices: usize,
+    /// Frames per device (M).
+    #[arg(long, short = 'm', default_value_t = 25)]
+    pub frames: usize,
+    /// Frames each device keeps outstanding (1: the next frame is captured
+    /// when the previous result arrives).
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Model name in models/ (Pima models replay the Pima test set, MNIST
+    /// models the MNIST digits).
+    #[arg(long, default_value = "pima-mlp")]
+    pub model: String,
+    /// Keys (generated on first use) and state.
+    #[arg(long, default_value = "var/load")]
+    pub state_dir: std::path::PathBuf,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// A `password_file` line in Mosquitto's `$6$` format (salted SHA-512),
+/// which veil's broker and Mosquitto both read.
+fn password_line(user: &str, password: &str) -> String {
+    let mut salt = [0u8; 12];
+    rand::fill(&mut salt);
+    let mut h = Sha512::new();
+    h.update(password.as_bytes());
+    h.update(salt);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "{user}:$6${}${}",
+        b64.encode(salt),
+        b64.encode(h.finalize())
+    )
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(load(args))
+}
+
+struct DeviceRun {
+    latencies: Vec<f64>,
+    delivered: HashSet<u64>,
+    captured: usize,
+    problems: Vec<String>,
+}
+
+async fn device_run(
+    mut agent: EdgeAgent,
+    rows: Arc<Vec<(Vec<f32>, u8)>>,
+    offset: usize,
+    frames: usize,
+    window: usize,
+    deadline: tokio::time::Instant,
+) -> Result<DeviceRun> {
+    let mut run = DeviceRun {
+        latencies: Vec::with_capacity(frames),
+        delivered: HashSet::new(),
+        captured: 0,
+        problems: Vec::new(),
+    };
+    let mut outstanding = 0usize;
+    let mut settled = 0usize;
+    while settled < frames {
+        while run.captured < frames && outstanding < window.max(1) {
+            let (x, _) = &rows[(offset + run.captured) % rows.len()];
+            agent.capture(x, None).context("capture")?;
+            run.captured += 1;
+            outstanding += 1;
+        }
+        let output = match tokio::time::timeout_at(deadline, agent.recv()).await {
+            Ok(Some(o)) => o,
+            Ok(None) => bail!("{} stopped", agent.device()),
+            Err(_) => break,
+        };
+        outstanding = outstanding.saturating_sub(1);
+        settled += 1;
+        match output {
+            Output::Result(r) => {
+                if !run.delivered.insert(r.t) {
+                    run.problems.push(format!("frame {} delivered twice", r.t));
+                }
+                run.latencies.push(r.latency_ms);
+            }
+            other => run.problems.push(other.to_json()),
+        }
+    }
+    agent.shutdown().await;
+    Ok(run)
+}
+
+async fn load(args: Args) -> Result<()> {
+    if args.devices == 0 || args.frames == 0 {
+        bail!("need at least one device and one frame");
+    }
+    let model = load_model(&args.model)?;
+    let dataset = if model.topology().input_len == 7 {
+        Dataset::Pima
+    } else {
+        Dataset::Mnist
+    };
+    let rows = Arc::new(rows(dataset)?);
+    let keys = keys(&args.state_dir.join("keys"))?;
+    let state = args.state_dir.join("run");
+    if state.exists() {
+        std::fs::remove_dir_all(&state).with_context(|| format!("clearing {}", state.display()))?;
+    }
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    // Every simulated device needs its own broker account: the ACL's
+    // patterns give each username its own topics.
+    let devices: Vec<(String, String)> = (0..args.devices)
+        .map(|i| (format!("load-{i}"), random_password()))
+        .collect();
+    let (pw_a, pw_b) = (random_password(), random_password());
+    let mut lines = vec![
+        password_line("server-a", &pw_a),
+        password_line("server-b", &pw_b),
+    ];
+    lines.extend(devices.iter().map(|(u, p)| password_line(u, p)));
+    let password_file = state.join("passwords");
+    write_private(&password_file, &(lines.join("\n") + "\n"))?;
+
+    let broker = Broker::start(broker_config(password_file))
+        .await
+        .context("starting the embedded broker")?;
+    let addr = broker.local_addr();
+    let servers = start_servers(&state, addr, &model, keys, (&pw_a, &pw_b)).await?;
+    let mut agents = Vec::with_capacity(args.devices);
+    for (user, password) in &devices {
+        let mut options =
+            AgentOptions::new(user, demo_mqtt(addr, user, password), state.join(user));
+        options.model = args.model.clone();
+        options.pins = servers.pins.clone();
+        agents.push(
+            EdgeAgent::start(options)
+                .await
+                .with_context(|| format!("starting {user}"))?,
+        );
+    }
+    eprintln!(
+        "veil load: {} devices × {} frames of {} (window {}) through the broker on {addr}",
+        args.devices, args.frames, args.model, args.window
+    );
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut tasks = Vec::with_capacity(agents.len());
+    for (i, agent) in agents.into_iter().enumerate() {
+        tasks.push(tokio::spawn(device_run(
+            agent,
+            Arc::clone(&rows),
+            i * 37,
+            args.frames,
+            args.window,
+            deadline,
+        )));
+    }
+    let mut latencies = Vec::new();
+    let mut delivered = 0usize;
+    let mut problems = Vec::new();
+    for task in tasks {
+        let run = task.await.context("device task")??;
+        delivered += run.delivered.len();
+        latencies.extend(run.latencies);
+        problems.extend(run.problems);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let total = args.devices * args.frames;
+    let lost = total.saturating_sub(delivered);
+    latencies.sort_by(f64::total_cmp);
+    let a = servers.a.stats();
+    let b = servers.b.stats();
+    println!(
+        "{} devices × {} frames ({}): {delivered}/{total} results in {wall:.1} s",
+        args.devices, args.frames, args.model
+    );
+    println!(
+        "throughput {:.1} frames/s",
+        delivered as f64 / wall.max(1e-9)
+    );
+    println!(
+        "latency p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 95.0),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "loss {lost} ({:.2}%); server A retries {}, abandoned {}; rejected A {} B {}",
+        100.0 * lost as f64 / total as f64,
+        a.retries,
+        a.abandoned,
+        a.rejected,
+        b.rejected
+    );
+    servers.a.shutdown().await;
+    servers.b.shutdown().await;
+    broker.shutdown().await;
+    for p in problems.iter().take(10) {
+        eprintln!("problem: {p}");
+    }
+    if lost > 0 || !problems.is_empty() {
+        bail!("{lost} frames lost, {} problems", problems.len());
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}

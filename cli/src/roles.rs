@@ -1,0 +1,52 @@
+//! `veil broker`, `veil server-a`, `veil server-b`, `veil edge-agent`: each
+//! role as a long-running service (what the systemd units start).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Run the embedded MQTT broker (rumqttd behind veil's ACL gate).
+#[derive(clap::Args, Debug)]
+pub struct BrokerArgs {
+    /// Broker configuration (see config/broker.toml).
+    #[arg(
+        long,
+        short,
+        env = "VEIL_BROKER_CONFIG",
+        default_value = "config/broker.toml"
+    )]
+    pub config: PathBuf,
+}
+
+pub fn broker(args: BrokerArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let config = veil_broker::BrokerConfig::from_toml_file(&args.config)
+            .with_context(|| format!("loading {}", args.config.display()))?;
+        let broker = veil_broker::Broker::start(config)
+            .await
+            .context("starting the broker")?;
+        eprintln!("veil broker listening on {}", broker.local_addr());
+        veil_server_a::cli::wait_for_signal().await;
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+pub fn server_a(args: veil_server_a::cli::Args) -> Result<()> {
+    runtime()?.block_on(veil_server_a::cli::run(args))
+}
+
+pub fn server_b(args: veil_server_b::cli::Args) -> Result<()> {
+    runtime()?.block_on(veil_server_b::cli::run(args))
+}
+
+pub fn edge_agent(args: veil_edge_agent::cli::Args) -> Result<()> {
+    runtime()?.block_on(veil_edge_agent::cli::run(args))
+}
