@@ -280,7 +280,7 @@ mod tests {
             let s: u64 = (0..4_000_000u64)
                 .into_par_iter()
                 .map(|i| i.wrapping_mul(i))
-                .sum();
+                .reduce(|| 0, u64::wrapping_add);
             std::hint::black_box(s);
         });
         assert!(group.total() > before);

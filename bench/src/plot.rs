@@ -233,6 +233,7 @@ mod tests {
             ApproachReport::from_frames(
                 SetupCost {
                     cpu_ms: setup,
+                    cpu_ms_samples: vec![setup],
                     wall_ms: setup,
                     bytes_sent: 500,
                     bytes_received: 0,
@@ -262,7 +263,7 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<path").count(), 4);
         assert!(svg.contains("a&lt;b") && !svg.contains("a<b"));
-        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        assert!(!svg.contains("NaN") && !svg.contains("=\"inf") && !svg.contains(",inf"));
         // Four markers per curve pair and model.
         assert_eq!(svg.matches("<circle").count(), 16);
     }

@@ -10,8 +10,13 @@ pub const AMORTIZE_OVER: [u64; 4] = [1, 10, 100, 1000];
 /// The one-time cost of opening a session, on the device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SetupCost {
-    /// Device CPU time (key generation or seed encryptions, encoding).
+    /// Device CPU time (key generation or seed encryptions, encoding):
+    /// the mean of `cpu_ms_samples`.
     pub cpu_ms: f64,
+    /// The session opened over the network, then repetitions of the same
+    /// device code (prime search time varies a lot from key to key).
+    #[serde(default)]
+    pub cpu_ms_samples: Vec<f64>,
     /// Wall time until the broker acknowledged the session messages.
     pub wall_ms: f64,
     pub bytes_sent: u64,
@@ -261,6 +266,7 @@ mod tests {
         ApproachReport::from_frames(
             SetupCost {
                 cpu_ms: setup_cpu_ms,
+                cpu_ms_samples: vec![setup_cpu_ms],
                 wall_ms: setup_cpu_ms,
                 bytes_sent: setup_bytes,
                 bytes_received: 0,

@@ -46,13 +46,18 @@ enum BenchCommand {
 /// fixed-point encoding, same activation semantics.
 ///
 /// Measured on the device, per frame: CPU time of the device's own work
-/// (its thread and its one-thread pool; the MQTT client is left out),
+/// (the device runs on one thread, as on a one-core gateway; its thread
+/// CPU clock is read around masking, encryption, decryption, activations
+/// and message encoding; the MQTT client's own work is left out for both),
 /// wall time from frame capture to decoded result, and bytes sent and
 /// received counted at the socket (a relay between the device's MQTT client
-/// and the broker: every packet with its headers). The session set-up
-/// (baseline: key generation and publishing the public key; veil: the two
-/// seed encryptions and session messages) is measured on its own and then
-/// amortized over 1, 10, 100 and 1000 frames. Servers' CPU per inference
+/// and the broker: every packet with its headers, PUBLISH and PUBACK). The
+/// session set-up (baseline: key generation and publishing the public key;
+/// veil: the two seed encryptions and session messages) is measured on its
+/// own (CPU: mean of five openings, key generation time varies) and then
+/// amortized over 1, 10, 100 and 1000 frames. Ratios are conventional
+/// divided by veil; `time_ratio` and `bytes_ratio` are per frame in steady
+/// state, set-up excluded, averaged over the measured frames. Servers' CPU per inference
 /// (online and offline) and A↔B bytes are reported too. With valgrind
 /// installed, the instructions of the device's per-frame work are counted
 /// with callgrind (portable arithmetic kernel, as on an ARM gateway).
