@@ -366,6 +366,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Raw {
     pub client: rumqttc::AsyncClient,
     rx: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Event>,
+    /// Messages that arrived while waiting for something else.
+    inbox: std::collections::VecDeque<rumqttc::Event>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -402,7 +404,12 @@ impl Raw {
                 }
             }
         });
-        let mut raw = Raw { client, rx, task };
+        let mut raw = Raw {
+            client,
+            rx,
+            inbox: std::collections::VecDeque::new(),
+            task,
+        };
         raw.wait_for("CONNACK", |e| {
             matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
         })
@@ -418,10 +425,24 @@ impl Raw {
         loop {
             match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
                 Ok(Some(e)) if f(&e) => return e,
+                Ok(Some(e @ rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))) => {
+                    self.inbox.push_back(e)
+                }
                 Ok(Some(_)) => {}
                 _ => panic!("no {what}"),
             }
         }
+    }
+
+    /// The next event: kept messages first, then new ones.
+    async fn next_event(&mut self, until: tokio::time::Instant) -> Option<rumqttc::Event> {
+        if let Some(e) = self.inbox.pop_front() {
+            return Some(e);
+        }
+        tokio::time::timeout_at(until, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Subscribes and waits for the SUBACK.
@@ -453,20 +474,21 @@ impl Raw {
     /// grace for stragglers on other topics); the canary is left out.
     pub async fn until_canary(&mut self, canary: &str) -> Vec<(String, Vec<u8>)> {
         let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
-                Ok(Some(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+            match self.next_event(deadline).await {
+                Some(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     if p.topic == canary {
                         break;
                     }
                     got.push((p.topic.clone(), p.payload.to_vec()));
                 }
-                Ok(Some(_)) => {}
-                _ => panic!("canary on {canary} never arrived"),
+                Some(_) => {}
+                None => panic!("canary on {canary} never arrived"),
             }
         }
         let grace = tokio::time::Instant::now() + Duration::from_millis(300);
-        while let Ok(Some(e)) = tokio::time::timeout_at(grace, self.rx.recv()).await {
+        while let Some(e) = self.next_event(grace).await {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
                 got.push((p.topic.clone(), p.payload.to_vec()));
             }
@@ -478,15 +500,14 @@ impl Raw {
     /// at least `n`.
     pub async fn expect_on(&mut self, topic: &str, n: usize) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         while got.len() < n {
-            match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
-                Ok(Some(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))
-                    if p.topic == topic =>
-                {
+            match self.next_event(deadline).await {
+                Some(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == topic => {
                     got.push(p.payload.to_vec())
                 }
-                Ok(Some(_)) => {}
-                _ => panic!("only {} of {n} messages on {topic}", got.len()),
+                Some(_) => {}
+                None => panic!("only {} of {n} messages on {topic}", got.len()),
             }
         }
         got
