@@ -14,6 +14,9 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 58.0;
 /// Inferences per session on the x axis: 10^0 .. 10^4.
 const X_DECADES: (i32, i32) = (0, 4);
+/// Points `(inferences, ratio)` of one curve.
+type Curve = Vec<(f64, f64)>;
+
 const COLOURS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
 ];
@@ -46,7 +49,7 @@ pub fn device_overhead_svg(reports: &[DeviceReport]) -> String {
             10f64.powf(f64::from(X_DECADES.0) + span * f64::from(i) / 200.0)
         })
         .collect();
-    let curves: Vec<(Vec<(f64, f64)>, Vec<(f64, f64)>)> = reports
+    let curves: Vec<(Curve, Curve)> = reports
         .iter()
         .map(|r| {
             let pts: Vec<(f64, (f64, f64))> =
@@ -141,10 +144,10 @@ pub fn device_overhead_svg(reports: &[DeviceReport]) -> String {
         let y = y_of(value);
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.1}" y="{:.1}" fill="#666" font-size="10">{label}</text>"##,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.1}" y="{:.1}" fill="#666" font-size="10" text-anchor="end">{label}</text>"##,
             LEFT + plot_w,
-            LEFT + 4.0,
-            y - 3.0
+            LEFT + plot_w - 4.0,
+            y - 5.0
         );
     }
     let path = |points: &[(f64, f64)]| -> String {
