@@ -764,6 +764,9 @@ fn check_servers(servers: &[&ServerHandle]) -> Result<()> {
         if let Some(first) = errors.first() {
             bail!("a server failed ({} errors), first: {first}", errors.len());
         }
+        if s.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            bail!("a server's MQTT connection ended");
+        }
     }
     Ok(())
 }

@@ -198,6 +198,123 @@ pub fn instructions_per_frame(exe: &Path, replay: &Replay, frames: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conventional::{ConvServer, ConvServerConfig};
+    use crate::load_model;
+
+    /// The replayed device work reaches the same classes as the live run
+    /// it was recorded from, for both approaches.
+    #[test]
+    fn replays_reproduce_the_recorded_frames() {
+        let model = load_model("pima-mlp").expect("model");
+        let topology = Arc::new(model.topology().clone());
+        let rows = crate::Dataset::Pima.rows(2).expect("rows");
+        let inputs: Vec<Vec<i64>> = rows
+            .iter()
+            .map(|x| model.encode_input(x).expect("encode"))
+            .collect();
+
+        // Conventional: record what the device receives from A.
+        let fixture = veil_paillier::fixtures::key_2048_a();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("device.key");
+        fixture.write_to_file(&key_file).expect("key file");
+        let sid = SessionId([5; 16]);
+        let mut device =
+            ConvDevice::new("devA", Arc::clone(&topology), KeySize::Bits2048).expect("device");
+        let key = SecretKey::from_bytes(&fixture.to_bytes()).expect("key");
+        let mut server = ConvServer::new(ConvServerConfig {
+            topology: Arc::clone(&topology),
+            plan: Arc::new(model.plan().clone()),
+        })
+        .expect("server");
+        server
+            .handle(device.install_session(sid, key).expect("session"))
+            .expect("accepted");
+        let mut rng = rand::rng();
+        let mut frames = Vec::new();
+        let mut live = Vec::new();
+        for (t, x_hat) in inputs.iter().enumerate() {
+            let mut message = device
+                .start_frame(x_hat, t as u64, &mut rng)
+                .expect("frame");
+            let mut received = Vec::new();
+            loop {
+                let reply = server.handle(message).expect("A").expect("an answer");
+                received.push(reply.to_bytes().expect("bytes"));
+                match device.on_message(&reply, &mut rng).expect("step") {
+                    ConvStep::Send(next) => message = next,
+                    ConvStep::Done { outputs, .. } => {
+                        live.push(argmax(&outputs).unwrap_or(0));
+                        break;
+                    }
+                }
+            }
+            frames.push(ReplayFrame {
+                t: t as u64,
+                x_hat: x_hat.clone(),
+                received,
+            });
+        }
+        let replay = Replay::Conventional {
+            device: "devA".into(),
+            topology: topology.to_bytes(),
+            key_file,
+            sid,
+            frames,
+        };
+        let file = dir.path().join("conv.bin");
+        replay.write(&file).expect("write");
+        let replay = Replay::read(&file).expect("read");
+        assert_eq!(device_work(&replay, 2).expect("replay"), live);
+        assert_eq!(
+            device_work(&replay, 0).expect("replay"),
+            Vec::<usize>::new()
+        );
+
+        // veil: record the results B sent the device in the in-process engine.
+        let keys = (
+            Arc::new(
+                SecretKey::from_bytes(&veil_paillier::fixtures::key_2048_b().to_bytes())
+                    .expect("key"),
+            ),
+            Arc::new(SecretKey::from_bytes(&fixture.to_bytes()).expect("key")),
+        );
+        let mut engine = crate::paillier_engine(&model, &Params::default(), &keys).expect("engine");
+        engine.prepare().expect("session");
+        let sessions: Vec<DeviceSession> = engine.device.sessions().cloned().collect();
+        let current = engine.device.current().map(|s| s.sid);
+        engine.record_transcript(true);
+        let mut frames = Vec::new();
+        let mut live = Vec::new();
+        for x_hat in &inputs {
+            engine.transcript.clear();
+            let run = engine.infer(x_hat).expect("frame");
+            live.push(argmax(&run.outputs).unwrap_or(0));
+            let received = engine
+                .transcript
+                .iter()
+                .filter(|d| d.to == veil_protocol::Peer::Device)
+                .map(|d| d.bytes.clone())
+                .collect();
+            frames.push(ReplayFrame {
+                t: run.t,
+                x_hat: x_hat.clone(),
+                received,
+            });
+        }
+        let config = engine.device.config().clone();
+        let replay = Replay::Veil {
+            device: config.device.clone(),
+            params: config.params.clone(),
+            topology: config.topology.to_bytes(),
+            server_a: config.server_a.to_bytes(),
+            server_b: config.server_b.to_bytes(),
+            sessions,
+            current,
+            frames,
+        };
+        assert_eq!(device_work(&replay, 2).expect("replay"), live);
+    }
 
     #[test]
     fn callgrind_totals_are_parsed() {
