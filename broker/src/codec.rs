@@ -155,6 +155,9 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_packet: usize,
+    /// A socket to acknowledge at once after every read (see
+    /// [`FrameReader::acknowledge_at_once`]).
+    quickack: Option<std::os::fd::RawFd>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -163,6 +166,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(8 * 1024),
             max_packet,
+            quickack: None,
+        }
+    }
+
+    /// Acknowledges data on `socket` as soon as it is read. rumqttd does not
+    /// disable Nagle's algorithm on its sockets, so when it writes a packet
+    /// in pieces the later pieces wait for the acknowledgement of the
+    /// first, which Linux delays by up to 40 ms: measured, 120 ms of a
+    /// 150 ms round trip through the demo. Quick acknowledgements remove the
+    /// wait. The flag does not stick, so it is set again after every read.
+    pub fn acknowledge_at_once(mut self, socket: std::os::fd::RawFd) -> Self {
+        self.quickack = Some(socket);
+        self
+    }
+
+    fn quickack(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = self.quickack {
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt reads `on` for its size; a stale or
+            // non-TCP descriptor only makes it fail, which is harmless.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
         }
     }
 
@@ -184,7 +217,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < want {
                 self.buf.reserve(want);
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let read = self.inner.read_buf(&mut self.buf).await?;
+            self.quickack();
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {

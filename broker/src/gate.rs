@@ -296,6 +296,7 @@ async fn open_upstream(gate: &Gate, connect: &Connect) -> Result<UpstreamParts, 
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (r, mut w) = stream.into_split();
         let mut upstream_connect = connect.clone();
         // rumqttd refuses keep-alive 0 (MQTT's "no keep-alive"); the longest
@@ -307,7 +308,7 @@ async fn open_upstream(gate: &Gate, connect: &Connect) -> Result<UpstreamParts, 
             .encode_for_upstream(&gate.upstream.username, gate.upstream.password.as_bytes())
             .map_err(|e| e.to_string())?;
         w.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        let mut reader = FrameReader::new(r, gate.max_packet);
+        let mut reader = FrameReader::new(r, gate.max_packet).acknowledge_at_once(fd);
         let frame = reader
             .next()
             .await

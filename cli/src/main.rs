@@ -21,7 +21,12 @@ use std::process::ExitCode;
 #[command(version, about, long_about)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. "info" or "veil_protocol=debug".
-    #[arg(long, global = true, env = "VEIL_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "VEIL_LOG",
+        default_value = "warn,rumqttd=off"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
