@@ -5,12 +5,13 @@ use crate::codec::{pack_ints, unpack_ints};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Peer, SessionInit, check_device_name};
 use crate::params::{Params, output_bits};
-use crate::prf::{Seed, SessionId, expand, label};
+use crate::prf::{MaskKeys, Seed, SessionId, expand_derived};
 use ethnum::I256;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use veil_model::Topology;
 use veil_paillier::{BoxedUint, PublicKey};
 
@@ -34,6 +35,16 @@ pub struct DeviceSession {
     k_b: Seed,
     pub first_counter: u64,
     pub frames: u64,
+    /// Mask keys of kA and kB, derived on first use (not persisted).
+    #[serde(skip)]
+    keys: OnceLock<(MaskKeys, MaskKeys)>,
+}
+
+impl DeviceSession {
+    fn keys(&self) -> &(MaskKeys, MaskKeys) {
+        self.keys
+            .get_or_init(|| (MaskKeys::new(&self.k_a), MaskKeys::new(&self.k_b)))
+    }
 }
 
 impl std::fmt::Debug for DeviceSession {
@@ -73,25 +84,25 @@ pub fn result_width(topology: &Topology, params: &Params) -> u32 {
 }
 
 /// Masks of the frame inputs: uniform below `2^(ℓ+σ)`.
-pub(crate) fn input_masks(seed: &Seed, t: u64, topology: &Topology, params: &Params) -> Vec<u128> {
-    expand(
-        seed,
-        label::INPUT,
-        t,
-        topology.input_len,
-        topology.input_bound_bits + params.sigma,
-    )
+pub(crate) fn input_masks(
+    keys: &MaskKeys,
+    t: u64,
+    topology: &Topology,
+    params: &Params,
+) -> Vec<u128> {
+    let bits = topology.input_bound_bits + params.sigma;
+    expand_derived(&keys.input, t, topology.input_len, bits)
 }
 
 /// Masks of the outputs: uniform below `2^(κ_out+σ)`.
-pub(crate) fn output_masks(seed: &Seed, t: u64, topology: &Topology, params: &Params) -> Vec<u128> {
-    expand(
-        seed,
-        label::OUTPUT,
-        t,
-        topology.output_len,
-        output_bits(topology) + params.sigma,
-    )
+pub(crate) fn output_masks(
+    keys: &MaskKeys,
+    t: u64,
+    topology: &Topology,
+    params: &Params,
+) -> Vec<u128> {
+    let bits = output_bits(topology) + params.sigma;
+    expand_derived(&keys.output, t, topology.output_len, bits)
 }
 
 pub(crate) fn centre(bits: u32) -> I256 {
@@ -179,6 +190,7 @@ impl Device {
                 k_b,
                 first_counter,
                 frames: 0,
+                keys: OnceLock::new(),
             },
         );
         self.current = Some(sid);
@@ -229,8 +241,9 @@ impl Device {
                 session.first_counter
             )));
         }
-        let a = input_masks(&session.k_a, t, topology, params);
-        let b = input_masks(&session.k_b, t, topology, params);
+        let (keys_a, keys_b) = session.keys();
+        let a = input_masks(keys_a, t, topology, params);
+        let b = input_masks(keys_b, t, topology, params);
         let offset = centre(topology.input_bound_bits + params.sigma);
         let values: Vec<I256> = x_hat
             .iter()
@@ -282,8 +295,9 @@ impl Device {
         }
         let r = unpack_ints(&result.values, topology.output_len, width)?;
         let t = envelope.t;
-        let m_a = output_masks(&session.k_a, t, topology, params);
-        let m_b = output_masks(&session.k_b, t, topology, params);
+        let (keys_a, keys_b) = session.keys();
+        let m_a = output_masks(keys_a, t, topology, params);
+        let m_b = output_masks(keys_b, t, topology, params);
         let offset = centre(output_bits(topology) + params.sigma);
         let values = r
             .iter()

@@ -39,6 +39,6 @@ pub use messages::{
     Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
-pub use prf::{Seed, SessionId, expand, label};
+pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, label};
 pub use server_a::{ServerA, ServerAConfig, frame_rounding};
 pub use server_b::{MAX_MASK_REQUEST, ServerB, ServerBConfig};

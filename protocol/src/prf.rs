@@ -90,9 +90,30 @@ pub mod label {
     pub const OUTPUT: &[u8] = b"out";
 }
 
+/// The two mask keys of one session seed, derived once per session so that
+/// a frame costs no hashing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskKeys {
+    pub input: Seed,
+    pub output: Seed,
+}
+
+impl MaskKeys {
+    pub fn new(seed: &Seed) -> MaskKeys {
+        MaskKeys {
+            input: seed.derive(label::INPUT),
+            output: seed.derive(label::OUTPUT),
+        }
+    }
+}
+
 /// `count` values uniform in `[0, 2^bits)` (bits ≤ 128) for counter `t`.
 pub fn expand(seed: &Seed, label: &[u8], t: u64, count: usize, bits: u32) -> Vec<u128> {
-    let key = seed.derive(label);
+    expand_derived(&seed.derive(label), t, count, bits)
+}
+
+/// [`expand`] with the label's key already derived.
+pub fn expand_derived(key: &Seed, t: u64, count: usize, bits: u32) -> Vec<u128> {
     let mut rng = ChaCha20Rng::from_seed(*key.as_bytes());
     rng.set_stream(t);
     let bits = bits.min(128);

@@ -8,7 +8,7 @@ use crate::device::{centre, frame_width, input_masks, output_masks};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
-use crate::prf::{Seed, SessionId};
+use crate::prf::{MaskKeys, Seed, SessionId};
 use crate::round::{RoundShape, round_mode};
 use crate::session;
 use ethnum::I256;
@@ -47,7 +47,7 @@ pub fn frame_rounding(rounding_key: &Seed, sid: SessionId, t: u64) -> SeededRoun
 
 struct Session {
     device: String,
-    seed: Seed,
+    keys: MaskKeys,
     first_counter: u64,
     last_frame: Option<u64>,
     /// Masks were requested for every counter below this.
@@ -252,7 +252,7 @@ impl<P: PublicOps> ServerA<P> {
             sid,
             Session {
                 device: device.clone(),
-                seed,
+                keys: MaskKeys::new(&seed),
                 first_counter,
                 last_frame: None,
                 requested_until: first_counter.saturating_add(lookahead),
@@ -291,7 +291,7 @@ impl<P: PublicOps> ServerA<P> {
             )));
         }
         let values = unpack_ints(&frame.values, topology.input_len, width)?;
-        let a = input_masks(&session.seed, t, &topology, &params);
+        let a = input_masks(&session.keys, t, &topology, &params);
         let offset = centre(topology.input_bound_bits + params.sigma);
         let low = -(I256::ONE << topology.input_bound_bits);
         let high = offset + (I256::ONE << topology.input_bound_bits);
@@ -876,7 +876,7 @@ impl<P: PublicOps> ServerA<P> {
                 topology.output_len
             )));
         }
-        let masks = output_masks(&session.seed, t, &topology, &params);
+        let masks = output_masks(&session.keys, t, &topology, &params);
         let backend = &self.backend;
         let masked: Vec<P::Ct> = z
             .par_iter()

@@ -9,7 +9,7 @@ use crate::device::{centre, input_masks, output_masks, result_width};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Body, Envelope, FrameResult, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
-use crate::prf::{Seed, SessionId};
+use crate::prf::{MaskKeys, SessionId};
 use crate::round::{RoundShape, ciphertext_count};
 use crate::session;
 use ethnum::I256;
@@ -33,7 +33,7 @@ pub struct ServerBConfig {
 
 struct Session {
     device: String,
-    seed: Seed,
+    keys: MaskKeys,
     first_counter: u64,
     /// The highest counter whose output B produced.
     completed: Option<u64>,
@@ -126,7 +126,7 @@ impl<S: SecretOps> ServerB<S> {
             sid,
             Session {
                 device,
-                seed,
+                keys: MaskKeys::new(&seed),
                 first_counter,
                 completed: None,
                 progress: BTreeMap::new(),
@@ -169,7 +169,7 @@ impl<S: SecretOps> ServerB<S> {
             if session.completed.is_some_and(|c| counter <= c) {
                 continue;
             }
-            let b = input_masks(&session.seed, counter, &topology, params);
+            let b = input_masks(&session.keys, counter, &topology, params);
             let masks: Vec<Vec<u8>> = b
                 .par_iter()
                 .map(|v| backend.encode(&backend.encrypt(-I256::from(*v))))
@@ -449,7 +449,7 @@ impl<S: SecretOps> ServerB<S> {
             .sessions
             .get_mut(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        let m_b = output_masks(&session.seed, t, &topology, &params);
+        let m_b = output_masks(&session.keys, t, &topology, &params);
         let offset = centre(output_bits(&topology) + params.sigma);
         let values: Vec<I256> = masked
             .iter()
