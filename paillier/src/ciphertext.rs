@@ -3,7 +3,7 @@
 use crate::error::{PaillierError, Result};
 use crate::keys::{PublicKey, SecretKey, random_below};
 use crate::mont::{Elem, Modulus};
-use crate::plaintext::{Plaintext, i256_magnitude};
+use crate::plaintext::{Plaintext, Signed};
 use crypto_bigint::{BoxedUint, ConcatenatingMul, Gcd, Resize};
 use ethnum::I256;
 use rand_core::CryptoRng;
@@ -179,7 +179,10 @@ impl PublicKey {
 
     /// `[[k·a]]` for a signed scalar (variable time in k).
     pub fn mul_scalar(&self, a: &Ciphertext, k: I256) -> Ciphertext {
-        let (negative, magnitude) = i256_magnitude(k);
+        let Signed {
+            negative,
+            magnitude,
+        } = Signed::from(k);
         self.mul_signed_magnitude(a, negative, &magnitude)
     }
 

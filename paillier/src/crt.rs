@@ -124,7 +124,11 @@ impl Crt {
         h: &BoxedUint,
     ) -> BoxedUint {
         let reduced = c.rem(square).resize_unchecked(self.bits);
-        let x = ctx.pow_ct(&ctx.enter(&reduced), exponent.as_words(), self.half_bits);
+        let x = ctx.pow_ct(
+            &ctx.enter(&reduced),
+            &crate::words::u64_words(exponent),
+            self.half_bits,
+        );
         let x = ctx.retrieve(&x).resize_unchecked(self.bits);
         counter::half(2);
         let one = BoxedUint::one_with_precision(self.bits);
@@ -198,7 +202,11 @@ impl Crt {
         // x = 0 or a multiple of the prime has probability 2^-1000; such an
         // x still yields a valid (if non-unit) value, never a panic.
         let x = BoxedUint::random_mod_vartime(rng, square);
-        let y = ctx.pow_ct(&ctx.enter(&x), prime.as_ref().as_words(), self.half_bits);
+        let y = ctx.pow_ct(
+            &ctx.enter(&x),
+            &crate::words::u64_words(prime.as_ref()),
+            self.half_bits,
+        );
         ctx.retrieve(&y).resize_unchecked(self.bits)
     }
 }

@@ -126,9 +126,9 @@ impl PublicKey {
         let n_odd: Odd<BoxedUint> = Option::from(Odd::new(n.clone()))
             .ok_or_else(|| PaillierError::MalformedKey("modulus N is even".into()))?;
         // Tiny factors would make N trivially factorable; a real modulus has none.
-        for small in [3u64, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47] {
-            if n.rem_limb(NonZero::<Limb>::from_u64(
-                std::num::NonZeroU64::MIN.saturating_add(small - 1),
+        for small in [3u32, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47] {
+            if n.rem_limb(NonZero::<Limb>::from_u32(
+                std::num::NonZeroU32::MIN.saturating_add(small - 1),
             ))
             .0 == 0
             {

@@ -25,6 +25,7 @@ mod multiexp;
 mod pack;
 mod plaintext;
 pub mod randomness;
+mod words;
 
 pub use ciphertext::{Ciphertext, Noise};
 pub use crypto_bigint::BoxedUint;

@@ -19,6 +19,7 @@
 //! used with public exponents or ones owned by the computing party.
 
 use crate::counter;
+use crate::words::{from_u64_words, u64_words};
 use crypto_bigint::{BoxedUint, NonZero, Resize};
 use zeroize::Zeroize;
 
@@ -120,7 +121,7 @@ impl Modulus {
     pub(crate) fn new(m: &BoxedUint, bits: u32, width: Width) -> Modulus {
         let n = (bits as usize + 2).div_ceil(LIMB_BITS as usize);
         let padded = n.div_ceil(8) * 8;
-        let mut limbs = words_to_limbs(m.as_words(), padded);
+        let mut limbs = words_to_limbs(&u64_words(m), padded);
         // Newton's iteration doubles the correct low bits each step: 1 → 64.
         let m0 = limbs.first().copied().unwrap_or(1);
         let mut inv: u64 = 1;
@@ -137,7 +138,7 @@ impl Modulus {
         let reduce = |exponent: u32| {
             let power = BoxedUint::one_with_precision(2 * r_bits + 64).shl(exponent);
             let rem = power.rem(&nz);
-            let mut words = rem.as_words().to_vec();
+            let mut words = u64_words(&rem);
             words.truncate(word_count.max(1));
             words_to_limbs(&words, padded)
         };
@@ -207,7 +208,7 @@ impl Modulus {
     /// Enters the Montgomery domain. `x` must be below `2m` (it is reduced
     /// by the caller otherwise).
     pub(crate) fn enter(&self, x: &BoxedUint) -> Elem {
-        let limbs = words_to_limbs(x.as_words(), self.padded);
+        let limbs = words_to_limbs(&u64_words(x), self.padded);
         self.charge(false);
         Elem(self.amm(&limbs, &self.r2))
     }
@@ -220,7 +221,7 @@ impl Modulus {
         self.charge(false);
         let t = self.amm(&a.0, &unit);
         let reduced = self.reduce_below_m(&t);
-        BoxedUint::from_words(limbs_to_words(&reduced, self.word_count()))
+        from_u64_words(&limbs_to_words(&reduced, self.word_count()))
     }
 
     /// The canonical limbs of an element (reduced below m): for equality.
@@ -283,7 +284,7 @@ impl Modulus {
     /// `base^exp` by left-to-right sliding windows. Variable time in `exp`:
     /// only for exponents that are public or belong to the computing party.
     pub(crate) fn pow_vartime(&self, base: &Elem, exp: &BoxedUint) -> Elem {
-        self.pow_words_vartime(base, exp.as_words())
+        self.pow_words_vartime(base, &u64_words(exp))
     }
 
     pub(crate) fn pow_words_vartime(&self, base: &Elem, exp: &[u64]) -> Elem {
@@ -626,11 +627,11 @@ mod tests {
     use rand::rngs::ChaCha20Rng;
 
     fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
-        let mut words = BoxedUint::random_bits(rng, bits).as_words().to_vec();
+        let mut words = u64_words(&BoxedUint::random_bits(rng, bits));
         words[0] |= 1;
         let top = (bits - 1) as usize;
         words[top / 64] |= 1 << (top % 64);
-        BoxedUint::from_words(words)
+        from_u64_words(&words)
     }
 
     fn reference_mulmod(a: &BoxedUint, b: &BoxedUint, m: &BoxedUint) -> BoxedUint {
@@ -727,7 +728,7 @@ mod tests {
         let expected = mont.pow(&exp).retrieve();
         let b = ctx.enter(&base);
         assert_eq!(
-            ctx.retrieve(&ctx.pow_ct(&b, exp.as_words(), 1024)),
+            ctx.retrieve(&ctx.pow_ct(&b, &u64_words(&exp), 1024)),
             expected
         );
         assert_eq!(ctx.retrieve(&ctx.pow_vartime(&b, &exp)), expected);
@@ -765,8 +766,8 @@ mod tests {
     fn limb_conversions_round_trip() {
         let mut rng = ChaCha20Rng::seed_from_u64(13);
         let x = BoxedUint::random_bits(&mut rng, 4096);
-        let limbs = words_to_limbs(x.as_words(), 80);
+        let limbs = words_to_limbs(&u64_words(&x), 80);
         assert!(limbs.iter().all(|l| *l <= MASK));
-        assert_eq!(limbs_to_words(&limbs, 64), x.as_words().to_vec());
+        assert_eq!(limbs_to_words(&limbs, 64), *u64_words(&x));
     }
 }

@@ -188,10 +188,9 @@ impl PublicKey {
             }
             let biased = (*v + bound).as_u256();
             let (hi, lo) = biased.into_words();
-            let slot =
-                BoxedUint::from_words([lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64])
-                    .resize_unchecked(self.bits())
-                    .shl(layout.slot_bits * i as u32);
+            let slot = crate::words::from_u128_halves(lo, hi)
+                .resize_unchecked(self.bits())
+                .shl(layout.slot_bits * i as u32);
             acc = acc.bitor(&slot);
         }
         self.plaintext_from_residue(&acc)

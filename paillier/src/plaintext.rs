@@ -30,6 +30,16 @@ pub struct Signed {
     pub magnitude: BoxedUint,
 }
 
+impl From<I256> for Signed {
+    fn from(value: I256) -> Signed {
+        let (hi, lo) = value.unsigned_abs().into_words();
+        Signed {
+            negative: value < 0,
+            magnitude: crate::words::from_u128_halves(lo, hi),
+        }
+    }
+}
+
 impl PublicKey {
     /// The residue of a signed value, rejecting values outside (-N/2, N/2).
     pub fn encode_signed(&self, value: &Signed) -> Result<Plaintext> {
@@ -56,15 +66,7 @@ impl PublicKey {
 
     /// Encodes a 256-bit signed value (always in range for supported keys).
     pub fn encode(&self, value: I256) -> Plaintext {
-        let negative = value < 0;
-        let magnitude = value.unsigned_abs();
-        let (hi, lo) = magnitude.into_words();
-        let words = [lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64];
-        let signed = Signed {
-            negative,
-            magnitude: BoxedUint::from_words(words),
-        };
-        self.encode_signed(&signed)
+        self.encode_signed(&Signed::from(value))
             .expect("a 256-bit value is far below N/2 for every supported key size")
     }
 
@@ -119,7 +121,7 @@ impl Plaintext {
                 signed.magnitude.bit_width_vartime()
             )));
         }
-        let words = signed.magnitude.as_words();
+        let words = crate::words::u64_words(&signed.magnitude);
         let word = |i: usize| u128::from(words.get(i).copied().unwrap_or(0));
         let lo = word(0) | (word(1) << 64);
         let hi = word(2) | (word(3) << 64);
@@ -142,16 +144,4 @@ impl Plaintext {
     pub fn public_key(&self) -> &PublicKey {
         &self.key
     }
-}
-
-/// `value mod modulus` for a signed 256-bit value, as a residue of `bits`
-/// precision. Used for scalars that must be reduced before exponentiation.
-pub(crate) fn i256_magnitude(value: I256) -> (bool, BoxedUint) {
-    let negative = value < 0;
-    let magnitude = value.unsigned_abs();
-    let (hi, lo) = magnitude.into_words();
-    (
-        negative,
-        BoxedUint::from_words([lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64]),
-    )
 }

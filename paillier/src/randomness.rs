@@ -124,7 +124,7 @@ impl FixedBaseNoise {
     /// One noise value: `h^α` for a fresh uniform α.
     pub fn noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Noise {
         let mut alpha = random_bits(rng, self.alpha_bits);
-        let noise = self.noise_for(alpha.as_words());
+        let noise = self.noise_for(&crate::words::u64_words(&alpha));
         alpha.zeroize();
         noise
     }

@@ -98,19 +98,6 @@ impl PaillierPublic {
     }
 }
 
-fn signed(v: I256) -> Signed {
-    let (hi, lo) = v.unsigned_abs().into_words();
-    Signed {
-        negative: v < 0,
-        magnitude: BoxedUint::from_words([
-            lo as u64,
-            (lo >> 64) as u64,
-            hi as u64,
-            (hi >> 64) as u64,
-        ]),
-    }
-}
-
 impl PublicOps for PaillierPublic {
     type Ct = Ciphertext;
     type Prepared = PreparedBases;
@@ -143,7 +130,7 @@ impl PublicOps for PaillierPublic {
     }
 
     fn scale(&self, a: &Ciphertext, k: I256) -> Ciphertext {
-        let s = signed(k);
+        let s = Signed::from(k);
         self.key.mul_signed_magnitude(a, s.negative, &s.magnitude)
     }
 
