@@ -407,6 +407,17 @@ impl<P: PublicOps> ServerA<P> {
         Ok(Vec::new())
     }
 
+    /// Whether a frame is held up by precomputation that could be done now.
+    /// A shell must do that step before taking further messages: on a
+    /// server that is never idle, precomputing only when idle starves the
+    /// frame for as long as the load lasts.
+    pub fn has_waiting_frame(&self) -> bool {
+        self.frames.iter().any(|(key, (_, state))| {
+            matches!(state, FrameState::Waiting(_))
+                && matches!(self.masks.get(key), Some(Masks::Raw(_)))
+        })
+    }
+
     /// Whether precomputation is waiting to be done.
     pub fn has_offline_work(&self) -> bool {
         self.masks.values().any(|m| matches!(m, Masks::Raw(_)))

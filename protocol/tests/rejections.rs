@@ -447,3 +447,39 @@ fn a_frame_can_start_over_after_a_lost_reply() {
         "a finished frame cannot be retried"
     );
 }
+
+#[test]
+fn a_frame_held_up_by_precomputation_is_flagged_until_it_moves_on() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    // A counter far past the look-ahead: A has no masks for it yet.
+    let frame = engine.device.mask_frame(&x, 40).expect("masks");
+    let mut queue = vec![frame];
+    let mut rounds = Vec::new();
+    // Deliver everything it causes, but do no precomputation.
+    while let Some(out) = queue.pop() {
+        if out.envelope.body.kind() == "round" {
+            rounds.push(out);
+            continue;
+        }
+        let replies = match out.to {
+            Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
+            Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+            Peer::Device => continue,
+        };
+        queue.extend(replies);
+    }
+    assert!(
+        rounds.is_empty(),
+        "the frame cannot start without its masks"
+    );
+    assert!(engine.a.has_waiting_frame());
+    // One step serves the waiting frame first, whatever else is queued.
+    let out = engine.a.offline_step().expect("precomputation");
+    assert!(
+        out.iter()
+            .any(|o| o.envelope.body.kind() == "round" && o.envelope.t == 40),
+        "the waiting frame's round follows its precomputation"
+    );
+    assert!(!engine.a.has_waiting_frame());
+}

@@ -175,8 +175,16 @@ impl Core {
         let tick = Duration::from_millis(200);
         let mut last_tick = Instant::now();
         loop {
-            // Precompute whenever no message is waiting.
-            let input = if self.machine.has_offline_work() {
+            // A frame held up by precomputation goes first, one step per
+            // message taken; other precomputation whenever no message waits.
+            let input = if self.machine.has_waiting_frame() {
+                self.offline_step();
+                match inputs.try_recv() {
+                    Ok(input) => Some(input),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else if self.machine.has_offline_work() {
                 match inputs.try_recv() {
                     Ok(input) => Some(input),
                     Err(TryRecvError::Empty) => {
