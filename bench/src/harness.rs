@@ -777,6 +777,70 @@ fn progress(quiet: bool, text: &str) {
     }
 }
 
+/// One approach's frames: the cost of each measured one, the messages the
+/// device received for it, and a progress line per frame.
+struct FrameLog {
+    approach: &'static str,
+    total: usize,
+    warmup: usize,
+    quiet: bool,
+    frames: Vec<FrameCost>,
+    received: Vec<Vec<Vec<u8>>>,
+}
+
+impl FrameLog {
+    fn new(approach: &'static str, total: usize, warmup: usize, quiet: bool) -> FrameLog {
+        FrameLog {
+            approach,
+            total,
+            warmup,
+            quiet,
+            frames: Vec::new(),
+            received: Vec::new(),
+        }
+    }
+
+    fn record(
+        &mut self,
+        i: usize,
+        spent: Duration,
+        wall: Duration,
+        traffic: &Traffic,
+        class: Option<usize>,
+        got: Vec<Vec<u8>>,
+    ) {
+        let measured = i >= self.warmup;
+        if measured {
+            self.frames.push(FrameCost {
+                cpu_us: spent.as_secs_f64() * 1e6,
+                wall_ms: wall.as_secs_f64() * 1e3,
+                bytes_sent: traffic.sent,
+                bytes_received: traffic.received,
+                class: class.unwrap_or(0),
+            });
+            self.received.push(got);
+        }
+        let device = if spent < Duration::from_millis(1) {
+            format!("{:.1} µs", spent.as_secs_f64() * 1e6)
+        } else {
+            format!("{:.1} ms", spent.as_secs_f64() * 1e3)
+        };
+        progress(
+            self.quiet,
+            &format!(
+                "{}: frame {}/{} ({}) device {device}, {:.1} ms wall, {} B sent, {} B received",
+                self.approach,
+                i + 1,
+                self.total,
+                if measured { "measured" } else { "warm-up" },
+                wall.as_secs_f64() * 1e3,
+                traffic.sent,
+                traffic.received
+            ),
+        );
+    }
+}
+
 /// What the veil run leaves for replaying the device's work.
 pub struct VeilReplayState {
     pub config: DeviceConfig,
@@ -897,8 +961,7 @@ pub fn run_veil(
             .ok_or_else(|| anyhow!("no session after opening one"))?;
         let sessions: Vec<DeviceSession> = device.sessions().cloned().collect();
 
-        let mut frames = Vec::new();
-        let mut received = Vec::new();
+        let mut log = FrameLog::new("veil", inputs.len(), warmup, quiet);
         let mut a_start = server_a.snapshot();
         let mut b_start = server_b.snapshot();
         let mut before = link.settle()?;
@@ -946,31 +1009,12 @@ pub fn run_veil(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            if i >= warmup {
-                frames.push(FrameCost {
-                    cpu_us: spent.as_secs_f64() * 1e6,
-                    wall_ms: wall.as_secs_f64() * 1e3,
-                    bytes_sent: traffic.sent,
-                    bytes_received: traffic.received,
-                    class: class.unwrap_or(0),
-                });
-                received.push(got);
-            }
-            progress(
-                quiet,
-                &format!(
-                    "veil: frame {}/{} ({}) device {:.1} µs, {:.1} ms wall, {} B sent, {} B received",
-                    i + 1,
-                    inputs.len(),
-                    if i < warmup { "warm-up" } else { "measured" },
-                    spent.as_secs_f64() * 1e6,
-                    wall.as_secs_f64() * 1e3,
-                    traffic.sent,
-                    traffic.received
-                ),
-            );
+            log.record(i, spent, wall, &traffic, class, got);
         }
         check_servers(&[&server_a, &server_b])?;
+        let FrameLog {
+            frames, received, ..
+        } = log;
         let n = frames.len();
         let cost = server_cost(
             server_a.snapshot().since(&a_start),
@@ -1050,8 +1094,7 @@ pub fn run_conventional(
         let setup = setup_cost(&samples, setup_wall, setup_traffic);
         check_servers(&[&server_a])?;
 
-        let mut frames = Vec::new();
-        let mut received = Vec::new();
+        let mut log = FrameLog::new("conventional", inputs.len(), warmup, quiet);
         let mut a_start = server_a.snapshot();
         let mut before = link.settle()?;
         for (i, input) in inputs.iter().enumerate() {
@@ -1100,31 +1143,12 @@ pub fn run_conventional(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            if i >= warmup {
-                frames.push(FrameCost {
-                    cpu_us: spent.as_secs_f64() * 1e6,
-                    wall_ms: wall.as_secs_f64() * 1e3,
-                    bytes_sent: traffic.sent,
-                    bytes_received: traffic.received,
-                    class: class.unwrap_or(0),
-                });
-                received.push(got);
-            }
-            progress(
-                quiet,
-                &format!(
-                    "conventional: frame {}/{} ({}) device {:.1} ms, {:.1} ms wall, {} B sent, {} B received",
-                    i + 1,
-                    inputs.len(),
-                    if i < warmup { "warm-up" } else { "measured" },
-                    spent.as_secs_f64() * 1e3,
-                    wall.as_secs_f64() * 1e3,
-                    traffic.sent,
-                    traffic.received
-                ),
-            );
+            log.record(i, spent, wall, &traffic, class, got);
         }
         check_servers(&[&server_a])?;
+        let FrameLog {
+            frames, received, ..
+        } = log;
         let cost = server_cost(server_a.snapshot().since(&a_start), None, frames.len());
         link.disconnect();
         let sid = device

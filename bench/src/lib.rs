@@ -22,7 +22,8 @@ use veil_protocol::{
     ServerAConfig, ServerB, ServerBConfig,
 };
 
-fn clock(id: libc::clockid_t) -> Duration {
+/// Reads a CPU clock; zero if the clock cannot be read.
+pub(crate) fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

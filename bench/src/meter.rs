@@ -165,22 +165,6 @@ fn clock_of_current_thread() -> Option<libc::clockid_t> {
     (rc == 0).then_some(id)
 }
 
-fn read_clock(id: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
 impl CpuGroup {
     /// Adds the calling thread to the group.
     pub fn join_current(&self) {
@@ -194,7 +178,7 @@ impl CpuGroup {
     /// CPU time used so far by every thread of the group.
     pub fn total(&self) -> Duration {
         match self.clocks.lock() {
-            Ok(clocks) => clocks.iter().map(|id| read_clock(*id)).sum(),
+            Ok(clocks) => clocks.iter().map(|id| crate::clock(*id)).sum(),
             Err(_) => Duration::ZERO,
         }
     }
