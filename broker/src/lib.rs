@@ -74,12 +74,19 @@
 //! - Not supported: MQTT 3.1 (`MQIsdp`, refused with return code 1) and v5
 //!   enhanced authentication (refused with reason 0x8C). Topic aliases are
 //!   disabled, as described above.
+//!
+//! # Parity with Mosquitto
+//!
+//! [`mosquitto::Mosquitto`] starts a real Mosquitto with the same two files
+//! on a loopback port, wherever they sit, so tests can hold both brokers to
+//! the same scenario.
 
 mod acl;
 mod codec;
 mod config;
 mod error;
 mod gate;
+pub mod mosquitto;
 mod passwd;
 mod security;
 mod tls;

@@ -5,64 +5,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use rumqttc::{QoS, SubscribeReasonCode};
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn find_mosquitto() -> Option<String> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .map(str::to_string)
-}
-
-async fn start_mosquitto(bin: &str, dir: &std::path::Path) -> (Mosquitto, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
-            repo_config("passwords").display(),
-            repo_config("acl").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto starts");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Mosquitto(child), addr)
-}
+use veil_broker::mosquitto::Mosquitto;
 
 /// Runs the same scenario against a broker at `addr`; returns whether the
 /// refused subscription was reported as a failure in its SUBACK.
@@ -112,16 +59,29 @@ async fn scenario(addr: SocketAddr, tag: &str) -> bool {
 
 #[tokio::test]
 async fn mosquitto_and_the_embedded_broker_enforce_the_same_files() {
-    let Some(bin) = find_mosquitto() else {
+    let Some(bin) = Mosquitto::find() else {
+        assert!(
+            !in_ci(),
+            "CI must install mosquitto (apt-get install mosquitto)"
+        );
         eprintln!("skipped: no mosquitto binary (Debian: apt-get install mosquitto)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_mosquitto, mosquitto_addr) = start_mosquitto(&bin, dir.path()).await;
+    let mosquitto = Mosquitto::start(
+        &bin,
+        dir.path(),
+        &repo_config("acl"),
+        &repo_config("passwords"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mosquitto_addr = mosquitto.addr();
     let broker = start(example_config()).await;
 
     let ours = scenario(broker.local_addr(), "parity-veil").await;
     let theirs = scenario(mosquitto_addr, "parity-mosq").await;
+    drop(mosquitto);
     // The one documented difference: Mosquitto 2.0's acl_file grants every
     // SUBSCRIBE (2.0.11 does) and filters only deliveries.
     assert!(ours, "embedded broker reports the refused subscription");

@@ -3,76 +3,30 @@
 //! integer reference. Skipped (saying why) when no mosquitto binary is
 //! installed, except in CI, where `.ci/run` installs it.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
+use veil_broker::mosquitto::Mosquitto;
 use veil_e2e::*;
 use veil_edge_agent::Output;
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn find_mosquitto() -> Option<String> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .map(str::to_string)
-}
-
-async fn start_mosquitto(bin: &str, dir: &std::path::Path) -> (Mosquitto, SocketAddr) {
-    let addr = free_addr();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\n",
-            addr.port(),
-            repo("config/passwords").display(),
-            repo("config/acl").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto starts");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mosquitto never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Mosquitto(child), addr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_on_a_real_mosquitto() {
     init_logging();
-    let Some(bin) = find_mosquitto() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
+    let Some(bin) = Mosquitto::find() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
             panic!("CI must install mosquitto (apt-get install mosquitto)");
         }
         note_skip("no mosquitto binary (Debian: apt-get install mosquitto)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_mosquitto, addr) = start_mosquitto(&bin, dir.path()).await;
+    let mosquitto = Mosquitto::start(
+        &bin,
+        &dir.path().join("mosquitto"),
+        &repo("config/acl"),
+        &repo("config/passwords"),
+        PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = mosquitto.addr();
     let mut servers = Servers::new(dir.path(), "pima-tanh", addr);
     servers.start().await;
     let mut options = agent_options(dir.path(), "devA", addr, servers.pins());

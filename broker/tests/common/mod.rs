@@ -24,6 +24,11 @@ pub fn repo_config(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Whether this runs in CI, where every optional tool must be installed.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
