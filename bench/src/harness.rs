@@ -885,7 +885,7 @@ pub fn run_veil(
     let server_b = ServerHandle::spawn(
         broker,
         "server-b",
-        "bench-server-b",
+        "server-b-bench",
         2,
         VeilB {
             b,
@@ -895,7 +895,7 @@ pub fn run_veil(
     let server_a = ServerHandle::spawn(
         broker,
         "server-a",
-        "bench-server-a",
+        "server-a-bench",
         2,
         VeilA {
             a,
@@ -915,7 +915,7 @@ pub fn run_veil(
     let device_config = config.clone();
     let (setup, frames, received, sessions, sid, cost) = on_device_thread(|| {
         let mut device = Device::new(device_config)?;
-        let mut link = Link::connect(broker, DEVICE_USER, "bench-device-veil")?;
+        let mut link = Link::connect(broker, DEVICE_USER, &format!("{DEVICE_USER}-bench-veil"))?;
         link.subscribe(&[&topics::result(DEVICE_USER)])?;
         let before_setup = link.settle()?;
 
@@ -1056,13 +1056,13 @@ pub fn run_conventional(
     let server_a = ServerHandle::spawn(
         broker,
         "server-a",
-        "bench-server-a-conv",
+        "server-a-bench-conv",
         2,
         ConvA { server },
     )?;
     let (setup, frames, received, cost, key, sid) = on_device_thread(|| {
         let mut device = ConvDevice::new(DEVICE_USER, Arc::clone(&topology), KeySize::Bits2048)?;
-        let mut link = Link::connect(broker, DEVICE_USER, "bench-device-conv")?;
+        let mut link = Link::connect(broker, DEVICE_USER, &format!("{DEVICE_USER}-bench-conv"))?;
         link.subscribe(&[&conv_down(DEVICE_USER)])?;
         let before_setup = link.settle()?;
 

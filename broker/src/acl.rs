@@ -136,19 +136,21 @@ impl AclFile {
     /// Resolves the entries that apply to one client: its user section (or
     /// the anonymous one) plus every pattern with `%u`/`%c` filled in.
     pub fn for_client(&self, who: &Identity) -> ClientAcl {
+        // As in Mosquitto, a name holding a wildcard gets no access at all,
+        // not even its user section's (the gate already refuses such
+        // clients at CONNECT).
+        let wildcard = |s: &str| s.contains(['+', '#']);
+        if wildcard(&who.client_id) || who.username.as_deref().is_some_and(wildcard) {
+            return ClientAcl {
+                rules: Some(Vec::new()),
+            };
+        }
         let mut entries = match &who.username {
             Some(user) => self.users.get(user).cloned().unwrap_or_default(),
             None => self.anonymous.clone(),
         };
-        // As in Mosquitto, a name holding a wildcard gets no pattern access
-        // at all; a '/' (or an empty name) cannot fill the single level its
+        // A '/' (or an empty name) cannot fill the single level its
         // placeholder stands for, so only the patterns using it are skipped.
-        let wildcard = |s: &str| s.contains(['+', '#']);
-        if wildcard(&who.client_id) || who.username.as_deref().is_some_and(wildcard) {
-            return ClientAcl {
-                rules: Some(entries),
-            };
-        }
         for pattern in &self.patterns {
             if let Some(filter) = pattern.substitute(who) {
                 entries.push(Entry {
@@ -239,10 +241,13 @@ impl ClientAcl {
         self.decide_topic(topic, Access::reads)
     }
 
-    /// May this client subscribe to `filter`? A `$share/<group>/` prefix is
-    /// removed first; an unparsable filter is refused.
+    /// May this client subscribe to `filter`? An unparsable filter is
+    /// refused. `$share/<group>/<inner>` needs read access to `<inner>`, as
+    /// a plain subscription would, and also a read entry that names the
+    /// group: `$share/<group>/<f>` (or `$share/+/<f>` for any group) with
+    /// `<f>` covering `<inner>`; a deny entry on either form refuses it.
     pub fn can_subscribe(&self, filter: &str) -> bool {
-        let Ok((_, inner)) = topic::split_shared(filter) else {
+        let Ok((group, inner)) = topic::split_shared(filter) else {
             return false;
         };
         if topic::validate_filter(inner).is_err() {
@@ -251,13 +256,21 @@ impl ClientAcl {
         match &self.rules {
             None => true,
             Some(entries) => {
-                let denied = entries
+                let denied = entries.iter().any(|e| {
+                    e.access == Access::Deny
+                        && (topic::intersects(&e.filter, inner)
+                            || (group.is_some() && topic::intersects(&e.filter, filter)))
+                });
+                let reads = entries
                     .iter()
-                    .any(|e| e.access == Access::Deny && topic::intersects(&e.filter, inner));
-                !denied
-                    && entries
-                        .iter()
-                        .any(|e| e.access.reads() && topic::covers(&e.filter, inner))
+                    .any(|e| e.access.reads() && topic::covers(&e.filter, inner));
+                let joins = group.is_none()
+                    || entries.iter().any(|e| {
+                        e.access.reads()
+                            && e.filter.starts_with("$share/")
+                            && topic::covers(&e.filter, filter)
+                    });
+                !denied && reads && joins
             }
         }
     }
@@ -379,6 +392,18 @@ pattern read clients/%c/#
     }
 
     #[test]
+    fn wildcard_names_lose_their_user_section_too() {
+        let acl = AclFile::parse(SAMPLE).unwrap();
+        for client in ["alice+", "#", "a/+/b"] {
+            let c = acl.for_client(&who(Some("alice"), client));
+            assert!(!c.can_publish("alice/notes"), "{client}");
+            assert!(!c.can_subscribe("bob/inbox"), "{client}");
+        }
+        let anon = acl.for_client(&who(None, "+"));
+        assert!(!anon.can_read("public/news"));
+    }
+
+    #[test]
     fn a_slash_in_a_name_disables_only_its_placeholder() {
         let acl = AclFile::parse(SAMPLE).unwrap();
         let c = acl.for_client(&who(Some("a/b"), "c"));
@@ -398,13 +423,32 @@ pattern read clients/%c/#
     }
 
     #[test]
-    fn shared_subscriptions_are_checked_on_the_inner_filter() {
-        let acl = AclFile::parse("user srv\ntopic read jobs/+/in\n").unwrap();
-        let srv = acl.for_client(&who(Some("srv"), "w1"));
+    fn shared_subscriptions_need_the_inner_filter_and_the_group() {
+        let acl = AclFile::parse(
+            "user srv\ntopic read jobs/+/in\ntopic read $share/workers/jobs/+/in\n\
+             user any\ntopic read jobs/#\ntopic read $share/+/jobs/#\ntopic deny $share/spies/#\n\
+             user plain\ntopic read jobs/#\n\
+             user grouponly\ntopic read $share/workers/jobs/#\n",
+        )
+        .unwrap();
+        let srv = acl.for_client(&who(Some("srv"), "srv-w1"));
         assert!(srv.can_subscribe("$share/workers/jobs/+/in"));
         assert!(srv.can_subscribe("$share/workers/jobs/x/in"));
+        assert!(!srv.can_subscribe("$share/others/jobs/+/in"));
         assert!(!srv.can_subscribe("$share/workers/jobs/#"));
         assert!(!srv.can_subscribe("$share/workers"));
+        let any = acl.for_client(&who(Some("any"), "any"));
+        assert!(any.can_subscribe("$share/g1/jobs/a"));
+        assert!(any.can_subscribe("$share/g2/jobs/#"));
+        assert!(!any.can_subscribe("$share/spies/jobs/a"));
+        // Read access alone no longer admits a client to a group.
+        let plain = acl.for_client(&who(Some("plain"), "plain"));
+        assert!(plain.can_subscribe("jobs/a"));
+        assert!(!plain.can_subscribe("$share/workers/jobs/a"));
+        // Nor does naming the group without read access to its topics.
+        let group_only = acl.for_client(&who(Some("grouponly"), "grouponly"));
+        assert!(!group_only.can_subscribe("$share/workers/jobs/a"));
+        assert!(!group_only.can_read("jobs/a"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub const DISCONNECT: u8 = 14;
 pub const AUTH: u8 = 15;
 
 /// v5 property identifiers the gate looks at.
+pub const PROP_ASSIGNED_CLIENT_ID: u8 = 0x12;
 pub const PROP_AUTH_METHOD: u8 = 0x15;
 pub const PROP_TOPIC_ALIAS_MAX: u8 = 0x22;
 pub const PROP_TOPIC_ALIAS: u8 = 0x23;
@@ -296,7 +297,7 @@ impl<'a> Cursor<'a> {
         let len = self.varint()?;
         let props = self.take(len)?;
         // Validate now so later lookups cannot fail halfway.
-        property_ranges(props)?;
+        for_each_property(props, |_, _| true)?;
         Ok(props)
     }
 
@@ -311,10 +312,14 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Splits a v5 property block into `(identifier, byte range of the whole
-/// property)` pairs.
-fn property_ranges(props: &[u8]) -> Result<Vec<(u8, Range<usize>)>, CodecError> {
-    let mut out = Vec::new();
+/// Walks a v5 property block, calling `visit` with each property's
+/// identifier and the byte range of the whole property until it returns
+/// false. Nothing is collected: a block of one-byte properties filling a
+/// 16 MiB packet would otherwise become a list of 8 million ranges.
+fn for_each_property(
+    props: &[u8],
+    mut visit: impl FnMut(u8, Range<usize>) -> bool,
+) -> Result<(), CodecError> {
     let mut c = Cursor::new(props, "properties");
     while !c.is_empty() {
         let start = c.pos;
@@ -345,31 +350,41 @@ fn property_ranges(props: &[u8]) -> Result<Vec<(u8, Range<usize>)>, CodecError> 
             }
             other => return Err(CodecError::UnknownProperty(other)),
         }
-        out.push((id, start..c.pos));
+        if !visit(id, start..c.pos) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The value bytes of the first property `id` in a validated block.
 fn find_property(props: &[u8], id: u8) -> Option<&[u8]> {
-    let ranges = property_ranges(props).ok()?;
-    let (_, range) = ranges.into_iter().find(|(i, _)| *i == id)?;
+    let mut found = None;
+    for_each_property(props, |i, range| {
+        if i == id {
+            found = Some(range);
+        }
+        found.is_none()
+    })
+    .ok()?;
+    let range = found?;
     // Identifiers the gate looks up are all below 128: one byte.
     props.get(range.start + 1..range.end)
 }
 
 /// A property block with every property `id` removed.
 fn without_property(props: &[u8], id: u8) -> Vec<u8> {
-    let Ok(ranges) = property_ranges(props) else {
-        return props.to_vec();
-    };
     let mut out = Vec::with_capacity(props.len());
-    for (i, range) in ranges {
+    let walked = for_each_property(props, |i, range| {
         if i != id {
             out.extend_from_slice(props.get(range).unwrap_or_default());
         }
+        true
+    });
+    match walked {
+        Ok(()) => out,
+        Err(_) => props.to_vec(),
     }
-    out
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: usize) {
@@ -582,11 +597,13 @@ impl Connect {
 /// CONNACK return codes the gate sends itself.
 pub mod connack {
     pub const V4_UNACCEPTABLE_PROTOCOL: u8 = 0x01;
+    pub const V4_IDENTIFIER_REJECTED: u8 = 0x02;
     pub const V4_SERVER_UNAVAILABLE: u8 = 0x03;
     pub const V4_NOT_AUTHORIZED: u8 = 0x05;
     pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
     pub const V5_NOT_AUTHORIZED: u8 = 0x87;
     pub const V5_BAD_AUTH_METHOD: u8 = 0x8C;
+    pub const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
 }
 
 /// A CONNACK refusing the connection.
@@ -625,21 +642,29 @@ impl ConnAck {
     /// Re-encodes for the client. In v5 the Topic Alias Maximum is removed
     /// (meaning 0): the gate checks every PUBLISH by its topic and so does
     /// not accept aliases. The gate's packet limit is announced as the
-    /// Maximum Packet Size.
+    /// Maximum Packet Size, and the client id the gate assigned, if any.
     pub fn encode_for_client(
         &self,
         version: Version,
         max_packet: usize,
+        assigned_client_id: Option<&str>,
     ) -> Result<Bytes, CodecError> {
         let mut body = vec![u8::from(self.session_present), self.code];
         if version == Version::V5 {
             let mut props = without_property(
-                &without_property(&self.properties, PROP_TOPIC_ALIAS_MAX),
-                PROP_MAX_PACKET_SIZE,
+                &without_property(
+                    &without_property(&self.properties, PROP_TOPIC_ALIAS_MAX),
+                    PROP_MAX_PACKET_SIZE,
+                ),
+                PROP_ASSIGNED_CLIENT_ID,
             );
             props.push(PROP_MAX_PACKET_SIZE);
             let limit = u32::try_from(max_packet).unwrap_or(u32::MAX);
             props.extend_from_slice(&limit.to_be_bytes());
+            if let Some(id) = assigned_client_id {
+                props.push(PROP_ASSIGNED_CLIENT_ID);
+                put_binary(&mut props, id.as_bytes());
+            }
             put_properties(&mut body, &props);
         }
         packet(CONNACK, 0, &body)
@@ -719,6 +744,9 @@ pub fn encode_disconnect_v5(reason: u8) -> Bytes {
     packet(DISCONNECT, 0, &[reason, 0]).unwrap_or_default()
 }
 
+/// Most filters one SUBSCRIBE may carry; veil's clients send one or two.
+pub const MAX_SUBSCRIBE_FILTERS: usize = 1024;
+
 /// A decoded SUBSCRIBE: filters with their option bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
@@ -743,7 +771,15 @@ impl Subscribe {
         };
         let mut filters = Vec::new();
         while !c.is_empty() {
+            // Three bytes on the wire make a 32-byte entry here: a 16 MiB
+            // SUBSCRIBE of empty filters held 180 MiB while it was decoded.
+            if filters.len() >= MAX_SUBSCRIBE_FILTERS {
+                return Err(CodecError::Malformed("SUBSCRIBE with too many filters"));
+            }
             let filter = c.string()?.to_string();
+            if filter.is_empty() {
+                return Err(CodecError::Malformed("SUBSCRIBE with an empty filter"));
+            }
             let options = c.u8()?;
             if options & 0x03 == 3 {
                 return Err(CodecError::Malformed("SUBSCRIBE with QoS 3"));
@@ -975,8 +1011,21 @@ mod tests {
     #[test]
     fn connack_rewrite_drops_topic_alias_maximum() {
         let ack = ConnAck::decode(Version::V5, &[1, 0, 5, 0x22, 0x10, 0, 0x24, 1]).unwrap();
-        let f = frame_of(&ack.encode_for_client(Version::V5, 0x0100_0400).unwrap());
+        let f = frame_of(
+            &ack.encode_for_client(Version::V5, 0x0100_0400, None)
+                .unwrap(),
+        );
         assert_eq!(f.body(), &[1, 0, 7, 0x24, 1, 0x27, 1, 0, 4, 0][..]);
+        let f = frame_of(
+            &ack.encode_for_client(Version::V5, 0x0100_0400, Some("u-1"))
+                .unwrap(),
+        );
+        assert_eq!(
+            f.body(),
+            &[
+                1, 0, 13, 0x24, 1, 0x27, 1, 0, 4, 0, 0x12, 0, 3, b'u', b'-', b'1'
+            ][..]
+        );
         assert_eq!(
             encode_connack_refusal(Version::V4, connack::V4_NOT_AUTHORIZED).as_ref(),
             &[0x20, 2, 0, 5]

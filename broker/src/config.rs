@@ -28,10 +28,15 @@ pub struct BrokerConfig {
     /// allowed) can connect.
     pub password_file: Option<PathBuf>,
     /// Mosquitto `acl_file`. Without it every authenticated client may
-    /// publish and subscribe anywhere, as in Mosquitto.
+    /// publish and subscribe anywhere, as in Mosquitto; the broker then
+    /// warns, and refuses to start unless every listener is on loopback.
     pub acl_file: Option<PathBuf>,
     /// Accept clients that send no username.
     pub allow_anonymous: bool,
+    /// Let the plain (unencrypted) listener bind an address other than
+    /// loopback. Off by default: passwords and frames would cross the
+    /// network in clear text; use the TLS listener instead.
+    pub allow_remote_plaintext: bool,
     /// Largest PUBLISH payload accepted, in bytes (default 16 MiB).
     pub max_payload_size: usize,
     /// ACL violations after which a client is disconnected; 0 never
@@ -69,6 +74,7 @@ impl Default for BrokerConfig {
             password_file: None,
             acl_file: None,
             allow_anonymous: false,
+            allow_remote_plaintext: false,
             max_payload_size: 16 * 1024 * 1024,
             max_violations: 10,
             connect_timeout_ms: 10_000,
@@ -144,7 +150,20 @@ impl BrokerConfig {
         if self.connect_timeout_ms == 0 {
             return fail("connect_timeout_ms must be positive".into());
         }
+        if !self.listen.ip().is_loopback() && !self.allow_remote_plaintext {
+            return Err(BrokerError::RemotePlaintext { addr: self.listen });
+        }
+        if self.acl_file.is_none()
+            && let Some(addr) = self.listen_addrs().find(|a| !a.ip().is_loopback())
+        {
+            return Err(BrokerError::NoAclOnRemoteListener { addr });
+        }
         Ok(())
+    }
+
+    /// Every address the broker listens on for clients.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.listen).chain(self.tls.as_ref().map(|t| t.listen))
     }
 
     /// Largest whole MQTT packet accepted.
@@ -174,6 +193,59 @@ mod tests {
         assert_eq!(c.tls.as_ref().unwrap().cert, dir.path().join("c.pem"));
         assert_eq!(c.max_payload_size, 16 * 1024 * 1024);
         assert_eq!(c.max_violations, 10);
+    }
+
+    #[test]
+    fn remote_listeners_need_tls_or_consent_and_an_acl_file() {
+        let remote = SocketAddr::from(([0, 0, 0, 0], 1883));
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let with_acl = BrokerConfig {
+            acl_file: Some("acl".into()),
+            ..BrokerConfig::default()
+        };
+        let plain = BrokerConfig {
+            listen: remote,
+            ..with_acl.clone()
+        };
+        assert!(matches!(
+            plain.validate(),
+            Err(BrokerError::RemotePlaintext { addr }) if addr == remote
+        ));
+        let consented = BrokerConfig {
+            allow_remote_plaintext: true,
+            ..plain
+        };
+        assert!(consented.validate().is_ok());
+        let no_acl = BrokerConfig {
+            acl_file: None,
+            ..consented
+        };
+        assert!(matches!(
+            no_acl.validate(),
+            Err(BrokerError::NoAclOnRemoteListener { addr }) if addr == remote
+        ));
+        let tls_no_acl = BrokerConfig {
+            listen: local,
+            tls: Some(TlsListenerConfig {
+                listen: remote,
+                cert: "c".into(),
+                key: "k".into(),
+            }),
+            acl_file: None,
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            tls_no_acl.validate(),
+            Err(BrokerError::NoAclOnRemoteListener { .. })
+        ));
+        assert!(
+            BrokerConfig {
+                listen: local,
+                ..BrokerConfig::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

@@ -23,6 +23,16 @@ pub enum BrokerError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(
+        "refusing plain MQTT on {addr}, which is not a loopback address: use the TLS \
+         listener, or set allow_remote_plaintext = true"
+    )]
+    RemotePlaintext { addr: SocketAddr },
+    #[error(
+        "refusing to listen on {addr} without an acl_file: every client could read and \
+         write every topic"
+    )]
+    NoAclOnRemoteListener { addr: SocketAddr },
     #[error("invalid ACL file {path}: {source}")]
     Acl { path: PathBuf, source: AclError },
     #[error("invalid password file {path}: {source}")]

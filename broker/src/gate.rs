@@ -27,6 +27,7 @@ use crate::codec::{
     self, CodecError, ConnAck, Connect, Frame, FrameReader, PublishHeader, ReadError, SubAck,
     Subscribe, Version, connack,
 };
+use crate::identity::{self, IdentityRefusal};
 use crate::security::{AclCache, SecurityStore};
 use crate::topic;
 use crate::upstream::UpstreamAddrs;
@@ -169,6 +170,60 @@ where
         return;
     }
 
+    let mut connect = connect;
+    let assigned_client_id = if connect.client_id.is_empty() {
+        // rumqttd would assign an id itself, which the gate would never
+        // learn: its log lines and the identity rules need the real one.
+        let assigned = if connect.clean {
+            identity::assign(connect.username.as_deref()).ok_or(IdentityRefusal::CannotAssign)
+        } else {
+            Err(IdentityRefusal::EmptyWithPersistentSession)
+        };
+        match assigned {
+            Ok(id) => {
+                connect.client_id = id.clone();
+                Some(id)
+            }
+            Err(reason) => {
+                info!(%peer, user = connect.username.as_deref().unwrap_or("<anonymous>"), %reason, "client id refused");
+                let _ = client_w
+                    .write_all(&refuse(
+                        connack::V4_IDENTIFIER_REJECTED,
+                        connack::V5_CLIENT_ID_NOT_VALID,
+                    ))
+                    .await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let checked = identity::check(
+        connect.username.as_deref(),
+        &connect.client_id,
+        gate.security.snapshot().passwords.as_ref(),
+    );
+    if let Err(reason) = checked {
+        warn!(
+            %peer,
+            user = connect.username.as_deref().unwrap_or("<anonymous>"),
+            client_id = %connect.client_id,
+            %reason,
+            "client id refused"
+        );
+        let (v4, v5) = match reason {
+            IdentityRefusal::WildcardUsername => {
+                (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED)
+            }
+            _ => (
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_CLIENT_ID_NOT_VALID,
+            ),
+        };
+        let _ = client_w.write_all(&refuse(v4, v5)).await;
+        return;
+    }
+
     let who = Identity {
         username: connect.username.clone(),
         client_id: connect.client_id.clone(),
@@ -213,10 +268,15 @@ where
     let (upstream_r, upstream_w, ack) = upstream;
     let ack_bytes = match version {
         Version::V4 => ack.1,
-        Version::V5 => match ack.0.encode_for_client(version, gate.max_packet) {
-            Ok(b) => b,
-            Err(_) => return,
-        },
+        Version::V5 => {
+            match ack
+                .0
+                .encode_for_client(version, gate.max_packet, assigned_client_id.as_deref())
+            {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        }
     };
     if client_w.write_all(&ack_bytes).await.is_err() || ack.0.code != 0 {
         return;

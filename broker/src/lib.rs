@@ -49,6 +49,51 @@
 //! and `%u`/`%c` must fill a whole topic level (a name containing `/`
 //! matches no pattern using it).
 //!
+//! Shared subscriptions are the exception to "the inner filter decides":
+//! `$share/<group>/<filter>` also needs a read entry naming the group,
+//! `topic read $share/<group>/<f>` (or `$share/+/<f>` for every group) with
+//! `<f>` covering `<filter>`, so that a client allowed to read a topic
+//! cannot join the group of the servers consuming it and take a share of
+//! their messages. Mosquitto checks only the inner filter; it reads such a
+//! line as an ordinary (harmless) entry, so the same file works there.
+//!
+//! # Identities
+//!
+//! MQTT lets a new connection with a client id take over the session of
+//! the connection that had it (the old one is disconnected, a persistent
+//! session's queued messages go to the newcomer). Mosquitto binds client
+//! ids to nothing (its `use_username_as_clientid` replaces every client id
+//! by the username, one connection per user; `clientid_prefixes` imposes
+//! fixed prefixes on everyone), so with it any authenticated client could
+//! keep server A off the broker by connecting as `server-a`. The gate binds
+//! them, after authentication:
+//!
+//! - a client with username `u` may use the client id `u`, or `u-…` or
+//!   `u/…` (`u` followed by `-` or `/` and anything);
+//! - a client id belongs to the *longest* user of the password file it
+//!   starts with in that way, and only that user may use it: user `server`
+//!   may use `server-b` but not `server-a-a1` while a user `server-a`
+//!   exists; an anonymous client may use no id of a registered user;
+//! - an empty client id (clean session only, as the MQTT spec says) gets
+//!   `u-<16 hex digits>` (anonymous: `veil-<16 hex digits>`), announced to
+//!   MQTT 5 clients as the Assigned Client Identifier, so logs and the ACL
+//!   see the id rumqttd uses;
+//! - a username or client id holding `+` or `#` is refused at CONNECT
+//!   (Mosquitto accepts the connection but denies it every access; the ACL
+//!   engine here does the same, as a second line).
+//!
+//! Refused ids get CONNACK 0x02 (3.1.1) or 0x85 (5). Without a password
+//! file usernames are unauthenticated labels and only the prefix rule
+//! applies. veil's own clients follow the rule: link and the edge agent use
+//! the username (the device id), the retained-message fetch
+//! `<username>-fetch`, server A workers `server-a-<worker>`.
+//!
+//! # Exposure
+//!
+//! The plain listener on an address other than loopback needs
+//! `allow_remote_plaintext = true`; without an `acl_file` the broker warns
+//! loudly and refuses to start unless every listener is on loopback.
+//!
 //! # Lifecycle
 //!
 //! [`Broker::start`] binds the listeners (port 0 picks a free one) and
@@ -85,7 +130,10 @@ mod acl;
 mod codec;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
+mod identity;
 pub mod mosquitto;
 mod passwd;
 mod security;
@@ -106,6 +154,7 @@ use tracing::{debug, info, warn};
 pub use acl::{AclError, AclFile, ClientAcl, Identity};
 pub use config::{BrokerConfig, TlsListenerConfig};
 pub use error::BrokerError;
+pub use identity::IdentityRefusal;
 pub use passwd::{PasswordFile, PasswordFileError};
 pub use topic::TopicError;
 
@@ -152,6 +201,13 @@ impl Broker {
         let security = Security::load(&config)?;
         if security.passwords.is_none() && !config.allow_anonymous {
             warn!("no password_file and allow_anonymous = false: every client will be refused");
+        }
+        if security.acl.is_none() {
+            // validate() refused this on any other address.
+            warn!(
+                "NO acl_file: every client may publish and subscribe to every topic \
+                 (allowed only because the broker listens on loopback alone)"
+            );
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let plain_listener = bind(config.listen).await?;

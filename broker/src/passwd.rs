@@ -109,6 +109,11 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// Is `user` a user of this file?
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Checks `password` for `user`. Unknown users cost the same work as
     /// known ones so that response time does not reveal which names exist.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {

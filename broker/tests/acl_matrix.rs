@@ -121,13 +121,16 @@ fn wildcard_subscriptions_follow_the_same_matrix() {
     // (principal, filter, allowed)
     let cases = [
         ("server-a", "veil/v1/dev/+/frame", true),
-        ("server-a", "$share/a-workers/veil/v1/dev/+/frame", true),
+        ("server-a", "$share/veil-a/veil/v1/dev/+/frame", true),
+        ("server-a", "$share/a-workers/veil/v1/dev/+/frame", false),
+        ("server-b", "$share/veil-a/veil/v1/dev/+/frame", false),
+        ("devA", "$share/veil-a/veil/v1/dev/devA/frame", false),
         ("server-a", "veil/v1/dev/+/session/a", true),
         ("server-a", "veil/v1/dev/+/session/b", false),
         ("server-a", "veil/v1/dev/+/session/+", false),
         ("server-a", "veil/v1/dev/#", false),
         ("server-a", "veil/v1/ba/#", true),
-        ("server-a", "$share/a-workers/veil/v1/ba/+", true),
+        ("server-a", "$share/a-workers/veil/v1/ba/+", false),
         ("server-a", "veil/v1/ab/#", false),
         ("server-a", "veil/v1/pub/#", true),
         ("server-b", "veil/v1/dev/+/session/b", true),
@@ -135,7 +138,8 @@ fn wildcard_subscriptions_follow_the_same_matrix() {
         ("server-b", "veil/v1/dev/+/ack", true),
         ("server-b", "veil/v1/dev/+/frame", false),
         ("server-b", "veil/v1/dev/+/result", false),
-        ("server-b", "$share/b-workers/veil/v1/ab/#", true),
+        // No ACL line names a group for B.
+        ("server-b", "$share/b-workers/veil/v1/ab/#", false),
         ("server-b", "veil/v1/ba/#", false),
         ("devA", "veil/v1/dev/devA/result", true),
         ("devA", "veil/v1/dev/+/result", false),

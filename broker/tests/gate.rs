@@ -28,7 +28,7 @@ async fn passwords_from_mosquitto_passwd_authenticate() {
         ("legacy", "legacy-pass"),
         ("iter1000", "pass-1000"),
     ] {
-        let mut opts = v4_options(addr, &format!("auth-ok-{user}"), None);
+        let mut opts = v4_options(addr, &format!("{user}-auth-ok"), None);
         opts.set_credentials(user, pass);
         let mut c = V4Client::spawn(opts);
         let ack = c.connack().await.unwrap_or_else(|e| panic!("{user}: {e}"));
@@ -326,7 +326,7 @@ async fn shared_subscriptions_split_frames_between_workers() {
     let mut w1 = V4Client::connect(addr, "share-a-1", "server-a", true).await;
     let mut w2 = V4Client::connect(addr, "share-a-2", "server-a", true).await;
     for w in [&mut w1, &mut w2] {
-        let ack = w.subscribe("$share/a-workers/veil/v1/dev/+/frame").await;
+        let ack = w.subscribe("$share/veil-a/veil/v1/dev/+/frame").await;
         assert_eq!(
             ack.return_codes,
             vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]

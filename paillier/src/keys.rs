@@ -488,7 +488,23 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename lives in the directory: until the directory is synced a
+    // crash can bring back the old file (for a counter mark, a rollback
+    // that reuses frame counters).
+    sync_parent_dir(path).map_err(io)
+}
+
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Logs a warning when a secret file is readable or writable by group or

@@ -19,6 +19,9 @@ mod crt;
 mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+#[cfg(feature = "fixtures")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod mont;
 mod multiexp;

@@ -19,6 +19,8 @@ mod counter;
 mod device;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod messages;
 mod params;
 mod prf;
@@ -35,8 +37,8 @@ pub use engine::{CpuClock, Delivery, Engine, EngineStats, Inference, PartyTimes,
 pub use error::{ProtocolError, Result};
 pub use ethnum::I256;
 pub use messages::{
-    Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, Outgoing, Output, PROTOCOL_VERSION, Peer,
-    Round, RoundMode, SessionInit, check_device_name,
+    Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, MAX_LIST_ITEMS, Outgoing, Output,
+    PROTOCOL_VERSION, Peer, Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
 pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, label};

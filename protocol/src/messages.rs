@@ -10,9 +10,14 @@ use serde::{Deserialize, Serialize};
 /// Lists of byte strings (ciphertexts) encoded as such, so that decoding
 /// copies each one in bulk rather than byte by byte.
 mod byte_list {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
     use serde::ser::{SerializeSeq, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
+
+    /// Most items one list may hold: well above the largest round of the
+    /// shipped models (tens of thousands of ciphertexts), and small enough
+    /// that the Vec headers of a full list stay around 25 MiB.
+    pub const MAX_LIST_ITEMS: usize = 1 << 20;
 
     pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(items.len()))?;
@@ -35,6 +40,18 @@ mod byte_list {
                 // The length is the sender's claim: grow as items arrive.
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
                 while let Some(item) = seq.next_element::<ByteBuf>()? {
+                    // Every item costs a Vec header (24 bytes) for as little
+                    // as one byte on the wire: without these limits a 16 MiB
+                    // payload of empty items held about 0.5 GiB while it
+                    // was decoded. No ciphertext encoding is empty.
+                    if item.is_empty() {
+                        return Err(A::Error::custom("empty item in a byte list"));
+                    }
+                    if items.len() >= MAX_LIST_ITEMS {
+                        return Err(A::Error::custom(format_args!(
+                            "byte list longer than {MAX_LIST_ITEMS} items"
+                        )));
+                    }
                     items.push(item.into_vec());
                 }
                 Ok(items)
@@ -43,6 +60,8 @@ mod byte_list {
         deserializer.deserialize_seq(ListVisitor)
     }
 }
+
+pub use byte_list::MAX_LIST_ITEMS;
 
 /// The version this build speaks; others are refused with a reason.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -283,6 +283,17 @@ impl<P: PublicOps> ServerA<P> {
         {
             return Err(ProtocolError::Replay { sid, t, last });
         }
+        // `t` is the sender's claim: near u64::MAX the look-ahead window
+        // would wrap (a panic in debug builds, a bogus request in release).
+        let lookahead = params.mask_lookahead.max(1);
+        let (next, until) = t
+            .checked_add(1)
+            .and_then(|next| Some((next, next.checked_add(lookahead)?)))
+            .ok_or_else(|| {
+                ProtocolError::Range(format!(
+                    "frame counter {t} leaves no room for {lookahead} counters of mask look-ahead"
+                ))
+            })?;
         let width = frame_width(&topology, &params);
         if frame.count as usize != topology.input_len || u32::from(frame.width) != width {
             return Err(ProtocolError::Size(format!(
@@ -306,7 +317,6 @@ impl<P: PublicOps> ServerA<P> {
             }
             u.push(ui.as_i128());
         }
-        let lookahead = params.mask_lookahead.max(1);
         let mut out = Vec::new();
         let have_masks = self.masks.contains_key(&(sid, t));
         let session = self
@@ -317,12 +327,12 @@ impl<P: PublicOps> ServerA<P> {
         if !have_masks && t >= session.requested_until {
             // The device skipped counters (a crash, a lost block): ask for
             // this one and the ones after it.
-            out.push(mask_request(device, sid, t, lookahead + 1));
-            session.requested_until = t + lookahead + 1;
-        } else if session.requested_until < t + 1 + lookahead {
-            let from = session.requested_until.max(t + 1);
-            out.push(mask_request(device, sid, from, t + 1 + lookahead - from));
-            session.requested_until = t + 1 + lookahead;
+            out.push(mask_request(device, sid, t, until - t));
+            session.requested_until = until;
+        } else if session.requested_until < until {
+            let from = session.requested_until.max(next);
+            out.push(mask_request(device, sid, from, until - from));
+            session.requested_until = until;
         }
         // Masks of counters the device skipped will never be used.
         let stale: Vec<(SessionId, u64)> = self

@@ -372,10 +372,12 @@ pub struct Raw {
 }
 
 impl Raw {
-    /// Connects as `user` (password `demo-<user>`) and waits for CONNACK.
+    /// Connects as `user` (password `demo-<user>`) with client id
+    /// `<user>-<client_id>` (the broker binds client ids to usernames) and
+    /// waits for CONNACK.
     pub async fn connect(addr: SocketAddr, user: &str, client_id: &str) -> Raw {
         // Brokers refuse odd characters in client ids.
-        let client_id: String = client_id
+        let suffix: String = client_id
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' {
@@ -386,6 +388,7 @@ impl Raw {
             })
             .take(60)
             .collect();
+        let client_id = format!("{user}-{suffix}");
         let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         options.set_credentials(user, format!("demo-{user}"));
         options.set_max_packet_size(1 << 24, 1 << 24);

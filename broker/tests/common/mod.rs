@@ -105,7 +105,13 @@ pub struct V4Client {
     task: JoinHandle<()>,
 }
 
+/// Options for `user` (None: anonymous) with the client id `<user>-<id>`
+/// (the gate binds client ids to usernames), or `id` for anonymous clients.
 pub fn v4_options(addr: SocketAddr, id: &str, user: Option<&str>) -> MqttOptions {
+    let id = match user {
+        Some(user) => format!("{user}-{id}"),
+        None => id.to_string(),
+    };
     let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     opts.set_max_packet_size(CLIENT_MAX_PACKET, CLIENT_MAX_PACKET);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -283,8 +289,9 @@ pub mod v5 {
         task: JoinHandle<()>,
     }
 
+    /// Options for `user` with the client id `<user>-<id>`.
     pub fn options(addr: SocketAddr, id: &str, user: &str) -> MqttOptions {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        let mut opts = MqttOptions::new(format!("{user}-{id}"), addr.ip().to_string(), addr.port());
         opts.set_max_packet_size(Some(CLIENT_MAX_PACKET as u32));
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_credentials(user, demo_password(user));

@@ -1,0 +1,128 @@
+//! The fuzz targets' committed inputs (fuzz/regressions/<target>/: every
+//! crash found, plus seeds) replayed through the same entry points on
+//! stable, and a real run's traffic fed to them. With VEIL_FUZZ_SEEDS=<dir>
+//! set, the real run's messages are also written there as seed corpora.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{model, paillier_engine, plain_engine};
+use veil_protocol::{Body, Envelope, Params, fuzzing};
+
+fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
+    let mut inputs: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("directory entry").path();
+            let bytes = std::fs::read(&path).expect("readable input");
+            (path, bytes)
+        })
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
+    inputs
+}
+
+#[test]
+fn committed_inputs_replay_without_panics() {
+    let targets: [(&str, fn(&[u8])); 3] = [
+        ("protocol_envelope", fuzzing::envelope),
+        ("protocol_bits", fuzzing::bits),
+        ("protocol_plain_ciphertext", fuzzing::plain_ciphertext),
+    ];
+    for (target, run) in targets {
+        for (path, bytes) in regressions(target) {
+            eprintln!("{}", path.display());
+            run(&bytes);
+        }
+    }
+}
+
+fn write_seed(dir: &Option<PathBuf>, target: &str, name: &str, bytes: &[u8]) {
+    if let Some(dir) = dir {
+        let dir = dir.join(target);
+        std::fs::create_dir_all(&dir).expect("seed directory");
+        std::fs::write(dir.join(name), bytes).expect("seed written");
+    }
+}
+
+#[test]
+fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
+    let seeds = std::env::var_os("VEIL_FUZZ_SEEDS").map(PathBuf::from);
+    let m = model("pima-mlp");
+    let rows = common::pima_rows();
+    let x = |i: usize| m.encode_input(&rows[i].0).expect("in bounds");
+    let mut plain = plain_engine(&m, &Params::default(), 3);
+    plain.record_transcript(true);
+    plain.infer(&x(0)).expect("plain frame");
+    plain.infer(&x(1)).expect("plain frame");
+    let mut paillier = paillier_engine(&m, &Params::default(), 4);
+    paillier.record_transcript(true);
+    paillier.infer(&x(2)).expect("paillier frame");
+
+    let mut kinds = std::collections::BTreeSet::new();
+    for (run, engine_transcript) in [
+        ("plain", &plain.transcript),
+        ("paillier", &paillier.transcript),
+    ] {
+        for (i, delivery) in engine_transcript.iter().enumerate() {
+            let envelope = Envelope::from_bytes(&delivery.bytes).expect("real traffic decodes");
+            let kind = envelope.body.kind();
+            kinds.insert(kind);
+            fuzzing::envelope(&delivery.bytes);
+            let name = format!("{run}-{i:03}-{kind}");
+            write_seed(&seeds, "protocol_envelope", &name, &delivery.bytes);
+            match &envelope.body {
+                Body::Frame(f) => {
+                    let mut input = vec![u8::try_from(f.width).expect("frame width fits a byte")];
+                    input.extend_from_slice(&u16::try_from(f.count).expect("count").to_le_bytes());
+                    input.extend_from_slice(&f.values);
+                    fuzzing::bits(&input);
+                    write_seed(&seeds, "protocol_bits", &name, &input);
+                }
+                Body::MaskSupply { masks } | Body::RoundReply { items: masks, .. } => {
+                    for (j, item) in masks.iter().take(2).enumerate() {
+                        let target = if run == "plain" {
+                            fuzzing::plain_ciphertext(item);
+                            "protocol_plain_ciphertext"
+                        } else {
+                            "paillier_ciphertext"
+                        };
+                        write_seed(&seeds, target, &format!("{name}-{j}"), item);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for kind in [
+        "session-init",
+        "frame",
+        "mask-request",
+        "mask-supply",
+        "round",
+        "round-reply",
+        "output",
+        "result",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} in the transcript: {kinds:?}"
+        );
+    }
+    if seeds.is_some() {
+        let (a, b) = common::keys();
+        for (name, key) in [("a", &a), ("b", &b)] {
+            write_seed(
+                &seeds,
+                "paillier_public_key",
+                &format!("key-{name}"),
+                &key.public_key().to_bytes(),
+            );
+        }
+    }
+}
