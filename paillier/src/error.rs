@@ -9,6 +9,12 @@ pub enum PaillierError {
     MalformedKey(String),
     #[error("malformed encoding: {0}")]
     Encoding(String),
+    /// A key file of the other kind, e.g. a `.pub` file given as a secret key.
+    #[error("this is a {found}, not a {expected}")]
+    WrongKeyKind {
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("ciphertext has {got} bytes, expected {expected}")]
     CiphertextLength { got: usize, expected: usize },
     #[error("ciphertext is not below N²")]

@@ -214,6 +214,14 @@ impl PublicKey {
                 bytes.len()
             )));
         }
+        // Both kinds start with their magic: name the mix-up instead of
+        // reporting where the other layout stopped decoding.
+        if bytes.starts_with(&SECRET_MAGIC) {
+            return Err(PaillierError::WrongKeyKind {
+                expected: "public key",
+                found: "secret key",
+            });
+        }
         let (wire, used): (PublicKeyWire, usize) =
             bincode::serde::decode_from_slice(bytes, bincode_config())
                 .map_err(|e| PaillierError::Encoding(format!("public key: {e}")))?;
@@ -409,6 +417,12 @@ impl SecretKey {
             return Err(PaillierError::Encoding(
                 "secret key encoding too long".into(),
             ));
+        }
+        if bytes.starts_with(&PUBLIC_MAGIC) {
+            return Err(PaillierError::WrongKeyKind {
+                expected: "secret key",
+                found: "public key",
+            });
         }
         let (wire, used): (SecretKeyWire, usize) =
             bincode::serde::decode_from_slice(bytes, bincode_config())

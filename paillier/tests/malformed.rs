@@ -133,6 +133,26 @@ fn secret_keys_are_checked() {
     assert!(SecretKey::from_primes(&p, &p).is_err());
 }
 
+#[test]
+fn a_key_of_the_other_kind_is_named_as_such() {
+    let secret = key_2048_a();
+    let public = secret.public_key().to_bytes();
+    assert!(matches!(
+        SecretKey::from_bytes(&public),
+        Err(PaillierError::WrongKeyKind {
+            expected: "secret key",
+            found: "public key"
+        })
+    ));
+    assert!(matches!(
+        PublicKey::from_bytes(&secret.to_bytes()),
+        Err(PaillierError::WrongKeyKind {
+            expected: "public key",
+            found: "secret key"
+        })
+    ));
+}
+
 #[cfg(unix)]
 #[test]
 fn secret_key_files_are_private_and_loose_ones_are_flagged() {
