@@ -7,16 +7,17 @@
 //! off the broker by connecting as `server-a` over and over, or collect
 //! another device's queued results. The rule (see the crate documentation):
 //! a client id belongs to the *longest* username of the password file that
-//! it equals or that it continues with `-` or `/`, and only that user may
-//! use it.
+//! it equals or that it continues with `-`, and only that user may use it.
 
 use ring::rand::{SecureRandom as _, SystemRandom};
 use thiserror::Error;
 
 use crate::passwd::PasswordFile;
 
-/// What may follow a username inside a client id of that user.
-const SEPARATORS: [char; 2] = ['-', '/'];
+/// What follows a username inside a longer client id of that user. (`/`
+/// would read better, but rumqttd refuses client ids holding `/`, `$`,
+/// `+` or `#`.)
+const SEPARATOR: char = '-';
 
 /// Why a CONNECT's username or client id is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -27,7 +28,10 @@ pub enum IdentityRefusal {
     WildcardUsername,
     #[error("the client id contains an MQTT wildcard ('+' or '#')")]
     WildcardClientId,
-    #[error("the client id is neither the username nor the username followed by '-' or '/'")]
+    /// rumqttd refuses these; the gate says why before it gets there.
+    #[error("the client id contains '/' or '$'")]
+    ReservedCharacter,
+    #[error("the client id is neither the username nor the username followed by '-'")]
     NotTheUsers,
     #[error("the client id belongs to user '{owner}'")]
     OwnedByOther { owner: String },
@@ -49,7 +53,7 @@ pub fn owner<'a>(client_id: &'a str, users: &PasswordFile) -> Option<&'a str> {
     client_id
         .char_indices()
         .rev()
-        .filter(|(_, c)| SEPARATORS.contains(c))
+        .filter(|(_, c)| *c == SEPARATOR)
         .map(|(i, _)| client_id.get(..i).unwrap_or(""))
         .find(|prefix| users.contains(prefix))
 }
@@ -68,11 +72,14 @@ pub fn check(
     if has_wildcard(client_id) {
         return Err(IdentityRefusal::WildcardClientId);
     }
+    if client_id.contains(['/', '$']) {
+        return Err(IdentityRefusal::ReservedCharacter);
+    }
     if let Some(user) = username {
         let prefixed = client_id == user
             || client_id
                 .strip_prefix(user)
-                .is_some_and(|rest| rest.starts_with(SEPARATORS));
+                .is_some_and(|rest| rest.starts_with(SEPARATOR));
         if !prefixed {
             return Err(IdentityRefusal::NotTheUsers);
         }
@@ -115,7 +122,7 @@ mod tests {
     #[test]
     fn a_user_may_use_its_name_and_its_name_followed_by_a_separator() {
         let pw = users(&["devA", "server-a"]);
-        for id in ["devA", "devA-fetch", "devA/x", "devA-"] {
+        for id in ["devA", "devA-fetch", "devA-x-y", "devA-"] {
             assert_eq!(check(Some("devA"), id, Some(&pw)), Ok(()), "{id}");
         }
         for id in ["devAB", "xdevA", "", "devB", "DEVA"] {
@@ -126,6 +133,13 @@ mod tests {
             );
         }
         assert_eq!(check(Some("server-a"), "server-a-a1", Some(&pw)), Ok(()));
+        for id in ["devA/x", "devA-$SYS"] {
+            assert_eq!(
+                check(Some("devA"), id, Some(&pw)),
+                Err(IdentityRefusal::ReservedCharacter),
+                "{id}"
+            );
+        }
     }
 
     #[test]
@@ -135,7 +149,7 @@ mod tests {
         assert_eq!(owner("server-b", &pw), Some("server"));
         assert_eq!(owner("nobody-x", &pw), None);
         // "server" is a prefix of "server-a" but may not take its ids.
-        for id in ["server-a", "server-a-a1", "server-a/x"] {
+        for id in ["server-a", "server-a-a1", "server-a-x-y"] {
             assert_eq!(
                 check(Some("server"), id, Some(&pw)),
                 Err(IdentityRefusal::OwnedByOther {

@@ -68,8 +68,9 @@
 //! keep server A off the broker by connecting as `server-a`. The gate binds
 //! them, after authentication:
 //!
-//! - a client with username `u` may use the client id `u`, or `u-…` or
-//!   `u/…` (`u` followed by `-` or `/` and anything);
+//! - a client with username `u` may use the client id `u`, or `u-…` (`u`
+//!   followed by `-` and anything); ids holding `/` or `$` are refused
+//!   (rumqttd would refuse them later, as it refuses `+` and `#`);
 //! - a client id belongs to the *longest* user of the password file it
 //!   starts with in that way, and only that user may use it: user `server`
 //!   may use `server-b` but not `server-a-a1` while a user `server-a`

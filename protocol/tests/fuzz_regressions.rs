@@ -29,7 +29,8 @@ fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn committed_inputs_replay_without_panics() {
-    let targets: [(&str, fn(&[u8])); 3] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 3] = [
         ("protocol_envelope", fuzzing::envelope),
         ("protocol_bits", fuzzing::bits),
         ("protocol_plain_ciphertext", fuzzing::plain_ciphertext),
