@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use veil_broker::{Broker, BrokerConfig};
 use veil_edge_agent::{AgentOptions, EdgeAgent, Output, Pins};
 use veil_link::MqttSettings;
-use veil_model::{ImportOptions, Model};
+use veil_model::{CompiledModel, PLAN_EXTENSION};
 use veil_paillier::{KeySize, SecretKey};
 use veil_protocol::Params;
 
@@ -57,6 +57,16 @@ pub enum Dataset {
     Mnist,
 }
 
+impl std::fmt::Display for Dataset {
+    // As the data sets are spelled in prose, not as the enum's Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dataset::Pima => "Pima",
+            Dataset::Mnist => "MNIST",
+        })
+    }
+}
+
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -80,10 +90,15 @@ pub fn rows(dataset: Dataset) -> Result<Vec<(Vec<f32>, u8)>> {
     })
 }
 
-pub fn load_model(name: &str) -> Result<Arc<Model>> {
-    let path = repo_dir().join("models").join(format!("{name}.onnx"));
-    let model = Model::load(&path, &ImportOptions::default())
-        .with_context(|| format!("loading {}", path.display()))?;
+/// A shipped model from its precompiled `models/<name>.plan`, so that the
+/// demo needs no ONNX import (`veil import` regenerates the files; a model
+/// test checks that they match the ONNX files).
+pub fn load_model(name: &str) -> Result<Arc<CompiledModel>> {
+    let path = repo_dir()
+        .join("models")
+        .join(format!("{name}.{PLAN_EXTENSION}"));
+    let model =
+        CompiledModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
     Ok(Arc::new(model))
 }
 
@@ -127,7 +142,7 @@ pub fn keys(dir: &Path) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
 pub async fn start_servers(
     state: &Path,
     addr: std::net::SocketAddr,
-    model: &Arc<Model>,
+    model: &Arc<CompiledModel>,
     (key_a, key_b): (Arc<SecretKey>, Arc<SecretKey>),
     passwords: (&str, &str),
 ) -> Result<Servers> {
@@ -203,7 +218,7 @@ async fn demo(args: Args) -> Result<()> {
     let model = load_model(&model_name)?;
     if model.topology().input_len != rows.first().map_or(0, |r| r.0.len()) {
         bail!(
-            "model {model_name} takes {} features, the {:?} rows have {}",
+            "model {model_name} takes {} features, the {} rows have {}",
             model.topology().input_len,
             args.dataset,
             rows.first().map_or(0, |r| r.0.len())
@@ -262,7 +277,7 @@ async fn demo(args: Args) -> Result<()> {
         .await
         .context("starting the edge agent")?;
     println!(
-        "veil demo: {} frames of {:?} through {model_name}; broker on {addr}; server A {}…, server B {}…",
+        "veil demo: {} frames of {} through {model_name}; broker on {addr}; server A {}…, server B {}…",
         rows.len(),
         args.dataset,
         &servers.pins.server_a[..16],

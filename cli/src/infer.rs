@@ -9,7 +9,7 @@ use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use veil_model::{ImportOptions, Model};
+use veil_model::CompiledModel;
 use veil_paillier::{FixedBaseNoise, KeySize, SecretKey};
 use veil_protocol::{
     Device, DeviceConfig, Engine, Noise, PaillierPublic, PaillierSecret, Params, Plain, PublicOps,
@@ -25,8 +25,9 @@ use veil_protocol::{
 /// state machines exchanging encoded messages, exactly as over MQTT.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model (ONNX).
-    #[arg(long, value_name = "M.onnx")]
+    /// The model: a .plan file (models/*.plan, or `veil import`'s output),
+    /// or an .onnx file in builds with the `onnx` feature.
+    #[arg(long, value_name = "M.plan")]
     model: PathBuf,
     /// Input rows (CSV).
     #[arg(long, value_name = "X.csv")]
@@ -56,7 +57,7 @@ enum Backend {
 }
 
 /// Reads the rows, checking each against the model before anything runs.
-fn read_rows(path: &Path, model: &Model) -> Result<Vec<Vec<i64>>> {
+fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i64>>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let topology = model.topology();
     let mut rows = Vec::new();
@@ -97,6 +98,23 @@ fn read_rows(path: &Path, model: &Model) -> Result<Vec<Vec<i64>>> {
     Ok(rows)
 }
 
+/// A `.plan` file, or an `.onnx` file when this build has the `onnx`
+/// feature. Decided by veil's own feature rather than veil-model's, which
+/// other crates of a workspace build may switch on: the same command line
+/// then behaves the same in every build of the binary.
+fn load_model_file(path: &Path) -> Result<CompiledModel> {
+    let onnx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    if onnx && !cfg!(feature = "onnx") {
+        return Err(veil_model::ModelError::OnnxDisabled {
+            path: path.display().to_string(),
+        }
+        .into());
+    }
+    veil_model::load_model_file(path).with_context(|| format!("loading {}", path.display()))
+}
+
 fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
     let size = KeySize::Bits2048;
     let make = |role: &str| -> Result<SecretKey> {
@@ -109,8 +127,7 @@ fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = Model::load(&args.model, &ImportOptions::default())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = load_model_file(&args.model)?;
     let rows = read_rows(&args.input, &model)?;
     let (key_a, key_b) = keys(args.keys.as_deref())?;
     let params = Params {
@@ -169,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn drive<P: PublicOps, S: SecretOps>(
     mut engine: Engine<P, S>,
-    model: &Model,
+    model: &CompiledModel,
     rows: &[Vec<i64>],
     output: Option<&Path>,
 ) -> Result<()> {

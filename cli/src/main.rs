@@ -1,8 +1,16 @@
 //! `veil`: one command bundling every role of the system, the in-process
-//! private inference (`infer`), key generation and the demo.
+//! private inference (`infer`), key generation and the demo. ONNX import
+//! (`import`) and the evaluation (`bench`) are Cargo features, so that the
+//! default build stays quick; without them their subcommands only say how
+//! to rebuild.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod demo;
+#[cfg(not(all(feature = "onnx", feature = "bench")))]
+mod disabled;
+#[cfg(feature = "onnx")]
+mod import;
 mod infer;
 mod keygen;
 mod load;
@@ -34,7 +42,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[cfg(feature = "bench")]
     Bench(bench::Args),
+    /// Benchmarks (not in this build: needs the `bench` feature).
+    #[cfg(not(feature = "bench"))]
+    Bench(disabled::Args),
+    #[cfg(feature = "onnx")]
+    Import(import::Args),
+    /// Compile ONNX models to .plan files (not in this build: needs the
+    /// `onnx` feature).
+    #[cfg(not(feature = "onnx"))]
+    Import(disabled::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
     Demo(demo::Args),
@@ -54,7 +72,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
+        #[cfg(not(feature = "bench"))]
+        Command::Bench(_) => disabled::refuse("bench", "bench"),
+        #[cfg(feature = "onnx")]
+        Command::Import(args) => import::run(args),
+        #[cfg(not(feature = "onnx"))]
+        Command::Import(_) => disabled::refuse("import", "onnx"),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args),

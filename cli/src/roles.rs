@@ -15,12 +15,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Run the embedded MQTT broker (rumqttd behind veil's ACL gate).
 #[derive(clap::Args, Debug)]
 pub struct BrokerArgs {
-    /// Broker configuration (see config/broker.toml).
+    /// Broker configuration (see config/broker.toml). The default is an
+    /// absolute path, like the servers' defaults under /etc/veil, so that
+    /// what the broker reads does not depend on the working folder.
     #[arg(
         long,
         short,
         env = "VEIL_BROKER_CONFIG",
-        default_value = "config/broker.toml"
+        default_value = "/etc/veil/broker.toml"
     )]
     pub config: PathBuf,
 }

@@ -43,7 +43,7 @@ fn logits(text: &str) -> Vec<Vec<f64>> {
 fn both_backends_give_the_same_predictions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, _) = pima_csv(dir.path(), 12);
-    let model = repo().join("models/pima-mlp.onnx");
+    let model = repo().join("models/pima-mlp.plan");
     let keys = dir.path().join("keys");
     let run = |backend: &str| {
         let out = veil()
@@ -105,7 +105,7 @@ fn both_backends_give_the_same_predictions() {
 #[test]
 fn bad_rows_stop_with_the_line_number() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = repo().join("models/pima-mlp.onnx");
+    let model = repo().join("models/pima-mlp.plan");
     for (content, expect) in [
         (
             "npreg,glu,bp,skin,bmi,ped,age\n1,100,70,30,30,0.5,40\n1,100,70\n",
@@ -134,4 +134,55 @@ fn bad_rows_stop_with_the_line_number() {
             "nothing is written when a row is bad"
         );
     }
+}
+
+/// Builds without the `onnx` feature refuse an ONNX model saying how to
+/// rebuild, and refuse the left-out subcommands the same way.
+#[cfg(not(feature = "onnx"))]
+#[test]
+fn left_out_features_say_how_to_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = pima_csv(dir.path(), 1);
+    let out = veil()
+        .args(["infer", "--backend", "plain", "--model"])
+        .arg(repo().join("models/pima-mlp.onnx"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--features onnx"), "{stderr}");
+    for (args, feature) in [
+        (&["import", "models/pima-mlp.onnx"][..], "--features onnx"),
+        (
+            &["bench", "device", "--frames", "1"][..],
+            "--features bench",
+        ),
+    ] {
+        let out = veil().args(args).output().expect("runs");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(feature), "{stderr}");
+    }
+}
+
+/// `veil import --check` confirms that the shipped .plan files are what
+/// importing their ONNX files gives.
+#[cfg(feature = "onnx")]
+#[test]
+fn shipped_plans_are_up_to_date() {
+    let out = veil()
+        .args(["import", "--check"])
+        .args(
+            ["mnist-mlp", "mnist-cnn", "pima-mlp", "pima-tanh"]
+                .map(|m| repo().join(format!("models/{m}.onnx"))),
+        )
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

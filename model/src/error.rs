@@ -63,6 +63,12 @@ pub enum ModelError {
     InvalidMode { stage: usize, reason: String },
     #[error("integer overflow in stage {stage}")]
     Overflow { stage: usize },
+    #[error(
+        "{path} is an ONNX model and this build has no ONNX import: load its precompiled \
+         .plan file (`veil import` writes one), or rebuild with the `onnx` feature \
+         (`cargo build --release -p veil --features onnx`)"
+    )]
+    OnnxDisabled { path: String },
     #[error("float reference (tract) failed: {0}")]
     Tract(String),
     #[error("topology encoding: {0}")]

@@ -8,11 +8,14 @@
 //! runs are checked against: the float one (tract runs the ONNX graph) and
 //! the integer one ([`Model::run_int`]) whose semantics — including the
 //! truncation rule and max-pool tie-breaking with injected randomness — the
-//! private protocol reproduces bit for bit. It also loads the MNIST and Pima
-//! data sets shipped in `data/`.
+//! private protocol reproduces bit for bit. A [`CompiledModel`] (topology,
+//! plan and integer reference, stored as `models/<name>.plan`) needs no
+//! tract: only ONNX import and the float reference sit behind the `onnx`
+//! feature. It also loads the MNIST and Pima data sets shipped in `data/`.
 
 #[cfg(feature = "onnx")]
 mod affine;
+mod compiled;
 pub mod data;
 mod error;
 mod fixed;
@@ -24,6 +27,7 @@ mod plan;
 mod semantics;
 mod topology;
 
+pub use compiled::{CompiledModel, PLAN_EXTENSION, load_model_file};
 pub use error::ModelError;
 pub use fixed::{
     ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, permute_eval,

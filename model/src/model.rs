@@ -7,11 +7,11 @@ use tract_onnx::prelude::{
 };
 
 use crate::affine::Affine;
+use crate::compiled::CompiledModel;
 use crate::error::ModelError;
 use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval};
 use crate::import::{FloatStage, ImportedGraph, decode, import};
 use crate::plan::{LinearLayer, Plan};
-use crate::semantics::activate;
 use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
 
 /// Largest bound (in bits) accepted at any stage; the protocol's masks add
@@ -48,12 +48,11 @@ impl Default for ImportOptions {
     }
 }
 
-/// A model ready for private inference: public topology, private plan, and
-/// the two references (float via tract, integer via the plan).
+/// An imported ONNX model: the [`CompiledModel`] (public topology, private
+/// plan, integer reference) plus what only import knows — the float
+/// reference (tract) and the exact stage intervals.
 pub struct Model {
-    topology: Topology,
-    plan: Plan,
-    windows: Vec<Option<Vec<Vec<u32>>>>,
+    compiled: CompiledModel,
     intervals: Vec<Vec<(i128, i128)>>,
     float: Arc<TypedRunnableModel>,
 }
@@ -61,7 +60,7 @@ pub struct Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
-            .field("topology", &self.topology)
+            .field("topology", self.compiled.topology())
             .finish_non_exhaustive()
     }
 }
@@ -356,10 +355,9 @@ impl Model {
 
         let mut stages = Vec::with_capacity(float_stages.len());
         let mut layers = Vec::with_capacity(float_stages.len());
-        let mut windows = Vec::with_capacity(float_stages.len());
         let mut all_intervals = Vec::with_capacity(float_stages.len());
         for (s, fs) in float_stages.iter().enumerate() {
-            let (stage, layer, win, next) = match fs {
+            let (stage, layer, next) = match fs {
                 FloatStage::Linear(affine) => {
                     let layer = quantize_layer(affine, &fixed, s, options.max_dense_weights)?;
                     let z = linear_intervals(&layer, &intervals, s)?;
@@ -369,7 +367,7 @@ impl Model {
                         kind: layer.kind(),
                         output_bound_bits: interval_bits(&z),
                     };
-                    (Stage::Linear(spec), Some(layer), None, z)
+                    (Stage::Linear(spec), Some(layer), z)
                 }
                 FloatStage::Activation {
                     kind,
@@ -401,7 +399,7 @@ impl Model {
                         pool: *pool,
                         output_bound_bits: interval_bits(&out),
                     };
-                    (Stage::Activation(spec), None, win, out)
+                    (Stage::Activation(spec), None, out)
                 }
             };
             let b = match &stage {
@@ -416,7 +414,6 @@ impl Model {
             }
             stages.push(stage);
             layers.push(layer);
-            windows.push(win);
             all_intervals.push(next.clone());
             intervals = next;
         }
@@ -468,22 +465,29 @@ impl Model {
             "imported model"
         );
         Ok(Model {
-            topology,
-            plan: Plan::new(layers),
-            windows,
+            compiled: CompiledModel::new(topology, Plan::new(layers))?,
             intervals: all_intervals,
             float,
         })
     }
 
+    /// Topology, plan and integer reference: what a `.plan` file holds.
+    pub fn compiled(&self) -> &CompiledModel {
+        &self.compiled
+    }
+
+    pub fn into_compiled(self) -> CompiledModel {
+        self.compiled
+    }
+
     /// The public part: shapes, kinds, fixed-point parameters, bounds.
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        self.compiled.topology()
     }
 
     /// The private part (weights); only server A holds it.
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        self.compiled.plan()
     }
 
     /// Per-element integer bounds `[lo, hi]` of every stage's output, for
@@ -496,7 +500,8 @@ impl Model {
     /// The float reference: tract runs the ONNX graph itself (without a
     /// final Softmax, so the result is logits).
     pub fn run_float(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let n = self.topology.input_len;
+        let topology = self.compiled.topology();
+        let n = topology.input_len;
         if x.len() != n {
             return Err(ModelError::LengthMismatch {
                 expected: n,
@@ -504,7 +509,7 @@ impl Model {
             });
         }
         let mut dims = vec![1usize];
-        match self.topology.input_shape {
+        match topology.input_shape {
             Some((c, h, w)) => dims.extend([c, h, w]),
             None => dims.push(n),
         }
@@ -516,9 +521,9 @@ impl Model {
             .ok_or_else(|| ModelError::Tract("no output".into()))?;
         let view = first.to_plain_array_view::<f32>().map_err(tract_err)?;
         let v: Vec<f32> = view.iter().copied().collect();
-        if v.len() != self.topology.output_len {
+        if v.len() != topology.output_len {
             return Err(ModelError::LengthMismatch {
-                expected: self.topology.output_len,
+                expected: topology.output_len,
                 got: v.len(),
             });
         }
@@ -528,82 +533,31 @@ impl Model {
     /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds
     /// (see [`Topology::encode_input`]).
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
-        self.topology.encode_input(x)
+        self.compiled.encode_input(x)
     }
 
-    /// The integer reference: exactly what the private protocol computes
-    /// for these modes and this rounding randomness.
-    ///
-    /// Inputs are at scale `2^f`. A linear stage computes `z = W·x + c`
-    /// exactly (scale `2^(f+w)`). With `tr(v, k, r) = floor((v + r) / 2^k)`
-    /// (toward −∞) and `r = rounding.offset(stage, index, which, bits)`, an
-    /// activation stage `s` gives, in blind mode: ReLU `tr(z_j, w, r(s,j,0,w))`
-    /// if `z_j > 0` else 0; leaky ReLU the same for `z_j > 0`, else
-    /// `tr(alpha_q·z_j, 2w, r(s,j,1,2w))`; max-pool over window `o` the
-    /// position of the maximum (ties: smallest `tie_rank(s,o,p)`, then
-    /// smallest `p`) and `tr(v, w, r(s, idx, 0, w))` at its input index
-    /// `idx`, or 0 for ReluMaxPool when `v ≤ 0`. In permute mode every kind
-    /// gives [`permute_eval`] of `z_j` (of the exact window maximum for
-    /// pools). `modes` is indexed by stage; linear stages ignore theirs.
+    /// The integer reference; see [`CompiledModel::run_int`].
     pub fn run_int(
         &self,
         x_hat: &[i64],
         modes: &[ActivationMode],
         rounding: &dyn RoundingSource,
     ) -> Result<Vec<i128>, ModelError> {
-        let mut trace = self.run_int_trace(x_hat, modes, rounding)?;
-        Ok(trace.pop().unwrap_or_default())
+        self.compiled.run_int(x_hat, modes, rounding)
     }
 
-    /// Like [`Model::run_int`], returning every stage's output (index `s`
-    /// holds the output of stage `s`), for step-by-step comparison.
+    /// Every stage's output; see [`CompiledModel::run_int_trace`].
     pub fn run_int_trace(
         &self,
         x_hat: &[i64],
         modes: &[ActivationMode],
         rounding: &dyn RoundingSource,
     ) -> Result<Vec<Vec<i128>>, ModelError> {
-        let t = &self.topology;
-        if x_hat.len() != t.input_len {
-            return Err(ModelError::LengthMismatch {
-                expected: t.input_len,
-                got: x_hat.len(),
-            });
-        }
-        if modes.len() != t.stages.len() {
-            return Err(ModelError::LengthMismatch {
-                expected: t.stages.len(),
-                got: modes.len(),
-            });
-        }
-        let mut x: Vec<i128> = x_hat.iter().map(|v| i128::from(*v)).collect();
-        let mut trace = Vec::with_capacity(t.stages.len());
-        for (s, stage) in t.stages.iter().enumerate() {
-            x = match stage {
-                Stage::Linear(_) => {
-                    let layer = self.plan.layer(s).ok_or(ModelError::InvalidMode {
-                        stage: s,
-                        reason: "plan has no layer for this linear stage".into(),
-                    })?;
-                    layer.apply(&x).map_err(|e| match e {
-                        ModelError::Overflow { .. } => ModelError::Overflow { stage: s },
-                        e => e,
-                    })?
-                }
-                Stage::Activation(spec) => {
-                    let mode = modes.get(s).copied().unwrap_or(ActivationMode::Permute);
-                    let windows = self.windows.get(s).and_then(Option::as_ref);
-                    activate(s, spec, mode, windows, &x, &t.fixed, rounding)?
-                }
-            };
-            trace.push(x.clone());
-        }
-        Ok(trace)
+        self.compiled.run_int_trace(x_hat, modes, rounding)
     }
 
     /// Output integers to floats: divide by `2^output_scale_bits`.
     pub fn decode_output(&self, out: &[i128]) -> Vec<f64> {
-        let scale = 2f64.powi(self.topology.output_scale_bits as i32);
-        out.iter().map(|v| *v as f64 / scale).collect()
+        self.compiled.decode_output(out)
     }
 }

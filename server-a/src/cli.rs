@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use veil_model::{ImportOptions, Model};
 use veil_paillier::{PublicKey, SecretKey};
 use veil_protocol::{Params, topics};
 
@@ -27,7 +26,7 @@ pub async fn run(args: Args) -> Result<()> {
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
     let key = SecretKey::read_from_file(&config.key_file)
         .with_context(|| format!("reading A's key {}", config.key_file.display()))?;
-    let model = Model::load(&config.model_file, &ImportOptions::default())
+    let model = veil_model::load_model_file(&config.model_file)
         .with_context(|| format!("loading the model {}", config.model_file.display()))?;
     let b_key = load_b_key(&config).await?;
     let server = ServerA::start(

@@ -32,7 +32,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// A's secret key (mode 0600), as written by `veil keygen`.
     pub key_file: PathBuf,
-    /// The model (ONNX). Its weights never leave A.
+    /// The model: a `.plan` file from `veil import`, or an `.onnx` file in
+    /// builds with the `onnx` feature. Its weights never leave A.
     pub model_file: PathBuf,
     /// B's public key as a file (`server-b.pub` from `veil keygen`)...
     pub b_key_file: Option<PathBuf>,
@@ -55,7 +56,7 @@ impl Default for Config {
             },
             state_dir: "/var/lib/veil/server-a".into(),
             key_file: "/etc/veil/keys/server-a.key".into(),
-            model_file: "/usr/share/veil/models/pima-mlp.onnx".into(),
+            model_file: "/usr/share/veil/models/pima-mlp.plan".into(),
             b_key_file: None,
             b_key_fingerprint: None,
             worker: "a1".into(),

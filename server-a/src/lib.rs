@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use veil_link::{Link, LinkEvent, MqttSettings};
-use veil_model::Model;
+use veil_model::CompiledModel;
 use veil_paillier::{NoiseSource, PublicKey, SecretKey};
 use veil_protocol::{Params, Seed};
 
@@ -162,7 +162,7 @@ impl Stats {
 pub struct Setup {
     pub key: Arc<SecretKey>,
     pub b_key: PublicKey,
-    pub model: Arc<Model>,
+    pub model: Arc<CompiledModel>,
     pub params: Params,
 }
 

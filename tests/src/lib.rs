@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use veil_broker::{Broker, BrokerConfig, BrokerHandle};
 use veil_edge_agent::{AgentOptions, EdgeAgent, Output, Pins};
 use veil_link::MqttSettings;
-use veil_model::{ImportOptions, Model};
+use veil_model::CompiledModel;
 use veil_paillier::SecretKey;
 use veil_protocol::{I256, Params, SessionId, frame_rounding};
 
@@ -73,17 +73,18 @@ pub fn logs() -> String {
         .unwrap_or_default()
 }
 
-/// A shipped model, loaded once per test binary.
-pub fn model(name: &str) -> Arc<Model> {
-    type Cache = Mutex<Vec<(String, Arc<Model>)>>;
+/// A shipped model from its precompiled .plan file (what the demo and the
+/// servers load), once per test binary.
+pub fn model(name: &str) -> Arc<CompiledModel> {
+    type Cache = Mutex<Vec<(String, Arc<CompiledModel>)>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, m)) = guard.iter().find(|(n, _)| n == name) {
         return Arc::clone(m);
     }
-    let path = repo(&format!("models/{name}.onnx"));
-    let m = Arc::new(Model::load(&path, &ImportOptions::default()).expect("shipped model loads"));
+    let path = repo(&format!("models/{name}.plan"));
+    let m = Arc::new(CompiledModel::load(&path).expect("shipped model loads"));
     guard.push((name.to_string(), Arc::clone(&m)));
     m
 }
@@ -153,7 +154,7 @@ pub fn mqtt(addr: SocketAddr, user: &str) -> MqttSettings {
 /// Both servers for one model, restartable on the same state.
 pub struct Servers {
     pub dir: PathBuf,
-    pub model: Arc<Model>,
+    pub model: Arc<CompiledModel>,
     pub key_a: Arc<SecretKey>,
     pub key_b: Arc<SecretKey>,
     pub addr: SocketAddr,
