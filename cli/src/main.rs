@@ -1,6 +1,7 @@
 //! `veil`: one command bundling every role of the system, the in-process
 //! private inference (`infer`), key generation and the demo.
 
+mod audit;
 mod bench;
 mod demo;
 mod infer;
@@ -34,6 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Audit(audit::Args),
     Bench(bench::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        Command::Audit(args) => audit::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
