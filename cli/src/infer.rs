@@ -102,7 +102,7 @@ fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i64>>> {
 /// feature. Decided by veil's own feature rather than veil-model's, which
 /// other crates of a workspace build may switch on: the same command line
 /// then behaves the same in every build of the binary.
-fn load_model_file(path: &Path) -> Result<CompiledModel> {
+pub(crate) fn load_model_file(path: &Path) -> Result<CompiledModel> {
     let onnx = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));

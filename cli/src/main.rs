@@ -4,6 +4,7 @@
 //! default build stays quick; without them their subcommands only say how
 //! to rebuild.
 
+mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod demo;
@@ -42,6 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Audit(audit::Args),
     #[cfg(feature = "bench")]
     Bench(bench::Args),
     /// Benchmarks (not in this build: needs the `bench` feature).
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        Command::Audit(args) => audit::run(args),
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
         #[cfg(not(feature = "bench"))]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::error::ModelError;
 use crate::fixed::{ActivationMode, RoundingSource};
-use crate::plan::Plan;
+use crate::plan::{Plan, StageSamples};
 use crate::semantics::activate;
 use crate::topology::{Stage, Topology};
 
@@ -181,6 +181,77 @@ impl CompiledModel {
         Ok(trace.pop().unwrap_or_default())
     }
 
+    /// Measures every activation stage's pre-activations on calibration
+    /// inputs (already encoded) and keeps at most `limit` groups per stage
+    /// in the plan, for server A's dummies.
+    pub fn calibrate(&mut self, rows: &[Vec<i64>], limit: usize) -> Result<(), ModelError> {
+        let modes = self.topology.default_modes();
+        let rounding = crate::fixed::FloorRounding;
+        let mut samples: Vec<StageSamples> =
+            vec![StageSamples::default(); self.topology.stages.len()];
+        let per_row: usize = self
+            .topology
+            .stages
+            .iter()
+            .enumerate()
+            .filter_map(|(s, stage)| match stage {
+                Stage::Activation(spec) => Some(
+                    self.windows
+                        .get(s)
+                        .and_then(Option::as_ref)
+                        .map_or(spec.input_len, Vec::len),
+                ),
+                Stage::Linear(_) => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let stride = (rows.len() * per_row).div_ceil(limit.max(1)).max(1);
+        let mut taken = 0usize;
+        for row in rows {
+            let trace = self.run_int_trace(row, &modes, &rounding)?;
+            for (s, stage) in self.topology.stages.iter().enumerate() {
+                let Stage::Activation(spec) = stage else {
+                    continue;
+                };
+                let Some(z) = s.checked_sub(1).and_then(|p| trace.get(p)) else {
+                    continue;
+                };
+                let singles;
+                let groups = match self.windows.get(s).and_then(Option::as_ref) {
+                    Some(windows) if spec.kind.is_pool() => windows,
+                    _ => {
+                        singles = (0..z.len() as u32).map(|j| vec![j]).collect::<Vec<_>>();
+                        &singles
+                    }
+                };
+                let Some(out) = samples.get_mut(s) else {
+                    continue;
+                };
+                for (g, window) in groups.iter().enumerate() {
+                    // A hash, not a stride: a stride that divides the row
+                    // length would keep the same few units of every row.
+                    if !splitmix((taken + g) as u64).is_multiple_of(stride as u64) {
+                        continue;
+                    }
+                    let values: Vec<i128> = window
+                        .iter()
+                        .filter_map(|i| z.get(*i as usize).copied())
+                        .collect();
+                    out.sorted.extend(&values);
+                    out.groups.push(values);
+                }
+            }
+            taken += per_row;
+        }
+        for (s, mut sample) in samples.into_iter().enumerate() {
+            if !sample.groups.is_empty() {
+                sample.sorted.sort_unstable();
+                self.plan.set_samples(s, sample);
+            }
+        }
+        Ok(())
+    }
+
     /// Like [`CompiledModel::run_int`], returning every stage's output
     /// (index `s` holds the output of stage `s`), for step-by-step comparison.
     pub fn run_int_trace(
@@ -254,4 +325,14 @@ pub fn load_model_file(path: &Path) -> Result<CompiledModel, ModelError> {
             path: path.display().to_string(),
         })
     }
+}
+
+/// A well-mixed hash of a counter: calibration keeps the groups whose hash
+/// falls on the stride, since a plain stride that divides the row length
+/// would keep the same few units of every row.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

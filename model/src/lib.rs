@@ -37,7 +37,7 @@ pub use fixed::{
 pub use import::INPUT_BOUNDS_KEY;
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
-pub use plan::{ConvGeometry, LinearLayer, Plan};
+pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
 pub use semantics::activate;
 pub use topology::{
     ActivationKind, ActivationSpec, LinearKind, LinearSpec, MAX_ELEMENTS, PoolSpec, Stage, Topology,

@@ -490,6 +490,13 @@ impl Model {
         self.compiled.plan()
     }
 
+    /// Measures every activation stage's pre-activations on calibration
+    /// inputs (already encoded) and keeps at most `limit` groups per stage
+    /// in the plan, for server A's dummies.
+    pub fn calibrate(&mut self, rows: &[Vec<i64>], limit: usize) -> Result<(), ModelError> {
+        self.compiled.calibrate(rows, limit)
+    }
+
     /// Per-element integer bounds `[lo, hi]` of every stage's output, for
     /// inputs within the feature bounds; the topology publishes only their
     /// bit counts. Derived from the weights, so as private as the plan.

@@ -365,6 +365,22 @@ impl LinearLayer {
 pub struct Plan {
     /// Indexed by stage; `None` for activation stages.
     layers: Vec<Option<LinearLayer>>,
+    /// Indexed by stage; `None` where no calibration was run.
+    samples: Vec<Option<StageSamples>>,
+}
+
+/// Pre-activations of one activation stage measured by running the integer
+/// reference over calibration data. Server A draws its dummies from them,
+/// so that B cannot tell dummies from real entries by their distribution;
+/// they describe the weights' behaviour, so they are as private as the
+/// weights.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSamples {
+    /// Whole groups as the stage sees them: one value per element, or a
+    /// pooling window's values.
+    pub groups: Vec<Vec<i128>>,
+    /// Every value of `groups`, sorted.
+    pub sorted: Vec<i128>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -379,7 +395,24 @@ impl std::fmt::Debug for Plan {
 
 impl Plan {
     pub fn new(layers: Vec<Option<LinearLayer>>) -> Plan {
-        Plan { layers }
+        Plan {
+            layers,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Calibration samples of activation stage `stage`, if measured.
+    pub fn samples(&self, stage: usize) -> Option<&StageSamples> {
+        self.samples.get(stage).and_then(Option::as_ref)
+    }
+
+    pub fn set_samples(&mut self, stage: usize, samples: StageSamples) {
+        if self.samples.len() <= stage {
+            self.samples.resize(stage + 1, None);
+        }
+        if let Some(slot) = self.samples.get_mut(stage) {
+            *slot = Some(samples);
+        }
     }
 
     /// The linear layer of stage `stage`, if that stage is linear.

@@ -66,28 +66,13 @@ pub fn activate(
                 match mode {
                     ActivationMode::Permute => Ok(permute_eval(&spec.kind, v, fixed)),
                     ActivationMode::Blind => {
-                        let mut best: Option<(u64, usize)> = None;
-                        let ties = vals.iter().filter(|x| **x == v).count();
-                        for (p, x) in vals.iter().enumerate() {
-                            if *x != v {
-                                continue;
-                            }
-                            // Ranks are only drawn when they matter.
-                            let rank = if ties > 1 {
-                                rounding.tie_rank(stage, o, p)
-                            } else {
-                                0
-                            };
-                            if best.is_none_or(|(r, _)| rank < r) {
-                                best = Some((rank, p));
-                            }
-                        }
-                        let k = best.map(|(_, p)| p).unwrap_or(0);
-                        let idx = win.get(k).copied().unwrap_or(0) as usize;
+                        // Rounded with the window's own offset: which of
+                        // several equal maxima B picks (it cannot tell them
+                        // apart once blinded) must not change the result.
                         if relu && v <= 0 {
                             Ok(0)
                         } else {
-                            tr(v, w, idx, 0)
+                            tr(v, w, o, 0)
                         }
                     }
                 }

@@ -121,7 +121,36 @@ impl PublicKey {
         values: &[Ciphertext],
         shifts: &[u32],
     ) -> Result<Ciphertext> {
+        self.pack_shifted_offset(layout, values, shifts, &[])
+    }
+
+    /// Like [`PublicKey::pack_shifted`], slot i holding
+    /// `v_i·2^(shifts[i]) + offsets[i]` (missing offsets are 0): the
+    /// offsets ride on the bias multiplication, so they cost nothing. Each
+    /// offset must be non-negative and below `2^value_bits`, and the caller
+    /// vouches for the bound of the sum.
+    pub fn pack_shifted_offset(
+        &self,
+        layout: &PackLayout,
+        values: &[Ciphertext],
+        shifts: &[u32],
+        offsets: &[I256],
+    ) -> Result<Ciphertext> {
         self.check_layout(layout, values.len())?;
+        if offsets.len() > values.len() {
+            return Err(PaillierError::Dimension(format!(
+                "{} offsets for {} values",
+                offsets.len(),
+                values.len()
+            )));
+        }
+        let limit = I256::ONE << layout.value_bits;
+        if offsets.iter().any(|o| *o < 0 || *o >= limit) {
+            return Err(PaillierError::Packing(format!(
+                "slot offsets must lie in [0, 2^{})",
+                layout.value_bits
+            )));
+        }
         if shifts.len() != values.len() {
             return Err(PaillierError::Dimension(format!(
                 "{} shifts for {} values",
@@ -153,7 +182,16 @@ impl PublicKey {
                 ctx.sqr_assign(&mut acc);
             }
         }
-        let bias = self.pack_bias(layout, values.len());
+        let mut bias = self.pack_bias(layout, values.len());
+        for (i, offset) in offsets.iter().enumerate() {
+            let bytes = offset.to_be_bytes();
+            let value = BoxedUint::from_be_slice(&bytes, 256)
+                .map_err(|_| PaillierError::Packing("slot offset".into()))?
+                .resize_unchecked(self.bits())
+                .shl(layout.slot_bits * i as u32);
+            // Each offset and its slot's bias bit stay inside the slot.
+            bias = bias.wrapping_add(&value);
+        }
         ctx.mul_assign(&mut acc, &self.g_pow(&bias));
         Ok(Ciphertext {
             key: self.clone(),

@@ -45,12 +45,15 @@ pub trait PublicOps: Send + Sync {
     fn shift(&self, c: &Self::Ct, e: u32) -> Self::Ct {
         self.scale(c, I256::ONE << e)
     }
-    /// Packs like [`PublicOps::pack`], entry i holding `v_i·2^(shifts[i])`.
+    /// Packs like [`PublicOps::pack`], entry i holding
+    /// `v_i·2^(shifts[i]) + offsets[i]` (offsets non-negative, below
+    /// `2^value_bits`).
     fn pack_shifted(
         &self,
         value_bits: u32,
         values: &[Self::Ct],
         shifts: &[u32],
+        offsets: &[I256],
     ) -> Result<Self::Ct>;
     /// Work that can be done ahead of time (refilling noise pools), for idle
     /// moments.
@@ -178,9 +181,12 @@ impl PublicOps for PaillierPublic {
         value_bits: u32,
         values: &[Ciphertext],
         shifts: &[u32],
+        offsets: &[I256],
     ) -> Result<Ciphertext> {
         let layout = self.key.pack_layout(value_bits)?;
-        Ok(self.key.pack_shifted(&layout, values, shifts)?)
+        Ok(self
+            .key
+            .pack_shifted_offset(&layout, values, shifts, offsets)?)
     }
 
     fn precompute(&self) {
@@ -263,8 +269,10 @@ impl PublicOps for PaillierSecret {
         value_bits: u32,
         values: &[Ciphertext],
         shifts: &[u32],
+        offsets: &[I256],
     ) -> Result<Ciphertext> {
-        self.public.pack_shifted(value_bits, values, shifts)
+        self.public
+            .pack_shifted(value_bits, values, shifts, offsets)
     }
     fn precompute(&self) {
         self.public.precompute()
@@ -381,18 +389,33 @@ impl PublicOps for Plain {
             values: values.iter().map(Self::value).collect(),
         })
     }
-    fn pack_shifted(&self, value_bits: u32, values: &[PlainCt], shifts: &[u32]) -> Result<PlainCt> {
-        if shifts.len() != values.len() {
+    fn pack_shifted(
+        &self,
+        value_bits: u32,
+        values: &[PlainCt],
+        shifts: &[u32],
+        offsets: &[I256],
+    ) -> Result<PlainCt> {
+        if shifts.len() != values.len() || offsets.len() > values.len() {
             return Err(ProtocolError::Size(format!(
-                "{} shifts for {} values",
+                "{} shifts and {} offsets for {} values",
                 shifts.len(),
+                offsets.len(),
                 values.len()
             )));
+        }
+        let limit = I256::ONE << value_bits.min(254);
+        if offsets.iter().any(|o| *o < 0 || *o >= limit) {
+            return Err(ProtocolError::Range("slot offset out of range".into()));
         }
         let shifted: Vec<PlainCt> = values
             .iter()
             .zip(shifts)
-            .map(|(v, e)| self.shift(v, *e))
+            .enumerate()
+            .map(|(i, (v, e))| {
+                let offset = offsets.get(i).copied().unwrap_or(I256::ZERO);
+                self.add_plain(&self.shift(v, *e), offset)
+            })
             .collect();
         self.pack(value_bits, &shifted)
     }

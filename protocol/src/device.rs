@@ -170,7 +170,8 @@ impl Device {
         let topology = self.cfg.topology.fingerprint();
         let params = self.cfg.params.fingerprint();
         let mut init = |key: &PublicKey, seed: &Seed| -> Result<Body> {
-            let plaintext = key.plaintext_from_residue(&seed_plaintext(seed))?;
+            let residue = zeroize::Zeroizing::new(seed_plaintext(seed));
+            let plaintext = key.plaintext_from_residue(&residue)?;
             let ciphertext = key.encrypt(&plaintext, rng)?;
             Ok(Body::SessionInit(SessionInit {
                 model: self.cfg.topology.name.clone(),

@@ -40,4 +40,19 @@ pub enum ProtocolError {
     Model(#[from] veil_model::ModelError),
 }
 
+impl ProtocolError {
+    /// What B may tell A about a refusal: a coarse code. Detail such as
+    /// which packed slot broke its bound would depend on the plaintexts,
+    /// and would let an active A binary-search values under B's key.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::UnknownSession(_) => "unknown-session",
+            ProtocolError::Replay { .. } => "replay",
+            ProtocolError::Version { .. } => "version",
+            ProtocolError::OutOfOrder(_) => "out-of-order",
+            _ => "refused",
+        }
+    }
+}
+
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

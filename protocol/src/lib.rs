@@ -13,6 +13,7 @@
 //! with fixed seeds; networking, storage and time belong to the shells
 //! (`veil-edge-agent`, `veil-server-a`, `veil-server-b`).
 
+pub mod audit;
 mod backend;
 pub mod codec;
 mod counter;
@@ -42,5 +43,5 @@ pub use messages::{
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
 pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, label};
-pub use server_a::{ServerA, ServerAConfig, frame_rounding};
+pub use server_a::{EntryRole, RoundTruth, ServerA, ServerAConfig, frame_rounding};
 pub use server_b::{MAX_MASK_REQUEST, ServerB, ServerBConfig};

@@ -12,10 +12,14 @@ pub struct Params {
     /// σ: statistical masking parameter; a value below `2^k` masked by a
     /// uniform value below `2^(k+σ)` is within `2^-σ` of uniform.
     pub sigma: u32,
-    /// Bits of the odd multiplier β' of the blind sign test.
+    /// Bits of β' in the blind sign test's multiplier β = β'·2^e: β' is
+    /// uniform in `[2^(beta_bits-1), 2^beta_bits)`.
     pub beta_bits: u32,
-    /// β = β'·2^e with e uniform in `[0, beta_shift_range)`.
-    pub beta_shift_range: u32,
+    /// e is uniform in `[0, beta_log_range)`, so that log2 β spreads evenly
+    /// over `[beta_bits-1, beta_bits-1+beta_log_range)`: the blur B faces
+    /// when it reads log2|z| from log2|β·z + γ|. Each bit costs a bit of
+    /// every packed slot.
+    pub beta_log_range: u32,
     /// Dummies per activation round: at least `min_dummies`, and at least
     /// `dummy_permille`/1000 of the real entries.
     pub min_dummies: u32,
@@ -29,6 +33,9 @@ pub struct Params {
     pub rekey_after: u64,
     /// Frame counters whose first-layer masks A keeps ready ahead of time.
     pub mask_lookahead: u64,
+    /// Times B lets A start one frame over; a retried round repeats the
+    /// first try exactly, so only a misbehaving A needs more.
+    pub max_restarts: u32,
 }
 
 impl Default for Params {
@@ -36,13 +43,14 @@ impl Default for Params {
         Params {
             sigma: 40,
             beta_bits: 32,
-            beta_shift_range: 64,
+            beta_log_range: 64,
             min_dummies: 4,
             dummy_permille: 125,
             pack: true,
             force_permute: false,
             rekey_after: 1 << 20,
             mask_lookahead: 4,
+            max_restarts: 3,
         }
     }
 }
@@ -70,9 +78,9 @@ impl Params {
                 self.sigma
             )));
         }
-        if !(8..=64).contains(&self.beta_bits) || self.beta_shift_range > 128 {
+        if !(8..=64).contains(&self.beta_bits) || !(1..=128).contains(&self.beta_log_range) {
             return Err(ProtocolError::Params(
-                "β must have 8 to 64 bits and a shift range ≤ 128".into(),
+                "β' must have 8 to 64 bits and β a log-range of 1 to 128 bits".into(),
             ));
         }
         let input = topology.input_bound_bits + self.sigma + 2;
@@ -87,7 +95,7 @@ impl Params {
                 let kappa = pre_activation_bits(topology, s)?;
                 let widest = kappa
                     + self.beta_bits
-                    + self.beta_shift_range
+                    + self.beta_log_range
                     + 2 * topology.fixed.weight_bits
                     + self.sigma;
                 if widest > MAX_VALUE_BITS {
@@ -108,10 +116,10 @@ impl Params {
     /// The parameters as B enforces them (exposed for the shells' logs).
     pub fn describe(&self) -> String {
         format!(
-            "σ={} β={}+{} bits, dummies ≥{} (+{}‰), packing {}, {}",
+            "σ={} β={} bits·2^[0,{}), dummies ≥{} (+{}‰), packing {}, {}",
             self.sigma,
             self.beta_bits,
-            self.beta_shift_range,
+            self.beta_log_range,
             self.min_dummies,
             self.dummy_permille,
             if self.pack { "on" } else { "off" },

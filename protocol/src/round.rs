@@ -69,7 +69,8 @@ impl RoundShape {
         };
         let value_bits = match mode {
             RoundMode::Blind => {
-                kappa + params.beta_bits + params.beta_shift_range.saturating_sub(1)
+                // |β·z + γ| < β·2^κ ≤ 2^(beta_bits + e_max + κ).
+                kappa + params.beta_bits + params.beta_log_range.saturating_sub(1)
             }
             // Padding entries hold exactly -2^κ.
             RoundMode::Permute => kappa + 1,

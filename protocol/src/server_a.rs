@@ -18,7 +18,8 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use veil_model::{
-    ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, Topology,
+    ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, StageSamples,
+    Topology,
 };
 use veil_paillier::SecretKey;
 
@@ -104,26 +105,46 @@ struct EntrySpec {
     /// β = beta·2^shift; the shift is applied while packing, for free.
     beta: I256,
     shift: u32,
+    /// γ = gamma_hi·2^shift + gamma_lo, uniform in `[0, β)`: B receives
+    /// `(beta·z + gamma_hi)·2^shift + gamma_lo`.
+    gamma_hi: I256,
+    gamma_lo: I256,
     rho1: I256,
     rho2: I256,
 }
 
 enum Source {
     Real(u32),
-    /// A dummy that copies a real entry, negated or not: realistic in
-    /// magnitude, random in sign. Its own β and ρ make it unlinkable to
-    /// the entry it copies.
-    Copy {
-        index: u32,
-        negate: bool,
-    },
+    /// A dummy or padding value, encrypted by A itself.
     Value(I256),
+}
+
+/// What one entry of a round A sent really is, known only to A: recorded
+/// on request so that an audit can score what B could infer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryRole {
+    /// A real pre-activation, by its index in the stage's input.
+    Real(u32),
+    Dummy,
+    Padding,
+}
+
+/// A's record of one round, groups and entries in the order B receives
+/// them.
+#[derive(Clone, Debug)]
+pub struct RoundTruth {
+    pub sid: SessionId,
+    pub t: u64,
+    pub stage: usize,
+    pub mode: RoundMode,
+    pub groups: Vec<Vec<EntryRole>>,
 }
 
 pub struct ServerA<P: PublicOps> {
     cfg: ServerAConfig,
+    /// Rounds as A built them, when an audit asked for them.
+    truth: Option<Vec<RoundTruth>>,
     backend: P,
-    rng: ChaCha20Rng,
     modes: Vec<ActivationMode>,
     sessions: HashMap<SessionId, Session>,
     masks: BTreeMap<(SessionId, u64), Masks<P::Ct>>,
@@ -158,8 +179,126 @@ fn random_signed(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
     }
 }
 
+/// A uniform value in `[0, bound)` (`0 < bound < 2^254`), by rejection.
+fn random_below(rng: &mut ChaCha20Rng, bound: I256) -> I256 {
+    if bound <= I256::ONE {
+        return I256::ZERO;
+    }
+    let bits = 256 - (bound - 1).leading_zeros();
+    loop {
+        let v = random_below_pow2(rng, bits);
+        if v < bound {
+            return v;
+        }
+    }
+}
+
+/// The generator of every perturbation of round `stage` of frame `t`.
+fn perturbation_rng(key: &Seed, sid: SessionId, t: u64, stage: usize) -> ChaCha20Rng {
+    let mut label = b"perturbation".to_vec();
+    label.extend_from_slice(&sid.0);
+    label.extend_from_slice(&t.to_le_bytes());
+    label.extend_from_slice(&(stage as u64).to_le_bytes());
+    ChaCha20Rng::from_seed(*key.derive(&label).as_bytes())
+}
+
+/// A value drawn from the stage's calibrated pre-activations: between two
+/// neighbouring samples, so that B, who sees permute-mode values exactly,
+/// never meets the same sample twice.
+fn sample_value(sorted: &[i128], rng: &mut ChaCha20Rng) -> Option<I256> {
+    let (first, rest) = sorted.split_first()?;
+    if rest.is_empty() {
+        return Some(I256::from(*first));
+    }
+    let i = (rng.next_u64() % rest.len() as u64) as usize;
+    let lo = I256::from(*sorted.get(i)?);
+    let hi = I256::from(*sorted.get(i + 1)?);
+    Some(lo + random_below(rng, hi - lo + 1))
+}
+
+fn clamp(v: I256, kappa: u32) -> I256 {
+    let bound = (I256::ONE << kappa) - 1;
+    v.clamp(-bound, bound)
+}
+
+/// A dummy group: in blind mode a whole calibration group (B sees it
+/// blinded, so its exact values never show, and a pooling window keeps its
+/// realistic spread); in permute mode fresh values from the calibrated
+/// distribution. Without calibration: signs at random and magnitudes
+/// log-uniform below the bound, which B can tell apart from real entries
+/// (documented).
+fn dummy_group(
+    kind: ActivationKind,
+    mode: RoundMode,
+    kappa: u32,
+    k: usize,
+    samples: Option<&StageSamples>,
+    rng: &mut ChaCha20Rng,
+) -> Vec<I256> {
+    let samples = samples.filter(|s| !s.groups.is_empty() && !s.sorted.is_empty());
+    let mut out: Vec<I256> = match (samples, mode) {
+        (Some(samples), RoundMode::Blind) => {
+            let g = (rng.next_u64() % samples.groups.len() as u64) as usize;
+            samples
+                .groups
+                .get(g)
+                .map(|group| group.iter().take(k).map(|v| I256::from(*v)).collect())
+                .unwrap_or_default()
+        }
+        (Some(samples), RoundMode::Permute) => (0..k)
+            .filter_map(|_| sample_value(&samples.sorted, rng))
+            .collect(),
+        (None, _) => (0..k)
+            .map(|_| {
+                let bits = 1 + rng.next_u32() % kappa.max(1);
+                random_signed(rng, bits)
+            })
+            .collect(),
+    };
+    while out.len() < k {
+        out.push(padding(kind, mode, kappa, samples, rng));
+    }
+    // Real windows reach B in a keyed order; so do dummies.
+    for i in (1..out.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        out.swap(i, j);
+    }
+    out.into_iter().map(|v| clamp(v, kappa)).collect()
+}
+
+/// The filler of a short pooling window. It must never change the
+/// window's result: under ReLU any negative value qualifies, so it is drawn
+/// from the stage's calibrated negatives; a bare max-pool needs a value
+/// below every real entry, `-2^κ`, which B can recognise (documented).
+fn padding(
+    kind: ActivationKind,
+    mode: RoundMode,
+    kappa: u32,
+    samples: Option<&StageSamples>,
+    rng: &mut ChaCha20Rng,
+) -> I256 {
+    let floor = -(I256::ONE << kappa);
+    if kind != ActivationKind::ReluMaxPool {
+        return floor;
+    }
+    let negatives = samples.map_or(&[][..], |s| {
+        let end = s.sorted.partition_point(|v| *v < 0);
+        s.sorted.get(..end).unwrap_or(&[])
+    });
+    let drawn = match mode {
+        RoundMode::Permute => sample_value(negatives, rng),
+        RoundMode::Blind => negatives
+            .get((rng.next_u64() % negatives.len().max(1) as u64) as usize)
+            .map(|v| I256::from(*v)),
+    };
+    drawn.map_or(floor, |v| clamp(v, kappa).min(-I256::ONE))
+}
+
 impl<P: PublicOps> ServerA<P> {
-    pub fn new(cfg: ServerAConfig, backend: P, rng_seed: [u8; 32]) -> Result<ServerA<P>> {
+    /// `_rng_seed` is no longer drawn from: every perturbation is keyed by
+    /// `cfg.rounding_key`, which all of A's workers share, so that any
+    /// worker retrying a frame repeats it exactly.
+    pub fn new(cfg: ServerAConfig, backend: P, _rng_seed: [u8; 32]) -> Result<ServerA<P>> {
         cfg.params.check(&cfg.topology)?;
         if !matches!(cfg.topology.stages.first(), Some(Stage::Linear(_))) {
             return Err(ProtocolError::Topology(
@@ -182,13 +321,24 @@ impl<P: PublicOps> ServerA<P> {
         Ok(ServerA {
             cfg,
             backend,
-            rng: ChaCha20Rng::from_seed(rng_seed),
             modes,
             sessions: HashMap::new(),
             masks: BTreeMap::new(),
             frames: HashMap::new(),
             inputs: HashMap::new(),
+            truth: None,
         })
+    }
+
+    /// Keeps (or stops keeping) a [`RoundTruth`] of every round built, for
+    /// audits; never enabled by the servers.
+    pub fn record_truth(&mut self, on: bool) {
+        self.truth = on.then(Vec::new);
+    }
+
+    /// The rounds recorded since the last call.
+    pub fn take_truth(&mut self) -> Vec<RoundTruth> {
+        self.truth.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn config(&self) -> &ServerAConfig {
@@ -584,24 +734,28 @@ impl<P: PublicOps> ServerA<P> {
         let kappa = shape.kappa;
         let k = shape.group_size;
         let real = shape.groups.len();
+        // Every perturbation below is a function of A's secret and
+        // (sid, t, stage): a retried round is the first try again, bit for
+        // bit, so B never gets a second view of one pre-activation.
+        let mut rng = perturbation_rng(&self.cfg.rounding_key, sid, t, s);
+        let rng = &mut rng;
         let mut order: Vec<GroupRef> = (0..real).map(GroupRef::Real).collect();
         order.extend(std::iter::repeat_n(GroupRef::Dummy, params.dummies(real)));
-        // Fisher-Yates with the injected generator.
         for i in (1..order.len()).rev() {
-            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         let h1_bits = (kappa + params.sigma).saturating_sub(w);
         let h2_bits = (kappa + shape.alpha_q_bits + params.sigma).saturating_sub(2 * w);
-        let padding = -(I256::ONE << kappa);
-        let rng = &mut self.rng;
+        let samples = self.cfg.plan.samples(s);
         let mut specs = Vec::with_capacity(order.len() * k);
         let mut entries = Vec::with_capacity(order.len());
         for group in &order {
             let (beta, shift) = match mode {
                 RoundMode::Blind => {
-                    let odd = random_below_pow2(rng, params.beta_bits) | I256::ONE;
-                    (odd, rng.next_u32() % params.beta_shift_range.max(1))
+                    let top = I256::ONE << (params.beta_bits - 1);
+                    let odd = random_below_pow2(rng, params.beta_bits - 1) | top;
+                    (odd, rng.next_u32() % params.beta_log_range.max(1))
                 }
                 RoundMode::Permute => (I256::ONE, 0),
             };
@@ -610,10 +764,20 @@ impl<P: PublicOps> ServerA<P> {
                 |source: Source, index: Option<u32>, r1: I256, r2: I256, rng: &mut ChaCha20Rng| {
                     let h1 = random_below_pow2(rng, h1_bits);
                     let h2 = random_below_pow2(rng, h2_bits);
+                    let (gamma_hi, gamma_lo) = match mode {
+                        RoundMode::Blind => {
+                            let gamma = random_below(rng, beta << shift);
+                            let hi = gamma >> shift;
+                            (hi, gamma - (hi << shift))
+                        }
+                        RoundMode::Permute => (I256::ZERO, I256::ZERO),
+                    };
                     specs.push(EntrySpec {
                         source,
                         beta,
                         shift,
+                        gamma_hi,
+                        gamma_lo,
                         rho1: (h1 << w) + r1,
                         rho2: (h2 << (2 * w)) + r2,
                     });
@@ -623,53 +787,61 @@ impl<P: PublicOps> ServerA<P> {
                 GroupRef::Real(o) => {
                     let window = shape.groups.get(*o).cloned().unwrap_or_default();
                     let mut positions: Vec<usize> = (0..window.len()).collect();
-                    // B keeps the first maximum it sees: order ties the way
-                    // the reference breaks them.
+                    // Where in its window the maximum sits is not B's to
+                    // know: a keyed order per window.
                     if window.len() > 1 {
                         positions.sort_by_key(|p| (rounding.tie_rank(s, *o, *p), *p));
                     }
+                    // Indexed by group, not entry: see `veil_model::activate`.
+                    let r1 = I256::from(rounding.offset(s, *o, 0, w));
+                    let r2 = if shape.alpha_bits.is_some() {
+                        I256::from(rounding.offset(s, *o, 1, 2 * w))
+                    } else {
+                        I256::ZERO
+                    };
                     for p in positions {
                         let idx = window.get(p).copied().unwrap_or(0);
-                        let r1 = I256::from(rounding.offset(s, idx as usize, 0, w));
-                        let r2 = if shape.alpha_bits.is_some() {
-                            I256::from(rounding.offset(s, idx as usize, 1, 2 * w))
-                        } else {
-                            I256::ZERO
-                        };
                         push(Source::Real(idx), Some(idx), r1, r2, rng);
                     }
                     for _ in window.len()..k {
+                        let pad = padding(shape.kind, mode, kappa, samples, rng);
                         let r1 = random_below_pow2(rng, w);
                         let r2 = random_below_pow2(rng, 2 * w);
-                        push(Source::Value(padding), None, r1, r2, rng);
+                        push(Source::Value(pad), None, r1, r2, rng);
                     }
                 }
                 GroupRef::Dummy => {
-                    // In blind mode B sees only signs and blinded
-                    // magnitudes, so a re-signed copy of a real group is
-                    // the most convincing dummy. In permute mode B sees
-                    // values, where a copy would be recognised: random
-                    // values within the bound instead.
-                    let template = (real > 0 && mode == RoundMode::Blind)
-                        .then(|| shape.groups.get((rng.next_u64() % real as u64) as usize))
-                        .flatten();
-                    let negate = rng.next_u32() & 1 == 1;
-                    for e in 0..k {
-                        let source = match template.and_then(|window| window.get(e)) {
-                            Some(index) => Source::Copy {
-                                index: *index,
-                                negate,
-                            },
-                            None if template.is_some() => Source::Value(padding),
-                            None => Source::Value(random_signed(rng, kappa)),
-                        };
+                    for value in dummy_group(shape.kind, mode, kappa, k, samples, rng) {
                         let r1 = random_below_pow2(rng, w);
                         let r2 = random_below_pow2(rng, 2 * w);
-                        push(source, None, r1, r2, rng);
+                        push(Source::Value(value), None, r1, r2, rng);
                     }
                 }
             }
             entries.push(group_entries);
+        }
+        if let Some(truth) = self.truth.as_mut() {
+            let groups = order
+                .iter()
+                .zip(&entries)
+                .map(|(group, members)| {
+                    members
+                        .iter()
+                        .map(|entry| match (group, entry.index) {
+                            (GroupRef::Dummy, _) => EntryRole::Dummy,
+                            (GroupRef::Real(_), Some(i)) => EntryRole::Real(i),
+                            (GroupRef::Real(_), None) => EntryRole::Padding,
+                        })
+                        .collect()
+                })
+                .collect();
+            truth.push(RoundTruth {
+                sid,
+                t,
+                stage: s,
+                mode,
+                groups,
+            });
         }
         let backend = &self.backend;
         let value_of = |source: &Source| -> Result<P::Ct> {
@@ -677,16 +849,6 @@ impl<P: PublicOps> ServerA<P> {
                 Source::Real(idx) => z.get(*idx as usize).cloned().ok_or_else(|| {
                     ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
                 }),
-                Source::Copy { index, negate } => {
-                    let value = z.get(*index as usize).ok_or_else(|| {
-                        ProtocolError::Size(format!("entry {index} beyond the {} inputs", z.len()))
-                    })?;
-                    Ok(if *negate {
-                        backend.scale(value, -I256::ONE)
-                    } else {
-                        value.clone()
-                    })
-                }
                 Source::Value(v) => Ok(backend.constant(*v)),
             }
         };
@@ -703,7 +865,8 @@ impl<P: PublicOps> ServerA<P> {
                 Ok(match mode {
                     RoundMode::Permute => (value, None, None),
                     RoundMode::Blind => {
-                        let signed = backend.scale(&value, spec.beta);
+                        let signed =
+                            backend.add_plain(&backend.scale(&value, spec.beta), spec.gamma_hi);
                         let masked = backend.add_plain(&value, spec.rho1);
                         let alpha = leaky
                             .then(|| backend.add_plain(&backend.scale(&value, alpha_q), spec.rho2));
@@ -721,13 +884,14 @@ impl<P: PublicOps> ServerA<P> {
             masked_alpha.extend(a);
         }
         let shifts: Vec<u32> = specs.iter().map(|spec| spec.shift).collect();
+        let offsets: Vec<I256> = specs.iter().map(|spec| spec.gamma_lo).collect();
         let round = Round {
             stage: s as u16,
             mode,
             groups: order.len() as u32,
             group_size: k as u16,
             packed: params.pack,
-            values: self.seal_shifted(&values, &shifts, shape.value_bits)?,
+            values: self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
             masked: self.seal(&masked, shape.masked_bits)?,
             masked_alpha: match shape.alpha_bits {
                 Some(bits) => self.seal(&masked_alpha, bits)?,
@@ -766,8 +930,15 @@ impl<P: PublicOps> ServerA<P> {
         }
     }
 
-    /// [`ServerA::seal`] for values still to be multiplied by `2^shift`.
-    fn seal_shifted(&self, values: &[P::Ct], shifts: &[u32], bits: u32) -> Result<Vec<Vec<u8>>> {
+    /// [`ServerA::seal`] for values still to be multiplied by `2^shift`
+    /// and then offset.
+    fn seal_shifted(
+        &self,
+        values: &[P::Ct],
+        shifts: &[u32],
+        offsets: &[I256],
+        bits: u32,
+    ) -> Result<Vec<Vec<u8>>> {
         let backend = &self.backend;
         if values.is_empty() {
             return Ok(Vec::new());
@@ -777,8 +948,9 @@ impl<P: PublicOps> ServerA<P> {
             values
                 .par_chunks(slots)
                 .zip(shifts.par_chunks(slots))
-                .map(|(chunk, shifts)| {
-                    let packed = backend.pack_shifted(bits, chunk, shifts)?;
+                .zip(offsets.par_chunks(slots))
+                .map(|((chunk, shifts), offsets)| {
+                    let packed = backend.pack_shifted(bits, chunk, shifts, offsets)?;
                     Ok(backend.encode(&backend.rerandomize(&packed)))
                 })
                 .collect()
@@ -786,7 +958,11 @@ impl<P: PublicOps> ServerA<P> {
             Ok(values
                 .par_iter()
                 .zip(shifts.par_iter())
-                .map(|(v, e)| backend.encode(&backend.rerandomize(&backend.shift(v, *e))))
+                .zip(offsets.par_iter())
+                .map(|((v, e), o)| {
+                    let shifted = backend.add_plain(&backend.shift(v, *e), *o);
+                    backend.encode(&backend.rerandomize(&shifted))
+                })
                 .collect())
         }
     }

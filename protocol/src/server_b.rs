@@ -39,6 +39,8 @@ struct Session {
     completed: Option<u64>,
     /// For frames in progress: the next stage B expects.
     progress: BTreeMap<u64, usize>,
+    /// Restarts granted per frame in progress.
+    restarts: BTreeMap<u64, u32>,
 }
 
 impl session::Owned for Session {
@@ -130,6 +132,7 @@ impl<S: SecretOps> ServerB<S> {
                 first_counter,
                 completed: None,
                 progress: BTreeMap::new(),
+                restarts: BTreeMap::new(),
             },
         );
         Ok(Vec::new())
@@ -267,8 +270,20 @@ impl<S: SecretOps> ServerB<S> {
         let first = self.activations.first().copied().unwrap_or(usize::MAX);
         if s == first && expected != first {
             // A started this frame over (after losing a reply, or a
-            // restart of either server): it gets fresh answers to fresh
-            // perturbations, which tells it nothing new.
+            // restart of either server). An honest A repeats its first
+            // try exactly, so B learns nothing new; the limit bounds what
+            // a misbehaving A could probe.
+            let session = self
+                .sessions
+                .get_mut(&sid)
+                .ok_or(ProtocolError::UnknownSession(sid))?;
+            let used = session.restarts.entry(t).or_insert(0);
+            if *used >= self.cfg.params.max_restarts {
+                return Err(ProtocolError::OutOfOrder(format!(
+                    "frame {t} was restarted {used} times already"
+                )));
+            }
+            *used += 1;
             tracing::info!(%sid, t, "frame restarted by A");
             expected = first;
         }
@@ -355,17 +370,20 @@ impl<S: SecretOps> ServerB<S> {
                     .map(|g| {
                         let range = g * k..(g + 1) * k;
                         let signs = &values[range.clone()];
-                        // β > 0 is shared by the group, so the order of β·z
-                        // is the order of z; the first maximum wins.
+                        // β > 0 is shared by the group and γ < β, so the
+                        // order of β·z + γ is the order of z (equal z in any
+                        // order, which the reference makes harmless).
                         let mut best = 0;
                         for (e, v) in signs.iter().enumerate() {
                             if *v > signs[best] {
                                 best = e;
                             }
                         }
+                        // β·z + γ ≥ 0 exactly when z ≥ 0 (γ ∈ [0, β)); at
+                        // z = 0 both branches give 0.
                         let chosen = match shape.kind {
                             ActivationKind::MaxPool => true,
-                            _ => signs[best] > I256::ZERO,
+                            _ => signs[best] >= I256::ZERO,
                         };
                         let mut x = I256::ZERO;
                         let mut minus_s = Vec::with_capacity(k);
@@ -466,6 +484,7 @@ impl<S: SecretOps> ServerB<S> {
         // Frames finish in order per session; an earlier one still in
         // progress is abandoned (its round will be refused as a replay).
         session.progress.retain(|pending, _| *pending > t);
+        session.restarts.retain(|pending, _| *pending > t);
         session.completed = Some(session.completed.map_or(t, |c| c.max(t)));
         Ok(vec![Outgoing::new(
             Peer::Device,

@@ -79,7 +79,7 @@ pub(crate) fn accept(
         )));
     }
     let ciphertext = public.ciphertext_from_bytes(&init.seed)?;
-    let residue = key.decrypt(&ciphertext)?.residue().clone();
+    let residue = Zeroizing::new(key.decrypt(&ciphertext)?.residue().clone());
     if residue.bit_width_vartime() > 256 {
         return Err(ProtocolError::Range(
             "session seed is wider than 256 bits".into(),

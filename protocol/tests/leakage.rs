@@ -304,3 +304,469 @@ fn b_sees_only_signs_in_blind_mode_and_every_round_has_dummies() {
         "the test can tell inputs apart when they leak"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Attacks on B's view. Each test runs the estimator a careful B would use on
+// exactly what B decrypts (`veil_protocol::audit::open_round` with B's own
+// backend), scored against A's record of which entries are real, dummy or
+// padding and the integer reference's true pre-activations. The statistics
+// are printed so that a regression shows as a number.
+
+use veil_protocol::audit::{RoundView, open_round};
+use veil_protocol::{EntryRole, RoundTruth, frame_rounding};
+
+/// One entry as B decrypted it, with what it really is.
+#[derive(Clone, Copy)]
+struct Seen {
+    role: EntryRole,
+    value: I256,
+    /// The true pre-activation of a real entry.
+    z: Option<i128>,
+}
+
+/// One round: its stage, mode and groups in received order.
+struct SeenRound {
+    frame: usize,
+    mode: RoundMode,
+    groups: Vec<Vec<Seen>>,
+}
+
+/// Frames held out from training: the last 2,000 MNIST digits, the Pima
+/// test set.
+fn frames(name: &str, count: usize) -> Vec<Vec<f32>> {
+    if name.starts_with("mnist") {
+        let rows = common::mnist_rows();
+        rows[rows.len() - 2000..]
+            .iter()
+            .take(count)
+            .map(|(x, _)| x.clone())
+            .collect()
+    } else {
+        pima_rows()
+            .into_iter()
+            .take(count)
+            .map(|(x, _)| x)
+            .collect()
+    }
+}
+
+fn observe(name: &str, params: &Params, count: usize, seed: u8) -> Vec<SeenRound> {
+    let m = model(name);
+    let mut engine = plain_engine(&m, params, seed);
+    engine.record_transcript(true);
+    engine.a.record_truth(true);
+    let modes = params.modes(m.topology());
+    let plain = Plain::default();
+    let mut seen = Vec::new();
+    for (frame, x) in frames(name, count).iter().enumerate() {
+        let x_hat = m.encode_input(x).expect("bounds");
+        engine.transcript.clear();
+        let run = engine.infer(&x_hat).expect("runs");
+        let rounding = frame_rounding(&Seed::from_bytes(common::ROUNDING_KEY), run.sid, run.t);
+        let trace = m
+            .run_int_trace(&x_hat, &modes, &rounding)
+            .expect("reference");
+        let truths: Vec<RoundTruth> = engine.a.take_truth();
+        let views: Vec<RoundView> = engine
+            .transcript
+            .iter()
+            .filter(|d| d.to == Peer::ServerB)
+            .filter_map(
+                |d| match Envelope::from_bytes(&d.bytes).expect("decodes").body {
+                    Body::Round(round) => {
+                        Some(open_round(&plain, m.topology(), params, &round).expect("B opens it"))
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(truths.len(), views.len(), "one record per round");
+        for (truth, view) in truths.iter().zip(&views) {
+            assert_eq!(truth.stage, view.stage);
+            let z = &trace[view.stage - 1];
+            let k = view.group_size;
+            let groups = truth
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(g, roles)| {
+                    roles
+                        .iter()
+                        .enumerate()
+                        .map(|(e, role)| Seen {
+                            role: *role,
+                            value: view.values[g * k + e],
+                            z: match role {
+                                EntryRole::Real(i) => Some(z[*i as usize]),
+                                _ => None,
+                            },
+                        })
+                        .collect()
+                })
+                .collect();
+            seen.push(SeenRound {
+                frame,
+                mode: view.mode,
+                groups,
+            });
+        }
+    }
+    seen
+}
+
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|a, b| x[*a].total_cmp(&x[*b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0;
+        for k in &idx[i..=j] {
+            r[*k] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = rx.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in rx.iter().zip(&ry) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return 0.0;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+fn magnitude(v: I256) -> ethnum::U256 {
+    v.unsigned_abs()
+}
+
+fn bits(v: ethnum::U256) -> f64 {
+    f64::from(256 - v.leading_zeros())
+}
+
+fn odd_part(v: ethnum::U256) -> ethnum::U256 {
+    if v == ethnum::U256::ZERO {
+        v
+    } else {
+        v >> v.trailing_zeros()
+    }
+}
+
+/// What B can compute from one decrypted value without any key.
+fn features(v: I256) -> Vec<(&'static str, f64)> {
+    let m = magnitude(v);
+    vec![
+        ("bit length", bits(m)),
+        ("log2 magnitude", m.as_f64().max(1.0).log2()),
+        ("odd-part bit length", bits(odd_part(m))),
+        // log2 odd(|β·z|) − log2 β' for the old β = β'·2^e with odd β'.
+        ("log2 odd part", odd_part(m).as_f64().max(1.0).log2()),
+        (
+            "trailing zeros",
+            if m == ethnum::U256::ZERO {
+                256.0
+            } else {
+                f64::from(m.trailing_zeros())
+            },
+        ),
+        ("mod 3", (m % ethnum::U256::from(3u8)).as_f64()),
+        ("mod 5", (m % ethnum::U256::from(5u8)).as_f64()),
+        ("mod 7", (m % ethnum::U256::from(7u8)).as_f64()),
+        (
+            "sign",
+            if v > 0 {
+                1.0
+            } else if v < 0 {
+                -1.0
+            } else {
+                0.0
+            },
+        ),
+    ]
+}
+
+/// Balanced accuracy of the best per-feature histogram classifier, trained
+/// on even frames and scored on odd ones: B given labelled examples, the
+/// strongest position it could be in.
+/// A labelled example: frame, whether it is the class sought, features.
+type Sample = (usize, bool, Vec<(&'static str, f64)>);
+
+fn best_classifier(samples: &[Sample]) -> (f64, &'static str) {
+    let Some((_, _, first)) = samples.first() else {
+        return (0.5, "none");
+    };
+    let mut best = (0.0f64, "none");
+    for f in 0..first.len() {
+        let train: Vec<(bool, f64)> = samples
+            .iter()
+            .filter(|(frame, _, _)| frame % 2 == 0)
+            .map(|(_, label, x)| (*label, x[f].1))
+            .collect();
+        let mut cuts: Vec<f64> = train.iter().map(|(_, x)| *x).collect();
+        cuts.sort_by(f64::total_cmp);
+        cuts.dedup();
+        let bins = 32usize;
+        let edges: Vec<f64> = (1..bins)
+            .filter_map(|i| cuts.get(i * cuts.len() / bins).copied())
+            .collect();
+        let bin = |x: f64| edges.partition_point(|e| *e <= x);
+        let positives = train.iter().filter(|(l, _)| *l).count().max(1) as f64;
+        let negatives = train.iter().filter(|(l, _)| !*l).count().max(1) as f64;
+        let mut score = vec![(0.0f64, 0.0f64); bins + 1];
+        for (label, x) in &train {
+            let s = &mut score[bin(*x)];
+            if *label {
+                s.0 += 1.0 / positives;
+            } else {
+                s.1 += 1.0 / negatives;
+            }
+        }
+        let (mut tp, mut p, mut tn, mut n) = (0.0, 0.0, 0.0, 0.0);
+        for (_, label, x) in samples.iter().filter(|(frame, _, _)| frame % 2 == 1) {
+            let s = score[bin(x[f].1)];
+            let guess = s.0 > s.1;
+            if *label {
+                p += 1.0;
+                tp += f64::from(u8::from(guess));
+            } else {
+                n += 1.0;
+                tn += f64::from(u8::from(!guess));
+            }
+        }
+        if p > 0.0 && n > 0.0 {
+            let accuracy = (tp / p + tn / n) / 2.0;
+            if accuracy > best.0 {
+                best = (accuracy, first[f].0);
+            }
+        }
+    }
+    best
+}
+
+/// Features of a whole group: its largest entry's, plus how many entries
+/// are positive.
+fn group_features(group: &[Seen]) -> Vec<(&'static str, f64)> {
+    let top = group.iter().map(|s| s.value).max().unwrap_or(I256::ZERO);
+    let mut x = features(top);
+    let positive = group.iter().filter(|s| s.value >= 0).count();
+    x.push(("positive entries", positive as f64));
+    let spread = group
+        .iter()
+        .map(|s| bits(magnitude(s.value)))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b), hi.max(b)));
+    x.push(("bit-length spread", spread.1 - spread.0));
+    x
+}
+
+fn gcd(mut a: ethnum::U256, mut b: ethnum::U256) -> ethnum::U256 {
+    while b != ethnum::U256::ZERO {
+        let r = a % b;
+        a = b;
+        b = r;
+    }
+    a
+}
+
+/// B's linking attack: two blindings `β₁·z`, `β₂·z` of one value have odd
+/// parts whose reduced fraction has both terms below `2^beta_bits`.
+fn linked(a: I256, b: I256, beta_bits: u32) -> bool {
+    let (x, y) = (odd_part(magnitude(a)), odd_part(magnitude(b)));
+    if x == ethnum::U256::ZERO || y == ethnum::U256::ZERO {
+        return false;
+    }
+    let g = gcd(x, y);
+    let limit = ethnum::U256::ONE << beta_bits;
+    x / g < limit && y / g < limit
+}
+
+struct Scores {
+    magnitude: f64,
+    magnitude_by: &'static str,
+    dummy: f64,
+    dummy_by: &'static str,
+    padding: Option<f64>,
+    dummy_links: f64,
+    real_links: f64,
+}
+
+fn attack_blind(name: &str, frames: usize) -> Scores {
+    let params = Params::default();
+    let rounds = observe(name, &params, frames, 51);
+    // Magnitudes: every real entry's features against log2|z|.
+    let mut truth = Vec::new();
+    let mut estimates: Vec<Vec<f64>> = Vec::new();
+    let mut names = Vec::new();
+    let mut group_samples = Vec::new();
+    let mut padding_samples = Vec::new();
+    let (mut dummy_links, mut dummies, mut real_links, mut reals) =
+        (0usize, 0usize, 0usize, 0usize);
+    for round in rounds.iter().filter(|r| r.mode == RoundMode::Blind) {
+        let real_tops: Vec<I256> = round
+            .groups
+            .iter()
+            .filter(|g| matches!(g.first().map(|s| s.role), Some(EntryRole::Real(_))))
+            .map(|g| g[0].value)
+            .collect();
+        for group in &round.groups {
+            let dummy = group.iter().all(|s| s.role == EntryRole::Dummy);
+            group_samples.push((round.frame, dummy, group_features(group)));
+            for s in group {
+                if let Some(z) = s.z
+                    && truth.len() < 60_000
+                {
+                    truth.push((z.unsigned_abs() as f64 + 1.0).log2());
+                    let x = features(s.value);
+                    if names.is_empty() {
+                        names = x.iter().map(|(n, _)| *n).collect();
+                        estimates = vec![Vec::new(); x.len()];
+                    }
+                    for (e, (_, v)) in estimates.iter_mut().zip(&x) {
+                        e.push(*v);
+                    }
+                }
+                if matches!(s.role, EntryRole::Real(_) | EntryRole::Padding) {
+                    padding_samples.push((
+                        round.frame,
+                        s.role == EntryRole::Padding,
+                        features(s.value),
+                    ));
+                }
+            }
+            // Linking, on the first rounds (quadratic in the round size).
+            if round.frame < 10 {
+                let first = group[0].value;
+                let partners = real_tops.iter().filter(|r| **r != first);
+                let hit = partners
+                    .take(512)
+                    .any(|r| linked(first, *r, params.beta_bits));
+                if dummy {
+                    dummies += 1;
+                    dummy_links += usize::from(hit);
+                } else if reals < 4 * dummies.max(16) {
+                    reals += 1;
+                    real_links += usize::from(hit);
+                }
+            }
+        }
+    }
+    let (magnitude, magnitude_by) = estimates
+        .iter()
+        .zip(&names)
+        .map(|(e, n)| (spearman(e, &truth).abs(), *n))
+        .fold((0.0, "none"), |best, x| if x.0 > best.0 { x } else { best });
+    let (dummy, dummy_by) = best_classifier(&group_samples);
+    let padding = padding_samples
+        .iter()
+        .any(|(_, p, _)| *p)
+        .then(|| best_classifier(&padding_samples).0);
+    Scores {
+        magnitude,
+        magnitude_by,
+        dummy,
+        dummy_by,
+        padding,
+        dummy_links: dummy_links as f64 / dummies.max(1) as f64,
+        real_links: real_links as f64 / reals.max(1) as f64,
+    }
+}
+
+fn check_blind(name: &str) {
+    let s = attack_blind(name, 200);
+    eprintln!(
+        "{name} over 200 frames: magnitude |Spearman| {:.3} (best estimator: {}); \
+         dummy/real balanced accuracy {:.3} (by {}); padding/real {}; \
+         dummies linked to a real group {:.3}, real groups linked to another {:.3}",
+        s.magnitude,
+        s.magnitude_by,
+        s.dummy,
+        s.dummy_by,
+        s.padding
+            .map_or("no padding in this model".into(), |p| format!("{p:.3}")),
+        s.dummy_links,
+        s.real_links
+    );
+    assert!(
+        s.magnitude <= 0.3,
+        "{name}: B reads log2|z| (ρ = {:.3})",
+        s.magnitude
+    );
+    assert!(
+        s.dummy <= 0.55,
+        "{name}: B tells dummies apart ({:.3})",
+        s.dummy
+    );
+    if let Some(p) = s.padding {
+        assert!(p <= 0.55, "{name}: B tells padding apart ({p:.3})");
+    }
+    assert!(
+        s.dummy_links <= s.real_links + 0.05,
+        "{name}: B links dummies to real groups ({:.3} vs {:.3} by chance)",
+        s.dummy_links,
+        s.real_links
+    );
+}
+
+#[test]
+fn attack_blind_mnist_mlp() {
+    check_blind("mnist-mlp");
+}
+
+#[test]
+fn attack_blind_mnist_cnn() {
+    check_blind("mnist-cnn");
+}
+
+#[test]
+fn attack_blind_pima_mlp() {
+    check_blind("pima-mlp");
+}
+
+/// In permute mode B sees values: its best guess at which are dummies.
+fn attack_permute(name: &str, params: &Params) -> f64 {
+    let rounds = observe(name, params, 200, 52);
+    let mut samples = Vec::new();
+    for round in rounds.iter().filter(|r| r.mode == RoundMode::Permute) {
+        for group in &round.groups {
+            let dummy = group.iter().all(|s| s.role == EntryRole::Dummy);
+            let top = group.iter().map(|s| s.value).max().unwrap_or(I256::ZERO);
+            let mut x = features(top);
+            x.push(("value", top.as_f64()));
+            samples.push((round.frame, dummy, x));
+        }
+    }
+    let (accuracy, by) = best_classifier(&samples);
+    eprintln!(
+        "{name} permute mode over 200 frames: dummy/real balanced accuracy {accuracy:.3} (by {by})"
+    );
+    accuracy
+}
+
+#[test]
+fn attack_permute_dummies() {
+    let tanh = attack_permute("pima-tanh", &Params::default());
+    let forced = attack_permute(
+        "pima-mlp",
+        &Params {
+            force_permute: true,
+            ..Params::default()
+        },
+    );
+    assert!(tanh <= 0.6, "pima-tanh: B tells dummies apart ({tanh:.3})");
+    assert!(
+        forced <= 0.6,
+        "pima-mlp (permute): B tells dummies apart ({forced:.3})"
+    );
+}

@@ -483,3 +483,58 @@ fn a_frame_held_up_by_precomputation_is_flagged_until_it_moves_on() {
     );
     assert!(!engine.a.has_waiting_frame());
 }
+
+#[test]
+fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let params = Params::default();
+    let topology = model("pima-mlp").topology().clone();
+    let (_, first) = started_frame(&mut engine, &x, 70);
+    let sid = first.envelope.sid;
+    let opened = |round: &Outgoing| {
+        let Body::Round(r) = &round.envelope.body else {
+            panic!("a round")
+        };
+        let view = veil_protocol::audit::open_round(&Plain::default(), &topology, &params, r)
+            .expect("B opens it");
+        (view.values, view.masked)
+    };
+    let seen = opened(&first);
+    engine.b.handle(first.envelope.clone()).expect("B answers");
+    let mut restarts = 0;
+    loop {
+        // The reply is lost each time; A starts the frame over.
+        let retry = engine.a.retry_frame(sid, 70).expect("retry");
+        let mut held = Vec::new();
+        for out in retry {
+            held.extend(pump(&mut engine, out, &["round", "output"]));
+        }
+        let again = held
+            .into_iter()
+            .find(|o| o.envelope.body.kind() == "round")
+            .expect("A sends the round again");
+        assert!(
+            opened(&again) == seen,
+            "B decrypts exactly what it saw before"
+        );
+        match engine.b.handle(again.envelope.clone()) {
+            Ok(_) => restarts += 1,
+            Err(ProtocolError::OutOfOrder(_)) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(restarts <= params.max_restarts, "B kept granting restarts");
+    }
+    assert_eq!(restarts, params.max_restarts);
+}
+
+#[test]
+fn refusal_codes_carry_no_detail() {
+    let detailed = ProtocolError::Range("masked value beyond 2^81 in slot 3".into());
+    assert_eq!(detailed.code(), "refused");
+    let packing = ProtocolError::Paillier(veil_paillier::PaillierError::Packing(
+        "slot 3 broke its bound".into(),
+    ));
+    assert_eq!(packing.code(), "refused");
+    assert_eq!(ProtocolError::OutOfOrder("x".into()).code(), "out-of-order");
+}

@@ -393,9 +393,10 @@ impl Core {
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse(kept.body.kind(), worker, &reason);
+                // The detail stays in B's log: A gets a coarse code.
                 let reason = match e {
                     ProtocolError::Replay { .. } => REJECT_COMPLETED.to_string(),
-                    _ => reason,
+                    e => e.code().to_string(),
                 };
                 self.reject_to_a(worker, &kept, &reason);
             }

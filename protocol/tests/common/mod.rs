@@ -29,9 +29,28 @@ pub fn model(name: &str) -> Arc<Model> {
         return Arc::clone(m);
     }
     let path = models_dir().join(format!("{name}.onnx"));
-    let m = Arc::new(Model::load(&path, &ImportOptions::default()).expect("shipped model loads"));
+    let mut m = Model::load(&path, &ImportOptions::default()).expect("shipped model loads");
+    let rows: Vec<Vec<i64>> = calibration_rows(name)
+        .iter()
+        .map(|x| m.encode_input(x).expect("training rows are within bounds"))
+        .collect();
+    m.calibrate(&rows, 4096).expect("calibrates");
+    let m = Arc::new(m);
     guard.push((name.to_string(), Arc::clone(&m)));
     m
+}
+
+/// Training rows (never the held-out ones the tests score): A's dummies
+/// are drawn from what the model does on them.
+pub fn calibration_rows(name: &str) -> Vec<Vec<f32>> {
+    if name.starts_with("mnist") {
+        let data = veil_model::data::load_workspace_mnist().expect("mnist");
+        data.images.into_iter().take(1000).collect()
+    } else {
+        let path = veil_model::data::workspace_data_dir().join("pima-train.csv");
+        let data = veil_model::data::load_pima(&path).expect("pima training set");
+        data.features.into_iter().map(|f| f.to_vec()).collect()
+    }
 }
 
 fn owned(key: &SecretKey) -> Arc<SecretKey> {

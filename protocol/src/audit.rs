@@ -1,0 +1,129 @@
+//! What server B actually decrypts from a round, computed with B's own
+//! backend exactly as B does: the ground on which `veil audit` and the
+//! leakage tests score what a curious B could infer.
+
+use crate::backend::SecretOps;
+use crate::codec::unpack_ints;
+use crate::device::{centre, frame_width, input_masks};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{Frame, Output, Round, RoundMode};
+use crate::params::{Params, output_bits};
+use crate::prf::MaskKeys;
+use crate::round::{RoundShape, ciphertext_count};
+use ethnum::I256;
+use veil_model::Topology;
+
+/// One round as B sees it after decryption, entries in received order.
+#[derive(Clone, Debug)]
+pub struct RoundView {
+    pub stage: usize,
+    pub mode: RoundMode,
+    pub group_size: usize,
+    /// `β·z + γ` (blind) or `z` (permute), one per entry.
+    pub values: Vec<I256>,
+    /// `z + ρ` (blind only).
+    pub masked: Vec<I256>,
+    /// `α_q·z + ρ'` (blind leaky ReLU only).
+    pub masked_alpha: Vec<I256>,
+}
+
+impl RoundView {
+    pub fn groups(&self) -> usize {
+        self.values.len() / self.group_size.max(1)
+    }
+}
+
+/// Decrypts a round the way B does (same layout, same checks).
+pub fn open_round<S: SecretOps>(
+    backend: &S,
+    topology: &Topology,
+    params: &Params,
+    round: &Round,
+) -> Result<RoundView> {
+    let s = usize::from(round.stage);
+    let shape = RoundShape::new(topology, params, s, round.mode)?;
+    let entries = round.groups as usize * shape.group_size;
+    let open = |items: &[Vec<u8>], bits: u32| -> Result<Vec<I256>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let slots = if round.packed {
+            backend.slots(bits)?
+        } else {
+            1
+        };
+        if items.len() != ciphertext_count(entries, slots, round.packed) {
+            return Err(ProtocolError::Size("ciphertext count".into()));
+        }
+        let mut out = Vec::with_capacity(entries);
+        for (i, bytes) in items.iter().enumerate() {
+            let c = backend.decode(bytes)?;
+            if round.packed {
+                let count = slots.min(entries - i * slots);
+                out.extend(backend.unpack(&c, bits, count)?);
+            } else {
+                out.push(backend.decrypt(&c)?);
+            }
+        }
+        Ok(out)
+    };
+    Ok(RoundView {
+        stage: s,
+        mode: round.mode,
+        group_size: shape.group_size,
+        values: open(&round.values, shape.value_bits)?,
+        masked: open(&round.masked, shape.masked_bits)?,
+        masked_alpha: match shape.alpha_bits {
+            Some(bits) => open(&round.masked_alpha, bits)?,
+            None => Vec::new(),
+        },
+    })
+}
+
+/// Decrypts an output message the way B does: `o + mA`, one per output.
+pub fn open_output<S: SecretOps>(
+    backend: &S,
+    topology: &Topology,
+    params: &Params,
+    output: &Output,
+) -> Result<Vec<I256>> {
+    let bits = output_bits(topology) + params.sigma + 1;
+    let entries = output.count as usize;
+    let slots = if output.packed {
+        backend.slots(bits)?
+    } else {
+        1
+    };
+    if output.values.len() != ciphertext_count(entries, slots, output.packed) {
+        return Err(ProtocolError::Size("ciphertext count".into()));
+    }
+    let mut out = Vec::with_capacity(entries);
+    for (i, bytes) in output.values.iter().enumerate() {
+        let c = backend.decode(bytes)?;
+        if output.packed {
+            out.extend(backend.unpack(&c, bits, slots.min(entries - i * slots))?);
+        } else {
+            out.push(backend.decrypt(&c)?);
+        }
+    }
+    Ok(out)
+}
+
+/// What A learns from a frame, computed as A does: `u = y - a = x̂ + b`.
+pub fn frame_as_a(
+    keys: &MaskKeys,
+    topology: &Topology,
+    params: &Params,
+    t: u64,
+    frame: &Frame,
+) -> Result<Vec<I256>> {
+    let width = frame_width(topology, params);
+    let values = unpack_ints(&frame.values, topology.input_len, width)?;
+    let offset = centre(topology.input_bound_bits + params.sigma);
+    let a = input_masks(keys, t, topology, params);
+    Ok(values
+        .iter()
+        .zip(&a)
+        .map(|(v, a)| *v + offset - I256::from(*a))
+        .collect())
+}
