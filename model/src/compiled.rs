@@ -16,7 +16,8 @@ use crate::topology::{Stage, Topology};
 pub const PLAN_EXTENSION: &str = "plan";
 
 const MAGIC: &[u8; 8] = b"VEILPLAN";
-const VERSION: u16 = 1;
+// 2: the plan carries calibration samples per activation stage.
+const VERSION: u16 = 2;
 const HEADER_LEN: usize = 8 + 2 + 8;
 
 /// A model ready for private inference without its ONNX source: the
