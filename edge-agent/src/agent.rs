@@ -251,19 +251,17 @@ impl EdgeAgent {
         let file = disk.load_sessions()?;
         let mark = disk.load_counter()?;
         let pending = disk.sessions_in_outbox();
-        // Keep the current session and any session with frames waiting;
-        // the others' results have all arrived.
-        let mut sessions = Vec::new();
-        for mut s in file.sessions {
-            let current = Some(s.sid) == file.current;
-            if current || pending.contains(&s.sid.0) {
-                if current {
-                    // Every counter up to the mark may have been used.
-                    s.frames = mark.saturating_sub(s.first_counter).max(s.frames);
-                }
-                sessions.push(s);
-            }
-        }
+        // Every start opens a fresh session (at the first capture). A
+        // restored copy of this folder (a VM snapshot, an SD-card image)
+        // brings back an older counter mark: under the old session's seeds
+        // the counters above it would be used a second time, repeating
+        // their masks. Under new seeds a repeated counter is harmless.
+        // Sessions with frames waiting are kept for their results.
+        let sessions: Vec<_> = file
+            .sessions
+            .into_iter()
+            .filter(|s| pending.contains(&s.sid.0))
+            .collect();
         let device = Device::restore(
             DeviceConfig {
                 device: options.device.clone(),
@@ -273,9 +271,9 @@ impl EdgeAgent {
                 server_b: public.b,
             },
             sessions,
-            file.current,
+            None,
         )?;
-        let inits = file.inits.filter(|_| device.current().is_some());
+        let inits = None;
         let shared = Arc::new(Shared {
             topology,
             inner: Mutex::new(Inner {

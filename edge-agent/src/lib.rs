@@ -6,7 +6,9 @@
 //! result has arrived (so frames captured while the broker is unreachable go
 //! out when it comes back, and survive a reboot), the session secrets and
 //! the frame-counter mark persisted with mode 0600 (so that results for old
-//! frames can still be unmasked and no counter is ever used twice), pinning
+//! frames can still be unmasked and no counter is ever used twice; every
+//! start opens a fresh session, so even a restored snapshot of the state
+//! folder never reuses a (seed, counter) pair), pinning
 //! the servers' keys and the model topology, and the MQTT side: reconnection
 //! with backoff, `Sync` on every (re)connection, acknowledgements, and
 //! de-duplication so that the application sees each result once. Capture

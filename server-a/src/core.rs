@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use veil_link::{LinkHandle, Message};
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller};
 use veil_protocol::{
-    Body, Envelope, Noise, Outgoing, PaillierPublic, Peer, ProtocolError, ServerA, ServerAConfig,
-    SessionId, topics,
+    Body, Envelope, Frame, Noise, Outgoing, PaillierPublic, Peer, ProtocolError, ServerA,
+    ServerAConfig, SessionId, frame_width, topics,
 };
 
 use crate::store::Store;
@@ -20,6 +20,12 @@ use crate::{Options, ServerAError, Setup, Stats, rounding_key};
 /// The reason B gives for a frame it already answered (server-b's
 /// `REJECT_COMPLETED` starts the same way).
 const COMPLETED_PREFIX: &str = "completed:";
+
+/// Frames one device may have parked (waiting for their session): an
+/// honest device's session message arrives within moments of its frames,
+/// while a device inventing sessions would otherwise fill the store and
+/// the parking lot for as long as `park_timeout`.
+const MAX_PARKED_PER_DEVICE: usize = 64;
 
 pub enum Input {
     Connected,
@@ -429,6 +435,29 @@ impl Core {
             return;
         }
         let (sid, t) = (env.sid, env.t);
+        if let Body::Frame(frame) = &env.body
+            && let Err(reason) = self.check_shape(frame)
+        {
+            // Refused before the store: every stored frame stays on disk
+            // until its output is out.
+            self.refuse("frame", device, &reason);
+            self.reject_to_device(device, sid, t, &reason);
+            return;
+        }
+        if !self.sessions.contains(&sid)
+            && self
+                .parked
+                .iter()
+                .filter(|p| p.envelope.device == device)
+                .count()
+                >= MAX_PARKED_PER_DEVICE
+        {
+            // Not refused: the device sends the frame again later, by
+            // which time its session has arrived.
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%device, %sid, t, "too many frames parked for this device; dropping one");
+            return;
+        }
         if self.store.has_frame(sid, t) {
             // A copy of a frame in progress (redelivery, or the device
             // sending again after a long wait).
@@ -440,6 +469,30 @@ impl Core {
         }
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.submit(env);
+    }
+
+    /// Does the frame fit the model (value count, width, byte length)?
+    fn check_shape(&self, frame: &Frame) -> Result<(), String> {
+        let config = self.machine.config();
+        let inputs = config.topology.input_len;
+        let width = frame_width(&config.topology, &config.params);
+        let bytes = u64::try_from(inputs)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(u64::from(width))
+            .div_ceil(8);
+        let fits = usize::try_from(frame.count).is_ok_and(|count| count == inputs)
+            && u32::from(frame.width) == width
+            && u64::try_from(frame.values.len()).is_ok_and(|len| len == bytes);
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "frame has {} values of {} bits in {} bytes; the model takes {inputs} of {width} bits",
+                frame.count,
+                frame.width,
+                frame.values.len()
+            ))
+        }
     }
 
     /// Hands a stored frame on: parked without its session, queued behind

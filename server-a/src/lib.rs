@@ -19,7 +19,10 @@
 //! session (sessions are retained messages, so a new worker learns them
 //! all), and to the frames through a shared subscription
 //! (`$share/<group>/veil/v1/dev/+/frame`) so that each frame reaches one
-//! worker. A worker sends to B on `veil/v1/ab/<worker>` and B answers on
+//! worker (veil's broker admits a client to the group only when its ACL
+//! names it: `topic read $share/<group>/veil/v1/dev/+/frame`). A worker
+//! connects as `<username>-<worker>` unless a client id is configured. A
+//! worker sends to B on `veil/v1/ab/<worker>` and B answers on
 //! `veil/v1/ba/<worker>`, so replies come back to the worker that asked.
 //! Because B finishes a session's frames in counter order, a device's
 //! frames should stick to one worker: use the broker's topic-hash dispatch
@@ -123,6 +126,7 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub replayed: AtomicU64,
     pub precomputed: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 /// A plain copy of [`Stats`].
@@ -138,6 +142,8 @@ pub struct StatsSnapshot {
     /// Frames taken back up from the store at start.
     pub replayed: u64,
     pub precomputed: u64,
+    /// Frames dropped unstored because their device had too many parked.
+    pub dropped: u64,
 }
 
 impl Stats {
@@ -153,6 +159,7 @@ impl Stats {
             rejected: get(&self.rejected),
             replayed: get(&self.replayed),
             precomputed: get(&self.precomputed),
+            dropped: get(&self.dropped),
         }
     }
 }
@@ -183,7 +190,15 @@ impl ServerA {
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
         let (inputs, rx) = std::sync::mpsc::channel();
-        let mut link = Link::start(&options.mqtt)?;
+        let mut mqtt = options.mqtt.clone();
+        if mqtt.client_id.is_empty()
+            && let Some(user) = &mqtt.username
+        {
+            // Workers share a username; one client id between them would
+            // have each connection take over the other's session.
+            mqtt.client_id = format!("{user}-{}", options.worker);
+        }
+        let mut link = Link::start(&mqtt)?;
         let handle = link.handle.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let core_stats = Arc::clone(&stats);

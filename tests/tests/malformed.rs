@@ -42,8 +42,22 @@ async fn malformed_payloads_are_refused_and_service_continues() {
     .to_bytes()
     .unwrap();
     evil.publish("veil/v1/dev/devA/frame", forged).await;
-    // A frame for a session nobody knows (parked, then refused) is not
-    // tested here: it would only be refused after the park timeout.
+    // A frame that cannot fit the model, for a session nobody knows: refused
+    // at once, before A stores or parks it. (A well-shaped frame for an
+    // unknown session is parked, and only refused after the park timeout.)
+    let misshapen = Envelope::new(
+        "devA",
+        SessionId([8; 16]),
+        4,
+        Body::Frame(Frame {
+            count: 7,
+            width: 10,
+            values: vec![0; 100_000],
+        }),
+    )
+    .to_bytes()
+    .unwrap();
+    evil.publish("veil/v1/dev/devA/frame", misshapen).await;
 
     let mut rogue_a = Raw::connect(addr, "server-a", "rogue-a").await;
     rogue_a.publish("veil/v1/ab/a1", garbage.clone()).await;
@@ -53,8 +67,8 @@ async fn malformed_payloads_are_refused_and_service_continues() {
     let a = || servers.a.as_ref().unwrap().stats().rejected;
     let b = || servers.b.as_ref().unwrap().stats().rejected;
     wait_until(
-        "A to refuse the frame, the session and the forgery, and B's garbage",
-        || a() >= 4,
+        "A to refuse the frame, the session, the forgery, the misshapen frame and B's garbage",
+        || a() >= 5,
     )
     .await;
     wait_until("B to refuse the session, the ack and A's garbage", || {
@@ -69,9 +83,15 @@ async fn malformed_payloads_are_refused_and_service_continues() {
     );
     assert!(logs.contains("rejected ack"), "B logs its refusals");
 
+    assert_eq!(
+        servers.a.as_ref().unwrap().stats().frames,
+        1,
+        "only the good device's frame was stored"
+    );
+
     // The device hears why (B directly, A through B): one refusal for each
-    // of its five messages.
-    let refusals = evil.expect_on("veil/v1/dev/devA/result", 5).await;
+    // of its six messages.
+    let refusals = evil.expect_on("veil/v1/dev/devA/result", 6).await;
     for bytes in refusals {
         let env = Envelope::from_bytes(&bytes).expect("a well-formed refusal");
         assert_eq!(env.device, "devA");
