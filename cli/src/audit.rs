@@ -44,9 +44,10 @@ pub struct Args {
     /// Also write the ground truth of every round here.
     #[arg(long, value_name = "TRUTH.jsonl")]
     truth: Option<PathBuf>,
-    /// Rows (CSV) A measures its dummy distribution on; without it A falls
-    /// back to a distribution B can recognise.
-    #[arg(long, value_name = "C.csv")]
+    /// Rows A measures its dummy distribution on (as `veil import
+    /// --calibration`), replacing the plan's own calibration; without
+    /// either, A falls back to a distribution B can recognise.
+    #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// `paillier` runs the real cryptography; `plain` decrypts to the same
     /// values in a fraction of the time.
@@ -124,14 +125,16 @@ fn peer_name(p: Peer) -> &'static str {
 pub fn run(args: Args) -> Result<()> {
     let mut model = crate::infer::load_model_file(&args.model)?;
     let rows = read_rows(&args.input, &model)?;
-    match &args.calibration {
-        Some(path) => {
-            let calibration = read_rows(path, &model)?;
-            model.calibrate(&calibration, 4096)?;
-        }
-        None => eprintln!(
-            "warning: no --calibration: A's dummies come from a fallback distribution that B can tell apart"
-        ),
+    if let Some(path) = &args.calibration {
+        model
+            .calibrate_from(path, veil_model::CALIBRATION_ROWS)
+            .with_context(|| format!("calibrating on {}", path.display()))?;
+    }
+    if !model.is_calibrated() {
+        eprintln!(
+            "warning: the model carries no calibration and no --calibration was given: \
+             A's dummies come from a fallback distribution that B can tell apart"
+        );
     }
     let size = KeySize::Bits2048;
     let make = |role: &str| -> Result<SecretKey> {

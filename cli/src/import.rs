@@ -10,6 +10,9 @@ use veil_model::{ImportOptions, Model, PLAN_EXTENSION};
 ///
 /// Each M.onnx becomes M.plan next to it (or `--out`), imported with the
 /// default options: input bounds from the file's metadata, f = w = 16.
+/// The shipped plans were made with `--calibration data/pima-train.csv`
+/// (Pima) and `--calibration data/mnist-10k-images-idx3-ubyte.gz` (MNIST,
+/// its first 1,000 images).
 /// Builds without the `onnx` feature load only .plan files, so this is how
 /// a new model reaches them. The shipped models/*.plan are this command's
 /// output; `--check` verifies that they still are.
@@ -25,6 +28,16 @@ pub struct Args {
     /// import produces.
     #[arg(long, conflicts_with = "out")]
     check: bool,
+    /// Calibration data: server A draws its dummies from the pre-activations
+    /// the model produces on these rows, stored in the plan (an IDX image
+    /// file, or a CSV whose first columns are the features). Use training
+    /// data, never the rows you evaluate on. Without it, A's dummies fall
+    /// back to a distribution B can tell apart from real entries.
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// How many calibration rows to run (from the start of the file).
+    #[arg(long, value_name = "N", default_value_t = veil_model::CALIBRATION_ROWS)]
+    calibration_rows: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -33,8 +46,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut stale = Vec::new();
     for onnx in &args.models {
-        let model = Model::load(onnx, &ImportOptions::default())
+        let mut model = Model::load(onnx, &ImportOptions::default())
             .with_context(|| format!("importing {}", onnx.display()))?;
+        if let Some(path) = &args.calibration {
+            model
+                .calibrate_from(path, args.calibration_rows)
+                .with_context(|| format!("calibrating {} on {}", onnx.display(), path.display()))?;
+        }
         let bytes = model.compiled().to_bytes();
         let out = args
             .out

@@ -15,6 +15,11 @@ use crate::topology::{Stage, Topology};
 /// The extension of a compiled model file (`veil import` writes one).
 pub const PLAN_EXTENSION: &str = "plan";
 
+/// Calibration rows `veil import` runs by default.
+pub const CALIBRATION_ROWS: usize = 1000;
+/// Groups per activation stage a calibrated plan keeps.
+pub const CALIBRATION_GROUPS: usize = 4096;
+
 const MAGIC: &[u8; 8] = b"VEILPLAN";
 // 2: the plan carries calibration samples per activation stage.
 const VERSION: u16 = 2;
@@ -251,6 +256,28 @@ impl CompiledModel {
             }
         }
         Ok(())
+    }
+
+    /// Calibrates on the first `rows` rows of a data file
+    /// ([`crate::data::load_features`]), keeping [`CALIBRATION_GROUPS`]
+    /// groups per stage.
+    pub fn calibrate_from(&mut self, path: &Path, rows: usize) -> Result<(), ModelError> {
+        let features = crate::data::load_features(path, self.topology.input_len, rows)?;
+        let encoded = features
+            .iter()
+            .map(|x| self.encode_input(x))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.calibrate(&encoded, CALIBRATION_GROUPS)
+    }
+
+    /// Whether every activation stage carries calibration samples, so that
+    /// server A's dummies follow the real entries' distribution.
+    pub fn is_calibrated(&self) -> bool {
+        self.topology
+            .stages
+            .iter()
+            .enumerate()
+            .all(|(s, stage)| matches!(stage, Stage::Linear(_)) || self.plan.samples(s).is_some())
     }
 
     /// Like [`CompiledModel::run_int`], returning every stage's output

@@ -176,6 +176,74 @@ pub fn load_pima(path: &Path) -> Result<Pima, ModelError> {
     Ok(Pima { features, labels })
 }
 
+/// Up to `limit` input rows of `width` features for calibration: an IDX
+/// image file (MNIST's format, gzipped or not; pixels scaled to [0, 1] as
+/// the shipped models expect), or a CSV file whose first `width` columns
+/// are the features (a header line and further columns, such as a label,
+/// are skipped).
+pub fn load_features(path: &Path, width: usize, limit: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.contains("idx3-ubyte") {
+        let bytes = if name.ends_with(".gz") {
+            read_gz(path)?
+        } else {
+            std::fs::read(path).map_err(|source| ModelError::Io {
+                path: path.display().to_string(),
+                source,
+            })?
+        };
+        let (dims, pixels) = parse_idx(path, &bytes, 3)?;
+        let per: usize = dims.iter().skip(1).product();
+        if per != width {
+            return Err(bad(
+                path,
+                format!("images of {per} pixels for a model of {width} inputs"),
+            ));
+        }
+        return Ok(pixels
+            .chunks_exact(per.max(1))
+            .take(limit)
+            .map(|img| img.iter().map(|p| f32::from(*p) / 255.0).collect())
+            .collect());
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if rows.len() >= limit {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let values: Option<Vec<f32>> = fields
+            .iter()
+            .take(width)
+            .map(|f| f.parse::<f32>().ok().filter(|x| x.is_finite()))
+            .collect();
+        match values {
+            Some(values) if values.len() == width => rows.push(values),
+            None if index == 0 => continue,
+            _ => {
+                return Err(bad(
+                    path,
+                    format!("line {}: fewer than {width} numeric features", index + 1),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Err(bad(path, "no rows"));
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

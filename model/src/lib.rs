@@ -27,7 +27,9 @@ mod plan;
 mod semantics;
 mod topology;
 
-pub use compiled::{CompiledModel, PLAN_EXTENSION, load_model_file};
+pub use compiled::{
+    CALIBRATION_GROUPS, CALIBRATION_ROWS, CompiledModel, PLAN_EXTENSION, load_model_file,
+};
 pub use error::ModelError;
 pub use fixed::{
     ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, permute_eval,

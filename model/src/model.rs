@@ -497,6 +497,12 @@ impl Model {
         self.compiled.calibrate(rows, limit)
     }
 
+    /// See [`CompiledModel::calibrate_from`]: what `veil import
+    /// --calibration` does.
+    pub fn calibrate_from(&mut self, path: &Path, rows: usize) -> Result<(), ModelError> {
+        self.compiled.calibrate_from(path, rows)
+    }
+
     /// Per-element integer bounds `[lo, hi]` of every stage's output, for
     /// inputs within the feature bounds; the topology publishes only their
     /// bit counts. Derived from the weights, so as private as the plan.

@@ -15,12 +15,22 @@ use veil_model::{
 
 const SHIPPED: [&str; 4] = ["mnist-mlp", "mnist-cnn", "pima-mlp", "pima-tanh"];
 
+/// As `veil import --calibration <training data>` makes the shipped plans.
 fn import(name: &str) -> Model {
-    Model::load(
+    let mut model = Model::load(
         &models_dir().join(format!("{name}.onnx")),
         &ImportOptions::default(),
     )
-    .unwrap()
+    .unwrap();
+    let data = veil_model::data::workspace_data_dir().join(if name.starts_with("mnist") {
+        "mnist-10k-images-idx3-ubyte.gz"
+    } else {
+        "pima-train.csv"
+    });
+    model
+        .calibrate_from(&data, veil_model::CALIBRATION_ROWS)
+        .unwrap();
+    model
 }
 
 #[test]
@@ -52,6 +62,7 @@ fn a_plan_file_runs_like_the_imported_model() {
         let path = models_dir().join(format!("{name}.plan"));
         let loaded = load_model_file(&path).unwrap();
         assert_eq!(&loaded, model.compiled());
+        assert!(loaded.is_calibrated(), "{name}: shipped without calibration");
         assert_eq!(
             loaded.topology().fingerprint(),
             model.topology().fingerprint()
