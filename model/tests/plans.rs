@@ -62,7 +62,10 @@ fn a_plan_file_runs_like_the_imported_model() {
         let path = models_dir().join(format!("{name}.plan"));
         let loaded = load_model_file(&path).unwrap();
         assert_eq!(&loaded, model.compiled());
-        assert!(loaded.is_calibrated(), "{name}: shipped without calibration");
+        assert!(
+            loaded.is_calibrated(),
+            "{name}: shipped without calibration"
+        );
         assert_eq!(
             loaded.topology().fingerprint(),
             model.topology().fingerprint()
