@@ -3,15 +3,14 @@
 //! or receives, so that anyone can run their own attack on it. The format
 //! is documented in docs/protocol.md ("Auditing a party's view").
 
-use crate::keygen;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use veil_model::CompiledModel;
-use veil_paillier::{FixedBaseNoise, KeySize, SecretKey};
+use veil_paillier::{FixedBaseNoise, SecretKey};
 use veil_protocol::audit::{frame_as_a, open_output, open_round};
 use veil_protocol::{
     Body, Device, DeviceConfig, Engine, EntryRole, Envelope, I256, MaskKeys, Noise, PaillierPublic,
@@ -75,32 +74,6 @@ enum Backend {
     Plain,
 }
 
-fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i64>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}", path.display(), index + 1))?;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let parsed: Result<Vec<f32>, _> = line.split(',').map(|f| f.trim().parse()).collect();
-        let values = match parsed {
-            Ok(values) => values,
-            Err(_) if index == 0 => continue,
-            Err(e) => bail!("{}: line {}: {e}", path.display(), index + 1),
-        };
-        let encoded = model
-            .encode_input(&values)
-            .with_context(|| format!("{}: line {}", path.display(), index + 1))?;
-        rows.push(encoded);
-    }
-    if rows.is_empty() {
-        bail!("{}: no rows", path.display());
-    }
-    Ok(rows)
-}
-
 fn decimal(values: &[I256]) -> Vec<String> {
     values.iter().map(ToString::to_string).collect()
 }
@@ -124,7 +97,7 @@ fn peer_name(p: Peer) -> &'static str {
 
 pub fn run(args: Args) -> Result<()> {
     let mut model = crate::infer::load_model_file(&args.model)?;
-    let rows = read_rows(&args.input, &model)?;
+    let rows = crate::infer::read_rows(&args.input, &model)?;
     if let Some(path) = &args.calibration {
         model
             .calibrate_from(path, veil_model::CALIBRATION_ROWS)
@@ -136,14 +109,7 @@ pub fn run(args: Args) -> Result<()> {
              A's dummies come from a fallback distribution that B can tell apart"
         );
     }
-    let size = KeySize::Bits2048;
-    let make = |role: &str| -> Result<SecretKey> {
-        match args.keys.as_deref() {
-            Some(dir) => keygen::load_or_create(dir, role, size),
-            None => SecretKey::generate(&mut rand::rng(), size).context("generating a key pair"),
-        }
-    };
-    let (key_a, key_b) = (Arc::new(make("server-a")?), Arc::new(make("server-b")?));
+    let (key_a, key_b) = crate::infer::keys(args.keys.as_deref())?;
     let params = Params {
         force_permute: args.force_permute,
         ..Params::default()

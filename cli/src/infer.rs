@@ -57,7 +57,7 @@ enum Backend {
 }
 
 /// Reads the rows, checking each against the model before anything runs.
-fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i64>>> {
+pub(crate) fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i64>>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let topology = model.topology();
     let mut rows = Vec::new();
@@ -115,7 +115,7 @@ pub(crate) fn load_model_file(path: &Path) -> Result<CompiledModel> {
     veil_model::load_model_file(path).with_context(|| format!("loading {}", path.display()))
 }
 
-fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
+pub(crate) fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
     let size = KeySize::Bits2048;
     let make = |role: &str| -> Result<SecretKey> {
         match dir {
