@@ -3,6 +3,7 @@
 //! or receives, so that anyone can run their own attack on it. The format
 //! is documented in docs/protocol.md ("Auditing a party's view").
 
+use crate::infer::{Backend, RunArgs};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde_json::{Value, json};
@@ -28,12 +29,8 @@ use veil_protocol::{
 /// pre-activations.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model: a `.plan` file, or `.onnx` with the `onnx` feature.
-    #[arg(long, value_name = "M.plan")]
-    model: PathBuf,
-    /// Input rows (CSV, as for `veil infer`).
-    #[arg(long, value_name = "X.csv")]
-    input: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     /// Whose view to write.
     #[arg(long, value_enum)]
     party: Party,
@@ -48,17 +45,6 @@ pub struct Args {
     /// either, A falls back to a distribution B can recognise.
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
-    /// `paillier` runs the real cryptography; `plain` decrypts to the same
-    /// values in a fraction of the time.
-    #[arg(long, value_enum, default_value_t = Backend::Paillier)]
-    backend: Backend,
-    /// Directory of the servers' keys (as for `veil infer`); fresh keys
-    /// without it.
-    #[arg(long, value_name = "DIR")]
-    keys: Option<PathBuf>,
-    /// Permute mode everywhere.
-    #[arg(long)]
-    force_permute: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,12 +52,6 @@ enum Party {
     A,
     B,
     Broker,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Paillier,
-    Plain,
 }
 
 fn decimal(values: &[I256]) -> Vec<String> {
@@ -96,8 +76,8 @@ fn peer_name(p: Peer) -> &'static str {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut model = crate::infer::load_model_file(&args.model)?;
-    let rows = crate::infer::read_rows(&args.input, &model)?;
+    let mut model = crate::infer::load_model_file(&args.run.model)?;
+    let rows = crate::infer::read_rows(&args.run.input, &model)?;
     if let Some(path) = &args.calibration {
         model
             .calibrate_from(path, veil_model::CALIBRATION_ROWS)
@@ -109,9 +89,9 @@ pub fn run(args: Args) -> Result<()> {
              A's dummies come from a fallback distribution that B can tell apart"
         );
     }
-    let (key_a, key_b) = crate::infer::keys(args.keys.as_deref())?;
+    let (key_a, key_b) = crate::infer::keys(args.run.keys.as_deref())?;
     let params = Params {
-        force_permute: args.force_permute,
+        force_permute: args.run.force_permute,
         ..Params::default()
     };
     let topology = Arc::new(model.topology().clone());
@@ -144,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         key_a: &key_a,
         rounding_key,
     };
-    match args.backend {
+    match args.run.backend {
         Backend::Plain => {
             let a = ServerA::new(config_a, Plain::default(), seed)?;
             let b = ServerB::new(config_b, Plain::default())?;

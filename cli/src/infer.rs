@@ -25,33 +25,41 @@ use veil_protocol::{
 /// state machines exchanging encoded messages, exactly as over MQTT.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model: a .plan file (models/*.plan, or `veil import`'s output),
-    /// or an .onnx file in builds with the `onnx` feature.
-    #[arg(long, value_name = "M.plan")]
-    model: PathBuf,
-    /// Input rows (CSV).
-    #[arg(long, value_name = "X.csv")]
-    input: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     /// Where to write the outputs (default: standard output).
     #[arg(long, value_name = "Y.csv")]
     output: Option<PathBuf>,
+}
+
+/// What `veil infer` and `veil audit` both need to run the protocol.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// The model: a .plan file (models/*.plan, or `veil import`'s output),
+    /// or an .onnx file in builds with the `onnx` feature.
+    #[arg(long, value_name = "M.plan")]
+    pub model: PathBuf,
+    /// Input rows (CSV): as many comma-separated numbers as the model has
+    /// inputs; a first line that is not numeric is a header.
+    #[arg(long, value_name = "X.csv")]
+    pub input: PathBuf,
     /// `paillier` runs the real cryptography; `plain` runs the same protocol
     /// with identity "encryption" (fast; for checking results, not private).
     #[arg(long, value_enum, default_value_t = Backend::Paillier)]
-    backend: Backend,
+    pub backend: Backend,
     /// Directory holding the servers' keys (server-a.key, server-b.key);
     /// missing keys are generated there. Without it, fresh keys are made
     /// for this run only.
     #[arg(long, value_name = "DIR")]
-    keys: Option<PathBuf>,
+    pub keys: Option<PathBuf>,
     /// Evaluate every activation in permute mode (B sees pre-activation
     /// values) instead of blind mode wherever possible.
     #[arg(long)]
-    force_permute: bool,
+    pub force_permute: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
+pub(crate) enum Backend {
     Paillier,
     Plain,
 }
@@ -127,11 +135,11 @@ pub(crate) fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model_file(&args.model)?;
-    let rows = read_rows(&args.input, &model)?;
-    let (key_a, key_b) = keys(args.keys.as_deref())?;
+    let model = load_model_file(&args.run.model)?;
+    let rows = read_rows(&args.run.input, &model)?;
+    let (key_a, key_b) = keys(args.run.keys.as_deref())?;
     let params = Params {
-        force_permute: args.force_permute,
+        force_permute: args.run.force_permute,
         ..Params::default()
     };
     let topology = Arc::new(model.topology().clone());
@@ -156,7 +164,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut seed = [0u8; 32];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
-    match args.backend {
+    match args.run.backend {
         Backend::Plain => {
             let a = ServerA::new(config_a, Plain::default(), seed)?;
             let b = ServerB::new(config_b, Plain::default())?;
