@@ -227,6 +227,7 @@ impl Audit<'_> {
                                         }),
                                         EntryRole::Dummy => json!({"role": "dummy"}),
                                         EntryRole::Padding => json!({"role": "padding"}),
+                                        EntryRole::Zero => json!({"role": "zero", "z": "0"}),
                                     })
                                     .collect::<Vec<_>>(),
                             )
@@ -300,18 +301,24 @@ fn b_line<S: SecretOps>(
     Ok(Some(match &envelope.body {
         Body::Round(round) => {
             let view = open_round(backend, topology, params, round)?;
-            let k = view.group_size;
+            let comparisons: Vec<Value> = view
+                .comparisons
+                .iter()
+                .map(|(i, j)| json!([i, j]))
+                .collect();
             json!({
                 "frame": frame,
                 "kind": "round",
                 "t": t,
                 "stage": view.stage,
                 "mode": format!("{:?}", view.mode).to_lowercase(),
-                "groups": view.groups(),
-                "group_size": k,
-                "values": grouped(&view.values, k),
-                "masked": grouped(&view.masked, k),
-                "masked_alpha": grouped(&view.masked_alpha, k),
+                "groups": view.groups,
+                "group_size": view.group_size,
+                "slots": view.slots,
+                "comparisons": comparisons,
+                "values": grouped(&view.values, view.values_per_group),
+                "masked": grouped(&view.masked, view.slots),
+                "masked_alpha": grouped(&view.masked_alpha, view.slots),
             })
         }
         Body::Output(output) => {

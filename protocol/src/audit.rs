@@ -18,19 +18,23 @@ use veil_model::Topology;
 pub struct RoundView {
     pub stage: usize,
     pub mode: RoundMode,
+    pub groups: usize,
+    /// Window entries per group (padded).
     pub group_size: usize,
-    /// `β·z + γ` (blind) or `z` (permute), one per entry.
+    /// Blind mode: slots per group (the window, plus the zero slot when
+    /// signs are hidden); `masked` holds one entry per slot.
+    pub slots: usize,
+    /// Blind mode: what each of a group's values compares, slot `i`
+    /// against slot `j` or against an implicit 0 (`None`).
+    pub comparisons: Vec<(usize, Option<usize>)>,
+    /// Blind: `β·(z_i - z_j) + γ`, one per comparison; permute: `z`, one
+    /// per window entry. Grouped by `values_per_group`.
     pub values: Vec<I256>,
-    /// `z + ρ` (blind only).
+    pub values_per_group: usize,
+    /// `z + ρ`, one per slot (blind only).
     pub masked: Vec<I256>,
-    /// `α_q·z + ρ'` (blind leaky ReLU only).
+    /// `α_q·z + ρ'`, one per slot (blind leaky ReLU only).
     pub masked_alpha: Vec<I256>,
-}
-
-impl RoundView {
-    pub fn groups(&self) -> usize {
-        self.values.len() / self.group_size.max(1)
-    }
 }
 
 /// Decrypts a round the way B does (same layout, same checks).
@@ -42,8 +46,8 @@ pub fn open_round<S: SecretOps>(
 ) -> Result<RoundView> {
     let s = usize::from(round.stage);
     let shape = RoundShape::new(topology, params, s, round.mode)?;
-    let entries = round.groups as usize * shape.group_size;
-    let open = |items: &[Vec<u8>], bits: u32| -> Result<Vec<I256>> {
+    let groups = round.groups as usize;
+    let open = |items: &[Vec<u8>], bits: u32, entries: usize| -> Result<Vec<I256>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -67,16 +71,21 @@ pub fn open_round<S: SecretOps>(
         }
         Ok(out)
     };
+    let per_slot = groups * shape.masked_per_group();
     Ok(RoundView {
         stage: s,
         mode: round.mode,
+        groups,
         group_size: shape.group_size,
-        values: open(&round.values, shape.value_bits)?,
-        masked: open(&round.masked, shape.masked_bits)?,
+        slots: shape.masked_per_group(),
+        values: open(&round.values, shape.value_bits, groups * shape.values_per_group())?,
+        values_per_group: shape.values_per_group(),
+        masked: open(&round.masked, shape.masked_bits, per_slot)?,
         masked_alpha: match shape.alpha_bits {
-            Some(bits) => open(&round.masked_alpha, bits)?,
+            Some(bits) => open(&round.masked_alpha, bits, per_slot)?,
             None => Vec::new(),
         },
+        comparisons: shape.comparisons,
     })
 }
 

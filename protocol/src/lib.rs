@@ -24,6 +24,7 @@ mod error;
 pub mod fuzzing;
 mod messages;
 mod params;
+mod perturb;
 mod prf;
 mod round;
 mod server_a;

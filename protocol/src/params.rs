@@ -36,6 +36,12 @@ pub struct Params {
     /// Times B lets A start one frame over; a retried round repeats the
     /// first try exactly, so only a misbehaving A needs more.
     pub max_restarts: u32,
+    /// Hide ReLU signs from B: every ReLU group gets a zero slot at a
+    /// keyed position, and B compares slots pairwise without knowing which
+    /// one is the zero, so it learns neither `z > 0` nor whether a pooling
+    /// window's output is 0. Costs one masked entry and one encrypted
+    /// selection bit per group (see docs/protocol.md for the figures).
+    pub hide_signs: bool,
 }
 
 impl Default for Params {
@@ -51,6 +57,7 @@ impl Default for Params {
             rekey_after: 1 << 20,
             mask_lookahead: 4,
             max_restarts: 3,
+            hide_signs: true,
         }
     }
 }
@@ -78,9 +85,10 @@ impl Params {
                 self.sigma
             )));
         }
-        if !(8..=64).contains(&self.beta_bits) || !(1..=128).contains(&self.beta_log_range) {
+        // β' travels as a signed 64-bit weight of a multi-exponentiation.
+        if !(8..=62).contains(&self.beta_bits) || !(1..=128).contains(&self.beta_log_range) {
             return Err(ProtocolError::Params(
-                "β' must have 8 to 64 bits and β a log-range of 1 to 128 bits".into(),
+                "β' must have 8 to 62 bits and β a log-range of 1 to 128 bits".into(),
             ));
         }
         let input = topology.input_bound_bits + self.sigma + 2;
@@ -116,7 +124,7 @@ impl Params {
     /// The parameters as B enforces them (exposed for the shells' logs).
     pub fn describe(&self) -> String {
         format!(
-            "σ={} β={} bits·2^[0,{}), dummies ≥{} (+{}‰), packing {}, {}",
+            "σ={} β={} bits·2^[0,{}), dummies ≥{} (+{}‰), packing {}, {}, signs {}",
             self.sigma,
             self.beta_bits,
             self.beta_log_range,
@@ -127,7 +135,8 @@ impl Params {
                 "permute everywhere"
             } else {
                 "blind where possible"
-            }
+            },
+            if self.hide_signs { "hidden" } else { "shown to B" }
         )
     }
 

@@ -17,7 +17,19 @@ pub(crate) struct RoundShape {
     pub groups: Vec<Vec<u32>>,
     /// Entries per group; short windows are padded.
     pub group_size: usize,
-    /// Bound (bits) of `β·z` (blind) or `z` (permute) entries.
+    /// Blind mode: the entries of a group that B may select (the window,
+    /// plus the zero slot when [`Params::hide_signs`] applies), each with
+    /// a masked value and an encrypted selection bit in the reply.
+    pub slots: usize,
+    /// Blind mode: one ReLU group slot holds 0 (`hide_signs`).
+    pub zero_slot: bool,
+    /// What each blinded value compares, in the order A sends them: slot
+    /// `i` against slot `j`, or against an implicit 0 (`None`, where the
+    /// sign is not hidden). B sees `β·(z_i - z_j) + γ` with fresh β, γ for
+    /// every comparison: their outcomes and a blurred magnitude, never a
+    /// ratio of two entries.
+    pub comparisons: Vec<(usize, Option<usize>)>,
+    /// Bound (bits) of `β·(z_i - z_j) + γ` (blind) or `z` (permute) entries.
     pub value_bits: u32,
     /// Bound of `z + ρ`.
     pub masked_bits: u32,
@@ -67,10 +79,28 @@ impl RoundShape {
             }
             _ => 0,
         };
+        let relu_like = matches!(spec.kind, ActivationKind::Relu | ActivationKind::ReluMaxPool);
+        let zero_slot = mode == RoundMode::Blind && params.hide_signs && relu_like;
+        let implicit_zero = mode == RoundMode::Blind
+            && !zero_slot
+            && (relu_like || matches!(spec.kind, ActivationKind::LeakyRelu { .. }));
+        let slots = group_size + usize::from(zero_slot);
+        let comparisons: Vec<(usize, Option<usize>)> = match mode {
+            RoundMode::Blind => {
+                let pairs = (0..slots).flat_map(|i| (i + 1..slots).map(move |j| (i, Some(j))));
+                let against_zero = (0..slots)
+                    .filter(|_| implicit_zero)
+                    .map(|i| (i, None));
+                pairs.chain(against_zero).collect()
+            }
+            RoundMode::Permute => Vec::new(),
+        };
         let value_bits = match mode {
             RoundMode::Blind => {
-                // |β·z + γ| < β·2^κ ≤ 2^(beta_bits + e_max + κ).
-                kappa + params.beta_bits + params.beta_log_range.saturating_sub(1)
+                // |z_i - z_j| < 2^(κ+1) (padding is -2^κ), |z_i| < 2^κ, and
+                // |β·d + γ| < β·(|d| + 1) ≤ 2^(beta_bits + e_max)·|d|.
+                let difference = kappa + u32::from(group_size > 1);
+                difference + params.beta_bits + params.beta_log_range.saturating_sub(1)
             }
             // Padding entries hold exactly -2^κ.
             RoundMode::Permute => kappa + 1,
@@ -87,6 +117,9 @@ impl RoundShape {
             kappa,
             groups,
             group_size,
+            slots,
+            zero_slot,
+            comparisons,
             value_bits,
             masked_bits: kappa + params.sigma + 1,
             alpha_bits,
@@ -94,12 +127,29 @@ impl RoundShape {
         })
     }
 
-    /// Answers B sends per group: `[[X]]` and one `[[-s]]` per entry in
+    /// Answers B sends per group: `[[X]]` and one `[[-s]]` per slot in
     /// blind mode, one fresh value in permute mode.
     pub fn replies_per_group(&self) -> usize {
         match self.mode {
-            RoundMode::Blind => 1 + self.group_size,
+            RoundMode::Blind => 1 + self.slots,
             RoundMode::Permute => 1,
+        }
+    }
+
+    /// Values per group in the round's `values`: one per comparison
+    /// (blind), one per window entry (permute).
+    pub fn values_per_group(&self) -> usize {
+        match self.mode {
+            RoundMode::Blind => self.comparisons.len(),
+            RoundMode::Permute => self.group_size,
+        }
+    }
+
+    /// Entries per group in `masked` (and `masked_alpha`): one per slot.
+    pub fn masked_per_group(&self) -> usize {
+        match self.mode {
+            RoundMode::Blind => self.slots,
+            RoundMode::Permute => 0,
         }
     }
 }

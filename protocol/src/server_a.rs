@@ -8,17 +8,16 @@ use crate::device::{centre, frame_width, input_masks, output_masks};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
+use crate::perturb::{GroupRef, PlanInput, Slot, Source, plan_round};
 use crate::prf::{MaskKeys, Seed, SessionId};
 use crate::round::{RoundShape, round_mode};
 use crate::session;
 use ethnum::I256;
-use rand::rngs::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use veil_model::{
-    ActivationKind, ActivationMode, Plan, RoundingSource, SeededRounding, Stage, StageSamples,
+    ActivationKind, ActivationMode, Plan, SeededRounding, Stage,
     Topology,
 };
 use veil_paillier::SecretKey;
@@ -68,20 +67,14 @@ enum Masks<C> {
     Ready(Vec<C>),
 }
 
-/// Where one entry of a round came from, and the mask quotients A needs to
-/// undo B's truncation.
+/// The mask quotients A needs to undo B's truncation of one slot.
 #[derive(Clone)]
 struct Entry {
-    /// Input index of a real entry; `None` for padding and dummies.
-    index: Option<u32>,
+    /// Whether B may select this slot of a real group (see
+    /// [`crate::perturb::Slot::corrected`]).
+    corrected: bool,
     h1: I256,
     h2: I256,
-}
-
-#[derive(Clone, Copy)]
-enum GroupRef {
-    Real(usize),
-    Dummy,
 }
 
 struct Pending {
@@ -98,27 +91,6 @@ enum FrameState {
     InRound(Pending, Vec<i128>),
 }
 
-/// What to put in one entry of a round, drawn before the parallel part so
-/// that the protocol's randomness is consumed in a fixed order.
-struct EntrySpec {
-    source: Source,
-    /// β = beta·2^shift; the shift is applied while packing, for free.
-    beta: I256,
-    shift: u32,
-    /// γ = gamma_hi·2^shift + gamma_lo, uniform in `[0, β)`: B receives
-    /// `(beta·z + gamma_hi)·2^shift + gamma_lo`.
-    gamma_hi: I256,
-    gamma_lo: I256,
-    rho1: I256,
-    rho2: I256,
-}
-
-enum Source {
-    Real(u32),
-    /// A dummy or padding value, encrypted by A itself.
-    Value(I256),
-}
-
 /// What one entry of a round A sent really is, known only to A: recorded
 /// on request so that an audit can score what B could infer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,10 +99,12 @@ pub enum EntryRole {
     Real(u32),
     Dummy,
     Padding,
+    /// The slot of value 0 that hides a ReLU's sign (`hide_signs`).
+    Zero,
 }
 
-/// A's record of one round, groups and entries in the order B receives
-/// them.
+/// A's record of one round, groups and slots in the order B receives
+/// them (comparisons follow `RoundView::comparisons`).
 #[derive(Clone, Debug)]
 pub struct RoundTruth {
     pub sid: SessionId,
@@ -151,147 +125,6 @@ pub struct ServerA<P: PublicOps> {
     frames: HashMap<(SessionId, u64), (String, FrameState)>,
     /// `u = y - a` of every frame in flight, to start it over if needed.
     inputs: HashMap<(SessionId, u64), Vec<i128>>,
-}
-
-/// A uniform value below `2^bits` (bits ≤ 254).
-fn random_below_pow2(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
-    if bits == 0 {
-        return I256::ZERO;
-    }
-    let lo = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
-    let hi = u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64);
-    let value = ethnum::U256::from_words(hi, lo);
-    let mask = if bits >= 256 {
-        ethnum::U256::MAX
-    } else {
-        (ethnum::U256::ONE << bits) - 1
-    };
-    (value & mask).as_i256()
-}
-
-/// A uniform value in `(-2^bits, 2^bits)`.
-fn random_signed(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
-    let magnitude = random_below_pow2(rng, bits);
-    if rng.next_u32() & 1 == 1 {
-        -magnitude
-    } else {
-        magnitude
-    }
-}
-
-/// A uniform value in `[0, bound)` (`0 < bound < 2^254`), by rejection.
-fn random_below(rng: &mut ChaCha20Rng, bound: I256) -> I256 {
-    if bound <= I256::ONE {
-        return I256::ZERO;
-    }
-    let bits = 256 - (bound - 1).leading_zeros();
-    loop {
-        let v = random_below_pow2(rng, bits);
-        if v < bound {
-            return v;
-        }
-    }
-}
-
-/// The generator of every perturbation of round `stage` of frame `t`.
-fn perturbation_rng(key: &Seed, sid: SessionId, t: u64, stage: usize) -> ChaCha20Rng {
-    let mut label = b"perturbation".to_vec();
-    label.extend_from_slice(&sid.0);
-    label.extend_from_slice(&t.to_le_bytes());
-    label.extend_from_slice(&(stage as u64).to_le_bytes());
-    ChaCha20Rng::from_seed(*key.derive(&label).as_bytes())
-}
-
-/// A value drawn from the stage's calibrated pre-activations: between two
-/// neighbouring samples, so that B, who sees permute-mode values exactly,
-/// never meets the same sample twice.
-fn sample_value(sorted: &[i128], rng: &mut ChaCha20Rng) -> Option<I256> {
-    let (first, rest) = sorted.split_first()?;
-    if rest.is_empty() {
-        return Some(I256::from(*first));
-    }
-    let i = (rng.next_u64() % rest.len() as u64) as usize;
-    let lo = I256::from(*sorted.get(i)?);
-    let hi = I256::from(*sorted.get(i + 1)?);
-    Some(lo + random_below(rng, hi - lo + 1))
-}
-
-fn clamp(v: I256, kappa: u32) -> I256 {
-    let bound = (I256::ONE << kappa) - 1;
-    v.clamp(-bound, bound)
-}
-
-/// A dummy group: in blind mode a whole calibration group (B sees it
-/// blinded, so its exact values never show, and a pooling window keeps its
-/// realistic spread); in permute mode fresh values from the calibrated
-/// distribution. Without calibration: signs at random and magnitudes
-/// log-uniform below the bound, which B can tell apart from real entries
-/// (documented).
-fn dummy_group(
-    kind: ActivationKind,
-    mode: RoundMode,
-    kappa: u32,
-    k: usize,
-    samples: Option<&StageSamples>,
-    rng: &mut ChaCha20Rng,
-) -> Vec<I256> {
-    let samples = samples.filter(|s| !s.groups.is_empty() && !s.sorted.is_empty());
-    let mut out: Vec<I256> = match (samples, mode) {
-        (Some(samples), RoundMode::Blind) => {
-            let g = (rng.next_u64() % samples.groups.len() as u64) as usize;
-            samples
-                .groups
-                .get(g)
-                .map(|group| group.iter().take(k).map(|v| I256::from(*v)).collect())
-                .unwrap_or_default()
-        }
-        (Some(samples), RoundMode::Permute) => (0..k)
-            .filter_map(|_| sample_value(&samples.sorted, rng))
-            .collect(),
-        (None, _) => (0..k)
-            .map(|_| {
-                let bits = 1 + rng.next_u32() % kappa.max(1);
-                random_signed(rng, bits)
-            })
-            .collect(),
-    };
-    while out.len() < k {
-        out.push(padding(kind, mode, kappa, samples, rng));
-    }
-    // Real windows reach B in a keyed order; so do dummies.
-    for i in (1..out.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        out.swap(i, j);
-    }
-    out.into_iter().map(|v| clamp(v, kappa)).collect()
-}
-
-/// The filler of a short pooling window. It must never change the
-/// window's result: under ReLU any negative value qualifies, so it is drawn
-/// from the stage's calibrated negatives; a bare max-pool needs a value
-/// below every real entry, `-2^κ`, which B can recognise (documented).
-fn padding(
-    kind: ActivationKind,
-    mode: RoundMode,
-    kappa: u32,
-    samples: Option<&StageSamples>,
-    rng: &mut ChaCha20Rng,
-) -> I256 {
-    let floor = -(I256::ONE << kappa);
-    if kind != ActivationKind::ReluMaxPool {
-        return floor;
-    }
-    let negatives = samples.map_or(&[][..], |s| {
-        let end = s.sorted.partition_point(|v| *v < 0);
-        s.sorted.get(..end).unwrap_or(&[])
-    });
-    let drawn = match mode {
-        RoundMode::Permute => sample_value(negatives, rng),
-        RoundMode::Blind => negatives
-            .get((rng.next_u64() % negatives.len().max(1) as u64) as usize)
-            .map(|v| I256::from(*v)),
-    };
-    drawn.map_or(floor, |v| clamp(v, kappa).min(-I256::ONE))
 }
 
 impl<P: PublicOps> ServerA<P> {
@@ -731,179 +564,155 @@ impl<P: PublicOps> ServerA<P> {
         let shape = RoundShape::new(&topology, &params, s, mode)?;
         let rounding = frame_rounding(&self.cfg.rounding_key, sid, t);
         let w = topology.fixed.weight_bits;
-        let kappa = shape.kappa;
-        let k = shape.group_size;
-        let real = shape.groups.len();
-        // Every perturbation below is a function of A's secret and
-        // (sid, t, stage): a retried round is the first try again, bit for
-        // bit, so B never gets a second view of one pre-activation.
-        let mut rng = perturbation_rng(&self.cfg.rounding_key, sid, t, s);
-        let rng = &mut rng;
-        let mut order: Vec<GroupRef> = (0..real).map(GroupRef::Real).collect();
-        order.extend(std::iter::repeat_n(GroupRef::Dummy, params.dummies(real)));
-        for i in (1..order.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
-        let h1_bits = (kappa + params.sigma).saturating_sub(w);
-        let h2_bits = (kappa + shape.alpha_q_bits + params.sigma).saturating_sub(2 * w);
-        let samples = self.cfg.plan.samples(s);
-        let mut specs = Vec::with_capacity(order.len() * k);
-        let mut entries = Vec::with_capacity(order.len());
-        for group in &order {
-            let (beta, shift) = match mode {
-                RoundMode::Blind => {
-                    let top = I256::ONE << (params.beta_bits - 1);
-                    let odd = random_below_pow2(rng, params.beta_bits - 1) | top;
-                    (odd, rng.next_u32() % params.beta_log_range.max(1))
-                }
-                RoundMode::Permute => (I256::ONE, 0),
-            };
-            let mut group_entries = Vec::with_capacity(k);
-            let mut push =
-                |source: Source, index: Option<u32>, r1: I256, r2: I256, rng: &mut ChaCha20Rng| {
-                    let h1 = random_below_pow2(rng, h1_bits);
-                    let h2 = random_below_pow2(rng, h2_bits);
-                    let (gamma_hi, gamma_lo) = match mode {
-                        RoundMode::Blind => {
-                            let gamma = random_below(rng, beta << shift);
-                            let hi = gamma >> shift;
-                            (hi, gamma - (hi << shift))
-                        }
-                        RoundMode::Permute => (I256::ZERO, I256::ZERO),
-                    };
-                    specs.push(EntrySpec {
-                        source,
-                        beta,
-                        shift,
-                        gamma_hi,
-                        gamma_lo,
-                        rho1: (h1 << w) + r1,
-                        rho2: (h2 << (2 * w)) + r2,
-                    });
-                    group_entries.push(Entry { index, h1, h2 });
-                };
-            match group {
-                GroupRef::Real(o) => {
-                    let window = shape.groups.get(*o).cloned().unwrap_or_default();
-                    let mut positions: Vec<usize> = (0..window.len()).collect();
-                    // Where in its window the maximum sits is not B's to
-                    // know: a keyed order per window.
-                    if window.len() > 1 {
-                        positions.sort_by_key(|p| (rounding.tie_rank(s, *o, *p), *p));
-                    }
-                    // Indexed by group, not entry: see `veil_model::activate`.
-                    let r1 = I256::from(rounding.offset(s, *o, 0, w));
-                    let r2 = if shape.alpha_bits.is_some() {
-                        I256::from(rounding.offset(s, *o, 1, 2 * w))
-                    } else {
-                        I256::ZERO
-                    };
-                    for p in positions {
-                        let idx = window.get(p).copied().unwrap_or(0);
-                        push(Source::Real(idx), Some(idx), r1, r2, rng);
-                    }
-                    for _ in window.len()..k {
-                        let pad = padding(shape.kind, mode, kappa, samples, rng);
-                        let r1 = random_below_pow2(rng, w);
-                        let r2 = random_below_pow2(rng, 2 * w);
-                        push(Source::Value(pad), None, r1, r2, rng);
-                    }
-                }
-                GroupRef::Dummy => {
-                    for value in dummy_group(shape.kind, mode, kappa, k, samples, rng) {
-                        let r1 = random_below_pow2(rng, w);
-                        let r2 = random_below_pow2(rng, 2 * w);
-                        push(Source::Value(value), None, r1, r2, rng);
-                    }
-                }
-            }
-            entries.push(group_entries);
-        }
+        let plan = plan_round(
+            &self.cfg.rounding_key,
+            sid,
+            t,
+            &PlanInput {
+                params: &params,
+                shape: &shape,
+                stage: s,
+                weight_bits: w,
+                samples: self.cfg.plan.samples(s),
+                rounding: &rounding,
+            },
+        );
         if let Some(truth) = self.truth.as_mut() {
-            let groups = order
-                .iter()
-                .zip(&entries)
-                .map(|(group, members)| {
-                    members
-                        .iter()
-                        .map(|entry| match (group, entry.index) {
-                            (GroupRef::Dummy, _) => EntryRole::Dummy,
-                            (GroupRef::Real(_), Some(i)) => EntryRole::Real(i),
-                            (GroupRef::Real(_), None) => EntryRole::Padding,
-                        })
-                        .collect()
-                })
-                .collect();
             truth.push(RoundTruth {
                 sid,
                 t,
                 stage: s,
                 mode,
-                groups,
+                groups: plan
+                    .slots
+                    .iter()
+                    .map(|slots| slots.iter().map(|slot| slot.role).collect())
+                    .collect(),
             });
         }
         let backend = &self.backend;
-        let value_of = |source: &Source| -> Result<P::Ct> {
-            match source {
-                Source::Real(idx) => z.get(*idx as usize).cloned().ok_or_else(|| {
-                    ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
-                }),
-                Source::Value(v) => Ok(backend.constant(*v)),
+        let input = |idx: u32| -> Result<&P::Ct> {
+            z.get(idx as usize).ok_or_else(|| {
+                ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
+            })
+        };
+        let all_slots: Vec<&Slot> = plan.slots.iter().flatten().collect();
+        let round = match mode {
+            RoundMode::Permute => {
+                let values = all_slots
+                    .par_iter()
+                    .map(|slot| match slot.source {
+                        Source::Real(idx) => input(idx).cloned(),
+                        Source::Value(v) => Ok(backend.constant(v)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let zeros = vec![0; values.len()];
+                let offsets = vec![I256::ZERO; values.len()];
+                Round {
+                    stage: s as u16,
+                    mode,
+                    groups: plan.order.len() as u32,
+                    group_size: shape.group_size as u16,
+                    packed: params.pack,
+                    values: self.seal_shifted(&values, &zeros, &offsets, shape.value_bits)?,
+                    masked: Vec::new(),
+                    masked_alpha: Vec::new(),
+                }
+            }
+            RoundMode::Blind => {
+                // Negative weights of the comparisons share one batch
+                // inversion of the stage's inputs.
+                let prepared = backend.prepare(z)?;
+                let values = plan
+                    .comparisons
+                    .par_iter()
+                    .map(|c| -> Result<P::Ct> {
+                        let beta = I256::from(c.beta);
+                        let mut terms: Vec<(u32, i64)> = Vec::with_capacity(2);
+                        let mut constant = c.gamma_hi;
+                        match c.left {
+                            Source::Real(idx) => terms.push((idx, c.beta)),
+                            Source::Value(v) => constant += beta * v,
+                        }
+                        match c.right {
+                            Some(Source::Real(idx)) => terms.push((idx, -c.beta)),
+                            Some(Source::Value(v)) => constant -= beta * v,
+                            None => {}
+                        }
+                        Ok(if terms.is_empty() {
+                            backend.constant(constant)
+                        } else {
+                            backend.add_plain(&backend.dot(&prepared, &terms)?, constant)
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let alpha_q = match shape.kind {
+                    ActivationKind::LeakyRelu { alpha_q } => Some(I256::from(alpha_q)),
+                    _ => None,
+                };
+                type Masked<C> = (C, Option<C>);
+                let masked = all_slots
+                    .par_iter()
+                    .map(|slot| -> Result<Masked<P::Ct>> {
+                        Ok(match slot.source {
+                            Source::Real(idx) => {
+                                let x = input(idx)?;
+                                (
+                                    backend.add_plain(x, slot.rho1),
+                                    alpha_q.map(|a| {
+                                        backend.add_plain(&backend.scale(x, a), slot.rho2)
+                                    }),
+                                )
+                            }
+                            Source::Value(v) => (
+                                backend.constant(v + slot.rho1),
+                                alpha_q.map(|a| backend.constant(a * v + slot.rho2)),
+                            ),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (masked, masked_alpha): (Vec<P::Ct>, Vec<Option<P::Ct>>) =
+                    masked.into_iter().unzip();
+                let masked_alpha: Vec<P::Ct> = masked_alpha.into_iter().flatten().collect();
+                let shifts: Vec<u32> = plan.comparisons.iter().map(|c| c.shift).collect();
+                let offsets: Vec<I256> = plan.comparisons.iter().map(|c| c.gamma_lo).collect();
+                Round {
+                    stage: s as u16,
+                    mode,
+                    groups: plan.order.len() as u32,
+                    group_size: shape.group_size as u16,
+                    packed: params.pack,
+                    values: self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
+                    masked: self.seal(&masked, shape.masked_bits)?,
+                    masked_alpha: match shape.alpha_bits {
+                        Some(bits) => self.seal(&masked_alpha, bits)?,
+                        None => Vec::new(),
+                    },
+                }
             }
         };
-        let alpha_q = match shape.kind {
-            ActivationKind::LeakyRelu { alpha_q } => I256::from(alpha_q),
-            _ => I256::ZERO,
-        };
-        let leaky = shape.alpha_bits.is_some();
-        type Items<C> = (C, Option<C>, Option<C>);
-        let items: Vec<Items<P::Ct>> = specs
-            .par_iter()
-            .map(|spec| -> Result<Items<P::Ct>> {
-                let value = value_of(&spec.source)?;
-                Ok(match mode {
-                    RoundMode::Permute => (value, None, None),
-                    RoundMode::Blind => {
-                        let signed =
-                            backend.add_plain(&backend.scale(&value, spec.beta), spec.gamma_hi);
-                        let masked = backend.add_plain(&value, spec.rho1);
-                        let alpha = leaky
-                            .then(|| backend.add_plain(&backend.scale(&value, alpha_q), spec.rho2));
-                        (signed, Some(masked), alpha)
-                    }
-                })
+        let entries = plan
+            .order
+            .iter()
+            .zip(&plan.slots)
+            .map(|(group, slots)| {
+                let real = matches!(group, GroupRef::Real(_));
+                slots
+                    .iter()
+                    .map(|slot| Entry {
+                        corrected: slot.corrected(real),
+                        h1: slot.h1,
+                        h2: slot.h2,
+                    })
+                    .collect()
             })
-            .collect::<Result<_>>()?;
-        let mut values = Vec::with_capacity(items.len());
-        let mut masked = Vec::new();
-        let mut masked_alpha = Vec::new();
-        for (v, m, a) in items {
-            values.push(v);
-            masked.extend(m);
-            masked_alpha.extend(a);
-        }
-        let shifts: Vec<u32> = specs.iter().map(|spec| spec.shift).collect();
-        let offsets: Vec<I256> = specs.iter().map(|spec| spec.gamma_lo).collect();
-        let round = Round {
-            stage: s as u16,
-            mode,
-            groups: order.len() as u32,
-            group_size: k as u16,
-            packed: params.pack,
-            values: self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
-            masked: self.seal(&masked, shape.masked_bits)?,
-            masked_alpha: match shape.alpha_bits {
-                Some(bits) => self.seal(&masked_alpha, bits)?,
-                None => Vec::new(),
-            },
-        };
+            .collect();
         Ok((
             round,
             Pending {
                 stage: s,
                 shape,
-                order,
+                order: plan.order,
                 entries,
             },
         ))
@@ -1024,7 +833,7 @@ impl<P: PublicOps> ServerA<P> {
                     RoundMode::Blind => {
                         let mut acc = x;
                         for (e, entry) in pending.entries[pos].iter().enumerate() {
-                            if entry.index.is_none() {
+                            if !entry.corrected {
                                 continue;
                             }
                             let minus_s = &decoded[base + 1 + e];

@@ -314,13 +314,13 @@ impl<S: SecretOps> ServerB<S> {
                 "packing differs from the agreed parameters".into(),
             ));
         }
-        let entries = groups * shape.group_size;
         let k = shape.group_size;
+        let per_group = shape.values_per_group();
         let w = self.cfg.topology.fixed.weight_bits;
         let fixed = self.cfg.topology.fixed;
         let values = self.open(
             &round.values,
-            entries,
+            groups * per_group,
             shape.value_bits,
             round.packed,
             "value",
@@ -343,9 +343,10 @@ impl<S: SecretOps> ServerB<S> {
                     .collect::<Result<_>>()?
             }
             RoundMode::Blind => {
+                let m = shape.slots;
                 let masked = self.open(
                     &round.masked,
-                    entries,
+                    groups * m,
                     shape.masked_bits,
                     round.packed,
                     "masked",
@@ -353,7 +354,7 @@ impl<S: SecretOps> ServerB<S> {
                 let alpha = match shape.alpha_bits {
                     Some(bits) => self.open(
                         &round.masked_alpha,
-                        entries,
+                        groups * m,
                         bits,
                         round.packed,
                         "masked-alpha",
@@ -361,44 +362,29 @@ impl<S: SecretOps> ServerB<S> {
                     None if round.masked_alpha.is_empty() => Vec::new(),
                     None => return Err(ProtocolError::Size("unexpected leaky-ReLU values".into())),
                 };
-                let relu_like = matches!(
-                    shape.kind,
-                    ActivationKind::Relu | ActivationKind::ReluMaxPool
-                );
+                let leaky = matches!(shape.kind, ActivationKind::LeakyRelu { .. });
                 (0..groups)
                     .into_par_iter()
                     .map(|g| {
-                        let range = g * k..(g + 1) * k;
-                        let signs = &values[range.clone()];
-                        // β > 0 is shared by the group and γ < β, so the
-                        // order of β·z + γ is the order of z (equal z in any
-                        // order, which the reference makes harmless).
-                        let mut best = 0;
-                        for (e, v) in signs.iter().enumerate() {
-                            if *v > signs[best] {
-                                best = e;
-                            }
-                        }
-                        // β·z + γ ≥ 0 exactly when z ≥ 0 (γ ∈ [0, β)); at
-                        // z = 0 both branches give 0.
-                        let chosen = match shape.kind {
-                            ActivationKind::MaxPool => true,
-                            _ => signs[best] >= I256::ZERO,
-                        };
+                        let outcomes = values.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
+                        let (best, positive) = select(&shape.comparisons, outcomes, m);
+                        // MaxPool and the hidden zero slot always select;
+                        // otherwise the implicit comparison with 0 decides.
+                        let chosen = positive.unwrap_or(true);
                         let mut x = I256::ZERO;
-                        let mut minus_s = Vec::with_capacity(k);
-                        for e in 0..k {
+                        let mut minus_s = Vec::with_capacity(m);
+                        for e in 0..m {
                             let s = chosen && e == best;
-                            let q1 = masked[g * k + e] >> w;
+                            let q1 = masked.get(g * m + e).copied().unwrap_or(I256::ZERO) >> w;
                             if s {
                                 x += q1;
-                            } else if !relu_like && shape.kind != ActivationKind::MaxPool {
+                            } else if leaky {
                                 // Leaky ReLU: (1 - s)·q2.
-                                x += alpha.get(g * k + e).copied().unwrap_or(I256::ZERO) >> (2 * w);
+                                x += alpha.get(g * m + e).copied().unwrap_or(I256::ZERO) >> (2 * w);
                             }
                             minus_s.push(if s { -I256::ONE } else { I256::ZERO });
                         }
-                        let mut reply = Vec::with_capacity(1 + k);
+                        let mut reply = Vec::with_capacity(1 + m);
                         reply.push(backend.encrypt(x));
                         reply.extend(minus_s.into_iter().map(|v| backend.encrypt(v)));
                         Ok(reply)
@@ -499,4 +485,34 @@ fn permute_value(kind: &ActivationKind, v: I256, fixed: &FixedPoint) -> Result<I
     let v = i128::try_from(v)
         .map_err(|_| ProtocolError::Range("pre-activation beyond 128 bits".into()))?;
     Ok(I256::from(permute_eval(kind, v, fixed)))
+}
+
+/// The slot B selects from one group's comparison outcomes: the one that
+/// wins every comparison it takes part in (`β·(z_i - z_j) + γ ≥ 0` exactly
+/// when `z_i ≥ z_j`, as `γ ∈ [0, β)`; equal values order by slot), and
+/// whether it beats the implicit 0 where the round has one. A misbehaving
+/// A's inconsistent outcomes still give a deterministic answer: the most
+/// wins, then the lowest slot.
+fn select(comparisons: &[(usize, Option<usize>)], outcomes: &[I256], slots: usize) -> (usize, Option<bool>) {
+    let mut wins = vec![0usize; slots.max(1)];
+    for ((i, j), v) in comparisons.iter().zip(outcomes) {
+        if let Some(j) = j {
+            let winner = if *v >= I256::ZERO { *i } else { *j };
+            if let Some(count) = wins.get_mut(winner) {
+                *count += 1;
+            }
+        }
+    }
+    let mut best = 0;
+    for (slot, count) in wins.iter().enumerate() {
+        if *count > wins.get(best).copied().unwrap_or(0) {
+            best = slot;
+        }
+    }
+    let positive = comparisons
+        .iter()
+        .zip(outcomes)
+        .find(|((i, j), _)| *i == best && j.is_none())
+        .map(|(_, v)| *v >= I256::ZERO);
+    (best, positive)
 }

@@ -185,7 +185,8 @@ fn rounds_must_fit_the_topology() {
     let Body::RoundReply { items, .. } = &replies[0].envelope.body else {
         panic!("a reply")
     };
-    assert_eq!(items.len(), good.groups as usize * 2);
+    // [[X]] and a selection bit for each of the entry and the zero slot.
+    assert_eq!(items.len(), good.groups as usize * 3);
     // A refuses a reply of the wrong length.
     let mut short = replies[0].envelope.clone();
     if let Body::RoundReply { items, .. } = &mut short.body {
