@@ -78,7 +78,11 @@ pub fn open_round<S: SecretOps>(
         groups,
         group_size: shape.group_size,
         slots: shape.masked_per_group(),
-        values: open(&round.values, shape.value_bits, groups * shape.values_per_group())?,
+        values: open(
+            &round.values,
+            shape.value_bits,
+            groups * shape.values_per_group(),
+        )?,
         values_per_group: shape.values_per_group(),
         masked: open(&round.masked, shape.masked_bits, per_slot)?,
         masked_alpha: match shape.alpha_bits {

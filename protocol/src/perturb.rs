@@ -244,12 +244,7 @@ pub(crate) struct PlanInput<'a> {
 }
 
 /// Draws round `stage` of frame `t`.
-pub(crate) fn plan_round(
-    key: &Seed,
-    sid: SessionId,
-    t: u64,
-    input: &PlanInput<'_>,
-) -> RoundPlan {
+pub(crate) fn plan_round(key: &Seed, sid: SessionId, t: u64, input: &PlanInput<'_>) -> RoundPlan {
     let PlanInput {
         params,
         shape,

@@ -79,7 +79,10 @@ impl RoundShape {
             }
             _ => 0,
         };
-        let relu_like = matches!(spec.kind, ActivationKind::Relu | ActivationKind::ReluMaxPool);
+        let relu_like = matches!(
+            spec.kind,
+            ActivationKind::Relu | ActivationKind::ReluMaxPool
+        );
         let zero_slot = mode == RoundMode::Blind && params.hide_signs && relu_like;
         let implicit_zero = mode == RoundMode::Blind
             && !zero_slot
@@ -88,9 +91,7 @@ impl RoundShape {
         let comparisons: Vec<(usize, Option<usize>)> = match mode {
             RoundMode::Blind => {
                 let pairs = (0..slots).flat_map(|i| (i + 1..slots).map(move |j| (i, Some(j))));
-                let against_zero = (0..slots)
-                    .filter(|_| implicit_zero)
-                    .map(|i| (i, None));
+                let against_zero = (0..slots).filter(|_| implicit_zero).map(|i| (i, None));
                 pairs.chain(against_zero).collect()
             }
             RoundMode::Permute => Vec::new(),

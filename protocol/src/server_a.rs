@@ -16,10 +16,7 @@ use ethnum::I256;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use veil_model::{
-    ActivationKind, ActivationMode, Plan, SeededRounding, Stage,
-    Topology,
-};
+use veil_model::{ActivationKind, ActivationMode, Plan, SeededRounding, Stage, Topology};
 use veil_paillier::SecretKey;
 
 /// What server A is configured with.

@@ -366,7 +366,9 @@ impl<S: SecretOps> ServerB<S> {
                 (0..groups)
                     .into_par_iter()
                     .map(|g| {
-                        let outcomes = values.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
+                        let outcomes = values
+                            .get(g * per_group..(g + 1) * per_group)
+                            .unwrap_or(&[]);
                         let (best, positive) = select(&shape.comparisons, outcomes, m);
                         // MaxPool and the hidden zero slot always select;
                         // otherwise the implicit comparison with 0 decides.
@@ -493,7 +495,11 @@ fn permute_value(kind: &ActivationKind, v: I256, fixed: &FixedPoint) -> Result<I
 /// whether it beats the implicit 0 where the round has one. A misbehaving
 /// A's inconsistent outcomes still give a deterministic answer: the most
 /// wins, then the lowest slot.
-fn select(comparisons: &[(usize, Option<usize>)], outcomes: &[I256], slots: usize) -> (usize, Option<bool>) {
+fn select(
+    comparisons: &[(usize, Option<usize>)],
+    outcomes: &[I256],
+    slots: usize,
+) -> (usize, Option<bool>) {
     let mut wins = vec![0usize; slots.max(1)];
     for ((i, j), v) in comparisons.iter().zip(outcomes) {
         if let Some(j) = j {

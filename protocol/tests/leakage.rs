@@ -1,7 +1,8 @@
 //! What each party receives, recorded and checked: A never gets anything it
 //! can decrypt and never the frame in the clear; B's view in blind mode
-//! does not depend on the input beyond signs; every round has dummies; the
-//! device's per-frame messages carry no Paillier ciphertext.
+//! shows neither signs nor ratios and only blurred magnitudes; every round
+//! has dummies; the device's per-frame messages carry no Paillier
+//! ciphertext.
 
 mod common;
 
@@ -173,7 +174,9 @@ fn device_sends_no_ciphertext_after_set_up() {
 
 /// B's view of the rounds of `frames` runs of one input.
 struct View {
-    /// `log2 |β·z|` of every entry.
+    /// Whether each comparison came out non-negative.
+    nonnegative: Vec<bool>,
+    /// `log2 |β·d + γ|` of every comparison.
     blinded: Vec<f64>,
     /// `(z + ρ) / 2^(κ+σ)` of every entry.
     masked: Vec<f64>,
@@ -203,6 +206,7 @@ fn b_view(name: &str, params: &Params, row: usize, frames: usize, seed: u8) -> V
             .collect()
     };
     let mut view = View {
+        nonnegative: vec![],
         blinded: vec![],
         masked: vec![],
         values: vec![],
@@ -222,11 +226,10 @@ fn b_view(name: &str, params: &Params, row: usize, frames: usize, seed: u8) -> V
         view.groups_over_real.push((round.groups as usize, real));
         match round.mode {
             RoundMode::Blind => {
-                view.blinded.extend(
-                    unpack(&round.values)
-                        .into_iter()
-                        .map(|v| v.abs().max(1.0).log2()),
-                );
+                let values = unpack(&round.values);
+                view.nonnegative.extend(values.iter().map(|v| *v >= 0.0));
+                view.blinded
+                    .extend(values.into_iter().map(|v| v.abs().max(1.0).log2()));
                 let scale = 2f64.powi((kappa + params.sigma) as i32);
                 view.masked
                     .extend(unpack(&round.masked).into_iter().map(|v| v / scale));
@@ -260,7 +263,7 @@ fn ks(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[test]
-fn b_sees_only_signs_in_blind_mode_and_every_round_has_dummies() {
+fn b_view_in_blind_mode_hides_signs_and_every_round_has_dummies() {
     let params = Params::default();
     // Two patients far apart in feature space.
     let one = b_view("pima-mlp", &params, 0, 60, 31);
@@ -280,14 +283,26 @@ fn b_sees_only_signs_in_blind_mode_and_every_round_has_dummies() {
     let critical = 1.95 * (2.0 / n).sqrt();
     let d_masked = ks(&one.masked, &other.masked);
     let d_blinded = ks(&one.blinded, &other.blinded);
+    let share = |v: &View| {
+        v.nonnegative.iter().filter(|x| **x).count() as f64 / v.nonnegative.len().max(1) as f64
+    };
+    let signs = (share(&one) - share(&other)).abs();
     println!(
-        "blind: {} samples, KS masked {d_masked:.3}, KS log|βz| {d_blinded:.3}, critical {critical:.3}",
-        n
+        "blind: {} samples, KS masked {d_masked:.3}, KS log|β·d + γ| {d_blinded:.3}, \
+         non-negative comparisons {:.3} vs {:.3}, critical {critical:.3}",
+        n,
+        share(&one),
+        share(&other)
     );
     assert!(d_masked < critical, "masked values depend on the input");
+    assert!(signs < critical, "comparison outcomes depend on the input");
+    // Magnitudes are blurred, not removed: the distance between two inputs'
+    // log2|β·d + γ| is about the shift between their log2|d| over the
+    // 96-bit blur (0.025-0.047 measured), where B seeing d would give ~1.
+    // What B can do with it is scored by the attack tests below.
     assert!(
-        d_blinded < critical,
-        "blinded magnitudes depend on the input"
+        d_blinded < 0.1,
+        "blinded magnitudes depend on the input ({d_blinded:.3})"
     );
 
     // The same statistic does see the difference where B is shown values.
@@ -315,20 +330,41 @@ fn b_sees_only_signs_in_blind_mode_and_every_round_has_dummies() {
 use veil_protocol::audit::{RoundView, open_round};
 use veil_protocol::{EntryRole, RoundTruth, frame_rounding};
 
-/// One entry as B decrypted it, with what it really is.
+/// One slot of a blind group as B decrypted it, with what it really is.
 #[derive(Clone, Copy)]
-struct Seen {
+struct SeenSlot {
     role: EntryRole,
-    value: I256,
-    /// The true pre-activation of a real entry.
+    /// `z + ρ` scaled by `2^-(κ+σ)`.
+    masked: f64,
+    /// The true pre-activation (real entries and the zero slot).
     z: Option<i128>,
+}
+
+/// One comparison B decrypted: `β·(z_i - z_j) + γ`, or `β·z_i + γ` against
+/// an implicit 0.
+#[derive(Clone, Copy)]
+struct SeenComparison {
+    value: I256,
+    left: usize,
+    right: Option<usize>,
+    /// The true difference, where both sides are known values.
+    d: Option<i128>,
+}
+
+/// One group in received order.
+struct SeenGroup {
+    real: bool,
+    slots: Vec<SeenSlot>,
+    comparisons: Vec<SeenComparison>,
+    /// Permute mode: the window's values as B sees them.
+    values: Vec<I256>,
 }
 
 /// One round: its stage, mode and groups in received order.
 struct SeenRound {
     frame: usize,
     mode: RoundMode,
-    groups: Vec<Vec<Seen>>,
+    groups: Vec<SeenGroup>,
 }
 
 /// Frames held out from training: the last 2,000 MNIST digits, the Pima
@@ -383,25 +419,56 @@ fn observe(name: &str, params: &Params, count: usize, seed: u8) -> Vec<SeenRound
         assert_eq!(truths.len(), views.len(), "one record per round");
         for (truth, view) in truths.iter().zip(&views) {
             assert_eq!(truth.stage, view.stage);
+            assert_eq!(truth.groups.len(), view.groups);
             let z = &trace[view.stage - 1];
-            let k = view.group_size;
+            let kappa = pre_activation_bits(m.topology(), view.stage).expect("activation");
+            let scale = 2f64.powi((kappa + params.sigma) as i32);
+            let per = view.values_per_group;
             let groups = truth
                 .groups
                 .iter()
                 .enumerate()
                 .map(|(g, roles)| {
-                    roles
+                    let slots: Vec<SeenSlot> = roles
                         .iter()
                         .enumerate()
-                        .map(|(e, role)| Seen {
+                        .map(|(e, role)| SeenSlot {
                             role: *role,
-                            value: view.values[g * k + e],
+                            masked: view
+                                .masked
+                                .get(g * view.slots + e)
+                                .map_or(0.0, |v| v.as_f64() / scale),
                             z: match role {
                                 EntryRole::Real(i) => Some(z[*i as usize]),
+                                EntryRole::Zero => Some(0),
                                 _ => None,
                             },
                         })
-                        .collect()
+                        .collect();
+                    let values = view.values[g * per..(g + 1) * per].to_vec();
+                    let comparisons = match view.mode {
+                        RoundMode::Blind => view
+                            .comparisons
+                            .iter()
+                            .zip(&values)
+                            .map(|((i, j), value)| SeenComparison {
+                                value: *value,
+                                left: *i,
+                                right: *j,
+                                d: match j {
+                                    Some(j) => slots[*i].z.zip(slots[*j].z).map(|(a, b)| a - b),
+                                    None => slots[*i].z,
+                                },
+                            })
+                            .collect(),
+                        RoundMode::Permute => Vec::new(),
+                    };
+                    SeenGroup {
+                        real: roles.iter().any(|r| matches!(r, EntryRole::Real(_))),
+                        slots,
+                        comparisons,
+                        values,
+                    }
                 })
                 .collect();
             seen.push(SeenRound {
@@ -556,19 +623,46 @@ fn best_classifier(samples: &[Sample]) -> (f64, &'static str) {
     best
 }
 
-/// Features of a whole group: its largest entry's, plus how many entries
-/// are positive.
-fn group_features(group: &[Seen]) -> Vec<(&'static str, f64)> {
-    let top = group.iter().map(|s| s.value).max().unwrap_or(I256::ZERO);
-    let mut x = features(top);
-    let positive = group.iter().filter(|s| s.value >= 0).count();
-    x.push(("positive entries", positive as f64));
-    let spread = group
+/// Features of a whole group: its largest comparison's, how many
+/// comparisons come out non-negative, the spread of their bit lengths, and
+/// the masked values' extremes.
+fn group_features(group: &SeenGroup) -> Vec<(&'static str, f64)> {
+    let top = group
+        .comparisons
         .iter()
-        .map(|s| bits(magnitude(s.value)))
+        .map(|c| c.value)
+        .max()
+        .unwrap_or(I256::ZERO);
+    let mut x = features(top);
+    let positive = group.comparisons.iter().filter(|c| c.value >= 0).count();
+    x.push(("non-negative comparisons", positive as f64));
+    let spread = group
+        .comparisons
+        .iter()
+        .map(|c| bits(magnitude(c.value)))
         .fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b), hi.max(b)));
     x.push(("bit-length spread", spread.1 - spread.0));
+    let masked = group
+        .slots
+        .iter()
+        .map(|s| s.masked)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    x.push(("lowest masked", masked.0));
+    x.push(("highest masked", masked.1));
     x
+}
+
+/// The slot B would select, from the comparisons exactly as B reads them.
+fn winner(group: &SeenGroup) -> usize {
+    let mut wins = vec![0usize; group.slots.len().max(1)];
+    for c in &group.comparisons {
+        if let Some(j) = c.right {
+            wins[if c.value >= 0 { c.left } else { j }] += 1;
+        }
+    }
+    (0..wins.len())
+        .max_by_key(|i| (wins[*i], usize::MAX - i))
+        .unwrap_or(0)
 }
 
 fn gcd(mut a: ethnum::U256, mut b: ethnum::U256) -> ethnum::U256 {
@@ -595,40 +689,83 @@ fn linked(a: I256, b: I256, beta_bits: u32) -> bool {
 struct Scores {
     magnitude: f64,
     magnitude_by: &'static str,
+    /// log2|z_i - z_j| (or log2|z_i|) of each comparison from its value.
+    difference: f64,
+    difference_by: &'static str,
+    /// Pooling windows: log ratios of two comparisons of one window.
+    ratio: Option<f64>,
     dummy: f64,
     dummy_by: &'static str,
     padding: Option<f64>,
+    /// Whether a real group's output is non-zero (its maximum is positive).
+    sign: f64,
+    sign_by: &'static str,
     dummy_links: f64,
     real_links: f64,
 }
 
-fn attack_blind(name: &str, frames: usize) -> Scores {
-    let params = Params::default();
-    let rounds = observe(name, &params, frames, 51);
-    // Magnitudes: every real entry's features against log2|z|.
+fn attack_blind(name: &str, params: &Params, frames: usize) -> Scores {
+    let rounds = observe(name, params, frames, 51);
+    // Magnitudes: every comparison of known values against log2|d|, and
+    // every real entry against log2|z| from the comparisons it is in.
     let mut truth = Vec::new();
     let mut estimates: Vec<Vec<f64>> = Vec::new();
     let mut names = Vec::new();
+    let mut entry_truth = Vec::new();
+    let mut entry_estimates: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let (mut ratio_truth, mut ratio_estimate) = (Vec::new(), Vec::new());
     let mut group_samples = Vec::new();
     let mut padding_samples = Vec::new();
+    let mut sign_samples = Vec::new();
     let (mut dummy_links, mut dummies, mut real_links, mut reals) =
         (0usize, 0usize, 0usize, 0usize);
+    let log = |v: f64| (v.abs() + 1.0).log2();
     for round in rounds.iter().filter(|r| r.mode == RoundMode::Blind) {
         let real_tops: Vec<I256> = round
             .groups
             .iter()
-            .filter(|g| matches!(g.first().map(|s| s.role), Some(EntryRole::Real(_))))
-            .map(|g| g[0].value)
+            .filter(|g| g.real)
+            .filter_map(|g| g.comparisons.first().map(|c| c.value))
             .collect();
         for group in &round.groups {
-            let dummy = group.iter().all(|s| s.role == EntryRole::Dummy);
-            group_samples.push((round.frame, dummy, group_features(group)));
-            for s in group {
-                if let Some(z) = s.z
+            group_samples.push((round.frame, !group.real, group_features(group)));
+            if group.real {
+                // B's best guess at a ReLU's or a pooling window's sign:
+                // the selected slot's masked value, every comparison's
+                // features, and the group's shape.
+                let best = winner(group);
+                let max = group.slots.iter().filter_map(|s| s.z).max().unwrap_or(0);
+                let mut x = group_features(group);
+                x.push(("selected slot's masked value", group.slots[best].masked));
+                if let Some(c) = group.comparisons.first() {
+                    x.extend(features(c.value));
+                }
+                sign_samples.push((round.frame, max > 0, x));
+            }
+            for (e, slot) in group.slots.iter().enumerate() {
+                let (EntryRole::Real(_), Some(z)) = (slot.role, slot.z) else {
+                    continue;
+                };
+                let logs: Vec<f64> = group
+                    .comparisons
+                    .iter()
+                    .filter(|c| c.left == e || c.right == Some(e))
+                    .map(|c| magnitude(c.value).as_f64().max(1.0).log2())
+                    .collect();
+                if logs.is_empty() || entry_truth.len() >= 60_000 {
+                    continue;
+                }
+                entry_truth.push(log(z as f64));
+                entry_estimates[0].push(logs.iter().sum::<f64>() / logs.len() as f64);
+                entry_estimates[1].push(logs.iter().copied().fold(f64::MIN, f64::max));
+                entry_estimates[2].push(logs.iter().copied().fold(f64::MAX, f64::min));
+            }
+            for c in &group.comparisons {
+                if let Some(d) = c.d
                     && truth.len() < 60_000
                 {
-                    truth.push((z.unsigned_abs() as f64 + 1.0).log2());
-                    let x = features(s.value);
+                    truth.push(log(d as f64));
+                    let x = features(c.value);
                     if names.is_empty() {
                         names = x.iter().map(|(n, _)| *n).collect();
                         estimates = vec![Vec::new(); x.len()];
@@ -637,22 +774,39 @@ fn attack_blind(name: &str, frames: usize) -> Scores {
                         e.push(*v);
                     }
                 }
-                if matches!(s.role, EntryRole::Real(_) | EntryRole::Padding) {
-                    padding_samples.push((
-                        round.frame,
-                        s.role == EntryRole::Padding,
-                        features(s.value),
-                    ));
+                if group.real {
+                    let padded = group.slots[c.left].role == EntryRole::Padding
+                        || c.right
+                            .is_some_and(|j| group.slots[j].role == EntryRole::Padding);
+                    padding_samples.push((round.frame, padded, features(c.value)));
+                }
+            }
+            // Ratios inside a window: what one shared β used to reveal.
+            let known: Vec<&SeenComparison> = group
+                .comparisons
+                .iter()
+                .filter(|c| c.d.is_some_and(|d| d != 0) && c.right.is_some())
+                .collect();
+            if group.real && group.slots.len() > 2 && ratio_truth.len() < 60_000 {
+                for pair in known.windows(2) {
+                    let (a, b) = (pair[0], pair[1]);
+                    let (da, db) = (a.d.unwrap_or(1) as f64, b.d.unwrap_or(1) as f64);
+                    ratio_truth.push(log(da) - log(db));
+                    ratio_estimate.push(
+                        magnitude(a.value).as_f64().max(1.0).log2()
+                            - magnitude(b.value).as_f64().max(1.0).log2(),
+                    );
                 }
             }
             // Linking, on the first rounds (quadratic in the round size).
-            if round.frame < 10 {
-                let first = group[0].value;
+            if round.frame < 10
+                && let Some(first) = group.comparisons.first().map(|c| c.value)
+            {
                 let partners = real_tops.iter().filter(|r| **r != first);
                 let hit = partners
                     .take(512)
                     .any(|r| linked(first, *r, params.beta_bits));
-                if dummy {
+                if !group.real {
                     dummies += 1;
                     dummy_links += usize::from(hit);
                 } else if reals < 4 * dummies.max(16) {
@@ -662,12 +816,25 @@ fn attack_blind(name: &str, frames: usize) -> Scores {
             }
         }
     }
-    let (magnitude, magnitude_by) = estimates
-        .iter()
-        .zip(&names)
-        .map(|(e, n)| (spearman(e, &truth).abs(), *n))
-        .fold((0.0, "none"), |best, x| if x.0 > best.0 { x } else { best });
+    let best = |estimates: &[Vec<f64>], names: &[&'static str], truth: &[f64]| {
+        estimates
+            .iter()
+            .zip(names)
+            .map(|(e, n)| (spearman(e, truth).abs(), *n))
+            .fold((0.0, "none"), |best, x| if x.0 > best.0 { x } else { best })
+    };
+    let (difference, difference_by) = best(&estimates, &names, &truth);
+    let (magnitude, magnitude_by) = best(
+        &entry_estimates,
+        &[
+            "mean log2 of its comparisons",
+            "largest log2 of its comparisons",
+            "smallest log2 of its comparisons",
+        ],
+        &entry_truth,
+    );
     let (dummy, dummy_by) = best_classifier(&group_samples);
+    let (sign, sign_by) = best_classifier(&sign_samples);
     let padding = padding_samples
         .iter()
         .any(|(_, p, _)| *p)
@@ -675,26 +842,37 @@ fn attack_blind(name: &str, frames: usize) -> Scores {
     Scores {
         magnitude,
         magnitude_by,
+        difference,
+        difference_by,
+        ratio: (!ratio_truth.is_empty()).then(|| spearman(&ratio_estimate, &ratio_truth).abs()),
         dummy,
         dummy_by,
         padding,
+        sign,
+        sign_by,
         dummy_links: dummy_links as f64 / dummies.max(1) as f64,
         real_links: real_links as f64 / reals.max(1) as f64,
     }
 }
 
 fn check_blind(name: &str) {
-    let s = attack_blind(name, 200);
+    let s = attack_blind(name, &Params::default(), 200);
     eprintln!(
-        "{name} over 200 frames: magnitude |Spearman| {:.3} (best estimator: {}); \
-         dummy/real balanced accuracy {:.3} (by {}); padding/real {}; \
+        "{name} over 200 frames: log2|z| |Spearman| {:.3} (best estimator: {}); \
+         log2|z_i - z_j| |Spearman| {:.3} (by {}); window ratios |Spearman| {}; dummy/real balanced accuracy {:.3} (by {}); \
+         padding/real {}; output non-zero {:.3} (by {}); \
          dummies linked to a real group {:.3}, real groups linked to another {:.3}",
         s.magnitude,
         s.magnitude_by,
+        s.difference,
+        s.difference_by,
+        s.ratio.map_or("no pooling".into(), |r| format!("{r:.3}")),
         s.dummy,
         s.dummy_by,
         s.padding
             .map_or("no padding in this model".into(), |p| format!("{p:.3}")),
+        s.sign,
+        s.sign_by,
         s.dummy_links,
         s.real_links
     );
@@ -703,6 +881,9 @@ fn check_blind(name: &str) {
         "{name}: B reads log2|z| (ρ = {:.3})",
         s.magnitude
     );
+    if let Some(r) = s.ratio {
+        assert!(r <= 0.3, "{name}: B reads ratios inside a window ({r:.3})");
+    }
     assert!(
         s.dummy <= 0.55,
         "{name}: B tells dummies apart ({:.3})",
@@ -711,6 +892,12 @@ fn check_blind(name: &str) {
     if let Some(p) = s.padding {
         assert!(p <= 0.55, "{name}: B tells padding apart ({p:.3})");
     }
+    assert!(
+        s.sign <= 0.55,
+        "{name}: B tells which outputs are 0 ({:.3} by {})",
+        s.sign,
+        s.sign_by
+    );
     assert!(
         s.dummy_links <= s.real_links + 0.05,
         "{name}: B links dummies to real groups ({:.3} vs {:.3} by chance)",
@@ -734,17 +921,36 @@ fn attack_blind_pima_mlp() {
     check_blind("pima-mlp");
 }
 
+/// The sign estimator does find signs where they are shown: against an
+/// implicit 0, B reads every ReLU's sign.
+#[test]
+fn signs_show_without_the_zero_slot() {
+    let params = Params {
+        hide_signs: false,
+        ..Params::default()
+    };
+    let s = attack_blind("pima-mlp", &params, 60);
+    eprintln!(
+        "pima-mlp, signs not hidden: output non-zero {:.3} (by {})",
+        s.sign, s.sign_by
+    );
+    assert!(
+        s.sign > 0.95,
+        "the estimator misses shown signs ({:.3})",
+        s.sign
+    );
+}
+
 /// In permute mode B sees values: its best guess at which are dummies.
 fn attack_permute(name: &str, params: &Params) -> f64 {
     let rounds = observe(name, params, 200, 52);
     let mut samples = Vec::new();
     for round in rounds.iter().filter(|r| r.mode == RoundMode::Permute) {
         for group in &round.groups {
-            let dummy = group.iter().all(|s| s.role == EntryRole::Dummy);
-            let top = group.iter().map(|s| s.value).max().unwrap_or(I256::ZERO);
+            let top = group.values.iter().copied().max().unwrap_or(I256::ZERO);
             let mut x = features(top);
             x.push(("value", top.as_f64()));
-            samples.push((round.frame, dummy, x));
+            samples.push((round.frame, !group.real, x));
         }
     }
     let (accuracy, by) = best_classifier(&samples);
