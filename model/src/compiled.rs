@@ -171,10 +171,10 @@ impl CompiledModel {
     /// (toward −∞) and `r = rounding.offset(stage, index, which, bits)`, an
     /// activation stage `s` gives, in blind mode: ReLU `tr(z_j, w, r(s,j,0,w))`
     /// if `z_j > 0` else 0; leaky ReLU the same for `z_j > 0`, else
-    /// `tr(alpha_q·z_j, 2w, r(s,j,1,2w))`; max-pool over window `o` the
-    /// position of the maximum (ties: smallest `tie_rank(s,o,p)`, then
-    /// smallest `p`) and `tr(v, w, r(s, idx, 0, w))` at its input index
-    /// `idx`, or 0 for ReluMaxPool when `v ≤ 0`. In permute mode every kind
+    /// `tr(alpha_q·z_j, 2w, r(s,j,1,2w))`; max-pool over window `o` its
+    /// maximum `v` as `tr(v, w, r(s, o, 0, w))` (the window's offset, so
+    /// which of equal maxima wins does not matter), or 0 for ReluMaxPool
+    /// when `v ≤ 0`. In permute mode every kind
     /// gives [`crate::permute_eval`] of `z_j` (of the exact window maximum
     /// for pools). `modes` is indexed by stage; linear stages ignore theirs.
     pub fn run_int(
