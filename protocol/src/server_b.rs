@@ -351,6 +351,20 @@ impl<S: SecretOps> ServerB<S> {
                     round.packed,
                     "masked",
                 )?;
+                // An honest A sends z + ρ with |z| < 2^κ (padding -2^κ) and
+                // ρ uniform below 2^(κ+σ). A device that exploits knowing
+                // its mask b can push x̂ far past the model's input bound
+                // (A sees only x̂ + b), and so z past 2^κ: each such entry
+                // lands outside this range with probability about
+                // |z|/2^(κ+σ), and its comparisons overflow their bound
+                // with probability about log2(|z|/2^κ)/beta_log_range.
+                let low = -(I256::ONE << shape.kappa);
+                let high = (I256::ONE << (shape.kappa + params.sigma)) - low;
+                if masked.iter().any(|v| *v < low || *v >= high) {
+                    return Err(ProtocolError::Range(
+                        "a masked pre-activation is outside an honest frame's range".into(),
+                    ));
+                }
                 let alpha = match shape.alpha_bits {
                     Some(bits) => self.open(
                         &round.masked_alpha,

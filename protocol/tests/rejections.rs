@@ -5,9 +5,10 @@
 mod common;
 
 use common::{model, plain_engine};
+use veil_protocol::codec::{pack_ints, unpack_ints};
 use veil_protocol::{
-    Body, Engine, Envelope, Outgoing, Params, Peer, Plain, ProtocolError, PublicOps, SecretOps,
-    SessionId,
+    Body, Engine, Envelope, I256, Outgoing, Params, Peer, Plain, ProtocolError, PublicOps,
+    SecretOps, SessionId,
 };
 
 fn x_hat(name: &str) -> Vec<i64> {
@@ -538,4 +539,78 @@ fn refusal_codes_carry_no_detail() {
     ));
     assert_eq!(packing.code(), "refused");
     assert_eq!(ProtocolError::OutOfOrder("x".into()).code(), "out-of-order");
+}
+
+/// A device knows its own mask b, and A sees only `u = x̂ + b`, so a device
+/// can send `x̂` far beyond the model's input bound 2^ℓ (up to about
+/// 2^(ℓ+σ)) and probe the model with inputs it was never meant to take.
+/// B's range checks on the first round catch it: always at the extreme,
+/// mostly at 2^16 past the bound, rarely just past it (rates printed).
+#[test]
+fn inputs_beyond_the_bound_are_refused_by_b() {
+    let name = "pima-mlp";
+    let m = model(name);
+    let params = Params::default();
+    let mut engine = fresh(name);
+    let x = x_hat(name);
+    let l = m.topology().input_bound_bits;
+    let width = veil_protocol::frame_width(m.topology(), &params);
+    let mut t = 100;
+    for excess in [1, 4, 16, params.sigma - 2] {
+        let delta = I256::ONE << (l + excess);
+        let (mut by_a, mut by_b, mut passed) = (0, 0, 0);
+        for _ in 0..40 {
+            t += 1;
+            let mut frame = engine.device.mask_frame(&x, t).expect("masks");
+            let Body::Frame(body) = &mut frame.envelope.body else {
+                panic!("a frame")
+            };
+            let mut values = unpack_ints(&body.values, body.count as usize, width).expect("ints");
+            values[0] += delta;
+            body.values = pack_ints(&values, width).expect("packs");
+            let mut queue = match engine.a.handle(frame.envelope) {
+                Err(ProtocolError::Range(_)) => {
+                    by_a += 1;
+                    continue;
+                }
+                other => other.expect("A refuses only by range"),
+            };
+            let mut round = None;
+            while let Some(out) = queue.pop() {
+                if out.envelope.body.kind() == "round" {
+                    round = Some(out);
+                    continue;
+                }
+                queue.extend(match out.to {
+                    Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
+                    Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+                    Peer::Device => Vec::new(),
+                });
+                while engine.a.has_offline_work() {
+                    queue.extend(engine.a.offline_step().expect("precomputation"));
+                }
+            }
+            let round = round.expect("A sends the first round");
+            // A slot past its guard bits, or a masked value past the
+            // honest range.
+            match engine.b.handle(round.envelope) {
+                Err(_) => by_b += 1,
+                Ok(_) => passed += 1,
+            }
+        }
+        println!(
+            "x̂ beyond 2^ℓ by 2^{excess}: refused by A {by_a}, by B {by_b}, served {passed} of 40"
+        );
+        // The checks are statistical (see `ServerB::on_round`): mild
+        // excesses mostly pass, large ones mostly do not, extreme ones never.
+        let most = match excess {
+            16 => 4,
+            e if e >= params.sigma - 2 => 0,
+            _ => 40,
+        };
+        assert!(
+            passed <= most,
+            "{passed} of 40 inputs 2^{excess} past the bound were served"
+        );
+    }
 }
