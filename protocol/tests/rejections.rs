@@ -6,8 +6,8 @@ mod common;
 
 use common::{model, plain_engine};
 use veil_protocol::{
-    Body, Engine, Envelope, Outgoing, Params, Peer, Plain, ProtocolError, PublicOps, SecretOps,
-    SessionId,
+    Body, Engine, Envelope, Outgoing, Params, Peer, Plain, ProtocolError, PublicOps, RejectCode,
+    SecretOps, SessionId,
 };
 
 fn x_hat(name: &str) -> Vec<i64> {
@@ -531,10 +531,13 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
 #[test]
 fn refusal_codes_carry_no_detail() {
     let detailed = ProtocolError::Range("masked value beyond 2^81 in slot 3".into());
-    assert_eq!(detailed.code(), "refused");
+    assert_eq!(detailed.code(), RejectCode::Refused);
     let packing = ProtocolError::Paillier(veil_paillier::PaillierError::Packing(
         "slot 3 broke its bound".into(),
     ));
-    assert_eq!(packing.code(), "refused");
-    assert_eq!(ProtocolError::OutOfOrder("x".into()).code(), "out-of-order");
+    assert_eq!(packing.code(), RejectCode::Refused);
+    assert_eq!(
+        ProtocolError::OutOfOrder("x".into()).code(),
+        RejectCode::OutOfOrder
+    );
 }

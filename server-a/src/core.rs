@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 use veil_link::{LinkHandle, Message};
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller};
 use veil_protocol::{
-    Body, Envelope, Frame, Noise, Outgoing, PaillierPublic, Peer, ProtocolError, ServerA,
-    ServerAConfig, SessionId, frame_width, topics,
+    Body, Envelope, Frame, Noise, Outgoing, PaillierPublic, Peer, ProtocolError, RejectCode,
+    ServerA, ServerAConfig, SessionId, frame_width, topics,
 };
 
 use crate::store::Store;
 use crate::{Options, ServerAError, Setup, Stats, rounding_key};
-
-/// The reason B gives for a frame it already answered (server-b's
-/// `REJECT_COMPLETED` starts the same way).
-const COMPLETED_PREFIX: &str = "completed:";
 
 /// Frames one device may have parked (waiting for their session): an
 /// honest device's session message arrives within moments of its frames,
@@ -269,7 +265,13 @@ impl Core {
             let reason = format!("unknown session {}", env.sid);
             self.refuse("frame", &env.device, &reason);
             self.store.remove_frame(env.sid, env.t);
-            self.reject_to_device(&env.device, env.sid, env.t, &reason);
+            self.reject_to_device(
+                &env.device,
+                env.sid,
+                env.t,
+                RejectCode::UnknownSession,
+                &reason,
+            );
         }
     }
 
@@ -306,20 +308,7 @@ impl Core {
     /// Removes a frame from the state machine and the store, and lets the
     /// session's next frame go.
     fn drop_frame(&mut self, sid: SessionId, t: u64) {
-        let device = self
-            .queued
-            .get(&sid)
-            .and_then(|q| q.get(&t))
-            .map(|e| e.device.clone());
-        let drop_env = Envelope::new(
-            device.as_deref().unwrap_or("unknown"),
-            sid,
-            t,
-            Body::Reject {
-                reason: "dropped by A's shell".into(),
-            },
-        );
-        let _ = self.machine.handle(drop_env);
+        self.machine.forget_frame(sid, t);
         self.store.remove_frame(sid, t);
         self.finish(sid, t);
     }
@@ -358,13 +347,21 @@ impl Core {
 
     /// A device's message was refused. A may not write to devices, so B
     /// relays the refusal (a `Reject` on A's topic to B is always one).
-    fn reject_to_device(&self, device: &str, sid: SessionId, t: u64, reason: &str) {
+    fn reject_to_device(
+        &self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        code: RejectCode,
+        detail: &str,
+    ) {
         let envelope = Envelope::new(
             device,
             sid,
             t,
             Body::Reject {
-                reason: reason.to_string(),
+                code,
+                detail: detail.to_string(),
             },
         );
         if let Ok(bytes) = envelope.to_bytes() {
@@ -382,13 +379,13 @@ impl Core {
                     env.device
                 );
                 self.refuse(what, device, &reason);
-                self.reject_to_device(device, env.sid, env.t, &reason);
+                self.reject_to_device(device, env.sid, env.t, RejectCode::WrongDevice, &reason);
                 None
             }
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse(what, device, &reason);
-                self.reject_to_device(device, SessionId([0; 16]), 0, &reason);
+                self.reject_to_device(device, SessionId([0; 16]), 0, e.code(), &reason);
                 None
             }
         }
@@ -401,7 +398,7 @@ impl Core {
         if !matches!(env.body, Body::SessionInit(_)) {
             let reason = format!("{} on the session topic", env.body.kind());
             self.refuse("session", device, &reason);
-            self.reject_to_device(device, env.sid, env.t, &reason);
+            self.reject_to_device(device, env.sid, env.t, RejectCode::Malformed, &reason);
             return;
         }
         let (sid, t) = (env.sid, env.t);
@@ -419,7 +416,7 @@ impl Core {
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse("session", device, &reason);
-                self.reject_to_device(device, sid, t, &reason);
+                self.reject_to_device(device, sid, t, e.code(), &reason);
             }
         }
     }
@@ -431,7 +428,7 @@ impl Core {
         if !matches!(env.body, Body::Frame(_)) {
             let reason = format!("{} on the frame topic", env.body.kind());
             self.refuse("frame", device, &reason);
-            self.reject_to_device(device, env.sid, env.t, &reason);
+            self.reject_to_device(device, env.sid, env.t, RejectCode::Malformed, &reason);
             return;
         }
         let (sid, t) = (env.sid, env.t);
@@ -441,7 +438,7 @@ impl Core {
             // Refused before the store: every stored frame stays on disk
             // until its output is out.
             self.refuse("frame", device, &reason);
-            self.reject_to_device(device, sid, t, &reason);
+            self.reject_to_device(device, sid, t, RejectCode::Malformed, &reason);
             return;
         }
         if !self.sessions.contains(&sid)
@@ -537,7 +534,7 @@ impl Core {
                 let reason = e.to_string();
                 self.refuse("frame", &device, &reason);
                 self.store.remove_frame(sid, t);
-                self.reject_to_device(&device, sid, t, &reason);
+                self.reject_to_device(&device, sid, t, e.code(), &reason);
                 self.finish(sid, t);
             }
         }
@@ -582,16 +579,17 @@ impl Core {
             }
         };
         let (sid, t) = (env.sid, env.t);
-        if let Body::Reject { reason } = &env.body {
+        if let Body::Reject { code, .. } = &env.body {
+            let code = *code;
             if !self.tracks.contains_key(&(sid, t)) {
-                tracing::debug!(%sid, t, %reason, "B refused a message of a finished frame");
+                tracing::debug!(%sid, t, %code, "B refused a message of a finished frame");
                 return;
             }
-            if reason.starts_with(COMPLETED_PREFIX) {
+            if code == RejectCode::Completed {
                 tracing::info!(%sid, t, "B already answered this frame; dropping it");
                 self.drop_frame(sid, t);
             } else {
-                tracing::warn!(%sid, t, %reason, "B refused a message of this frame");
+                tracing::warn!(%sid, t, %code, "B refused a message of this frame");
                 self.retry(sid, t, "refused by B");
             }
             return;

@@ -10,12 +10,12 @@ use veil_link::{LinkHandle, Message};
 use veil_model::Topology;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, SecretKey};
 use veil_protocol::{
-    Body, Envelope, Noise, Outgoing, PaillierSecret, Params, Peer, ProtocolError, ServerB,
-    ServerBConfig, SessionId, topics,
+    Body, Envelope, Noise, Outgoing, PaillierSecret, Params, Peer, ProtocolError, RejectCode,
+    ServerB, ServerBConfig, SessionId, topics,
 };
 
 use crate::store::{Store, now_ms, result_key};
-use crate::{Options, REJECT_COMPLETED, ServerBError, Stats};
+use crate::{Options, ServerBError, Stats};
 
 pub enum Input {
     Connected,
@@ -165,9 +165,8 @@ impl Core {
             .partition(|p| now.duration_since(p.since) >= timeout);
         self.parked = kept;
         for p in expired {
-            let reason = format!("unknown session {}", p.envelope.sid);
-            tracing::warn!(device = %p.envelope.device, t = p.envelope.t, %reason, "parked message expired");
-            self.reject_to_a(&p.worker, &p.envelope, &reason);
+            tracing::warn!(device = %p.envelope.device, t = p.envelope.t, sid = %p.envelope.sid, "parked message expired");
+            self.reject_to_a(&p.worker, &p.envelope, RejectCode::UnknownSession);
         }
         let every =
             (self.options.result_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -229,13 +228,21 @@ impl Core {
     }
 
     /// A device's own message was refused: tell it, on its result topic.
-    fn reject_to_device(&self, device: &str, sid: SessionId, t: u64, reason: &str) {
+    fn reject_to_device(
+        &self,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        code: RejectCode,
+        detail: &str,
+    ) {
         let envelope = Envelope::new(
             device,
             sid,
             t,
             Body::Reject {
-                reason: reason.to_string(),
+                code,
+                detail: detail.to_string(),
             },
         );
         if let Ok(bytes) = envelope.to_bytes() {
@@ -243,13 +250,15 @@ impl Core {
         }
     }
 
-    fn reject_to_a(&self, worker: &str, about: &Envelope, reason: &str) {
+    /// The detail stays in B's log: A gets the coarse code only.
+    fn reject_to_a(&self, worker: &str, about: &Envelope, code: RejectCode) {
         let envelope = Envelope::new(
             &about.device,
             about.sid,
             about.t,
             Body::Reject {
-                reason: reason.to_string(),
+                code,
+                detail: String::new(),
             },
         );
         if let Ok(bytes) = envelope.to_bytes() {
@@ -268,13 +277,13 @@ impl Core {
                     env.device
                 );
                 self.refuse(what, device, &reason);
-                self.reject_to_device(device, env.sid, env.t, &reason);
+                self.reject_to_device(device, env.sid, env.t, RejectCode::WrongDevice, &reason);
                 None
             }
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse(what, device, &reason);
-                self.reject_to_device(device, SessionId([0; 16]), 0, &reason);
+                self.reject_to_device(device, SessionId([0; 16]), 0, e.code(), &reason);
                 None
             }
         }
@@ -287,7 +296,7 @@ impl Core {
         if !matches!(env.body, Body::SessionInit(_)) {
             let reason = format!("{} on the session topic", env.body.kind());
             self.refuse("session", device, &reason);
-            self.reject_to_device(device, env.sid, env.t, &reason);
+            self.reject_to_device(device, env.sid, env.t, RejectCode::Malformed, &reason);
             return;
         }
         let (sid, t) = (env.sid, env.t);
@@ -306,7 +315,7 @@ impl Core {
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse("session", device, &reason);
-                self.reject_to_device(device, sid, t, &reason);
+                self.reject_to_device(device, sid, t, e.code(), &reason);
             }
         }
     }
@@ -328,7 +337,7 @@ impl Core {
             other => {
                 let reason = format!("{} on the ack topic", other.kind());
                 self.refuse("ack", device, &reason);
-                self.reject_to_device(device, env.sid, env.t, &reason);
+                self.reject_to_device(device, env.sid, env.t, RejectCode::Malformed, &reason);
             }
         }
     }
@@ -355,8 +364,8 @@ impl Core {
         };
         match &env.body {
             // A refused a device's message: pass the reason on to it.
-            Body::Reject { reason } => {
-                tracing::info!(device = %env.device, t = env.t, %reason, "relaying A's refusal to the device");
+            Body::Reject { code, detail } => {
+                tracing::info!(device = %env.device, t = env.t, %code, %detail, "relaying A's refusal to the device");
                 if let Ok(bytes) = env.to_bytes() {
                     self.link.publish(topics::result(&env.device), bytes, false);
                 }
@@ -369,7 +378,7 @@ impl Core {
                     .completed_of(env.sid)
                     .is_some_and(|done| last <= done)
                 {
-                    self.reject_to_a(worker, &env, REJECT_COMPLETED);
+                    self.reject_to_a(worker, &env, RejectCode::Completed);
                     return;
                 }
             }
@@ -393,12 +402,11 @@ impl Core {
             Err(e) => {
                 let reason = e.to_string();
                 self.refuse(kept.body.kind(), worker, &reason);
-                // The detail stays in B's log: A gets a coarse code.
-                let reason = match e {
-                    ProtocolError::Replay { .. } => REJECT_COMPLETED.to_string(),
-                    e => e.code().to_string(),
+                let code = match e {
+                    ProtocolError::Replay { .. } => RejectCode::Completed,
+                    e => e.code(),
                 };
-                self.reject_to_a(worker, &kept, &reason);
+                self.reject_to_a(worker, &kept, code);
             }
         }
     }

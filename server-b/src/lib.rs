@@ -29,11 +29,6 @@ use veil_model::Topology;
 use veil_paillier::{NoiseSource, SecretKey};
 use veil_protocol::Params;
 
-/// The reason B gives A when asked to work on a frame it already finished;
-/// A's shell then drops the frame instead of retrying it. (server-a matches
-/// the same text.)
-pub const REJECT_COMPLETED: &str = "completed: frame already answered";
-
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerBError {
