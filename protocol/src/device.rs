@@ -78,6 +78,29 @@ pub fn frame_width(topology: &Topology, params: &Params) -> u32 {
     topology.input_bound_bits + params.sigma + 2
 }
 
+/// Whether a frame has the model's shape (value count, width, byte
+/// length), checked before anything is stored.
+pub(crate) fn frame_fits(frame: &Frame, topology: &Topology, params: &Params) -> Result<()> {
+    let inputs = topology.input_len;
+    let width = frame_width(topology, params);
+    let bytes = u64::try_from(inputs)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(u64::from(width))
+        .div_ceil(8);
+    let fits = usize::try_from(frame.count).is_ok_and(|count| count == inputs)
+        && u32::from(frame.width) == width
+        && u64::try_from(frame.values.len()).is_ok_and(|len| len == bytes);
+    if fits {
+        return Ok(());
+    }
+    Err(ProtocolError::Size(format!(
+        "frame has {} values of {} bits in {} bytes; the model takes {inputs} of {width} bits",
+        frame.count,
+        frame.width,
+        frame.values.len()
+    )))
+}
+
 /// Bits of one masked output on the wire, centred the same way.
 pub fn result_width(topology: &Topology, params: &Params) -> u32 {
     output_bits(topology) + params.sigma + 2

@@ -23,6 +23,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod messages;
+pub mod node;
 mod params;
 mod prf;
 mod round;

@@ -40,6 +40,18 @@ fn device_prefix(device: &str) -> Vec<u8> {
     key
 }
 
+/// `(device, sid, t)` of a result key.
+pub fn split_result_key(key: &[u8]) -> Option<(String, SessionId, u64)> {
+    let (t, rest) = key.split_last_chunk::<8>().map(|(rest, t)| (t, rest))?;
+    let (rest, sid) = rest.split_last_chunk::<16>()?;
+    let (zero, device) = rest.split_last()?;
+    if *zero != 0 {
+        return None;
+    }
+    let device = String::from_utf8(device.to_vec()).ok()?;
+    Some((device, SessionId(*sid), u64::from_be_bytes(*t)))
+}
+
 /// A queued result: when it was stored and its envelope.
 pub struct Queued {
     pub key: Vec<u8>,
@@ -88,10 +100,6 @@ impl Store {
         self.flush()
     }
 
-    pub fn has_session(&self, sid: SessionId) -> bool {
-        self.sessions.contains_key(sid.0).unwrap_or(false)
-    }
-
     /// Every stored session: `(device, envelope)`.
     pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
         self.sessions
@@ -134,8 +142,9 @@ impl Store {
         sid: SessionId,
         t: u64,
         envelope: &[u8],
+        stored_at_ms: u64,
     ) -> sled::Result<()> {
-        let mut value = now_ms().to_be_bytes().to_vec();
+        let mut value = stored_at_ms.to_be_bytes().to_vec();
         value.extend_from_slice(envelope);
         self.results.insert(result_key(device, sid, t), value)?;
         let mark = self.completed_of(sid).map_or(t, |c| c.max(t));
@@ -148,24 +157,12 @@ impl Store {
         matches!(self.results.remove(result_key(device, sid, t)), Ok(Some(_)))
     }
 
-    pub fn results_of(&self, device: &str) -> Vec<Queued> {
-        self.results
-            .scan_prefix(device_prefix(device))
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| split_queued(&k, &v))
-            .collect()
-    }
-
     pub fn all_results(&self) -> Vec<Queued> {
         self.results
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(k, v)| split_queued(&k, &v))
             .collect()
-    }
-
-    pub fn remove_key(&self, key: &[u8]) {
-        let _ = self.results.remove(key);
     }
 
     pub fn queued(&self) -> u64 {
