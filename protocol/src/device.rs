@@ -190,6 +190,32 @@ impl Device {
         let sid = SessionId::random(rng);
         let k_a = Seed::random(rng);
         let k_b = Seed::random(rng);
+        self.sessions.insert(
+            sid,
+            DeviceSession {
+                sid,
+                k_a,
+                k_b,
+                first_counter,
+                frames: 0,
+                keys: OnceLock::new(),
+            },
+        );
+        self.current = Some(sid);
+        self.session_messages(sid, rng)
+    }
+
+    /// The two session messages of a session the device holds, its seeds
+    /// encrypted afresh: for a server that lost or never got them.
+    pub fn session_messages<R: CryptoRng + ?Sized>(
+        &self,
+        sid: SessionId,
+        rng: &mut R,
+    ) -> Result<[Outgoing; 2]> {
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         let topology = self.cfg.topology.fingerprint();
         let params = self.cfg.params.fingerprint();
         let mut init = |key: &PublicKey, seed: &Seed| -> Result<Body> {
@@ -204,21 +230,10 @@ impl Device {
                 seed: ciphertext.to_bytes(),
             }))
         };
-        let to_a = init(&self.cfg.server_a, &k_a)?;
-        let to_b = init(&self.cfg.server_b, &k_b)?;
-        self.sessions.insert(
-            sid,
-            DeviceSession {
-                sid,
-                k_a,
-                k_b,
-                first_counter,
-                frames: 0,
-                keys: OnceLock::new(),
-            },
-        );
-        self.current = Some(sid);
+        let to_a = init(&self.cfg.server_a, &session.k_a)?;
+        let to_b = init(&self.cfg.server_b, &session.k_b)?;
         let device = &self.cfg.device;
+        let first_counter = session.first_counter;
         Ok([
             Outgoing::new(
                 Peer::ServerA,

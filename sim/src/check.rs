@@ -14,7 +14,7 @@
 
 use crate::Party;
 use std::collections::{BTreeMap, HashMap};
-use veil_protocol::{Body, Envelope, I256, Params, SessionId};
+use veil_protocol::{Body, Envelope, I256, Params, RejectCode, SessionId};
 
 struct Captured {
     x_hat: Vec<i64>,
@@ -91,8 +91,18 @@ impl Checker {
         }
     }
 
-    pub fn refused(&mut self, device: usize, sid: SessionId, t: u64, why: String) {
+    pub fn refused(
+        &mut self,
+        device: usize,
+        sid: SessionId,
+        t: u64,
+        code: RejectCode,
+        why: String,
+    ) {
         match self.frames.get_mut(&(device, sid, t)) {
+            // A device restored from an old copy of its state sends a frame
+            // whose result it had already delivered and acknowledged.
+            Some(c) if code == RejectCode::Completed && c.delivered > 0 => {}
             Some(c) => c.refused += 1,
             None => self.fail(format!("dev{device} refused unknown ({sid}, {t}): {why}")),
         }

@@ -296,7 +296,10 @@ impl World {
                     }
                     AEvent::Refused(r) => {
                         if self.trace {
-                            eprintln!("A refused {} from {}: {} {}", r.what, r.from, r.code, r.detail);
+                            eprintln!(
+                                "A refused {} from {}: {} {}",
+                                r.what, r.from, r.code, r.detail
+                            );
                         }
                     }
                     AEvent::Note(_) => {}
@@ -339,7 +342,10 @@ impl World {
                     }
                     BEvent::Refused(r) => {
                         if self.trace {
-                            eprintln!("B refused {} from {}: {} {}", r.what, r.from, r.code, r.detail);
+                            eprintln!(
+                                "B refused {} from {}: {} {}",
+                                r.what, r.from, r.code, r.detail
+                            );
                         }
                     }
                     BEvent::Note(_) => {}
@@ -392,7 +398,9 @@ impl World {
                     code,
                     detail,
                     ..
-                } => self.checker.refused(d, sid, t, format!("{code}: {detail}")),
+                } => self
+                    .checker
+                    .refused(d, sid, t, code, format!("{code}: {detail}")),
                 DeviceEvent::Expired { sid, t, .. } => self.checker.expired(d, sid, t),
                 DeviceEvent::Ignored { .. } => {}
             }

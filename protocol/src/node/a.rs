@@ -472,9 +472,13 @@ impl<P: PublicOps> ServerANode<P> {
             Err(e) => {
                 self.forget_stored(sid, t);
                 if e.code() == RejectCode::Replay {
-                    // A frame this worker already finished: its result
-                    // waits in B's queue for the device's next Sync.
+                    // A frame this worker already finished: B answers with
+                    // the result if it still holds it, or else passes the
+                    // refusal on (the result was acknowledged: a device
+                    // restored from an old copy of its state).
                     self.note(ANote::Duplicate);
+                    let detail = "frame already processed".to_string();
+                    self.refuse_device("frame", &device, sid, t, RejectCode::Completed, detail);
                 } else {
                     self.refuse_device("frame", &device, sid, t, e.code(), e.to_string());
                 }

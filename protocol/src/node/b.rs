@@ -384,10 +384,23 @@ impl<S: SecretOps> ServerBNode<S> {
             }
         };
         match &env.body {
-            // A refused a device's message: pass it on to the device.
-            Body::Reject { .. } => {
+            // A refused a device's message: pass it on to the device, or
+            // for a frame already answered, the answer if still queued.
+            Body::Reject { code, .. } => {
+                let key = (env.device.clone(), env.sid, env.t);
+                let queued = (*code == RejectCode::Completed)
+                    .then(|| self.results.get(&key))
+                    .flatten()
+                    .map(|q| q.envelope.clone());
+                let bytes = match queued {
+                    Some(result) => {
+                        self.note(BNote::Redelivered);
+                        result
+                    }
+                    None => payload.to_vec(),
+                };
                 self.transmits
-                    .push_back(Transmit::new(topics::result(&env.device), payload.to_vec()));
+                    .push_back(Transmit::new(topics::result(&env.device), bytes));
                 return;
             }
             Body::MaskRequest { count } => {

@@ -25,6 +25,9 @@ pub struct DeviceOptions {
     pub frame_ttl: Millis,
     /// Frame counters reserved per write of the counter mark.
     pub counter_block: u64,
+    /// Times a frame refused for an unknown session gets its session
+    /// messages sent again before the refusal is final.
+    pub session_recoveries: u32,
     /// Settled frames remembered (to acknowledge redeliveries without
     /// delivering twice): at most this many, for at most `settled_ttl`.
     pub settled_max: usize,
@@ -37,6 +40,7 @@ impl Default for DeviceOptions {
             resend_after: 30_000,
             frame_ttl: 24 * 3600 * 1000,
             counter_block: 64,
+            session_recoveries: 3,
             settled_max: 4096,
             settled_ttl: 30 * 24 * 3600 * 1000,
         }
@@ -124,6 +128,9 @@ pub struct DeviceNode {
     /// When each outbox frame was last sent on this connection.
     sent: HashMap<(SessionId, u64), Millis>,
     settled: BTreeMap<(SessionId, u64), Millis>,
+    /// Times each waiting frame was refused for an unknown session and
+    /// its session messages were sent again.
+    recoveries: HashMap<(SessionId, u64), u32>,
     /// Session messages of the current session, to publish (retained).
     inits: Option<(Vec<u8>, Vec<u8>)>,
     inits_published: bool,
@@ -169,6 +176,7 @@ impl DeviceNode {
                 .into_iter()
                 .map(|(sid, t, at)| ((sid, t), at))
                 .collect(),
+            recoveries: HashMap::new(),
             inits: None,
             inits_published: false,
             connected: false,
@@ -390,6 +398,7 @@ impl DeviceNode {
     fn settle(&mut self, now: Millis, sid: SessionId, t: u64, how: Settled) {
         self.outbox.remove(&(sid, t));
         self.sent.remove(&(sid, t));
+        self.recoveries.remove(&(sid, t));
         self.settled.insert((sid, t), now);
         while self.settled.len() > self.options.settled_max {
             let oldest = self
@@ -412,6 +421,48 @@ impl DeviceNode {
                 self.device.sessions().cloned().collect(),
             ));
         }
+    }
+
+    /// A server does not know the session of a waiting frame (its session
+    /// message was lost, or overtaken for longer than the server waits):
+    /// send the session messages again, then the frame. Whether it did.
+    fn recover_session(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        let Ok([to_a, to_b]) = self.device.session_messages(sid, &mut self.rng) else {
+            return false;
+        };
+        let (Ok(to_a), Ok(to_b)) = (to_a.envelope.to_bytes(), to_b.envelope.to_bytes()) else {
+            return false;
+        };
+        let device = self.device.config().device.clone();
+        for (server, bytes) in [('a', to_a), ('b', to_b)] {
+            let mut publish = Transmit::new(topics::session(&device, server), bytes);
+            publish.retain = true;
+            self.transmits.push_back(publish);
+        }
+        self.sent.remove(&(sid, t));
+        self.send_new(now);
+        self.ignored(sid, t, "unknown session: its messages sent again".into());
+        true
+    }
+
+    /// A says the frame was processed, and B had no result to send in
+    /// its place: the result may still be on its way to B (the refusal
+    /// overtook it), so ask B again on the next resends before giving up.
+    /// Whether the frame stays waiting.
+    fn await_completed(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        self.sync(now);
+        self.ignored(sid, t, "processed already: asking B for the result".into());
+        true
     }
 
     fn ack(&mut self, sid: SessionId, t: u64) {
@@ -441,6 +492,12 @@ impl DeviceNode {
                 self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
                 return;
             };
+            if code == RejectCode::UnknownSession && self.recover_session(now, sid, t) {
+                return;
+            }
+            if code == RejectCode::Completed && self.await_completed(now, sid, t) {
+                return;
+            }
             self.settle(now, sid, t, Settled::Rejected);
             self.events.push_back(DeviceEvent::Refused {
                 sid,
