@@ -98,6 +98,14 @@ struct Parked {
     envelope: Envelope,
 }
 
+/// An output the broker has not acknowledged: sent again after
+/// `round_timeout` (B refuses a second copy as completed).
+struct Confirming {
+    key: (SessionId, u64),
+    since: Millis,
+    publish: Transmit,
+}
+
 /// Server A with its recovery rules; see the module documentation.
 pub struct ServerANode<P: PublicOps> {
     machine: ServerA<P>,
@@ -114,7 +122,7 @@ pub struct ServerANode<P: PublicOps> {
     tracks: HashMap<(SessionId, u64), Track>,
     parked: Vec<Parked>,
     /// Outputs sent but not yet acknowledged by the broker.
-    confirming: HashMap<u64, (SessionId, u64)>,
+    confirming: HashMap<u64, Confirming>,
     next_token: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<AEvent>,
@@ -201,7 +209,7 @@ impl<P: PublicOps> ServerANode<P> {
             }
             Input::Disconnected => {}
             Input::Confirmed(token) => {
-                if let Some((sid, t)) = self.confirming.remove(&token) {
+                if let Some(Confirming { key: (sid, t), .. }) = self.confirming.remove(&token) {
                     self.stored.remove(&(sid, t));
                     self.events.push_back(AEvent::ForgetFrame { sid, t });
                 }
@@ -228,7 +236,11 @@ impl<P: PublicOps> ServerANode<P> {
             .parked
             .iter()
             .map(|p| p.since.saturating_add(self.options.park_timeout));
-        rounds.chain(parked).min()
+        let outputs = self
+            .confirming
+            .values()
+            .map(|c| c.since.saturating_add(self.options.round_timeout));
+        rounds.chain(parked).chain(outputs).min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
@@ -240,6 +252,13 @@ impl<P: PublicOps> ServerANode<P> {
             .collect();
         for (sid, t) in overdue {
             self.retry(now, sid, t);
+        }
+        let round_timeout = self.options.round_timeout;
+        for c in self.confirming.values_mut() {
+            if now >= c.since.saturating_add(round_timeout) {
+                c.since = now;
+                self.transmits.push_back(c.publish.clone());
+            }
         }
         let timeout = self.options.park_timeout;
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
@@ -618,8 +637,15 @@ impl<P: PublicOps> ServerANode<P> {
                 // after a crash before that, it is replayed.
                 let token = self.next_token;
                 self.next_token += 1;
-                self.confirming.insert(token, key);
                 publish.confirm = Some(token);
+                self.confirming.insert(
+                    token,
+                    Confirming {
+                        key,
+                        since: now,
+                        publish: publish.clone(),
+                    },
+                );
                 self.transmits.push_back(publish);
                 self.note(ANote::Output);
                 self.finish(now, env.sid, env.t);
