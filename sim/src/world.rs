@@ -50,6 +50,7 @@ struct ADurable {
 struct BDurable {
     sessions: BTreeMap<SessionId, Vec<u8>>,
     completed: BTreeMap<SessionId, u64>,
+    progress: BTreeMap<(SessionId, u64), u64>,
     results: BTreeMap<(String, SessionId, u64), Queued>,
 }
 
@@ -337,6 +338,12 @@ impl World {
                         *mark = (*mark).max(q.t);
                         store.results.insert((q.device.clone(), q.sid, q.t), q);
                     }
+                    BEvent::PersistProgress { sid, t, stage } => {
+                        store.progress.insert((sid, t), stage);
+                    }
+                    BEvent::ForgetProgress { sid, upto } => {
+                        store.progress.retain(|(s, t), _| *s != sid || *t > upto);
+                    }
                     BEvent::ForgetResult { device, sid, t } => {
                         store.results.remove(&(device, sid, t));
                     }
@@ -533,6 +540,11 @@ impl World {
                 node.restore(
                     store.sessions.values().cloned().collect(),
                     store.completed.iter().map(|(s, t)| (*s, *t)).collect(),
+                    store
+                        .progress
+                        .iter()
+                        .map(|((s, t), stage)| (*s, *t, *stage))
+                        .collect(),
                     store.results.values().cloned().collect(),
                 );
                 self.b = Some(node);

@@ -212,6 +212,7 @@ impl<P: PublicOps> ServerANode<P> {
                 if let Some(Confirming { key: (sid, t), .. }) = self.confirming.remove(&token) {
                     self.stored.remove(&(sid, t));
                     self.events.push_back(AEvent::ForgetFrame { sid, t });
+                    self.finish(now, sid, t);
                 }
             }
             Input::Message { topic, payload } => self.on_message(now, &topic, payload),
@@ -648,7 +649,9 @@ impl<P: PublicOps> ServerANode<P> {
                 );
                 self.transmits.push_back(publish);
                 self.note(ANote::Output);
-                self.finish(now, env.sid, env.t);
+                // The session's next frame waits for the broker to have
+                // this output: B finishes a session's frames in order.
+                self.tracks.remove(&key);
             } else {
                 if let Some(track) = self.tracks.get_mut(&key) {
                     track.since = now;

@@ -56,6 +56,18 @@ pub enum BEvent {
     },
     /// Queue a result and raise its session's completion mark to `t`.
     PersistResult(Queued),
+    /// Remember the stage frame `t` is at, so that a restarted B takes its
+    /// next round or its output.
+    PersistProgress {
+        sid: SessionId,
+        t: u64,
+        stage: u64,
+    },
+    /// Frames up to `t` of the session finished: forget their progress.
+    ForgetProgress {
+        sid: SessionId,
+        upto: u64,
+    },
     /// Drop a queued result (acknowledged or expired).
     ForgetResult {
         device: String,
@@ -126,6 +138,7 @@ impl<S: SecretOps> ServerBNode<S> {
         &mut self,
         sessions: Vec<Vec<u8>>,
         completed: Vec<(SessionId, u64)>,
+        progress: Vec<(SessionId, u64, u64)>,
         results: Vec<Queued>,
     ) {
         for bytes in sessions {
@@ -150,6 +163,10 @@ impl<S: SecretOps> ServerBNode<S> {
         }
         for (sid, t) in completed {
             self.complete(sid, t);
+        }
+        for (sid, t, stage) in progress {
+            let stage = usize::try_from(stage).unwrap_or(usize::MAX);
+            self.machine.restore_progress(sid, t, stage);
         }
         for q in results {
             self.complete(q.sid, q.t);
@@ -436,8 +453,16 @@ impl<S: SecretOps> ServerBNode<S> {
         }
         let (device, sid, t) = (env.device.clone(), env.sid, env.t);
         let kind = env.body.kind();
+        let is_round = matches!(env.body, Body::Round(_));
         match self.machine.handle(env) {
-            Ok(outgoing) => self.dispatch(now, worker, outgoing),
+            Ok(outgoing) => {
+                if is_round && let Some(stage) = self.machine.progress_of(sid, t) {
+                    let stage = u64::try_from(stage).unwrap_or(u64::MAX);
+                    self.events
+                        .push_back(BEvent::PersistProgress { sid, t, stage });
+                }
+                self.dispatch(now, worker, outgoing)
+            }
             Err(e) => {
                 let code = match e.code() {
                     RejectCode::Replay => RejectCode::Completed,
@@ -481,6 +506,10 @@ impl<S: SecretOps> ServerBNode<S> {
                         envelope: bytes.clone(),
                     };
                     self.complete(env.sid, env.t);
+                    self.events.push_back(BEvent::ForgetProgress {
+                        sid: env.sid,
+                        upto: env.t,
+                    });
                     self.results
                         .insert((env.device.clone(), env.sid, env.t), queued.clone());
                     self.events.push_back(BEvent::PersistResult(queued));
