@@ -24,6 +24,9 @@ pub struct AOptions {
     pub max_retries: u32,
     /// How long a frame waits for its session message.
     pub park_timeout: Millis,
+    /// Times B may say it does not know a frame's session (while the
+    /// device sends it again) before those refusals count as attempts.
+    pub max_session_waits: u32,
     /// Frames one device may have parked: an honest device's session
     /// message arrives within moments of its frames, while a device
     /// inventing sessions would otherwise fill the parking lot.
@@ -37,6 +40,7 @@ impl Default for AOptions {
             round_timeout: 30_000,
             max_retries: 3,
             park_timeout: 60_000,
+            max_session_waits: 10,
             max_parked_per_device: 64,
         }
     }
@@ -91,6 +95,8 @@ pub enum ANote {
 struct Track {
     since: Millis,
     attempts: u32,
+    /// Refusals by B for not knowing the session yet.
+    waits: u32,
 }
 
 struct Parked {
@@ -485,6 +491,7 @@ impl<P: PublicOps> ServerANode<P> {
             Track {
                 since: now,
                 attempts: 0,
+                waits: 0,
             },
         );
         match self.machine.handle(env) {
@@ -518,11 +525,13 @@ impl<P: PublicOps> ServerANode<P> {
         match self.machine.retry_frame(sid, t) {
             Ok(out) => {
                 self.note(ANote::Retry);
+                let waits = self.tracks.get(&(sid, t)).map_or(0, |tr| tr.waits);
                 self.tracks.insert(
                     (sid, t),
                     Track {
                         since: now,
                         attempts: attempts + 1,
+                        waits,
                     },
                 );
                 self.dispatch(now, out);
@@ -595,6 +604,17 @@ impl<P: PublicOps> ServerANode<P> {
             }
             if code == RejectCode::Completed {
                 self.drop_frame(now, env.sid, env.t);
+            } else if code == RejectCode::UnknownSession {
+                // B waits for the device to send its session again (B told
+                // it): try again after a round timeout, without spending
+                // an attempt, a bounded number of times.
+                if let Some(track) = self.tracks.get_mut(&key) {
+                    track.since = now;
+                    track.waits += 1;
+                    if track.waits <= self.options.max_session_waits {
+                        track.attempts = track.attempts.saturating_sub(1);
+                    }
+                }
             } else {
                 self.retry(now, env.sid, env.t);
             }

@@ -216,6 +216,19 @@ impl<S: SecretOps> ServerBNode<S> {
         self.parked = kept;
         for p in expired {
             self.refuse_a(&p.worker, &p.envelope, RejectCode::UnknownSession);
+            // The device's session message to B was lost: only the device
+            // can send it again.
+            let env = &p.envelope;
+            let detail = "B has not received this session".to_string();
+            let bytes = reject_bytes(
+                &env.device,
+                env.sid,
+                env.t,
+                RejectCode::UnknownSession,
+                &detail,
+            );
+            self.transmits
+                .push_back(Transmit::new(topics::result(&env.device), bytes));
         }
         let ttl = self.options.result_ttl;
         let stale: Vec<_> = self

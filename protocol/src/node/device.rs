@@ -131,6 +131,8 @@ pub struct DeviceNode {
     /// Times each waiting frame was refused for an unknown session and
     /// its session messages were sent again.
     recoveries: HashMap<(SessionId, u64), u32>,
+    /// When each session's messages were last sent again.
+    republished: HashMap<SessionId, Millis>,
     /// Session messages of the current session, to publish (retained).
     inits: Option<(Vec<u8>, Vec<u8>)>,
     inits_published: bool,
@@ -177,6 +179,7 @@ impl DeviceNode {
                 .map(|(sid, t, at)| ((sid, t), at))
                 .collect(),
             recoveries: HashMap::new(),
+            republished: HashMap::new(),
             inits: None,
             inits_published: false,
             connected: false,
@@ -417,6 +420,7 @@ impl DeviceNode {
         let current = self.device.current().map(|s| s.sid);
         if current != Some(sid) && !self.outbox.keys().any(|(s, _)| *s == sid) {
             self.device.forget_session(sid);
+            self.republished.remove(&sid);
             self.events.push_back(DeviceEvent::PersistSessions(
                 self.device.sessions().cloned().collect(),
             ));
@@ -432,21 +436,36 @@ impl DeviceNode {
             return false;
         }
         *tries += 1;
+        if !self.republish_session(now, sid) {
+            return false;
+        }
+        self.sent.remove(&(sid, t));
+        self.send_new(now);
+        self.ignored(sid, t, "unknown session: its messages sent again".into());
+        true
+    }
+
+    /// Publishes a held session's messages again (retained), at most once
+    /// per half resend period. Whether the session is held.
+    fn republish_session(&mut self, now: Millis, sid: SessionId) -> bool {
+        if let Some(at) = self.republished.get(&sid)
+            && now < at.saturating_add(self.options.resend_after / 2)
+        {
+            return true;
+        }
         let Ok([to_a, to_b]) = self.device.session_messages(sid, &mut self.rng) else {
             return false;
         };
         let (Ok(to_a), Ok(to_b)) = (to_a.envelope.to_bytes(), to_b.envelope.to_bytes()) else {
             return false;
         };
+        self.republished.insert(sid, now);
         let device = self.device.config().device.clone();
         for (server, bytes) in [('a', to_a), ('b', to_b)] {
             let mut publish = Transmit::new(topics::session(&device, server), bytes);
             publish.retain = true;
             self.transmits.push_back(publish);
         }
-        self.sent.remove(&(sid, t));
-        self.send_new(now);
-        self.ignored(sid, t, "unknown session: its messages sent again".into());
         true
     }
 
@@ -489,6 +508,11 @@ impl DeviceNode {
         let (sid, t) = (env.sid, env.t);
         if let Body::Reject { code, detail } = env.body {
             let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
+                // B could not serve A for a session it never got: A's
+                // message names a counter, not necessarily a frame.
+                if code == RejectCode::UnknownSession {
+                    self.republish_session(now, sid);
+                }
                 self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
                 return;
             };
