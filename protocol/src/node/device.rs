@@ -131,6 +131,9 @@ pub struct DeviceNode {
     /// Times each waiting frame was refused for an unknown session and
     /// its session messages were sent again.
     recoveries: HashMap<(SessionId, u64), u32>,
+    /// The frame publish the broker has not confirmed yet: (token, key).
+    inflight: Option<(u64, (SessionId, u64))>,
+    next_token: u64,
     /// When each session's messages were last sent again.
     republished: HashMap<SessionId, Millis>,
     /// Session messages of the current session, to publish (retained).
@@ -180,6 +183,8 @@ impl DeviceNode {
                 .collect(),
             recoveries: HashMap::new(),
             republished: HashMap::new(),
+            inflight: None,
+            next_token: 1,
             inits: None,
             inits_published: false,
             connected: false,
@@ -270,13 +275,19 @@ impl DeviceNode {
             Input::Connected => {
                 self.connected = true;
                 self.sent.clear();
+                self.inflight = None;
                 // The broker may have lost its retained messages.
                 self.inits_published = false;
                 self.sync(now);
                 self.send_new(now);
             }
             Input::Disconnected => self.connected = false,
-            Input::Confirmed(_) => {}
+            Input::Confirmed(token) => {
+                if self.inflight.is_some_and(|(t, _)| t == token) {
+                    self.inflight = None;
+                    self.send_new(now);
+                }
+            }
             Input::Message { topic, payload } => {
                 if topic == topics::result(&self.device.config().device) {
                     self.on_result(now, &payload);
@@ -341,8 +352,12 @@ impl DeviceNode {
         for key in stale {
             if let Some(entry) = self.outbox.get(&key) {
                 self.sent.insert(key, now);
-                self.transmits
-                    .push_back(Transmit::new(topic.clone(), entry.envelope.clone()));
+                let mut publish = Transmit::new(topic.clone(), entry.envelope.clone());
+                publish.confirm = self
+                    .inflight
+                    .filter(|(_, k)| *k == key)
+                    .map(|(token, _)| token);
+                self.transmits.push_back(publish);
             } else {
                 self.sent.remove(&key);
             }
@@ -387,15 +402,28 @@ impl DeviceNode {
             return;
         }
         self.publish_inits();
-        let topic = topics::frame(&self.device.config().device);
-        for (key, entry) in &self.outbox {
-            if self.sent.contains_key(key) {
-                continue;
-            }
-            self.sent.insert(*key, now);
-            self.transmits
-                .push_back(Transmit::new(topic.clone(), entry.envelope.clone()));
+        // One frame at a time until the broker has it: A and B take a
+        // session's frames in counter order, and a lost publish must not
+        // let a later frame overtake it.
+        if self.inflight.is_some() {
+            return;
         }
+        let next = self
+            .outbox
+            .values()
+            .filter(|e| !self.sent.contains_key(&(e.sid, e.t)))
+            .min_by_key(|e| (e.captured, e.t))
+            .map(|e| ((e.sid, e.t), e.envelope.clone()));
+        let Some((key, envelope)) = next else {
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.sent.insert(key, now);
+        self.inflight = Some((token, key));
+        let mut publish = Transmit::new(topics::frame(&self.device.config().device), envelope);
+        publish.confirm = Some(token);
+        self.transmits.push_back(publish);
     }
 
     fn settle(&mut self, now: Millis, sid: SessionId, t: u64, how: Settled) {
