@@ -101,6 +101,8 @@ pub struct ServerBNode<S: SecretOps> {
     public: Vec<(String, Vec<u8>)>,
     sessions: HashMap<SessionId, String>,
     completed: HashMap<SessionId, u64>,
+    /// The furthest stage each frame in progress reached, in any attempt.
+    reached: HashMap<(SessionId, u64), usize>,
     results: BTreeMap<(String, SessionId, u64), Queued>,
     parked: Vec<Parked>,
     transmits: VecDeque<Transmit>,
@@ -121,6 +123,7 @@ impl<S: SecretOps> ServerBNode<S> {
             public,
             sessions: HashMap::new(),
             completed: HashMap::new(),
+            reached: HashMap::new(),
             results: BTreeMap::new(),
             parked: Vec::new(),
             transmits: VecDeque::new(),
@@ -167,6 +170,7 @@ impl<S: SecretOps> ServerBNode<S> {
         for (sid, t, stage) in progress {
             let stage = usize::try_from(stage).unwrap_or(usize::MAX);
             self.machine.restore_progress(sid, t, stage);
+            self.reached.insert((sid, t), stage);
         }
         for q in results {
             self.complete(q.sid, q.t);
@@ -467,10 +471,19 @@ impl<S: SecretOps> ServerBNode<S> {
         let (device, sid, t) = (env.device.clone(), env.sid, env.t);
         let kind = env.body.kind();
         let is_round = matches!(env.body, Body::Round(_));
+        if matches!(env.body, Body::Output(_)) && self.reached.get(&(sid, t)) == Some(&usize::MAX) {
+            // Every round of this frame was answered once. A late copy of
+            // a retried first round set B back, while A went on with the
+            // answers it had: the output is what those answers give, and
+            // B decrypts nothing it had not agreed to.
+            self.machine.restore_progress(sid, t, usize::MAX);
+        }
         match self.machine.handle(env) {
             Ok(outgoing) => {
                 if is_round && let Some(stage) = self.machine.progress_of(sid, t) {
-                    let stage = u64::try_from(stage).unwrap_or(u64::MAX);
+                    let reached = self.reached.entry((sid, t)).or_insert(stage);
+                    *reached = (*reached).max(stage);
+                    let stage = u64::try_from(*reached).unwrap_or(u64::MAX);
                     self.events
                         .push_back(BEvent::PersistProgress { sid, t, stage });
                 }
@@ -523,6 +536,7 @@ impl<S: SecretOps> ServerBNode<S> {
                         sid: env.sid,
                         upto: env.t,
                     });
+                    self.reached.retain(|(s, t), _| *s != env.sid || *t > env.t);
                     self.results
                         .insert((env.device.clone(), env.sid, env.t), queued.clone());
                     self.events.push_back(BEvent::PersistResult(queued));
