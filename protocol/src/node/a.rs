@@ -268,10 +268,20 @@ impl<P: PublicOps> ServerANode<P> {
             }
         }
         let timeout = self.options.park_timeout;
-        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+        // A session's parked frames go together, in counter order: were
+        // a later one kept, it would start as soon as the session arrives
+        // and overtake the earlier ones the device sends again.
+        let stale: HashSet<SessionId> = self
+            .parked
+            .iter()
+            .filter(|p| now >= p.since.saturating_add(timeout))
+            .map(|p| p.envelope.sid)
+            .collect();
+        let (mut expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
-            .partition(|p| now >= p.since.saturating_add(timeout));
+            .partition(|p| stale.contains(&p.envelope.sid));
         self.parked = kept;
+        expired.sort_by_key(|p| p.envelope.t);
         for p in expired {
             let env = p.envelope;
             let detail = format!("unknown session {}", env.sid);
