@@ -390,7 +390,10 @@ impl World {
                 DeviceEvent::PersistCounter(mark) => store.counter_mark = mark,
                 DeviceEvent::PersistSessions(sessions) => store.sessions = sessions,
                 DeviceEvent::PersistOutbox(entry) => store.outbox.push(entry),
-                DeviceEvent::Settle { sid, t, .. } => {
+                DeviceEvent::Settle { sid, t, how } => {
+                    if self.trace {
+                        eprintln!("{} dev{d} settled ({sid}, {t}) {how:?}", now - START);
+                    }
                     store.outbox.retain(|e| (e.sid, e.t) != (sid, t));
                     store.settled.push((sid, t, now));
                     let excess = store.settled.len().saturating_sub(4096);
@@ -770,7 +773,12 @@ impl World {
                         self.checker.received(delivery.to, &payload);
                         self.handle(delivery.to, Input::Message { topic, payload });
                     }
-                    Payload::Confirmed(token) => self.handle(delivery.to, Input::Confirmed(token)),
+                    Payload::Confirmed(token) => {
+                        if self.trace {
+                            eprintln!("{} confirm {:?} {token}", self.now - START, delivery.to);
+                        }
+                        self.handle(delivery.to, Input::Confirmed(token))
+                    }
                 }
                 continue;
             }

@@ -431,6 +431,12 @@ impl DeviceNode {
         self.sent.remove(&(sid, t));
         self.recoveries.remove(&(sid, t));
         self.settled.insert((sid, t), now);
+        if self.inflight.is_some_and(|(_, key)| key == (sid, t)) {
+            // Settled before the broker confirmed this copy (an earlier
+            // copy got through): the next frame may go.
+            self.inflight = None;
+            self.send_new(now);
+        }
         while self.settled.len() > self.options.settled_max {
             let oldest = self
                 .settled
