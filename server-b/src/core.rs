@@ -90,7 +90,7 @@ impl Core {
                 })
             })
             .collect();
-        node.restore(sessions, store.completed(), results);
+        node.restore(sessions, store.completed(), store.progress(), results);
         let mut filters = vec![
             topics::filters::SESSIONS_B.to_string(),
             topics::filters::ACKS.to_string(),
@@ -188,6 +188,12 @@ impl Core {
                     tracing::error!(error = %e, "could not queue a result");
                 }
             }
+            BEvent::PersistProgress { sid, t, stage } => {
+                if let Err(e) = self.store.put_progress(sid, t, stage) {
+                    tracing::error!(error = %e, "could not store a frame's progress");
+                }
+            }
+            BEvent::ForgetProgress { sid, upto } => self.store.forget_progress(sid, upto),
             BEvent::ForgetResult { device, sid, t } => {
                 self.forget_result(&device, sid, t);
             }

@@ -16,6 +16,8 @@ pub struct Store {
     sessions: sled::Tree,
     /// `sid` → highest finished counter (8 bytes, big-endian).
     completed: sled::Tree,
+    /// `sid t` → the furthest stage the frame reached (8 bytes each).
+    progress: sled::Tree,
 }
 
 pub fn now_ms() -> u64 {
@@ -85,6 +87,7 @@ impl Store {
             results: db.open_tree("results")?,
             sessions: db.open_tree("sessions")?,
             completed: db.open_tree("completed")?,
+            progress: db.open_tree("progress")?,
             db,
         })
     }
@@ -162,6 +165,39 @@ impl Store {
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(k, v)| split_queued(&k, &v))
+            .collect()
+    }
+
+    pub fn put_progress(&self, sid: SessionId, t: u64, stage: u64) -> sled::Result<()> {
+        let mut key = sid.0.to_vec();
+        key.extend_from_slice(&t.to_be_bytes());
+        self.progress.insert(key, &stage.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Drops the progress of the session's frames up to `upto`.
+    pub fn forget_progress(&self, sid: SessionId, upto: u64) {
+        for (key, _) in self.progress.scan_prefix(sid.0).filter_map(Result::ok) {
+            let t = key
+                .get(16..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if t.is_some_and(|t| t <= upto) {
+                let _ = self.progress.remove(key);
+            }
+        }
+    }
+
+    pub fn progress(&self) -> Vec<(SessionId, u64, u64)> {
+        self.progress
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let sid: [u8; 16] = k.get(..16)?.try_into().ok()?;
+                let t = u64::from_be_bytes(k.get(16..)?.try_into().ok()?);
+                let stage = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some((SessionId(sid), t, stage))
+            })
             .collect()
     }
 

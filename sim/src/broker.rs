@@ -35,6 +35,8 @@ pub struct NetFaults {
 
 #[derive(Default)]
 pub struct Broker {
+    /// Devices in the simulation (for routing result topics).
+    pub devices: usize,
     pub pending: Vec<Delivery>,
     retained: BTreeMap<String, Bytes>,
     last: HashMap<(Party, Party, String), Millis>,
@@ -68,6 +70,13 @@ pub fn routes(topic: &str, devices: usize) -> Vec<Party> {
 }
 
 impl Broker {
+    pub fn new(devices: usize) -> Broker {
+        Broker {
+            devices,
+            ..Broker::default()
+        }
+    }
+
     fn push(&mut self, to: Party, at: Millis, what: Payload) {
         self.seq += 1;
         self.pending.push(Delivery {
@@ -85,7 +94,6 @@ impl Broker {
         from: Party,
         t: Transmit,
         now: Millis,
-        devices: usize,
         faults: NetFaults,
         rng: &mut crate::SimRng,
         reachable: &dyn Fn(Party) -> bool,
@@ -109,7 +117,7 @@ impl Broker {
             let at = now + 1 + rng.below(5);
             self.push(from, at, Payload::Confirmed(token));
         }
-        for to in routes(&t.topic, devices) {
+        for to in routes(&t.topic, self.devices) {
             if !reachable(to) {
                 continue;
             }
@@ -141,14 +149,14 @@ impl Broker {
     }
 
     /// A party (re)subscribed: retained messages it subscribes to.
-    pub fn subscribed(&mut self, party: Party, now: Millis, devices: usize) {
+    pub fn subscribed(&mut self, party: Party, now: Millis) {
         let retained: Vec<(String, Bytes)> = self
             .retained
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (topic, payload) in retained {
-            if routes(&topic, devices).contains(&party) {
+            if routes(&topic, self.devices).contains(&party) {
                 self.push(party, now + 1, Payload::Message { topic, payload });
             }
         }

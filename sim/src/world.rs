@@ -158,7 +158,7 @@ impl World {
                     captured: 0,
                 })
                 .collect(),
-            broker: Broker::default(),
+            broker: Broker::new(devices),
             checker: Checker::default(),
             actions: Vec::new(),
             action_seq: 0,
@@ -256,15 +256,9 @@ impl World {
             // Persistent sessions: the broker keeps their messages.
             _ => true,
         };
-        self.summary.dropped += self.broker.publish(
-            from,
-            t,
-            self.now,
-            devices,
-            faults,
-            &mut self.rng,
-            &reachable,
-        );
+        self.summary.dropped +=
+            self.broker
+                .publish(from, t, self.now, faults, &mut self.rng, &reachable);
     }
 
     fn drain(&mut self, party: Party) {
@@ -462,7 +456,7 @@ impl World {
 
     fn connect(&mut self, party: Party) {
         self.set_connected(party, true);
-        self.broker.subscribed(party, self.now, self.devs.len());
+        self.broker.subscribed(party, self.now);
         let buffered = match party {
             Party::A => std::mem::take(&mut self.a_buffer),
             Party::B => std::mem::take(&mut self.b_buffer),

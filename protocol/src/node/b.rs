@@ -355,8 +355,8 @@ impl<S: SecretOps> ServerBNode<S> {
         let (sid, t) = (env.sid, env.t);
         match self.machine.handle(env) {
             Ok(_) => {
-                if !self.sessions.contains_key(&sid) {
-                    self.sessions.insert(sid, device.to_string());
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.sessions.entry(sid) {
+                    slot.insert(device.to_string());
                     self.events.push_back(BEvent::PersistSession {
                         sid,
                         device: device.to_string(),
@@ -450,10 +450,10 @@ impl<S: SecretOps> ServerBNode<S> {
             }
             _ => {}
         }
-        self.from_a(now, worker, env);
+        self.take_from_a(now, worker, env);
     }
 
-    fn from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
+    fn take_from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
         if !self.sessions.contains_key(&env.sid) {
             // A's mask request can overtake the device's session message
             // to B: keep it until the session arrives.
@@ -507,7 +507,7 @@ impl<S: SecretOps> ServerBNode<S> {
             .partition(|p| p.envelope.sid == sid);
         self.parked = waiting;
         for p in ready {
-            self.from_a(now, &p.worker, p.envelope);
+            self.take_from_a(now, &p.worker, p.envelope);
         }
     }
 
