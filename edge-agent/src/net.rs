@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use veil_link::{Link, LinkEvent, Message};
-use veil_protocol::{Body, Envelope, SessionId, topics};
+use veil_protocol::{Body, Envelope, RejectCode, SessionId, topics};
 
 use crate::agent::{Shared, StopMode};
 use crate::output::{FrameOutput, decode_logits, predicted_class};
@@ -274,8 +274,8 @@ impl Net {
 
     fn on_result(&mut self, env: Envelope, bytes: usize) {
         let (sid, t) = (env.sid, env.t);
-        if let Body::Reject { reason } = &env.body {
-            self.on_reject(sid, t, reason);
+        if let Body::Reject { code, detail } = &env.body {
+            self.on_reject(sid, t, *code, detail);
             return;
         }
         if self.shared.disk.was_delivered(sid, t) {
@@ -333,13 +333,13 @@ impl Net {
         self.send_ack(sid, t);
     }
 
-    fn on_reject(&mut self, sid: SessionId, t: u64, reason: &str) {
+    fn on_reject(&mut self, sid: SessionId, t: u64, code: RejectCode, reason: &str) {
         let entry = self.shared.disk.outbox_entry(t).filter(|e| e.sid == sid.0);
         let Some(entry) = entry else {
-            tracing::warn!(%sid, t, %reason, "a server refused a message of this device");
+            tracing::warn!(%sid, t, %code, %reason, "a server refused a message of this device");
             return;
         };
-        tracing::warn!(%sid, t, %reason, "a server refused this frame");
+        tracing::warn!(%sid, t, %code, %reason, "a server refused this frame");
         if self.shared.disk.settle(sid, t, SETTLED_REJECTED).is_ok() {
             self.shared
                 .counters
@@ -349,6 +349,7 @@ impl Net {
                 device: self.shared.options.device.clone(),
                 session: sid.to_hex(),
                 t,
+                code,
                 reason: reason.to_string(),
                 label: entry.label,
             });

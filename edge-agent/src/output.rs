@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use veil_model::Topology;
-use veil_protocol::I256;
+use veil_protocol::{I256, RejectCode};
 
 /// One unmasked result.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -37,6 +37,7 @@ pub enum Output {
         device: String,
         session: String,
         t: u64,
+        code: RejectCode,
         reason: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         label: Option<String>,

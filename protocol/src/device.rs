@@ -78,6 +78,29 @@ pub fn frame_width(topology: &Topology, params: &Params) -> u32 {
     topology.input_bound_bits + params.sigma + 2
 }
 
+/// Whether a frame has the model's shape (value count, width, byte
+/// length), checked before anything is stored.
+pub(crate) fn frame_fits(frame: &Frame, topology: &Topology, params: &Params) -> Result<()> {
+    let inputs = topology.input_len;
+    let width = frame_width(topology, params);
+    let bytes = u64::try_from(inputs)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(u64::from(width))
+        .div_ceil(8);
+    let fits = usize::try_from(frame.count).is_ok_and(|count| count == inputs)
+        && u32::from(frame.width) == width
+        && u64::try_from(frame.values.len()).is_ok_and(|len| len == bytes);
+    if fits {
+        return Ok(());
+    }
+    Err(ProtocolError::Size(format!(
+        "frame has {} values of {} bits in {} bytes; the model takes {inputs} of {width} bits",
+        frame.count,
+        frame.width,
+        frame.values.len()
+    )))
+}
+
 /// Bits of one masked output on the wire, centred the same way.
 pub fn result_width(topology: &Topology, params: &Params) -> u32 {
     output_bits(topology) + params.sigma + 2
@@ -167,6 +190,32 @@ impl Device {
         let sid = SessionId::random(rng);
         let k_a = Seed::random(rng);
         let k_b = Seed::random(rng);
+        self.sessions.insert(
+            sid,
+            DeviceSession {
+                sid,
+                k_a,
+                k_b,
+                first_counter,
+                frames: 0,
+                keys: OnceLock::new(),
+            },
+        );
+        self.current = Some(sid);
+        self.session_messages(sid, rng)
+    }
+
+    /// The two session messages of a session the device holds, its seeds
+    /// encrypted afresh: for a server that lost or never got them.
+    pub fn session_messages<R: CryptoRng + ?Sized>(
+        &self,
+        sid: SessionId,
+        rng: &mut R,
+    ) -> Result<[Outgoing; 2]> {
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
         let topology = self.cfg.topology.fingerprint();
         let params = self.cfg.params.fingerprint();
         let mut init = |key: &PublicKey, seed: &Seed| -> Result<Body> {
@@ -181,21 +230,10 @@ impl Device {
                 seed: ciphertext.to_bytes(),
             }))
         };
-        let to_a = init(&self.cfg.server_a, &k_a)?;
-        let to_b = init(&self.cfg.server_b, &k_b)?;
-        self.sessions.insert(
-            sid,
-            DeviceSession {
-                sid,
-                k_a,
-                k_b,
-                first_counter,
-                frames: 0,
-                keys: OnceLock::new(),
-            },
-        );
-        self.current = Some(sid);
+        let to_a = init(&self.cfg.server_a, &session.k_a)?;
+        let to_b = init(&self.cfg.server_b, &session.k_b)?;
         let device = &self.cfg.device;
+        let first_counter = session.first_counter;
         Ok([
             Outgoing::new(
                 Peer::ServerA,

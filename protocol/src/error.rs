@@ -1,4 +1,5 @@
 use crate::SessionId;
+use crate::messages::RejectCode;
 
 /// Why a protocol step was refused. Every variant says enough to log the
 /// cause without revealing secrets.
@@ -44,13 +45,15 @@ impl ProtocolError {
     /// What B may tell A about a refusal: a coarse code. Detail such as
     /// which packed slot broke its bound would depend on the plaintexts,
     /// and would let an active A binary-search values under B's key.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RejectCode {
         match self {
-            ProtocolError::UnknownSession(_) => "unknown-session",
-            ProtocolError::Replay { .. } => "replay",
-            ProtocolError::Version { .. } => "version",
-            ProtocolError::OutOfOrder(_) => "out-of-order",
-            _ => "refused",
+            ProtocolError::UnknownSession(_) => RejectCode::UnknownSession,
+            ProtocolError::WrongDevice { .. } => RejectCode::WrongDevice,
+            ProtocolError::Replay { .. } => RejectCode::Replay,
+            ProtocolError::Version { .. } => RejectCode::Version,
+            ProtocolError::OutOfOrder(_) => RejectCode::OutOfOrder,
+            ProtocolError::Decode(_) | ProtocolError::Size(_) => RejectCode::Malformed,
+            _ => RejectCode::Refused,
         }
     }
 }

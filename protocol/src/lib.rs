@@ -23,6 +23,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod messages;
+pub mod node;
 mod params;
 mod perturb;
 mod prf;
@@ -40,7 +41,7 @@ pub use error::{ProtocolError, Result};
 pub use ethnum::I256;
 pub use messages::{
     Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, MAX_LIST_ITEMS, Outgoing, Output,
-    PROTOCOL_VERSION, Peer, Round, RoundMode, SessionInit, check_device_name,
+    PROTOCOL_VERSION, Peer, RejectCode, Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
 pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, label};

@@ -64,7 +64,8 @@ mod byte_list {
 pub use byte_list::MAX_LIST_ITEMS;
 
 /// The version this build speaks; others are refused with a reason.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: refusals carry a [`RejectCode`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Longest device name: names are MQTT topic levels and ACL user names.
 pub const MAX_DEVICE_NAME: usize = 64;
@@ -126,8 +127,55 @@ pub enum Body {
     /// Device → B, on (re)connecting: send again every result still
     /// queued for this device. Handled by B's shell, which owns the queue.
     Sync,
-    /// A refusal, sent back to the peer whose message was refused.
-    Reject { reason: String },
+    /// A refusal, sent back to the peer whose message was refused. Peers
+    /// act on `code` alone; `detail` is for logs.
+    Reject { code: RejectCode, detail: String },
+}
+
+/// Why a message was refused, as the receiver acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectCode {
+    /// The message could not be decoded, or does not fit the model.
+    Malformed,
+    /// The message speaks another protocol version.
+    Version,
+    /// No such session (or it was never accepted).
+    UnknownSession,
+    /// The session belongs to another device, or the message names a
+    /// device other than the one whose topic carried it.
+    WrongDevice,
+    /// The frame counter was used already.
+    Replay,
+    /// B already produced this frame's output: its result is queued at B,
+    /// so A forgets the frame instead of retrying it.
+    Completed,
+    /// A step arrived before the step it depends on.
+    OutOfOrder,
+    /// Refused for a reason the refusing party does not disclose.
+    Refused,
+}
+
+impl RejectCode {
+    /// A short name for logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Malformed => "malformed",
+            RejectCode::Version => "version",
+            RejectCode::UnknownSession => "unknown-session",
+            RejectCode::WrongDevice => "wrong-device",
+            RejectCode::Replay => "replay",
+            RejectCode::Completed => "completed",
+            RejectCode::OutOfOrder => "out-of-order",
+            RejectCode::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

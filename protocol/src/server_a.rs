@@ -198,10 +198,9 @@ impl<P: PublicOps> ServerA<P> {
             Body::Frame(frame) => self.on_frame(&device, sid, t, &frame),
             Body::MaskSupply { masks } => self.on_masks(&device, sid, t, &masks),
             Body::RoundReply { stage, items } => self.on_reply(&device, sid, t, stage, &items),
-            Body::Reject { reason } => {
-                tracing::warn!(%sid, t, %reason, "B refused a message of this frame; dropping it");
-                self.frames.remove(&(sid, t));
-                self.inputs.remove(&(sid, t));
+            Body::Reject { code, detail } => {
+                tracing::warn!(%sid, t, %code, %detail, "B refused a message of this frame; dropping it");
+                self.forget_frame(sid, t);
                 Ok(Vec::new())
             }
             other => Err(ProtocolError::Unexpected(format!(
@@ -213,6 +212,14 @@ impl<P: PublicOps> ServerA<P> {
 
     fn session(&self, device: &str, sid: SessionId) -> Result<&Session> {
         session::lookup(&self.sessions, device, sid)
+    }
+
+    /// Drops frame `t` of session `sid` and whatever A held for it (given
+    /// up, or already answered by B).
+    pub fn forget_frame(&mut self, sid: SessionId, t: u64) {
+        self.frames.remove(&(sid, t));
+        self.inputs.remove(&(sid, t));
+        self.masks.remove(&(sid, t));
     }
 
     fn on_session(

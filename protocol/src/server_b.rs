@@ -146,6 +146,21 @@ impl<S: SecretOps> ServerB<S> {
         }
     }
 
+    /// The next stage B expects of frame `t` in progress, if any.
+    pub fn progress_of(&self, sid: SessionId, t: u64) -> Option<usize> {
+        self.sessions.get(&sid)?.progress.get(&t).copied()
+    }
+
+    /// Restores where a frame in progress stood (from B's durable state),
+    /// so that its next round or its output is taken after a restart.
+    pub fn restore_progress(&mut self, sid: SessionId, t: u64, stage: usize) {
+        if let Some(session) = self.sessions.get_mut(&sid)
+            && session.completed.is_none_or(|c| t > c)
+        {
+            session.progress.insert(t, stage);
+        }
+    }
+
     fn on_mask_request(
         &mut self,
         device: &str,

@@ -1,17 +1,12 @@
-//! veil-server-a is the model server's runtime: a thin shell that moves
-//! MQTT messages in and out of the protocol's [`veil_protocol::ServerA`]
-//! state machine, run on a dedicated thread (the state machine spreads its
-//! homomorphic work over every core with rayon). The shell owns what the
-//! state machine leaves to it: the durable frame store (sled) that keeps
-//! every incoming frame until its output has reached the broker and replays
-//! it after a restart; the sessions it accepted, restored on start (and
-//! renewed by the devices' retained session messages); precomputing the
-//! first-layer masks whenever it is idle; timers that start a frame over
-//! when B's answer is overdue; one frame per session at a time (B finishes
-//! a session's frames in counter order); parking frames that arrive before
-//! their session; refusals logged and sent back (through B, which relays
-//! them to the device); and publishing A's public key and the model's
-//! public topology (retained).
+//! veil-server-a is the model server's runtime: a thin shell around the
+//! protocol's [`veil_protocol::node::ServerANode`], run on a dedicated
+//! thread (the state machine spreads its homomorphic work over every core
+//! with rayon). The node owns every protocol rule (parking frames that
+//! arrive before their session, one frame per session at a time, retries
+//! with an attempt limit, refusals); the shell moves MQTT messages in and
+//! out, applies the node's events to the sled store (sessions, and frames
+//! until their output is confirmed, replayed after a restart), reads the
+//! clock for the node's timers and precomputes when the node has work.
 //!
 //! # Several A workers
 //!

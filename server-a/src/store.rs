@@ -60,10 +60,6 @@ impl Store {
         self.db.flush().map(|_| ())
     }
 
-    pub fn has_frame(&self, sid: SessionId, t: u64) -> bool {
-        self.frames.contains_key(frame_key(sid, t)).unwrap_or(false)
-    }
-
     pub fn put_frame(
         &self,
         sid: SessionId,

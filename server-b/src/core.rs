@@ -1,21 +1,19 @@
-//! The worker thread: owns the state machine and the store, and turns each
-//! incoming message into durable state and outgoing messages.
+//! The worker thread: feeds MQTT input to B's node, applies its events to
+//! the store, publishes its transmits and reads the clock for it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veil_link::{LinkHandle, Message};
 use veil_model::Topology;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, SecretKey};
-use veil_protocol::{
-    Body, Envelope, Noise, Outgoing, PaillierSecret, Params, Peer, ProtocolError, ServerB,
-    ServerBConfig, SessionId, topics,
-};
+use veil_protocol::node::{BEvent, BNote, BOptions, Input as NodeInput, Queued, ServerBNode};
+use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, SessionId, topics};
 
-use crate::store::{Store, now_ms, result_key};
-use crate::{Options, REJECT_COMPLETED, ServerBError, Stats};
+use crate::store::{Store, now_ms};
+use crate::{Options, ServerBError, Stats};
 
 pub enum Input {
     Connected,
@@ -24,21 +22,11 @@ pub enum Input {
     Crash,
 }
 
-struct Parked {
-    since: Instant,
-    worker: String,
-    envelope: Envelope,
-}
-
 pub struct Core {
-    options: Options,
-    machine: ServerB<PaillierSecret>,
+    node: ServerBNode<PaillierSecret>,
     store: Store,
     link: LinkHandle,
     stats: Arc<Stats>,
-    key_bytes: Vec<u8>,
-    parked: Vec<Parked>,
-    last_expiry: Instant,
 }
 
 fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
@@ -55,6 +43,10 @@ fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
             ))
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Core {
@@ -76,76 +68,73 @@ impl Core {
             },
             backend,
         )?;
-        let mut core = Core {
-            options,
-            machine,
-            store,
-            link,
-            stats,
-            key_bytes: key.public_key().to_bytes(),
-            parked: Vec::new(),
-            last_expiry: Instant::now(),
+        let public = vec![(topics::server_key('b'), key.public_key().to_bytes())];
+        let node_options = BOptions {
+            result_ttl: millis(options.result_ttl),
+            park_timeout: millis(options.park_timeout),
+            ..BOptions::default()
         };
-        core.restore();
+        let mut node = ServerBNode::new(machine, node_options, public);
+        let sessions = store.sessions().into_iter().map(|(_, b)| b).collect();
+        let results = store
+            .all_results()
+            .into_iter()
+            .filter_map(|q| {
+                let (device, sid, t) = crate::store::split_result_key(&q.key)?;
+                Some(Queued {
+                    device,
+                    sid,
+                    t,
+                    stored_at: q.stored_at_ms,
+                    envelope: q.envelope,
+                })
+            })
+            .collect();
+        node.restore(sessions, store.completed(), store.progress(), results);
         let mut filters = vec![
             topics::filters::SESSIONS_B.to_string(),
             topics::filters::ACKS.to_string(),
         ];
-        for worker in &core.options.a_workers {
+        for worker in &options.a_workers {
             filters.push(topics::a_to_b(worker));
         }
-        core.link.subscribe(filters);
+        link.subscribe(filters);
         tracing::info!(
             key = %key.public_key().fingerprint_hex(),
             model = %topology.name,
             topology = %topology.fingerprint_hex(),
-            queued = core.store.queued(),
+            queued = store.queued(),
             "server B ready"
         );
+        let mut core = Core {
+            node,
+            store,
+            link,
+            stats,
+        };
+        core.drain();
         Ok(core)
-    }
-
-    /// Sessions first, then what B finished of each: replays stay refused
-    /// across a restart.
-    fn restore(&mut self) {
-        for (device, bytes) in self.store.sessions() {
-            let accepted = Envelope::from_bytes(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|env| {
-                    let sid = env.sid;
-                    self.machine
-                        .handle(env)
-                        .map(|_| sid)
-                        .map_err(|e| e.to_string())
-                });
-            match accepted {
-                Ok(_) => {
-                    self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(reason) => {
-                    tracing::warn!(%device, %reason, "stored session no longer accepted; dropping it");
-                    if let Ok(env) = Envelope::from_bytes(&bytes) {
-                        self.store.remove_session(env.sid);
-                    }
-                }
-            }
-        }
-        for (sid, t) in self.store.completed() {
-            self.machine.mark_completed(sid, t);
-        }
-        self.stats
-            .queued
-            .store(self.store.queued(), Ordering::Relaxed);
     }
 
     pub fn run(&mut self, inputs: Receiver<Input>) {
         loop {
-            match inputs.recv_timeout(Duration::from_millis(500)) {
-                Ok(Input::Connected) => {
-                    self.link
-                        .publish(topics::server_key('b'), self.key_bytes.clone(), true);
+            let wait = self
+                .node
+                .poll_timeout()
+                .map_or(Duration::from_secs(1), |at| {
+                    Duration::from_millis(at.saturating_sub(now_ms()))
+                });
+            let mut ack = None;
+            match inputs.recv_timeout(wait.min(Duration::from_secs(1))) {
+                Ok(Input::Connected) => self.node.handle(now_ms(), NodeInput::Connected),
+                Ok(Input::Message(m)) => {
+                    ack = Some(m.ack);
+                    let input = NodeInput::Message {
+                        topic: m.topic,
+                        payload: m.payload,
+                    };
+                    self.node.handle(now_ms(), input);
                 }
-                Ok(Input::Message(message)) => self.on_message(message),
                 Ok(Input::Shutdown) => {
                     let _ = self.store.flush();
                     return;
@@ -153,292 +142,79 @@ impl Core {
                 Ok(Input::Crash) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.housekeeping();
-        }
-    }
-
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
-        let timeout = self.options.park_timeout;
-        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|p| now.duration_since(p.since) >= timeout);
-        self.parked = kept;
-        for p in expired {
-            let reason = format!("unknown session {}", p.envelope.sid);
-            tracing::warn!(device = %p.envelope.device, t = p.envelope.t, %reason, "parked message expired");
-            self.reject_to_a(&p.worker, &p.envelope, &reason);
-        }
-        let every =
-            (self.options.result_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        if now.duration_since(self.last_expiry) >= every {
-            self.last_expiry = now;
-            self.expire();
-        }
-    }
-
-    fn expire(&mut self) {
-        let ttl_ms = self.options.result_ttl.as_millis() as u64;
-        let now = now_ms();
-        for queued in self.store.all_results() {
-            if now.saturating_sub(queued.stored_at_ms) >= ttl_ms {
-                self.store.remove_key(&queued.key);
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    age_s = now.saturating_sub(queued.stored_at_ms) / 1000,
-                    "result expired without an acknowledgement"
-                );
+            let now = now_ms();
+            if self.node.poll_timeout().is_some_and(|at| at <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.drain();
+            // Everything that must survive a crash is in the store by now.
+            if let Some(ack) = ack {
+                self.link.ack(ack);
             }
         }
-        let _ = self.store.flush();
+    }
+
+    /// Applies the node's events, then publishes what it sends.
+    fn drain(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            self.apply(event);
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            self.link.publish(t.topic, t.payload, t.retain);
+        }
         self.stats
             .queued
             .store(self.store.queued(), Ordering::Relaxed);
     }
 
-    fn on_message(&mut self, message: Message) {
-        let Message {
-            topic,
-            payload,
-            retain,
-            ack,
-        } = message;
-        if let Some(worker) = topic.strip_prefix("veil/v1/ab/") {
-            let worker = worker.to_string();
-            self.on_from_a(&worker, &payload);
-        } else if let Some(device) = topics::device_of(&topic).map(str::to_string) {
-            if topic == topics::session(&device, 'b') {
-                if !payload.is_empty() {
-                    self.on_session(&device, &payload, retain);
-                }
-            } else if topic == topics::ack(&device) {
-                self.on_ack(&device, &payload);
-            } else {
-                tracing::debug!(%topic, "message on an unexpected topic");
-            }
-        } else {
-            tracing::debug!(%topic, "message on an unexpected topic");
-        }
-        // Everything above that must survive a crash is in the store.
-        self.link.ack(ack);
-    }
-
-    fn refuse(&self, what: &str, from: &str, reason: &str) {
-        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%from, %reason, "rejected {what}");
-    }
-
-    /// A device's own message was refused: tell it, on its result topic.
-    fn reject_to_device(&self, device: &str, sid: SessionId, t: u64, reason: &str) {
-        let envelope = Envelope::new(
-            device,
-            sid,
-            t,
-            Body::Reject {
-                reason: reason.to_string(),
-            },
-        );
-        if let Ok(bytes) = envelope.to_bytes() {
-            self.link.publish(topics::result(device), bytes, false);
-        }
-    }
-
-    fn reject_to_a(&self, worker: &str, about: &Envelope, reason: &str) {
-        let envelope = Envelope::new(
-            &about.device,
-            about.sid,
-            about.t,
-            Body::Reject {
-                reason: reason.to_string(),
-            },
-        );
-        if let Ok(bytes) = envelope.to_bytes() {
-            self.link.publish(topics::b_to_a(worker), bytes, false);
-        }
-    }
-
-    /// Decodes a device's message and checks that it names the device
-    /// whose topic it came on (the broker's ACL vouches only for that).
-    fn device_envelope(&self, device: &str, payload: &[u8], what: &str) -> Option<Envelope> {
-        match Envelope::from_bytes(payload) {
-            Ok(env) if env.device == device => Some(env),
-            Ok(env) => {
-                let reason = format!(
-                    "message names device {:?} on device {device:?}'s topic",
-                    env.device
-                );
-                self.refuse(what, device, &reason);
-                self.reject_to_device(device, env.sid, env.t, &reason);
-                None
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                self.refuse(what, device, &reason);
-                self.reject_to_device(device, SessionId([0; 16]), 0, &reason);
-                None
-            }
-        }
-    }
-
-    fn on_session(&mut self, device: &str, payload: &[u8], retain: bool) {
-        let Some(env) = self.device_envelope(device, payload, "session") else {
-            return;
-        };
-        if !matches!(env.body, Body::SessionInit(_)) {
-            let reason = format!("{} on the session topic", env.body.kind());
-            self.refuse("session", device, &reason);
-            self.reject_to_device(device, env.sid, env.t, &reason);
-            return;
-        }
-        let (sid, t) = (env.sid, env.t);
-        let known = self.store.has_session(sid);
-        match self.machine.handle(env) {
-            Ok(_) => {
-                if !known {
-                    if let Err(e) = self.store.put_session(sid, device, payload) {
-                        tracing::error!(error = %e, "could not store a session");
-                    }
-                    self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%device, %sid, retained = retain, "session stored");
-                }
-                self.unpark(sid);
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                self.refuse("session", device, &reason);
-                self.reject_to_device(device, sid, t, &reason);
-            }
-        }
-    }
-
-    fn on_ack(&mut self, device: &str, payload: &[u8]) {
-        let Some(env) = self.device_envelope(device, payload, "ack") else {
-            return;
-        };
-        match env.body {
-            Body::Ack => {
-                if self.store.remove_result(device, env.sid, env.t) {
-                    self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .queued
-                        .store(self.store.queued(), Ordering::Relaxed);
+    fn apply(&mut self, event: BEvent) {
+        let stats = &self.stats;
+        match event {
+            BEvent::PersistSession {
+                sid,
+                device,
+                envelope,
+            } => {
+                if let Err(e) = self.store.put_session(sid, &device, &envelope) {
+                    tracing::error!(error = %e, "could not store a session");
                 }
             }
-            Body::Sync => self.redeliver(device),
-            other => {
-                let reason = format!("{} on the ack topic", other.kind());
-                self.refuse("ack", device, &reason);
-                self.reject_to_device(device, env.sid, env.t, &reason);
-            }
-        }
-    }
-
-    /// Sends every result still queued for the device again.
-    fn redeliver(&mut self, device: &str) {
-        let queued = self.store.results_of(device);
-        if !queued.is_empty() {
-            tracing::info!(%device, results = queued.len(), "redelivering queued results");
-        }
-        for q in queued {
-            self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-            self.link.publish(topics::result(device), q.envelope, false);
-        }
-    }
-
-    fn on_from_a(&mut self, worker: &str, payload: &[u8]) {
-        let env = match Envelope::from_bytes(payload) {
-            Ok(env) => env,
-            Err(e) => {
-                self.refuse("message from A", worker, &e.to_string());
-                return;
-            }
-        };
-        match &env.body {
-            // A refused a device's message: pass the reason on to it.
-            Body::Reject { reason } => {
-                tracing::info!(device = %env.device, t = env.t, %reason, "relaying A's refusal to the device");
-                if let Ok(bytes) = env.to_bytes() {
-                    self.link.publish(topics::result(&env.device), bytes, false);
-                }
-                return;
-            }
-            Body::MaskRequest { count } => {
-                let last = env.t.saturating_add(u64::from(*count).saturating_sub(1));
-                if self
-                    .store
-                    .completed_of(env.sid)
-                    .is_some_and(|done| last <= done)
+            BEvent::ForgetSession { sid } => self.store.remove_session(sid),
+            BEvent::PersistResult(q) => {
+                if let Err(e) =
+                    self.store
+                        .put_result(&q.device, q.sid, q.t, &q.envelope, q.stored_at)
                 {
-                    self.reject_to_a(worker, &env, REJECT_COMPLETED);
-                    return;
+                    tracing::error!(error = %e, "could not queue a result");
                 }
             }
-            _ => {}
-        }
-        self.handle_from_a(worker, env);
-    }
-
-    fn handle_from_a(&mut self, worker: &str, env: Envelope) {
-        let kept = env.clone();
-        match self.machine.handle(env) {
-            Ok(outgoing) => self.dispatch(worker, outgoing),
-            Err(ProtocolError::UnknownSession(sid)) => {
-                tracing::debug!(%sid, t = kept.t, "message before its session; parking it");
-                self.parked.push(Parked {
-                    since: Instant::now(),
-                    worker: worker.to_string(),
-                    envelope: kept,
-                });
+            BEvent::PersistProgress { sid, t, stage } => {
+                if let Err(e) = self.store.put_progress(sid, t, stage) {
+                    tracing::error!(error = %e, "could not store a frame's progress");
+                }
             }
-            Err(e) => {
-                let reason = e.to_string();
-                self.refuse(kept.body.kind(), worker, &reason);
-                // The detail stays in B's log: A gets a coarse code.
-                let reason = match e {
-                    ProtocolError::Replay { .. } => REJECT_COMPLETED.to_string(),
-                    e => e.code().to_string(),
+            BEvent::ForgetProgress { sid, upto } => self.store.forget_progress(sid, upto),
+            BEvent::ForgetResult { device, sid, t } => {
+                self.forget_result(&device, sid, t);
+            }
+            BEvent::Refused(r) => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %r.from, code = %r.code, reason = %r.detail, "rejected {}", r.what);
+            }
+            BEvent::Note(note) => {
+                let counter = match note {
+                    BNote::Session => &stats.sessions,
+                    BNote::Result => &stats.results,
+                    BNote::Redelivered => &stats.redelivered,
+                    BNote::Acked => &stats.acked,
+                    BNote::Expired => &stats.expired,
                 };
-                self.reject_to_a(worker, &kept, &reason);
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn unpark(&mut self, sid: SessionId) {
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|p| p.envelope.sid == sid);
-        self.parked = waiting;
-        for p in ready {
-            self.handle_from_a(&p.worker, p.envelope);
-        }
-    }
-
-    fn dispatch(&mut self, worker: &str, outgoing: Vec<Outgoing>) {
-        for out in outgoing {
-            let env = out.envelope;
-            let bytes = match env.to_bytes() {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not encode an outgoing message");
-                    continue;
-                }
-            };
-            match out.to {
-                Peer::Device => {
-                    // Durable first: the queue is what survives a crash.
-                    if let Err(e) = self.store.put_result(&env.device, env.sid, env.t, &bytes) {
-                        tracing::error!(error = %e, "could not queue a result");
-                    }
-                    self.stats.results.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .queued
-                        .store(self.store.queued(), Ordering::Relaxed);
-                    tracing::debug!(device = %env.device, t = env.t, key = ?result_key(&env.device, env.sid, env.t).len(), "result queued");
-                    self.link.publish(topics::result(&env.device), bytes, false);
-                }
-                Peer::ServerA => self.link.publish(topics::b_to_a(worker), bytes, false),
-                Peer::ServerB => {}
-            }
-        }
+    fn forget_result(&self, device: &str, sid: SessionId, t: u64) {
+        self.store.remove_result(device, sid, t);
     }
 }

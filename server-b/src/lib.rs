@@ -1,14 +1,11 @@
-//! veil-server-b is the key server's runtime: a thin shell that moves MQTT
-//! messages in and out of the protocol's [`veil_protocol::ServerB`] state
-//! machine, which it runs on a dedicated thread (the state machine spreads
-//! its decryptions over every core with rayon). The shell owns what the
-//! state machine leaves to it: the durable result queue (sled) that holds
-//! every result until the device acknowledges it, redelivers it when the
-//! device sends `Sync` and expires it after a time to live; the sessions
-//! and per-session completion marks it restores on start; parking messages
-//! that arrive before their session; refusals sent back as `Reject`; relaying
-//! A's refusals of a device's messages to that device; and publishing B's
-//! public key (retained).
+//! veil-server-b is the key server's runtime: a thin shell around the
+//! protocol's [`veil_protocol::node::ServerBNode`], run on a dedicated
+//! thread (the state machine spreads its decryptions over every core with
+//! rayon). The node owns every protocol rule (the result queue kept until
+//! the device acknowledges, `Sync` redelivery, result expiry, completion
+//! marks, each frame's progress, parking, refusals and relaying A's); the
+//! shell moves MQTT messages in and out, applies the node's events to the
+//! sled store, restores it on start and reads the clock for the node.
 
 mod config;
 mod core;
@@ -28,11 +25,6 @@ use veil_link::{Link, LinkEvent, MqttSettings};
 use veil_model::Topology;
 use veil_paillier::{NoiseSource, SecretKey};
 use veil_protocol::Params;
-
-/// The reason B gives A when asked to work on a frame it already finished;
-/// A's shell then drops the frame instead of retrying it. (server-a matches
-/// the same text.)
-pub const REJECT_COMPLETED: &str = "completed: frame already answered";
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]

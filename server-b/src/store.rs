@@ -16,6 +16,8 @@ pub struct Store {
     sessions: sled::Tree,
     /// `sid` → highest finished counter (8 bytes, big-endian).
     completed: sled::Tree,
+    /// `sid t` → the furthest stage the frame reached (8 bytes each).
+    progress: sled::Tree,
 }
 
 pub fn now_ms() -> u64 {
@@ -38,6 +40,18 @@ fn device_prefix(device: &str) -> Vec<u8> {
     let mut key = device.as_bytes().to_vec();
     key.push(0);
     key
+}
+
+/// `(device, sid, t)` of a result key.
+pub fn split_result_key(key: &[u8]) -> Option<(String, SessionId, u64)> {
+    let (t, rest) = key.split_last_chunk::<8>().map(|(rest, t)| (t, rest))?;
+    let (rest, sid) = rest.split_last_chunk::<16>()?;
+    let (zero, device) = rest.split_last()?;
+    if *zero != 0 {
+        return None;
+    }
+    let device = String::from_utf8(device.to_vec()).ok()?;
+    Some((device, SessionId(*sid), u64::from_be_bytes(*t)))
 }
 
 /// A queued result: when it was stored and its envelope.
@@ -73,6 +87,7 @@ impl Store {
             results: db.open_tree("results")?,
             sessions: db.open_tree("sessions")?,
             completed: db.open_tree("completed")?,
+            progress: db.open_tree("progress")?,
             db,
         })
     }
@@ -86,10 +101,6 @@ impl Store {
         value.extend_from_slice(envelope);
         self.sessions.insert(sid.0, value)?;
         self.flush()
-    }
-
-    pub fn has_session(&self, sid: SessionId) -> bool {
-        self.sessions.contains_key(sid.0).unwrap_or(false)
     }
 
     /// Every stored session: `(device, envelope)`.
@@ -134,8 +145,9 @@ impl Store {
         sid: SessionId,
         t: u64,
         envelope: &[u8],
+        stored_at_ms: u64,
     ) -> sled::Result<()> {
-        let mut value = now_ms().to_be_bytes().to_vec();
+        let mut value = stored_at_ms.to_be_bytes().to_vec();
         value.extend_from_slice(envelope);
         self.results.insert(result_key(device, sid, t), value)?;
         let mark = self.completed_of(sid).map_or(t, |c| c.max(t));
@@ -148,14 +160,6 @@ impl Store {
         matches!(self.results.remove(result_key(device, sid, t)), Ok(Some(_)))
     }
 
-    pub fn results_of(&self, device: &str) -> Vec<Queued> {
-        self.results
-            .scan_prefix(device_prefix(device))
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| split_queued(&k, &v))
-            .collect()
-    }
-
     pub fn all_results(&self) -> Vec<Queued> {
         self.results
             .iter()
@@ -164,8 +168,37 @@ impl Store {
             .collect()
     }
 
-    pub fn remove_key(&self, key: &[u8]) {
-        let _ = self.results.remove(key);
+    pub fn put_progress(&self, sid: SessionId, t: u64, stage: u64) -> sled::Result<()> {
+        let mut key = sid.0.to_vec();
+        key.extend_from_slice(&t.to_be_bytes());
+        self.progress.insert(key, &stage.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Drops the progress of the session's frames up to `upto`.
+    pub fn forget_progress(&self, sid: SessionId, upto: u64) {
+        for (key, _) in self.progress.scan_prefix(sid.0).filter_map(Result::ok) {
+            let t = key
+                .get(16..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if t.is_some_and(|t| t <= upto) {
+                let _ = self.progress.remove(key);
+            }
+        }
+    }
+
+    pub fn progress(&self) -> Vec<(SessionId, u64, u64)> {
+        self.progress
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let sid: [u8; 16] = k.get(..16)?.try_into().ok()?;
+                let t = u64::from_be_bytes(k.get(16..)?.try_into().ok()?);
+                let stage = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some((SessionId(sid), t, stage))
+            })
+            .collect()
     }
 
     pub fn queued(&self) -> u64 {

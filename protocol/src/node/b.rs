@@ -1,0 +1,554 @@
+//! Server B's node: the durable result queue (kept until the device
+//! acknowledges, sent again on `Sync`, dropped after a time to live), the
+//! completion mark of each session (so a finished frame is never worked on
+//! again, across restarts), parking of A's messages that overtake their
+//! session, and relaying A's refusals to devices.
+
+use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes};
+use crate::backend::SecretOps;
+use crate::messages::{Body, Envelope, Peer, RejectCode};
+use crate::prf::SessionId;
+use crate::server_b::ServerB;
+use crate::topics;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// How B's node behaves.
+#[derive(Clone, Debug)]
+pub struct BOptions {
+    /// Results not acknowledged after this long are dropped.
+    pub result_ttl: Millis,
+    /// How long a message for a session B has not seen yet waits for it.
+    pub park_timeout: Millis,
+    /// Most of A's messages parked at once.
+    pub max_parked: usize,
+}
+
+impl Default for BOptions {
+    fn default() -> BOptions {
+        BOptions {
+            result_ttl: 7 * 24 * 3600 * 1000,
+            park_timeout: 60_000,
+            max_parked: 4096,
+        }
+    }
+}
+
+/// A result waiting for its acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    pub device: String,
+    pub sid: SessionId,
+    pub t: u64,
+    pub stored_at: Millis,
+    pub envelope: Vec<u8>,
+}
+
+/// What B's shell must do besides publishing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BEvent {
+    PersistSession {
+        sid: SessionId,
+        device: String,
+        envelope: Vec<u8>,
+    },
+    ForgetSession {
+        sid: SessionId,
+    },
+    /// Queue a result and raise its session's completion mark to `t`.
+    PersistResult(Queued),
+    /// Remember the stage frame `t` is at, so that a restarted B takes its
+    /// next round or its output.
+    PersistProgress {
+        sid: SessionId,
+        t: u64,
+        stage: u64,
+    },
+    /// Frames up to `t` of the session finished: forget their progress.
+    ForgetProgress {
+        sid: SessionId,
+        upto: u64,
+    },
+    /// Drop a queued result (acknowledged or expired).
+    ForgetResult {
+        device: String,
+        sid: SessionId,
+        t: u64,
+    },
+    Refused(Refusal),
+    Note(BNote),
+}
+
+/// Things worth counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BNote {
+    Session,
+    Result,
+    Redelivered,
+    Acked,
+    Expired,
+}
+
+struct Parked {
+    since: Millis,
+    worker: String,
+    envelope: Envelope,
+}
+
+/// Server B with its recovery rules; see the module documentation.
+pub struct ServerBNode<S: SecretOps> {
+    machine: ServerB<S>,
+    options: BOptions,
+    public: Vec<(String, Vec<u8>)>,
+    sessions: HashMap<SessionId, String>,
+    completed: HashMap<SessionId, u64>,
+    /// The furthest stage each frame in progress reached, in any attempt.
+    reached: HashMap<(SessionId, u64), usize>,
+    results: BTreeMap<(String, SessionId, u64), Queued>,
+    parked: Vec<Parked>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<BEvent>,
+}
+
+impl<S: SecretOps> ServerBNode<S> {
+    /// `public` are the retained messages (topic, payload) B publishes on
+    /// every connection: its key.
+    pub fn new(
+        machine: ServerB<S>,
+        options: BOptions,
+        public: Vec<(String, Vec<u8>)>,
+    ) -> ServerBNode<S> {
+        ServerBNode {
+            machine,
+            options,
+            public,
+            sessions: HashMap::new(),
+            completed: HashMap::new(),
+            reached: HashMap::new(),
+            results: BTreeMap::new(),
+            parked: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn machine(&self) -> &ServerB<S> {
+        &self.machine
+    }
+
+    /// Replays B's durable state after a start: sessions, completion
+    /// marks and the result queue.
+    pub fn restore(
+        &mut self,
+        sessions: Vec<Vec<u8>>,
+        completed: Vec<(SessionId, u64)>,
+        progress: Vec<(SessionId, u64, u64)>,
+        results: Vec<Queued>,
+    ) {
+        for bytes in sessions {
+            let env = match Envelope::from_bytes(&bytes) {
+                Ok(env) => env,
+                Err(e) => {
+                    self.refused("stored session", "store", e.code(), e.to_string());
+                    continue;
+                }
+            };
+            let (sid, device) = (env.sid, env.device.clone());
+            match self.machine.handle(env) {
+                Ok(_) => {
+                    self.sessions.insert(sid, device);
+                    self.note(BNote::Session);
+                }
+                Err(e) => {
+                    self.refused("stored session", "store", e.code(), e.to_string());
+                    self.events.push_back(BEvent::ForgetSession { sid });
+                }
+            }
+        }
+        for (sid, t) in completed {
+            self.complete(sid, t);
+        }
+        for (sid, t, stage) in progress {
+            let stage = usize::try_from(stage).unwrap_or(usize::MAX);
+            self.machine.restore_progress(sid, t, stage);
+            self.reached.insert((sid, t), stage);
+        }
+        for q in results {
+            self.complete(q.sid, q.t);
+            self.results.insert((q.device.clone(), q.sid, q.t), q);
+        }
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Connected => {
+                for (topic, payload) in self.public.clone() {
+                    let mut publish = Transmit::new(topic, payload);
+                    publish.retain = true;
+                    self.transmits.push_back(publish);
+                }
+            }
+            Input::Disconnected | Input::Confirmed(_) => {}
+            Input::Message { topic, payload } => self.on_message(now, &topic, payload),
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<BEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let parked = self
+            .parked
+            .iter()
+            .map(|p| p.since.saturating_add(self.options.park_timeout));
+        let results = self
+            .results
+            .values()
+            .map(|q| q.stored_at.saturating_add(self.options.result_ttl));
+        parked.chain(results).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let timeout = self.options.park_timeout;
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| now >= p.since.saturating_add(timeout));
+        self.parked = kept;
+        for p in expired {
+            self.refuse_a(&p.worker, &p.envelope, RejectCode::UnknownSession);
+            // The device's session message to B was lost: only the device
+            // can send it again.
+            let env = &p.envelope;
+            let detail = "B has not received this session".to_string();
+            let bytes = reject_bytes(
+                &env.device,
+                env.sid,
+                env.t,
+                RejectCode::UnknownSession,
+                &detail,
+            );
+            self.transmits
+                .push_back(Transmit::new(topics::result(&env.device), bytes));
+        }
+        let ttl = self.options.result_ttl;
+        let stale: Vec<_> = self
+            .results
+            .iter()
+            .filter(|(_, q)| now >= q.stored_at.saturating_add(ttl))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.results.remove(&key);
+            let (device, sid, t) = key;
+            self.events
+                .push_back(BEvent::ForgetResult { device, sid, t });
+            self.note(BNote::Expired);
+        }
+    }
+
+    /// Results waiting for an acknowledgement.
+    pub fn queued(&self) -> usize {
+        self.results.len()
+    }
+
+    /// The results queued for one device (for checks).
+    pub fn results_of(&self, device: &str) -> usize {
+        self.results.keys().filter(|(d, _, _)| d == device).count()
+    }
+
+    fn note(&mut self, note: BNote) {
+        self.events.push_back(BEvent::Note(note));
+    }
+
+    fn refused(&mut self, what: &'static str, from: &str, code: RejectCode, detail: String) {
+        self.events.push_back(BEvent::Refused(Refusal {
+            what,
+            from: from.to_string(),
+            code,
+            detail,
+        }));
+    }
+
+    fn complete(&mut self, sid: SessionId, t: u64) {
+        self.machine.mark_completed(sid, t);
+        let mark = self.completed.entry(sid).or_insert(t);
+        *mark = (*mark).max(t);
+    }
+
+    /// A device's own message was refused: tell it, on its result topic.
+    fn refuse_device(
+        &mut self,
+        what: &'static str,
+        device: &str,
+        sid: SessionId,
+        t: u64,
+        code: RejectCode,
+        detail: String,
+    ) {
+        let bytes = reject_bytes(device, sid, t, code, &detail);
+        self.transmits
+            .push_back(Transmit::new(topics::result(device), bytes));
+        self.refused(what, device, code, detail);
+    }
+
+    /// Refuses one of A's messages. The detail stays in B's log: A gets
+    /// the coarse code only, since detail could depend on plaintexts.
+    fn refuse_a(&mut self, worker: &str, about: &Envelope, code: RejectCode) {
+        let bytes = reject_bytes(&about.device, about.sid, about.t, code, "");
+        self.transmits
+            .push_back(Transmit::new(topics::b_to_a(worker), bytes));
+    }
+
+    fn on_message(&mut self, now: Millis, topic: &str, payload: super::Bytes) {
+        if let Some(worker) = topic.strip_prefix("veil/v1/ab/") {
+            let worker = worker.to_string();
+            self.on_from_a(now, &worker, &payload);
+            return;
+        }
+        let Some(device) = topics::device_of(topic).map(str::to_string) else {
+            return;
+        };
+        if topic == topics::session(&device, 'b') {
+            if !payload.is_empty() {
+                self.on_session(now, &device, payload);
+            }
+        } else if topic == topics::ack(&device) {
+            self.on_ack(&device, &payload);
+        }
+    }
+
+    fn device_message(
+        &mut self,
+        what: &'static str,
+        device: &str,
+        payload: &[u8],
+    ) -> Option<Envelope> {
+        match device_envelope(device, payload) {
+            Ok(env) => Some(env),
+            Err((sid, t, code, detail)) => {
+                self.refuse_device(what, device, sid, t, code, detail);
+                None
+            }
+        }
+    }
+
+    fn on_session(&mut self, now: Millis, device: &str, payload: super::Bytes) {
+        let Some(env) = self.device_message("session", device, &payload) else {
+            return;
+        };
+        if !matches!(env.body, Body::SessionInit(_)) {
+            let detail = format!("{} on the session topic", env.body.kind());
+            self.refuse_device(
+                "session",
+                device,
+                env.sid,
+                env.t,
+                RejectCode::Malformed,
+                detail,
+            );
+            return;
+        }
+        let (sid, t) = (env.sid, env.t);
+        match self.machine.handle(env) {
+            Ok(_) => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.sessions.entry(sid) {
+                    slot.insert(device.to_string());
+                    self.events.push_back(BEvent::PersistSession {
+                        sid,
+                        device: device.to_string(),
+                        envelope: payload.to_vec(),
+                    });
+                    self.note(BNote::Session);
+                }
+                self.unpark(now, sid);
+            }
+            Err(e) => self.refuse_device("session", device, sid, t, e.code(), e.to_string()),
+        }
+    }
+
+    fn on_ack(&mut self, device: &str, payload: &[u8]) {
+        let Some(env) = self.device_message("ack", device, payload) else {
+            return;
+        };
+        match env.body {
+            Body::Ack => {
+                let key = (device.to_string(), env.sid, env.t);
+                if self.results.remove(&key).is_some() {
+                    self.events.push_back(BEvent::ForgetResult {
+                        device: device.to_string(),
+                        sid: env.sid,
+                        t: env.t,
+                    });
+                    self.note(BNote::Acked);
+                }
+            }
+            Body::Sync => self.redeliver(device),
+            other => {
+                let detail = format!("{} on the ack topic", other.kind());
+                self.refuse_device("ack", device, env.sid, env.t, RejectCode::Malformed, detail);
+            }
+        }
+    }
+
+    /// Sends every result still queued for the device again.
+    fn redeliver(&mut self, device: &str) {
+        let queued: Vec<Vec<u8>> = self
+            .results
+            .iter()
+            .filter(|((d, _, _), _)| d == device)
+            .map(|(_, q)| q.envelope.clone())
+            .collect();
+        for envelope in queued {
+            self.note(BNote::Redelivered);
+            self.transmits
+                .push_back(Transmit::new(topics::result(device), envelope));
+        }
+    }
+
+    fn on_from_a(&mut self, now: Millis, worker: &str, payload: &[u8]) {
+        let env = match Envelope::from_bytes(payload) {
+            Ok(env) => env,
+            Err(e) => {
+                self.refused("message from A", worker, e.code(), e.to_string());
+                return;
+            }
+        };
+        match &env.body {
+            // A refused a device's message: pass it on to the device, or
+            // for a frame already answered, the answer if still queued.
+            Body::Reject { code, .. } => {
+                let key = (env.device.clone(), env.sid, env.t);
+                let queued = (*code == RejectCode::Completed)
+                    .then(|| self.results.get(&key))
+                    .flatten()
+                    .map(|q| q.envelope.clone());
+                let bytes = match queued {
+                    Some(result) => {
+                        self.note(BNote::Redelivered);
+                        result
+                    }
+                    None => payload.to_vec(),
+                };
+                self.transmits
+                    .push_back(Transmit::new(topics::result(&env.device), bytes));
+                return;
+            }
+            Body::MaskRequest { count } => {
+                let last = env.t.saturating_add(u64::from(*count).saturating_sub(1));
+                if self
+                    .completed
+                    .get(&env.sid)
+                    .is_some_and(|done| last <= *done)
+                {
+                    self.refuse_a(worker, &env, RejectCode::Completed);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.take_from_a(now, worker, env);
+    }
+
+    fn take_from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
+        if !self.sessions.contains_key(&env.sid) {
+            // A's mask request can overtake the device's session message
+            // to B: keep it until the session arrives.
+            if self.parked.len() >= self.options.max_parked {
+                self.refuse_a(worker, &env, RejectCode::UnknownSession);
+                return;
+            }
+            self.parked.push(Parked {
+                since: now,
+                worker: worker.to_string(),
+                envelope: env,
+            });
+            return;
+        }
+        let (device, sid, t) = (env.device.clone(), env.sid, env.t);
+        let kind = env.body.kind();
+        let is_round = matches!(env.body, Body::Round(_));
+        if matches!(env.body, Body::Output(_)) && self.reached.get(&(sid, t)) == Some(&usize::MAX) {
+            // Every round of this frame was answered once. A late copy of
+            // a retried first round set B back, while A went on with the
+            // answers it had: the output is what those answers give, and
+            // B decrypts nothing it had not agreed to.
+            self.machine.restore_progress(sid, t, usize::MAX);
+        }
+        match self.machine.handle(env) {
+            Ok(outgoing) => {
+                if is_round && let Some(stage) = self.machine.progress_of(sid, t) {
+                    let reached = self.reached.entry((sid, t)).or_insert(stage);
+                    *reached = (*reached).max(stage);
+                    let stage = u64::try_from(*reached).unwrap_or(u64::MAX);
+                    self.events
+                        .push_back(BEvent::PersistProgress { sid, t, stage });
+                }
+                self.dispatch(now, worker, outgoing)
+            }
+            Err(e) => {
+                let code = match e.code() {
+                    RejectCode::Replay => RejectCode::Completed,
+                    code => code,
+                };
+                self.refused(kind, worker, e.code(), e.to_string());
+                let about = Envelope::new(&device, sid, t, Body::Ack);
+                self.refuse_a(worker, &about, code);
+            }
+        }
+    }
+
+    fn unpark(&mut self, now: Millis, sid: SessionId) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.envelope.sid == sid);
+        self.parked = waiting;
+        for p in ready {
+            self.take_from_a(now, &p.worker, p.envelope);
+        }
+    }
+
+    fn dispatch(&mut self, now: Millis, worker: &str, outgoing: Vec<crate::messages::Outgoing>) {
+        for out in outgoing {
+            let env = out.envelope;
+            let bytes = match env.to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.refused("outgoing", "server-b", e.code(), e.to_string());
+                    continue;
+                }
+            };
+            match out.to {
+                Peer::Device => {
+                    // Durable first: the queue is what survives a crash.
+                    let queued = Queued {
+                        device: env.device.clone(),
+                        sid: env.sid,
+                        t: env.t,
+                        stored_at: now,
+                        envelope: bytes.clone(),
+                    };
+                    self.complete(env.sid, env.t);
+                    self.events.push_back(BEvent::ForgetProgress {
+                        sid: env.sid,
+                        upto: env.t,
+                    });
+                    self.reached.retain(|(s, t), _| *s != env.sid || *t > env.t);
+                    self.results
+                        .insert((env.device.clone(), env.sid, env.t), queued.clone());
+                    self.events.push_back(BEvent::PersistResult(queued));
+                    self.note(BNote::Result);
+                    self.transmits
+                        .push_back(Transmit::new(topics::result(&env.device), bytes));
+                }
+                Peer::ServerA => self
+                    .transmits
+                    .push_back(Transmit::new(topics::b_to_a(worker), bytes)),
+                Peer::ServerB => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! The device's node: the outbox (every frame kept until its result,
+//! refusal or expiry), resending on a timer, asking B for queued results
+//! (`Sync`) on every connection, the session messages (retained), counter
+//! reservation, and delivering each result to the application once.
+
+use super::{Input, Millis, Transmit};
+use crate::counter::CounterReservation;
+use crate::device::{Device, DeviceConfig, DeviceSession};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{Body, Envelope, RejectCode};
+use crate::prf::SessionId;
+use crate::topics;
+use ethnum::I256;
+use rand::rngs::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// How the device's node behaves.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// A frame without a result after this long is sent again (and the
+    /// device asks B for its queued results).
+    pub resend_after: Millis,
+    /// A frame without a result after this long is given up.
+    pub frame_ttl: Millis,
+    /// Frame counters reserved per write of the counter mark.
+    pub counter_block: u64,
+    /// Times a frame refused for an unknown session gets its session
+    /// messages sent again before the refusal is final.
+    pub session_recoveries: u32,
+    /// Settled frames remembered (to acknowledge redeliveries without
+    /// delivering twice): at most this many, for at most `settled_ttl`.
+    pub settled_max: usize,
+    pub settled_ttl: Millis,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> DeviceOptions {
+        DeviceOptions {
+            resend_after: 30_000,
+            frame_ttl: 24 * 3600 * 1000,
+            counter_block: 64,
+            session_recoveries: 3,
+            settled_max: 4096,
+            settled_ttl: 30 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// A frame waiting for its result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub sid: SessionId,
+    pub t: u64,
+    pub envelope: Vec<u8>,
+    pub captured: Millis,
+    pub label: Option<String>,
+}
+
+/// How a frame ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Result,
+    Rejected,
+    Expired,
+}
+
+/// What survives a restart of the device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceDurable {
+    pub sessions: Vec<DeviceSession>,
+    pub counter_mark: u64,
+    pub outbox: Vec<OutboxEntry>,
+    /// Settled frames and when they settled.
+    pub settled: Vec<(SessionId, u64, Millis)>,
+}
+
+/// What the device's shell must do besides publishing.
+#[derive(Clone, Debug)]
+pub enum DeviceEvent {
+    /// Make the counter mark durable.
+    PersistCounter(u64),
+    /// Make the session secrets durable (before any frame uses them).
+    PersistSessions(Vec<DeviceSession>),
+    PersistOutbox(OutboxEntry),
+    /// Remove the frame from the outbox and remember how it ended.
+    Settle {
+        sid: SessionId,
+        t: u64,
+        how: Settled,
+    },
+    /// Hand a result to the application.
+    Deliver {
+        sid: SessionId,
+        t: u64,
+        values: Vec<I256>,
+        captured: Millis,
+        label: Option<String>,
+        bytes: usize,
+    },
+    Refused {
+        sid: SessionId,
+        t: u64,
+        code: RejectCode,
+        detail: String,
+        label: Option<String>,
+    },
+    Expired {
+        sid: SessionId,
+        t: u64,
+        label: Option<String>,
+    },
+    /// Something arrived that the device ignores (for logs).
+    Ignored {
+        sid: SessionId,
+        t: u64,
+        why: String,
+    },
+}
+
+/// The device with its delivery rules; see the module documentation.
+pub struct DeviceNode {
+    device: Device,
+    options: DeviceOptions,
+    counter: CounterReservation,
+    rng: ChaCha20Rng,
+    outbox: BTreeMap<(SessionId, u64), OutboxEntry>,
+    /// When each outbox frame was last sent on this connection.
+    sent: HashMap<(SessionId, u64), Millis>,
+    settled: BTreeMap<(SessionId, u64), Millis>,
+    /// Times each waiting frame was refused for an unknown session and
+    /// its session messages were sent again.
+    recoveries: HashMap<(SessionId, u64), u32>,
+    /// The frame publish the broker has not confirmed yet: (token, key).
+    inflight: Option<(u64, (SessionId, u64))>,
+    next_token: u64,
+    /// When each session's messages were last sent again.
+    republished: HashMap<SessionId, Millis>,
+    /// Session messages of the current session, to publish (retained).
+    inits: Option<(Vec<u8>, Vec<u8>)>,
+    inits_published: bool,
+    connected: bool,
+    last_sync: Millis,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<DeviceEvent>,
+}
+
+impl DeviceNode {
+    /// A device from its durable state (empty on first start). Every start
+    /// opens a fresh session at the first capture: a restored copy of the
+    /// state brings back an older counter mark, and under the old
+    /// session's seeds the counters above it would be used twice. Sessions
+    /// with frames waiting are kept for their results. `seed` drives the
+    /// session seeds and ids.
+    pub fn restore(
+        cfg: DeviceConfig,
+        options: DeviceOptions,
+        durable: DeviceDurable,
+        seed: [u8; 32],
+    ) -> Result<DeviceNode> {
+        let waiting: Vec<SessionId> = durable.outbox.iter().map(|e| e.sid).collect();
+        let sessions = durable
+            .sessions
+            .into_iter()
+            .filter(|s| waiting.contains(&s.sid))
+            .collect();
+        let device = Device::restore(cfg, sessions, None)?;
+        Ok(DeviceNode {
+            device,
+            counter: CounterReservation::recover(durable.counter_mark, options.counter_block),
+            options,
+            rng: ChaCha20Rng::from_seed(seed),
+            outbox: durable
+                .outbox
+                .into_iter()
+                .map(|e| ((e.sid, e.t), e))
+                .collect(),
+            sent: HashMap::new(),
+            settled: durable
+                .settled
+                .into_iter()
+                .map(|(sid, t, at)| ((sid, t), at))
+                .collect(),
+            recoveries: HashMap::new(),
+            republished: HashMap::new(),
+            inflight: None,
+            next_token: 1,
+            inits: None,
+            inits_published: false,
+            connected: false,
+            last_sync: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Frames waiting for their result.
+    pub fn pending(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Frames waiting, in counter order.
+    pub fn outbox(&self) -> impl Iterator<Item = &OutboxEntry> {
+        self.outbox.values()
+    }
+
+    /// Settled frames remembered.
+    pub fn settled_len(&self) -> usize {
+        self.settled.len()
+    }
+
+    /// The captured time of a waiting frame.
+    pub fn outbox_entry(&self, sid: SessionId, t: u64) -> Option<&OutboxEntry> {
+        self.outbox.get(&(sid, t))
+    }
+
+    /// Masks and queues one encoded frame; returns its session and
+    /// counter. Never waits for the network.
+    pub fn capture(
+        &mut self,
+        now: Millis,
+        x_hat: &[i64],
+        label: Option<String>,
+    ) -> Result<(SessionId, u64)> {
+        if self.device.needs_session() {
+            self.open_session()?;
+        }
+        let t = loop {
+            match self.counter.take() {
+                Ok(t) => break t,
+                Err(ProtocolError::ReservationNeeded { mark }) => {
+                    self.events.push_back(DeviceEvent::PersistCounter(mark));
+                    self.counter.confirm(mark);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let frame = self.device.mask_frame(x_hat, t)?;
+        let sid = frame.envelope.sid;
+        let entry = OutboxEntry {
+            sid,
+            t,
+            envelope: frame.envelope.to_bytes()?,
+            captured: now,
+            label,
+        };
+        self.events
+            .push_back(DeviceEvent::PersistOutbox(entry.clone()));
+        self.outbox.insert((sid, t), entry);
+        self.send_new(now);
+        Ok((sid, t))
+    }
+
+    /// Draws a new session (two Paillier encryptions: the device's only
+    /// public-key work); its secrets are persisted before any frame uses
+    /// them.
+    fn open_session(&mut self) -> Result<()> {
+        let first = self.counter.peek();
+        let [to_a, to_b] = self.device.open_session(first, &mut self.rng)?;
+        let inits = (to_a.envelope.to_bytes()?, to_b.envelope.to_bytes()?);
+        self.events.push_back(DeviceEvent::PersistSessions(
+            self.device.sessions().cloned().collect(),
+        ));
+        self.inits = Some(inits);
+        self.inits_published = false;
+        Ok(())
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        match input {
+            Input::Connected => {
+                self.connected = true;
+                self.sent.clear();
+                self.inflight = None;
+                // The broker may have lost its retained messages.
+                self.inits_published = false;
+                self.sync(now);
+                self.send_new(now);
+            }
+            Input::Disconnected => self.connected = false,
+            Input::Confirmed(token) => {
+                if self.inflight.is_some_and(|(t, _)| t == token) {
+                    self.inflight = None;
+                    self.send_new(now);
+                }
+            }
+            Input::Message { topic, payload } => {
+                if topic == topics::result(&self.device.config().device) {
+                    self.on_result(now, &payload);
+                }
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let expiry = self
+            .outbox
+            .values()
+            .map(|e| e.captured.saturating_add(self.options.frame_ttl))
+            .min();
+        let resend = self
+            .sent
+            .values()
+            .map(|at| at.saturating_add(self.options.resend_after))
+            .min()
+            .filter(|_| self.connected);
+        expiry.into_iter().chain(resend).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let ttl = self.options.frame_ttl;
+        let expired: Vec<OutboxEntry> = self
+            .outbox
+            .values()
+            .filter(|e| now >= e.captured.saturating_add(ttl))
+            .cloned()
+            .collect();
+        for e in expired {
+            self.settle(now, e.sid, e.t, Settled::Expired);
+            self.events.push_back(DeviceEvent::Expired {
+                sid: e.sid,
+                t: e.t,
+                label: e.label,
+            });
+        }
+        let cutoff = now.saturating_sub(self.options.settled_ttl);
+        self.settled.retain(|_, at| *at >= cutoff);
+        if !self.connected {
+            return;
+        }
+        let resend_after = self.options.resend_after;
+        let stale: Vec<(SessionId, u64)> = self
+            .sent
+            .iter()
+            .filter(|(_, at)| now >= at.saturating_add(resend_after))
+            .map(|(k, _)| *k)
+            .collect();
+        let resent = !stale.is_empty();
+        let topic = topics::frame(&self.device.config().device);
+        for key in stale {
+            if let Some(entry) = self.outbox.get(&key) {
+                self.sent.insert(key, now);
+                let mut publish = Transmit::new(topic.clone(), entry.envelope.clone());
+                publish.confirm = self
+                    .inflight
+                    .filter(|(_, k)| *k == key)
+                    .map(|(token, _)| token);
+                self.transmits.push_back(publish);
+            } else {
+                self.sent.remove(&key);
+            }
+        }
+        // Its result may be waiting at B already (lost on the way here).
+        if resent && now >= self.last_sync.saturating_add(resend_after / 2) {
+            self.sync(now);
+        }
+    }
+
+    fn publish_inits(&mut self) {
+        if self.inits_published {
+            return;
+        }
+        let Some((to_a, to_b)) = self.inits.clone() else {
+            return;
+        };
+        let device = self.device.config().device.clone();
+        // Retained, so that a server that starts later still learns them.
+        for (server, bytes) in [('a', to_a), ('b', to_b)] {
+            let mut publish = Transmit::new(topics::session(&device, server), bytes);
+            publish.retain = true;
+            self.transmits.push_back(publish);
+        }
+        self.inits_published = true;
+    }
+
+    /// Asks B for every result it still holds for this device.
+    fn sync(&mut self, now: Millis) {
+        let device = self.device.config().device.clone();
+        let sid = self.device.current().map_or(SessionId([0; 16]), |s| s.sid);
+        if let Ok(bytes) = Envelope::new(&device, sid, 0, Body::Sync).to_bytes() {
+            self.transmits
+                .push_back(Transmit::new(topics::ack(&device), bytes));
+        }
+        self.last_sync = now;
+    }
+
+    /// Publishes every outbox frame not yet sent on this connection.
+    fn send_new(&mut self, now: Millis) {
+        if !self.connected {
+            return;
+        }
+        self.publish_inits();
+        // One frame at a time until the broker has it: A and B take a
+        // session's frames in counter order, and a lost publish must not
+        // let a later frame overtake it.
+        if self.inflight.is_some() {
+            return;
+        }
+        let next = self
+            .outbox
+            .values()
+            .filter(|e| !self.sent.contains_key(&(e.sid, e.t)))
+            .min_by_key(|e| (e.captured, e.t))
+            .map(|e| ((e.sid, e.t), e.envelope.clone()));
+        let Some((key, envelope)) = next else {
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.sent.insert(key, now);
+        self.inflight = Some((token, key));
+        let mut publish = Transmit::new(topics::frame(&self.device.config().device), envelope);
+        publish.confirm = Some(token);
+        self.transmits.push_back(publish);
+    }
+
+    fn settle(&mut self, now: Millis, sid: SessionId, t: u64, how: Settled) {
+        self.outbox.remove(&(sid, t));
+        self.sent.remove(&(sid, t));
+        self.recoveries.remove(&(sid, t));
+        self.settled.insert((sid, t), now);
+        if self.inflight.is_some_and(|(_, key)| key == (sid, t)) {
+            // Settled before the broker confirmed this copy (an earlier
+            // copy got through): the next frame may go.
+            self.inflight = None;
+            self.send_new(now);
+        }
+        while self.settled.len() > self.options.settled_max {
+            let oldest = self
+                .settled
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(key) => self.settled.remove(&key),
+                None => break,
+            };
+        }
+        self.events.push_back(DeviceEvent::Settle { sid, t, how });
+        // A session whose frames have all settled and that is no longer
+        // current needs no secrets any more.
+        let current = self.device.current().map(|s| s.sid);
+        if current != Some(sid) && !self.outbox.keys().any(|(s, _)| *s == sid) {
+            self.device.forget_session(sid);
+            self.republished.remove(&sid);
+            self.events.push_back(DeviceEvent::PersistSessions(
+                self.device.sessions().cloned().collect(),
+            ));
+        }
+    }
+
+    /// A server does not know the session of a waiting frame (its session
+    /// message was lost, or overtaken for longer than the server waits):
+    /// send the session messages again, then the frame. Whether it did.
+    fn recover_session(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        if !self.republish_session(now, sid) {
+            return false;
+        }
+        self.sent.remove(&(sid, t));
+        self.send_new(now);
+        self.ignored(sid, t, "unknown session: its messages sent again".into());
+        true
+    }
+
+    /// Publishes a held session's messages again (retained), at most once
+    /// per half resend period. Whether the session is held.
+    fn republish_session(&mut self, now: Millis, sid: SessionId) -> bool {
+        if let Some(at) = self.republished.get(&sid)
+            && now < at.saturating_add(self.options.resend_after / 2)
+        {
+            return true;
+        }
+        let Ok([to_a, to_b]) = self.device.session_messages(sid, &mut self.rng) else {
+            return false;
+        };
+        let (Ok(to_a), Ok(to_b)) = (to_a.envelope.to_bytes(), to_b.envelope.to_bytes()) else {
+            return false;
+        };
+        self.republished.insert(sid, now);
+        let device = self.device.config().device.clone();
+        for (server, bytes) in [('a', to_a), ('b', to_b)] {
+            let mut publish = Transmit::new(topics::session(&device, server), bytes);
+            publish.retain = true;
+            self.transmits.push_back(publish);
+        }
+        true
+    }
+
+    /// A says the frame was processed, and B had no result to send in
+    /// its place: the result may still be on its way to B (the refusal
+    /// overtook it), so ask B again on the next resends before giving up.
+    /// Whether the frame stays waiting.
+    fn await_completed(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        self.sync(now);
+        self.ignored(sid, t, "processed already: asking B for the result".into());
+        true
+    }
+
+    fn ack(&mut self, sid: SessionId, t: u64) {
+        let ack = self.device.ack(sid, t);
+        if let Ok(bytes) = ack.envelope.to_bytes() {
+            let topic = topics::ack(&self.device.config().device);
+            self.transmits.push_back(Transmit::new(topic, bytes));
+        }
+    }
+
+    fn on_result(&mut self, now: Millis, payload: &[u8]) {
+        let env = match Envelope::from_bytes(payload) {
+            Ok(env) if env.device == self.device.config().device => env,
+            Ok(env) => {
+                let why = format!("result addressed to device {:?}", env.device);
+                self.ignored(env.sid, env.t, why);
+                return;
+            }
+            Err(e) => {
+                self.ignored(SessionId([0; 16]), 0, e.to_string());
+                return;
+            }
+        };
+        let (sid, t) = (env.sid, env.t);
+        if let Body::Reject { code, detail } = env.body {
+            let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
+                // B could not serve A for a session it never got: A's
+                // message names a counter, not necessarily a frame.
+                if code == RejectCode::UnknownSession {
+                    self.republish_session(now, sid);
+                }
+                self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
+                return;
+            };
+            if code == RejectCode::UnknownSession && self.recover_session(now, sid, t) {
+                return;
+            }
+            if code == RejectCode::Completed && self.await_completed(now, sid, t) {
+                return;
+            }
+            self.settle(now, sid, t, Settled::Rejected);
+            self.events.push_back(DeviceEvent::Refused {
+                sid,
+                t,
+                code,
+                detail,
+                label: entry.label,
+            });
+            return;
+        }
+        if self.settled.contains_key(&(sid, t)) {
+            // Already handed over: B did not get the ack, or redelivered.
+            self.ack(sid, t);
+            self.ignored(sid, t, "duplicate result".into());
+            return;
+        }
+        let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
+            // Nothing waits for it (a stale copy of the state, or a frame
+            // given up): acknowledged so that B drops it.
+            self.ack(sid, t);
+            self.ignored(sid, t, "result of no waiting frame".into());
+            return;
+        };
+        match self.device.open_result(&env) {
+            Ok(opened) => {
+                self.settle(now, sid, t, Settled::Result);
+                self.events.push_back(DeviceEvent::Deliver {
+                    sid,
+                    t,
+                    values: opened.values,
+                    captured: entry.captured,
+                    label: entry.label,
+                    bytes: payload.len(),
+                });
+                self.ack(sid, t);
+            }
+            Err(e) => {
+                self.ack(sid, t);
+                self.ignored(sid, t, format!("cannot open a result: {e}"));
+            }
+        }
+    }
+
+    fn ignored(&mut self, sid: SessionId, t: u64, why: String) {
+        self.events.push_back(DeviceEvent::Ignored { sid, t, why });
+    }
+}
