@@ -94,7 +94,7 @@ impl Options {
             round_timeout: Duration::from_secs(30),
             max_retries: 3,
             park_timeout: Duration::from_secs(60),
-            noise: NoiseSource::FixedBase,
+            noise: NoiseSource::Pool,
         }
     }
 }
