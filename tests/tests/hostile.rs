@@ -123,14 +123,6 @@ fn password_file(dir: &std::path::Path, users: &[String]) -> std::path::PathBuf 
     path
 }
 
-fn hex32(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex fingerprint");
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hostile_device_cannot_starve_evict_or_crash_the_honest_ones() {
     init_logging();
@@ -162,7 +154,6 @@ async fn one_hostile_device_cannot_starve_evict_or_crash_the_honest_ones() {
     let calm_b = servers.b.as_ref().unwrap().stats();
 
     // With it.
-    let pins = servers.pins();
     let attack = Attack::start(Target {
         host: addr.ip().to_string(),
         port: addr.port(),
@@ -182,10 +173,10 @@ async fn one_hostile_device_cannot_starve_evict_or_crash_the_honest_ones() {
         max_payload: MAX_PAYLOAD,
         pins: Some(AttackPins {
             model: "pima-mlp".into(),
-            topology: hex32(&pins.topology),
+            topology: servers.model.topology().fingerprint(),
             params: Params::default().fingerprint(),
-            server_a: hex32(&pins.server_a),
-            server_b: hex32(&pins.server_b),
+            server_a: servers.key_a.public_key().fingerprint(),
+            server_b: servers.key_b.public_key().fingerprint(),
         }),
     });
     let rss = RssPeak::start();
