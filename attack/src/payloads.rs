@@ -61,7 +61,7 @@ impl Arsenal {
     pub(crate) fn shot(&self, n: u64) -> Shot {
         // One maximum-size payload in 256: with a byte quota in force, more
         // would leave no room for the rest of the mix.
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             return Shot {
                 topic: self.topic("frame"),
                 payload: self.huge.clone(),
@@ -106,7 +106,7 @@ impl Arsenal {
             4 | 5 => {
                 // A new session every time: each makes a server decrypt a
                 // seed, when the fingerprints are right.
-                let server = if n % 2 == 0 { 'a' } else { 'b' };
+                let server = if n.is_multiple_of(2) { 'a' } else { 'b' };
                 let pins = self.pins.clone().unwrap_or_default();
                 let mut seed = vec![0u8; 512];
                 rand::fill(&mut seed[..]);
@@ -158,7 +158,7 @@ impl Arsenal {
                 // A well-formed body of the wrong kind for the topic.
                 let env = Envelope::new(&self.device, random_sid(), n, Body::Ack);
                 Shot {
-                    topic: self.topic(if n % 2 == 0 { "frame" } else { "session/a" }),
+                    topic: self.topic(if n.is_multiple_of(2) { "frame" } else { "session/a" }),
                     payload: encode(&env),
                     kind: Kind::Malformed,
                 }

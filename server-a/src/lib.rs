@@ -275,7 +275,7 @@ impl ServerA {
         self.forwarder.abort();
         let inputs = self.inputs.clone();
         // The queue may be full; the worker empties it.
-        let _ = tokio::task::spawn_blocking(move || inputs.send(how)).await;
+        let _ = tokio::task::spawn_blocking(move || inputs.send(how).is_ok()).await;
         if let Some(core) = self.core.take() {
             let _ = tokio::task::spawn_blocking(move || core.join()).await;
         }
