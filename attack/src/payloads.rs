@@ -158,7 +158,11 @@ impl Arsenal {
                 // A well-formed body of the wrong kind for the topic.
                 let env = Envelope::new(&self.device, random_sid(), n, Body::Ack);
                 Shot {
-                    topic: self.topic(if n.is_multiple_of(2) { "frame" } else { "session/a" }),
+                    topic: self.topic(if n.is_multiple_of(2) {
+                        "frame"
+                    } else {
+                        "session/a"
+                    }),
                     payload: encode(&env),
                     kind: Kind::Malformed,
                 }
