@@ -7,7 +7,9 @@
 //! `target/veil-bench/protocol.json` as well as the table.
 
 use std::time::Duration;
-use veil_bench::{fresh_keys, load_model, paillier_engine, percentile};
+use veil_bench::{
+    fresh_keys, load_model, paillier_engine, paillier_engine_with, percentile, pooled_noise,
+};
 use veil_protocol::{EngineStats, Params, Peer};
 
 struct Row {
@@ -28,10 +30,41 @@ fn per_frame(d: Duration, n: usize) -> Duration {
     d / n.max(1) as u32
 }
 
-fn run(name: &str, frames: usize) -> anyhow::Result<Row> {
+/// The privacy knobs, to price each one: `--no-hide-signs`,
+/// `--beta-log-range=N`, `--a-noise=fixed-base`.
+struct Knobs {
+    params: Params,
+    fixed_base_a: bool,
+}
+
+impl Knobs {
+    fn from_args() -> anyhow::Result<Knobs> {
+        let mut knobs = Knobs {
+            params: Params::default(),
+            fixed_base_a: false,
+        };
+        for arg in std::env::args().skip(1) {
+            if arg == "--no-hide-signs" {
+                knobs.params.hide_signs = false;
+            } else if let Some(v) = arg.strip_prefix("--beta-log-range=") {
+                knobs.params.beta_log_range = v.parse()?;
+            } else if arg == "--a-noise=fixed-base" {
+                knobs.fixed_base_a = true;
+            }
+        }
+        Ok(knobs)
+    }
+}
+
+fn run(name: &str, frames: usize, knobs: &Knobs) -> anyhow::Result<Row> {
     let model = load_model(name)?;
     let keys = fresh_keys()?;
-    let mut engine = paillier_engine(&model, &Params::default(), &keys)?;
+    let mut engine = if knobs.fixed_base_a {
+        let public = keys.1.public_key();
+        paillier_engine_with(&model, &knobs.params, &keys, pooled_noise(public, 16384))?
+    } else {
+        paillier_engine(&model, &knobs.params, &keys)?
+    };
     let data: Vec<Vec<f32>> = if name.starts_with("mnist") {
         veil_model::data::load_workspace_mnist()?
             .images
@@ -83,6 +116,7 @@ fn run(name: &str, frames: usize) -> anyhow::Result<Row> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let knobs = Knobs::from_args()?;
     let selected: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -99,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         eprintln!("{name}: {frames} frames...");
-        rows.push(run(name, frames)?);
+        rows.push(run(name, frames, &knobs)?);
     }
     println!(
         "| model | frames | online latency p50 / p95 | A CPU online / offline | B CPU online / offline | A↔B bytes per frame | device bytes sent / received per frame |"

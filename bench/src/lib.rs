@@ -101,6 +101,20 @@ pub fn paillier_engine(
     params: &Params,
     keys: &(Arc<SecretKey>, Arc<SecretKey>),
 ) -> Result<Engine<PaillierPublic, PaillierSecret>> {
+    // A CNN frame sends about 5,000 ciphertexts to B; a pool smaller than
+    // that runs dry and the rest of the noise is made online.
+    let a_noise = textbook_noise(keys.1.public_key(), 16384);
+    paillier_engine_with(model, params, keys, a_noise)
+}
+
+/// [`paillier_engine`] with A's noise chosen by the caller (to measure
+/// what textbook noise costs against fixed-base noise).
+pub fn paillier_engine_with(
+    model: &Model,
+    params: &Params,
+    keys: &(Arc<SecretKey>, Arc<SecretKey>),
+    a_noise: Noise,
+) -> Result<Engine<PaillierPublic, PaillierSecret>> {
     let (key_a, key_b) = keys;
     let topology = Arc::new(model.topology().clone());
     let device = Device::new(DeviceConfig {
@@ -120,7 +134,7 @@ pub fn paillier_engine(
             key: Arc::clone(key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public.clone(), textbook_noise(&public, 1024)),
+        PaillierPublic::new(public.clone(), a_noise),
         [1; 32],
     )?;
     let b = ServerB::new(

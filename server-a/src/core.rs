@@ -50,8 +50,9 @@ fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
         // discrete logarithms of short fixed-base exponents to strip the
         // re-randomization. One background thread; each value is a full
         // exponentiation, made while A waits for frames.
+        // 8,192 values: more than one CNN frame sends to B (about 5,000).
         NoiseSource::Pool => {
-            Noise::Pool(NoisePool::new(PoolFiller::Public(b_key.clone()), 1024, 1))
+            Noise::Pool(NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1))
         }
     }
 }
