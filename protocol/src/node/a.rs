@@ -20,13 +20,18 @@ pub struct AOptions {
     pub worker: String,
     /// A round without B's answer after this long is started over.
     pub round_timeout: Millis,
-    /// Attempts before a frame is given up.
+    /// Refusals by B (other than "completed" and "unknown session") before
+    /// a frame is given up.
     pub max_retries: u32,
+    /// A frame B never answers is given up after this long (the device
+    /// gives up at the same age). Silence alone does not spend attempts:
+    /// B may have lost parked messages in a crash, or wait for a session
+    /// longer than a round timeout, and a frame A gives up is lost for
+    /// good (A then starts the session's next frame, and the given-up
+    /// counter becomes a replay).
+    pub frame_ttl: Millis,
     /// How long a frame waits for its session message.
     pub park_timeout: Millis,
-    /// Times B may say it does not know a frame's session (while the
-    /// device sends it again) before those refusals count as attempts.
-    pub max_session_waits: u32,
     /// Frames one device may have parked: an honest device's session
     /// message arrives within moments of its frames, while a device
     /// inventing sessions would otherwise fill the parking lot.
@@ -40,7 +45,7 @@ impl Default for AOptions {
             round_timeout: 30_000,
             max_retries: 3,
             park_timeout: 60_000,
-            max_session_waits: 10,
+            frame_ttl: 24 * 3600 * 1000,
             max_parked_per_device: 64,
         }
     }
@@ -93,10 +98,9 @@ pub enum ANote {
 }
 
 struct Track {
+    started: Millis,
     since: Millis,
     attempts: u32,
-    /// Refusals by B for not knowing the session yet.
-    waits: u32,
 }
 
 struct Parked {
@@ -127,6 +131,13 @@ pub struct ServerANode<P: PublicOps> {
     queued: HashMap<SessionId, BTreeMap<u64, Envelope>>,
     tracks: HashMap<(SessionId, u64), Track>,
     parked: Vec<Parked>,
+    /// Frames refused for an unknown session, by session, with when: the
+    /// device sends them again once it has sent the session again, and A
+    /// keeps counters as a high-water mark, so a later frame of the
+    /// session must not start before them (it would make them replays).
+    /// Held for at most `park_timeout`: a device that gave up on a frame
+    /// never sends it again.
+    owed: HashMap<SessionId, BTreeMap<u64, Millis>>,
     /// Outputs sent but not yet acknowledged by the broker.
     confirming: HashMap<u64, Confirming>,
     next_token: u64,
@@ -152,6 +163,7 @@ impl<P: PublicOps> ServerANode<P> {
             queued: HashMap::new(),
             tracks: HashMap::new(),
             parked: Vec::new(),
+            owed: HashMap::new(),
             confirming: HashMap::new(),
             next_token: 1,
             transmits: VecDeque::new(),
@@ -247,7 +259,12 @@ impl<P: PublicOps> ServerANode<P> {
             .confirming
             .values()
             .map(|c| c.since.saturating_add(self.options.round_timeout));
-        rounds.chain(parked).chain(outputs).min()
+        let owed = self
+            .owed
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|since| since.saturating_add(self.options.park_timeout));
+        rounds.chain(parked).chain(outputs).chain(owed).min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
@@ -258,7 +275,7 @@ impl<P: PublicOps> ServerANode<P> {
             .map(|(k, _)| *k)
             .collect();
         for (sid, t) in overdue {
-            self.retry(now, sid, t);
+            self.retry(now, sid, t, false);
         }
         let round_timeout = self.options.round_timeout;
         for c in self.confirming.values_mut() {
@@ -282,10 +299,12 @@ impl<P: PublicOps> ServerANode<P> {
             .partition(|p| stale.contains(&p.envelope.sid));
         self.parked = kept;
         expired.sort_by_key(|p| p.envelope.t);
+        self.expire_owed(now);
         for p in expired {
             let env = p.envelope;
             let detail = format!("unknown session {}", env.sid);
             self.forget_stored(env.sid, env.t);
+            self.owed.entry(env.sid).or_default().insert(env.t, now);
             self.refuse_device(
                 "frame",
                 &env.device,
@@ -465,6 +484,12 @@ impl<P: PublicOps> ServerANode<P> {
             self.note(ANote::Duplicate);
             return;
         }
+        if let Some(owed) = self.owed.get_mut(&sid) {
+            owed.remove(&t);
+            if owed.is_empty() {
+                self.owed.remove(&sid);
+            }
+        }
         self.events.push_back(AEvent::PersistFrame {
             sid,
             t,
@@ -486,11 +511,38 @@ impl<P: PublicOps> ServerANode<P> {
             });
             return;
         }
-        if self.active.contains_key(&sid) {
+        if self.active.contains_key(&sid) || self.owes_before(sid, env.t) {
             self.queued.entry(sid).or_default().insert(env.t, env);
             return;
         }
         self.start(now, env);
+    }
+
+    /// Whether a frame of `sid` below `t` was refused for an unknown
+    /// session and has not come back yet.
+    fn owes_before(&self, sid: SessionId, t: u64) -> bool {
+        self.owed
+            .get(&sid)
+            .is_some_and(|owed| owed.range(..t).next().is_some())
+    }
+
+    /// Stops waiting for refused frames the device has not sent again
+    /// within `park_timeout`, and lets their sessions' queued frames go.
+    fn expire_owed(&mut self, now: Millis) {
+        let timeout = self.options.park_timeout;
+        let mut released = Vec::new();
+        self.owed.retain(|sid, owed| {
+            let before = owed.len();
+            owed.retain(|_, since| now < since.saturating_add(timeout));
+            if owed.len() != before {
+                released.push(*sid);
+            }
+            !owed.is_empty()
+        });
+        released.sort_by_key(|sid| sid.0);
+        for sid in released {
+            self.start_next(now, sid);
+        }
     }
 
     fn start(&mut self, now: Millis, env: Envelope) {
@@ -499,9 +551,9 @@ impl<P: PublicOps> ServerANode<P> {
         self.tracks.insert(
             (sid, t),
             Track {
+                started: now,
                 since: now,
                 attempts: 0,
-                waits: 0,
             },
         );
         match self.machine.handle(env) {
@@ -525,9 +577,17 @@ impl<P: PublicOps> ServerANode<P> {
     }
 
     /// Starts frame `t` over, or gives it up after too many attempts.
-    fn retry(&mut self, now: Millis, sid: SessionId, t: u64) {
-        let attempts = self.tracks.get(&(sid, t)).map_or(0, |tr| tr.attempts);
-        if attempts >= self.options.max_retries {
+    /// `refused`: B refused the round (an attempt spent), rather than
+    /// leaving it unanswered.
+    fn retry(&mut self, now: Millis, sid: SessionId, t: u64, refused: bool) {
+        let (started, attempts) = self
+            .tracks
+            .get(&(sid, t))
+            .map_or((now, 0), |tr| (tr.started, tr.attempts));
+        let attempts = attempts + u32::from(refused);
+        if attempts > self.options.max_retries
+            || now >= started.saturating_add(self.options.frame_ttl)
+        {
             self.note(ANote::Abandoned);
             self.drop_frame(now, sid, t);
             return;
@@ -535,13 +595,12 @@ impl<P: PublicOps> ServerANode<P> {
         match self.machine.retry_frame(sid, t) {
             Ok(out) => {
                 self.note(ANote::Retry);
-                let waits = self.tracks.get(&(sid, t)).map_or(0, |tr| tr.waits);
                 self.tracks.insert(
                     (sid, t),
                     Track {
+                        started,
                         since: now,
-                        attempts: attempts + 1,
-                        waits,
+                        attempts,
                     },
                 );
                 self.dispatch(now, out);
@@ -574,7 +633,19 @@ impl<P: PublicOps> ServerANode<P> {
         if self.active.get(&sid) == Some(&t) {
             self.active.remove(&sid);
         }
+        self.start_next(now, sid);
+    }
+
+    /// Starts the session's lowest queued frame, unless a frame is in
+    /// progress or an earlier refused frame has yet to come back.
+    fn start_next(&mut self, now: Millis, sid: SessionId) {
         if self.active.contains_key(&sid) {
+            return;
+        }
+        let Some(first) = self.queued.get(&sid).and_then(|q| q.keys().next().copied()) else {
+            return;
+        };
+        if self.owes_before(sid, first) {
             return;
         }
         let next = self.queued.get_mut(&sid).and_then(BTreeMap::pop_first);
@@ -616,17 +687,12 @@ impl<P: PublicOps> ServerANode<P> {
                 self.drop_frame(now, env.sid, env.t);
             } else if code == RejectCode::UnknownSession {
                 // B waits for the device to send its session again (B told
-                // it): try again after a round timeout, without spending
-                // an attempt, a bounded number of times.
+                // it): try again after a round timeout, spending no attempt.
                 if let Some(track) = self.tracks.get_mut(&key) {
                     track.since = now;
-                    track.waits += 1;
-                    if track.waits <= self.options.max_session_waits {
-                        track.attempts = track.attempts.saturating_sub(1);
-                    }
                 }
             } else {
-                self.retry(now, env.sid, env.t);
+                self.retry(now, env.sid, env.t, true);
             }
             return;
         }

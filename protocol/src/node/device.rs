@@ -341,12 +341,15 @@ impl DeviceNode {
             return;
         }
         let resend_after = self.options.resend_after;
-        let stale: Vec<(SessionId, u64)> = self
+        let mut stale: Vec<(SessionId, u64)> = self
             .sent
             .iter()
             .filter(|(_, at)| now >= at.saturating_add(resend_after))
             .map(|(k, _)| *k)
             .collect();
+        // In counter order: MQTT keeps a topic's order, and A refuses a
+        // frame that arrives after a later one of its session.
+        stale.sort_by_key(|(sid, t)| (sid.0, *t));
         let resent = !stale.is_empty();
         let topic = topics::frame(&self.device.config().device);
         for key in stale {
