@@ -16,13 +16,16 @@
 
 mod agent;
 mod net;
+mod options;
 mod output;
+mod shared;
 mod state;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use agent::{AgentOptions, AgentStats, EdgeAgent, Pins};
+pub use agent::{AgentStats, EdgeAgent};
+pub use options::{AgentOptions, Pins};
 pub use output::{FrameOutput, Output, decode_logits, predicted_class};
 
 use std::path::PathBuf;
