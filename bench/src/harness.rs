@@ -936,8 +936,11 @@ pub fn run_veil(
             key: Arc::clone(&key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public_b.clone(), pooled_noise(&public_b, 1024)),
-        rand::random(),
+        PaillierPublic::new(
+            public_b.clone(),
+            pooled_noise(&public_b, 1024),
+            rand::random(),
+        ),
     )?;
     let b = ServerB::new(
         ServerBConfig {
@@ -945,7 +948,11 @@ pub fn run_veil(
             topology: Arc::clone(&topology),
             key: Arc::clone(&key_b),
         },
-        PaillierSecret::new(Arc::clone(&key_b), pooled_noise(&public_b, 16384)),
+        PaillierSecret::new(
+            Arc::clone(&key_b),
+            pooled_noise(&public_b, 16384),
+            rand::random(),
+        ),
     )?;
     let server_b = ServerHandle::spawn(
         broker,

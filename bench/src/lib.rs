@@ -84,7 +84,12 @@ pub fn fresh_keys() -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
 /// of `capacity` during idle time (the engine refills it offline).
 pub fn pooled_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
     let table = Arc::new(FixedBaseNoise::new(key, &mut rand::rng()));
-    Noise::Pool(NoisePool::new(PoolFiller::FixedBase(table), capacity, 0))
+    Noise::Pool(NoisePool::new(
+        PoolFiller::FixedBase(table),
+        capacity,
+        0,
+        rand::random(),
+    ))
 }
 
 /// The three parties on the Paillier backend, pooled fixed-base noise on
@@ -113,8 +118,7 @@ pub fn paillier_engine(
             key: Arc::clone(key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public.clone(), pooled_noise(&public, 1024)),
-        [1; 32],
+        PaillierPublic::new(public.clone(), pooled_noise(&public, 1024), [1; 32]),
     )?;
     let b = ServerB::new(
         ServerBConfig {
@@ -122,7 +126,7 @@ pub fn paillier_engine(
             topology,
             key: Arc::clone(key_b),
         },
-        PaillierSecret::new(Arc::clone(key_b), pooled_noise(&public, 16384)),
+        PaillierSecret::new(Arc::clone(key_b), pooled_noise(&public, 16384), [2; 32]),
     )?;
     let mut engine = Engine::new(device, a, b, [2; 32]);
     engine.set_cpu_clock(process_cpu_time);

@@ -47,7 +47,12 @@ fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(b_key, &mut rng)),
         NoiseSource::Pool => {
             let table = Arc::new(FixedBaseNoise::new(b_key, &mut rng));
-            Noise::Pool(NoisePool::new(PoolFiller::FixedBase(table), 4096, 1))
+            Noise::Pool(NoisePool::new(
+                PoolFiller::FixedBase(table),
+                4096,
+                1,
+                rand::random(),
+            ))
         }
     }
 }
@@ -67,7 +72,8 @@ impl Core {
             params,
         } = setup;
         let topology = Arc::new(model.topology().clone());
-        let backend = PaillierPublic::new(b_key.clone(), noise_for(&options, &b_key));
+        let backend =
+            PaillierPublic::new(b_key.clone(), noise_for(&options, &b_key), rand::random());
         let machine = ServerA::new(
             ServerAConfig {
                 params,
@@ -77,7 +83,6 @@ impl Core {
                 rounding_key: rounding_key(&key),
             },
             backend,
-            [0; 32],
         )?;
         let frames_filter = match &options.shared_group {
             Some(group) => format!("$share/{group}/{}", topics::filters::FRAMES),

@@ -509,7 +509,6 @@ impl World {
                         rounding_key: fx.rounding_key.clone(),
                     },
                     Plain::default(),
-                    [0; 32],
                 )
                 .expect("the fixture configures server A");
                 let options = AOptions {
