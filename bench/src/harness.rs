@@ -549,27 +549,35 @@ fn is_online(body: &Body) -> bool {
     )
 }
 
-/// Drains a node's transmits into publishes (A↔B ones counted as peer
-/// traffic) and its refusals into `errors`: in the bench nothing is
-/// malformed or lost, so a refusal is a bug.
-fn drain(
-    transmits: impl Iterator<Item = Transmit>,
-    refusals: impl Iterator<Item = Refusal>,
+/// A node's transmits as publishes (A↔B ones counted as peer traffic),
+/// and its refusals into `errors`: in the bench nothing is malformed or
+/// lost, so a refusal is a bug.
+fn publishes(
+    transmits: Vec<Transmit>,
+    refusals: Vec<Refusal>,
     errors: &mut Vec<String>,
 ) -> Vec<Publish> {
-    errors.extend(refusals.map(|r| {
+    errors.extend(refusals.into_iter().map(|r| {
         format!(
             "{} from {} refused ({}): {}",
             r.what, r.from, r.code, r.detail
         )
     }));
     transmits
+        .into_iter()
         .map(|t| Publish {
             to_peer: t.topic == topics::a_to_b(B_WORKER) || t.topic == topics::b_to_a(B_WORKER),
             topic: t.topic,
             payload: t.payload,
         })
         .collect()
+}
+
+fn node_message(topic: &str, payload: &[u8]) -> NodeInput {
+    NodeInput::Message {
+        topic: topic.to_string(),
+        payload: Bytes::copy_from_slice(payload),
+    }
 }
 
 /// Server A as its shell runs it: the node owns routing, the device-topic
@@ -583,32 +591,29 @@ struct VeilA {
 
 impl VeilA {
     fn drain(&mut self) -> Vec<Publish> {
-        let mut transmits = Vec::new();
-        while let Some(t) = self.node.poll_transmit() {
-            transmits.push(t);
-        }
-        let mut refusals = Vec::new();
-        while let Some(event) = self.node.poll_event() {
-            if let AEvent::Refused(r) = event {
-                refusals.push(r);
+        let mut out = Vec::new();
+        loop {
+            let transmits: Vec<Transmit> =
+                std::iter::from_fn(|| self.node.poll_transmit()).collect();
+            let refusals = std::iter::from_fn(|| self.node.poll_event())
+                .filter_map(|e| match e {
+                    AEvent::Refused(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            let tokens: Vec<u64> = transmits.iter().filter_map(|t| t.confirm).collect();
+            out.extend(publishes(transmits, refusals, &mut self.errors));
+            if tokens.is_empty() {
+                return out;
+            }
+            // The broker is on loopback and nothing crashes: an output
+            // handed to the client counts as confirmed (which may start
+            // the session's next frame).
+            let now = millis_since(self.started);
+            for token in tokens {
+                self.node.handle(now, NodeInput::Confirmed(token));
             }
         }
-        // The broker is on loopback and nothing crashes: an output handed
-        // to the client counts as confirmed.
-        let now = millis_since(self.started);
-        for token in transmits.iter().filter_map(|t| t.confirm) {
-            self.node.handle(now, NodeInput::Confirmed(token));
-        }
-        let mut out = drain(
-            transmits.into_iter(),
-            refusals.into_iter(),
-            &mut self.errors,
-        );
-        if self.node.poll_transmit().is_some() || self.node.poll_event().is_some() {
-            // Confirming an output started the session's next frame.
-            out.extend(self.drain());
-        }
-        out
     }
 }
 
@@ -630,11 +635,8 @@ impl ServerRole for VeilA {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>> {
-        let message = NodeInput::Message {
-            topic: topic.to_string(),
-            payload: Bytes::copy_from_slice(payload),
-        };
-        self.node.handle(millis_since(self.started), message);
+        self.node
+            .handle(millis_since(self.started), node_message(topic, payload));
         self.precompute_due = true;
         Ok(self.drain())
     }
@@ -680,27 +682,17 @@ impl ServerRole for VeilB {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>> {
-        let message = NodeInput::Message {
-            topic: topic.to_string(),
-            payload: Bytes::copy_from_slice(payload),
-        };
-        self.node.handle(millis_since(self.started), message);
+        self.node
+            .handle(millis_since(self.started), node_message(topic, payload));
         self.precompute_due = true;
-        let mut transmits = Vec::new();
-        while let Some(t) = self.node.poll_transmit() {
-            transmits.push(t);
-        }
-        let mut refusals = Vec::new();
-        while let Some(event) = self.node.poll_event() {
-            if let BEvent::Refused(r) = event {
-                refusals.push(r);
-            }
-        }
-        Ok(drain(
-            transmits.into_iter(),
-            refusals.into_iter(),
-            &mut self.errors,
-        ))
+        let transmits = std::iter::from_fn(|| self.node.poll_transmit()).collect();
+        let refusals = std::iter::from_fn(|| self.node.poll_event())
+            .filter_map(|e| match e {
+                BEvent::Refused(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        Ok(publishes(transmits, refusals, &mut self.errors))
     }
 
     fn has_offline_work(&self) -> bool {

@@ -5,7 +5,7 @@ use super::{AEvent, ANote, Confirming, ServerANode};
 use crate::backend::PublicOps;
 use crate::device::frame_fits;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
-use crate::node::{Bytes, Millis, Transmit, device_envelope};
+use crate::node::{Bytes, Millis, Transmit, device_envelope, session_envelope};
 use crate::topics;
 
 impl<P: PublicOps> ServerANode<P> {
@@ -40,21 +40,13 @@ impl<P: PublicOps> ServerANode<P> {
     }
 
     pub(super) fn on_session(&mut self, now: Millis, device: &str, payload: Bytes) {
-        let Some(env) = self.device_message("session", device, &payload) else {
-            return;
+        let env = match session_envelope(device, &payload) {
+            Ok(env) => env,
+            Err((sid, t, code, detail)) => {
+                self.refuse_device("session", device, sid, t, code, detail);
+                return;
+            }
         };
-        if !matches!(env.body, Body::SessionInit(_)) {
-            let detail = format!("{} on the session topic", env.body.kind());
-            self.refuse_device(
-                "session",
-                device,
-                env.sid,
-                env.t,
-                RejectCode::Malformed,
-                detail,
-            );
-            return;
-        }
         let (sid, t) = (env.sid, env.t);
         match self.machine.handle(env) {
             Ok(out) => {
