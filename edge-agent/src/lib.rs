@@ -9,9 +9,12 @@
 //! frames can still be unmasked and no counter is ever used twice; every
 //! start opens a fresh session, so even a restored snapshot of the state
 //! folder never reuses a (seed, counter) pair), pinning
-//! the servers' keys and the model topology, and the MQTT side: reconnection
-//! with backoff, `Sync` on every (re)connection, acknowledgements, and
-//! de-duplication so that the application sees each result once. Capture
+//! the servers' keys and the model topology, and the MQTT side. Every
+//! delivery rule (resending, one frame publish in flight, `Sync` on every
+//! connection, session recovery, acknowledgements, de-duplication so that
+//! the application sees each result once) is the protocol's
+//! [`veil_protocol::node::DeviceNode`]; this crate moves its bytes, writes
+//! its events to disk and reads the clock. Capture
 //! never waits for the network.
 
 mod agent;
