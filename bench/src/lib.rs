@@ -92,8 +92,20 @@ pub fn pooled_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
     ))
 }
 
-/// The three parties on the Paillier backend, pooled fixed-base noise on
-/// both servers, in one process.
+/// A's noise as server A uses it by default: textbook `r^N` precomputed into
+/// a pool (refilled offline), since A re-randomizes for B, who holds the key.
+pub fn textbook_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
+    Noise::Pool(NoisePool::new(
+        PoolFiller::Public(key.clone()),
+        capacity,
+        0,
+        rand::random(),
+    ))
+}
+
+/// The three parties on the Paillier backend, in one process: A with pooled
+/// textbook noise, B with pooled fixed-base noise (its replies go to A, who
+/// cannot decrypt them anyway).
 pub fn paillier_engine(
     model: &Model,
     params: &Params,
@@ -118,7 +130,7 @@ pub fn paillier_engine(
             key: Arc::clone(key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public.clone(), pooled_noise(&public, 1024), [1; 32]),
+        PaillierPublic::new(public.clone(), textbook_noise(&public, 1024), [1; 32]),
     )?;
     let b = ServerB::new(
         ServerBConfig {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
+use crate::quota::PublishQuota;
 
 /// Room for a PUBLISH's topic, packet id and v5 properties on top of the
 /// payload limit.
@@ -55,6 +56,8 @@ pub struct BrokerConfig {
     /// the oldest messages.
     pub log_segment_size: usize,
     pub log_segment_count: usize,
+    /// Per-username PUBLISH rate and byte quotas.
+    pub publish_quota: PublishQuota,
 }
 
 /// The TLS listener: certificate chain and private key, both PEM.
@@ -82,6 +85,7 @@ impl Default for BrokerConfig {
             max_inflight: 100,
             log_segment_size: 16 * 1024 * 1024,
             log_segment_count: 4,
+            publish_quota: PublishQuota::default(),
         }
     }
 }

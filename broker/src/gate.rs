@@ -27,7 +27,9 @@ use crate::codec::{
     self, CodecError, ConnAck, Connect, Frame, FrameReader, PublishHeader, ReadError, SubAck,
     Subscribe, Version, connack,
 };
+use crate::counters::Counters;
 use crate::identity::{self, IdentityRefusal};
+use crate::quota::Quotas;
 use crate::security::{AclCache, SecurityStore};
 use crate::topic;
 use crate::upstream::UpstreamAddrs;
@@ -42,6 +44,8 @@ pub(crate) struct Gate {
     pub max_violations: u32,
     pub connect_timeout: Duration,
     pub queue_len: usize,
+    pub quotas: Quotas,
+    pub counters: Counters,
 }
 
 /// v5 reason codes the gate uses.
@@ -85,6 +89,22 @@ impl From<ReadError> for End {
 impl From<std::io::Error> for End {
     fn from(e: std::io::Error) -> Self {
         End::Write(e)
+    }
+}
+
+/// What a refused request tried to do.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Publish,
+    Subscribe,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+        }
     }
 }
 
@@ -155,6 +175,7 @@ where
     }
 
     if !authenticate(&gate, &connect).await {
+        Counters::bump(&gate.counters.auth_failed);
         warn!(
             %peer,
             user = connect.username.as_deref().unwrap_or("<anonymous>"),
@@ -185,6 +206,7 @@ where
                 Some(id)
             }
             Err(reason) => {
+                Counters::bump(&gate.counters.client_id_refused);
                 info!(%peer, user = connect.username.as_deref().unwrap_or("<anonymous>"), %reason, "client id refused");
                 let _ = client_w
                     .write_all(&refuse(
@@ -204,6 +226,7 @@ where
         gate.security.snapshot().passwords.as_ref(),
     );
     if let Err(reason) = checked {
+        Counters::bump(&gate.counters.client_id_refused);
         warn!(
             %peer,
             user = connect.username.as_deref().unwrap_or("<anonymous>"),
@@ -234,6 +257,7 @@ where
         let allowed = topic::validate_topic_name(&will.topic).is_ok()
             && acl.get(&gate.security).can_publish(&will.topic);
         if !allowed {
+            Counters::bump(&gate.counters.will_refused);
             warn!(
                 %peer,
                 user = user_label(&who),
@@ -292,6 +316,7 @@ where
         peer,
         acl,
         violations: 0,
+        throttle_logged: false,
         refused_qos2: HashSet::new(),
         pending_subacks: &pending_subacks,
         to_client: to_client_tx,
@@ -392,6 +417,7 @@ struct ClientToUpstream<'a> {
     peer: SocketAddr,
     acl: AclCache,
     violations: u32,
+    throttle_logged: bool,
     /// QoS 2 publishes refused in 3.1.1: the client still sends PUBREL for
     /// them, which rumqttd never heard of.
     refused_qos2: HashSet<u16>,
@@ -420,7 +446,17 @@ impl ClientToUpstream<'_> {
                 biased;
                 Some(bytes) = replies.recv() => upstream.write_all(&bytes).await.map_err(End::from),
                 frame = client.next() => match frame {
-                    Ok(Some(frame)) => self.handle(frame, &mut upstream).await,
+                    Ok(Some(frame)) => {
+                        let held = if frame.kind == codec::PUBLISH {
+                            self.throttle(frame.raw().len(), &mut replies, &mut upstream).await
+                        } else {
+                            Ok(())
+                        };
+                        match held {
+                            Ok(()) => self.handle(frame, &mut upstream).await,
+                            Err(end) => Err(end),
+                        }
+                    }
                     Ok(None) => Err(End::Closed),
                     Err(e) => Err(End::from(e)),
                 },
@@ -431,18 +467,78 @@ impl ClientToUpstream<'_> {
         };
         match &end {
             End::Protocol(_, rc) | End::Kicked(rc) => {
+                let counter = if matches!(end, End::Kicked(_)) {
+                    &self.gate.counters.kicked
+                } else {
+                    &self.gate.counters.malformed
+                };
+                Counters::bump(counter);
                 let _ = self.to_client.try_send(ToClient::Close(*rc));
             }
             End::Read(ReadError::Codec(CodecError::TooLarge { .. })) => {
+                Counters::bump(&self.gate.counters.too_large);
                 let _ = self.to_client.try_send(ToClient::Close(0x95));
             }
             End::Read(ReadError::Codec(_)) => {
+                Counters::bump(&self.gate.counters.malformed);
                 let _ = self.to_client.try_send(ToClient::Close(RC_MALFORMED));
             }
             _ => {}
         }
+        if !matches!(end, End::Closed | End::Disconnected) {
+            let who = self.acl.who();
+            info!(peer = %self.peer, user = user_label(who), client_id = %who.client_id, ?end, "connection closed by the gate");
+        }
         let _ = upstream.shutdown().await;
         end
+    }
+
+    /// Charges a publish to the user's quota and, when over it, stops
+    /// reading from the client until the debt is repaid, still passing
+    /// rumqttd the acknowledgements the other direction queues.
+    async fn throttle(
+        &mut self,
+        bytes: usize,
+        replies: &mut mpsc::Receiver<Bytes>,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
+        let user = self.acl.who().username.clone();
+        let wait = self
+            .gate
+            .quotas
+            .charge(user.as_deref(), bytes, std::time::Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let counters = &self.gate.counters;
+        Counters::bump(&counters.throttled);
+        counters.throttled_ms.fetch_add(
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !self.throttle_logged {
+            // Once per connection: a flood would otherwise flood the log.
+            self.throttle_logged = true;
+            let who = self.acl.who();
+            warn!(
+                peer = %self.peer,
+                user = user_label(who),
+                client_id = %who.client_id,
+                wait_ms = wait.as_millis(),
+                "publish quota exceeded; holding the connection back"
+            );
+        }
+        upstream.flush().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                Some(bytes) = replies.recv() => {
+                    upstream.write_all(&bytes).await?;
+                    upstream.flush().await?;
+                }
+            }
+        }
     }
 
     fn reply(&self, bytes: Bytes) -> Result<(), End> {
@@ -451,7 +547,11 @@ impl ClientToUpstream<'_> {
             .map_err(|_| End::QueueFull)
     }
 
-    fn violation(&mut self, topic: &str, action: &str) -> Result<(), End> {
+    fn violation(&mut self, topic: &str, action: Action) -> Result<(), End> {
+        Counters::bump(match action {
+            Action::Subscribe => &self.gate.counters.subscribe_refused,
+            Action::Publish => &self.gate.counters.publish_refused,
+        });
         self.violations = self.violations.saturating_add(1);
         let who = self.acl.who();
         warn!(
@@ -459,7 +559,7 @@ impl ClientToUpstream<'_> {
             user = user_label(who),
             client_id = %who.client_id,
             topic,
-            action,
+            action = action.as_str(),
             violations = self.violations,
             "ACL violation: refused"
         );
@@ -538,7 +638,7 @@ impl ClientToUpstream<'_> {
             }
             _ => {}
         }
-        self.violation(&topic, "publish")
+        self.violation(&topic, Action::Publish)
     }
 
     async fn subscribe(&mut self, frame: Frame, upstream: &mut UpstreamWriter) -> Result<(), End> {
@@ -592,7 +692,7 @@ impl ClientToUpstream<'_> {
             upstream.write_all(&bytes).await?;
         }
         for filter in refused {
-            self.violation(&filter, "subscribe")?;
+            self.violation(&filter, Action::Subscribe)?;
         }
         Ok(())
     }

@@ -95,6 +95,17 @@
 //! `allow_remote_plaintext = true`; without an `acl_file` the broker warns
 //! loudly and refuses to start unless every listener is on loopback.
 //!
+//! # Quotas
+//!
+//! Every username except those in `publish_quota.exempt` (veil's servers)
+//! gets a token bucket of PUBLISH packets and bytes per second, shared by
+//! all its connections. A client over quota is held back, not refused: the
+//! gate stops reading its socket until the bucket refills, so a QoS 0
+//! flood (which no in-flight window limits) slows only its sender.
+//! [`BrokerHandle::counters`] counts every refusal and hold by reason.
+//! Mosquitto has no per-user rate limit (only `max_inflight_messages`,
+//! `max_queued_messages` and `message_size_limit`).
+//!
 //! # Lifecycle
 //!
 //! [`Broker::start`] binds the listeners (port 0 picks a free one) and
@@ -130,6 +141,7 @@
 mod acl;
 mod codec;
 mod config;
+mod counters;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -137,6 +149,7 @@ mod gate;
 mod identity;
 pub mod mosquitto;
 mod passwd;
+mod quota;
 mod security;
 mod tls;
 mod topic;
@@ -154,9 +167,11 @@ use tracing::{debug, info, warn};
 
 pub use acl::{AclError, AclFile, ClientAcl, Identity};
 pub use config::{BrokerConfig, TlsListenerConfig};
+pub use counters::GateCounters;
 pub use error::BrokerError;
 pub use identity::IdentityRefusal;
 pub use passwd::{PasswordFile, PasswordFileError};
+pub use quota::PublishQuota;
 pub use topic::TopicError;
 
 use gate::Gate;
@@ -239,6 +254,8 @@ impl Broker {
             max_violations: config.max_violations,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             queue_len: usize::from(config.max_inflight).saturating_add(64),
+            quotas: quota::Quotas::new(&config.publish_quota, config.max_packet_size()),
+            counters: counters::Counters::default(),
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -280,6 +297,11 @@ impl BrokerHandle {
     /// Address of the TLS listener, if one is configured.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
+    }
+
+    /// What the gate has refused or held back so far, by reason.
+    pub fn counters(&self) -> GateCounters {
+        self.gate.counters.snapshot()
     }
 
     /// The configuration this broker was started with.
@@ -337,6 +359,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if connections.len() >= max_connections {
+                        counters::Counters::bump(&gate.counters.connections_refused);
                         warn!(%peer, max_connections, "connection limit reached; refusing");
                         continue;
                     }

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
-use sha2::{Digest, Sha512};
-use veil_broker::Broker;
+use veil_broker::{Broker, PasswordFile};
 use veil_edge_agent::{AgentOptions, EdgeAgent, Output};
 
 use crate::demo::{
@@ -17,7 +16,10 @@ use crate::demo::{
 };
 
 /// Load test: K devices, each sending M frames, all through the embedded
-/// broker on loopback. Fails when any frame is lost.
+/// broker on loopback. Fails when any frame is lost. With `--attack`, one
+/// more authenticated device floods the deployment meanwhile (veil-attack:
+/// the hostile-client test's attacker), and the run also fails when any
+/// of its takeovers or forbidden subscriptions succeeds.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Simulated devices (K).
@@ -40,22 +42,17 @@ pub struct Args {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Run a hostile device alongside: floods, maximum-size payloads,
+    /// session spam, counter jumps, client-id takeovers, `$share` joins.
+    #[arg(long)]
+    pub attack: bool,
 }
 
-/// A `password_file` line in Mosquitto's `$6$` format (salted SHA-512),
-/// which veil's broker and Mosquitto both read.
+/// A `password_file` line with a random salt.
 fn password_line(user: &str, password: &str) -> String {
     let mut salt = [0u8; 12];
     rand::fill(&mut salt);
-    let mut h = Sha512::new();
-    h.update(password.as_bytes());
-    h.update(salt);
-    let b64 = base64::engine::general_purpose::STANDARD;
-    format!(
-        "{user}:$6${}${}",
-        b64.encode(salt),
-        b64.encode(h.finalize())
-    )
+    PasswordFile::line(user, password, salt)
 }
 
 fn random_password() -> String {
@@ -146,18 +143,29 @@ async fn load(args: Args) -> Result<()> {
         .map(|i| (format!("load-{i}"), random_password()))
         .collect();
     let (pw_a, pw_b) = (random_password(), random_password());
+    let pw_attacker = random_password();
     let mut lines = vec![
         password_line("server-a", &pw_a),
         password_line("server-b", &pw_b),
+        password_line(ATTACKER, &pw_attacker),
     ];
     lines.extend(devices.iter().map(|(u, p)| password_line(u, p)));
     let password_file = state.join("passwords");
     write_private(&password_file, &(lines.join("\n") + "\n"))?;
 
-    let broker = Broker::start(broker_config(password_file))
+    let broker_config = broker_config(password_file);
+    let max_payload = broker_config.max_payload_size;
+    let broker = Broker::start(broker_config)
         .await
         .context("starting the embedded broker")?;
     let addr = broker.local_addr();
+    let attack_pins = veil_attack::Pins {
+        model: args.model.clone(),
+        topology: model.topology().fingerprint(),
+        params: veil_protocol::Params::default().fingerprint(),
+        server_a: keys.0.public_key().fingerprint(),
+        server_b: keys.1.public_key().fingerprint(),
+    };
     let servers = start_servers(&state, addr, &model, keys, (&pw_a, &pw_b)).await?;
     let mut agents = Vec::with_capacity(args.devices);
     for (user, password) in &devices {
@@ -175,6 +183,27 @@ async fn load(args: Args) -> Result<()> {
         "veil load: {} devices × {} frames of {} (window {}) through the broker on {addr}",
         args.devices, args.frames, args.model, args.window
     );
+    let attack = args.attack.then(|| {
+        eprintln!("veil load: attacker {ATTACKER:?} flooding the same broker");
+        veil_attack::Attack::start(veil_attack::Target {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            username: ATTACKER.into(),
+            password: pw_attacker.clone(),
+            victims: ["server-a", "server-b"]
+                .into_iter()
+                .map(String::from)
+                .chain(devices.iter().take(2).map(|(u, _)| u.clone()))
+                .collect(),
+            forbidden_filters: vec![
+                "$share/veil-a/veil/v1/dev/+/frame".into(),
+                "veil/v1/dev/+/frame".into(),
+                "veil/v1/ba/#".into(),
+            ],
+            max_payload,
+            pins: Some(attack_pins),
+        })
+    });
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut tasks = Vec::with_capacity(agents.len());
@@ -198,6 +227,10 @@ async fn load(args: Args) -> Result<()> {
         problems.extend(run.problems);
     }
     let wall = started.elapsed().as_secs_f64();
+    let attack_report = match attack {
+        Some(attack) => Some(attack.stop().await),
+        None => None,
+    };
     let total = args.devices * args.frames;
     let lost = total.saturating_sub(delivered);
     latencies.sort_by(f64::total_cmp);
@@ -225,6 +258,20 @@ async fn load(args: Args) -> Result<()> {
         a.rejected,
         b.rejected
     );
+    if let Some(report) = &attack_report {
+        println!("attacker: {report:?}");
+        println!("broker refusals: {}", broker.counters());
+        if report.takeovers_accepted > 0 || report.subscriptions_granted > 0 {
+            problems.push(format!(
+                "the attacker took over {} client ids and got {} forbidden subscriptions",
+                report.takeovers_accepted, report.subscriptions_granted
+            ));
+        }
+    }
+    println!(
+        "peak RSS of this process (every role): {} MiB",
+        peak_rss_mib()
+    );
     servers.a.shutdown().await;
     servers.b.shutdown().await;
     broker.shutdown().await;
@@ -235,6 +282,21 @@ async fn load(args: Args) -> Result<()> {
         bail!("{lost} frames lost, {} problems", problems.len());
     }
     Ok(())
+}
+
+/// The username of `--attack`'s device; no simulated device has it.
+const ATTACKER: &str = "attacker";
+
+/// `VmHWM` from /proc/self/status (0 where there is none).
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {

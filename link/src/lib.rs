@@ -357,10 +357,21 @@ impl LinkHandle {
     }
 }
 
+/// Incoming events a link holds before it stops reading from the broker.
+/// Messages are up to `max_packet_bytes` each, so this is also what bounds
+/// the memory a flood of them can take on the receiving side.
+pub const EVENT_QUEUE: usize = 32;
+
+/// rumqttc events between the poller and the driver.
+const RAW_QUEUE: usize = 16;
+
 /// A running link: its handle, its events, and its tasks.
 pub struct Link {
     pub handle: LinkHandle,
-    pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    /// Bounded ([`EVENT_QUEUE`]): a runtime that falls behind stops the
+    /// link reading from the broker, which pushes back through TCP instead
+    /// of piling messages up in memory.
+    pub events: mpsc::Receiver<LinkEvent>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -375,9 +386,12 @@ impl Link {
         network.set_tcp_nodelay(true);
         network.set_connection_timeout(10);
         eventloop.set_network_options(network);
-        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
+        // Requests stay unbounded: they are this process's own publishes
+        // and acks, made by code that must not block (LinkHandle is sync),
+        // and the link drains them whether or not the broker is reachable.
         let (tx, rx) = mpsc::unbounded_channel();
-        let (event_tx, events) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let backoff = (
             Duration::from_millis(settings.backoff_min_ms.max(10)),
             Duration::from_millis(settings.backoff_max_ms.max(settings.backoff_min_ms.max(10))),
@@ -448,7 +462,7 @@ enum Raw {
 /// between failed connections (reset by every CONNACK).
 async fn poll_loop(
     mut eventloop: EventLoop,
-    tx: mpsc::UnboundedSender<Raw>,
+    tx: mpsc::Sender<Raw>,
     (min, max): (Duration, Duration),
 ) {
     let mut backoff = min;
@@ -458,13 +472,13 @@ async fn poll_loop(
                 if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
                     backoff = min;
                 }
-                if tx.send(Raw::Event(event)).is_err() {
+                if tx.send(Raw::Event(event)).await.is_err() {
                     return;
                 }
             }
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                if tx.send(Raw::Error(e.to_string())).is_err() {
+                if tx.send(Raw::Error(e.to_string())).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -482,7 +496,7 @@ struct Pending {
 
 struct Driver {
     client: AsyncClient,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    events: mpsc::Sender<LinkEvent>,
     /// Requests waiting for a connection (or for room in rumqttc's queue).
     backlog: VecDeque<Request>,
     connected: bool,
@@ -503,10 +517,13 @@ impl Driver {
     async fn run(
         mut self,
         mut requests: mpsc::UnboundedReceiver<Request>,
-        mut raw: mpsc::UnboundedReceiver<Raw>,
+        mut raw: mpsc::Receiver<Raw>,
     ) {
         loop {
             self.feed();
+            let full_now = self.events.capacity() == 0;
+            // A second sender to wait on: the select's handlers need `self`.
+            let full = self.events.clone();
             tokio::select! {
                 request = requests.recv() => match request {
                     None | Some(Request::Shutdown) => {
@@ -534,7 +551,12 @@ impl Driver {
                     }
                     Some(other) => self.backlog.push_back(other),
                 },
-                raw_event = raw.recv() => match raw_event {
+                // Each raw event makes at most one link event, so reading
+                // one only when there is room never drops any.
+                room = full.reserve(), if full_now => {
+                    drop(room);
+                }
+                raw_event = raw.recv(), if !full_now => match raw_event {
                     None => return,
                     Some(Raw::Error(error)) => {
                         if self.connected {
@@ -543,10 +565,19 @@ impl Driver {
                             tracing::debug!(%error, "MQTT connection attempt failed");
                         }
                         self.connected = false;
-                        let _ = self.events.send(LinkEvent::Disconnected { error });
+                        self.emit(LinkEvent::Disconnected { error });
                     }
                     Some(Raw::Event(event)) => self.on_event(event),
                 },
+            }
+        }
+    }
+
+    fn emit(&self, event: LinkEvent) {
+        match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!("link event queue full; event dropped");
             }
         }
     }
@@ -580,7 +611,7 @@ impl Driver {
                     self.backlog
                         .push_front(Request::Subscribe(self.filters.clone()));
                 }
-                let _ = self.events.send(LinkEvent::Connected {
+                self.emit(LinkEvent::Connected {
                     session_present: ack.session_present,
                 });
             }
@@ -590,7 +621,7 @@ impl Driver {
                     .iter()
                     .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
                     .collect();
-                let _ = self.events.send(LinkEvent::Subscribed { granted });
+                self.emit(LinkEvent::Subscribed { granted });
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 let ack = AckToken {
@@ -600,7 +631,7 @@ impl Driver {
                         ..publish.clone()
                     }),
                 };
-                let _ = self.events.send(LinkEvent::Message(Message {
+                self.emit(LinkEvent::Message(Message {
                     topic: publish.topic.clone(),
                     payload: publish.payload,
                     retain: publish.retain,
@@ -611,7 +642,7 @@ impl Driver {
                 if let Some(Some(token)) = self.by_pkid.remove(&ack.pkid)
                     && self.unconfirmed.remove(&token).is_some()
                 {
-                    let _ = self.events.send(LinkEvent::Confirmed(token));
+                    self.emit(LinkEvent::Confirmed(token));
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {

@@ -19,14 +19,24 @@ pub fn envelope(data: &[u8]) {
 }
 
 /// Bit unpacking of frames and results: the first byte is the field
-/// width, the next two the field count, the rest the packed bytes. What
-/// unpacks must pack back to the same values.
+/// width, the second how many fields to leave out of what the rest could
+/// hold, the rest the packed bytes, cut to the exact length that many
+/// fields take (so most inputs reach the unpacking rather than its length
+/// check). What unpacks must pack back to the same values.
 pub fn bits(data: &[u8]) {
-    let [width, c0, c1, packed @ ..] = data else {
+    let [width, fewer, packed @ ..] = data else {
         return;
     };
     let width = u32::from(*width);
-    let count = usize::from(u16::from_le_bytes([*c0, *c1]));
+    if width == 0 {
+        let _ = unpack_ints(packed, packed.len(), width);
+        return;
+    }
+    let fits = packed.len() * 8 / width as usize;
+    let count = fits.saturating_sub(usize::from(*fewer));
+    let Some(packed) = packed.get(..(count * width as usize).div_ceil(8)) else {
+        return;
+    };
     let Ok(values) = unpack_ints(packed, count, width) else {
         return;
     };

@@ -28,7 +28,7 @@ use crate::server_a::EntryRole;
 use ethnum::I256;
 use rand::rngs::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use veil_model::{ActivationKind, RoundingSource, StageSamples};
+use veil_model::{RoundingSource, StageSamples};
 
 /// A uniform value below `2^bits` (bits ≤ 254).
 pub(crate) fn random_below_pow2(rng: &mut ChaCha20Rng, bits: u32) -> I256 {
@@ -112,15 +112,14 @@ fn clamp(v: I256, kappa: u32) -> I256 {
 /// log-uniform below the bound, which B can tell apart from real entries
 /// (documented).
 fn dummy_group(
-    kind: ActivationKind,
     mode: RoundMode,
     kappa: u32,
     k: usize,
     samples: Option<&StageSamples>,
     rng: &mut ChaCha20Rng,
-) -> Vec<I256> {
+) -> Vec<(I256, usize)> {
     let samples = samples.filter(|s| !s.groups.is_empty() && !s.sorted.is_empty());
-    let mut out: Vec<I256> = match (samples, mode) {
+    let out: Vec<I256> = match (samples, mode) {
         (Some(samples), RoundMode::Blind) => {
             let g = (rng.next_u64() % samples.groups.len() as u64) as usize;
             samples
@@ -139,38 +138,68 @@ fn dummy_group(
             })
             .collect(),
     };
-    while out.len() < k {
-        out.push(padding(kind, mode, kappa, samples, rng));
-    }
-    out.into_iter().map(|v| clamp(v, kappa)).collect()
+    let mut out: Vec<(I256, usize)> = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (clamp(v, kappa), i))
+        .collect();
+    pad_with_copies(&mut out, k, rng);
+    out
 }
 
-/// The filler of a short pooling window. It must never change the
-/// window's result: under ReLU any negative value qualifies, so it is drawn
-/// from the stage's calibrated negatives; a bare max-pool needs a value
-/// below every real entry, `-2^κ`, whose comparisons B sees only blurred.
-fn padding(
-    kind: ActivationKind,
-    mode: RoundMode,
-    kappa: u32,
-    samples: Option<&StageSamples>,
-    rng: &mut ChaCha20Rng,
-) -> I256 {
-    let floor = -(I256::ONE << kappa);
-    if kind != ActivationKind::ReluMaxPool {
-        return floor;
+/// Fills a short group up to `k` with copies of its own entries, each
+/// tagged with its original's tag: every entry once (in a random order)
+/// before any twice. A copy never changes a maximum, and unlike a value
+/// below every entry (`-2^κ`) its comparisons with other slots are those of
+/// a real entry; its comparison with its original, an exact tie, is
+/// replaced by a decoy (`decoy_difference`). Copying evenly matters: when
+/// every entry has as many copies, an entry and its copies are
+/// interchangeable in B's view, while copies of random picks crowd the
+/// middle ranks (measured: balanced accuracy 0.57 for telling them apart).
+fn pad_with_copies<T: Clone>(group: &mut Vec<(T, usize)>, k: usize, rng: &mut ChaCha20Rng) {
+    let real = group.len();
+    if real == 0 {
+        return;
     }
-    let negatives = samples.map_or(&[][..], |s| {
-        let end = s.sorted.partition_point(|v| *v < 0);
-        s.sorted.get(..end).unwrap_or(&[])
-    });
-    let drawn = match mode {
-        RoundMode::Permute => sample_value(negatives, rng),
-        RoundMode::Blind => negatives
-            .get((rng.next_u64() % negatives.len().max(1) as u64) as usize)
-            .map(|v| I256::from(*v)),
+    let mut order: Vec<usize> = (0..real).collect();
+    shuffle(&mut order, rng);
+    for pick in order.iter().cycle().take(k.saturating_sub(real)) {
+        if let Some(copy) = group.get(*pick).cloned() {
+            group.push(copy);
+        }
+    }
+}
+
+/// What A sends in place of the comparison of an entry with its own copy:
+/// either order of a tie gives the same result, so any outcome is correct,
+/// and the difference of two entries of a calibration window as short as
+/// this one (edge windows differ from inner ones) makes it look like the
+/// window's other comparisons, ties included as often as they occur.
+fn decoy_difference(samples: Option<&StageSamples>, window: usize, rng: &mut ChaCha20Rng) -> I256 {
+    let windows = samples.map_or(&[][..], |s| s.groups.as_slice());
+    let alike: Vec<&Vec<i128>> = windows
+        .iter()
+        .filter(|g| g.len() == window.max(2))
+        .collect();
+    let pool: Vec<&Vec<i128>> = if alike.is_empty() {
+        windows.iter().collect()
+    } else {
+        alike
     };
-    drawn.map_or(floor, |v| clamp(v, kappa).min(-I256::ONE))
+    if pool.is_empty() {
+        return I256::ZERO;
+    }
+    let group = pool
+        .get((rng.next_u64() % pool.len() as u64) as usize)
+        .map_or(&[][..], |g| g.as_slice());
+    let mut pick = || {
+        group
+            .get((rng.next_u64() % group.len().max(1) as u64) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let (a, b) = (pick(), pick());
+    I256::from(a) - I256::from(b)
 }
 
 /// Where a slot's value comes from.
@@ -196,11 +225,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Whether B's selection of this slot needs A's correction: real
-    /// entries and the zero slot of a real group; padding is never
-    /// selected, dummies are dropped.
+    /// Whether B's selection of this slot needs A's correction: every slot
+    /// of a real group (padding copies an entry, so it can tie for the
+    /// maximum and win); dummies are dropped.
     pub fn corrected(&self, real_group: bool) -> bool {
-        real_group && matches!(self.role, EntryRole::Real(_) | EntryRole::Zero)
+        real_group
     }
 }
 
@@ -267,8 +296,12 @@ pub(crate) fn plan_round(key: &Seed, sid: SessionId, t: u64, input: &PlanInput<'
     let mut slots = Vec::with_capacity(order.len());
     let mut comparisons = Vec::with_capacity(order.len() * shape.comparisons.len());
     for group in &order {
-        // (source, role, r1, r2) of every slot, before the shuffle.
-        let mut members: Vec<(Source, EntryRole, I256, I256)> = Vec::with_capacity(shape.slots);
+        // ((source, role, r1, r2), origin) of every slot, before the
+        // shuffle; a copy's origin is its original's.
+        type Member = (Source, EntryRole, I256, I256);
+        let mut members: Vec<(Member, usize)> = Vec::with_capacity(shape.slots);
+        // Entries before padding, for the decoys of copies.
+        let mut window_len = k;
         let (r1, r2) = match group {
             // Indexed by group, not entry: see `veil_model::activate`.
             GroupRef::Real(o) => (
@@ -284,35 +317,42 @@ pub(crate) fn plan_round(key: &Seed, sid: SessionId, t: u64, input: &PlanInput<'
         match group {
             GroupRef::Real(o) => {
                 let window = shape.groups.get(*o).map(Vec::as_slice).unwrap_or(&[]);
+                window_len = window.len();
                 members.extend(
                     window
                         .iter()
-                        .map(|idx| (Source::Real(*idx), EntryRole::Real(*idx), r1, r2)),
+                        .enumerate()
+                        .map(|(e, idx)| ((Source::Real(*idx), EntryRole::Real(*idx), r1, r2), e)),
                 );
-                while members.len() < k {
-                    let pad = padding(shape.kind, mode, kappa, samples, rng);
-                    let (p1, p2) = (random_below_pow2(rng, w), random_below_pow2(rng, 2 * w));
-                    members.push((Source::Value(pad), EntryRole::Padding, p1, p2));
+                // Copies share the window's offset, so whichever of an
+                // entry and its copy wins gives the same result.
+                pad_with_copies(&mut members, k, rng);
+                for (member, _) in members.iter_mut().skip(window.len()) {
+                    member.1 = EntryRole::Padding;
                 }
             }
             GroupRef::Dummy => {
-                for value in dummy_group(shape.kind, mode, kappa, k, samples, rng) {
+                for (value, origin) in dummy_group(mode, kappa, k, samples, rng) {
                     let (d1, d2) = (random_below_pow2(rng, w), random_below_pow2(rng, 2 * w));
-                    members.push((Source::Value(value), EntryRole::Dummy, d1, d2));
+                    members.push(((Source::Value(value), EntryRole::Dummy, d1, d2), origin));
                 }
             }
         }
         if shape.zero_slot {
             // ⌊(0 + r1)/2^w⌋ = 0: selecting it yields the ReLU's 0.
-            members.push((Source::Value(I256::ZERO), EntryRole::Zero, r1, r2));
+            members.push((
+                (Source::Value(I256::ZERO), EntryRole::Zero, r1, r2),
+                usize::MAX,
+            ));
         }
         // Where the maximum, the padding and the zero sit is not B's to
         // know. Ties are harmless: equal maxima round with the group's
         // offset, and the zero slot ties only with a real 0.
         shuffle(&mut members, rng);
+        let origins: Vec<usize> = members.iter().map(|(_, origin)| *origin).collect();
         let group_slots: Vec<Slot> = members
             .into_iter()
-            .map(|(source, role, r1, r2)| {
+            .map(|((source, role, r1, r2), _)| {
                 let h1 = random_below_pow2(rng, h1_bits);
                 let h2 = random_below_pow2(rng, h2_bits);
                 Slot {
@@ -338,9 +378,16 @@ pub(crate) fn plan_round(key: &Seed, sid: SessionId, t: u64, input: &PlanInput<'
                         .get(index)
                         .map_or(Source::Value(I256::ZERO), |slot| slot.source)
                 };
+                let copies = j.is_some_and(|j| origins.get(*i) == origins.get(j));
+                let (left, right) = if copies {
+                    let decoy = decoy_difference(samples, window_len, rng);
+                    (Source::Value(decoy), Some(Source::Value(I256::ZERO)))
+                } else {
+                    (source(*i), j.map(source))
+                };
                 comparisons.push(Comparison {
-                    left: source(*i),
-                    right: j.map(source),
+                    left,
+                    right,
                     beta,
                     shift,
                     gamma_hi,

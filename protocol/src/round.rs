@@ -98,12 +98,11 @@ impl RoundShape {
         };
         let value_bits = match mode {
             RoundMode::Blind => {
-                // |z_i - z_j| < 2^(κ+1) (padding is -2^κ), |z_i| < 2^κ, and
+                // |z_i - z_j| < 2^(κ+1), |z_i| < 2^κ, and
                 // |β·d + γ| < β·(|d| + 1) ≤ 2^(beta_bits + e_max)·|d|.
                 let difference = kappa + u32::from(group_size > 1);
                 difference + params.beta_bits + params.beta_log_range.saturating_sub(1)
             }
-            // Padding entries hold exactly -2^κ.
             RoundMode::Permute => kappa + 1,
         };
         let alpha_bits = match (mode, spec.kind) {

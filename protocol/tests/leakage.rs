@@ -387,14 +387,24 @@ fn frames(name: &str, count: usize) -> Vec<Vec<f32>> {
 }
 
 fn observe(name: &str, params: &Params, count: usize, seed: u8) -> Vec<SeenRound> {
-    let m = model(name);
-    let mut engine = plain_engine(&m, params, seed);
+    observe_model(&model(name), params, &frames(name, count), seed)
+}
+
+/// Runs `inputs` through the protocol and records B's view of every round,
+/// checking each result against the integer reference on the way.
+fn observe_model(
+    m: &veil_model::Model,
+    params: &Params,
+    inputs: &[Vec<f32>],
+    seed: u8,
+) -> Vec<SeenRound> {
+    let mut engine = plain_engine(m, params, seed);
     engine.record_transcript(true);
     engine.a.record_truth(true);
     let modes = params.modes(m.topology());
     let plain = Plain::default();
     let mut seen = Vec::new();
-    for (frame, x) in frames(name, count).iter().enumerate() {
+    for (frame, x) in inputs.iter().enumerate() {
         let x_hat = m.encode_input(x).expect("bounds");
         engine.transcript.clear();
         let run = engine.infer(&x_hat).expect("runs");
@@ -402,6 +412,14 @@ fn observe(name: &str, params: &Params, count: usize, seed: u8) -> Vec<SeenRound
         let trace = m
             .run_int_trace(&x_hat, &modes, &rounding)
             .expect("reference");
+        let expected: Vec<I256> = trace
+            .last()
+            .map(|o| o.iter().map(|v| I256::from(*v)).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            run.outputs, expected,
+            "frame {frame} differs from the reference"
+        );
         let truths: Vec<RoundTruth> = engine.a.take_truth();
         let views: Vec<RoundView> = engine
             .transcript
@@ -705,7 +723,10 @@ struct Scores {
 }
 
 fn attack_blind(name: &str, params: &Params, frames: usize) -> Scores {
-    let rounds = observe(name, params, frames, 51);
+    score_blind(&observe(name, params, frames, 51), params)
+}
+
+fn score_blind(rounds: &[SeenRound], params: &Params) -> Scores {
     // Magnitudes: every comparison of known values against log2|d|, and
     // every real entry against log2|z| from the comparisons it is in.
     let mut truth = Vec::new();
@@ -742,6 +763,44 @@ fn attack_blind(name: &str, params: &Params, frames: usize) -> Scores {
                 }
                 sign_samples.push((round.frame, max > 0, x));
             }
+            // Padding: inside the real groups that have any, every slot
+            // described by what B has of it.
+            let padded = group.slots.iter().any(|s| s.role == EntryRole::Padding);
+            for (e, slot) in group
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|_| group.real && padded)
+            {
+                if slot.role == EntryRole::Zero {
+                    continue;
+                }
+                let mine: Vec<&SeenComparison> = group
+                    .comparisons
+                    .iter()
+                    .filter(|c| c.left == e || c.right == Some(e))
+                    .collect();
+                let logs: Vec<f64> = mine
+                    .iter()
+                    .map(|c| magnitude(c.value).as_f64().max(1.0).log2())
+                    .collect();
+                let wins = mine
+                    .iter()
+                    .filter(|c| (c.value >= 0) == (c.left == e))
+                    .count();
+                let n = logs.len().max(1) as f64;
+                padding_samples.push((
+                    round.frame,
+                    slot.role == EntryRole::Padding,
+                    vec![
+                        ("masked value", slot.masked),
+                        ("mean log2 of its comparisons", logs.iter().sum::<f64>() / n),
+                        ("largest", logs.iter().copied().fold(f64::MIN, f64::max)),
+                        ("smallest", logs.iter().copied().fold(f64::MAX, f64::min)),
+                        ("comparisons won", wins as f64),
+                    ],
+                ));
+            }
             for (e, slot) in group.slots.iter().enumerate() {
                 let (EntryRole::Real(_), Some(z)) = (slot.role, slot.z) else {
                     continue;
@@ -773,12 +832,6 @@ fn attack_blind(name: &str, params: &Params, frames: usize) -> Scores {
                     for (e, (_, v)) in estimates.iter_mut().zip(&x) {
                         e.push(*v);
                     }
-                }
-                if group.real {
-                    let padded = group.slots[c.left].role == EntryRole::Padding
-                        || c.right
-                            .is_some_and(|j| group.slots[j].role == EntryRole::Padding);
-                    padding_samples.push((round.frame, padded, features(c.value)));
                 }
             }
             // Ratios inside a window: what one shared β used to reveal.
@@ -838,7 +891,11 @@ fn attack_blind(name: &str, params: &Params, frames: usize) -> Scores {
     let padding = padding_samples
         .iter()
         .any(|(_, p, _)| *p)
-        .then(|| best_classifier(&padding_samples).0);
+        .then(|| best_classifier(&padding_samples));
+    if let Some((p, by)) = padding {
+        eprintln!("padding/real slots: {p:.3} by {by}");
+    }
+    let padding = padding.map(|(p, _)| p);
     Scores {
         magnitude,
         magnitude_by,
@@ -975,4 +1032,103 @@ fn attack_permute_dummies() {
         forced <= 0.6,
         "pima-mlp (permute): B tells dummies apart ({forced:.3})"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Padded windows. No shipped model has any, so a small CNN is built here:
+// a 7×7 input, a 3×3 convolution to 4 channels, and a 2×2 max-pool of
+// stride 2 padded at the bottom and right, so that 28 of its 64 windows are
+// cut short (to 2 or 1 entries) and filled with padding.
+
+#[path = "../../model/tests/common/mod.rs"]
+mod onnx;
+
+fn padded_cnn(relu: bool) -> veil_model::Model {
+    use onnx::{Attr, Graph, values};
+    let mut g = Graph::new(&[1, 7, 7]);
+    let w1 = g.init("w1", &[4, 1, 3, 3], values(11, 36, 0.6));
+    let b1 = g.init("b1", &[4], values(12, 4, 0.2));
+    let w2 = g.init("w2", &[3, 64], values(13, 192, 0.4));
+    let b2 = g.init("b2", &[3], values(14, 3, 0.1));
+    g.node(
+        "Conv",
+        "conv",
+        &["", &w1, &b1],
+        &[
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+        ],
+    )
+    .node(
+        "MaxPool",
+        "pool",
+        &[""],
+        &[
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![0, 0, 1, 1])),
+        ],
+    );
+    if relu {
+        g.node("Relu", "relu", &[""], &[]);
+    }
+    g.node("Flatten", "flat", &[""], &[("axis", Attr::Int(1))])
+        .node("Gemm", "fc", &["", &w2, &b2], &[("transB", Attr::Int(1))]);
+    g.bounds(0.0, 1.0);
+    let mut m = veil_model::Model::from_bytes(&g.bytes(), &veil_model::ImportOptions::default())
+        .expect("the padded CNN imports");
+    let rows: Vec<Vec<i64>> = images(300, 7)
+        .iter()
+        .map(|x| m.encode_input(x).expect("in bounds"))
+        .collect();
+    m.calibrate(&rows, 4096).expect("calibrates");
+    m
+}
+
+/// Inputs in [0, 1] with MNIST-like flat zero regions.
+fn images(count: usize, seed: u64) -> Vec<Vec<f32>> {
+    (0..count as u64)
+        .map(|i| {
+            onnx::values(seed * 1_000 + i, 49, 1.0)
+                .into_iter()
+                .map(|v| if v < 0.0 { 0.0 } else { v })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn padding_is_exact_and_not_recognisable() {
+    let params = Params::default();
+    for relu in [true, false] {
+        let m = padded_cnn(relu);
+        let short: usize = m
+            .topology()
+            .stages
+            .iter()
+            .filter_map(|stage| match stage {
+                veil_model::Stage::Activation(spec) => spec.pool,
+                _ => None,
+            })
+            .map(|p| p.windows().iter().filter(|w| w.len() < 4).count())
+            .sum();
+        assert_eq!(short, 28, "the model has padded windows");
+        let rounds = observe_model(&m, &params, &images(200, 8), 53);
+        let s = score_blind(&rounds, &params);
+        let kind = if relu { "ReLU+max-pool" } else { "max-pool" };
+        eprintln!(
+            "padded CNN ({kind}) over 200 frames: padding/real slots in padded windows {}; \
+             log2|z| |Spearman| {:.3}; window ratios {}; dummy/real {:.3}; output non-zero {:.3}",
+            s.padding.map_or("none".into(), |p| format!("{p:.3}")),
+            s.magnitude,
+            s.ratio.map_or("none".into(), |r| format!("{r:.3}")),
+            s.dummy,
+            s.sign
+        );
+        let padding = s.padding.expect("padding was scored");
+        assert!(
+            padding <= 0.55,
+            "{kind}: B tells padding apart ({padding:.3})"
+        );
+    }
 }

@@ -64,7 +64,7 @@ impl Default for Config {
             round_timeout_secs: 30,
             max_retries: 3,
             park_timeout_secs: 60,
-            noise: NoiseSource::FixedBase,
+            noise: NoiseSource::Pool,
         }
     }
 }

@@ -45,11 +45,15 @@ fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(b_key, &mut rng)),
+        // Textbook r^N, not fixed-base values: A re-randomizes what it sends
+        // to B, the key holder, who knows φ(N), chose p and q, and could take
+        // discrete logarithms of short fixed-base exponents to strip the
+        // re-randomization. One background thread; each value is a full
+        // exponentiation, made while A waits for frames.
         NoiseSource::Pool => {
-            let table = Arc::new(FixedBaseNoise::new(b_key, &mut rng));
             Noise::Pool(NoisePool::new(
-                PoolFiller::FixedBase(table),
-                4096,
+                PoolFiller::Public(b_key.clone()),
+                1024,
                 1,
                 rand::random(),
             ))

@@ -94,7 +94,7 @@ impl Options {
             round_timeout: Duration::from_secs(30),
             max_retries: 3,
             park_timeout: Duration::from_secs(60),
-            noise: NoiseSource::FixedBase,
+            noise: NoiseSource::Pool,
         }
     }
 }
@@ -172,7 +172,7 @@ pub struct Setup {
 pub struct ServerA {
     link: Option<Link>,
     core: Option<std::thread::JoinHandle<()>>,
-    inputs: std::sync::mpsc::Sender<core::Input>,
+    inputs: std::sync::mpsc::SyncSender<core::Input>,
     forwarder: tokio::task::JoinHandle<()>,
     stats: Arc<Stats>,
 }
@@ -184,7 +184,7 @@ impl ServerA {
             .map_err(|_| ServerAError::Worker(options.worker.clone()))?;
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
-        let (inputs, rx) = std::sync::mpsc::channel();
+        let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
         let mut mqtt = options.mqtt.clone();
         if mqtt.client_id.is_empty()
             && let Some(user) = &mqtt.username
@@ -220,8 +220,7 @@ impl ServerA {
                 )));
             }
         }
-        let mut events =
-            std::mem::replace(&mut link.events, tokio::sync::mpsc::unbounded_channel().1);
+        let mut events = std::mem::replace(&mut link.events, tokio::sync::mpsc::channel(1).1);
         let to_core = inputs.clone();
         let forwarder = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -231,7 +230,7 @@ impl ServerA {
                     LinkEvent::Confirmed(token) => core::Input::Confirmed(token),
                     LinkEvent::Disconnected { .. } | LinkEvent::Subscribed { .. } => continue,
                 };
-                if to_core.send(input).is_err() {
+                if forward(&to_core, input).await.is_err() {
                     return;
                 }
             }
@@ -269,7 +268,9 @@ impl ServerA {
 
     async fn stop(&mut self, how: core::Input) {
         self.forwarder.abort();
-        let _ = self.inputs.send(how);
+        let inputs = self.inputs.clone();
+        // The queue may be full; the worker empties it.
+        let _ = tokio::task::spawn_blocking(move || inputs.send(how).is_ok()).await;
         if let Some(core) = self.core.take() {
             let _ = tokio::task::spawn_blocking(move || core.join()).await;
         }
@@ -279,6 +280,30 @@ impl ServerA {
 impl Drop for ServerA {
     fn drop(&mut self) {
         self.forwarder.abort();
-        let _ = self.inputs.send(core::Input::Crash);
+        // When the queue is full the worker still stops: it sees every
+        // sender gone once it has emptied the queue.
+        let _ = self.inputs.try_send(core::Input::Crash);
+    }
+}
+
+/// Messages between the link and the worker thread: with the link's own
+/// bounded queue, what bounds the memory a flood can take in this server.
+pub const INPUT_QUEUE: usize = 32;
+
+/// Hands `input` to the worker, waiting while its queue is full (which
+/// stops the link reading from the broker).
+async fn forward(
+    to_core: &std::sync::mpsc::SyncSender<core::Input>,
+    mut input: core::Input,
+) -> Result<(), ()> {
+    loop {
+        match to_core.try_send(input) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                input = back;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
+        }
     }
 }

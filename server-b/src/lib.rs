@@ -122,7 +122,7 @@ impl Stats {
 pub struct ServerB {
     link: Option<Link>,
     core: Option<std::thread::JoinHandle<()>>,
-    inputs: std::sync::mpsc::Sender<core::Input>,
+    inputs: std::sync::mpsc::SyncSender<core::Input>,
     forwarder: tokio::task::JoinHandle<()>,
     stats: Arc<Stats>,
 }
@@ -137,7 +137,7 @@ impl ServerB {
     ) -> Result<ServerB, ServerBError> {
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
-        let (inputs, rx) = std::sync::mpsc::channel();
+        let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
         let mut link = Link::start(&options.mqtt)?;
         let handle = link.handle.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -167,8 +167,7 @@ impl ServerB {
                 )));
             }
         }
-        let mut events =
-            std::mem::replace(&mut link.events, tokio::sync::mpsc::unbounded_channel().1);
+        let mut events = std::mem::replace(&mut link.events, tokio::sync::mpsc::channel(1).1);
         let to_core = inputs.clone();
         let forwarder = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -179,7 +178,7 @@ impl ServerB {
                     | LinkEvent::Subscribed { .. }
                     | LinkEvent::Confirmed(_) => continue,
                 };
-                if to_core.send(input).is_err() {
+                if forward(&to_core, input).await.is_err() {
                     return;
                 }
             }
@@ -217,7 +216,9 @@ impl ServerB {
 
     async fn stop(&mut self, how: core::Input) {
         self.forwarder.abort();
-        let _ = self.inputs.send(how);
+        let inputs = self.inputs.clone();
+        // The queue may be full; the worker empties it.
+        let _ = tokio::task::spawn_blocking(move || inputs.send(how).is_ok()).await;
         if let Some(core) = self.core.take() {
             let _ = tokio::task::spawn_blocking(move || core.join()).await;
         }
@@ -227,6 +228,30 @@ impl ServerB {
 impl Drop for ServerB {
     fn drop(&mut self) {
         self.forwarder.abort();
-        let _ = self.inputs.send(core::Input::Crash);
+        // When the queue is full the worker still stops: it sees every
+        // sender gone once it has emptied the queue.
+        let _ = self.inputs.try_send(core::Input::Crash);
+    }
+}
+
+/// Messages between the link and the worker thread: with the link's own
+/// bounded queue, what bounds the memory a flood can take in this server.
+pub const INPUT_QUEUE: usize = 32;
+
+/// Hands `input` to the worker, waiting while its queue is full (which
+/// stops the link reading from the broker).
+async fn forward(
+    to_core: &std::sync::mpsc::SyncSender<core::Input>,
+    mut input: core::Input,
+) -> Result<(), ()> {
+    loop {
+        match to_core.try_send(input) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                input = back;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
+        }
     }
 }
