@@ -50,14 +50,12 @@ fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
         // discrete logarithms of short fixed-base exponents to strip the
         // re-randomization. One background thread; each value is a full
         // exponentiation, made while A waits for frames.
-        NoiseSource::Pool => {
-            Noise::Pool(NoisePool::new(
-                PoolFiller::Public(b_key.clone()),
-                1024,
-                1,
-                rand::random(),
-            ))
-        }
+        NoiseSource::Pool => Noise::Pool(NoisePool::new(
+            PoolFiller::Public(b_key.clone()),
+            1024,
+            1,
+            rand::random(),
+        )),
     }
 }
 
