@@ -34,6 +34,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use veil_model::{Model, Topology};
 use veil_paillier::{KeySize, SecretKey};
+use veil_protocol::node::{
+    AEvent, AOptions, BEvent, BOptions, Bytes, Input as NodeInput, Millis, Refusal, ServerANode,
+    ServerBNode, Transmit,
+};
 use veil_protocol::{
     Body, Device, DeviceConfig, DeviceSession, Envelope, PaillierPublic, PaillierSecret, Params,
     Peer, PublicOps, Seed, ServerA, ServerAConfig, ServerB, ServerBConfig, SessionId, topics,
@@ -327,9 +331,14 @@ pub struct Publish {
 /// A server's protocol logic, as its shell drives it.
 pub trait ServerRole: Send {
     fn filters(&self) -> Vec<&'static str>;
-    /// Handles a message; `Ok(None)` parks it for later (it came before
-    /// what it depends on). The flag says whether it is frame work.
-    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Option<(Vec<Publish>, bool)>>;
+    /// Whether a message is frame work (its CPU time counts as online);
+    /// asked outside the timed region.
+    fn is_online(&self, topic: &str, payload: &[u8]) -> bool;
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>>;
+    /// What went wrong without failing a step (refusals), for the report.
+    fn take_errors(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     fn has_offline_work(&self) -> bool {
         false
     }
@@ -434,7 +443,6 @@ fn serve<R: ServerRole>(
     stats: &ServerStats,
     traffic: &Mutex<Traffic>,
 ) -> Result<()> {
-    let mut parked: Vec<(String, Vec<u8>)> = Vec::new();
     let record_error = |e: anyhow::Error| {
         if let Ok(mut errors) = stats.errors.lock() {
             errors.push(format!("{e:#}"));
@@ -462,27 +470,22 @@ fn serve<R: ServerRole>(
         match link.poll(Duration::from_millis(wait))? {
             Polled::Message { topic, payload } => {
                 stats.busy.store(true, Ordering::SeqCst);
-                let mut queue = vec![(topic, payload)];
-                while let Some((topic, payload)) = queue.pop() {
-                    let before = group.total();
-                    let outcome = pool.install(|| role.on_message(&topic, &payload));
-                    let spent = group.total().saturating_sub(before);
-                    match outcome {
-                        Ok(Some((out, online))) => {
-                            let counter = if online {
-                                &stats.online_ns
-                            } else {
-                                &stats.offline_ns
-                            };
-                            counter.fetch_add(spent.as_nanos() as u64, Ordering::SeqCst);
-                            send(link, out)?;
-                            // Something new is known: parked messages may
-                            // now go through.
-                            queue.append(&mut parked);
-                        }
-                        Ok(None) => parked.push((topic, payload)),
-                        Err(e) => record_error(e.context(format!("handling a message on {topic}"))),
-                    }
+                let online = role.is_online(&topic, &payload);
+                let before = group.total();
+                let outcome = pool.install(|| role.on_message(&topic, &payload));
+                let spent = group.total().saturating_sub(before);
+                let counter = if online {
+                    &stats.online_ns
+                } else {
+                    &stats.offline_ns
+                };
+                counter.fetch_add(spent.as_nanos() as u64, Ordering::SeqCst);
+                match outcome {
+                    Ok(out) => send(link, out)?,
+                    Err(e) => record_error(e.context(format!("handling a message on {topic}"))),
+                }
+                for e in role.take_errors() {
+                    record_error(anyhow!(e));
                 }
                 stats.events.fetch_add(1, Ordering::SeqCst);
                 stats.busy.store(false, Ordering::SeqCst);
@@ -534,25 +537,9 @@ pub fn wait_quiet(servers: &[&ServerHandle]) -> Result<()> {
 // ---------------------------------------------------------------------------
 // veil's servers.
 
-struct VeilA {
-    a: ServerA<PaillierPublic>,
-    precompute_due: bool,
-}
-
-fn route(out: veil_protocol::Outgoing, from: Peer) -> Result<Publish> {
-    let payload = out.envelope.to_bytes()?;
-    let device = out.envelope.device.as_str();
-    let (topic, to_peer) = match (from, out.to) {
-        (_, Peer::Device) => (topics::result(device), false),
-        (Peer::ServerA, Peer::ServerB) => (topics::a_to_b(out.envelope.body.kind()), true),
-        (Peer::ServerB, Peer::ServerA) => (topics::b_to_a(B_WORKER), true),
-        (from, to) => bail!("no route from {from:?} to {to:?}"),
-    };
-    Ok(Publish {
-        topic,
-        payload,
-        to_peer,
-    })
+/// Milliseconds since the server started (the nodes' clock).
+fn millis_since(start: Instant) -> Millis {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn is_online(body: &Body) -> bool {
@@ -562,17 +549,76 @@ fn is_online(body: &Body) -> bool {
     )
 }
 
-/// The device named by a device topic must be the one in the message.
-fn check_topic(topic: &str, envelope: &Envelope) -> Result<()> {
-    match topics::device_of(topic) {
-        Some(d) if d != envelope.device => {
-            bail!(
-                "topic {topic} carries a message of device {}",
-                envelope.device
-            )
-        }
-        _ => Ok(()),
+/// A node's transmits as publishes (A↔B ones counted as peer traffic),
+/// and its refusals into `errors`: in the bench nothing is malformed or
+/// lost, so a refusal is a bug.
+fn publishes(
+    transmits: Vec<Transmit>,
+    refusals: Vec<Refusal>,
+    errors: &mut Vec<String>,
+) -> Vec<Publish> {
+    errors.extend(refusals.into_iter().map(|r| {
+        format!(
+            "{} from {} refused ({}): {}",
+            r.what, r.from, r.code, r.detail
+        )
+    }));
+    transmits
+        .into_iter()
+        .map(|t| Publish {
+            to_peer: t.topic == topics::a_to_b(B_WORKER) || t.topic == topics::b_to_a(B_WORKER),
+            topic: t.topic,
+            payload: t.payload,
+        })
+        .collect()
+}
+
+fn node_message(topic: &str, payload: &[u8]) -> NodeInput {
+    NodeInput::Message {
+        topic: topic.to_string(),
+        payload: Bytes::copy_from_slice(payload),
     }
+}
+
+/// Server A as its shell runs it: the node owns routing, the device-topic
+/// check, parking and ordering; the bench moves bytes and times them.
+struct VeilA {
+    node: ServerANode<PaillierPublic>,
+    precompute_due: bool,
+    started: Instant,
+    errors: Vec<String>,
+}
+
+impl VeilA {
+    fn drain(&mut self) -> Vec<Publish> {
+        let mut out = Vec::new();
+        loop {
+            let transmits: Vec<Transmit> =
+                std::iter::from_fn(|| self.node.poll_transmit()).collect();
+            let refusals = std::iter::from_fn(|| self.node.poll_event())
+                .filter_map(|e| match e {
+                    AEvent::Refused(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            let tokens: Vec<u64> = transmits.iter().filter_map(|t| t.confirm).collect();
+            out.extend(publishes(transmits, refusals, &mut self.errors));
+            if tokens.is_empty() {
+                return out;
+            }
+            // The broker is on loopback and nothing crashes: an output
+            // handed to the client counts as confirmed (which may start
+            // the session's next frame).
+            let now = millis_since(self.started);
+            for token in tokens {
+                self.node.handle(now, NodeInput::Confirmed(token));
+            }
+        }
+    }
+}
+
+fn envelope_is_online(payload: &[u8]) -> bool {
+    Envelope::from_bytes(payload).is_ok_and(|e| is_online(&e.body))
 }
 
 impl ServerRole for VeilA {
@@ -584,37 +630,42 @@ impl ServerRole for VeilA {
         ]
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Option<(Vec<Publish>, bool)>> {
-        let envelope = Envelope::from_bytes(payload)?;
-        check_topic(topic, &envelope)?;
-        let online = is_online(&envelope.body);
-        let out = self.a.handle(envelope)?;
+    fn is_online(&self, _topic: &str, payload: &[u8]) -> bool {
+        envelope_is_online(payload)
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>> {
+        self.node
+            .handle(millis_since(self.started), node_message(topic, payload));
         self.precompute_due = true;
-        let out = out
-            .into_iter()
-            .map(|o| route(o, Peer::ServerA))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some((out, online)))
+        Ok(self.drain())
     }
 
     fn has_offline_work(&self) -> bool {
-        self.precompute_due || self.a.has_offline_work()
+        self.precompute_due || self.node.has_work()
     }
 
     fn offline_step(&mut self) -> Result<Vec<Publish>> {
-        if self.a.has_offline_work() {
-            let out = self.a.offline_step()?;
-            return out.into_iter().map(|o| route(o, Peer::ServerA)).collect();
+        if self.node.has_work() {
+            self.node.work(millis_since(self.started));
+            return Ok(self.drain());
         }
-        self.a.backend().precompute();
+        self.node.machine().backend().precompute();
         self.precompute_due = false;
         Ok(Vec::new())
     }
+
+    fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.errors)
+    }
 }
 
+/// Server B as its shell runs it (see [`VeilA`]).
 struct VeilB {
-    b: ServerB<PaillierSecret>,
+    node: ServerBNode<PaillierSecret>,
     precompute_due: bool,
+    started: Instant,
+    errors: Vec<String>,
 }
 
 impl ServerRole for VeilB {
@@ -626,23 +677,22 @@ impl ServerRole for VeilB {
         ]
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Option<(Vec<Publish>, bool)>> {
-        let envelope = Envelope::from_bytes(payload)?;
-        check_topic(topic, &envelope)?;
-        let online = is_online(&envelope.body);
-        let out = match self.b.handle(envelope) {
-            Ok(out) => out,
-            // A's mask request can overtake the device's session message
-            // to B: keep it until the session arrives.
-            Err(veil_protocol::ProtocolError::UnknownSession(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+    fn is_online(&self, _topic: &str, payload: &[u8]) -> bool {
+        envelope_is_online(payload)
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>> {
+        self.node
+            .handle(millis_since(self.started), node_message(topic, payload));
         self.precompute_due = true;
-        let out = out
-            .into_iter()
-            .map(|o| route(o, Peer::ServerB))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some((out, online)))
+        let transmits = std::iter::from_fn(|| self.node.poll_transmit()).collect();
+        let refusals = std::iter::from_fn(|| self.node.poll_event())
+            .filter_map(|e| match e {
+                BEvent::Refused(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        Ok(publishes(transmits, refusals, &mut self.errors))
     }
 
     fn has_offline_work(&self) -> bool {
@@ -650,9 +700,13 @@ impl ServerRole for VeilB {
     }
 
     fn offline_step(&mut self) -> Result<Vec<Publish>> {
-        self.b.backend().precompute();
+        self.node.machine().backend().precompute();
         self.precompute_due = false;
         Ok(Vec::new())
+    }
+
+    fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.errors)
     }
 }
 
@@ -665,7 +719,11 @@ impl ServerRole for ConvA {
         vec![CONV_UP_FILTER]
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Option<(Vec<Publish>, bool)>> {
+    fn is_online(&self, _topic: &str, payload: &[u8]) -> bool {
+        ConvEnvelope::from_bytes(payload).is_ok_and(|e| matches!(e.body, ConvBody::Inputs { .. }))
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>> {
         let envelope = ConvEnvelope::from_bytes(payload)?;
         let owner = topic
             .strip_prefix("veil/v1/conv/")
@@ -676,7 +734,6 @@ impl ServerRole for ConvA {
                 envelope.device
             );
         }
-        let online = matches!(envelope.body, ConvBody::Inputs { .. });
         let out = match self.server.handle(envelope)? {
             Some(reply) => vec![Publish {
                 topic: conv_down(&reply.device),
@@ -685,7 +742,7 @@ impl ServerRole for ConvA {
             }],
             None => Vec::new(),
         };
-        Ok(Some((out, online)))
+        Ok(out)
     }
 }
 
@@ -871,8 +928,11 @@ pub fn run_veil(
             key: Arc::clone(&key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public_b.clone(), pooled_noise(&public_b, 1024)),
-        rand::random(),
+        PaillierPublic::new(
+            public_b.clone(),
+            pooled_noise(&public_b, 1024),
+            rand::random(),
+        ),
     )?;
     let b = ServerB::new(
         ServerBConfig {
@@ -880,7 +940,11 @@ pub fn run_veil(
             topology: Arc::clone(&topology),
             key: Arc::clone(&key_b),
         },
-        PaillierSecret::new(Arc::clone(&key_b), pooled_noise(&public_b, 16384)),
+        PaillierSecret::new(
+            Arc::clone(&key_b),
+            pooled_noise(&public_b, 16384),
+            rand::random(),
+        ),
     )?;
     let server_b = ServerHandle::spawn(
         broker,
@@ -888,8 +952,10 @@ pub fn run_veil(
         "server-b-bench",
         2,
         VeilB {
-            b,
+            node: ServerBNode::new(b, BOptions::default(), Vec::new()),
             precompute_due: true,
+            started: Instant::now(),
+            errors: Vec::new(),
         },
     )?;
     let server_a = ServerHandle::spawn(
@@ -898,8 +964,17 @@ pub fn run_veil(
         "server-a-bench",
         2,
         VeilA {
-            a,
+            node: ServerANode::new(
+                a,
+                AOptions {
+                    worker: B_WORKER.into(),
+                    ..AOptions::default()
+                },
+                Vec::new(),
+            ),
             precompute_due: true,
+            started: Instant::now(),
+            errors: Vec::new(),
         },
     )?;
     progress(quiet, "veil: servers up, filling their noise pools...");

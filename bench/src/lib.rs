@@ -84,13 +84,23 @@ pub fn fresh_keys() -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
 /// of `capacity` during idle time (the engine refills it offline).
 pub fn pooled_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
     let table = Arc::new(FixedBaseNoise::new(key, &mut rand::rng()));
-    Noise::Pool(NoisePool::new(PoolFiller::FixedBase(table), capacity, 0))
+    Noise::Pool(NoisePool::new(
+        PoolFiller::FixedBase(table),
+        capacity,
+        0,
+        rand::random(),
+    ))
 }
 
 /// A's noise as server A uses it by default: textbook `r^N` precomputed into
 /// a pool (refilled offline), since A re-randomizes for B, who holds the key.
 pub fn textbook_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
-    Noise::Pool(NoisePool::new(PoolFiller::Public(key.clone()), capacity, 0))
+    Noise::Pool(NoisePool::new(
+        PoolFiller::Public(key.clone()),
+        capacity,
+        0,
+        rand::random(),
+    ))
 }
 
 /// The three parties on the Paillier backend, in one process: A with pooled
@@ -134,8 +144,7 @@ pub fn paillier_engine_with(
             key: Arc::clone(key_a),
             rounding_key: Seed::random(&mut rng),
         },
-        PaillierPublic::new(public.clone(), a_noise),
-        [1; 32],
+        PaillierPublic::new(public.clone(), a_noise, [1; 32]),
     )?;
     let b = ServerB::new(
         ServerBConfig {
@@ -143,7 +152,7 @@ pub fn paillier_engine_with(
             topology,
             key: Arc::clone(key_b),
         },
-        PaillierSecret::new(Arc::clone(key_b), pooled_noise(&public, 16384)),
+        PaillierSecret::new(Arc::clone(key_b), pooled_noise(&public, 16384), [2; 32]),
     )?;
     let mut engine = Engine::new(device, a, b, [2; 32]);
     engine.set_cpu_clock(process_cpu_time);

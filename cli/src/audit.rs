@@ -126,7 +126,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     match args.run.backend {
         Backend::Plain => {
-            let a = ServerA::new(config_a, Plain::default(), seed)?;
+            let a = ServerA::new(config_a, Plain::default())?;
             let b = ServerB::new(config_b, Plain::default())?;
             audit.drive(Engine::new(device, a, b, seed), &args)
         }
@@ -135,8 +135,14 @@ pub fn run(args: Args) -> Result<()> {
             let public = key_b.public_key().clone();
             let a_noise = Noise::FixedBase(FixedBaseNoise::new(&public, &mut rng));
             let b_noise = Noise::FixedBase(FixedBaseNoise::new(&public, &mut rng));
-            let a = ServerA::new(config_a, PaillierPublic::new(public, a_noise), seed)?;
-            let b = ServerB::new(config_b, PaillierSecret::new(Arc::clone(&key_b), b_noise))?;
+            let a = ServerA::new(
+                config_a,
+                PaillierPublic::new(public, a_noise, rand::random()),
+            )?;
+            let b = ServerB::new(
+                config_b,
+                PaillierSecret::new(Arc::clone(&key_b), b_noise, rand::random()),
+            )?;
             audit.drive(Engine::new(device, a, b, seed), &args)
         }
     }

@@ -166,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
     rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
     match args.run.backend {
         Backend::Plain => {
-            let a = ServerA::new(config_a, Plain::default(), seed)?;
+            let a = ServerA::new(config_a, Plain::default())?;
             let b = ServerB::new(config_b, Plain::default())?;
             drive(
                 Engine::new(device, a, b, seed),
@@ -180,8 +180,14 @@ pub fn run(args: Args) -> Result<()> {
             let public = key_b.public_key().clone();
             let a_noise = Noise::FixedBase(FixedBaseNoise::new(&public, &mut rng));
             let b_noise = Noise::FixedBase(FixedBaseNoise::new(&public, &mut rng));
-            let a = ServerA::new(config_a, PaillierPublic::new(public, a_noise), seed)?;
-            let b = ServerB::new(config_b, PaillierSecret::new(key_b, b_noise))?;
+            let a = ServerA::new(
+                config_a,
+                PaillierPublic::new(public, a_noise, rand::random()),
+            )?;
+            let b = ServerB::new(
+                config_b,
+                PaillierSecret::new(key_b, b_noise, rand::random()),
+            )?;
             drive(
                 Engine::new(device, a, b, seed),
                 &model,

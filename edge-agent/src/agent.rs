@@ -1,101 +1,32 @@
 //! The agent as a library: start it, feed it frames, read its outputs.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, watch};
-use veil_link::MqttSettings;
 use veil_model::Topology;
 use veil_paillier::PublicKey;
-use veil_protocol::{
-    CounterReservation, Device, DeviceConfig, Params, ProtocolError, SessionId, topics,
-};
+use veil_protocol::node::{DeviceDurable, DeviceNode, DeviceOptions, OutboxEntry};
+use veil_protocol::{DeviceConfig, Params, SessionId, topics};
 
-use crate::state::{Disk, OutboxEntry, SessionsFile, now_ms};
+use crate::options::AgentOptions;
+use crate::shared::{Counters, Shared, StopMode};
+use crate::state::{Disk, now_ms};
 use crate::{AgentError, Output};
-
-/// The fingerprints (SHA-256, hex) the device trusts: both servers' keys
-/// and the model's public topology. Nothing else is accepted.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pins {
-    pub server_a: String,
-    pub server_b: String,
-    pub topology: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    /// The device id: its MQTT username and topic level.
-    pub device: String,
-    pub mqtt: MqttSettings,
-    /// Outbox, sessions, counter (owner-only).
-    pub state_dir: PathBuf,
-    /// The model to use, by name.
-    pub model: String,
-    pub pins: Pins,
-    /// A frame without a result after this long is sent again (and the
-    /// device asks B for its queued results).
-    pub resend_after: Duration,
-    /// A frame without a result after this long is given up.
-    pub frame_ttl: Duration,
-    /// Frame counters reserved per write of the counter mark.
-    pub counter_block: u64,
-    /// How long to wait for the servers' public keys and the topology on
-    /// the very first start (afterwards they are cached).
-    pub provision_timeout: Duration,
-}
-
-impl AgentOptions {
-    pub fn new(device: &str, mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> AgentOptions {
-        AgentOptions {
-            device: device.to_string(),
-            mqtt,
-            state_dir: state_dir.into(),
-            model: "pima-mlp".into(),
-            pins: Pins::default(),
-            resend_after: Duration::from_secs(30),
-            frame_ttl: Duration::from_secs(24 * 3600),
-            counter_block: 64,
-            provision_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Traffic and outcome counters.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub captured: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub frame_bytes: AtomicU64,
-    pub resent: AtomicU64,
-    pub results: AtomicU64,
-    pub result_bytes: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub acks: AtomicU64,
-    pub ack_bytes: AtomicU64,
-    pub session_bytes: AtomicU64,
-    pub rejected: AtomicU64,
-    pub expired: AtomicU64,
-    pub connects: AtomicU64,
-}
 
 /// A copy of the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentStats {
     pub captured: u64,
-    /// Frames published (first time) and their payload bytes.
+    /// Frame publishes (first sends and resends) and their payload bytes.
     pub frames_sent: u64,
     pub frame_bytes: u64,
-    pub resent: u64,
     /// Results delivered to the application and their payload bytes.
     pub results: u64,
     pub result_bytes: u64,
-    /// Results received again and dropped.
-    pub duplicates: u64,
+    /// Acknowledgements and result requests (`Sync`) sent.
     pub acks: u64,
     pub ack_bytes: u64,
     /// Session messages (the only public-key work) and their bytes.
@@ -107,46 +38,12 @@ pub struct AgentStats {
     pub pending: u64,
 }
 
-pub(crate) struct Inner {
-    pub device: Device,
-    pub counter: CounterReservation,
-    pub inits: Option<(Vec<u8>, Vec<u8>)>,
-    /// Bumped whenever a new session's messages need publishing.
-    pub inits_version: u64,
-}
-
-pub(crate) struct Shared {
-    pub options: AgentOptions,
-    pub topology: Arc<Topology>,
-    pub inner: Mutex<Inner>,
-    pub disk: Disk,
-    pub counters: Counters,
-    pub notify: Notify,
-    /// Capture instants of this run's frames (for exact latencies).
-    pub captured_at: Mutex<HashMap<u64, Instant>>,
-}
-
-impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves nothing half-written that
-        // the next user could misread: state changes are persisted first.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// A running edge agent.
 pub struct EdgeAgent {
     shared: Arc<Shared>,
     outputs: Option<mpsc::UnboundedReceiver<Output>>,
     stop: watch::Sender<StopMode>,
     task: Option<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum StopMode {
-    Run,
-    Graceful,
-    Crash,
 }
 
 fn check_pin(what: &'static str, expected: &str, got: String) -> Result<(), AgentError> {
@@ -247,50 +144,52 @@ impl EdgeAgent {
         disk.prune_delivered(30 * 24 * 3600 * 1000);
         let public = provision(&options, &disk).await?;
         let topology = Arc::new(public.topology);
-        let params = Params::default();
-        let file = disk.load_sessions()?;
-        let mark = disk.load_counter()?;
-        let pending = disk.sessions_in_outbox();
-        // Every start opens a fresh session (at the first capture). A
-        // restored copy of this folder (a VM snapshot, an SD-card image)
-        // brings back an older counter mark: under the old session's seeds
-        // the counters above it would be used a second time, repeating
-        // their masks. Under new seeds a repeated counter is harmless.
-        // Sessions with frames waiting are kept for their results.
-        let sessions: Vec<_> = file
-            .sessions
-            .into_iter()
-            .filter(|s| pending.contains(&s.sid.0))
-            .collect();
-        let device = Device::restore(
-            DeviceConfig {
-                device: options.device.clone(),
-                params,
-                topology: Arc::clone(&topology),
-                server_a: public.a,
-                server_b: public.b,
-            },
-            sessions,
-            None,
-        )?;
-        let inits = None;
+        let disk_outbox = disk.outbox();
+        let durable = DeviceDurable {
+            sessions: disk.load_sessions()?.sessions,
+            counter_mark: disk.load_counter()?,
+            outbox: disk_outbox
+                .into_iter()
+                .map(|e| OutboxEntry {
+                    sid: SessionId(e.sid),
+                    t: e.t,
+                    envelope: e.envelope,
+                    captured: e.captured_ms,
+                    label: e.label,
+                })
+                .collect(),
+            settled: disk.settled(),
+        };
+        let config = DeviceConfig {
+            device: options.device.clone(),
+            params: Params::default(),
+            topology: Arc::clone(&topology),
+            server_a: public.a,
+            server_b: public.b,
+        };
+        let node_options = DeviceOptions {
+            resend_after: millis(options.resend_after),
+            frame_ttl: millis(options.frame_ttl),
+            counter_block: options.counter_block,
+            ..DeviceOptions::default()
+        };
+        // The device's session seeds: the shell draws them from the OS.
+        let mut seed = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+        let node = DeviceNode::restore(config, node_options, durable, seed)?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             topology,
-            inner: Mutex::new(Inner {
-                device,
-                counter: CounterReservation::recover(mark, options.counter_block),
-                inits,
-                inits_version: 1,
-            }),
+            node: Mutex::new(node),
             disk,
             counters: Counters::default(),
             notify: Notify::new(),
             captured_at: Mutex::new(HashMap::new()),
+            outputs: out_tx,
             options,
         });
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(StopMode::Run);
-        let task = crate::net::spawn(Arc::clone(&shared), out_tx, stop_rx)?;
+        let task = crate::net::spawn(Arc::clone(&shared), stop_rx)?;
         tracing::info!(
             device = %shared.options.device,
             pending = shared.disk.outbox_len(),
@@ -316,31 +215,15 @@ impl EdgeAgent {
     /// waits for the network: the frame goes out when the broker is there.
     pub fn capture(&self, features: &[f32], label: Option<String>) -> Result<u64, AgentError> {
         let x_hat = self.shared.topology.encode_input(features)?;
-        let mut inner = self.shared.lock();
-        if inner.device.needs_session() {
-            self.open_session(&mut inner)?;
-        }
-        let t = loop {
-            match inner.counter.take() {
-                Ok(t) => break t,
-                Err(ProtocolError::ReservationNeeded { mark }) => {
-                    self.shared.disk.save_counter(mark)?;
-                    inner.counter.confirm(mark);
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let t = {
+            let mut node = self.shared.lock();
+            let captured = node.capture(now_ms(), &x_hat, label);
+            // Written before the network task may send what depends on it.
+            let written = self.shared.apply_events(&mut node);
+            let (_, t) = captured?;
+            written?;
+            t
         };
-        let frame = inner.device.mask_frame(&x_hat, t)?;
-        let sid = frame.envelope.sid;
-        let envelope = frame.envelope.to_bytes()?;
-        drop(inner);
-        self.shared.disk.put_outbox(&OutboxEntry {
-            sid: sid.0,
-            t,
-            envelope,
-            captured_ms: now_ms(),
-            label,
-        })?;
         self.shared
             .captured_at
             .lock()
@@ -352,30 +235,6 @@ impl EdgeAgent {
             .fetch_add(1, Ordering::Relaxed);
         self.shared.notify.notify_one();
         Ok(t)
-    }
-
-    /// Draws a new session (two Paillier encryptions: the device's only
-    /// public-key work) and persists its secrets before any frame uses it.
-    fn open_session(&self, inner: &mut Inner) -> Result<(), AgentError> {
-        let first = inner.counter.peek();
-        let [to_a, to_b] = inner.device.open_session(first, &mut rand::rng())?;
-        let sid = to_a.envelope.sid;
-        let inits = (to_a.envelope.to_bytes()?, to_b.envelope.to_bytes()?);
-        let file = SessionsFile {
-            sessions: inner.device.sessions().cloned().collect(),
-            current: Some(sid),
-            inits: Some(inits.clone()),
-        };
-        if let Err(e) = self.shared.disk.save_sessions(&file) {
-            // Without its seeds on disk the session's results could be
-            // lost with a reboot: do not use it.
-            inner.device.forget_session(sid);
-            return Err(e);
-        }
-        tracing::info!(%sid, first, "session opened");
-        inner.inits = Some(inits);
-        inner.inits_version += 1;
-        Ok(())
     }
 
     /// The next output (result, refusal or expiry); `None` once stopped.
@@ -401,10 +260,8 @@ impl EdgeAgent {
             captured: get(&c.captured),
             frames_sent: get(&c.frames_sent),
             frame_bytes: get(&c.frame_bytes),
-            resent: get(&c.resent),
             results: get(&c.results),
             result_bytes: get(&c.result_bytes),
-            duplicates: get(&c.duplicates),
             acks: get(&c.acks),
             ack_bytes: get(&c.ack_bytes),
             session_bytes: get(&c.session_bytes),
@@ -417,7 +274,7 @@ impl EdgeAgent {
 
     /// The current session, if one is open.
     pub fn session(&self) -> Option<SessionId> {
-        self.shared.lock().device.current().map(|s| s.sid)
+        self.shared.session()
     }
 
     /// Disconnects cleanly; the outbox and sessions stay on disk.
@@ -435,6 +292,10 @@ impl EdgeAgent {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drop for EdgeAgent {

@@ -9,20 +9,26 @@
 //! frames can still be unmasked and no counter is ever used twice; every
 //! start opens a fresh session, so even a restored snapshot of the state
 //! folder never reuses a (seed, counter) pair), pinning
-//! the servers' keys and the model topology, and the MQTT side: reconnection
-//! with backoff, `Sync` on every (re)connection, acknowledgements, and
-//! de-duplication so that the application sees each result once. Capture
+//! the servers' keys and the model topology, and the MQTT side. Every
+//! delivery rule (resending, one frame publish in flight, `Sync` on every
+//! connection, session recovery, acknowledgements, de-duplication so that
+//! the application sees each result once) is the protocol's
+//! [`veil_protocol::node::DeviceNode`]; this crate moves its bytes, writes
+//! its events to disk and reads the clock. Capture
 //! never waits for the network.
 
 mod agent;
 mod net;
+mod options;
 mod output;
+mod shared;
 mod state;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use agent::{AgentOptions, AgentStats, EdgeAgent, Pins};
+pub use agent::{AgentStats, EdgeAgent};
+pub use options::{AgentOptions, Pins};
 pub use output::{FrameOutput, Output, decode_logits, predicted_class};
 
 use std::path::PathBuf;

@@ -180,10 +180,19 @@ impl Disk {
         self.outbox.len()
     }
 
-    pub fn was_delivered(&self, sid: SessionId, t: u64) -> bool {
+    /// Every settled frame with when it settled (for the node's
+    /// de-duplication of redelivered results).
+    pub fn settled(&self) -> Vec<(SessionId, u64, u64)> {
         self.delivered
-            .contains_key(delivered_key(sid, t))
-            .unwrap_or(false)
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let sid: [u8; 16] = k.get(..16)?.try_into().ok()?;
+                let t = u64::from_be_bytes(k.get(16..24)?.try_into().ok()?);
+                let at = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                Some((SessionId(sid), t, at))
+            })
+            .collect()
     }
 
     /// Records how frame `t` ended and drops it from the outbox, durably,
@@ -213,14 +222,6 @@ impl Disk {
                 let _ = self.delivered.remove(k);
             }
         }
-    }
-
-    /// Sessions that still have frames waiting.
-    pub fn sessions_in_outbox(&self) -> Vec<[u8; 16]> {
-        let mut sids: Vec<[u8; 16]> = self.outbox().iter().map(|e| e.sid).collect();
-        sids.sort_unstable();
-        sids.dedup();
-        sids
     }
 
     /// Public material pinned earlier, if present.

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let values: [i64; 4] = [0, 42, -42, i64::MAX];
     let table = FixedBaseNoise::new(&public, &mut rng);
-    let pool = NoisePool::new(PoolFiller::Secret(Arc::clone(&secret)), 8, 0);
+    let pool = NoisePool::new(PoolFiller::Secret(Arc::clone(&secret)), 8, 0, [1; 32]);
     pool.fill(8);
     let mut encrypted = Vec::new();
     for &v in &values {

@@ -181,6 +181,10 @@ pub struct NoisePool {
     shared: Arc<PoolShared>,
     filler: PoolFiller,
     workers: Vec<JoinHandle<()>>,
+    /// Seeds every generator the pool uses (its threads', a miss's, a
+    /// fill's), so that a seeded pool draws the same values. Boxed: a
+    /// generator is 300-odd bytes, and enums hold pools by value.
+    seeds: Box<Mutex<ChaCha20Rng>>,
 }
 
 /// Hit and miss counts of a pool.
@@ -194,8 +198,10 @@ pub struct PoolStats {
 impl NoisePool {
     /// Starts `threads` background fillers keeping up to `capacity` values
     /// ready. With `threads == 0` the pool only fills through
-    /// [`NoisePool::fill`].
-    pub fn new(filler: PoolFiller, capacity: usize, threads: usize) -> Self {
+    /// [`NoisePool::fill`]. `seed` drives all of its randomness: draw it
+    /// from the OS in a server, fix it in a test or a simulation.
+    pub fn new(filler: PoolFiller, capacity: usize, threads: usize, seed: [u8; 32]) -> Self {
+        let mut seeds = ChaCha20Rng::from_seed(seed);
         let shared = Arc::new(PoolShared {
             queue: Mutex::new(VecDeque::with_capacity(capacity)),
             wanted: Condvar::new(),
@@ -208,9 +214,10 @@ impl NoisePool {
         for index in 0..threads {
             let shared = Arc::clone(&shared);
             let filler = filler.clone();
+            let rng = ChaCha20Rng::from_rng(&mut seeds);
             let spawned = std::thread::Builder::new()
                 .name(format!("veil-noise-{index}"))
-                .spawn(move || fill_loop(&shared, &filler));
+                .spawn(move || fill_loop(&shared, &filler, rng));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => tracing::warn!(error = %e, "could not start a noise pool thread"),
@@ -220,7 +227,13 @@ impl NoisePool {
             shared,
             filler,
             workers,
+            seeds: Box::new(Mutex::new(seeds)),
         }
+    }
+
+    /// A generator of its own for one piece of work.
+    fn child_rng(&self) -> ChaCha20Rng {
+        ChaCha20Rng::from_rng(&mut *lock(&self.seeds))
     }
 
     /// Takes one noise value (computing it inline if the pool is empty).
@@ -234,8 +247,7 @@ impl NoisePool {
             }
             None => {
                 self.shared.misses.fetch_add(1, Ordering::Relaxed);
-                let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
-                self.filler.make(&mut rng)
+                self.filler.make(&mut self.child_rng())
             }
         }
     }
@@ -246,12 +258,12 @@ impl NoisePool {
         use rayon::prelude::*;
         let have = lock(&self.shared.queue).len();
         let want = count.min(self.shared.capacity).saturating_sub(have);
-        let values: Vec<Elem> = (0..want)
+        // Seeds drawn in order before the parallel part: the values do not
+        // depend on how rayon schedules it.
+        let rngs: Vec<ChaCha20Rng> = (0..want).map(|_| self.child_rng()).collect();
+        let values: Vec<Elem> = rngs
             .into_par_iter()
-            .map(|_| {
-                let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
-                self.filler.make(&mut rng).into_elem()
-            })
+            .map(|mut rng| self.filler.make(&mut rng).into_elem())
             .collect();
         lock(&self.shared.queue).extend(values);
     }
@@ -284,8 +296,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn fill_loop(shared: &PoolShared, filler: &PoolFiller) {
-    let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
+fn fill_loop(shared: &PoolShared, filler: &PoolFiller, mut rng: ChaCha20Rng) {
     loop {
         {
             let mut queue = lock(&shared.queue);

@@ -4,7 +4,9 @@
 
 use crate::error::{ProtocolError, Result};
 use ethnum::I256;
-use std::sync::Arc;
+use rand::rngs::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::sync::{Arc, Mutex};
 use veil_paillier::{
     BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PaillierError, PreparedBases, PublicKey,
     SecretKey, Signed,
@@ -81,11 +83,28 @@ pub enum Noise {
 pub struct PaillierPublic {
     key: PublicKey,
     noise: Noise,
+    /// Seeds the generator of each fresh noise value (fixed-base and
+    /// textbook noise are drawn on the spot).
+    seeds: Mutex<ChaCha20Rng>,
 }
 
 impl PaillierPublic {
-    pub fn new(key: PublicKey, noise: Noise) -> PaillierPublic {
-        PaillierPublic { key, noise }
+    /// `seed` drives all noise drawn on the spot: from the OS in a server,
+    /// fixed in tests and simulations (a pool has its own seed).
+    pub fn new(key: PublicKey, noise: Noise, seed: [u8; 32]) -> PaillierPublic {
+        PaillierPublic {
+            key,
+            noise,
+            seeds: Mutex::new(ChaCha20Rng::from_seed(seed)),
+        }
+    }
+
+    /// A generator of its own for one noise value, so that the lock is not
+    /// held through the exponentiation.
+    fn child_rng(&self) -> ChaCha20Rng {
+        // A panic while drawing a seed leaves the generator usable.
+        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        ChaCha20Rng::from_rng(&mut *seeds)
     }
 
     pub fn key(&self) -> &PublicKey {
@@ -95,8 +114,8 @@ impl PaillierPublic {
     fn fresh(&self) -> veil_paillier::Noise {
         match &self.noise {
             Noise::Pool(pool) => pool.take(),
-            Noise::FixedBase(table) => table.noise(&mut rand::rng()),
-            Noise::Textbook => self.key.fresh_noise(&mut rand::rng()),
+            Noise::FixedBase(table) => table.noise(&mut self.child_rng()),
+            Noise::Textbook => self.key.fresh_noise(&mut self.child_rng()),
         }
     }
 }
@@ -203,9 +222,9 @@ pub struct PaillierSecret {
 }
 
 impl PaillierSecret {
-    pub fn new(secret: Arc<SecretKey>, noise: Noise) -> PaillierSecret {
+    pub fn new(secret: Arc<SecretKey>, noise: Noise, seed: [u8; 32]) -> PaillierSecret {
         PaillierSecret {
-            public: PaillierPublic::new(secret.public_key().clone(), noise),
+            public: PaillierPublic::new(secret.public_key().clone(), noise, seed),
             secret,
         }
     }

@@ -125,10 +125,10 @@ pub struct ServerA<P: PublicOps> {
 }
 
 impl<P: PublicOps> ServerA<P> {
-    /// `_rng_seed` is no longer drawn from: every perturbation is keyed by
+    /// Takes no randomness: every perturbation is keyed by
     /// `cfg.rounding_key`, which all of A's workers share, so that any
     /// worker retrying a frame repeats it exactly.
-    pub fn new(cfg: ServerAConfig, backend: P, _rng_seed: [u8; 32]) -> Result<ServerA<P>> {
+    pub fn new(cfg: ServerAConfig, backend: P) -> Result<ServerA<P>> {
         cfg.params.check(&cfg.topology)?;
         if !matches!(cfg.topology.stages.first(), Some(Stage::Linear(_))) {
             return Err(ProtocolError::Topology(

@@ -51,9 +51,12 @@ fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
         // re-randomization. One background thread; each value is a full
         // exponentiation, made while A waits for frames.
         // 8,192 values: more than one CNN frame sends to B (about 5,000).
-        NoiseSource::Pool => {
-            Noise::Pool(NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1))
-        }
+        NoiseSource::Pool => Noise::Pool(NoisePool::new(
+            PoolFiller::Public(b_key.clone()),
+            8192,
+            1,
+            rand::random(),
+        )),
     }
 }
 
@@ -72,7 +75,8 @@ impl Core {
             params,
         } = setup;
         let topology = Arc::new(model.topology().clone());
-        let backend = PaillierPublic::new(b_key.clone(), noise_for(&options, &b_key));
+        let backend =
+            PaillierPublic::new(b_key.clone(), noise_for(&options, &b_key), rand::random());
         let machine = ServerA::new(
             ServerAConfig {
                 params,
@@ -82,7 +86,6 @@ impl Core {
                 rounding_key: rounding_key(&key),
             },
             backend,
-            [0; 32],
         )?;
         let frames_filter = match &options.shared_group {
             Some(group) => format!("$share/{group}/{}", topics::filters::FRAMES),

@@ -40,6 +40,7 @@ fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
                 PoolFiller::Secret(Arc::clone(key)),
                 options.pool_capacity.max(16),
                 threads,
+                rand::random(),
             ))
         }
     }
@@ -59,7 +60,8 @@ impl Core {
         link: LinkHandle,
         stats: Arc<Stats>,
     ) -> Result<Core, ServerBError> {
-        let backend = PaillierSecret::new(Arc::clone(&key), noise_for(&options, &key));
+        let backend =
+            PaillierSecret::new(Arc::clone(&key), noise_for(&options, &key), rand::random());
         let machine = ServerB::new(
             ServerBConfig {
                 params,

@@ -4,7 +4,7 @@
 //! again, across restarts), parking of A's messages that overtake their
 //! session, and relaying A's refusals to devices.
 
-use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes};
+use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes, session_envelope};
 use crate::backend::SecretOps;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
 use crate::prf::SessionId;
@@ -337,21 +337,13 @@ impl<S: SecretOps> ServerBNode<S> {
     }
 
     fn on_session(&mut self, now: Millis, device: &str, payload: super::Bytes) {
-        let Some(env) = self.device_message("session", device, &payload) else {
-            return;
+        let env = match session_envelope(device, &payload) {
+            Ok(env) => env,
+            Err((sid, t, code, detail)) => {
+                self.refuse_device("session", device, sid, t, code, detail);
+                return;
+            }
         };
-        if !matches!(env.body, Body::SessionInit(_)) {
-            let detail = format!("{} on the session topic", env.body.kind());
-            self.refuse_device(
-                "session",
-                device,
-                env.sid,
-                env.t,
-                RejectCode::Malformed,
-                detail,
-            );
-            return;
-        }
         let (sid, t) = (env.sid, env.t);
         match self.machine.handle(env) {
             Ok(_) => {

@@ -116,3 +116,17 @@ fn device_envelope(
         Err(e) => Err((SessionId([0; 16]), 0, e.code(), e.to_string())),
     }
 }
+
+/// A device's session message, checked as [`device_envelope`] does and
+/// refused as malformed if it carries anything but a session.
+fn session_envelope(
+    device: &str,
+    payload: &[u8],
+) -> Result<Envelope, (SessionId, u64, RejectCode, String)> {
+    let env = device_envelope(device, payload)?;
+    if matches!(env.body, Body::SessionInit(_)) {
+        return Ok(env);
+    }
+    let detail = format!("{} on the session topic", env.body.kind());
+    Err((env.sid, env.t, RejectCode::Malformed, detail))
+}

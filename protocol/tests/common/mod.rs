@@ -100,7 +100,7 @@ pub fn plain_engine(model: &Model, params: &Params, seed: u8) -> Engine<Plain, P
     let (ka, kb) = keys();
     let device = device_for(model, params, &ka, &kb);
     let (ca, cb) = configs(model, params, ka, kb);
-    let a = ServerA::new(ca, Plain::default(), [seed; 32]).expect("server A");
+    let a = ServerA::new(ca, Plain::default()).expect("server A");
     let b = ServerB::new(cb, Plain::default()).expect("server B");
     Engine::new(device, a, b, [seed.wrapping_add(1); 32])
 }
@@ -112,13 +112,13 @@ pub fn paillier_engine(
 ) -> Engine<PaillierPublic, PaillierSecret> {
     let (ka, kb) = keys();
     let device = device_for(model, params, &ka, &kb);
-    let mut rng = rand::rng();
+    let mut rng = <rand::rngs::ChaCha20Rng as rand_core::SeedableRng>::from_seed([seed; 32]);
     let a_noise = Noise::FixedBase(FixedBaseNoise::new(kb.public_key(), &mut rng));
     let b_noise = Noise::FixedBase(FixedBaseNoise::new(kb.public_key(), &mut rng));
-    let a_backend = PaillierPublic::new(kb.public_key().clone(), a_noise);
-    let b_backend = PaillierSecret::new(Arc::clone(&kb), b_noise);
+    let a_backend = PaillierPublic::new(kb.public_key().clone(), a_noise, [seed; 32]);
+    let b_backend = PaillierSecret::new(Arc::clone(&kb), b_noise, [seed.wrapping_add(1); 32]);
     let (ca, cb) = configs(model, params, ka, kb);
-    let a = ServerA::new(ca, a_backend, [seed; 32]).expect("server A");
+    let a = ServerA::new(ca, a_backend).expect("server A");
     let b = ServerB::new(cb, b_backend).expect("server B");
     Engine::new(device, a, b, [seed.wrapping_add(1); 32])
 }

@@ -1,0 +1,153 @@
+//! What comes back to the device: results (opened and delivered once,
+//! then acknowledged) and refusals (an unknown session or a completed
+//! frame is recovered from before a refusal is final).
+
+use super::{DeviceEvent, DeviceNode, Settled};
+use crate::messages::{Body, Envelope, RejectCode};
+use crate::node::{Millis, Transmit};
+use crate::prf::SessionId;
+use crate::topics;
+
+impl DeviceNode {
+    /// A server does not know the session of a waiting frame (its session
+    /// message was lost, or overtaken for longer than the server waits):
+    /// send the session messages again, then the frame. Whether it did.
+    pub(super) fn recover_session(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        if !self.republish_session(now, sid) {
+            return false;
+        }
+        self.sent.remove(&(sid, t));
+        self.send_new(now);
+        self.ignored(sid, t, "unknown session: its messages sent again".into());
+        true
+    }
+
+    /// Publishes a held session's messages again (retained), at most once
+    /// per half resend period. Whether the session is held.
+    pub(super) fn republish_session(&mut self, now: Millis, sid: SessionId) -> bool {
+        if let Some(at) = self.republished.get(&sid)
+            && now < at.saturating_add(self.options.resend_after / 2)
+        {
+            return true;
+        }
+        let Ok([to_a, to_b]) = self.device.session_messages(sid, &mut self.rng) else {
+            return false;
+        };
+        let (Ok(to_a), Ok(to_b)) = (to_a.envelope.to_bytes(), to_b.envelope.to_bytes()) else {
+            return false;
+        };
+        self.republished.insert(sid, now);
+        let device = self.device.config().device.clone();
+        for (server, bytes) in [('a', to_a), ('b', to_b)] {
+            let mut publish = Transmit::new(topics::session(&device, server), bytes);
+            publish.retain = true;
+            self.transmits.push_back(publish);
+        }
+        true
+    }
+
+    /// A says the frame was processed, and B had no result to send in
+    /// its place: the result may still be on its way to B (the refusal
+    /// overtook it), so ask B again on the next resends before giving up.
+    /// Whether the frame stays waiting.
+    pub(super) fn await_completed(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
+        let tries = self.recoveries.entry((sid, t)).or_insert(0);
+        if *tries >= self.options.session_recoveries {
+            return false;
+        }
+        *tries += 1;
+        self.sync(now);
+        self.ignored(sid, t, "processed already: asking B for the result".into());
+        true
+    }
+
+    pub(super) fn ack(&mut self, sid: SessionId, t: u64) {
+        let ack = self.device.ack(sid, t);
+        if let Ok(bytes) = ack.envelope.to_bytes() {
+            let topic = topics::ack(&self.device.config().device);
+            self.transmits.push_back(Transmit::new(topic, bytes));
+        }
+    }
+
+    pub(super) fn on_result(&mut self, now: Millis, payload: &[u8]) {
+        let env = match Envelope::from_bytes(payload) {
+            Ok(env) if env.device == self.device.config().device => env,
+            Ok(env) => {
+                let why = format!("result addressed to device {:?}", env.device);
+                self.ignored(env.sid, env.t, why);
+                return;
+            }
+            Err(e) => {
+                self.ignored(SessionId([0; 16]), 0, e.to_string());
+                return;
+            }
+        };
+        let (sid, t) = (env.sid, env.t);
+        if let Body::Reject { code, detail } = env.body {
+            let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
+                // B could not serve A for a session it never got: A's
+                // message names a counter, not necessarily a frame.
+                if code == RejectCode::UnknownSession {
+                    self.republish_session(now, sid);
+                }
+                self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
+                return;
+            };
+            if code == RejectCode::UnknownSession && self.recover_session(now, sid, t) {
+                return;
+            }
+            if code == RejectCode::Completed && self.await_completed(now, sid, t) {
+                return;
+            }
+            self.settle(now, sid, t, Settled::Rejected);
+            self.events.push_back(DeviceEvent::Refused {
+                sid,
+                t,
+                code,
+                detail,
+                label: entry.label,
+            });
+            return;
+        }
+        if self.settled.contains_key(&(sid, t)) {
+            // Already handed over: B did not get the ack, or redelivered.
+            self.ack(sid, t);
+            self.ignored(sid, t, "duplicate result".into());
+            return;
+        }
+        let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
+            // Nothing waits for it (a stale copy of the state, or a frame
+            // given up): acknowledged so that B drops it.
+            self.ack(sid, t);
+            self.ignored(sid, t, "result of no waiting frame".into());
+            return;
+        };
+        match self.device.open_result(&env) {
+            Ok(opened) => {
+                self.settle(now, sid, t, Settled::Result);
+                self.events.push_back(DeviceEvent::Deliver {
+                    sid,
+                    t,
+                    values: opened.values,
+                    captured: entry.captured,
+                    label: entry.label,
+                    bytes: payload.len(),
+                });
+                self.ack(sid, t);
+            }
+            Err(e) => {
+                self.ack(sid, t);
+                self.ignored(sid, t, format!("cannot open a result: {e}"));
+            }
+        }
+    }
+
+    pub(super) fn ignored(&mut self, sid: SessionId, t: u64, why: String) {
+        self.events.push_back(DeviceEvent::Ignored { sid, t, why });
+    }
+}
