@@ -712,6 +712,26 @@ impl Driver {
     }
 }
 
+/// Messages between a server's link and its worker thread: with the link's
+/// own bounded queue, what bounds the memory a flood can take in a server.
+pub const WORKER_QUEUE: usize = 32;
+
+/// Hands `item` to a worker thread, waiting while its queue is full (which
+/// stops the link reading from the broker, and so pushes back on the
+/// sender). `Err` once the worker is gone.
+pub async fn hand_to_worker<T>(to: &std::sync::mpsc::SyncSender<T>, mut item: T) -> Result<(), ()> {
+    loop {
+        match to.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                item = back;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
+        }
+    }
+}
+
 /// Fetches the retained messages of `topics` (e.g. the servers' keys and a
 /// model's topology), waiting up to `timeout` for all of them. Connects
 /// with its own clean session so the caller's session is left alone.

@@ -178,7 +178,7 @@ impl ServerB {
                     | LinkEvent::Subscribed { .. }
                     | LinkEvent::Confirmed(_) => continue,
                 };
-                if forward(&to_core, input).await.is_err() {
+                if veil_link::hand_to_worker(&to_core, input).await.is_err() {
                     return;
                 }
             }
@@ -234,24 +234,5 @@ impl Drop for ServerB {
     }
 }
 
-/// Messages between the link and the worker thread: with the link's own
-/// bounded queue, what bounds the memory a flood can take in this server.
-pub const INPUT_QUEUE: usize = 32;
-
-/// Hands `input` to the worker, waiting while its queue is full (which
-/// stops the link reading from the broker).
-async fn forward(
-    to_core: &std::sync::mpsc::SyncSender<core::Input>,
-    mut input: core::Input,
-) -> Result<(), ()> {
-    loop {
-        match to_core.try_send(input) {
-            Ok(()) => return Ok(()),
-            Err(std::sync::mpsc::TrySendError::Full(back)) => {
-                input = back;
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
-        }
-    }
-}
+/// The worker's input queue (see [`veil_link::WORKER_QUEUE`]).
+pub const INPUT_QUEUE: usize = veil_link::WORKER_QUEUE;
