@@ -2,25 +2,11 @@
 //! crash found, plus seeds) replayed through the same entry points on
 //! stable.
 
-use std::path::Path;
+#[path = "../../fuzz/regressions.rs"]
+mod committed;
 
+use committed::replay;
 use veil_paillier::fuzzing;
-
-fn replay(target: &str, run: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/regressions")
-        .join(target);
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no inputs in {}", dir.display());
-    for path in paths {
-        eprintln!("{}", path.display());
-        run(&std::fs::read(&path).expect("readable input"));
-    }
-}
 
 #[test]
 fn public_keys() {

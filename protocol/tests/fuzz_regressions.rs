@@ -3,29 +3,15 @@
 //! stable, and a real run's traffic fed to them. With VEIL_FUZZ_SEEDS=<dir>
 //! set, the real run's messages are also written there as seed corpora.
 
+#[path = "../../fuzz/regressions.rs"]
+mod committed;
 mod common;
 
-use std::path::{Path, PathBuf};
+use committed::replay;
+use std::path::PathBuf;
 
 use common::{model, paillier_engine, plain_engine};
 use veil_protocol::{Body, Envelope, Params, fuzzing};
-
-fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/regressions")
-        .join(target);
-    let mut inputs: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.expect("directory entry").path();
-            let bytes = std::fs::read(&path).expect("readable input");
-            (path, bytes)
-        })
-        .collect();
-    inputs.sort();
-    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
-    inputs
-}
 
 #[test]
 fn committed_inputs_replay_without_panics() {
@@ -36,10 +22,7 @@ fn committed_inputs_replay_without_panics() {
         ("protocol_plain_ciphertext", fuzzing::plain_ciphertext),
     ];
     for (target, run) in targets {
-        for (path, bytes) in regressions(target) {
-            eprintln!("{}", path.display());
-            run(&bytes);
-        }
+        replay(target, run);
     }
 }
 
