@@ -260,7 +260,7 @@ async fn demo(args: Args) -> Result<()> {
             "serving on {addr}; agent configurations in {}",
             args.state_dir.display()
         );
-        veil_server_a::cli::wait_for_signal().await;
+        veil_shell::wait_for_stop().await;
         servers.a.shutdown().await;
         servers.b.shutdown().await;
         broker.shutdown().await;

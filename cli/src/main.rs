@@ -29,14 +29,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. "info" or "veil_protocol=debug".
-    #[arg(
-        long,
-        global = true,
-        env = "VEIL_LOG",
-        default_value = "warn,rumqttd=off"
-    )]
-    log: String,
+    #[command(flatten)]
+    log: veil_shell::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,12 +61,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let service = matches!(
+        cli.command,
+        Command::Broker(_) | Command::ServerA(_) | Command::ServerB(_) | Command::EdgeAgent(_)
+    );
+    cli.log.init(if service {
+        veil_shell::logging::SERVICE_FILTER
+    } else {
+        veil_shell::logging::TOOL_FILTER
+    });
     let outcome = match cli.command {
         Command::Audit(args) => audit::run(args),
         #[cfg(feature = "bench")]

@@ -35,7 +35,7 @@ pub fn broker(args: BrokerArgs) -> Result<()> {
             .await
             .context("starting the broker")?;
         eprintln!("veil broker listening on {}", broker.local_addr());
-        veil_server_a::cli::wait_for_signal().await;
+        veil_shell::wait_for_stop().await;
         broker.shutdown().await;
         Ok(())
     })

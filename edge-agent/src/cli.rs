@@ -278,7 +278,7 @@ pub async fn run(args: Args) -> Result<()> {
                 eprintln!("{} frames still without a result after {}s; they stay in the outbox", agent.pending(), args.wait_secs);
                 break;
             }
-            _ = wait_for_signal(), if !finite => break,
+            _ = veil_shell::wait_for_stop(), if !finite => break,
         }
     }
     match Arc::try_unwrap(agent) {
@@ -286,31 +286,6 @@ pub async fn run(args: Args) -> Result<()> {
         Err(_) => tracing::debug!("capture thread still holds the agent"),
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Logging for the stand-alone binary (to stderr: stdout carries results).
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

@@ -59,6 +59,13 @@ pub enum AgentError {
         expected: String,
         got: String,
     },
+    /// Both pins, or both servers' published keys, are one key: whoever
+    /// holds its secret half could unmask everything the device sends.
+    #[error(
+        "server A's and server B's keys are the same key (fingerprint {fingerprint}); \
+         refusing: the two servers must hold different keys"
+    )]
+    SameServerKeys { fingerprint: String },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the agent has stopped")]

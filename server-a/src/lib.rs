@@ -63,6 +63,14 @@ pub enum ServerAError {
     Thread(std::io::Error),
     #[error("invalid worker name {0:?} (letters, digits, '-', '_', '.')")]
     Worker(String),
+    /// A would encrypt under its own key: A's secret key and the key given
+    /// as B's are one key (a copied key file, or `b_key_file` pointing at
+    /// A's own public key), so A could decrypt what only B may.
+    #[error(
+        "server A's key and the key given as server B's are the same key \
+         (fingerprint {fingerprint}); each server needs its own (`veil keygen --role`)"
+    )]
+    SameKeys { fingerprint: String },
 }
 
 /// How the runtime behaves (everything but keys and model).
@@ -182,6 +190,11 @@ impl ServerA {
     pub async fn start(options: Options, setup: Setup) -> Result<ServerA, ServerAError> {
         veil_protocol::check_device_name(&options.worker)
             .map_err(|_| ServerAError::Worker(options.worker.clone()))?;
+        if setup.key.public_key().fingerprint_hex() == setup.b_key.fingerprint_hex() {
+            return Err(ServerAError::SameKeys {
+                fingerprint: setup.b_key.fingerprint_hex(),
+            });
+        }
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
         let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
