@@ -15,7 +15,10 @@ mod import;
 mod infer;
 mod keygen;
 mod load;
+mod provision;
 mod roles;
+mod share;
+mod topology;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -51,6 +54,8 @@ enum Command {
     Import(disabled::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
+    Topology(topology::Args),
+    Provision(provision::Args),
     Demo(demo::Args),
     Load(load::Args),
     Broker(roles::BrokerArgs),
@@ -82,6 +87,8 @@ fn main() -> ExitCode {
         Command::Import(_) => disabled::refuse("import", "onnx"),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Topology(args) => topology::run(args),
+        Command::Provision(args) => provision::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Load(args) => load::run(args),
         Command::Broker(args) => roles::broker(args),
