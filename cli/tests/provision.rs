@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn veil(args: &[&str], cwd: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+    Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(args)
         .current_dir(cwd)
         .env_remove("VEIL_SHARE_DIR")
         .output()
-        .expect("veil runs");
-    out
+        .expect("veil runs")
 }
 
 fn repo() -> PathBuf {
