@@ -404,6 +404,8 @@ impl Link {
                 backlog: VecDeque::new(),
                 connected: false,
                 generation: 0,
+                lost_at: None,
+                failed_attempts: 0,
                 filters: Vec::new(),
                 assign: VecDeque::new(),
                 by_pkid: HashMap::new(),
@@ -503,6 +505,11 @@ struct Driver {
     /// Bumped on every connection, so that acknowledgements of messages of
     /// an earlier connection are not sent on a later one.
     generation: u64,
+    /// When the last connection was lost, and the attempts failed since:
+    /// an operator reads "lost", then a line every 10 failed attempts, then
+    /// "reconnected after …" instead of silence.
+    lost_at: Option<std::time::Instant>,
+    failed_attempts: u32,
     filters: Vec<String>,
     /// Token of each publish handed to rumqttc whose packet id is not yet
     /// known, in order (rumqttc reports packet ids in the same order).
@@ -560,9 +567,18 @@ impl Driver {
                     None => return,
                     Some(Raw::Error(error)) => {
                         if self.connected {
-                            tracing::info!(%error, "MQTT connection lost");
+                            tracing::warn!(%error, "MQTT connection lost; reconnecting");
+                            self.lost_at = Some(std::time::Instant::now());
+                            self.failed_attempts = 0;
                         } else {
-                            tracing::debug!(%error, "MQTT connection attempt failed");
+                            self.failed_attempts += 1;
+                            if self.failed_attempts.is_multiple_of(10)
+                                || (self.generation == 0 && self.failed_attempts == 1)
+                            {
+                                tracing::warn!(%error, attempts = self.failed_attempts, "MQTT still not connected");
+                            } else {
+                                tracing::debug!(%error, "MQTT connection attempt failed");
+                            }
                         }
                         self.connected = false;
                         self.emit(LinkEvent::Disconnected { error });
@@ -587,6 +603,19 @@ impl Driver {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.connected = true;
                 self.generation += 1;
+                match self.lost_at.take() {
+                    Some(lost) => tracing::info!(
+                        after_ms = lost.elapsed().as_millis() as u64,
+                        failed_attempts = self.failed_attempts,
+                        session_present = ack.session_present,
+                        "MQTT reconnected"
+                    ),
+                    None if self.failed_attempts == 0 => tracing::info!("MQTT connected"),
+                    None => {
+                        tracing::info!(failed_attempts = self.failed_attempts, "MQTT connected")
+                    }
+                }
+                self.failed_attempts = 0;
                 // Requests from the last connection (acks, subscriptions)
                 // would be wrong on this one.
                 self.backlog
