@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use veil_link::MqttSettings;
 
-use crate::{AgentOptions, EdgeAgent, Pins};
+use crate::input::{Refusal, parse_line, read_csv};
+use crate::{AgentOptions, EdgeAgent, Output, Pins};
 
 /// Run the edge agent: mask frames, send them to server A, print results.
 #[derive(clap::Args, Debug)]
@@ -115,82 +116,6 @@ pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
     Ok(options)
 }
 
-/// A parsed input line: features and an optional label.
-pub type Row = (Vec<f32>, Option<String>);
-
-/// Parses one stdin line (comma- or space-separated numbers, or a JSON
-/// array); blank lines and `#` comments give `None`.
-pub fn parse_line(line: &str) -> Result<Option<Vec<f32>>> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
-    }
-    if line.starts_with('[') {
-        let values: Vec<f32> = serde_json::from_str(line).context("not a JSON array of numbers")?;
-        return Ok(Some(values));
-    }
-    line.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<f32>()
-                .with_context(|| format!("{s:?} is not a number"))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// Reads a CSV file with a header: the label column (if any) apart, every
-/// column must be numeric.
-pub fn read_csv(path: &Path, label_column: Option<&str>) -> Result<Vec<Row>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .context("empty CSV file")?
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let label = match label_column {
-        Some(name) => Some(
-            header
-                .iter()
-                .position(|h| h == name)
-                .with_context(|| format!("no column {name:?} in the header"))?,
-        ),
-        None => ["label", "type", "class", "y"]
-            .iter()
-            .find_map(|n| header.iter().position(|h| h.eq_ignore_ascii_case(n))),
-    };
-    let mut rows = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != header.len() {
-            bail!(
-                "row {}: {} fields, the header has {}",
-                i + 1,
-                fields.len(),
-                header.len()
-            );
-        }
-        let mut features = Vec::with_capacity(fields.len());
-        let mut tag = None;
-        for (c, field) in fields.iter().enumerate() {
-            if Some(c) == label {
-                tag = Some(field.to_string());
-            } else {
-                features.push(
-                    field
-                        .parse::<f32>()
-                        .with_context(|| format!("row {}: {field:?} is not a number", i + 1))?,
-                );
-            }
-        }
-        rows.push((features, tag));
-    }
-    Ok(rows)
-}
-
 /// Runs the agent from the command line.
 pub async fn run(args: Args) -> Result<()> {
     let options = load_options(args.config.as_deref())?;
@@ -209,6 +134,8 @@ pub async fn run(args: Args) -> Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let agent = Arc::new(agent);
+    // Rows refused before they became frames, for the output.
+    let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Refusal>();
     // Capture runs on its own thread: reading stdin blocks, and capture
     // never waits for the network anyway.
     let feeder = {
@@ -219,27 +146,40 @@ pub async fn run(args: Args) -> Result<()> {
         let interval = Duration::from_millis(args.interval_ms);
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut count = 0;
-            let mut feed = |features: &[f32], label: Option<String>| -> Result<()> {
-                match agent.capture(features, label) {
-                    Ok(_) => count += 1,
-                    Err(e) => eprintln!("frame refused at capture: {e}"),
-                }
-                if !interval.is_zero() {
-                    std::thread::sleep(interval);
-                }
-                Ok(())
+            let refuse = |refusal: Refusal| {
+                let _ = refusals_tx.send(refusal);
             };
+            let mut feed =
+                |row: usize, columns: &[String], features: &[f32], label: Option<String>| {
+                    match agent.capture(features, label.clone()) {
+                        Ok(_) => count += 1,
+                        Err(e) => refuse(Refusal::from_capture(row, columns, label, &e)),
+                    }
+                    if !interval.is_zero() {
+                        std::thread::sleep(interval);
+                    }
+                };
             if let Some(path) = csv {
-                for (features, label) in read_csv(&path, label_column.as_deref())? {
-                    feed(&features, label)?;
+                let table = read_csv(&path, label_column.as_deref())?;
+                for (i, row) in table.rows.into_iter().enumerate() {
+                    match row {
+                        Ok((features, label)) => feed(i + 1, &table.columns, &features, label),
+                        Err(refusal) => refuse(refusal),
+                    }
                 }
             } else if stdin {
-                for line in std::io::stdin().lock().lines() {
+                for (i, line) in std::io::stdin().lock().lines().enumerate() {
                     let line = line.context("reading stdin")?;
                     match parse_line(&line) {
-                        Ok(Some(features)) => feed(&features, None)?,
+                        Ok(Some(features)) => feed(i + 1, &[], &features, None),
                         Ok(None) => {}
-                        Err(e) => eprintln!("skipping a line: {e:#}"),
+                        Err(e) => refuse(Refusal {
+                            kind: "refused-at-capture",
+                            row: i + 1,
+                            column: None,
+                            reason: format!("{e:#}"),
+                            label: None,
+                        }),
                     }
                 }
             }
@@ -251,8 +191,20 @@ pub async fn run(args: Args) -> Result<()> {
     let mut feeder = Some(feeder);
     let wait = Duration::from_secs(args.wait_secs);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut tally = Tally::default();
+    let stop = veil_shell::wait_for_stop();
+    tokio::pin!(stop);
+    let mut write = |line: String| -> Result<()> {
+        writeln!(sink, "{line}").context("writing output")?;
+        sink.flush().context("writing output")
+    };
     loop {
         if input_done && agent.pending() == 0 {
+            // Refusals the capture thread sent before it ended.
+            while let Ok(refusal) = refusals.try_recv() {
+                tally.refused_at_capture += 1;
+                write(refusal.to_json())?;
+            }
             break;
         }
         let sleep_until =
@@ -260,11 +212,15 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             out = outputs.recv() => match out {
                 Some(out) => {
-                    writeln!(sink, "{}", out.to_json()).context("writing output")?;
-                    sink.flush().context("writing output")?;
+                    tally.count(&out);
+                    write(out.to_json())?;
                 }
                 None => break,
             },
+            Some(refusal) = refusals.recv() => {
+                tally.refused_at_capture += 1;
+                write(refusal.to_json())?;
+            }
             done = async { feeder.as_mut().expect("guarded").await }, if feeder.is_some() => {
                 feeder = None;
                 let count = done.context("capture thread")??;
@@ -275,48 +231,59 @@ pub async fn run(args: Args) -> Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
-                eprintln!("{} frames still without a result after {}s; they stay in the outbox", agent.pending(), args.wait_secs);
+                tally.unanswered = agent.pending() as u64;
+                eprintln!("{} frames still without a result after {}s; they stay in the outbox", tally.unanswered, args.wait_secs);
                 break;
             }
-            _ = veil_shell::wait_for_stop(), if !finite => break,
+            // Every run stops cleanly on SIGINT/SIGTERM, a finite one too:
+            // frames not yet answered stay in the outbox for the next start.
+            _ = &mut stop => {
+                tracing::info!(pending = agent.pending(), "stopping");
+                break;
+            }
         }
     }
     match Arc::try_unwrap(agent) {
         Ok(agent) => agent.shutdown().await,
         Err(_) => tracing::debug!("capture thread still holds the agent"),
     }
+    if finite && tally.failed() > 0 {
+        bail!(
+            "{} of {} frames got no result: {} refused at capture, {} refused by a server, \
+             {} expired, {} unanswered (each has its line in the output)",
+            tally.failed(),
+            tally.failed() + tally.results,
+            tally.refused_at_capture,
+            tally.rejected,
+            tally.expired,
+            tally.unanswered
+        );
+    }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What became of a finite run's rows: the exit status fails when any row
+/// got no result, so a script notices without parsing the output.
+#[derive(Default)]
+struct Tally {
+    results: u64,
+    refused_at_capture: u64,
+    rejected: u64,
+    expired: u64,
+    unanswered: u64,
+}
 
-    #[test]
-    fn lines_parse_as_csv_spaces_or_json() {
-        assert_eq!(parse_line("1, 2.5,3").unwrap(), Some(vec![1.0, 2.5, 3.0]));
-        assert_eq!(parse_line("1 2 3").unwrap(), Some(vec![1.0, 2.0, 3.0]));
-        assert_eq!(parse_line("[1,2]").unwrap(), Some(vec![1.0, 2.0]));
-        assert_eq!(parse_line("  # comment").unwrap(), None);
-        assert!(parse_line("1,x").is_err());
+impl Tally {
+    fn count(&mut self, out: &Output) {
+        match out {
+            Output::Result(_) => self.results += 1,
+            Output::Rejected { .. } => self.rejected += 1,
+            Output::Expired { .. } => self.expired += 1,
+        }
     }
 
-    #[test]
-    fn csv_rows_keep_their_label_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.csv");
-        std::fs::write(&path, "a,b,type\n1,2,Yes\n3,4,No\n").unwrap();
-        let rows = read_csv(&path, None).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                (vec![1.0, 2.0], Some("Yes".into())),
-                (vec![3.0, 4.0], Some("No".into()))
-            ]
-        );
-        assert!(read_csv(&path, Some("missing")).is_err());
-        std::fs::write(&path, "a,b\n1\n").unwrap();
-        assert!(read_csv(&path, None).is_err());
+    fn failed(&self) -> u64 {
+        self.refused_at_capture + self.rejected + self.expired + self.unanswered
     }
 }
 

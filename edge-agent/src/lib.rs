@@ -26,6 +26,8 @@ mod state;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod input;
 
 pub use agent::{AgentStats, EdgeAgent};
 pub use options::{AgentOptions, Pins};
