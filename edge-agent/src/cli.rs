@@ -11,6 +11,7 @@ use serde::Deserialize;
 use veil_link::MqttSettings;
 
 use crate::input::{Refusal, parse_line, read_csv};
+use crate::local::{LocalBridge, LocalSettings, SensorRefusal};
 use crate::{AgentOptions, EdgeAgent, Output, Pins};
 
 /// Run the edge agent: mask frames, send them to server A, print results.
@@ -56,10 +57,17 @@ struct File {
     frame_ttl_secs: Option<u64>,
     counter_block: Option<u64>,
     provision_timeout_secs: Option<u64>,
+    /// The gateway's own broker (results out, sensor readings in).
+    local: Option<LocalSettings>,
 }
 
 /// The agent's options from its TOML file and the environment.
 pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
+    load_config(path).map(|(options, _)| options)
+}
+
+/// The agent's options and its `[local]` broker settings, if any.
+pub fn load_config(path: Option<&Path>) -> Result<(AgentOptions, Option<LocalSettings>)> {
     let (file, base) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -113,15 +121,29 @@ pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
     if let Some(s) = file.provision_timeout_secs {
         options.provision_timeout = Duration::from_secs(s.max(1));
     }
-    Ok(options)
+    let mut local = file.local;
+    if let Some(local) = &mut local
+        && let Some(p) = &mut local.mqtt.password_file
+        && p.is_relative()
+    {
+        *p = base.join(&*p);
+    }
+    Ok((options, local))
 }
 
 /// Runs the agent from the command line.
 pub async fn run(args: Args) -> Result<()> {
-    let options = load_options(args.config.as_deref())?;
+    let (options, local) = load_config(args.config.as_deref())?;
+    let device = options.device.clone();
     let mut agent = EdgeAgent::start(options)
         .await
         .context("starting the edge agent")?;
+    let mut local = match local {
+        Some(settings) => {
+            Some(LocalBridge::start(settings, &device).context("connecting to the local broker")?)
+        }
+        None => None,
+    };
     let mut outputs = agent.take_outputs().context("output stream")?;
     let mut sink: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
@@ -213,12 +235,33 @@ pub async fn run(args: Args) -> Result<()> {
             out = outputs.recv() => match out {
                 Some(out) => {
                     tally.count(&out);
+                    if let Some(local) = &local {
+                        local.publish(&out);
+                    }
                     write(out.to_json())?;
                 }
                 None => break,
             },
+            Some(frame) = async { local.as_mut().expect("guarded").next_frame().await }, if local.is_some() => {
+                let refusal = match frame {
+                    Ok((features, label)) => match agent.capture(&features, label) {
+                        Ok(_) => None,
+                        Err(e) => Some(SensorRefusal { topic: String::new(), reason: e.to_string() }),
+                    },
+                    Err(refusal) => Some(refusal),
+                };
+                if let Some(refusal) = refusal {
+                    tracing::warn!(topic = %refusal.topic, reason = %refusal.reason, "sensor reading refused");
+                    if let Some(local) = &local {
+                        local.publish_refusal(&refusal);
+                    }
+                }
+            }
             Some(refusal) = refusals.recv() => {
                 tally.refused_at_capture += 1;
+                if let Some(local) = &local {
+                    local.publish_line(refusal.to_json());
+                }
                 write(refusal.to_json())?;
             }
             done = async { feeder.as_mut().expect("guarded").await }, if feeder.is_some() => {
@@ -242,6 +285,9 @@ pub async fn run(args: Args) -> Result<()> {
                 break;
             }
         }
+    }
+    if let Some(local) = local.take() {
+        local.shutdown().await;
     }
     match Arc::try_unwrap(agent) {
         Ok(agent) => agent.shutdown().await,

@@ -18,6 +18,7 @@
 //! never waits for the network.
 
 mod agent;
+pub mod local;
 mod net;
 mod options;
 mod output;

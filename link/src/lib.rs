@@ -65,6 +65,19 @@ pub struct MqttSettings {
     pub backoff_max_ms: u64,
     /// QoS 1 publishes in flight before waiting for acknowledgements.
     pub inflight: u16,
+    /// What the broker publishes when the connection drops without a
+    /// DISCONNECT (availability topics). Set by code, not configuration.
+    #[serde(skip)]
+    pub last_will: Option<LastWill>,
+}
+
+/// A retained-or-not QoS 1 message the broker sends on the client's behalf
+/// once it loses the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastWill {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
 }
 
 impl Default for MqttSettings {
@@ -82,6 +95,7 @@ impl Default for MqttSettings {
             backoff_min_ms: 250,
             backoff_max_ms: 30_000,
             inflight: 100,
+            last_will: None,
         }
     }
 }
@@ -187,6 +201,14 @@ impl MqttSettings {
         options.set_clean_session(!self.persistent_session);
         options.set_manual_acks(true);
         options.set_inflight(self.inflight.max(1));
+        if let Some(will) = &self.last_will {
+            options.set_last_will(rumqttc::LastWill::new(
+                will.topic.clone(),
+                will.payload.clone(),
+                QoS::AtLeastOnce,
+                will.retain,
+            ));
+        }
         if let Some(user) = &self.username {
             let password = self.resolved_password()?;
             options.set_credentials(
