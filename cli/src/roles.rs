@@ -35,7 +35,10 @@ pub fn broker(args: BrokerArgs) -> Result<()> {
             .await
             .context("starting the broker")?;
         eprintln!("veil broker listening on {}", broker.local_addr());
+        veil_shell::notify::ready();
+        veil_shell::notify::spawn_watchdog();
         veil_shell::wait_for_stop().await;
+        veil_shell::notify::stopping();
         broker.shutdown().await;
         Ok(())
     })

@@ -43,6 +43,8 @@ pub struct Args {
     /// After the input ends, wait at most this long for pending results.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -156,6 +158,11 @@ pub async fn run(args: Args) -> Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let agent = Arc::new(agent);
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, Arc::clone(&agent)).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
     // Rows refused before they became frames, for the output.
     let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Refusal>();
     // Capture runs on its own thread: reading stdin blocks, and capture
@@ -305,6 +312,48 @@ pub async fn run(args: Args) -> Result<()> {
             tally.unanswered
         );
     }
+    Ok(())
+}
+
+/// The agent's statistics as Prometheus metrics (`veil_edge_agent_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("edge-agent");
+    let captured = metrics.counter("captured", "Frames captured and masked");
+    let frames_sent = metrics.counter("frames_sent", "Frame publishes, resends included");
+    let results = metrics.counter("results", "Results delivered to the application");
+    let rejected = metrics.counter("rejected", "Frames refused by a server");
+    let expired = metrics.counter("expired", "Frames given up without a result");
+    let connects = metrics.counter(
+        "connects",
+        "Connections to the broker, reconnections included",
+    );
+    let sent_bytes = metrics.counter("sent_bytes", "Payload bytes of frames, acks and sessions");
+    let pending = metrics.gauge("pending", "Frames waiting for their result");
+    metrics
+        .ready_flag()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .serve(addr)
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    let agent = Arc::downgrade(&agent);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            // The exporter must not keep the agent alive past its shutdown.
+            let Some(agent) = agent.upgrade() else { return };
+            let s = agent.stats();
+            captured.follow(s.captured);
+            frames_sent.follow(s.frames_sent);
+            results.follow(s.results);
+            rejected.follow(s.rejected);
+            expired.follow(s.expired);
+            connects.follow(s.connects);
+            sent_bytes.follow(s.frame_bytes + s.ack_bytes + s.session_bytes);
+            pending.set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+        }
+    });
     Ok(())
 }
 

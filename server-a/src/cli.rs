@@ -22,6 +22,8 @@ pub struct Args {
     /// (by default that refuses to start: a key others can read is shared).
     #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
     pub allow_open_key_file: bool,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 /// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
@@ -47,7 +49,13 @@ pub async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("starting server A")?;
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, server.stats_handle()).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
     veil_shell::wait_for_stop().await;
+    veil_shell::notify::stopping();
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())
@@ -80,4 +88,47 @@ async fn load_b_key(config: &Config) -> Result<PublicKey> {
         );
     }
     Ok(key)
+}
+
+/// Server A's statistics as Prometheus metrics (`veil_server_a_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("server-a");
+    let sessions = metrics.counter("sessions", "Device sessions accepted");
+    let frames = metrics.counter("frames", "Frames accepted");
+    let outputs = metrics.counter("outputs", "Frames whose output went to B");
+    let duplicates = metrics.counter("duplicates", "Duplicate frames dropped");
+    let retries = metrics.counter("retries", "Frames started over after B timed out");
+    let abandoned = metrics.counter("abandoned", "Frames given up after the last retry");
+    let rejected = metrics.counter("rejected", "Messages refused");
+    let replayed = metrics.counter("replayed", "Frames taken back up from the store at start");
+    let precomputed = metrics.counter("precomputed", "Mask sets precomputed offline");
+    let dropped = metrics.counter(
+        "dropped",
+        "Frames dropped unstored: their device had too many parked",
+    );
+    metrics
+        .ready_flag()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .serve(addr)
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let s = stats.snapshot();
+            sessions.follow(s.sessions);
+            frames.follow(s.frames);
+            outputs.follow(s.outputs);
+            duplicates.follow(s.duplicates);
+            retries.follow(s.retries);
+            abandoned.follow(s.abandoned);
+            rejected.follow(s.rejected);
+            replayed.follow(s.replayed);
+            precomputed.follow(s.precomputed);
+            dropped.follow(s.dropped);
+        }
+    });
+    Ok(())
 }

@@ -261,6 +261,11 @@ impl ServerA {
         self.stats.snapshot()
     }
 
+    /// The live statistics, for an exporter that reads them on its own.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Stops cleanly: the worker finishes the message in hand, the store
     /// is flushed, the MQTT session is closed.
     pub async fn shutdown(mut self) {

@@ -23,6 +23,8 @@ pub struct Args {
     /// (by default that refuses to start: a key others can read is shared).
     #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
     pub allow_open_key_file: bool,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 /// Loads the configuration, the key and the topology, runs until SIGINT or
@@ -43,7 +45,13 @@ pub async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("starting server B")?;
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, server.stats_handle()).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
     veil_shell::wait_for_stop().await;
+    veil_shell::notify::stopping();
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())
@@ -86,4 +94,38 @@ async fn load_topology(config: &Config) -> Result<Topology> {
         );
     }
     Ok(topology)
+}
+
+/// Server B's statistics as Prometheus metrics (`veil_server_b_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("server-b");
+    let sessions = metrics.counter("sessions", "Device sessions accepted");
+    let results = metrics.counter("results", "Results produced and queued");
+    let redelivered = metrics.counter("redelivered", "Results sent again on a device's Sync");
+    let acked = metrics.counter("acked", "Results acknowledged by their device");
+    let expired = metrics.counter("expired", "Results dropped unacknowledged after their TTL");
+    let rejected = metrics.counter("rejected", "Messages refused");
+    let queued = metrics.gauge("queued_results", "Results waiting for an acknowledgement");
+    metrics
+        .ready_flag()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .serve(addr)
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let s = stats.snapshot();
+            sessions.follow(s.sessions);
+            results.follow(s.results);
+            redelivered.follow(s.redelivered);
+            acked.follow(s.acked);
+            expired.follow(s.expired);
+            rejected.follow(s.rejected);
+            queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
+        }
+    });
+    Ok(())
 }

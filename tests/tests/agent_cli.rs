@@ -50,6 +50,7 @@ async fn bad_rows_are_refused_in_the_output_and_the_exit_status() {
         interval_ms: 0,
         output: Some(output.clone()),
         wait_secs: 60,
+        metrics: Default::default(),
     })
     .await;
     let error = outcome.expect_err("two rows got no result").to_string();

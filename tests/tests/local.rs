@@ -176,6 +176,7 @@ async fn results_reach_the_local_broker_and_never_the_remote_one() {
         interval_ms: 0,
         output: Some(dir.path().join("out.jsonl")),
         wait_secs: 60,
+        metrics: Default::default(),
     })
     .await
     .expect("three good rows, three results");
@@ -243,6 +244,10 @@ async fn sensor_readings_on_the_local_broker_become_frames() {
          features = [\"npreg\", \"glu\", \"bp\", \"skin\", \"bmi\", \"ped\", \"age\"]\n\
          assemble = \"latest\"\n",
     );
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
     let agent = tokio::spawn(run(Args {
         config: Some(config),
         csv: None,
@@ -251,6 +256,9 @@ async fn sensor_readings_on_the_local_broker_become_frames() {
         interval_ms: 0,
         output: Some(dir.path().join("out.jsonl")),
         wait_secs: 60,
+        metrics: veil_shell::MetricsArgs {
+            metrics_listen: Some(metrics_addr),
+        },
     }));
     // The agent is ready once it says it is online.
     gateway
@@ -317,6 +325,34 @@ async fn sensor_readings_on_the_local_broker_become_frames() {
             "a decoded result on the remote broker: {topic}"
         );
     }
+    // The agent's own metrics count the frame and its result (the
+    // exporter refreshes every second).
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = scrape(metrics_addr).await;
+        if page.contains("veil_edge_agent_results_total 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(page.contains("veil_edge_agent_results_total 1\n"), "{page}");
+    assert!(
+        page.contains("veil_edge_agent_captured_total 1\n"),
+        "{page}"
+    );
+    assert!(page.contains("veil_edge_agent_pending 0\n"), "{page}");
     agent.abort();
     servers.stop().await;
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.unwrap();
+    page
 }
