@@ -329,20 +329,13 @@ async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Res
     );
     let sent_bytes = metrics.counter("sent_bytes", "Payload bytes of frames, acks and sessions");
     let pending = metrics.gauge("pending", "Frames waiting for their result");
-    metrics
-        .ready_flag()
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .serve(addr)
-        .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
     let agent = Arc::downgrade(&agent);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
+    metrics
+        .serve_refreshed(addr, move || {
             // The exporter must not keep the agent alive past its shutdown.
-            let Some(agent) = agent.upgrade() else { return };
+            let Some(agent) = agent.upgrade() else {
+                return false;
+            };
             let s = agent.stats();
             captured.follow(s.captured);
             frames_sent.follow(s.frames_sent);
@@ -352,8 +345,10 @@ async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Res
             connects.follow(s.connects);
             sent_bytes.follow(s.frame_bytes + s.ack_bytes + s.session_bytes);
             pending.set(i64::try_from(s.pending).unwrap_or(i64::MAX));
-        }
-    });
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
     Ok(())
 }
 

@@ -107,16 +107,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
         "Frames dropped unstored: their device had too many parked",
     );
     metrics
-        .ready_flag()
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .serve(addr)
-        .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
+        .serve_refreshed(addr, move || {
             let s = stats.snapshot();
             sessions.follow(s.sessions);
             frames.follow(s.frames);
@@ -128,7 +119,9 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             replayed.follow(s.replayed);
             precomputed.follow(s.precomputed);
             dropped.follow(s.dropped);
-        }
-    });
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
     Ok(())
 }

@@ -107,16 +107,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
     let rejected = metrics.counter("rejected", "Messages refused");
     let queued = metrics.gauge("queued_results", "Results waiting for an acknowledgement");
     metrics
-        .ready_flag()
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .serve(addr)
-        .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
+        .serve_refreshed(addr, move || {
             let s = stats.snapshot();
             sessions.follow(s.sessions);
             results.follow(s.results);
@@ -125,7 +116,9 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             expired.follow(s.expired);
             rejected.follow(s.rejected);
             queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
-        }
-    });
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
     Ok(())
 }

@@ -88,6 +88,29 @@ impl Metrics {
         out
     }
 
+    /// Marks the role ready, binds `addr`, serves until the runtime ends,
+    /// and calls `refresh` every second to copy the role's own statistics
+    /// into the registered metrics; `refresh` returning false stops that.
+    pub async fn serve_refreshed(
+        self,
+        addr: SocketAddr,
+        mut refresh: impl FnMut() -> bool + Send + 'static,
+    ) -> std::io::Result<SocketAddr> {
+        self.ready.store(true, Ordering::Relaxed);
+        refresh();
+        let bound = self.serve(addr).await?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if !refresh() {
+                    return;
+                }
+            }
+        });
+        Ok(bound)
+    }
+
     /// Binds `addr` and serves until the runtime ends.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;

@@ -523,3 +523,42 @@ impl Drop for Raw {
         self.task.abort();
     }
 }
+
+/// Writes `edge-agent.toml` for `devA` on `model` against `remote` (the
+/// demo password), with `extra` appended (e.g. a `[local]` table); for
+/// tests that run the agent's command line.
+pub fn write_agent_config(
+    dir: &Path,
+    model: &str,
+    remote: SocketAddr,
+    pins: &Pins,
+    extra: &str,
+) -> PathBuf {
+    let path = dir.join("edge-agent.toml");
+    let text = format!(
+        "device = \"devA\"\nmodel = \"{model}\"\nstate_dir = \"agent\"\n\n[pins]\n\
+         server_a = \"{}\"\nserver_b = \"{}\"\ntopology = \"{}\"\n\n[mqtt]\n\
+         url = \"mqtt://{remote}\"\npassword = \"demo-devA\"\n\n{extra}",
+        pins.server_a, pins.server_b, pins.topology
+    );
+    std::fs::write(&path, text).expect("write the agent configuration");
+    path
+}
+
+/// The agent command line's arguments for a run without metrics.
+pub fn agent_args(
+    config: PathBuf,
+    csv: Option<PathBuf>,
+    output: PathBuf,
+) -> veil_edge_agent::cli::Args {
+    veil_edge_agent::cli::Args {
+        config: Some(config),
+        csv,
+        label_column: None,
+        stdin: false,
+        interval_ms: 0,
+        output: Some(output),
+        wait_secs: 60,
+        metrics: veil_shell::MetricsArgs::default(),
+    }
+}

@@ -4,7 +4,7 @@
 //! column, and the run's status says that rows went unanswered.
 
 use veil_e2e::*;
-use veil_edge_agent::cli::{Args, run};
+use veil_edge_agent::cli::run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_are_refused_in_the_output_and_the_exit_status() {
@@ -13,20 +13,7 @@ async fn bad_rows_are_refused_in_the_output_and_the_exit_status() {
     let mut servers = Servers::new(dir.path(), "pima-mlp", broker.local_addr());
     servers.start().await;
     let pins = servers.pins();
-    let config = dir.path().join("edge-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device = \"devA\"\nmodel = \"pima-mlp\"\nstate_dir = \"agent\"\n\n[pins]\n\
-             server_a = \"{}\"\nserver_b = \"{}\"\ntopology = \"{}\"\n\n[mqtt]\n\
-             url = \"mqtt://{}\"\npassword = \"demo-devA\"\n",
-            pins.server_a,
-            pins.server_b,
-            pins.topology,
-            broker.local_addr()
-        ),
-    )
-    .unwrap();
+    let config = write_agent_config(dir.path(), "pima-mlp", broker.local_addr(), &pins, "");
     let good: Vec<String> = std::fs::read_to_string(repo("data/pima-test.csv"))
         .unwrap()
         .lines()
@@ -42,17 +29,7 @@ async fn bad_rows_are_refused_in_the_output_and_the_exit_status() {
     lines.push(good[3].clone());
     std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
     let output = dir.path().join("out.jsonl");
-    let outcome = run(Args {
-        config: Some(config),
-        csv: Some(csv),
-        label_column: None,
-        stdin: false,
-        interval_ms: 0,
-        output: Some(output.clone()),
-        wait_secs: 60,
-        metrics: Default::default(),
-    })
-    .await;
+    let outcome = run(agent_args(config, Some(csv), output.clone())).await;
     let error = outcome.expect_err("two rows got no result").to_string();
     assert!(error.contains("2 of 5 frames"), "{error}");
     assert!(error.contains("2 refused at capture"), "{error}");

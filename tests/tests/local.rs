@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use veil_broker::{Broker, BrokerConfig, BrokerHandle, PasswordFile};
 use veil_e2e::*;
-use veil_edge_agent::cli::{Args, run};
+use veil_edge_agent::cli::run;
 use veil_link::{Link, LinkEvent, MqttSettings};
 
 /// The remote broker with the shipped ACL plus a `spy` account that reads
@@ -117,19 +117,10 @@ fn agent_config(
     pins: &veil_edge_agent::Pins,
     extra: &str,
 ) -> std::path::PathBuf {
-    let path = dir.join("edge-agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "device = \"devA\"\nmodel = \"pima-mlp\"\nstate_dir = \"agent\"\n\n[pins]\n\
-             server_a = \"{}\"\nserver_b = \"{}\"\ntopology = \"{}\"\n\n[mqtt]\n\
-             url = \"mqtt://{remote}\"\npassword = \"demo-devA\"\n\n[local]\n{extra}\n\
-             [local.mqtt]\nurl = \"mqtt://{local}\"\npersistent_session = false\n",
-            pins.server_a, pins.server_b, pins.topology
-        ),
-    )
-    .unwrap();
-    path
+    let local_table = format!(
+        "[local]\n{extra}\n[local.mqtt]\nurl = \"mqtt://{local}\"\npersistent_session = false\n"
+    );
+    write_agent_config(dir, "pima-mlp", remote, pins, &local_table)
 }
 
 fn is_decoded_result(payload: &[u8]) -> bool {
@@ -168,18 +159,9 @@ async fn results_reach_the_local_broker_and_never_the_remote_one() {
         .collect();
     let csv = dir.path().join("frames.csv");
     std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
-    run(Args {
-        config: Some(config),
-        csv: Some(csv),
-        label_column: None,
-        stdin: false,
-        interval_ms: 0,
-        output: Some(dir.path().join("out.jsonl")),
-        wait_secs: 60,
-        metrics: Default::default(),
-    })
-    .await
-    .expect("three good rows, three results");
+    run(agent_args(config, Some(csv), dir.path().join("out.jsonl")))
+        .await
+        .expect("three good rows, three results");
 
     let got = gateway
         .collect(|got| {
@@ -248,18 +230,9 @@ async fn sensor_readings_on_the_local_broker_become_frames() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let agent = tokio::spawn(run(Args {
-        config: Some(config),
-        csv: None,
-        label_column: None,
-        stdin: false,
-        interval_ms: 0,
-        output: Some(dir.path().join("out.jsonl")),
-        wait_secs: 60,
-        metrics: veil_shell::MetricsArgs {
-            metrics_listen: Some(metrics_addr),
-        },
-    }));
+    let mut args = agent_args(config, None, dir.path().join("out.jsonl"));
+    args.metrics.metrics_listen = Some(metrics_addr);
+    let agent = tokio::spawn(run(args));
     // The agent is ready once it says it is online.
     gateway
         .collect(|got| got.iter().any(|(_, p)| p == b"online"))
