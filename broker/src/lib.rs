@@ -139,6 +139,7 @@
 //! the same scenario.
 
 mod acl;
+mod cert;
 mod codec;
 mod config;
 mod counters;
@@ -162,10 +163,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 pub use acl::{AclError, AclFile, ClientAcl, Identity};
+pub use cert::{CertIdentityError, certificate_username};
 pub use config::{BrokerConfig, TlsListenerConfig};
 pub use counters::GateCounters;
 pub use error::BrokerError;
@@ -174,7 +175,7 @@ pub use passwd::{PasswordFile, PasswordFileError};
 pub use quota::PublishQuota;
 pub use topic::TopicError;
 
-use gate::Gate;
+use gate::{CertIdentity, Gate};
 use security::{Security, SecurityStore};
 use upstream::Upstream;
 
@@ -225,7 +226,12 @@ impl Broker {
                  (allowed only because the broker listens on loopback alone)"
             );
         }
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::listener)
+            .transpose()?
+            .map(Arc::new);
         let plain_listener = bind(config.listen).await?;
         let tls_listener = match &config.tls {
             Some(t) => Some(bind(t.listen).await?),
@@ -342,7 +348,7 @@ impl Drop for BrokerHandle {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::Listener>>,
     gate: Arc<Gate>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
@@ -381,18 +387,35 @@ async fn accept_loop(
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::Listener>>,
     gate: Arc<Gate>,
 ) {
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => gate::serve(stream, peer, gate).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(gate.connect_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => gate::serve(tls_stream, peer, gate).await,
-                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => info!(%peer, "TLS handshake timed out"),
-            }
+    let Some(tls) = tls else {
+        gate::serve(stream, peer, gate, CertIdentity::NotUsed).await;
+        return;
+    };
+    let accepted = tokio::time::timeout(gate.connect_timeout, tls.acceptor.accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            counters::Counters::bump(&gate.counters.tls_refused);
+            info!(%peer, error = %e, "TLS handshake failed");
+            return;
         }
-    }
+        Err(_) => {
+            counters::Counters::bump(&gate.counters.tls_refused);
+            info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = if tls.identity_from_certificate {
+        match tls::peer_username(&stream) {
+            Ok(user) => CertIdentity::User(user),
+            Err(e) => CertIdentity::Refused(e),
+        }
+    } else {
+        CertIdentity::NotUsed
+    };
+    gate::serve(stream, peer, gate, identity).await;
 }
