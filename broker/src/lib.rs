@@ -95,6 +95,36 @@
 //! `allow_remote_plaintext = true`; without an `acl_file` the broker warns
 //! loudly and refuses to start unless every listener is on loopback.
 //!
+//! # Client certificates
+//!
+//! The TLS listener can ask for client certificates, with Mosquitto's
+//! option names (`[tls]` in the config):
+//!
+//! - `client_ca`: PEM file of the CAs that sign client certificates. A
+//!   certificate that does not chain to them fails the handshake.
+//! - `require_certificate = true`: a client without a certificate fails
+//!   the handshake too.
+//! - `use_identity_as_username = true` (needs `require_certificate`): the
+//!   certificate's subject common name (CN) is the client's username. A
+//!   subject with no CN, several CNs, or a CN that is empty or holds `+`,
+//!   `#`, `/` or a control character is refused (CONNACK "not
+//!   authorized"): such names would widen `%u` ACL patterns.
+//!
+//! With `use_identity_as_username` the CONNECT's password is ignored (the
+//! password file is not consulted on that listener: the certificate is
+//! the credential, and devices need no password). Its username may be
+//! left out; if present it must equal the CN, or the connection is
+//! refused. Mosquitto silently replaces the username instead; refusing
+//! means a device set up with one identity and a certificate for another
+//! shows up in the log at once rather than acting as the certificate's
+//! user. The client-id rules, the ACL and the quotas then apply to the CN
+//! as to any username. The ownership rule still reads the password file:
+//! keep the servers in it (a certificate for `server` cannot take the id
+//! `server-a` while the user `server-a` is listed). The plain listener
+//! keeps password authentication. [`BrokerHandle::counters`] counts failed
+//! handshakes (`tls_refused`) and refused certificate users
+//! (`certificate_refused`).
+//!
 //! # Quotas
 //!
 //! Every username except those in `publish_quota.exempt` (veil's servers)

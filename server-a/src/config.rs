@@ -96,6 +96,8 @@ impl Config {
                     &mut c.b_key_file,
                     &mut c.mqtt.password_file,
                     &mut c.mqtt.ca_file,
+                    &mut c.mqtt.client_cert_file,
+                    &mut c.mqtt.client_key_file,
                 ]
                 .into_iter()
                 .flatten()
