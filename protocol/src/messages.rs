@@ -154,6 +154,11 @@ pub enum RejectCode {
     OutOfOrder,
     /// Refused for a reason the refusing party does not disclose.
     Refused,
+    /// The device opened more sessions within a minute than the server
+    /// accepts; refused before the seed is decrypted. The device's
+    /// frames under it come back as `UnknownSession` and recover once
+    /// the minute has passed.
+    TooManySessions,
 }
 
 impl RejectCode {
@@ -168,6 +173,7 @@ impl RejectCode {
             RejectCode::Completed => "completed",
             RejectCode::OutOfOrder => "out-of-order",
             RejectCode::Refused => "refused",
+            RejectCode::TooManySessions => "too-many-sessions",
         }
     }
 }

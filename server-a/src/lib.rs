@@ -42,6 +42,7 @@ use veil_link::{Link, LinkEvent, MqttSettings};
 use veil_model::CompiledModel;
 use veil_paillier::{NoiseSource, PublicKey, SecretKey};
 use veil_protocol::{Params, Seed};
+pub use veil_protocol::node::SessionLimits;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,9 @@ pub struct Options {
     /// How long a frame waits for its session message.
     pub park_timeout: Duration,
     pub noise: NoiseSource,
+    /// Sessions per device, their time to live, and how many a device may
+    /// open per minute.
+    pub sessions: SessionLimits,
 }
 
 impl Options {
@@ -95,6 +99,7 @@ impl Options {
             max_retries: 3,
             park_timeout: Duration::from_secs(60),
             noise: NoiseSource::Pool,
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -122,6 +127,10 @@ pub struct Stats {
     pub replayed: AtomicU64,
     pub precomputed: AtomicU64,
     pub dropped: AtomicU64,
+    pub sessions_retired: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_pruned: AtomicU64,
+    pub sessions_throttled: AtomicU64,
 }
 
 /// A plain copy of [`Stats`].
@@ -139,6 +148,14 @@ pub struct StatsSnapshot {
     pub precomputed: u64,
     /// Frames dropped unstored because their device had too many parked.
     pub dropped: u64,
+    /// Sessions retired by the per-device quota.
+    pub sessions_retired: u64,
+    /// Sessions forgotten after the session TTL unused.
+    pub sessions_expired: u64,
+    /// Stored sessions found dead at start, deleted without decrypting.
+    pub sessions_pruned: u64,
+    /// New sessions refused (`TooManySessions`): over the opening rate.
+    pub sessions_throttled: u64,
 }
 
 impl Stats {
@@ -155,6 +172,10 @@ impl Stats {
             replayed: get(&self.replayed),
             precomputed: get(&self.precomputed),
             dropped: get(&self.dropped),
+            sessions_retired: get(&self.sessions_retired),
+            sessions_expired: get(&self.sessions_expired),
+            sessions_pruned: get(&self.sessions_pruned),
+            sessions_throttled: get(&self.sessions_throttled),
         }
     }
 }

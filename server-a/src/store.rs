@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use veil_protocol::SessionId;
+use veil_protocol::node::{Millis, StoredSession};
 
 use crate::ServerAError;
 
@@ -13,6 +14,10 @@ pub struct Store {
     frames: sled::Tree,
     /// `sid` → `device \0 envelope` of the session message.
     sessions: sled::Tree,
+    /// `sid` → when the session was opened and last used (8 + 8 bytes,
+    /// big-endian ms): what start-up decides liveness from, without
+    /// decrypting anything.
+    session_times: sled::Tree,
 }
 
 fn frame_key(sid: SessionId, t: u64) -> [u8; 24] {
@@ -52,6 +57,7 @@ impl Store {
         Ok(Store {
             frames: db.open_tree("frames")?,
             sessions: db.open_tree("sessions")?,
+            session_times: db.open_tree("session_times")?,
             db,
         })
     }
@@ -85,22 +91,74 @@ impl Store {
             .collect()
     }
 
-    pub fn put_session(&self, sid: SessionId, device: &str, envelope: &[u8]) -> sled::Result<()> {
+    pub fn put_session(
+        &self,
+        sid: SessionId,
+        device: &str,
+        envelope: &[u8],
+        opened: Millis,
+    ) -> sled::Result<()> {
         self.sessions.insert(sid.0, with_device(device, envelope))?;
+        self.session_times.insert(sid.0, &times(opened, opened))?;
         self.flush()
     }
 
-    pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
+    /// Records when a session was last used (not flushed: losing it in a
+    /// crash only makes the session look older).
+    pub fn touch_session(&self, sid: SessionId, used: Millis) -> sled::Result<()> {
+        let opened = self
+            .session_times
+            .get(sid.0)?
+            .and_then(|v| split_times(&v))
+            .map_or(used, |(opened, _)| opened);
+        self.session_times.insert(sid.0, &times(opened, used))?;
+        Ok(())
+    }
+
+    /// Every stored session with its times. A session stored before times
+    /// were kept counts as opened at 0 and used `now`.
+    pub fn sessions(&self, now: Millis) -> Vec<StoredSession> {
         self.sessions
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(_, v)| split_device(&v))
+            .filter_map(|(k, v)| {
+                let sid = SessionId(k.as_ref().try_into().ok()?);
+                let (device, envelope) = split_device(&v)?;
+                let (opened, used) = self
+                    .session_times
+                    .get(sid.0)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| split_times(&t))
+                    .unwrap_or((0, now));
+                Some(StoredSession {
+                    sid,
+                    device,
+                    opened,
+                    used,
+                    envelope,
+                })
+            })
             .collect()
     }
 
     pub fn remove_session(&self, sid: SessionId) {
         let _ = self.sessions.remove(sid.0);
+        let _ = self.session_times.remove(sid.0);
     }
+}
+
+fn times(opened: Millis, used: Millis) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&opened.to_be_bytes());
+    value[8..].copy_from_slice(&used.to_be_bytes());
+    value
+}
+
+fn split_times(value: &[u8]) -> Option<(Millis, Millis)> {
+    let (opened, used) = value.split_first_chunk::<8>()?;
+    let used: [u8; 8] = used.try_into().ok()?;
+    Some((u64::from_be_bytes(*opened), u64::from_be_bytes(used)))
 }
 
 /// Owner-only access: the store holds masked frames and session messages.

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_protocol::SessionId;
+use veil_protocol::node::{Millis, StoredSession};
 
 use crate::ServerBError;
 
@@ -18,6 +19,10 @@ pub struct Store {
     completed: sled::Tree,
     /// `sid t` → the furthest stage the frame reached (8 bytes each).
     progress: sled::Tree,
+    /// `sid` → when the session was opened and last used (8 + 8 bytes,
+    /// big-endian ms): what start-up decides liveness from, before any
+    /// seed is decrypted.
+    session_times: sled::Tree,
 }
 
 pub fn now_ms() -> u64 {
@@ -88,6 +93,7 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             completed: db.open_tree("completed")?,
             progress: db.open_tree("progress")?,
+            session_times: db.open_tree("session_times")?,
             db,
         })
     }
@@ -96,28 +102,68 @@ impl Store {
         self.db.flush().map(|_| ())
     }
 
-    pub fn put_session(&self, sid: SessionId, device: &str, envelope: &[u8]) -> sled::Result<()> {
+    pub fn put_session(
+        &self,
+        sid: SessionId,
+        device: &str,
+        envelope: &[u8],
+        opened: Millis,
+    ) -> sled::Result<()> {
         let mut value = device_prefix(device);
         value.extend_from_slice(envelope);
         self.sessions.insert(sid.0, value)?;
+        self.session_times.insert(sid.0, &times(opened, opened))?;
         self.flush()
     }
 
-    /// Every stored session: `(device, envelope)`.
-    pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
+    /// Records when a session was last used (not flushed: losing it in a
+    /// crash only makes the session look older).
+    pub fn touch_session(&self, sid: SessionId, used: Millis) -> sled::Result<()> {
+        let opened = self
+            .session_times
+            .get(sid.0)?
+            .and_then(|v| split_times(&v))
+            .map_or(used, |(opened, _)| opened);
+        self.session_times.insert(sid.0, &times(opened, used))?;
+        Ok(())
+    }
+
+    /// Every stored session with its times, read without decrypting
+    /// anything. A session stored before times were kept counts as opened
+    /// at 0 and used `now`.
+    pub fn sessions(&self, now: Millis) -> Vec<StoredSession> {
         self.sessions
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(_, v)| {
+            .filter_map(|(k, v)| {
+                let sid = SessionId(k.as_ref().try_into().ok()?);
                 let split = v.iter().position(|b| *b == 0)?;
-                let device = std::str::from_utf8(&v[..split]).ok()?.to_string();
-                Some((device, v[split + 1..].to_vec()))
+                let device = std::str::from_utf8(v.get(..split)?).ok()?.to_string();
+                let envelope = v.get(split + 1..)?.to_vec();
+                let (opened, used) = self
+                    .session_times
+                    .get(sid.0)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| split_times(&t))
+                    .unwrap_or((0, now));
+                Some(StoredSession {
+                    sid,
+                    device,
+                    opened,
+                    used,
+                    envelope,
+                })
             })
             .collect()
     }
 
+    /// Deletes a session with its times, completion mark and progress.
     pub fn remove_session(&self, sid: SessionId) {
         let _ = self.sessions.remove(sid.0);
+        let _ = self.session_times.remove(sid.0);
+        let _ = self.completed.remove(sid.0);
+        self.forget_progress(sid, u64::MAX);
     }
 
     pub fn completed(&self) -> Vec<(SessionId, u64)> {
@@ -204,6 +250,19 @@ impl Store {
     pub fn queued(&self) -> u64 {
         self.results.len() as u64
     }
+}
+
+fn times(opened: Millis, used: Millis) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&opened.to_be_bytes());
+    value[8..].copy_from_slice(&used.to_be_bytes());
+    value
+}
+
+fn split_times(value: &[u8]) -> Option<(Millis, Millis)> {
+    let (opened, used) = value.split_first_chunk::<8>()?;
+    let used: [u8; 8] = used.try_into().ok()?;
+    Some((u64::from_be_bytes(*opened), u64::from_be_bytes(used)))
 }
 
 /// Owner-only access: the store holds session messages and results.

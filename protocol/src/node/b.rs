@@ -4,6 +4,7 @@
 //! again, across restarts), parking of A's messages that overtake their
 //! session, and relaying A's refusals to devices.
 
+use super::sessions::{SessionBook, SessionLimits, StoredSession, triage};
 use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes, session_envelope};
 use crate::backend::SecretOps;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
@@ -21,6 +22,9 @@ pub struct BOptions {
     pub park_timeout: Millis,
     /// Most of A's messages parked at once.
     pub max_parked: usize,
+    /// Sessions per device, their time to live and how fast a device may
+    /// open them (see [`SessionLimits`]).
+    pub sessions: SessionLimits,
 }
 
 impl Default for BOptions {
@@ -29,6 +33,7 @@ impl Default for BOptions {
             result_ttl: 7 * 24 * 3600 * 1000,
             park_timeout: 60_000,
             max_parked: 4096,
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -46,11 +51,23 @@ pub struct Queued {
 /// What B's shell must do besides publishing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BEvent {
+    /// Store an accepted session message, opened and last used at
+    /// `opened`.
     PersistSession {
         sid: SessionId,
         device: String,
         envelope: Vec<u8>,
+        opened: Millis,
     },
+    /// Store that the session was last used at `used` (at most once per
+    /// share of the session TTL; see [`SessionLimits`]).
+    TouchSession {
+        sid: SessionId,
+        used: Millis,
+    },
+    /// Delete a session (retired, expired, or not loadable) with its
+    /// completion mark and its frames' progress; its queued results stay
+    /// until acknowledged or expired.
     ForgetSession {
         sid: SessionId,
     },
@@ -85,7 +102,16 @@ pub enum BNote {
     Result,
     Redelivered,
     Acked,
+    /// A result dropped unacknowledged after its time to live.
     Expired,
+    /// A session retired because its device opened more than its quota.
+    SessionRetired,
+    /// A session unused for the session TTL, forgotten.
+    SessionExpired,
+    /// A stored session found dead at start, deleted without decrypting.
+    SessionPruned,
+    /// A new session refused: its device opened too many this minute.
+    SessionThrottled,
 }
 
 struct Parked {
@@ -99,7 +125,7 @@ pub struct ServerBNode<S: SecretOps> {
     machine: ServerB<S>,
     options: BOptions,
     public: Vec<(String, Vec<u8>)>,
-    sessions: HashMap<SessionId, String>,
+    sessions: SessionBook,
     completed: HashMap<SessionId, u64>,
     /// The furthest stage each frame in progress reached, in any attempt.
     reached: HashMap<(SessionId, u64), usize>,
@@ -119,9 +145,9 @@ impl<S: SecretOps> ServerBNode<S> {
     ) -> ServerBNode<S> {
         ServerBNode {
             machine,
+            sessions: SessionBook::new(options.sessions.clone()),
             options,
             public,
-            sessions: HashMap::new(),
             completed: HashMap::new(),
             reached: HashMap::new(),
             results: BTreeMap::new(),
@@ -135,39 +161,60 @@ impl<S: SecretOps> ServerBNode<S> {
         &self.machine
     }
 
-    /// Replays B's durable state after a start: sessions, completion
-    /// marks and the result queue.
+    /// Replays B's durable state after a start: the live sessions (dead
+    /// ones, by [`triage`], are deleted without decrypting their seeds),
+    /// their completion marks and progress, and the result queue.
     pub fn restore(
         &mut self,
-        sessions: Vec<Vec<u8>>,
+        now: Millis,
+        sessions: Vec<StoredSession>,
         completed: Vec<(SessionId, u64)>,
         progress: Vec<(SessionId, u64, u64)>,
         results: Vec<Queued>,
     ) {
-        for bytes in sessions {
-            let env = match Envelope::from_bytes(&bytes) {
-                Ok(env) => env,
+        let (live, dead) = triage(now, self.sessions.limits(), sessions);
+        for sid in dead {
+            self.events.push_back(BEvent::ForgetSession { sid });
+            self.note(BNote::SessionPruned);
+        }
+        for s in live {
+            let env = match Envelope::from_bytes(&s.envelope) {
+                Ok(env) if env.sid == s.sid && env.device == s.device => env,
+                Ok(_) => {
+                    let detail = "stored under another session or device".to_string();
+                    self.refused("stored session", "store", RejectCode::Malformed, detail);
+                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
+                    continue;
+                }
                 Err(e) => {
                     self.refused("stored session", "store", e.code(), e.to_string());
+                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
                     continue;
                 }
             };
-            let (sid, device) = (env.sid, env.device.clone());
             match self.machine.handle(env) {
                 Ok(_) => {
-                    self.sessions.insert(sid, device);
+                    let retired = self.sessions.restore(s.sid, &s.device, s.used);
                     self.note(BNote::Session);
+                    for (sid, _) in retired {
+                        self.retire(sid, BNote::SessionRetired);
+                    }
                 }
                 Err(e) => {
                     self.refused("stored session", "store", e.code(), e.to_string());
-                    self.events.push_back(BEvent::ForgetSession { sid });
+                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
                 }
             }
         }
         for (sid, t) in completed {
-            self.complete(sid, t);
+            if self.sessions.contains(&sid) {
+                self.complete(sid, t);
+            }
         }
         for (sid, t, stage) in progress {
+            if !self.sessions.contains(&sid) {
+                continue;
+            }
             let stage = usize::try_from(stage).unwrap_or(usize::MAX);
             self.machine.restore_progress(sid, t, stage);
             self.reached.insert((sid, t), stage);
@@ -176,6 +223,17 @@ impl<S: SecretOps> ServerBNode<S> {
             self.complete(q.sid, q.t);
             self.results.insert((q.device.clone(), q.sid, q.t), q);
         }
+    }
+
+    /// Forgets a session the book retired: its seeds, completion mark and
+    /// progress (a device that still has frames under it sends the
+    /// session again, which starts it afresh).
+    fn retire(&mut self, sid: SessionId, why: BNote) {
+        self.machine.forget_session(sid);
+        self.completed.remove(&sid);
+        self.reached.retain(|(s, _), _| *s != sid);
+        self.events.push_back(BEvent::ForgetSession { sid });
+        self.note(why);
     }
 
     pub fn handle(&mut self, now: Millis, input: Input) {
@@ -209,7 +267,10 @@ impl<S: SecretOps> ServerBNode<S> {
             .results
             .values()
             .map(|q| q.stored_at.saturating_add(self.options.result_ttl));
-        parked.chain(results).min()
+        parked
+            .chain(results)
+            .chain(self.sessions.next_expiry())
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
@@ -219,20 +280,10 @@ impl<S: SecretOps> ServerBNode<S> {
             .partition(|p| now >= p.since.saturating_add(timeout));
         self.parked = kept;
         for p in expired {
-            self.refuse_a(&p.worker, &p.envelope, RejectCode::UnknownSession);
-            // The device's session message to B was lost: only the device
-            // can send it again.
-            let env = &p.envelope;
-            let detail = "B has not received this session".to_string();
-            let bytes = reject_bytes(
-                &env.device,
-                env.sid,
-                env.t,
-                RejectCode::UnknownSession,
-                &detail,
-            );
-            self.transmits
-                .push_back(Transmit::new(topics::result(&env.device), bytes));
+            self.unknown_session(&p.worker, &p.envelope);
+        }
+        for (sid, _) in self.sessions.expire(now) {
+            self.retire(sid, BNote::SessionExpired);
         }
         let ttl = self.options.result_ttl;
         let stale: Vec<_> = self
@@ -248,6 +299,22 @@ impl<S: SecretOps> ServerBNode<S> {
                 .push_back(BEvent::ForgetResult { device, sid, t });
             self.note(BNote::Expired);
         }
+    }
+
+    /// Refuses one of A's messages for a session B does not hold, to A
+    /// and to the device: only the device can send the session again.
+    fn unknown_session(&mut self, worker: &str, env: &Envelope) {
+        self.refuse_a(worker, env, RejectCode::UnknownSession);
+        let detail = "B has not received this session".to_string();
+        let bytes = reject_bytes(
+            &env.device,
+            env.sid,
+            env.t,
+            RejectCode::UnknownSession,
+            &detail,
+        );
+        self.transmits
+            .push_back(Transmit::new(topics::result(&env.device), bytes));
     }
 
     /// Results waiting for an acknowledgement.
@@ -345,16 +412,31 @@ impl<S: SecretOps> ServerBNode<S> {
             }
         };
         let (sid, t) = (env.sid, env.t);
+        let new = !self.sessions.contains(&sid);
+        if new && !self.sessions.may_open(now, device) {
+            // Before the decryption: that is what a flood of sessions
+            // would cost.
+            self.note(BNote::SessionThrottled);
+            let detail = format!(
+                "more than {} new sessions within a minute",
+                self.sessions.limits().max_opens_per_minute
+            );
+            self.refuse_device("session", device, sid, t, RejectCode::TooManySessions, detail);
+            return;
+        }
         match self.machine.handle(env) {
             Ok(_) => {
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.sessions.entry(sid) {
-                    slot.insert(device.to_string());
+                if new {
                     self.events.push_back(BEvent::PersistSession {
                         sid,
                         device: device.to_string(),
                         envelope: payload.to_vec(),
+                        opened: now,
                     });
                     self.note(BNote::Session);
+                    for (old, _) in self.sessions.open(now, sid, device) {
+                        self.retire(old, BNote::SessionRetired);
+                    }
                 }
                 self.unpark(now, sid);
             }
@@ -446,7 +528,17 @@ impl<S: SecretOps> ServerBNode<S> {
     }
 
     fn take_from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
-        if !self.sessions.contains_key(&env.sid) {
+        if self.sessions.was_retired(&env.sid) {
+            // Not parked: B forgot this session and no session message is
+            // on its way unless the device is told.
+            self.unknown_session(worker, &env);
+            return;
+        }
+        if let Some(used) = self.sessions.touch(now, env.sid) {
+            self.events
+                .push_back(BEvent::TouchSession { sid: env.sid, used });
+        }
+        if !self.sessions.contains(&env.sid) {
             // A's mask request can overtake the device's session message
             // to B: keep it until the session arrives.
             if self.parked.len() >= self.options.max_parked {

@@ -3,6 +3,21 @@
 
 use super::*;
 
+fn stored_session(
+    sid: SessionId,
+    device: String,
+    envelope: Vec<u8>,
+    opened: Millis,
+) -> StoredSession {
+    StoredSession {
+        sid,
+        device,
+        opened,
+        used: opened,
+        envelope,
+    }
+}
+
 impl World {
     pub(super) fn drain(&mut self, party: Party) {
         match party {
@@ -18,8 +33,20 @@ impl World {
             while let Some(event) = node.poll_event() {
                 let store = &mut self.a_durable;
                 match event {
-                    AEvent::PersistSession { sid, envelope, .. } => {
-                        store.sessions.insert(sid, envelope);
+                    AEvent::PersistSession {
+                        sid,
+                        device,
+                        envelope,
+                        opened,
+                    } => {
+                        store
+                            .sessions
+                            .insert(sid, stored_session(sid, device, envelope, opened));
+                    }
+                    AEvent::TouchSession { sid, used } => {
+                        if let Some(s) = store.sessions.get_mut(&sid) {
+                            s.used = used;
+                        }
                     }
                     AEvent::ForgetSession { sid } => {
                         store.sessions.remove(&sid);
@@ -63,11 +90,25 @@ impl World {
             while let Some(event) = node.poll_event() {
                 let store = &mut self.b_durable;
                 match event {
-                    BEvent::PersistSession { sid, envelope, .. } => {
-                        store.sessions.insert(sid, envelope);
+                    BEvent::PersistSession {
+                        sid,
+                        device,
+                        envelope,
+                        opened,
+                    } => {
+                        store
+                            .sessions
+                            .insert(sid, stored_session(sid, device, envelope, opened));
+                    }
+                    BEvent::TouchSession { sid, used } => {
+                        if let Some(s) = store.sessions.get_mut(&sid) {
+                            s.used = used;
+                        }
                     }
                     BEvent::ForgetSession { sid } => {
                         store.sessions.remove(&sid);
+                        store.completed.remove(&sid);
+                        store.progress.retain(|(s, _), _| *s != sid);
                     }
                     BEvent::PersistResult(q) => {
                         made.push((q.sid, q.t));

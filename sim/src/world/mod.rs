@@ -8,6 +8,7 @@ use crate::{Failure, Party, SimRng, WORKER, device_name};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use veil_protocol::node::{
+    StoredSession,
     AEvent, AOptions, BEvent, BOptions, DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions,
     Input, Millis, Queued, ServerANode, ServerBNode, Transmit,
 };
@@ -45,13 +46,13 @@ enum Action {
 
 #[derive(Default)]
 struct ADurable {
-    sessions: BTreeMap<SessionId, Vec<u8>>,
+    sessions: BTreeMap<SessionId, StoredSession>,
     frames: BTreeMap<(SessionId, u64), Vec<u8>>,
 }
 
 #[derive(Default)]
 struct BDurable {
-    sessions: BTreeMap<SessionId, Vec<u8>>,
+    sessions: BTreeMap<SessionId, StoredSession>,
     completed: BTreeMap<SessionId, u64>,
     progress: BTreeMap<(SessionId, u64), u64>,
     results: BTreeMap<(String, SessionId, u64), Queued>,

@@ -118,6 +118,7 @@ impl World {
                 let mut node = ServerBNode::new(machine, BOptions::default(), Vec::new());
                 let store = &self.b_durable;
                 node.restore(
+                    self.now,
                     store.sessions.values().cloned().collect(),
                     store.completed.iter().map(|(s, t)| (*s, *t)).collect(),
                     store

@@ -1,0 +1,415 @@
+//! Session lifecycle, the same rules on both servers: at most
+//! `max_per_device` live sessions per device (opening one more retires
+//! the device's least recently used), a session unused for `ttl` expires,
+//! and a device may open at most `max_opens_per_minute` sessions a minute.
+//!
+//! Each new session costs its server a Paillier decryption (about 5 ms
+//! with a 2048-bit key), and every live one a seed in memory and a record
+//! on disk: without these rules one device could open sessions for ever,
+//! and each server start would decrypt all of them again. At start a
+//! server sorts its stored sessions with [`triage`] from the times stored
+//! beside them, before any decryption, and deletes the dead ones unread.
+//!
+//! A retired or expired session is forgotten whole. A device that still
+//! has frames under it gets `UnknownSession` for them and sends the
+//! session message again (`DeviceNode` does this for a waiting frame),
+//! which the server takes as a fresh session; so the rules cost an honest
+//! device one session message, never a frame.
+
+use super::Millis;
+use crate::prf::SessionId;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+/// The session rules' settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Live sessions one device may hold. An honest device holds one, or
+    /// two while frames of its previous session (before a restart or a
+    /// rekey) are still waiting.
+    pub max_per_device: usize,
+    /// A session neither used nor opened for this long is forgotten.
+    pub ttl: Millis,
+    /// New sessions one device may open per minute; 0: no limit. An
+    /// honest device opens one per start and one per `rekey_after`
+    /// frames.
+    pub max_opens_per_minute: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits {
+            max_per_device: 4,
+            ttl: 30 * 24 * 3600 * 1000,
+            max_opens_per_minute: 10,
+        }
+    }
+}
+
+/// A session as a server stores it, with the times the rules need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    pub sid: SessionId,
+    pub device: String,
+    /// When the server accepted it.
+    pub opened: Millis,
+    /// When it was last used, as last persisted (see [`SessionBook::touch`]).
+    pub used: Millis,
+    /// The device's session message.
+    pub envelope: Vec<u8>,
+}
+
+/// Which stored sessions are live at `now`: those used within the TTL,
+/// at most `max_per_device` per device (the most recently used). Returns
+/// the live ones and the ids of the dead ones, deciding from the stored
+/// times alone, so a server decrypts no dead session.
+pub fn triage(
+    now: Millis,
+    limits: &SessionLimits,
+    stored: Vec<StoredSession>,
+) -> (Vec<StoredSession>, Vec<SessionId>) {
+    let mut dead = Vec::new();
+    let mut by_device: HashMap<String, Vec<StoredSession>> = HashMap::new();
+    for s in stored {
+        if now >= s.used.saturating_add(limits.ttl) {
+            dead.push(s.sid);
+        } else {
+            by_device.entry(s.device.clone()).or_default().push(s);
+        }
+    }
+    let mut live = Vec::new();
+    for (_, mut sessions) in by_device {
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.used, s.opened, s.sid.0)));
+        let keep = limits.max_per_device.max(1).min(sessions.len());
+        dead.extend(sessions.drain(keep..).map(|s| s.sid));
+        live.extend(sessions);
+    }
+    // Oldest first: replayed in that order, a restored book ranks them
+    // as they were ranked before the restart.
+    live.sort_by_key(|s| (s.used, s.opened, s.sid.0));
+    dead.sort_by_key(|sid| sid.0);
+    (live, dead)
+}
+
+/// Ids of sessions retired lately, so that their frames are refused at
+/// once rather than parked for a session message that is not coming.
+const RETIRED_MEMORY: usize = 4096;
+
+/// Sessions opened per device are counted over this window.
+const RATE_WINDOW: Millis = 60_000;
+
+/// The last-use time reaches the disk when it has moved by this share of
+/// the TTL (30 days / 720 = 1 hour): a restart may then take a session
+/// for up to that much older than it is, and no frame costs a write.
+const TOUCH_SHARE: u64 = 720;
+
+struct Entry {
+    device: String,
+    used: Millis,
+    persisted: Millis,
+}
+
+/// The live sessions of one server and the rules' bookkeeping.
+pub(crate) struct SessionBook {
+    limits: SessionLimits,
+    live: HashMap<SessionId, Entry>,
+    /// Every live session by last use, for the TTL.
+    by_use: BTreeSet<(Millis, SessionId)>,
+    /// Each device's live sessions by last use, for the quota.
+    by_device: HashMap<String, BTreeSet<(Millis, SessionId)>>,
+    /// When each device opened its recent sessions.
+    opens: HashMap<String, VecDeque<Millis>>,
+    retired: HashMap<SessionId, String>,
+    retired_order: VecDeque<SessionId>,
+}
+
+impl SessionBook {
+    pub fn new(limits: SessionLimits) -> SessionBook {
+        SessionBook {
+            limits,
+            live: HashMap::new(),
+            by_use: BTreeSet::new(),
+            by_device: HashMap::new(),
+            opens: HashMap::new(),
+            retired: HashMap::new(),
+            retired_order: VecDeque::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn contains(&self, sid: &SessionId) -> bool {
+        self.live.contains_key(sid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether `sid` was retired lately (by the quota or the TTL) and has
+    /// not been opened again.
+    pub fn was_retired(&self, sid: &SessionId) -> bool {
+        self.retired.contains_key(sid)
+    }
+
+    /// Whether `device` may open another session now. Checked before the
+    /// session's seed is decrypted; counts nothing.
+    pub fn may_open(&mut self, now: Millis, device: &str) -> bool {
+        let max = self.limits.max_opens_per_minute;
+        if max == 0 {
+            return true;
+        }
+        let Some(opens) = self.opens.get_mut(device) else {
+            return true;
+        };
+        while opens
+            .front()
+            .is_some_and(|at| now >= at.saturating_add(RATE_WINDOW))
+        {
+            opens.pop_front();
+        }
+        if opens.is_empty() {
+            self.opens.remove(device);
+            return true;
+        }
+        opens.len() < max
+    }
+
+    /// Records a session accepted now; returns the device's sessions the
+    /// quota retires to make room (never the new one), with their device.
+    pub fn open(&mut self, now: Millis, sid: SessionId, device: &str) -> Vec<(SessionId, String)> {
+        if self.limits.max_opens_per_minute > 0 {
+            self.opens.entry(device.to_string()).or_default().push_back(now);
+        }
+        self.insert(sid, device, now);
+        self.over_quota(device, sid)
+    }
+
+    /// Records a session restored from disk (after [`triage`]); returns
+    /// what the quota retires, as [`SessionBook::open`].
+    pub fn restore(
+        &mut self,
+        sid: SessionId,
+        device: &str,
+        used: Millis,
+    ) -> Vec<(SessionId, String)> {
+        self.insert(sid, device, used);
+        self.over_quota(device, sid)
+    }
+
+    fn insert(&mut self, sid: SessionId, device: &str, used: Millis) {
+        self.remove(&sid);
+        self.forget_retired(&sid);
+        self.live.insert(
+            sid,
+            Entry {
+                device: device.to_string(),
+                used,
+                persisted: used,
+            },
+        );
+        self.by_use.insert((used, sid));
+        self.by_device
+            .entry(device.to_string())
+            .or_default()
+            .insert((used, sid));
+    }
+
+    fn over_quota(&mut self, device: &str, keep: SessionId) -> Vec<(SessionId, String)> {
+        let mut retired = Vec::new();
+        let max = self.limits.max_per_device.max(1);
+        loop {
+            let Some(sessions) = self.by_device.get(device) else {
+                break;
+            };
+            if sessions.len() <= max {
+                break;
+            }
+            let Some(oldest) = sessions.iter().map(|(_, sid)| *sid).find(|s| *s != keep) else {
+                break;
+            };
+            self.retire(oldest);
+            retired.push((oldest, device.to_string()));
+        }
+        retired
+    }
+
+    /// Marks a use of `sid` at `now`. Returns the time to persist when the
+    /// stored one lags by more than a TTL share.
+    pub fn touch(&mut self, now: Millis, sid: SessionId) -> Option<Millis> {
+        let entry = self.live.get_mut(&sid)?;
+        if now <= entry.used {
+            return None;
+        }
+        self.by_use.remove(&(entry.used, sid));
+        if let Some(set) = self.by_device.get_mut(&entry.device) {
+            set.remove(&(entry.used, sid));
+            set.insert((now, sid));
+        }
+        self.by_use.insert((now, sid));
+        entry.used = now;
+        let every = (self.limits.ttl / TOUCH_SHARE).max(1);
+        if now >= entry.persisted.saturating_add(every) {
+            entry.persisted = now;
+            return Some(now);
+        }
+        None
+    }
+
+    /// When the next session expires.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.by_use
+            .first()
+            .map(|(used, _)| used.saturating_add(self.limits.ttl))
+    }
+
+    /// Retires every session unused for the TTL at `now`; returns them
+    /// with their device.
+    pub fn expire(&mut self, now: Millis) -> Vec<(SessionId, String)> {
+        let ttl = self.limits.ttl;
+        let due: Vec<SessionId> = self
+            .by_use
+            .iter()
+            .take_while(|(used, _)| now >= used.saturating_add(ttl))
+            .map(|(_, sid)| *sid)
+            .collect();
+        due.into_iter()
+            .filter_map(|sid| Some((sid, self.retire(sid)?)))
+            .collect()
+    }
+
+    /// Forgets a live session and remembers, for a while, that it was
+    /// retired.
+    fn retire(&mut self, sid: SessionId) -> Option<String> {
+        let device = self.remove(&sid)?;
+        self.retired.insert(sid, device.clone());
+        self.retired_order.push_back(sid);
+        while self.retired_order.len() > RETIRED_MEMORY {
+            if let Some(old) = self.retired_order.pop_front() {
+                self.retired.remove(&old);
+            }
+        }
+        Some(device)
+    }
+
+    fn forget_retired(&mut self, sid: &SessionId) {
+        if self.retired.remove(sid).is_some() {
+            self.retired_order.retain(|s| s != sid);
+        }
+    }
+
+    /// Drops a live session (one whose stored record failed to load);
+    /// returns its device.
+    pub fn remove(&mut self, sid: &SessionId) -> Option<String> {
+        let entry = self.live.remove(sid)?;
+        self.by_use.remove(&(entry.used, *sid));
+        if let Some(set) = self.by_device.get_mut(&entry.device) {
+            set.remove(&(entry.used, *sid));
+            if set.is_empty() {
+                self.by_device.remove(&entry.device);
+            }
+        }
+        Some(entry.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(n: u8) -> SessionId {
+        SessionId([n; 16])
+    }
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_per_device: 2,
+            ttl: 1_000_000,
+            max_opens_per_minute: 3,
+        }
+    }
+
+    fn stored(n: u8, device: &str, used: Millis) -> StoredSession {
+        StoredSession {
+            sid: sid(n),
+            device: device.into(),
+            opened: used,
+            used,
+            envelope: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn opening_past_the_quota_retires_the_least_recently_used() {
+        let mut book = SessionBook::new(limits());
+        assert!(book.open(0, sid(1), "d").is_empty());
+        assert!(book.open(10, sid(2), "d").is_empty());
+        // The older session is used again: the newer one is now the LRU.
+        book.touch(20, sid(1));
+        assert_eq!(book.open(30, sid(3), "d"), vec![(sid(2), "d".into())]);
+        assert!(book.contains(&sid(1)) && book.contains(&sid(3)));
+        assert!(book.was_retired(&sid(2)));
+        // Other devices are not affected.
+        assert!(book.open(40, sid(4), "e").is_empty());
+        assert_eq!(book.len(), 3);
+        // Opened again, a retired session is live and no longer retired.
+        assert_eq!(book.open(50, sid(2), "d"), vec![(sid(1), "d".into())]);
+        assert!(!book.was_retired(&sid(2)));
+    }
+
+    #[test]
+    fn unused_sessions_expire_after_the_ttl() {
+        let mut book = SessionBook::new(limits());
+        book.open(0, sid(1), "d");
+        book.open(100, sid(2), "e");
+        assert_eq!(book.next_expiry(), Some(1_000_000));
+        book.touch(500_000, sid(1));
+        assert_eq!(book.next_expiry(), Some(1_000_100));
+        assert!(book.expire(1_000_099).is_empty());
+        assert_eq!(book.expire(1_000_100), vec![(sid(2), "e".into())]);
+        assert_eq!(book.next_expiry(), Some(1_500_000));
+        assert_eq!(book.expire(u64::MAX), vec![(sid(1), "d".into())]);
+        assert_eq!(book.next_expiry(), None);
+    }
+
+    #[test]
+    fn uses_reach_the_disk_once_per_ttl_share() {
+        let mut book = SessionBook::new(limits());
+        book.open(0, sid(1), "d");
+        let every = limits().ttl / TOUCH_SHARE;
+        assert_eq!(book.touch(every - 1, sid(1)), None);
+        assert_eq!(book.touch(every, sid(1)), Some(every));
+        assert_eq!(book.touch(every + 1, sid(1)), None);
+        assert_eq!(book.touch(5, sid(9)), None);
+    }
+
+    #[test]
+    fn opens_are_limited_per_device_and_minute() {
+        let mut book = SessionBook::new(limits());
+        for n in 0..3 {
+            assert!(book.may_open(n, "d"));
+            book.open(n, sid(n as u8), "d");
+        }
+        assert!(!book.may_open(3, "d"));
+        assert!(book.may_open(3, "e"));
+        assert!(book.may_open(RATE_WINDOW, "d"));
+    }
+
+    #[test]
+    fn triage_keeps_recent_sessions_within_the_quota_and_decides_from_times() {
+        let sessions = vec![
+            stored(1, "d", 0),
+            stored(2, "d", 500),
+            stored(3, "d", 900),
+            stored(4, "d", 800),
+            stored(5, "e", 100),
+        ];
+        let (live, dead) = triage(1_000_150, &limits(), sessions);
+        let live: Vec<SessionId> = live.iter().map(|s| s.sid).collect();
+        // 1 and 5 are past the TTL; of d's other three the two most
+        // recently used stay.
+        assert_eq!(live, vec![sid(4), sid(3)]);
+        assert_eq!(dead, vec![sid(1), sid(2), sid(5)]);
+    }
+}
