@@ -421,7 +421,12 @@ impl<S: SecretOps> ServerBNode<S> {
                 "more than {} new sessions within a minute",
                 self.sessions.limits().max_opens_per_minute
             );
-            self.refuse_device("session", device, sid, t, RejectCode::TooManySessions, detail);
+            // Logged and counted, not sent: DeviceNode takes a refusal of
+            // (sid, first counter) as final for the frame with that counter,
+            // and this one is transient. The device's frames come back as
+            // of an unknown session after the park timeout, by which time
+            // the minute has passed.
+            self.refused("session", device, RejectCode::TooManySessions, detail);
             return;
         }
         match self.machine.handle(env) {
