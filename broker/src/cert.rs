@@ -62,7 +62,9 @@ fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), CertIdentityError> {
         if count == 0 || count > 4 {
             return Err(bad("unsupported length encoding"));
         }
-        let (bytes, after) = rest.split_at_checked(count).ok_or(bad("truncated length"))?;
+        let (bytes, after) = rest
+            .split_at_checked(count)
+            .ok_or(bad("truncated length"))?;
         rest = after;
         bytes
             .iter()
@@ -171,7 +173,10 @@ mod tests {
     }
 
     fn attribute(oid: &[u8], tag: u8, value: &[u8]) -> Vec<u8> {
-        der(SET, &der(SEQUENCE, &[der(OID, oid), der(tag, value)].concat()))
+        der(
+            SET,
+            &der(SEQUENCE, &[der(OID, oid), der(tag, value)].concat()),
+        )
     }
 
     /// A certificate shell whose subject holds `entries`.
@@ -187,7 +192,10 @@ mod tests {
             der(SEQUENCE, &[0u8; 300]),
         ]
         .concat();
-        der(SEQUENCE, &[der(SEQUENCE, &tbs), der(SEQUENCE, &[])].concat())
+        der(
+            SEQUENCE,
+            &[der(SEQUENCE, &tbs), der(SEQUENCE, &[])].concat(),
+        )
     }
 
     const ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];

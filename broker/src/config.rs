@@ -307,9 +307,15 @@ mod tests {
             tls: Some(tls.clone()),
             ..BrokerConfig::default()
         };
-        assert!(matches!(config(&tls).validate(), Err(BrokerError::Config(_))));
+        assert!(matches!(
+            config(&tls).validate(),
+            Err(BrokerError::Config(_))
+        ));
         tls.require_certificate = true;
-        assert!(matches!(config(&tls).validate(), Err(BrokerError::Config(_))));
+        assert!(matches!(
+            config(&tls).validate(),
+            Err(BrokerError::Config(_))
+        ));
         tls.client_ca = Some("ca".into());
         assert!(config(&tls).validate().is_ok());
     }

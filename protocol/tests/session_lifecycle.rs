@@ -16,8 +16,7 @@ use veil_paillier::SecretKey;
 use veil_paillier::fixtures::{key_2048_a, key_2048_b};
 use veil_protocol::node::{
     AEvent, ANote, AOptions, BEvent, BNote, BOptions, DeviceDurable, DeviceEvent, DeviceNode,
-    DeviceOptions, Input, Millis, ServerANode, ServerBNode, SessionLimits, StoredSession,
-    Transmit,
+    DeviceOptions, Input, Millis, ServerANode, ServerBNode, SessionLimits, StoredSession, Transmit,
 };
 use veil_protocol::{
     Body, Device, DeviceConfig, Envelope, Params, Plain, RejectCode, Seed, ServerA, ServerAConfig,
@@ -181,7 +180,10 @@ fn opening_past_the_quota_retires_the_least_recently_used_session() {
     assert!(forgotten_b(&b_events(&mut b)).is_empty());
     b_transmits(&mut b);
     // Another device's sessions do not count against devA.
-    b.handle(3 * MINUTE, message(topics::session("devB", 'b'), open("devB", 9).2));
+    b.handle(
+        3 * MINUTE,
+        message(topics::session("devB", 'b'), open("devB", 9).2),
+    );
     b.handle(4 * MINUTE, message(topic, sessions[2].2.clone()));
     let events = b_events(&mut b);
     assert_eq!(forgotten_b(&events), vec![sessions[1].0]);
@@ -343,10 +345,9 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     )
     .expect("device node");
     dev.handle(0, Input::Connected);
-    let rows = veil_model::data::load_pima(
-        &veil_model::data::workspace_data_dir().join("pima-test.csv"),
-    )
-    .expect("the Pima test set");
+    let rows =
+        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
+            .expect("the Pima test set");
     let x_hat = rows
         .features
         .iter()
@@ -373,9 +374,9 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     b.handle(10, message(topics::session("devA", 'b'), to_b));
     a.handle(20, message(topics::frame("devA"), frame.clone()));
     assert!(
-        a_events(&mut a)
-            .iter()
-            .any(|e| matches!(e, AEvent::PersistFrame { sid: s, t: n, .. } if *s == sid && *n == t))
+        a_events(&mut a).iter().any(
+            |e| matches!(e, AEvent::PersistFrame { sid: s, t: n, .. } if *s == sid && *n == t)
+        )
     );
     a_transmits(&mut a);
     b_transmits(&mut b);
@@ -383,7 +384,10 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     // Another session of devA (a restart elsewhere, or an attacker holding
     // devA's password) takes A's only slot: the frame's session is retired
     // and the frame refused as of an unknown session, through B.
-    a.handle(30, message(topics::session("devA", 'a'), open("devA", 99).1));
+    a.handle(
+        30,
+        message(topics::session("devA", 'a'), open("devA", 99).1),
+    );
     let events = a_events(&mut a);
     assert!(events.contains(&AEvent::ForgetSession { sid }));
     assert!(events.contains(&AEvent::ForgetFrame { sid, t }));
@@ -416,15 +420,20 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
         "the device gave the frame up"
     );
     // A takes the session afresh and the frame with it.
-    a.handle(60, message(topics::session("devA", 'a'), session_again.payload.clone()));
+    a.handle(
+        60,
+        message(topics::session("devA", 'a'), session_again.payload.clone()),
+    );
     a.handle(70, message(topics::frame("devA"), frame));
     let events = a_events(&mut a);
-    assert!(events.iter().any(
-        |e| matches!(e, AEvent::PersistSession { sid: s, .. } if *s == sid)
-    ));
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, AEvent::PersistFrame { sid: s, t: n, .. } if *s == sid && *n == t))
+            .any(|e| matches!(e, AEvent::PersistSession { sid: s, .. } if *s == sid))
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, AEvent::PersistFrame { sid: s, t: n, .. } if *s == sid && *n == t)
+        )
     );
 }

@@ -41,8 +41,8 @@ use sha2::{Digest, Sha256};
 use veil_link::{Link, LinkEvent, MqttSettings};
 use veil_model::CompiledModel;
 use veil_paillier::{NoiseSource, PublicKey, SecretKey};
-use veil_protocol::{Params, Seed};
 pub use veil_protocol::node::SessionLimits;
+use veil_protocol::{Params, Seed};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]

@@ -193,9 +193,11 @@ async fn a_certificate_authenticates_as_its_common_name_with_that_users_acl() {
     );
     let mut server_b = Link::start(&mqtt(setup.broker.local_addr(), "server-b")).expect("link");
     assert_eq!(first_outcome(&mut server_b).await, Outcome::Connected);
-    server_b
-        .handle
-        .publish("veil/v1/dev/devA/result", b"over mutual TLS".to_vec(), false);
+    server_b.handle.publish(
+        "veil/v1/dev/devA/result",
+        b"over mutual TLS".to_vec(),
+        false,
+    );
     let delivered = loop {
         match tokio::time::timeout(PATIENCE, dev.events.recv()).await {
             Ok(Some(LinkEvent::Message(m))) => break m,

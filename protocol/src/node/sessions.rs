@@ -180,7 +180,10 @@ impl SessionBook {
     /// quota retires to make room (never the new one), with their device.
     pub fn open(&mut self, now: Millis, sid: SessionId, device: &str) -> Vec<(SessionId, String)> {
         if self.limits.max_opens_per_minute > 0 {
-            self.opens.entry(device.to_string()).or_default().push_back(now);
+            self.opens
+                .entry(device.to_string())
+                .or_default()
+                .push_back(now);
         }
         self.insert(sid, device, now);
         self.over_quota(device, sid)
@@ -219,10 +222,7 @@ impl SessionBook {
     fn over_quota(&mut self, device: &str, keep: SessionId) -> Vec<(SessionId, String)> {
         let mut retired = Vec::new();
         let max = self.limits.max_per_device.max(1);
-        loop {
-            let Some(sessions) = self.by_device.get(device) else {
-                break;
-            };
+        while let Some(sessions) = self.by_device.get(device) {
             if sessions.len() <= max {
                 break;
             }

@@ -8,9 +8,8 @@ use crate::{Failure, Party, SimRng, WORKER, device_name};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use veil_protocol::node::{
-    StoredSession,
     AEvent, AOptions, BEvent, BOptions, DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions,
-    Input, Millis, Queued, ServerANode, ServerBNode, Transmit,
+    Input, Millis, Queued, ServerANode, ServerBNode, StoredSession, Transmit,
 };
 use veil_protocol::{
     DeviceConfig, Params, Plain, ServerA, ServerAConfig, ServerB, ServerBConfig, SessionId,

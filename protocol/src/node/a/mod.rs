@@ -326,14 +326,7 @@ impl<P: PublicOps> ServerANode<P> {
         self.forget_stored(sid, t);
         self.owed.entry(sid).or_default().insert(t, now);
         let detail = format!("unknown session {sid}");
-        self.refuse_device(
-            "frame",
-            device,
-            sid,
-            t,
-            RejectCode::UnknownSession,
-            detail,
-        );
+        self.refuse_device("frame", device, sid, t, RejectCode::UnknownSession, detail);
     }
 
     /// Whether a frame is held up by precomputation: do it before taking

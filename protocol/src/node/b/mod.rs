@@ -4,14 +4,16 @@
 //! again, across restarts), parking of A's messages that overtake their
 //! session, and relaying A's refusals to devices.
 
-use super::sessions::{SessionBook, SessionLimits, StoredSession, triage};
-use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes, session_envelope};
+use super::sessions::{SessionBook, SessionLimits};
+use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes};
 use crate::backend::SecretOps;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
 use crate::prf::SessionId;
 use crate::server_b::ServerB;
 use crate::topics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+mod lifecycle;
 
 /// How B's node behaves.
 #[derive(Clone, Debug)]
@@ -161,81 +163,6 @@ impl<S: SecretOps> ServerBNode<S> {
         &self.machine
     }
 
-    /// Replays B's durable state after a start: the live sessions (dead
-    /// ones, by [`triage`], are deleted without decrypting their seeds),
-    /// their completion marks and progress, and the result queue.
-    pub fn restore(
-        &mut self,
-        now: Millis,
-        sessions: Vec<StoredSession>,
-        completed: Vec<(SessionId, u64)>,
-        progress: Vec<(SessionId, u64, u64)>,
-        results: Vec<Queued>,
-    ) {
-        let (live, dead) = triage(now, self.sessions.limits(), sessions);
-        for sid in dead {
-            self.events.push_back(BEvent::ForgetSession { sid });
-            self.note(BNote::SessionPruned);
-        }
-        for s in live {
-            let env = match Envelope::from_bytes(&s.envelope) {
-                Ok(env) if env.sid == s.sid && env.device == s.device => env,
-                Ok(_) => {
-                    let detail = "stored under another session or device".to_string();
-                    self.refused("stored session", "store", RejectCode::Malformed, detail);
-                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
-                    continue;
-                }
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
-                    continue;
-                }
-            };
-            match self.machine.handle(env) {
-                Ok(_) => {
-                    let retired = self.sessions.restore(s.sid, &s.device, s.used);
-                    self.note(BNote::Session);
-                    for (sid, _) in retired {
-                        self.retire(sid, BNote::SessionRetired);
-                    }
-                }
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
-                }
-            }
-        }
-        for (sid, t) in completed {
-            if self.sessions.contains(&sid) {
-                self.complete(sid, t);
-            }
-        }
-        for (sid, t, stage) in progress {
-            if !self.sessions.contains(&sid) {
-                continue;
-            }
-            let stage = usize::try_from(stage).unwrap_or(usize::MAX);
-            self.machine.restore_progress(sid, t, stage);
-            self.reached.insert((sid, t), stage);
-        }
-        for q in results {
-            self.complete(q.sid, q.t);
-            self.results.insert((q.device.clone(), q.sid, q.t), q);
-        }
-    }
-
-    /// Forgets a session the book retired: its seeds, completion mark and
-    /// progress (a device that still has frames under it sends the
-    /// session again, which starts it afresh).
-    fn retire(&mut self, sid: SessionId, why: BNote) {
-        self.machine.forget_session(sid);
-        self.completed.remove(&sid);
-        self.reached.retain(|(s, _), _| *s != sid);
-        self.events.push_back(BEvent::ForgetSession { sid });
-        self.note(why);
-    }
-
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected => {
@@ -299,22 +226,6 @@ impl<S: SecretOps> ServerBNode<S> {
                 .push_back(BEvent::ForgetResult { device, sid, t });
             self.note(BNote::Expired);
         }
-    }
-
-    /// Refuses one of A's messages for a session B does not hold, to A
-    /// and to the device: only the device can send the session again.
-    fn unknown_session(&mut self, worker: &str, env: &Envelope) {
-        self.refuse_a(worker, env, RejectCode::UnknownSession);
-        let detail = "B has not received this session".to_string();
-        let bytes = reject_bytes(
-            &env.device,
-            env.sid,
-            env.t,
-            RejectCode::UnknownSession,
-            &detail,
-        );
-        self.transmits
-            .push_back(Transmit::new(topics::result(&env.device), bytes));
     }
 
     /// Results waiting for an acknowledgement.
@@ -400,52 +311,6 @@ impl<S: SecretOps> ServerBNode<S> {
                 self.refuse_device(what, device, sid, t, code, detail);
                 None
             }
-        }
-    }
-
-    fn on_session(&mut self, now: Millis, device: &str, payload: super::Bytes) {
-        let env = match session_envelope(device, &payload) {
-            Ok(env) => env,
-            Err((sid, t, code, detail)) => {
-                self.refuse_device("session", device, sid, t, code, detail);
-                return;
-            }
-        };
-        let (sid, t) = (env.sid, env.t);
-        let new = !self.sessions.contains(&sid);
-        if new && !self.sessions.may_open(now, device) {
-            // Before the decryption: that is what a flood of sessions
-            // would cost.
-            self.note(BNote::SessionThrottled);
-            let detail = format!(
-                "more than {} new sessions within a minute",
-                self.sessions.limits().max_opens_per_minute
-            );
-            // Logged and counted, not sent: DeviceNode takes a refusal of
-            // (sid, first counter) as final for the frame with that counter,
-            // and this one is transient. The device's frames come back as
-            // of an unknown session after the park timeout, by which time
-            // the minute has passed.
-            self.refused("session", device, RejectCode::TooManySessions, detail);
-            return;
-        }
-        match self.machine.handle(env) {
-            Ok(_) => {
-                if new {
-                    self.events.push_back(BEvent::PersistSession {
-                        sid,
-                        device: device.to_string(),
-                        envelope: payload.to_vec(),
-                        opened: now,
-                    });
-                    self.note(BNote::Session);
-                    for (old, _) in self.sessions.open(now, sid, device) {
-                        self.retire(old, BNote::SessionRetired);
-                    }
-                }
-                self.unpark(now, sid);
-            }
-            Err(e) => self.refuse_device("session", device, sid, t, e.code(), e.to_string()),
         }
     }
 
