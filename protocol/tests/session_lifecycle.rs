@@ -318,6 +318,13 @@ fn a_restart_decrypts_only_the_live_sessions() {
     // Restart the next morning: of each device's two, the older (a day
     // and a half unused) has expired.
     let restart = now + ttl / 2;
+    // What the broker still holds, retained, for dev0: a session that is
+    // dead by now.
+    let stale = store
+        .iter()
+        .find(|s| s.device == "dev0" && s.used == 3 * ttl)
+        .map(|s| (s.sid, s.envelope.clone()))
+        .expect("dev0's fourth session is stored");
     let mut restarted = node_b(limits);
     restarted.restore(restart, store, Vec::new(), Vec::new(), Vec::new());
     let events = b_events(&mut restarted);
@@ -330,6 +337,30 @@ fn a_restart_decrypts_only_the_live_sessions() {
         "a dead session was read: {events:?}"
     );
     eprintln!("restart with 20 stored sessions, 16 dead: {decrypted} decryptions (before: 20)");
+
+    // The broker redelivers the dead session's retained message on
+    // (re)subscription: not taken back (nor decrypted) until a message
+    // for that session asks for it.
+    restarted.handle(
+        restart + 1,
+        message(topics::session("dev0", 'b'), stale.1.clone()),
+    );
+    assert_eq!(count_b(&b_events(&mut restarted), BNote::Session), 0);
+    let request = Envelope::new("dev0", stale.0, 0, Body::MaskRequest { count: 1 });
+    restarted.handle(
+        restart + 2,
+        message(topics::a_to_b("a1"), request.to_bytes().expect("encodes")),
+    );
+    let told: Vec<Option<(SessionId, u64, RejectCode)>> = b_transmits(&mut restarted)
+        .iter()
+        .map(|t| reject_code(&t.payload))
+        .collect();
+    assert_eq!(
+        told,
+        vec![Some((stale.0, 0, RejectCode::UnknownSession)); 2]
+    );
+    restarted.handle(restart + 3, message(topics::session("dev0", 'b'), stale.1));
+    assert_eq!(count_b(&b_events(&mut restarted), BNote::Session), 1);
 }
 
 #[test]

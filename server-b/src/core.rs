@@ -195,6 +195,7 @@ impl Core {
                 }
             }
             BEvent::ForgetSession { sid } => self.store.remove_session(sid),
+            BEvent::ForgetCompletion { sid } => self.store.remove_completion(sid),
             BEvent::PersistResult(q) => {
                 if let Err(e) =
                     self.store

@@ -158,12 +158,16 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a session with its times, completion mark and progress.
+    /// Deletes a session with its times and progress (its completion
+    /// mark goes with [`Store::remove_completion`]).
     pub fn remove_session(&self, sid: SessionId) {
         let _ = self.sessions.remove(sid.0);
         let _ = self.session_times.remove(sid.0);
-        let _ = self.completed.remove(sid.0);
         self.forget_progress(sid, u64::MAX);
+    }
+
+    pub fn remove_completion(&self, sid: SessionId) {
+        let _ = self.completed.remove(sid.0);
     }
 
     pub fn completed(&self) -> Vec<(SessionId, u64)> {

@@ -10,11 +10,18 @@
 //! server sorts its stored sessions with [`triage`] from the times stored
 //! beside them, before any decryption, and deletes the dead ones unread.
 //!
-//! A retired or expired session is forgotten whole. A device that still
-//! has frames under it gets `UnknownSession` for them and sends the
-//! session message again (`DeviceNode` does this for a waiting frame),
-//! which the server takes as a fresh session; so the rules cost an honest
-//! device one session message, never a frame.
+//! A retired or expired session is forgotten, but its id is remembered
+//! for a while (the last [`RETIRED_MEMORY`] of them). A frame for it is
+//! then refused at once as of an unknown session; the device sends the
+//! session message again (`DeviceNode` does so for a waiting frame), and
+//! the server takes it as a fresh session. A session message for a
+//! remembered id that nothing asked for is the broker's retained copy,
+//! delivered on every (re)subscription: it is ignored, so a forgotten
+//! session does not come back, at the price of a decryption, every time a
+//! server reconnects. So the rules cost an honest device one session
+//! message, never a frame. B also keeps a remembered session's completion
+//! mark, so that a frame it finished is not worked on again if the
+//! session comes back.
 
 use super::Millis;
 use crate::prf::SessionId;
@@ -60,18 +67,18 @@ pub struct StoredSession {
 
 /// Which stored sessions are live at `now`: those used within the TTL,
 /// at most `max_per_device` per device (the most recently used). Returns
-/// the live ones and the ids of the dead ones, deciding from the stored
+/// the live ones and the dead ones (id, device), deciding from the stored
 /// times alone, so a server decrypts no dead session.
 pub fn triage(
     now: Millis,
     limits: &SessionLimits,
     stored: Vec<StoredSession>,
-) -> (Vec<StoredSession>, Vec<SessionId>) {
+) -> (Vec<StoredSession>, Vec<(SessionId, String)>) {
     let mut dead = Vec::new();
     let mut by_device: HashMap<String, Vec<StoredSession>> = HashMap::new();
     for s in stored {
         if now >= s.used.saturating_add(limits.ttl) {
-            dead.push(s.sid);
+            dead.push((s.sid, s.device));
         } else {
             by_device.entry(s.device.clone()).or_default().push(s);
         }
@@ -80,19 +87,20 @@ pub fn triage(
     for (_, mut sessions) in by_device {
         sessions.sort_by_key(|s| std::cmp::Reverse((s.used, s.opened, s.sid.0)));
         let keep = limits.max_per_device.max(1).min(sessions.len());
-        dead.extend(sessions.drain(keep..).map(|s| s.sid));
+        dead.extend(sessions.drain(keep..).map(|s| (s.sid, s.device)));
         live.extend(sessions);
     }
     // Oldest first: replayed in that order, a restored book ranks them
     // as they were ranked before the restart.
     live.sort_by_key(|s| (s.used, s.opened, s.sid.0));
-    dead.sort_by_key(|sid| sid.0);
+    dead.sort_by_key(|(sid, _)| sid.0);
     (live, dead)
 }
 
-/// Ids of sessions retired lately, so that their frames are refused at
-/// once rather than parked for a session message that is not coming.
-const RETIRED_MEMORY: usize = 4096;
+/// Ids of sessions retired lately, remembered so that their frames are
+/// refused at once rather than parked for a session message that is not
+/// coming, and their retained session messages ignored.
+pub const RETIRED_MEMORY: usize = 4096;
 
 /// Sessions opened per device are counted over this window.
 const RATE_WINDOW: Millis = 60_000;
@@ -108,6 +116,12 @@ struct Entry {
     persisted: Millis,
 }
 
+struct Retired {
+    /// A frame or a message for it came after it was retired: its session
+    /// message, when it comes, is the device's answer, not a stale copy.
+    wanted: bool,
+}
+
 /// The live sessions of one server and the rules' bookkeeping.
 pub(crate) struct SessionBook {
     limits: SessionLimits,
@@ -118,8 +132,10 @@ pub(crate) struct SessionBook {
     by_device: HashMap<String, BTreeSet<(Millis, SessionId)>>,
     /// When each device opened its recent sessions.
     opens: HashMap<String, VecDeque<Millis>>,
-    retired: HashMap<SessionId, String>,
+    retired: HashMap<SessionId, Retired>,
     retired_order: VecDeque<SessionId>,
+    /// Ids that fell out of the retired memory since last asked.
+    forgotten: Vec<SessionId>,
 }
 
 impl SessionBook {
@@ -132,6 +148,7 @@ impl SessionBook {
             opens: HashMap::new(),
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -149,8 +166,43 @@ impl SessionBook {
 
     /// Whether `sid` was retired lately (by the quota or the TTL) and has
     /// not been opened again.
+    #[cfg(test)]
     pub fn was_retired(&self, sid: &SessionId) -> bool {
         self.retired.contains_key(sid)
+    }
+
+    /// A frame or message for `sid` arrived: if the session was retired,
+    /// its next session message is to be taken. Whether this is the first
+    /// ask since it was retired: the device must then be told (at once),
+    /// while later frames wait for the session message like any frame of
+    /// a session not seen yet (each refusal spends one of the device's
+    /// session recoveries).
+    pub fn want(&mut self, sid: &SessionId) -> bool {
+        match self.retired.get_mut(sid) {
+            Some(r) if !r.wanted => {
+                r.wanted = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a session message for `sid`, not live, may be accepted:
+    /// not when it is a retired session's retained copy that nothing
+    /// asked for.
+    pub fn may_reopen(&self, sid: &SessionId) -> bool {
+        self.retired.get(sid).is_none_or(|r| r.wanted)
+    }
+
+    /// Remembers a stored session found dead at start as retired.
+    pub fn retire_stored(&mut self, sid: SessionId) {
+        self.remember(sid);
+    }
+
+    /// Ids that fell out of the retired memory since the last call (B
+    /// drops their completion marks).
+    pub fn take_forgotten(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Whether `device` may open another session now. Checked before the
@@ -178,7 +230,17 @@ impl SessionBook {
 
     /// Records a session accepted now; returns the device's sessions the
     /// quota retires to make room (never the new one), with their device.
-    pub fn open(&mut self, now: Millis, sid: SessionId, device: &str) -> Vec<(SessionId, String)> {
+    /// The least recently used session that is not `busy` (holding frames
+    /// in progress at this server) goes first: a device sends its frames
+    /// in counter order, so of several sessions with frames waiting only
+    /// one is in use, and retiring another costs nothing yet.
+    pub fn open(
+        &mut self,
+        now: Millis,
+        sid: SessionId,
+        device: &str,
+        busy: impl Fn(&SessionId) -> bool,
+    ) -> Vec<(SessionId, String)> {
         if self.limits.max_opens_per_minute > 0 {
             self.opens
                 .entry(device.to_string())
@@ -186,7 +248,7 @@ impl SessionBook {
                 .push_back(now);
         }
         self.insert(sid, device, now);
-        self.over_quota(device, sid)
+        self.over_quota(device, sid, busy)
     }
 
     /// Records a session restored from disk (after [`triage`]); returns
@@ -198,7 +260,7 @@ impl SessionBook {
         used: Millis,
     ) -> Vec<(SessionId, String)> {
         self.insert(sid, device, used);
-        self.over_quota(device, sid)
+        self.over_quota(device, sid, |_| false)
     }
 
     fn insert(&mut self, sid: SessionId, device: &str, used: Millis) {
@@ -219,14 +281,21 @@ impl SessionBook {
             .insert((used, sid));
     }
 
-    fn over_quota(&mut self, device: &str, keep: SessionId) -> Vec<(SessionId, String)> {
+    fn over_quota(
+        &mut self,
+        device: &str,
+        keep: SessionId,
+        busy: impl Fn(&SessionId) -> bool,
+    ) -> Vec<(SessionId, String)> {
         let mut retired = Vec::new();
         let max = self.limits.max_per_device.max(1);
         while let Some(sessions) = self.by_device.get(device) {
             if sessions.len() <= max {
                 break;
             }
-            let Some(oldest) = sessions.iter().map(|(_, sid)| *sid).find(|s| *s != keep) else {
+            let mut candidates = sessions.iter().map(|(_, sid)| *sid).filter(|s| *s != keep);
+            let first = candidates.clone().next();
+            let Some(oldest) = candidates.find(|s| !busy(s)).or(first) else {
                 break;
             };
             self.retire(oldest);
@@ -283,14 +352,24 @@ impl SessionBook {
     /// retired.
     fn retire(&mut self, sid: SessionId) -> Option<String> {
         let device = self.remove(&sid)?;
-        self.retired.insert(sid, device.clone());
-        self.retired_order.push_back(sid);
+        self.remember(sid);
+        Some(device)
+    }
+
+    fn remember(&mut self, sid: SessionId) {
+        if self
+            .retired
+            .insert(sid, Retired { wanted: false })
+            .is_none()
+        {
+            self.retired_order.push_back(sid);
+        }
         while self.retired_order.len() > RETIRED_MEMORY {
             if let Some(old) = self.retired_order.pop_front() {
                 self.retired.remove(&old);
+                self.forgotten.push(old);
             }
         }
-        Some(device)
     }
 
     fn forget_retired(&mut self, sid: &SessionId) {
@@ -318,6 +397,10 @@ impl SessionBook {
 mod tests {
     use super::*;
 
+    fn idle(_: &SessionId) -> bool {
+        false
+    }
+
     fn sid(n: u8) -> SessionId {
         SessionId([n; 16])
     }
@@ -343,26 +426,47 @@ mod tests {
     #[test]
     fn opening_past_the_quota_retires_the_least_recently_used() {
         let mut book = SessionBook::new(limits());
-        assert!(book.open(0, sid(1), "d").is_empty());
-        assert!(book.open(10, sid(2), "d").is_empty());
+        assert!(book.open(0, sid(1), "d", idle).is_empty());
+        assert!(book.open(10, sid(2), "d", idle).is_empty());
         // The older session is used again: the newer one is now the LRU.
         book.touch(20, sid(1));
-        assert_eq!(book.open(30, sid(3), "d"), vec![(sid(2), "d".into())]);
+        assert_eq!(book.open(30, sid(3), "d", idle), vec![(sid(2), "d".into())]);
         assert!(book.contains(&sid(1)) && book.contains(&sid(3)));
         assert!(book.was_retired(&sid(2)));
+        // Its retained session message is not taken back until a frame
+        // for it asks for it.
+        assert!(!book.may_reopen(&sid(2)));
+        assert!(book.want(&sid(2)));
+        assert!(!book.want(&sid(2)));
+        assert!(book.may_reopen(&sid(2)));
+        assert!(book.may_reopen(&sid(8)) && !book.want(&sid(8)));
         // Other devices are not affected.
-        assert!(book.open(40, sid(4), "e").is_empty());
+        assert!(book.open(40, sid(4), "e", idle).is_empty());
         assert_eq!(book.len(), 3);
+        // A session with frames in progress is passed over while another
+        // is idle.
+        assert_eq!(
+            book.open(45, sid(5), "e", |s| *s == sid(4)),
+            Vec::<(SessionId, String)>::new()
+        );
+        assert_eq!(
+            book.open(46, sid(6), "e", |s| *s == sid(4)),
+            vec![(sid(5), "e".into())]
+        );
+        assert_eq!(
+            book.open(47, sid(7), "e", |_| true),
+            vec![(sid(4), "e".into())]
+        );
         // Opened again, a retired session is live and no longer retired.
-        assert_eq!(book.open(50, sid(2), "d"), vec![(sid(1), "d".into())]);
+        assert_eq!(book.open(50, sid(2), "d", idle), vec![(sid(1), "d".into())]);
         assert!(!book.was_retired(&sid(2)));
     }
 
     #[test]
     fn unused_sessions_expire_after_the_ttl() {
         let mut book = SessionBook::new(limits());
-        book.open(0, sid(1), "d");
-        book.open(100, sid(2), "e");
+        book.open(0, sid(1), "d", idle);
+        book.open(100, sid(2), "e", idle);
         assert_eq!(book.next_expiry(), Some(1_000_000));
         book.touch(500_000, sid(1));
         assert_eq!(book.next_expiry(), Some(1_000_100));
@@ -376,7 +480,7 @@ mod tests {
     #[test]
     fn uses_reach_the_disk_once_per_ttl_share() {
         let mut book = SessionBook::new(limits());
-        book.open(0, sid(1), "d");
+        book.open(0, sid(1), "d", idle);
         let every = limits().ttl / TOUCH_SHARE;
         assert_eq!(book.touch(every - 1, sid(1)), None);
         assert_eq!(book.touch(every, sid(1)), Some(every));
@@ -385,11 +489,23 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_memory_is_bounded_and_reports_what_it_drops() {
+        let mut book = SessionBook::new(limits());
+        let id = |n: usize| SessionId((n as u128).to_be_bytes());
+        for n in 0..RETIRED_MEMORY + 2 {
+            book.retire_stored(id(n));
+        }
+        assert_eq!(book.take_forgotten(), vec![id(0), id(1)]);
+        assert!(book.take_forgotten().is_empty());
+        assert!(!book.was_retired(&id(1)) && book.was_retired(&id(2)));
+    }
+
+    #[test]
     fn opens_are_limited_per_device_and_minute() {
         let mut book = SessionBook::new(limits());
         for n in 0..3 {
             assert!(book.may_open(n, "d"));
-            book.open(n, sid(n as u8), "d");
+            book.open(n, sid(n as u8), "d", idle);
         }
         assert!(!book.may_open(3, "d"));
         assert!(book.may_open(3, "e"));
@@ -410,6 +526,7 @@ mod tests {
         // 1 and 5 are past the TTL; of d's other three the two most
         // recently used stay.
         assert_eq!(live, vec![sid(4), sid(3)]);
+        let dead: Vec<SessionId> = dead.into_iter().map(|(s, _)| s).collect();
         assert_eq!(dead, vec![sid(1), sid(2), sid(5)]);
     }
 }

@@ -2,6 +2,7 @@
 //! the checker, its transmits to the broker.
 
 use super::*;
+use veil_protocol::node::{ANote, BNote};
 
 fn stored_session(
     sid: SessionId,
@@ -67,6 +68,17 @@ impl World {
                             );
                         }
                     }
+                    AEvent::Note(note @ (ANote::SessionRetired | ANote::SessionExpired)) => {
+                        self.summary.sessions_forgotten += 1;
+                        if self.trace {
+                            eprintln!("{} A {note:?}", self.now);
+                        }
+                    }
+                    AEvent::Note(note @ (ANote::SessionPruned | ANote::SessionThrottled)) => {
+                        if self.trace {
+                            eprintln!("{} A {note:?}", self.now);
+                        }
+                    }
                     AEvent::Note(_) => {}
                 }
             }
@@ -107,8 +119,10 @@ impl World {
                     }
                     BEvent::ForgetSession { sid } => {
                         store.sessions.remove(&sid);
-                        store.completed.remove(&sid);
                         store.progress.retain(|(s, _), _| *s != sid);
+                    }
+                    BEvent::ForgetCompletion { sid } => {
+                        store.completed.remove(&sid);
                     }
                     BEvent::PersistResult(q) => {
                         made.push((q.sid, q.t));
@@ -131,6 +145,17 @@ impl World {
                                 "B refused {} from {}: {} {}",
                                 r.what, r.from, r.code, r.detail
                             );
+                        }
+                    }
+                    BEvent::Note(note @ (BNote::SessionRetired | BNote::SessionExpired)) => {
+                        self.summary.sessions_forgotten += 1;
+                        if self.trace {
+                            eprintln!("{} B {note:?}", self.now);
+                        }
+                    }
+                    BEvent::Note(note @ (BNote::SessionPruned | BNote::SessionThrottled)) => {
+                        if self.trace {
+                            eprintln!("{} B {note:?}", self.now);
                         }
                     }
                     BEvent::Note(_) => {}

@@ -14,7 +14,8 @@ impl<P: PublicOps> ServerANode<P> {
     /// Loads the live stored sessions and deletes the dead ones unread.
     pub(super) fn restore_sessions(&mut self, now: Millis, stored: Vec<StoredSession>) {
         let (live, dead) = triage(now, self.sessions.limits(), stored);
-        for sid in dead {
+        for (sid, _) in dead {
+            self.sessions.retire_stored(sid);
             self.events.push_back(AEvent::ForgetSession { sid });
             self.note(ANote::SessionPruned);
         }
@@ -60,6 +61,10 @@ impl<P: PublicOps> ServerANode<P> {
         };
         let (sid, t) = (env.sid, env.t);
         let new = !self.sessions.contains(&sid);
+        if new && !self.sessions.may_reopen(&sid) {
+            tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
+            return;
+        }
         if new && !self.sessions.may_open(now, device) {
             // Before the decryption: that is what a flood of sessions
             // would cost.
@@ -86,7 +91,9 @@ impl<P: PublicOps> ServerANode<P> {
                         opened: now,
                     });
                     self.note(ANote::Session);
-                    let retired = self.sessions.open(now, sid, device);
+                    let stored = &self.stored;
+                    let busy = |s: &SessionId| stored.iter().any(|(of, _)| of == s);
+                    let retired = self.sessions.open(now, sid, device, busy);
                     for (old, owner) in retired {
                         self.retire(now, old, &owner, ANote::SessionRetired);
                     }
@@ -133,6 +140,10 @@ impl<P: PublicOps> ServerANode<P> {
             .map(|(_, t)| *t)
             .collect();
         frames.sort_unstable();
+        if !frames.is_empty() {
+            // The device is told: its session message is an answer.
+            self.sessions.want(&sid);
+        }
         for t in frames {
             self.refuse_unknown_session(now, device, sid, t);
         }

@@ -63,9 +63,9 @@ impl<P: PublicOps> ServerANode<P> {
             );
             return;
         }
-        if self.sessions.was_retired(&sid) {
+        if self.sessions.want(&sid) {
             // Not parked: no session message is on its way unless the
-            // device is told.
+            // device is told. Its later frames park until it comes.
             self.refuse_unknown_session(now, device, sid, t);
             return;
         }

@@ -24,7 +24,8 @@ impl<S: SecretOps> ServerBNode<S> {
         results: Vec<Queued>,
     ) {
         let (live, dead) = triage(now, self.sessions.limits(), sessions);
-        for sid in dead {
+        for (sid, _) in dead {
+            self.sessions.retire_stored(sid);
             self.events.push_back(BEvent::ForgetSession { sid });
             self.note(BNote::SessionPruned);
         }
@@ -60,8 +61,15 @@ impl<S: SecretOps> ServerBNode<S> {
         for (sid, t) in completed {
             if self.sessions.contains(&sid) {
                 self.complete(sid, t);
+            } else {
+                // A forgotten session's mark is kept while its id is
+                // remembered (a bounded number): the session may come
+                // back, and what it finished must stay finished.
+                self.sessions.retire_stored(sid);
+                self.completed.insert(sid, t);
             }
         }
+        self.drop_forgotten_marks();
         for (sid, t, stage) in progress {
             if !self.sessions.contains(&sid) {
                 continue;
@@ -76,15 +84,25 @@ impl<S: SecretOps> ServerBNode<S> {
         }
     }
 
-    /// Forgets a session the book retired: its seeds, completion mark and
-    /// progress (a device that still has frames under it sends the
-    /// session again, which starts it afresh).
+    /// Forgets a session the book retired: its seeds and progress (a
+    /// device that still has frames under it sends the session again,
+    /// which starts it afresh). Its completion mark stays while the id is
+    /// remembered.
     pub(super) fn retire(&mut self, sid: SessionId, why: BNote) {
         self.machine.forget_session(sid);
-        self.completed.remove(&sid);
         self.reached.retain(|(s, _), _| *s != sid);
         self.events.push_back(BEvent::ForgetSession { sid });
         self.note(why);
+        self.drop_forgotten_marks();
+    }
+
+    /// Completion marks of sessions no longer remembered as retired go.
+    pub(super) fn drop_forgotten_marks(&mut self) {
+        for sid in self.sessions.take_forgotten() {
+            if !self.sessions.contains(&sid) && self.completed.remove(&sid).is_some() {
+                self.events.push_back(BEvent::ForgetCompletion { sid });
+            }
+        }
     }
 
     /// Refuses one of A's messages for a session B does not hold, to A
@@ -113,6 +131,10 @@ impl<S: SecretOps> ServerBNode<S> {
         };
         let (sid, t) = (env.sid, env.t);
         let new = !self.sessions.contains(&sid);
+        if new && !self.sessions.may_reopen(&sid) {
+            tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
+            return;
+        }
         if new && !self.sessions.may_open(now, device) {
             // Before the decryption: that is what a flood of sessions
             // would cost.
@@ -139,7 +161,14 @@ impl<S: SecretOps> ServerBNode<S> {
                         opened: now,
                     });
                     self.note(BNote::Session);
-                    for (old, _) in self.sessions.open(now, sid, device) {
+                    if let Some(mark) = self.completed.get(&sid).copied() {
+                        // A retired session back: what it finished stays
+                        // finished.
+                        self.machine.mark_completed(sid, mark);
+                    }
+                    let reached = &self.reached;
+                    let busy = |s: &SessionId| reached.keys().any(|(of, _)| of == s);
+                    for (old, _) in self.sessions.open(now, sid, device, busy) {
                         self.retire(old, BNote::SessionRetired);
                     }
                 }

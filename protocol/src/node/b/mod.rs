@@ -68,9 +68,14 @@ pub enum BEvent {
         used: Millis,
     },
     /// Delete a session (retired, expired, or not loadable) with its
-    /// completion mark and its frames' progress; its queued results stay
-    /// until acknowledged or expired.
+    /// frames' progress; its completion mark stays (until
+    /// `ForgetCompletion`), its queued results until acknowledged or
+    /// expired.
     ForgetSession {
+        sid: SessionId,
+    },
+    /// Delete a forgotten session's completion mark.
+    ForgetCompletion {
         sid: SessionId,
     },
     /// Queue a result and raise its session's completion mark to `t`.
@@ -398,9 +403,11 @@ impl<S: SecretOps> ServerBNode<S> {
     }
 
     fn take_from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
-        if self.sessions.was_retired(&env.sid) {
+        if self.sessions.want(&env.sid) {
             // Not parked: B forgot this session and no session message is
-            // on its way unless the device is told.
+            // on its way unless the device is told. Later messages for it
+            // park until it comes.
+
             self.unknown_session(worker, &env);
             return;
         }
