@@ -169,3 +169,37 @@ pub fn restrict(path: &Path) {
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_come_back_with_their_times() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("veil-a-store-{}-{nanos}", std::process::id()));
+        let store = Store::open(&dir).expect("store opens");
+        let sid = SessionId([1; 16]);
+        store
+            .put_session(sid, "devA", b"env", 1_000)
+            .expect("stored");
+        store.touch_session(sid, 3_000).expect("touched");
+        let sessions = store.sessions(9_000);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(
+            (
+                sessions[0].device.as_str(),
+                sessions[0].opened,
+                sessions[0].used
+            ),
+            ("devA", 1_000, 3_000)
+        );
+        store.remove_session(sid);
+        assert!(store.sessions(9_000).is_empty());
+        assert!(store.session_times.is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -277,3 +277,76 @@ pub fn restrict(path: &Path) {
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::env::temp_dir().join(format!(
+            "veil-b-store-{name}-{}-{nanos}",
+            std::process::id()
+        ))
+    }
+
+    #[test]
+    fn sessions_come_back_with_their_times_and_go_without_their_mark() {
+        let dir = scratch("times");
+        let store = Store::open(&dir).expect("store opens");
+        let (s1, s2) = (SessionId([1; 16]), SessionId([2; 16]));
+        store
+            .put_session(s1, "devA", b"one", 1_000)
+            .expect("stored");
+        store
+            .put_session(s2, "devB", b"two", 2_000)
+            .expect("stored");
+        store.touch_session(s1, 5_000).expect("touched");
+        store
+            .put_result("devA", s1, 7, b"result", 6_000)
+            .expect("queued");
+        store.put_progress(s1, 8, 2).expect("progress");
+        let mut sessions = store.sessions(9_999);
+        sessions.sort_by_key(|s| s.sid.0);
+        let times: Vec<(String, u64, u64, Vec<u8>)> = sessions
+            .into_iter()
+            .map(|s| (s.device, s.opened, s.used, s.envelope))
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                ("devA".into(), 1_000, 5_000, b"one".to_vec()),
+                ("devB".into(), 2_000, 2_000, b"two".to_vec()),
+            ]
+        );
+        // Forgotten: record, times and progress go; the completion mark
+        // and the queued result stay until removed on their own.
+        store.remove_session(s1);
+        assert_eq!(store.sessions(9_999).len(), 1);
+        assert!(store.progress().is_empty());
+        assert_eq!(store.completed(), vec![(s1, 7)]);
+        assert_eq!(store.queued(), 1);
+        store.remove_completion(s1);
+        assert!(store.completed().is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_session_stored_without_times_counts_as_used_at_start() {
+        let dir = scratch("legacy");
+        let store = Store::open(&dir).expect("store opens");
+        let sid = SessionId([3; 16]);
+        store
+            .put_session(sid, "devA", b"env", 1_000)
+            .expect("stored");
+        let _ = store.session_times.remove(sid.0);
+        let sessions = store.sessions(42_000);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!((sessions[0].opened, sessions[0].used), (0, 42_000));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

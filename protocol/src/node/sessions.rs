@@ -130,7 +130,8 @@ pub(crate) struct SessionBook {
     by_use: BTreeSet<(Millis, SessionId)>,
     /// Each device's live sessions by last use, for the quota.
     by_device: HashMap<String, BTreeSet<(Millis, SessionId)>>,
-    /// When each device opened its recent sessions.
+    /// When each device last tried to open sessions, within the window
+    /// (a device's entry stays once made: one small queue per device).
     opens: HashMap<String, VecDeque<Millis>>,
     retired: HashMap<SessionId, Retired>,
     retired_order: VecDeque<SessionId>,
@@ -205,27 +206,27 @@ impl SessionBook {
         std::mem::take(&mut self.forgotten)
     }
 
-    /// Whether `device` may open another session now. Checked before the
-    /// session's seed is decrypted; counts nothing.
-    pub fn may_open(&mut self, now: Millis, device: &str) -> bool {
+    /// Whether `device` may try to open another session now, counting the
+    /// try. Asked before the session's seed is decrypted, so a session that
+    /// then fails to decrypt counts too: the decryption is what the limit
+    /// saves.
+    pub fn admit(&mut self, now: Millis, device: &str) -> bool {
         let max = self.limits.max_opens_per_minute;
         if max == 0 {
             return true;
         }
-        let Some(opens) = self.opens.get_mut(device) else {
-            return true;
-        };
+        let opens = self.opens.entry(device.to_string()).or_default();
         while opens
             .front()
             .is_some_and(|at| now >= at.saturating_add(RATE_WINDOW))
         {
             opens.pop_front();
         }
-        if opens.is_empty() {
-            self.opens.remove(device);
-            return true;
+        if opens.len() >= max {
+            return false;
         }
-        opens.len() < max
+        opens.push_back(now);
+        true
     }
 
     /// Records a session accepted now; returns the device's sessions the
@@ -241,12 +242,6 @@ impl SessionBook {
         device: &str,
         busy: impl Fn(&SessionId) -> bool,
     ) -> Vec<(SessionId, String)> {
-        if self.limits.max_opens_per_minute > 0 {
-            self.opens
-                .entry(device.to_string())
-                .or_default()
-                .push_back(now);
-        }
         self.insert(sid, device, now);
         self.over_quota(device, sid, busy)
     }
@@ -504,12 +499,11 @@ mod tests {
     fn opens_are_limited_per_device_and_minute() {
         let mut book = SessionBook::new(limits());
         for n in 0..3 {
-            assert!(book.may_open(n, "d"));
-            book.open(n, sid(n as u8), "d", idle);
+            assert!(book.admit(n, "d"));
         }
-        assert!(!book.may_open(3, "d"));
-        assert!(book.may_open(3, "e"));
-        assert!(book.may_open(RATE_WINDOW, "d"));
+        assert!(!book.admit(3, "d"));
+        assert!(book.admit(3, "e"));
+        assert!(book.admit(RATE_WINDOW, "d"));
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl<P: PublicOps> ServerANode<P> {
             tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
             return;
         }
-        if new && !self.sessions.may_open(now, device) {
+        if new && !self.sessions.admit(now, device) {
             // Before the decryption: that is what a flood of sessions
             // would cost.
             self.note(ANote::SessionThrottled);

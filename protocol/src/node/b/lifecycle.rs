@@ -135,7 +135,7 @@ impl<S: SecretOps> ServerBNode<S> {
             tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
             return;
         }
-        if new && !self.sessions.may_open(now, device) {
+        if new && !self.sessions.admit(now, device) {
             // Before the decryption: that is what a flood of sessions
             // would cost.
             self.note(BNote::SessionThrottled);
