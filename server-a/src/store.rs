@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use veil_protocol::SessionId;
-use veil_protocol::node::{Millis, StoredSession};
+use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerAError;
 
@@ -99,7 +99,8 @@ impl Store {
         opened: Millis,
     ) -> sled::Result<()> {
         self.sessions.insert(sid.0, with_device(device, envelope))?;
-        self.session_times.insert(sid.0, &times(opened, opened))?;
+        self.session_times
+            .insert(sid.0, &encode_times(opened, opened))?;
         self.flush()
     }
 
@@ -109,9 +110,10 @@ impl Store {
         let opened = self
             .session_times
             .get(sid.0)?
-            .and_then(|v| split_times(&v))
+            .and_then(|v| decode_times(&v))
             .map_or(used, |(opened, _)| opened);
-        self.session_times.insert(sid.0, &times(opened, used))?;
+        self.session_times
+            .insert(sid.0, &encode_times(opened, used))?;
         Ok(())
     }
 
@@ -129,7 +131,7 @@ impl Store {
                     .get(sid.0)
                     .ok()
                     .flatten()
-                    .and_then(|t| split_times(&t))
+                    .and_then(|t| decode_times(&t))
                     .unwrap_or((0, now));
                 Some(StoredSession {
                     sid,
@@ -146,19 +148,6 @@ impl Store {
         let _ = self.sessions.remove(sid.0);
         let _ = self.session_times.remove(sid.0);
     }
-}
-
-fn times(opened: Millis, used: Millis) -> [u8; 16] {
-    let mut value = [0u8; 16];
-    value[..8].copy_from_slice(&opened.to_be_bytes());
-    value[8..].copy_from_slice(&used.to_be_bytes());
-    value
-}
-
-fn split_times(value: &[u8]) -> Option<(Millis, Millis)> {
-    let (opened, used) = value.split_first_chunk::<8>()?;
-    let used: [u8; 8] = used.try_into().ok()?;
-    Some((u64::from_be_bytes(*opened), u64::from_be_bytes(used)))
 }
 
 /// Owner-only access: the store holds masked frames and session messages.

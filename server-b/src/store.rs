@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_protocol::SessionId;
-use veil_protocol::node::{Millis, StoredSession};
+use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerBError;
 
@@ -112,7 +112,8 @@ impl Store {
         let mut value = device_prefix(device);
         value.extend_from_slice(envelope);
         self.sessions.insert(sid.0, value)?;
-        self.session_times.insert(sid.0, &times(opened, opened))?;
+        self.session_times
+            .insert(sid.0, &encode_times(opened, opened))?;
         self.flush()
     }
 
@@ -122,9 +123,10 @@ impl Store {
         let opened = self
             .session_times
             .get(sid.0)?
-            .and_then(|v| split_times(&v))
+            .and_then(|v| decode_times(&v))
             .map_or(used, |(opened, _)| opened);
-        self.session_times.insert(sid.0, &times(opened, used))?;
+        self.session_times
+            .insert(sid.0, &encode_times(opened, used))?;
         Ok(())
     }
 
@@ -145,7 +147,7 @@ impl Store {
                     .get(sid.0)
                     .ok()
                     .flatten()
-                    .and_then(|t| split_times(&t))
+                    .and_then(|t| decode_times(&t))
                     .unwrap_or((0, now));
                 Some(StoredSession {
                     sid,
@@ -254,19 +256,6 @@ impl Store {
     pub fn queued(&self) -> u64 {
         self.results.len() as u64
     }
-}
-
-fn times(opened: Millis, used: Millis) -> [u8; 16] {
-    let mut value = [0u8; 16];
-    value[..8].copy_from_slice(&opened.to_be_bytes());
-    value[8..].copy_from_slice(&used.to_be_bytes());
-    value
-}
-
-fn split_times(value: &[u8]) -> Option<(Millis, Millis)> {
-    let (opened, used) = value.split_first_chunk::<8>()?;
-    let used: [u8; 8] = used.try_into().ok()?;
-    Some((u64::from_be_bytes(*opened), u64::from_be_bytes(used)))
 }
 
 /// Owner-only access: the store holds session messages and results.

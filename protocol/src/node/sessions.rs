@@ -24,6 +24,7 @@
 //! session comes back.
 
 use super::Millis;
+use crate::messages::{Envelope, RejectCode};
 use crate::prf::SessionId;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -95,6 +96,53 @@ pub fn triage(
     live.sort_by_key(|s| (s.used, s.opened, s.sid.0));
     dead.sort_by_key(|(sid, _)| sid.0);
     (live, dead)
+}
+
+/// How a server stores a session's times beside it: opened and last used,
+/// 8 bytes each, big-endian milliseconds.
+pub fn encode_times(opened: Millis, used: Millis) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&opened.to_be_bytes());
+    value[8..].copy_from_slice(&used.to_be_bytes());
+    value
+}
+
+/// The times [`encode_times`] wrote, if `value` is 16 bytes.
+pub fn decode_times(value: &[u8]) -> Option<(Millis, Millis)> {
+    let (opened, used) = value.split_first_chunk::<8>()?;
+    let used: [u8; 8] = used.try_into().ok()?;
+    Some((u64::from_be_bytes(*opened), u64::from_be_bytes(used)))
+}
+
+/// A stored session's message, checked against the record it was stored
+/// under (decoding only: nothing is decrypted here).
+pub(crate) fn stored_envelope(s: &StoredSession) -> Result<Envelope, (RejectCode, String)> {
+    match Envelope::from_bytes(&s.envelope) {
+        Ok(env) if env.sid == s.sid && env.device == s.device => Ok(env),
+        Ok(_) => Err((
+            RejectCode::Malformed,
+            "stored under another session or device".to_string(),
+        )),
+        Err(e) => Err((e.code(), e.to_string())),
+    }
+}
+
+/// What a server does with a device's session message, decided before
+/// any decryption.
+pub(crate) enum Admission {
+    /// A live session's message again (retained or resent): nothing to do
+    /// beyond what the state machine does for a known session.
+    Known,
+    /// A new session, to decrypt.
+    New,
+    /// A retired session's retained copy that nothing asked for.
+    Stale,
+    /// Over the device's opening rate. Logged and counted, not sent:
+    /// `DeviceNode` takes a refusal of (sid, first counter) as final for
+    /// the frame with that counter, and this one is transient; the
+    /// device's frames come back as of an unknown session after the park
+    /// timeout, by which time the minute has passed.
+    Throttled(String),
 }
 
 /// Ids of sessions retired lately, remembered so that their frames are
@@ -204,6 +252,22 @@ impl SessionBook {
     /// drops their completion marks).
     pub fn take_forgotten(&mut self) -> Vec<SessionId> {
         std::mem::take(&mut self.forgotten)
+    }
+
+    /// Whether a session message for `sid` from `device` is to be
+    /// decrypted; counts it against the opening rate when it is.
+    pub fn admission(&mut self, now: Millis, sid: &SessionId, device: &str) -> Admission {
+        if self.contains(sid) {
+            return Admission::Known;
+        }
+        if !self.may_reopen(sid) {
+            return Admission::Stale;
+        }
+        if !self.admit(now, device) {
+            let max = self.limits.max_opens_per_minute;
+            return Admission::Throttled(format!("more than {max} new sessions within a minute"));
+        }
+        Admission::New
     }
 
     /// Whether `device` may try to open another session now, counting the
@@ -470,6 +534,16 @@ mod tests {
         assert_eq!(book.next_expiry(), Some(1_500_000));
         assert_eq!(book.expire(u64::MAX), vec![(sid(1), "d".into())]);
         assert_eq!(book.next_expiry(), None);
+    }
+
+    #[test]
+    fn stored_times_round_trip_and_wrong_lengths_are_refused() {
+        assert_eq!(
+            decode_times(&encode_times(7, u64::MAX)),
+            Some((7, u64::MAX))
+        );
+        assert_eq!(decode_times(&[0; 15]), None);
+        assert_eq!(decode_times(&[0; 17]), None);
     }
 
     #[test]

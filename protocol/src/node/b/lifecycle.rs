@@ -6,7 +6,7 @@
 use super::{BEvent, BNote, Queued, ServerBNode};
 use crate::backend::SecretOps;
 use crate::messages::{Envelope, RejectCode};
-use crate::node::sessions::{StoredSession, triage};
+use crate::node::sessions::{Admission, StoredSession, stored_envelope, triage};
 use crate::node::{Bytes, Millis, Transmit, reject_bytes, session_envelope};
 use crate::prf::SessionId;
 use crate::topics;
@@ -30,16 +30,10 @@ impl<S: SecretOps> ServerBNode<S> {
             self.note(BNote::SessionPruned);
         }
         for s in live {
-            let env = match Envelope::from_bytes(&s.envelope) {
-                Ok(env) if env.sid == s.sid && env.device == s.device => env,
-                Ok(_) => {
-                    let detail = "stored under another session or device".to_string();
-                    self.refused("stored session", "store", RejectCode::Malformed, detail);
-                    self.events.push_back(BEvent::ForgetSession { sid: s.sid });
-                    continue;
-                }
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
+            let env = match stored_envelope(&s) {
+                Ok(env) => env,
+                Err((code, detail)) => {
+                    self.refused("stored session", "store", code, detail);
                     self.events.push_back(BEvent::ForgetSession { sid: s.sid });
                     continue;
                 }
@@ -130,27 +124,19 @@ impl<S: SecretOps> ServerBNode<S> {
             }
         };
         let (sid, t) = (env.sid, env.t);
-        let new = !self.sessions.contains(&sid);
-        if new && !self.sessions.may_reopen(&sid) {
-            tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
-            return;
-        }
-        if new && !self.sessions.admit(now, device) {
-            // Before the decryption: that is what a flood of sessions
-            // would cost.
-            self.note(BNote::SessionThrottled);
-            let detail = format!(
-                "more than {} new sessions within a minute",
-                self.sessions.limits().max_opens_per_minute
-            );
-            // Logged and counted, not sent: DeviceNode takes a refusal of
-            // (sid, first counter) as final for the frame with that counter,
-            // and this one is transient. The device's frames come back as
-            // of an unknown session after the park timeout, by which time
-            // the minute has passed.
-            self.refused("session", device, RejectCode::TooManySessions, detail);
-            return;
-        }
+        let new = match self.sessions.admission(now, &sid, device) {
+            Admission::Known => false,
+            Admission::New => true,
+            Admission::Stale => {
+                tracing::debug!(%sid, %device, "retained copy of a retired session; ignored");
+                return;
+            }
+            Admission::Throttled(detail) => {
+                self.note(BNote::SessionThrottled);
+                self.refused("session", device, RejectCode::TooManySessions, detail);
+                return;
+            }
+        };
         match self.machine.handle(env) {
             Ok(_) => {
                 if new {
