@@ -460,11 +460,11 @@ async fn malformed_bytes_close_only_that_connection() {
 #[tokio::test]
 async fn tls_listener_serves_mqtt() {
     let broker = start(BrokerConfig {
-        tls: Some(veil_broker::TlsListenerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert: fixture("server.crt"),
-            key: fixture("server.key"),
-        }),
+        tls: Some(veil_broker::TlsListenerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            fixture("server.crt"),
+            fixture("server.key"),
+        )),
         ..example_config()
     })
     .await;

@@ -162,6 +162,8 @@ pub struct Servers {
     pub b: Option<veil_server_b::ServerB>,
     /// How long A waits for B before starting a frame over.
     pub round_timeout: Duration,
+    /// Both servers' session rules.
+    pub sessions: veil_protocol::node::SessionLimits,
 }
 
 impl Servers {
@@ -176,6 +178,7 @@ impl Servers {
             a: None,
             b: None,
             round_timeout: Duration::from_secs(5),
+            sessions: veil_protocol::node::SessionLimits::default(),
         }
     }
 
@@ -184,11 +187,15 @@ impl Servers {
             veil_server_a::Options::new(mqtt(self.addr, "server-a"), self.dir.join("server-a"));
         o.round_timeout = self.round_timeout;
         o.max_retries = 20;
+        o.sessions = self.sessions.clone();
         o
     }
 
     pub fn b_options(&self) -> veil_server_b::Options {
-        veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"))
+        let mut o =
+            veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"));
+        o.sessions = self.sessions.clone();
+        o
     }
 
     pub async fn start_a(&mut self) {
