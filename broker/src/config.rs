@@ -325,8 +325,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "listne = \"127.0.0.1:0\"\n").unwrap();
+        // The file's name in the error, the TOML parser's reason as its
+        // cause (each printed once by a reporter that walks the chain).
         let e = BrokerConfig::from_toml_file(&path).unwrap_err();
-        assert!(e.to_string().contains("listne"), "{e}");
+        assert!(e.to_string().contains("b.toml"), "{e}");
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        assert!(cause.contains("listne"), "{cause}");
+        assert!(
+            !e.to_string().contains("listne"),
+            "the cause is printed twice: {e}"
+        );
         std::fs::write(&path, "log_segment_size = 10\n").unwrap();
         let e = BrokerConfig::from_toml_file(&path).unwrap_err();
         assert!(e.to_string().contains("log_segment_size"), "{e}");

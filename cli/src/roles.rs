@@ -30,7 +30,7 @@ pub struct BrokerArgs {
 pub fn broker(args: BrokerArgs) -> Result<()> {
     runtime()?.block_on(async {
         let config = veil_broker::BrokerConfig::from_toml_file(&args.config)
-            .with_context(|| format!("loading {}", args.config.display()))?;
+            .context("loading the broker configuration")?;
         let broker = veil_broker::Broker::start(config)
             .await
             .context("starting the broker")?;

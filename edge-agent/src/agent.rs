@@ -124,7 +124,7 @@ async fn provision(options: &AgentOptions, disk: &Disk) -> Result<Public, AgentE
         match parse_public(options, &a, &b, &t) {
             Ok(public) => return Ok(public),
             Err(e) => {
-                tracing::warn!(error = %e, "cached public material no longer matches; fetching it again")
+                tracing::warn!(error = %crate::chain(&e), "cached public material no longer matches; fetching it again")
             }
         }
     }

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 pub enum LinkError {
     #[error("broker URL {url:?}: {reason}")]
     Url { url: String, reason: String },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

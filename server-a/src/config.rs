@@ -11,12 +11,12 @@ use crate::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Toml {
         path: PathBuf,
         source: Box<toml::de::Error>,

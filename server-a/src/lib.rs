@@ -47,15 +47,15 @@ use veil_protocol::{Params, Seed};
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerAError {
-    #[error("state store {path}: {source}")]
+    #[error("state store {path}")]
     Store { path: PathBuf, source: sled::Error },
-    #[error("state store: {0}")]
+    #[error(transparent)]
     StoreOp(#[from] sled::Error),
-    #[error("protocol: {0}")]
+    #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
-    #[error("MQTT: {0}")]
+    #[error(transparent)]
     Link(#[from] veil_link::LinkError),
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -7,7 +7,7 @@ use super::*;
 pub enum ReadError {
     #[error(transparent)]
     Codec(#[from] CodecError),
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
