@@ -385,7 +385,9 @@ async fn deliveries_are_checked_again_after_an_acl_reload() {
 
     std::fs::write(&acl_path, "user server-a\ntopic reed x\n").unwrap();
     let err = broker.reload().unwrap_err();
-    let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
+    let cause = std::error::Error::source(&err)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     assert!(cause.contains("line 2"), "{err}: {cause}");
     broker.shutdown().await;
 }
