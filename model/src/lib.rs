@@ -36,7 +36,7 @@ pub use fixed::{
     truncate,
 };
 #[cfg(feature = "onnx")]
-pub use import::INPUT_BOUNDS_KEY;
+pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
