@@ -114,25 +114,35 @@ pub fn expand(seed: &Seed, label: &[u8], t: u64, count: usize, bits: u32) -> Vec
 
 /// [`expand`] with the label's key already derived.
 pub fn expand_derived(key: &Seed, t: u64, count: usize, bits: u32) -> Vec<u128> {
+    let mut out = Vec::with_capacity(count);
+    expand_fields(key, t, std::iter::repeat_n(bits, count), |_, v| out.push(v));
+    out
+}
+
+/// Values for counter `t`, one per entry of `bits`, each uniform in
+/// `[0, 2^bits)` (bits ≤ 128; more read as 128) and handed to `each` with
+/// its index: the i-th value takes the next 64-bit word of the keystream,
+/// or the next two above 64 bits. Nothing is allocated: the device expands
+/// its masks with this on every frame.
+#[inline]
+pub fn expand_fields(
+    key: &Seed,
+    t: u64,
+    bits: impl IntoIterator<Item = u32>,
+    mut each: impl FnMut(usize, u128),
+) {
     let mut rng = ChaCha20Rng::from_seed(*key.as_bytes());
     rng.set_stream(t);
-    let bits = bits.min(128);
-    let mask = if bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    (0..count)
-        .map(|_| {
-            let low = u128::from(rng.next_u64());
-            let value = if bits > 64 {
-                low | (u128::from(rng.next_u64()) << 64)
-            } else {
-                low
-            };
-            value & mask
-        })
-        .collect()
+    for (i, bits) in bits.into_iter().enumerate() {
+        let bits = bits.min(128);
+        let low = u128::from(rng.next_u64());
+        let value = if bits > 64 {
+            low | (u128::from(rng.next_u64()) << 64)
+        } else {
+            low
+        };
+        each(i, value & crate::codec::low_mask(bits));
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +176,18 @@ mod tests {
         assert!(wide.iter().all(|v| *v < 1 << 100) && wide.iter().any(|v| *v >= 1 << 99));
         // A prefix is stable whatever the count.
         assert_eq!(&expand(&seed, label::INPUT, 5, 10, 57)[..], &a[..10]);
+        // Fields of mixed widths take one word each up to 64 bits, two
+        // above: the same values as uniform expansions at those positions.
+        let key = seed.derive(label::INPUT);
+        let mut mixed = Vec::new();
+        expand_fields(&key, 5, [57, 100, 3], |i, v| mixed.push((i, v)));
+        let words = expand_derived(&key, 5, 4, 64);
+        assert_eq!(mixed[0], (0, words[0] & ((1 << 57) - 1)));
+        assert_eq!(
+            mixed[1],
+            (1, (words[1] | (words[2] << 64)) & ((1 << 100) - 1))
+        );
+        assert_eq!(mixed[2], (2, words[3] & 7));
     }
 
     #[test]
