@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use veil_bench::veil_device::VeilDevice;
 use veil_bench::{load_model, thread_cpu_time};
-use veil_protocol::{
-    Body, Device, DeviceConfig, Envelope, FrameResult, Params, codec, output_bits, result_width,
-};
+use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params};
 
 const FRAMES: u64 = 400;
 const FLUSH_BYTES: usize = 32 << 20;
@@ -30,56 +29,45 @@ impl Flusher {
     }
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+fn timed<T>(f: impl FnOnce() -> T) -> Duration {
     let before = thread_cpu_time();
-    let out = f();
-    (thread_cpu_time().saturating_sub(before), out)
+    std::hint::black_box(f());
+    thread_cpu_time().saturating_sub(before)
 }
 
 fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "pima-mlp".into());
     let model = load_model(&name)?;
     let topology = Arc::new(model.topology().clone());
-    let params = Params::default();
     let mut device = Device::new(DeviceConfig {
         device: "devA".into(),
-        params: params.clone(),
+        params: Params::default(),
         topology: Arc::clone(&topology),
         server_a: veil_paillier::fixtures::key_2048_a().public_key().clone(),
         server_b: veil_paillier::fixtures::key_2048_b().public_key().clone(),
     })?;
     let _ = device.open_session(0, &mut rand::rng())?;
     let sid = device.current().map(|s| s.sid).expect("a session");
-    let x_hat: Vec<i64> = (0..topology.input_len as i64)
-        .map(|i| (i * 1000) % (1 << topology.input_bound_bits.min(20)))
-        .collect();
-    let width = result_width(&topology, &params);
-    let result_values: Vec<veil_protocol::I256> = (0..topology.output_len)
-        .map(|i| veil_protocol::I256::from(i as i64) << (output_bits(&topology) + 3))
-        .collect();
+    let result_bytes = device.result_layout().bytes;
+    let x_hat: Vec<i64> = topology.input_ranges.iter().map(|(lo, _)| *lo).collect();
+    let mut frame = Vec::new();
+    let mut outputs = Vec::new();
     let result_of = |t: u64| -> anyhow::Result<Vec<u8>> {
-        Ok(Envelope::new(
-            "devA",
-            sid,
-            t,
-            Body::Result(FrameResult {
-                count: topology.output_len as u32,
-                width: width as u16,
-                values: codec::pack_ints(&result_values, width)?,
-            }),
-        )
-        .to_bytes()?)
+        let body = Body::Result(FrameResult {
+            values: vec![0x5a; result_bytes],
+        });
+        Ok(Envelope::new("devA", sid, t, body).to_device_bytes()?)
     };
+    let mut bench = VeilDevice::new(device);
 
     let phases = [
         "empty region (clock reads)",
-        "mask the frame",
-        "encode the frame message",
-        "decode the result message",
-        "unmask the result",
-        "encode the acknowledgement",
-        "region 1: mask + encode",
-        "region 2: decode + unmask + ack",
+        "expand the next frame's input masks (prepare)",
+        "mask and encode a frame, masks prepared",
+        "mask and encode a frame, masks expanded inline",
+        "decode and unmask a result",
+        "region 1 of veil bench device: capture",
+        "region 2 of veil bench device: result, then prepare",
     ];
     let mut flusher = Flusher(vec![0u8; FLUSH_BYTES]);
     let mut t = 0u64;
@@ -96,52 +84,41 @@ fn main() -> anyhow::Result<()> {
                         f.flush();
                     }
                 };
-                let d = match p {
+                let d = &mut bench.device;
+                let spent_now = match p {
                     0 => {
                         flush(&mut flusher);
-                        timed(|| ()).0
+                        timed(|| ())
                     }
                     1 => {
                         flush(&mut flusher);
-                        timed(|| device.mask_frame(&x_hat, t)).0
+                        timed(|| d.prepare(t))
                     }
                     2 => {
-                        let frame = device.mask_frame(&x_hat, t)?;
+                        d.prepare(t);
                         flush(&mut flusher);
-                        timed(|| frame.envelope.to_bytes()).0
+                        timed(|| d.write_frame(&x_hat, t, &[t - 1], &mut frame))
                     }
                     3 => {
                         flush(&mut flusher);
-                        timed(|| Envelope::from_bytes(&result)).0
+                        timed(|| d.write_frame(&x_hat, t, &[t - 1], &mut frame))
                     }
                     4 => {
-                        let envelope = Envelope::from_bytes(&result)?;
                         flush(&mut flusher);
-                        timed(|| device.open_result(&envelope)).0
+                        timed(|| d.read_result(&result, &mut outputs))
                     }
                     5 => {
+                        bench.device.prepare(t);
                         flush(&mut flusher);
-                        timed(|| device.ack(sid, t).envelope.to_bytes()).0
-                    }
-                    6 => {
-                        flush(&mut flusher);
-                        timed(|| -> anyhow::Result<Vec<u8>> {
-                            Ok(device.mask_frame(&x_hat, t)?.envelope.to_bytes()?)
-                        })
-                        .0
+                        timed(|| bench.capture(&x_hat, t).map(<[u8]>::len))
                     }
                     _ => {
+                        bench.capture(&x_hat, t)?;
                         flush(&mut flusher);
-                        timed(|| -> anyhow::Result<Vec<u8>> {
-                            let envelope = Envelope::from_bytes(&result)?;
-                            let opened = device.open_result(&envelope)?;
-                            std::hint::black_box(opened);
-                            Ok(device.ack(sid, t).envelope.to_bytes()?)
-                        })
-                        .0
+                        timed(|| bench.result(&result))
                     }
                 };
-                spent[c] += d;
+                spent[c] += spent_now;
             }
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6 / FRAMES as f64;

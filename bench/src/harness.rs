@@ -24,6 +24,7 @@ use crate::conventional::{
 };
 use crate::meter::{CpuGroup, Relay, Traffic, publish_packet_len};
 use crate::report::{ApproachReport, FrameCost, ServerCost, SetupCost};
+use crate::veil_device::VeilDevice;
 use crate::{pooled_noise, thread_cpu_time};
 use anyhow::{Context, Result, anyhow, bail};
 use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError};
@@ -797,6 +798,7 @@ fn setup_cost(samples: &[Duration], wall: Duration, traffic: Traffic) -> SetupCo
         wall_ms: wall.as_secs_f64() * 1e3,
         bytes_sent: traffic.sent,
         bytes_received: traffic.received,
+        ..SetupCost::default()
     }
 }
 
@@ -1040,6 +1042,7 @@ pub fn run_veil(
         let mut a_start = server_a.snapshot();
         let mut b_start = server_b.snapshot();
         let mut before = link.settle()?;
+        let mut device = VeilDevice::new(device);
         for (i, input) in inputs.iter().enumerate() {
             if i == warmup {
                 a_start = server_a.snapshot();
@@ -1048,27 +1051,21 @@ pub fn run_veil(
             let t = i as u64;
             let mut spent = Duration::ZERO;
             let started = Instant::now();
-            let frame = device_work(&mut spent, || -> Result<Vec<u8>> {
-                Ok(device.mask_frame(&input.x_hat, t)?.envelope.to_bytes()?)
-            })?;
+            let frame = device_work(&mut spent, || -> Result<&[u8]> {
+                device.capture(&input.x_hat, t)
+            })?
+            .to_vec();
             link.publish(&topics::frame(DEVICE_USER), frame, false)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
                 match link.poll(Duration::from_millis(50))? {
                     Polled::Message { topic, payload } if topic == topics::result(DEVICE_USER) => {
-                        let opened = device_work(&mut spent, || -> Result<_> {
-                            let envelope = Envelope::from_bytes(&payload)?;
-                            let opened = device.open_result(&envelope)?;
-                            let class = argmax(&opened.values);
-                            let ack = device.ack(opened.sid, opened.t).envelope.to_bytes()?;
-                            Ok((opened.t, class, ack))
-                        })?;
+                        let (opened_t, class) =
+                            device_work(&mut spent, || device.result(&payload))?;
                         let wall = started.elapsed();
                         got.push(payload);
-                        let (opened_t, class, ack) = opened;
-                        link.publish(&topics::ack(DEVICE_USER), ack, false)?;
                         if opened_t == t {
-                            break (class, wall);
+                            break (Some(class), wall);
                         }
                     }
                     Polled::Message { topic, .. } => bail!("unexpected message on {topic}"),
@@ -1086,6 +1083,27 @@ pub fn run_veil(
             before = after;
             log.record(i, spent, wall, &traffic, class, got);
         }
+        // The session's end: the acknowledgement of its last result, which
+        // no frame carries, goes on its own (the device node's timer).
+        let mut end_cpu = Duration::ZERO;
+        let acks = device_work(&mut end_cpu, || -> Result<Vec<Vec<u8>>> {
+            device
+                .take_acks()
+                .into_iter()
+                .map(|(sid, t)| Ok(device.device.ack(sid, t).envelope.to_device_bytes()?))
+                .collect()
+        })?;
+        for ack in acks {
+            link.publish(&topics::ack(DEVICE_USER), ack, false)?;
+        }
+        wait_quiet(&[&server_a, &server_b])?;
+        let end = link.settle()?.since(&before);
+        let setup = SetupCost {
+            end_cpu_us: end_cpu.as_secs_f64() * 1e6,
+            end_bytes_sent: end.sent,
+            end_bytes_received: end.received,
+            ..setup
+        };
         check_servers(&[&server_a, &server_b])?;
         let FrameLog {
             frames, received, ..

@@ -240,6 +240,7 @@ mod tests {
                     wall_ms: setup,
                     bytes_sent: 500,
                     bytes_received: 0,
+                    ..SetupCost::default()
                 },
                 vec![FrameCost {
                     cpu_us: cpu,
