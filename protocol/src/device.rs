@@ -15,7 +15,7 @@ use crate::messages::{
     Body, Envelope, Frame, FrameResult, Outgoing, Peer, SessionInit, check_device_name,
 };
 use crate::params::Params;
-use crate::prf::{MaskKeys, Seed, SessionId, expand_fields};
+use crate::prf::{MaskKeys, Seed, SessionId, expand_into};
 use crate::wire::{self, Kind};
 use ethnum::I256;
 use rand_core::CryptoRng;
@@ -88,6 +88,8 @@ pub struct Device {
     prepared: Option<(SessionId, u64)>,
     /// `a_i + b_i` per feature.
     sums: Vec<u128>,
+    /// Keystream of the expansion at hand.
+    scratch: Vec<u8>,
 }
 
 /// Whether a frame's values and counter fit the session and the model,
@@ -121,6 +123,7 @@ impl Device {
             sessions: BTreeMap::new(),
             current: None,
             prepared: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -244,7 +247,8 @@ impl Device {
             return;
         }
         let (keys_a, keys_b) = session.keys();
-        expand_sums(&mut self.sums, keys_a, keys_b, t, &self.layout);
+        let scratch = &mut self.scratch;
+        expand_sums(&mut self.sums, scratch, keys_a, keys_b, t, &self.layout);
         self.prepared = Some((session.sid, t));
     }
 
@@ -288,7 +292,8 @@ impl Device {
         let sid = session.sid;
         if self.prepared != Some((sid, t)) {
             let (keys_a, keys_b) = session.keys();
-            expand_sums(&mut self.sums, keys_a, keys_b, t, &self.layout);
+            let scratch = &mut self.scratch;
+            expand_sums(&mut self.sums, scratch, keys_a, keys_b, t, &self.layout);
         }
         self.prepared = None;
         out.clear();
@@ -326,14 +331,29 @@ impl Device {
     /// still holds: `o = r - mA - mB` modulo `2^(κ+1)`, centred. Returns
     /// the result's session and counter. Allocates nothing once `outputs`
     /// has grown to the model's output count.
-    pub fn read_result(&self, payload: &[u8], outputs: &mut Vec<i128>) -> Result<(SessionId, u64)> {
+    pub fn read_result(
+        &mut self,
+        payload: &[u8],
+        outputs: &mut Vec<i128>,
+    ) -> Result<(SessionId, u64)> {
         let (kind, sid, t, body) = wire::read_header(payload)?;
         if kind != Kind::Result {
             return Err(ProtocolError::Unexpected(
                 "a message other than a result on the result topic".into(),
             ));
         }
-        self.unmask(sid, t, body.rest(), outputs)?;
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
+        unmask(
+            session,
+            &self.result,
+            t,
+            body.rest(),
+            outputs,
+            &mut self.scratch,
+        )?;
         Ok((sid, t))
     }
 
@@ -352,48 +372,24 @@ impl Device {
                 envelope.body.kind()
             )));
         };
+        let session = self
+            .sessions
+            .get(&envelope.sid)
+            .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
         let mut outputs = Vec::new();
-        self.unmask(envelope.sid, envelope.t, &result.values, &mut outputs)?;
+        unmask(
+            session,
+            &self.result,
+            envelope.t,
+            &result.values,
+            &mut outputs,
+            &mut Vec::new(),
+        )?;
         Ok(Opened {
             sid: envelope.sid,
             t: envelope.t,
             values: outputs.into_iter().map(I256::from).collect(),
         })
-    }
-
-    fn unmask(&self, sid: SessionId, t: u64, values: &[u8], outputs: &mut Vec<i128>) -> Result<()> {
-        let layout = &self.result;
-        let session = self
-            .sessions
-            .get(&sid)
-            .ok_or(ProtocolError::UnknownSession(sid))?;
-        if values.len() != layout.bytes {
-            return Err(ProtocolError::Size(format!(
-                "result has {} bytes of values, expected {} outputs of {} bits",
-                values.len(),
-                layout.count,
-                layout.wire_bits()
-            )));
-        }
-        let (keys_a, keys_b) = session.keys();
-        let bits = std::iter::repeat_n(layout.mask_bits, layout.count);
-        // mA + mB modulo 2^(κ+1), as unsigned residues for now.
-        outputs.clear();
-        expand_fields(&keys_a.output, t, bits.clone(), |_, m| {
-            outputs.push(m as i128)
-        });
-        expand_fields(&keys_b.output, t, bits, |j, m| {
-            if let Some(o) = outputs.get_mut(j) {
-                *o = (*o as u128).wrapping_add(m) as i128;
-            }
-        });
-        let mut reader = FieldReader::new(values);
-        let width = layout.wire_bits();
-        for o in outputs.iter_mut() {
-            let r = reader.get(width);
-            *o = layout.centred(r.wrapping_sub(*o as u128));
-        }
-        Ok(())
     }
 
     /// The acknowledgement that lets B drop a delivered result, on its
@@ -420,18 +416,60 @@ impl Device {
 /// `sums[i] = a_i + b_i` for counter `t`.
 fn expand_sums(
     sums: &mut Vec<u128>,
+    scratch: &mut Vec<u8>,
     keys_a: &MaskKeys,
     keys_b: &MaskKeys,
     t: u64,
     layout: &FrameLayout,
 ) {
     sums.clear();
-    expand_fields(&keys_a.input, t, layout.mask_bits(), |_, a| sums.push(a));
-    expand_fields(&keys_b.input, t, layout.mask_bits(), |i, b| {
+    expand_into(&keys_a.input, t, layout.mask_bits(), scratch, |_, a| {
+        sums.push(a)
+    });
+    expand_into(&keys_b.input, t, layout.mask_bits(), scratch, |i, b| {
         if let Some(sum) = sums.get_mut(i) {
             *sum += b;
         }
     });
+}
+
+/// `o = r - mA - mB` modulo `2^(κ+1)`, centred, for result `t` of
+/// `session` with packed values `values`, into `outputs`.
+fn unmask(
+    session: &DeviceSession,
+    layout: &ResultLayout,
+    t: u64,
+    values: &[u8],
+    outputs: &mut Vec<i128>,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    if values.len() != layout.bytes {
+        return Err(ProtocolError::Size(format!(
+            "result has {} bytes of values, expected {} outputs of {} bits",
+            values.len(),
+            layout.count,
+            layout.wire_bits()
+        )));
+    }
+    let (keys_a, keys_b) = session.keys();
+    let bits = std::iter::repeat_n(layout.mask_bits, layout.count);
+    // mA + mB modulo 2^(κ+1), as unsigned residues for now.
+    outputs.clear();
+    expand_into(&keys_a.output, t, bits.clone(), scratch, |_, m| {
+        outputs.push(m as i128)
+    });
+    expand_into(&keys_b.output, t, bits, scratch, |j, m| {
+        if let Some(o) = outputs.get_mut(j) {
+            *o = (*o as u128).wrapping_add(m) as i128;
+        }
+    });
+    let mut reader = FieldReader::new(values);
+    let width = layout.wire_bits();
+    for o in outputs.iter_mut() {
+        let r = reader.get(width);
+        *o = layout.centred(r.wrapping_sub(*o as u128));
+    }
+    Ok(())
 }
 
 /// The result message B sends for counter `t`: `r_j = (masked_j + mB_j)

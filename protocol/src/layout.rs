@@ -17,7 +17,7 @@
 
 use crate::codec::{low_mask, packed_len};
 use crate::params::{Params, output_bits};
-use crate::prf::{MaskKeys, expand_derived, expand_fields};
+use crate::prf::{MaskKeys, expand_derived, expand_into};
 use veil_model::Topology;
 
 /// One input feature on the wire.
@@ -73,7 +73,7 @@ impl FrameLayout {
         FrameLayout { fields, bytes }
     }
 
-    pub fn mask_bits(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn mask_bits(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.fields.iter().map(|f| f.mask_bits)
     }
 
@@ -125,7 +125,13 @@ impl ResultLayout {
 /// Masks of the frame inputs (`a` with kA's keys, `b` with kB's).
 pub(crate) fn input_masks(keys: &MaskKeys, t: u64, layout: &FrameLayout) -> Vec<u128> {
     let mut out = Vec::with_capacity(layout.fields.len());
-    expand_fields(&keys.input, t, layout.mask_bits(), |_, v| out.push(v));
+    expand_into(
+        &keys.input,
+        t,
+        layout.mask_bits(),
+        &mut Vec::new(),
+        |_, v| out.push(v),
+    );
     out
 }
 

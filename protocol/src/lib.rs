@@ -47,6 +47,8 @@ pub use messages::{
     PROTOCOL_VERSION, Peer, RejectCode, Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
-pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, expand_fields, label};
+pub use prf::{
+    MaskKeys, Seed, SessionId, expand, expand_derived, expand_fields, expand_into, label,
+};
 pub use server_a::{EntryRole, RoundTruth, ServerA, ServerAConfig, frame_rounding};
 pub use server_b::{MAX_MASK_REQUEST, ServerB, ServerBConfig};

@@ -3,9 +3,9 @@
 //!
 //! `PRF(seed, label, t, i)` is the ChaCha20 keystream under the key
 //! `SHA-256("veil/prf/v1" ‖ seed ‖ label)` with the frame counter `t` as
-//! stream number, read as consecutive 64-bit words (one per value up to 64
-//! bits, two up to 128). The device, A (with kA) and B (with kB) compute the
-//! same masks this way.
+//! stream number, cut into consecutive bit fields of the values' widths
+//! (least significant bit first). The device, A (with kA) and B (with kB)
+//! compute the same masks this way.
 
 use rand::rngs::ChaCha20Rng;
 use rand_core::{CryptoRng, Rng, SeedableRng};
@@ -115,34 +115,74 @@ pub fn expand(seed: &Seed, label: &[u8], t: u64, count: usize, bits: u32) -> Vec
 /// [`expand`] with the label's key already derived.
 pub fn expand_derived(key: &Seed, t: u64, count: usize, bits: u32) -> Vec<u128> {
     let mut out = Vec::with_capacity(count);
-    expand_fields(key, t, std::iter::repeat_n(bits, count), |_, v| out.push(v));
+    expand_into(
+        key,
+        t,
+        std::iter::repeat_n(bits, count),
+        &mut Vec::new(),
+        |_, v| out.push(v),
+    );
     out
 }
 
-/// Values for counter `t`, one per entry of `bits`, each uniform in
-/// `[0, 2^bits)` (bits ≤ 128; more read as 128) and handed to `each` with
-/// its index: the i-th value takes the next 64-bit word of the keystream,
-/// or the next two above 64 bits. Nothing is allocated: the device expands
-/// its masks with this on every frame.
+/// Values for counter `t`, one per entry of `bits` (each at most 128;
+/// more read as 128), value `i` uniform in `[0, 2^bits[i])`.
+pub fn expand_fields(key: &Seed, t: u64, bits: &[u32]) -> Vec<u128> {
+    let mut out = Vec::with_capacity(bits.len());
+    expand_into(key, t, bits.iter().copied(), &mut Vec::new(), |_, v| {
+        out.push(v)
+    });
+    out
+}
+
+/// [`expand_fields`] handing each value to `each` with its index, the
+/// keystream in `scratch`: nothing is allocated once `scratch` has grown,
+/// as the device expands its masks on every frame. The values are
+/// consecutive bit fields of the keystream, least significant bit first
+/// (a 48-bit mask takes 48 bits of it, not a 64-bit word).
 #[inline]
-pub fn expand_fields(
+pub fn expand_into(
     key: &Seed,
     t: u64,
-    bits: impl IntoIterator<Item = u32>,
+    bits: impl Iterator<Item = u32> + Clone,
+    scratch: &mut Vec<u8>,
     mut each: impl FnMut(usize, u128),
 ) {
+    let total: u64 = bits.clone().map(|b| u64::from(b.min(128))).sum();
+    // Eight bytes of slack: every field is read with whole-word loads.
+    let len = usize::try_from(total.div_ceil(8)).unwrap_or(usize::MAX) + 8;
+    scratch.clear();
+    scratch.resize(len, 0);
     let mut rng = ChaCha20Rng::from_seed(*key.as_bytes());
     rng.set_stream(t);
-    for (i, bits) in bits.into_iter().enumerate() {
+    rng.fill_bytes(scratch);
+    let mut at = 0usize;
+    for (i, bits) in bits.enumerate() {
         let bits = bits.min(128);
-        let low = u128::from(rng.next_u64());
-        let value = if bits > 64 {
-            low | (u128::from(rng.next_u64()) << 64)
-        } else {
-            low
-        };
-        each(i, value & crate::codec::low_mask(bits));
+        each(i, bits_at(scratch, at, bits));
+        at += bits as usize;
     }
+}
+
+/// The `bits` (≤ 128) bits of `bytes` from bit `at` on, least significant
+/// first; bytes past the end read as zero.
+#[inline]
+fn bits_at(bytes: &[u8], at: usize, bits: u32) -> u128 {
+    let mut value = 0u128;
+    let mut got = 0u32;
+    while got < bits {
+        // A word load covers 57 bits at any bit offset.
+        let take = (bits - got).min(56);
+        let bit = at + got as usize;
+        let word = bytes
+            .get(bit / 8..bit / 8 + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes);
+        let field = (word >> (bit % 8)) & ((1u64 << take) - 1);
+        value |= u128::from(field) << got;
+        got += take;
+    }
+    value
 }
 
 #[cfg(test)]
@@ -176,18 +216,19 @@ mod tests {
         assert!(wide.iter().all(|v| *v < 1 << 100) && wide.iter().any(|v| *v >= 1 << 99));
         // A prefix is stable whatever the count.
         assert_eq!(&expand(&seed, label::INPUT, 5, 10, 57)[..], &a[..10]);
-        // Fields of mixed widths take one word each up to 64 bits, two
-        // above: the same values as uniform expansions at those positions.
+        // Fields of mixed widths are consecutive bit strings of the
+        // keystream: the same bits as 8-bit fields read.
         let key = seed.derive(label::INPUT);
-        let mut mixed = Vec::new();
-        expand_fields(&key, 5, [57, 100, 3], |i, v| mixed.push((i, v)));
-        let words = expand_derived(&key, 5, 4, 64);
-        assert_eq!(mixed[0], (0, words[0] & ((1 << 57) - 1)));
-        assert_eq!(
-            mixed[1],
-            (1, (words[1] | (words[2] << 64)) & ((1 << 100) - 1))
-        );
-        assert_eq!(mixed[2], (2, words[3] & 7));
+        let mixed = expand_fields(&key, 5, &[57, 100, 3]);
+        let bytes = expand_derived(&key, 5, 20, 8);
+        let bit = |i: usize| (bytes[i / 8] >> (i % 8)) & 1;
+        let read = |from: usize, len: usize| (0..len).fold(0u128, |v, k| v | bit(from + k) << k);
+        assert_eq!(mixed, vec![read(0, 57), read(57, 100), read(157, 3)]);
+        // The keystream is rand's ChaCha20 with the counter as stream.
+        let mut rng = ChaCha20Rng::from_seed(*key.as_bytes());
+        rng.set_stream(5);
+        let first = (0..8).fold(0u128, |v, k| v | bytes[k] << (8 * k));
+        assert_eq!(u128::from(rng.next_u64()), first);
     }
 
     #[test]

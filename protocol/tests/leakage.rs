@@ -68,13 +68,8 @@ fn server_a_receives_nothing_it_can_decrypt_and_never_the_frame() {
                 let seed = seed_a.as_ref().expect("the session came first");
                 let y = veil_protocol::codec::unpack_fields(&frame.values, &layout.wire_bits())
                     .expect("fields");
-                let mut a = Vec::new();
-                expand_fields(
-                    &seed.derive(label::INPUT),
-                    envelope.t,
-                    layout.mask_bits(),
-                    |_, v| a.push(v),
-                );
+                let bits: Vec<u32> = layout.mask_bits().collect();
+                let a = expand_fields(&seed.derive(label::INPUT), envelope.t, &bits);
                 let x = &rows[frames];
                 let mut far = 0;
                 for (((y, a), x), field) in y.iter().zip(&a).zip(x).zip(&layout.fields) {
