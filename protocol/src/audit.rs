@@ -5,7 +5,7 @@
 use crate::backend::SecretOps;
 use crate::codec::{low_mask, unpack_fields};
 use crate::error::{ProtocolError, Result};
-use crate::layout::{FrameLayout, input_masks};
+use crate::layout::{FrameLayout, ResultLayout, input_masks};
 use crate::messages::{Frame, Output, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::MaskKeys;
@@ -132,7 +132,7 @@ pub fn frame_as_a(
 ) -> Result<Vec<I256>> {
     let layout = FrameLayout::new(topology, params);
     let values = unpack_fields(&frame.values, &layout.wire_bits())?;
-    let a = input_masks(keys, t, &layout);
+    let a = input_masks(keys, t, &layout, &ResultLayout::new(topology, params));
     Ok(values
         .iter()
         .zip(&a)

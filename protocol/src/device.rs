@@ -10,7 +10,7 @@
 
 use crate::codec::{FieldReader, FieldWriter, low_mask};
 use crate::error::{ProtocolError, Result};
-use crate::layout::{FrameLayout, ResultLayout};
+use crate::layout::{FrameLayout, ResultLayout, mask_fields};
 use crate::messages::{
     Body, Envelope, Frame, FrameResult, Outgoing, Peer, SessionInit, check_device_name,
 };
@@ -83,14 +83,25 @@ pub struct Device {
     result: ResultLayout,
     sessions: BTreeMap<SessionId, DeviceSession>,
     current: Option<SessionId>,
-    /// The frame whose input masks `sums` holds, expanded ahead of its
-    /// capture by [`Device::prepare`].
+    /// The frame whose masks `sums` and `out_sums` hold, expanded ahead
+    /// of its capture by [`Device::prepare`].
     prepared: Option<(SessionId, u64)>,
     /// `a_i + b_i` per feature.
     sums: Vec<u128>,
+    /// `mA_j + mB_j` per output.
+    out_sums: Vec<u128>,
+    /// The output mask sums of the last frames sent, most recent last, so
+    /// that their results cost no expansion (an older result's are
+    /// expanded again).
+    pending: Vec<(SessionId, u64, Vec<u128>)>,
+    /// Vectors of results already opened, for reuse.
+    spare: Vec<Vec<u128>>,
     /// Keystream of the expansion at hand.
     scratch: Vec<u8>,
 }
+
+/// Frames whose output mask sums the device keeps.
+const PENDING: usize = 16;
 
 /// Whether a frame's values and counter fit the session and the model,
 /// before anything is stored: its byte length is the model's.
@@ -123,6 +134,9 @@ impl Device {
             sessions: BTreeMap::new(),
             current: None,
             prepared: None,
+            out_sums: Vec::new(),
+            pending: Vec::new(),
+            spare: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -246,9 +260,8 @@ impl Device {
         if t < session.first_counter || self.prepared == Some((session.sid, t)) {
             return;
         }
-        let (keys_a, keys_b) = session.keys();
-        let scratch = &mut self.scratch;
-        expand_sums(&mut self.sums, scratch, keys_a, keys_b, t, &self.layout);
+        let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
+        expand_sums(sums, session.keys(), t, &self.layout, &self.result);
         self.prepared = Some((session.sid, t));
     }
 
@@ -291,9 +304,8 @@ impl Device {
         }
         let sid = session.sid;
         if self.prepared != Some((sid, t)) {
-            let (keys_a, keys_b) = session.keys();
-            let scratch = &mut self.scratch;
-            expand_sums(&mut self.sums, scratch, keys_a, keys_b, t, &self.layout);
+            let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
+            expand_sums(sums, session.keys(), t, &self.layout, &self.result);
         }
         self.prepared = None;
         out.clear();
@@ -313,6 +325,14 @@ impl Device {
         }
         writer.finish();
         session.frames += 1;
+        let mut kept = self.spare.pop().unwrap_or_default();
+        kept.clear();
+        kept.extend_from_slice(&self.out_sums);
+        if self.pending.len() >= PENDING {
+            let (_, _, old) = self.pending.remove(0);
+            self.spare.push(old);
+        }
+        self.pending.push((sid, t, kept));
         Ok(sid)
     }
 
@@ -346,14 +366,22 @@ impl Device {
             .sessions
             .get(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        unmask(
-            session,
-            &self.result,
-            t,
-            body.rest(),
-            outputs,
-            &mut self.scratch,
-        )?;
+        match self
+            .pending
+            .iter()
+            .position(|(s, c, _)| (*s, *c) == (sid, t))
+        {
+            Some(at) => {
+                let (_, _, sums) = self.pending.remove(at);
+                let unmasked = unmask(&self.result, &sums, body.rest(), outputs);
+                self.spare.push(sums);
+                unmasked?;
+            }
+            None => {
+                let sums = output_sums(session, &self.result, t, &mut self.scratch);
+                unmask(&self.result, &sums, body.rest(), outputs)?;
+            }
+        }
         Ok((sid, t))
     }
 
@@ -377,14 +405,8 @@ impl Device {
             .get(&envelope.sid)
             .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
         let mut outputs = Vec::new();
-        unmask(
-            session,
-            &self.result,
-            envelope.t,
-            &result.values,
-            &mut outputs,
-            &mut Vec::new(),
-        )?;
+        let sums = output_sums(session, &self.result, envelope.t, &mut Vec::new());
+        unmask(&self.result, &sums, &result.values, &mut outputs)?;
         Ok(Opened {
             sid: envelope.sid,
             t: envelope.t,
@@ -413,37 +435,66 @@ impl Device {
     }
 }
 
-/// `sums[i] = a_i + b_i` for counter `t`.
+/// `sums[i] = a_i + b_i` and `out_sums[j] = mA_j + mB_j` for counter
+/// `t`: one keystream per seed.
 fn expand_sums(
-    sums: &mut Vec<u128>,
-    scratch: &mut Vec<u8>,
-    keys_a: &MaskKeys,
-    keys_b: &MaskKeys,
+    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut Vec<u8>),
+    (keys_a, keys_b): &(MaskKeys, MaskKeys),
     t: u64,
     layout: &FrameLayout,
+    result: &ResultLayout,
 ) {
     sums.clear();
-    expand_into(&keys_a.input, t, layout.mask_bits(), scratch, |_, a| {
-        sums.push(a)
+    out_sums.clear();
+    let outputs = result.count;
+    let fields = mask_fields(layout, result);
+    expand_into(&keys_a.masks, t, fields.clone(), scratch, |i, a| {
+        if i < outputs {
+            out_sums.push(a);
+        } else {
+            sums.push(a);
+        }
     });
-    expand_into(&keys_b.input, t, layout.mask_bits(), scratch, |i, b| {
-        if let Some(sum) = sums.get_mut(i) {
+    expand_into(&keys_b.masks, t, fields, scratch, |i, b| {
+        let sum = match i.checked_sub(outputs) {
+            Some(feature) => sums.get_mut(feature),
+            None => out_sums.get_mut(i),
+        };
+        if let Some(sum) = sum {
             *sum += b;
         }
     });
 }
 
-/// `o = r - mA - mB` modulo `2^(κ+1)`, centred, for result `t` of
-/// `session` with packed values `values`, into `outputs`.
-fn unmask(
+/// `mA_j + mB_j` of result `t` of `session` (the prefix of each seed's
+/// keystream).
+fn output_sums(
     session: &DeviceSession,
-    layout: &ResultLayout,
+    result: &ResultLayout,
     t: u64,
+    scratch: &mut Vec<u8>,
+) -> Vec<u128> {
+    let (keys_a, keys_b) = session.keys();
+    let bits = std::iter::repeat_n(result.mask_bits, result.count);
+    let mut sums = Vec::with_capacity(result.count);
+    expand_into(&keys_a.masks, t, bits.clone(), scratch, |_, m| sums.push(m));
+    expand_into(&keys_b.masks, t, bits, scratch, |j, m| {
+        if let Some(sum) = sums.get_mut(j) {
+            *sum += m;
+        }
+    });
+    sums
+}
+
+/// `o = r - (mA + mB)` modulo `2^(κ+1)`, centred, from the packed values
+/// of a result, into `outputs`.
+fn unmask(
+    layout: &ResultLayout,
+    sums: &[u128],
     values: &[u8],
     outputs: &mut Vec<i128>,
-    scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    if values.len() != layout.bytes {
+    if values.len() != layout.bytes || sums.len() != layout.count {
         return Err(ProtocolError::Size(format!(
             "result has {} bytes of values, expected {} outputs of {} bits",
             values.len(),
@@ -451,24 +502,13 @@ fn unmask(
             layout.wire_bits()
         )));
     }
-    let (keys_a, keys_b) = session.keys();
-    let bits = std::iter::repeat_n(layout.mask_bits, layout.count);
-    // mA + mB modulo 2^(κ+1), as unsigned residues for now.
     outputs.clear();
-    expand_into(&keys_a.output, t, bits.clone(), scratch, |_, m| {
-        outputs.push(m as i128)
-    });
-    expand_into(&keys_b.output, t, bits, scratch, |j, m| {
-        if let Some(o) = outputs.get_mut(j) {
-            *o = (*o as u128).wrapping_add(m) as i128;
-        }
-    });
     let mut reader = FieldReader::new(values);
     let width = layout.wire_bits();
-    for o in outputs.iter_mut() {
-        let r = reader.get(width);
-        *o = layout.centred(r.wrapping_sub(*o as u128));
-    }
+    outputs.extend(
+        sums.iter()
+            .map(|m| layout.centred(reader.get(width).wrapping_sub(*m))),
+    );
     Ok(())
 }
 

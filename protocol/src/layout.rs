@@ -10,7 +10,12 @@
 //! `2^m_i + R_i`.
 //!
 //! Output `j` satisfies `|o_j| < 2^κ`; its masks are uniform below
-//! `2^(κ+σ)`. B sends `r_j = (o_j + mA_j + mB_j) mod 2^(κ+1)`: `mB_j mod
+//! `2^(κ+σ)`.
+//!
+//! All of counter `t`'s masks under one seed come from one keystream
+//! ([`crate::prf`]): first the outputs' (`κ + σ` bits each), then the
+//! features' (`m_i` bits each), so that B's output masks are a short
+//! prefix and the device expands one stream per seed and frame. B sends `r_j = (o_j + mA_j + mB_j) mod 2^(κ+1)`: `mB_j mod
 //! 2^(κ+1)` is exactly uniform, so the result shows the network nothing,
 //! and the device, which knows both masks, reads `o_j` back as the
 //! representative of `r_j - mA_j - mB_j` in `[-2^κ, 2^κ)`.
@@ -122,20 +127,34 @@ impl ResultLayout {
     }
 }
 
+/// The widths of counter `t`'s masks in stream order: the outputs', then
+/// the features'.
+pub fn mask_fields<'a>(
+    frame: &'a FrameLayout,
+    result: &ResultLayout,
+) -> impl Iterator<Item = u32> + Clone + 'a {
+    std::iter::repeat_n(result.mask_bits, result.count).chain(frame.mask_bits())
+}
+
 /// Masks of the frame inputs (`a` with kA's keys, `b` with kB's).
-pub(crate) fn input_masks(keys: &MaskKeys, t: u64, layout: &FrameLayout) -> Vec<u128> {
-    let mut out = Vec::with_capacity(layout.fields.len());
-    expand_into(
-        &keys.input,
-        t,
-        layout.mask_bits(),
-        &mut Vec::new(),
-        |_, v| out.push(v),
-    );
+pub(crate) fn input_masks(
+    keys: &MaskKeys,
+    t: u64,
+    frame: &FrameLayout,
+    result: &ResultLayout,
+) -> Vec<u128> {
+    let mut out = Vec::with_capacity(frame.fields.len());
+    let skip = result.count;
+    let fields = mask_fields(frame, result);
+    expand_into(&keys.masks, t, fields, &mut Vec::new(), |i, v| {
+        if i >= skip {
+            out.push(v);
+        }
+    });
     out
 }
 
 /// Masks of the outputs (`mA`, `mB`).
-pub(crate) fn output_masks(keys: &MaskKeys, t: u64, layout: &ResultLayout) -> Vec<u128> {
-    expand_derived(&keys.output, t, layout.count, layout.mask_bits)
+pub(crate) fn output_masks(keys: &MaskKeys, t: u64, result: &ResultLayout) -> Vec<u128> {
+    expand_derived(&keys.masks, t, result.count, result.mask_bits)
 }

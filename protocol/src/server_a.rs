@@ -291,7 +291,7 @@ impl<P: PublicOps> ServerA<P> {
                 ))
             })?;
         frame_fits(frame, &self.layout)?;
-        let a = input_masks(&session.keys, t, &self.layout);
+        let a = input_masks(&session.keys, t, &self.layout, &self.result);
         let mut reader = FieldReader::new(&frame.values);
         let mut u = Vec::with_capacity(a.len());
         for (i, (field, a)) in self.layout.fields.iter().zip(&a).enumerate() {

@@ -189,7 +189,7 @@ impl<S: SecretOps> ServerB<S> {
             if session.completed.is_some_and(|c| counter <= c) {
                 continue;
             }
-            let b = input_masks(&session.keys, counter, &self.layout);
+            let b = input_masks(&session.keys, counter, &self.layout, &self.result);
             let masks: Vec<Vec<u8>> = b
                 .par_iter()
                 .map(|v| backend.encode(&backend.encrypt(-I256::from(*v))))

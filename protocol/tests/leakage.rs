@@ -8,9 +8,10 @@ mod common;
 
 use common::{keys, model, paillier_engine, pima_rows, plain_engine};
 use veil_paillier::SecretKey;
+use veil_protocol::layout::mask_fields;
 use veil_protocol::{
-    Body, Envelope, FrameLayout, I256, Params, Peer, Plain, PlainCt, PublicOps, RoundMode, Seed,
-    expand_fields, label, pre_activation_bits,
+    Body, Envelope, FrameLayout, I256, Params, Peer, Plain, PlainCt, PublicOps, ResultLayout,
+    RoundMode, Seed, expand_fields, label, pre_activation_bits,
 };
 
 fn seed_from(key: &SecretKey, bytes: &[u8]) -> Seed {
@@ -68,11 +69,14 @@ fn server_a_receives_nothing_it_can_decrypt_and_never_the_frame() {
                 let seed = seed_a.as_ref().expect("the session came first");
                 let y = veil_protocol::codec::unpack_fields(&frame.values, &layout.wire_bits())
                     .expect("fields");
-                let bits: Vec<u32> = layout.mask_bits().collect();
-                let a = expand_fields(&seed.derive(label::INPUT), envelope.t, &bits);
+                // The outputs' masks come first in the stream.
+                let result = ResultLayout::new(topology, &params);
+                let bits: Vec<u32> = mask_fields(&layout, &result).collect();
+                let masks = expand_fields(&seed.derive(label::MASKS), envelope.t, &bits);
+                let a = &masks[result.count..];
                 let x = &rows[frames];
                 let mut far = 0;
-                for (((y, a), x), field) in y.iter().zip(&a).zip(x).zip(&layout.fields) {
+                for (((y, a), x), field) in y.iter().zip(a).zip(x).zip(&layout.fields) {
                     // What A can compute: u' = y - a = x̂ - L + b.
                     let u = y.wrapping_sub(*a) & ((1u128 << field.wire_bits()) - 1);
                     let b = u as i128 - i128::from(x - field.offset);
