@@ -859,10 +859,12 @@ impl FrameLog {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         i: usize,
         spent: Duration,
+        capture: Duration,
         wall: Duration,
         traffic: &Traffic,
         class: Option<usize>,
@@ -872,6 +874,7 @@ impl FrameLog {
         if measured {
             self.frames.push(FrameCost {
                 cpu_us: spent.as_secs_f64() * 1e6,
+                capture_cpu_us: capture.as_secs_f64() * 1e6,
                 wall_ms: wall.as_secs_f64() * 1e3,
                 bytes_sent: traffic.sent,
                 bytes_received: traffic.received,
@@ -1055,6 +1058,7 @@ pub fn run_veil(
                 device.capture(&input.x_hat, t)
             })?
             .to_vec();
+            let capture = spent;
             link.publish(&topics::frame(DEVICE_USER), frame, false)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
@@ -1081,7 +1085,7 @@ pub fn run_veil(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            log.record(i, spent, wall, &traffic, class, got);
+            log.record(i, spent, capture, wall, &traffic, class, got);
         }
         // The session's end: the acknowledgement of its last result, which
         // no frame carries, goes on its own (the device node's timer).
@@ -1202,6 +1206,7 @@ pub fn run_conventional(
                     .start_frame(&input.x_hat, t, &mut rand::rng())?
                     .to_bytes()?)
             })?;
+            let capture = spent;
             link.publish(&conv_up(DEVICE_USER, "data"), frame, false)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
@@ -1236,7 +1241,7 @@ pub fn run_conventional(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            log.record(i, spent, wall, &traffic, class, got);
+            log.record(i, spent, capture, wall, &traffic, class, got);
         }
         check_servers(&[&server_a])?;
         let FrameLog {

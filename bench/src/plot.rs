@@ -244,6 +244,7 @@ mod tests {
                 },
                 vec![FrameCost {
                     cpu_us: cpu,
+                    capture_cpu_us: cpu / 2.0,
                     wall_ms: 1.0,
                     bytes_sent: bytes,
                     bytes_received: 0,

@@ -54,6 +54,11 @@ impl SetupCost {
 pub struct FrameCost {
     /// Device CPU time of its own work on the frame.
     pub cpu_us: f64,
+    /// The part of it spent at the capture (veil: masking and encoding the
+    /// frame; the baseline: encrypting the inputs); the rest goes to the
+    /// messages that come back.
+    #[serde(default)]
+    pub capture_cpu_us: f64,
     /// Frame captured → result decoded.
     pub wall_ms: f64,
     pub bytes_sent: u64,
@@ -116,6 +121,9 @@ pub struct ServerCost {
 pub struct ApproachReport {
     pub setup: SetupCost,
     pub cpu_us: Summary,
+    /// The capture's part of `cpu_us`.
+    #[serde(default)]
+    pub capture_cpu_us: Summary,
     pub wall_ms: Summary,
     pub bytes_sent: Summary,
     pub bytes_received: Summary,
@@ -134,6 +142,7 @@ impl ApproachReport {
         ApproachReport {
             setup,
             cpu_us: Summary::of(&col(&|f| f.cpu_us)),
+            capture_cpu_us: Summary::of(&col(&|f| f.capture_cpu_us)),
             wall_ms: Summary::of(&col(&|f| f.wall_ms)),
             bytes_sent: Summary::of(&col(&|f| f.bytes_sent as f64)),
             bytes_received: Summary::of(&col(&|f| f.bytes_received as f64)),
@@ -234,6 +243,11 @@ impl DeviceReport {
         for (name, a) in [("veil", &self.veil), ("conventional", &self.conventional)] {
             row(name, "device_cpu_us_per_frame", a.cpu_us.mean);
             row(name, "device_cpu_us_p95", a.cpu_us.p95);
+            row(
+                name,
+                "device_capture_cpu_us_per_frame",
+                a.capture_cpu_us.mean,
+            );
             row(name, "device_wall_ms_per_frame", a.wall_ms.mean);
             row(name, "device_bytes_sent_per_frame", a.bytes_sent.mean);
             row(
@@ -280,6 +294,7 @@ mod tests {
         let frames = (0..3)
             .map(|_| FrameCost {
                 cpu_us,
+                capture_cpu_us: cpu_us / 2.0,
                 wall_ms: cpu_us / 1e3,
                 bytes_sent: bytes,
                 bytes_received: 0,

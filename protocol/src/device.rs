@@ -84,24 +84,18 @@ pub struct Device {
     sessions: BTreeMap<SessionId, DeviceSession>,
     current: Option<SessionId>,
     /// The frame whose masks `sums` and `out_sums` hold, expanded ahead
-    /// of its capture by [`Device::prepare`].
+    /// of its capture by [`Device::prepare`]. `sums` serve one capture;
+    /// `out_sums` stay until the next expansion, for the frame's result
+    /// (an older result's are expanded again).
     prepared: Option<(SessionId, u64)>,
+    sums_ready: bool,
     /// `a_i + b_i` per feature.
     sums: Vec<u128>,
     /// `mA_j + mB_j` per output.
     out_sums: Vec<u128>,
-    /// The output mask sums of the last frames sent, most recent last, so
-    /// that their results cost no expansion (an older result's are
-    /// expanded again).
-    pending: Vec<(SessionId, u64, Vec<u128>)>,
-    /// Vectors of results already opened, for reuse.
-    spare: Vec<Vec<u128>>,
     /// Keystream of the expansion at hand.
     scratch: Vec<u8>,
 }
-
-/// Frames whose output mask sums the device keeps.
-const PENDING: usize = 16;
 
 /// Whether a frame's values and counter fit the session and the model,
 /// before anything is stored: its byte length is the model's.
@@ -134,9 +128,8 @@ impl Device {
             sessions: BTreeMap::new(),
             current: None,
             prepared: None,
+            sums_ready: false,
             out_sums: Vec::new(),
-            pending: Vec::new(),
-            spare: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -257,12 +250,14 @@ impl Device {
         let Some(session) = self.current.and_then(|sid| self.sessions.get(&sid)) else {
             return;
         };
-        if t < session.first_counter || self.prepared == Some((session.sid, t)) {
+        if t < session.first_counter || (self.sums_ready && self.prepared == Some((session.sid, t)))
+        {
             return;
         }
         let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
         expand_sums(sums, session.keys(), t, &self.layout, &self.result);
         self.prepared = Some((session.sid, t));
+        self.sums_ready = true;
     }
 
     /// Masks an encoded frame `x̂` for counter `t` (which the caller took
@@ -303,11 +298,12 @@ impl Device {
             )));
         }
         let sid = session.sid;
-        if self.prepared != Some((sid, t)) {
+        if !self.sums_ready || self.prepared != Some((sid, t)) {
             let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
             expand_sums(sums, session.keys(), t, &self.layout, &self.result);
+            self.prepared = Some((sid, t));
         }
-        self.prepared = None;
+        self.sums_ready = false;
         out.clear();
         wire::write_header(out, Kind::Frame, &sid, t);
         wire::write_acks(out, t, acks)?;
@@ -325,14 +321,6 @@ impl Device {
         }
         writer.finish();
         session.frames += 1;
-        let mut kept = self.spare.pop().unwrap_or_default();
-        kept.clear();
-        kept.extend_from_slice(&self.out_sums);
-        if self.pending.len() >= PENDING {
-            let (_, _, old) = self.pending.remove(0);
-            self.spare.push(old);
-        }
-        self.pending.push((sid, t, kept));
         Ok(sid)
     }
 
@@ -366,21 +354,11 @@ impl Device {
             .sessions
             .get(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        match self
-            .pending
-            .iter()
-            .position(|(s, c, _)| (*s, *c) == (sid, t))
-        {
-            Some(at) => {
-                let (_, _, sums) = self.pending.remove(at);
-                let unmasked = unmask(&self.result, &sums, body.rest(), outputs);
-                self.spare.push(sums);
-                unmasked?;
-            }
-            None => {
-                let sums = output_sums(session, &self.result, t, &mut self.scratch);
-                unmask(&self.result, &sums, body.rest(), outputs)?;
-            }
+        if self.prepared == Some((sid, t)) {
+            unmask(&self.result, &self.out_sums, body.rest(), outputs)?;
+        } else {
+            let sums = output_sums(session, &self.result, t, &mut self.scratch);
+            unmask(&self.result, &sums, body.rest(), outputs)?;
         }
         Ok((sid, t))
     }
@@ -431,6 +409,7 @@ impl Device {
         }
         if self.prepared.is_some_and(|(s, _)| s == sid) {
             self.prepared = None;
+            self.sums_ready = false;
         }
     }
 }

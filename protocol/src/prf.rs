@@ -224,9 +224,25 @@ pub fn expand_into(
     let mut at = 0usize;
     for (i, bits) in bits.enumerate() {
         let bits = bits.min(128);
-        each(i, bits_at(scratch, at, bits));
+        let value = if bits <= 56 {
+            u128::from(word_at(scratch, at) & ((1u64 << bits) - 1))
+        } else {
+            bits_at(scratch, at, bits)
+        };
+        each(i, value);
         at += bits as usize;
     }
+}
+
+/// The 57 or more bits of `bytes` from bit `at` on (a word load);
+/// bytes past the end read as zero.
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let word = bytes
+        .get(at / 8..at / 8 + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        .map_or(0, u64::from_le_bytes);
+    word >> (at % 8)
 }
 
 /// The `bits` (≤ 128) bits of `bytes` from bit `at` on, least significant
@@ -238,12 +254,7 @@ fn bits_at(bytes: &[u8], at: usize, bits: u32) -> u128 {
     while got < bits {
         // A word load covers 57 bits at any bit offset.
         let take = (bits - got).min(56);
-        let bit = at + got as usize;
-        let word = bytes
-            .get(bit / 8..bit / 8 + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map_or(0, u64::from_le_bytes);
-        let field = (word >> (bit % 8)) & ((1u64 << take) - 1);
+        let field = word_at(bytes, at + got as usize) & ((1u64 << take) - 1);
         value |= u128::from(field) << got;
         got += take;
     }
