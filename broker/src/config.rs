@@ -60,13 +60,45 @@ pub struct BrokerConfig {
     pub publish_quota: PublishQuota,
 }
 
-/// The TLS listener: certificate chain and private key, both PEM.
+/// The TLS listener: certificate chain and private key, both PEM, and
+/// optionally client certificates (see the crate documentation,
+/// "Client certificates").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListenerConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM file of the CA certificates that sign client certificates
+    /// (Mosquitto's `cafile` on a listener). With it the listener asks
+    /// every client for a certificate and refuses, at the handshake, one
+    /// that does not chain to these CAs.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse, at the handshake, a client that presents no certificate
+    /// (Mosquitto's `require_certificate`). Needs `client_ca`.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// The certificate's subject common name is the client's username,
+    /// and the password file is not consulted on this listener
+    /// (Mosquitto's `use_identity_as_username`). Needs
+    /// `require_certificate`.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+impl TlsListenerConfig {
+    /// A listener with a server certificate and no client certificates.
+    pub fn new(listen: SocketAddr, cert: PathBuf, key: PathBuf) -> TlsListenerConfig {
+        TlsListenerConfig {
+            listen,
+            cert,
+            key,
+            client_ca: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -127,6 +159,9 @@ impl BrokerConfig {
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
         }
     }
 
@@ -156,6 +191,14 @@ impl BrokerConfig {
         }
         if !self.listen.ip().is_loopback() && !self.allow_remote_plaintext {
             return Err(BrokerError::RemotePlaintext { addr: self.listen });
+        }
+        if let Some(tls) = &self.tls {
+            if tls.require_certificate && tls.client_ca.is_none() {
+                return fail("tls.require_certificate needs tls.client_ca".into());
+            }
+            if tls.use_identity_as_username && !tls.require_certificate {
+                return fail("tls.use_identity_as_username needs tls.require_certificate".into());
+            }
         }
         if self.acl_file.is_none()
             && let Some(addr) = self.listen_addrs().find(|a| !a.ip().is_loopback())
@@ -187,7 +230,8 @@ mod tests {
         std::fs::write(
             &path,
             "listen = \"127.0.0.1:0\"\nacl_file = \"acl\"\npassword_file = \"/etc/pw\"\n\
-             [tls]\nlisten = \"0.0.0.0:8883\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+             [tls]\nlisten = \"0.0.0.0:8883\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             client_ca = \"ca.pem\"\nrequire_certificate = true\n",
         )
         .unwrap();
         let c = BrokerConfig::from_toml_file(&path).unwrap();
@@ -195,6 +239,11 @@ mod tests {
         assert_eq!(c.acl_file, Some(dir.path().join("acl")));
         assert_eq!(c.password_file, Some(PathBuf::from("/etc/pw")));
         assert_eq!(c.tls.as_ref().unwrap().cert, dir.path().join("c.pem"));
+        assert_eq!(
+            c.tls.as_ref().unwrap().client_ca,
+            Some(dir.path().join("ca.pem"))
+        );
+        assert!(!c.tls.as_ref().unwrap().use_identity_as_username);
         assert_eq!(c.max_payload_size, 16 * 1024 * 1024);
         assert_eq!(c.max_violations, 10);
     }
@@ -230,11 +279,7 @@ mod tests {
         ));
         let tls_no_acl = BrokerConfig {
             listen: local,
-            tls: Some(TlsListenerConfig {
-                listen: remote,
-                cert: "c".into(),
-                key: "k".into(),
-            }),
+            tls: Some(TlsListenerConfig::new(remote, "c".into(), "k".into())),
             acl_file: None,
             ..BrokerConfig::default()
         };
@@ -253,12 +298,45 @@ mod tests {
     }
 
     #[test]
+    fn certificate_identities_need_a_required_certificate_and_a_ca() {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut tls = TlsListenerConfig::new(local, "c".into(), "k".into());
+        tls.use_identity_as_username = true;
+        let config = |tls: &TlsListenerConfig| BrokerConfig {
+            listen: local,
+            tls: Some(tls.clone()),
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            config(&tls).validate(),
+            Err(BrokerError::Config(_))
+        ));
+        tls.require_certificate = true;
+        assert!(matches!(
+            config(&tls).validate(),
+            Err(BrokerError::Config(_))
+        ));
+        tls.client_ca = Some("ca".into());
+        assert!(config(&tls).validate().is_ok());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_limits_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "listne = \"127.0.0.1:0\"\n").unwrap();
+        // The file's name in the error, the TOML parser's reason as its
+        // cause (each printed once by a reporter that walks the chain).
         let e = BrokerConfig::from_toml_file(&path).unwrap_err();
-        assert!(e.to_string().contains("listne"), "{e}");
+        assert!(e.to_string().contains("b.toml"), "{e}");
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        assert!(cause.contains("listne"), "{cause}");
+        assert!(
+            !e.to_string().contains("listne"),
+            "the cause is printed twice: {e}"
+        );
         std::fs::write(&path, "log_segment_size = 10\n").unwrap();
         let e = BrokerConfig::from_toml_file(&path).unwrap_err();
         assert!(e.to_string().contains("log_segment_size"), "{e}");

@@ -18,6 +18,8 @@ pub(crate) struct Counters {
     pub throttled: AtomicU64,
     pub throttled_ms: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub tls_refused: AtomicU64,
+    pub certificate_refused: AtomicU64,
 }
 
 /// A copy of the gate's counters since the broker started.
@@ -47,6 +49,13 @@ pub struct GateCounters {
     pub throttled_ms: u64,
     /// Connections refused at the connection limit.
     pub connections_refused: u64,
+    /// TLS handshakes that failed or timed out: among them client
+    /// certificates missing where required or not signed by the client CA.
+    pub tls_refused: u64,
+    /// CONNECTs refused on a listener whose usernames come from client
+    /// certificates: a common name that is no valid username, or a
+    /// CONNECT username other than the certificate's.
+    pub certificate_refused: u64,
 }
 
 impl Counters {
@@ -68,6 +77,8 @@ impl Counters {
             throttled: get(&self.throttled),
             throttled_ms: get(&self.throttled_ms),
             connections_refused: get(&self.connections_refused),
+            tls_refused: get(&self.tls_refused),
+            certificate_refused: get(&self.certificate_refused),
         }
     }
 }
@@ -78,7 +89,7 @@ impl std::fmt::Display for GateCounters {
             f,
             "auth failed {}, client id refused {}, will refused {}, publish refused {}, \
              subscribe refused {}, kicked {}, malformed {}, too large {}, throttled {} \
-             ({} ms), connections refused {}",
+             ({} ms), connections refused {}, TLS refused {}, certificate refused {}",
             self.auth_failed,
             self.client_id_refused,
             self.will_refused,
@@ -89,7 +100,9 @@ impl std::fmt::Display for GateCounters {
             self.too_large,
             self.throttled,
             self.throttled_ms,
-            self.connections_refused
+            self.connections_refused,
+            self.tls_refused,
+            self.certificate_refused
         )
     }
 }

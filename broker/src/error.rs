@@ -11,12 +11,12 @@ use crate::passwd::PasswordFileError;
 /// Everything that can stop a broker from starting or reloading.
 #[derive(Debug, Error)]
 pub enum BrokerError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {source}")]
+    #[error("invalid configuration file {path}")]
     Toml {
         path: PathBuf,
         source: Box<toml::de::Error>,
@@ -33,16 +33,16 @@ pub enum BrokerError {
          write every topic"
     )]
     NoAclOnRemoteListener { addr: SocketAddr },
-    #[error("invalid ACL file {path}: {source}")]
+    #[error("invalid ACL file {path}")]
     Acl { path: PathBuf, source: AclError },
-    #[error("invalid password file {path}: {source}")]
+    #[error("invalid password file {path}")]
     Passwords {
         path: PathBuf,
         source: PasswordFileError,
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

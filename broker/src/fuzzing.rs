@@ -228,3 +228,13 @@ pub fn topics(data: &[u8]) {
         assert!(intersects, "{a:?} matches {b:?} but does not intersect it");
     }
 }
+
+/// A client certificate (DER) as the gate reads its username; a name it
+/// accepts must pass the username rules.
+pub fn certificate(data: &[u8]) {
+    if let Ok(name) = crate::cert::certificate_username(data)
+        && (name.is_empty() || name.contains(['+', '#', '/']))
+    {
+        panic!("certificate username {name:?} breaks the username rules");
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufWriter, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::acl::Identity;
+use crate::cert::CertIdentityError;
 use crate::codec::{
     self, CodecError, ConnAck, Connect, Frame, FrameReader, PublishHeader, ReadError, SubAck,
     Subscribe, Version, connack,
@@ -119,8 +120,19 @@ fn user_label(who: &Identity) -> &str {
     who.username.as_deref().unwrap_or("<anonymous>")
 }
 
+/// Who a TLS listener's client certificate says the client is.
+pub(crate) enum CertIdentity {
+    /// The listener takes no username from certificates: the CONNECT's
+    /// username and password decide.
+    NotUsed,
+    /// The verified certificate's common name.
+    User(String),
+    /// A verified certificate whose name is no valid username.
+    Refused(CertIdentityError),
+}
+
 /// Serves one accepted client connection until either side closes.
-pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, gate: Arc<Gate>)
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, gate: Arc<Gate>, cert: CertIdentity)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -174,6 +186,48 @@ where
         return;
     }
 
+    let mut connect = connect;
+    match cert {
+        CertIdentity::NotUsed => {}
+        CertIdentity::User(user) => {
+            // The certificate is the credential: the password file is not
+            // consulted. A CONNECT naming someone else is refused rather
+            // than renamed (Mosquitto renames silently), so that a device
+            // configured for another identity shows up in the log.
+            if connect.username.as_deref().is_some_and(|u| u != user) {
+                Counters::bump(&gate.counters.certificate_refused);
+                warn!(
+                    %peer,
+                    user = connect.username.as_deref().unwrap_or("<anonymous>"),
+                    certificate = %user,
+                    "CONNECT username differs from the client certificate's; refused"
+                );
+                let _ = client_w
+                    .write_all(&refuse(
+                        connack::V4_NOT_AUTHORIZED,
+                        connack::V5_NOT_AUTHORIZED,
+                    ))
+                    .await;
+                return;
+            }
+            connect.username = Some(user);
+            connect.password = None;
+            serve_authenticated(connect, client_r, client_w, peer, gate).await;
+            return;
+        }
+        CertIdentity::Refused(reason) => {
+            Counters::bump(&gate.counters.certificate_refused);
+            warn!(%peer, %reason, "client certificate gives no valid username; refused");
+            let _ = client_w
+                .write_all(&refuse(
+                    connack::V4_NOT_AUTHORIZED,
+                    connack::V5_NOT_AUTHORIZED,
+                ))
+                .await;
+            return;
+        }
+    }
+
     if !authenticate(&gate, &connect).await {
         Counters::bump(&gate.counters.auth_failed);
         warn!(
@@ -190,8 +244,25 @@ where
             .await;
         return;
     }
+    serve_authenticated(connect, client_r, client_w, peer, gate).await;
+}
 
-    let mut connect = connect;
+/// The rest of a connection once its user is known: client id rules, will,
+/// upstream, relay.
+async fn serve_authenticated<S>(
+    mut connect: Connect,
+    client_r: FrameReader<ReadHalf<S>>,
+    mut client_w: WriteHalf<S>,
+    peer: SocketAddr,
+    gate: Arc<Gate>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = connect.version;
+    let refuse = |code_v4: u8, code_v5: u8| match version {
+        Version::V4 => codec::encode_connack_refusal(version, code_v4),
+        Version::V5 => codec::encode_connack_refusal(version, code_v5),
+    };
     let assigned_client_id = if connect.client_id.is_empty() {
         // rumqttd would assign an id itself, which the gate would never
         // learn: its log lines and the identity rules need the real one.

@@ -95,6 +95,36 @@
 //! `allow_remote_plaintext = true`; without an `acl_file` the broker warns
 //! loudly and refuses to start unless every listener is on loopback.
 //!
+//! # Client certificates
+//!
+//! The TLS listener can ask for client certificates, with Mosquitto's
+//! option names (`[tls]` in the config):
+//!
+//! - `client_ca`: PEM file of the CAs that sign client certificates. A
+//!   certificate that does not chain to them fails the handshake.
+//! - `require_certificate = true`: a client without a certificate fails
+//!   the handshake too.
+//! - `use_identity_as_username = true` (needs `require_certificate`): the
+//!   certificate's subject common name (CN) is the client's username. A
+//!   subject with no CN, several CNs, or a CN that is empty or holds `+`,
+//!   `#`, `/` or a control character is refused (CONNACK "not
+//!   authorized"): such names would widen `%u` ACL patterns.
+//!
+//! With `use_identity_as_username` the CONNECT's password is ignored (the
+//! password file is not consulted on that listener: the certificate is
+//! the credential, and devices need no password). Its username may be
+//! left out; if present it must equal the CN, or the connection is
+//! refused. Mosquitto silently replaces the username instead; refusing
+//! means a device set up with one identity and a certificate for another
+//! shows up in the log at once rather than acting as the certificate's
+//! user. The client-id rules, the ACL and the quotas then apply to the CN
+//! as to any username. The ownership rule still reads the password file:
+//! keep the servers in it (a certificate for `server` cannot take the id
+//! `server-a` while the user `server-a` is listed). The plain listener
+//! keeps password authentication. [`BrokerHandle::counters`] counts failed
+//! handshakes (`tls_refused`) and refused certificate users
+//! (`certificate_refused`).
+//!
 //! # Quotas
 //!
 //! Every username except those in `publish_quota.exempt` (veil's servers)
@@ -139,6 +169,7 @@
 //! the same scenario.
 
 mod acl;
+mod cert;
 mod codec;
 mod config;
 mod counters;
@@ -162,10 +193,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 pub use acl::{AclError, AclFile, ClientAcl, Identity};
+pub use cert::{CertIdentityError, certificate_username};
 pub use config::{BrokerConfig, TlsListenerConfig};
 pub use counters::GateCounters;
 pub use error::BrokerError;
@@ -174,7 +205,7 @@ pub use passwd::{PasswordFile, PasswordFileError};
 pub use quota::PublishQuota;
 pub use topic::TopicError;
 
-use gate::Gate;
+use gate::{CertIdentity, Gate};
 use security::{Security, SecurityStore};
 use upstream::Upstream;
 
@@ -225,7 +256,12 @@ impl Broker {
                  (allowed only because the broker listens on loopback alone)"
             );
         }
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::listener)
+            .transpose()?
+            .map(Arc::new);
         let plain_listener = bind(config.listen).await?;
         let tls_listener = match &config.tls {
             Some(t) => Some(bind(t.listen).await?),
@@ -342,7 +378,7 @@ impl Drop for BrokerHandle {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::Listener>>,
     gate: Arc<Gate>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
@@ -381,18 +417,35 @@ async fn accept_loop(
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::Listener>>,
     gate: Arc<Gate>,
 ) {
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => gate::serve(stream, peer, gate).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(gate.connect_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => gate::serve(tls_stream, peer, gate).await,
-                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => info!(%peer, "TLS handshake timed out"),
-            }
+    let Some(tls) = tls else {
+        gate::serve(stream, peer, gate, CertIdentity::NotUsed).await;
+        return;
+    };
+    let accepted = tokio::time::timeout(gate.connect_timeout, tls.acceptor.accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            counters::Counters::bump(&gate.counters.tls_refused);
+            info!(%peer, error = %e, "TLS handshake failed");
+            return;
         }
-    }
+        Err(_) => {
+            counters::Counters::bump(&gate.counters.tls_refused);
+            info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = if tls.identity_from_certificate {
+        match tls::peer_username(&stream) {
+            Ok(user) => CertIdentity::User(user),
+            Err(e) => CertIdentity::Refused(e),
+        }
+    } else {
+        CertIdentity::NotUsed
+    };
+    gate::serve(stream, peer, gate, identity).await;
 }

@@ -77,6 +77,29 @@ impl PasswordFile {
         )
     }
 
+    /// A `password_file` line for `user` in Mosquitto 2's `$7$` format
+    /// (PBKDF2 with HMAC-SHA512), what `mosquitto_passwd` writes.
+    pub fn pbkdf2_line(
+        user: &str,
+        password: &str,
+        salt: [u8; 12],
+        iterations: NonZeroU32,
+    ) -> String {
+        let mut hash = [0u8; HASH_LEN];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA512,
+            iterations,
+            &salt,
+            password.as_bytes(),
+            &mut hash,
+        );
+        format!(
+            "{user}:$7${iterations}${}${}",
+            STANDARD.encode(salt),
+            STANDARD.encode(hash)
+        )
+    }
+
     /// Parses the text of a password file.
     pub fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {
         let mut users = HashMap::new();

@@ -32,3 +32,8 @@ fn password_files() {
 fn topics() {
     replay("broker_topics", fuzzing::topics);
 }
+
+#[test]
+fn certificates() {
+    replay("broker_certificate", fuzzing::certificate);
+}

@@ -385,7 +385,10 @@ async fn deliveries_are_checked_again_after_an_acl_reload() {
 
     std::fs::write(&acl_path, "user server-a\ntopic reed x\n").unwrap();
     let err = broker.reload().unwrap_err();
-    assert!(err.to_string().contains("line 2"), "{err}");
+    let cause = std::error::Error::source(&err)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    assert!(cause.contains("line 2"), "{err}: {cause}");
     broker.shutdown().await;
 }
 
@@ -460,11 +463,11 @@ async fn malformed_bytes_close_only_that_connection() {
 #[tokio::test]
 async fn tls_listener_serves_mqtt() {
     let broker = start(BrokerConfig {
-        tls: Some(veil_broker::TlsListenerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert: fixture("server.crt"),
-            key: fixture("server.key"),
-        }),
+        tls: Some(veil_broker::TlsListenerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            fixture("server.crt"),
+            fixture("server.key"),
+        )),
         ..example_config()
     })
     .await;

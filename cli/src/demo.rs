@@ -67,15 +67,11 @@ impl std::fmt::Display for Dataset {
     }
 }
 
-pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Rows of the chosen test set: features and label.
 pub fn rows(dataset: Dataset) -> Result<Vec<(Vec<f32>, u8)>> {
     Ok(match dataset {
         Dataset::Pima => {
-            let path = veil_model::data::workspace_data_dir().join("pima-test.csv");
+            let path = crate::share::dir("data")?.join("pima-test.csv");
             let data = veil_model::data::load_pima(&path).context("loading the Pima test set")?;
             data.features
                 .into_iter()
@@ -84,7 +80,12 @@ pub fn rows(dataset: Dataset) -> Result<Vec<(Vec<f32>, u8)>> {
                 .collect()
         }
         Dataset::Mnist => {
-            let data = veil_model::data::load_workspace_mnist().context("loading MNIST")?;
+            let d = crate::share::dir("data")?;
+            let data = veil_model::data::load_mnist(
+                &d.join("mnist-10k-images-idx3-ubyte.gz"),
+                &d.join("mnist-10k-labels-idx1-ubyte.gz"),
+            )
+            .context("loading MNIST")?;
             data.images.into_iter().zip(data.labels).collect()
         }
     })
@@ -94,9 +95,7 @@ pub fn rows(dataset: Dataset) -> Result<Vec<(Vec<f32>, u8)>> {
 /// demo needs no ONNX import (`veil import` regenerates the files; a model
 /// test checks that they match the ONNX files).
 pub fn load_model(name: &str) -> Result<Arc<CompiledModel>> {
-    let path = repo_dir()
-        .join("models")
-        .join(format!("{name}.{PLAN_EXTENSION}"));
+    let path = crate::share::dir("models")?.join(format!("{name}.{PLAN_EXTENSION}"));
     let model =
         CompiledModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
     Ok(Arc::new(model))
@@ -104,13 +103,13 @@ pub fn load_model(name: &str) -> Result<Arc<CompiledModel>> {
 
 /// The demo broker: the repository's ACL and password files, loopback,
 /// a free port.
-pub fn broker_config(password_file: PathBuf) -> BrokerConfig {
-    BrokerConfig {
+pub fn broker_config(password_file: PathBuf) -> Result<BrokerConfig> {
+    Ok(BrokerConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         password_file: Some(password_file),
-        acl_file: Some(repo_dir().join("config").join("acl")),
+        acl_file: Some(crate::share::dir("config")?.join("acl")),
         ..BrokerConfig::default()
-    }
+    })
 }
 
 /// MQTT settings with the demo password of `user` (config/passwords).
@@ -232,7 +231,7 @@ async fn demo(args: Args) -> Result<()> {
     }
     let broker = Broker::start(BrokerConfig {
         listen: args.listen,
-        ..broker_config(repo_dir().join("config").join("passwords"))
+        ..broker_config(crate::share::dir("config")?.join("passwords"))?
     })
     .await
     .context("starting the embedded broker")?;
@@ -260,7 +259,7 @@ async fn demo(args: Args) -> Result<()> {
             "serving on {addr}; agent configurations in {}",
             args.state_dir.display()
         );
-        veil_server_a::cli::wait_for_signal().await;
+        veil_shell::wait_for_stop().await;
         servers.a.shutdown().await;
         servers.b.shutdown().await;
         broker.shutdown().await;

@@ -9,14 +9,19 @@ use veil_paillier::{KeySize, PublicKey, SecretKey};
 ///
 /// Writes `<role>.key` (the secret key, mode 0600) and `<role>.pub` (the
 /// public key) into DIR and prints each public key's fingerprint, which
-/// devices pin in their configuration.
+/// devices pin in their configuration. Run it on each server's own host
+/// (`--role server-a` on A's, `--role server-b` on B's) and copy only the
+/// `.pub` files around: the two secret keys must never meet on one machine,
+/// since whoever holds both can unmask everything.
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory for the key files (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Which key pairs to generate.
-    #[arg(long, value_enum, default_value_t = Role::All)]
+    /// Whose key pair to generate: server-a or server-b on that server's
+    /// host; `all` puts both secret keys in one folder (a single-host trial
+    /// only).
+    #[arg(long, value_enum)]
     role: Role,
     /// Modulus size in bits: 2048 (about 112-bit security) or 3072 (128).
     #[arg(long, default_value_t = 2048)]
@@ -40,6 +45,13 @@ pub fn run(args: Args) -> Result<()> {
         Role::ServerB => &["server-b"],
         Role::All => &["server-a", "server-b"],
     };
+    if matches!(args.role, Role::All) {
+        eprintln!(
+            "warning: both servers' secret keys go into {}; for a deployment, run \
+             `veil keygen --role server-a` on A's host and `--role server-b` on B's",
+            args.out.display()
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for role in roles {

@@ -153,7 +153,7 @@ async fn load(args: Args) -> Result<()> {
     let password_file = state.join("passwords");
     write_private(&password_file, &(lines.join("\n") + "\n"))?;
 
-    let broker_config = broker_config(password_file);
+    let broker_config = broker_config(password_file)?;
     let max_payload = broker_config.max_payload_size;
     let broker = Broker::start(broker_config)
         .await

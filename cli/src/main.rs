@@ -15,7 +15,10 @@ mod import;
 mod infer;
 mod keygen;
 mod load;
+mod provision;
 mod roles;
+mod share;
+mod topology;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,14 +32,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. "info" or "veil_protocol=debug".
-    #[arg(
-        long,
-        global = true,
-        env = "VEIL_LOG",
-        default_value = "warn,rumqttd=off"
-    )]
-    log: String,
+    #[command(flatten)]
+    log: veil_shell::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +54,8 @@ enum Command {
     Import(disabled::Args),
     Infer(infer::Args),
     Keygen(keygen::Args),
+    Topology(topology::Args),
+    Provision(provision::Args),
     Demo(demo::Args),
     Load(load::Args),
     Broker(roles::BrokerArgs),
@@ -67,12 +66,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let service = matches!(
+        cli.command,
+        Command::Broker(_) | Command::ServerA(_) | Command::ServerB(_) | Command::EdgeAgent(_)
+    );
+    cli.log.init(if service {
+        veil_shell::logging::SERVICE_FILTER
+    } else {
+        veil_shell::logging::TOOL_FILTER
+    });
     let outcome = match cli.command {
         Command::Audit(args) => audit::run(args),
         #[cfg(feature = "bench")]
@@ -85,6 +87,8 @@ fn main() -> ExitCode {
         Command::Import(_) => disabled::refuse("import", "onnx"),
         Command::Infer(args) => infer::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Topology(args) => topology::run(args),
+        Command::Provision(args) => provision::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Load(args) => load::run(args),
         Command::Broker(args) => roles::broker(args),

@@ -30,12 +30,15 @@ pub struct BrokerArgs {
 pub fn broker(args: BrokerArgs) -> Result<()> {
     runtime()?.block_on(async {
         let config = veil_broker::BrokerConfig::from_toml_file(&args.config)
-            .with_context(|| format!("loading {}", args.config.display()))?;
+            .context("loading the broker configuration")?;
         let broker = veil_broker::Broker::start(config)
             .await
             .context("starting the broker")?;
         eprintln!("veil broker listening on {}", broker.local_addr());
-        veil_server_a::cli::wait_for_signal().await;
+        veil_shell::notify::ready();
+        veil_shell::notify::spawn_watchdog();
+        veil_shell::wait_for_stop().await;
+        veil_shell::notify::stopping();
         broker.shutdown().await;
         Ok(())
     })

@@ -76,6 +76,11 @@ fn parse_public(
 ) -> Result<Public, AgentError> {
     let a = PublicKey::from_bytes(a)?;
     let b = PublicKey::from_bytes(b)?;
+    if a.fingerprint_hex() == b.fingerprint_hex() {
+        return Err(AgentError::SameServerKeys {
+            fingerprint: a.fingerprint_hex(),
+        });
+    }
     let topology = Topology::from_bytes(topology)?;
     check_pin(
         "server A's key",
@@ -104,6 +109,12 @@ fn parse_public(
 /// The servers' keys and the topology: from the cache when pinned before,
 /// otherwise from the servers' retained messages (then cached).
 async fn provision(options: &AgentOptions, disk: &Disk) -> Result<Public, AgentError> {
+    let (pin_a, pin_b) = (options.pins.server_a.trim(), options.pins.server_b.trim());
+    if !pin_a.is_empty() && pin_a.eq_ignore_ascii_case(pin_b) {
+        return Err(AgentError::SameServerKeys {
+            fingerprint: pin_a.to_ascii_lowercase(),
+        });
+    }
     let topo_name = format!("topology-{}.bin", options.model);
     if let (Some(a), Some(b), Some(t)) = (
         disk.cached_public("server-a.pub"),
@@ -113,7 +124,7 @@ async fn provision(options: &AgentOptions, disk: &Disk) -> Result<Public, AgentE
         match parse_public(options, &a, &b, &t) {
             Ok(public) => return Ok(public),
             Err(e) => {
-                tracing::warn!(error = %e, "cached public material no longer matches; fetching it again")
+                tracing::warn!(error = %crate::chain(&e), "cached public material no longer matches; fetching it again")
             }
         }
     }

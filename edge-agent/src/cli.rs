@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use veil_link::MqttSettings;
 
-use crate::{AgentOptions, EdgeAgent, Pins};
+use crate::input::{Refusal, parse_line, read_csv};
+use crate::local::{LocalBridge, LocalSettings, SensorRefusal};
+use crate::{AgentOptions, EdgeAgent, Output, Pins};
 
 /// Run the edge agent: mask frames, send them to server A, print results.
 #[derive(clap::Args, Debug)]
@@ -41,6 +43,8 @@ pub struct Args {
     /// After the input ends, wait at most this long for pending results.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -55,10 +59,17 @@ struct File {
     frame_ttl_secs: Option<u64>,
     counter_block: Option<u64>,
     provision_timeout_secs: Option<u64>,
+    /// The gateway's own broker (results out, sensor readings in).
+    local: Option<LocalSettings>,
 }
 
 /// The agent's options from its TOML file and the environment.
 pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
+    load_config(path).map(|(options, _)| options)
+}
+
+/// The agent's options and its `[local]` broker settings, if any.
+pub fn load_config(path: Option<&Path>) -> Result<(AgentOptions, Option<LocalSettings>)> {
     let (file, base) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -112,91 +123,29 @@ pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
     if let Some(s) = file.provision_timeout_secs {
         options.provision_timeout = Duration::from_secs(s.max(1));
     }
-    Ok(options)
-}
-
-/// A parsed input line: features and an optional label.
-pub type Row = (Vec<f32>, Option<String>);
-
-/// Parses one stdin line (comma- or space-separated numbers, or a JSON
-/// array); blank lines and `#` comments give `None`.
-pub fn parse_line(line: &str) -> Result<Option<Vec<f32>>> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
+    let mut local = file.local;
+    if let Some(local) = &mut local
+        && let Some(p) = &mut local.mqtt.password_file
+        && p.is_relative()
+    {
+        *p = base.join(&*p);
     }
-    if line.starts_with('[') {
-        let values: Vec<f32> = serde_json::from_str(line).context("not a JSON array of numbers")?;
-        return Ok(Some(values));
-    }
-    line.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<f32>()
-                .with_context(|| format!("{s:?} is not a number"))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// Reads a CSV file with a header: the label column (if any) apart, every
-/// column must be numeric.
-pub fn read_csv(path: &Path, label_column: Option<&str>) -> Result<Vec<Row>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .context("empty CSV file")?
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let label = match label_column {
-        Some(name) => Some(
-            header
-                .iter()
-                .position(|h| h == name)
-                .with_context(|| format!("no column {name:?} in the header"))?,
-        ),
-        None => ["label", "type", "class", "y"]
-            .iter()
-            .find_map(|n| header.iter().position(|h| h.eq_ignore_ascii_case(n))),
-    };
-    let mut rows = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != header.len() {
-            bail!(
-                "row {}: {} fields, the header has {}",
-                i + 1,
-                fields.len(),
-                header.len()
-            );
-        }
-        let mut features = Vec::with_capacity(fields.len());
-        let mut tag = None;
-        for (c, field) in fields.iter().enumerate() {
-            if Some(c) == label {
-                tag = Some(field.to_string());
-            } else {
-                features.push(
-                    field
-                        .parse::<f32>()
-                        .with_context(|| format!("row {}: {field:?} is not a number", i + 1))?,
-                );
-            }
-        }
-        rows.push((features, tag));
-    }
-    Ok(rows)
+    Ok((options, local))
 }
 
 /// Runs the agent from the command line.
 pub async fn run(args: Args) -> Result<()> {
-    let options = load_options(args.config.as_deref())?;
+    let (options, local) = load_config(args.config.as_deref())?;
+    let device = options.device.clone();
     let mut agent = EdgeAgent::start(options)
         .await
         .context("starting the edge agent")?;
+    let mut local = match local {
+        Some(settings) => {
+            Some(LocalBridge::start(settings, &device).context("connecting to the local broker")?)
+        }
+        None => None,
+    };
     let mut outputs = agent.take_outputs().context("output stream")?;
     let mut sink: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
@@ -209,6 +158,13 @@ pub async fn run(args: Args) -> Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let agent = Arc::new(agent);
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, Arc::clone(&agent)).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
+    // Rows refused before they became frames, for the output.
+    let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Refusal>();
     // Capture runs on its own thread: reading stdin blocks, and capture
     // never waits for the network anyway.
     let feeder = {
@@ -219,27 +175,40 @@ pub async fn run(args: Args) -> Result<()> {
         let interval = Duration::from_millis(args.interval_ms);
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut count = 0;
-            let mut feed = |features: &[f32], label: Option<String>| -> Result<()> {
-                match agent.capture(features, label) {
-                    Ok(_) => count += 1,
-                    Err(e) => eprintln!("frame refused at capture: {e}"),
-                }
-                if !interval.is_zero() {
-                    std::thread::sleep(interval);
-                }
-                Ok(())
+            let refuse = |refusal: Refusal| {
+                let _ = refusals_tx.send(refusal);
             };
+            let mut feed =
+                |row: usize, columns: &[String], features: &[f32], label: Option<String>| {
+                    match agent.capture(features, label.clone()) {
+                        Ok(_) => count += 1,
+                        Err(e) => refuse(Refusal::from_capture(row, columns, label, &e)),
+                    }
+                    if !interval.is_zero() {
+                        std::thread::sleep(interval);
+                    }
+                };
             if let Some(path) = csv {
-                for (features, label) in read_csv(&path, label_column.as_deref())? {
-                    feed(&features, label)?;
+                let table = read_csv(&path, label_column.as_deref())?;
+                for (i, row) in table.rows.into_iter().enumerate() {
+                    match row {
+                        Ok((features, label)) => feed(i + 1, &table.columns, &features, label),
+                        Err(refusal) => refuse(refusal),
+                    }
                 }
             } else if stdin {
-                for line in std::io::stdin().lock().lines() {
+                for (i, line) in std::io::stdin().lock().lines().enumerate() {
                     let line = line.context("reading stdin")?;
                     match parse_line(&line) {
-                        Ok(Some(features)) => feed(&features, None)?,
+                        Ok(Some(features)) => feed(i + 1, &[], &features, None),
                         Ok(None) => {}
-                        Err(e) => eprintln!("skipping a line: {e:#}"),
+                        Err(e) => refuse(Refusal {
+                            kind: "refused-at-capture",
+                            row: i + 1,
+                            column: None,
+                            reason: format!("{e:#}"),
+                            label: None,
+                        }),
                     }
                 }
             }
@@ -251,8 +220,20 @@ pub async fn run(args: Args) -> Result<()> {
     let mut feeder = Some(feeder);
     let wait = Duration::from_secs(args.wait_secs);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut tally = Tally::default();
+    let stop = veil_shell::wait_for_stop();
+    tokio::pin!(stop);
+    let mut write = |line: String| -> Result<()> {
+        writeln!(sink, "{line}").context("writing output")?;
+        sink.flush().context("writing output")
+    };
     loop {
         if input_done && agent.pending() == 0 {
+            // Refusals the capture thread sent before it ended.
+            while let Ok(refusal) = refusals.try_recv() {
+                tally.refused_at_capture += 1;
+                write(refusal.to_json())?;
+            }
             break;
         }
         let sleep_until =
@@ -260,11 +241,36 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             out = outputs.recv() => match out {
                 Some(out) => {
-                    writeln!(sink, "{}", out.to_json()).context("writing output")?;
-                    sink.flush().context("writing output")?;
+                    tally.count(&out);
+                    if let Some(local) = &local {
+                        local.publish(&out);
+                    }
+                    write(out.to_json())?;
                 }
                 None => break,
             },
+            Some(frame) = async { local.as_mut().expect("guarded").next_frame().await }, if local.is_some() => {
+                let refusal = match frame {
+                    Ok((features, label)) => match agent.capture(&features, label) {
+                        Ok(_) => None,
+                        Err(e) => Some(SensorRefusal { topic: String::new(), reason: e.to_string() }),
+                    },
+                    Err(refusal) => Some(refusal),
+                };
+                if let Some(refusal) = refusal {
+                    tracing::warn!(topic = %refusal.topic, reason = %refusal.reason, "sensor reading refused");
+                    if let Some(local) = &local {
+                        local.publish_refusal(&refusal);
+                    }
+                }
+            }
+            Some(refusal) = refusals.recv() => {
+                tally.refused_at_capture += 1;
+                if let Some(local) = &local {
+                    local.publish_line(refusal.to_json());
+                }
+                write(refusal.to_json())?;
+            }
             done = async { feeder.as_mut().expect("guarded").await }, if feeder.is_some() => {
                 feeder = None;
                 let count = done.context("capture thread")??;
@@ -275,73 +281,99 @@ pub async fn run(args: Args) -> Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
-                eprintln!("{} frames still without a result after {}s; they stay in the outbox", agent.pending(), args.wait_secs);
+                tally.unanswered = agent.pending() as u64;
+                eprintln!("{} frames still without a result after {}s; they stay in the outbox", tally.unanswered, args.wait_secs);
                 break;
             }
-            _ = wait_for_signal(), if !finite => break,
+            // Every run stops cleanly on SIGINT/SIGTERM, a finite one too:
+            // frames not yet answered stay in the outbox for the next start.
+            _ = &mut stop => {
+                tracing::info!(pending = agent.pending(), "stopping");
+                break;
+            }
         }
+    }
+    if let Some(local) = local.take() {
+        local.shutdown().await;
     }
     match Arc::try_unwrap(agent) {
         Ok(agent) => agent.shutdown().await,
         Err(_) => tracing::debug!("capture thread still holds the agent"),
     }
+    if finite && tally.failed() > 0 {
+        bail!(
+            "{} of {} frames got no result: {} refused at capture, {} refused by a server, \
+             {} expired, {} unanswered (each has its line in the output)",
+            tally.failed(),
+            tally.failed() + tally.results,
+            tally.refused_at_capture,
+            tally.rejected,
+            tally.expired,
+            tally.unanswered
+        );
+    }
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+/// The agent's statistics as Prometheus metrics (`veil_edge_agent_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("edge-agent");
+    let captured = metrics.counter("captured", "Frames captured and masked");
+    let frames_sent = metrics.counter("frames_sent", "Frame publishes, resends included");
+    let results = metrics.counter("results", "Results delivered to the application");
+    let rejected = metrics.counter("rejected", "Frames refused by a server");
+    let expired = metrics.counter("expired", "Frames given up without a result");
+    let connects = metrics.counter(
+        "connects",
+        "Connections to the broker, reconnections included",
+    );
+    let sent_bytes = metrics.counter("sent_bytes", "Payload bytes of frames, acks and sessions");
+    let pending = metrics.gauge("pending", "Frames waiting for their result");
+    let agent = Arc::downgrade(&agent);
+    metrics
+        .serve_refreshed(addr, move || {
+            // The exporter must not keep the agent alive past its shutdown.
+            let Some(agent) = agent.upgrade() else {
+                return false;
+            };
+            let s = agent.stats();
+            captured.follow(s.captured);
+            frames_sent.follow(s.frames_sent);
+            results.follow(s.results);
+            rejected.follow(s.rejected);
+            expired.follow(s.expired);
+            connects.follow(s.connects);
+            sent_bytes.follow(s.frame_bytes + s.ack_bytes + s.session_bytes);
+            pending.set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    Ok(())
+}
+
+/// What became of a finite run's rows: the exit status fails when any row
+/// got no result, so a script notices without parsing the output.
+#[derive(Default)]
+struct Tally {
+    results: u64,
+    refused_at_capture: u64,
+    rejected: u64,
+    expired: u64,
+    unanswered: u64,
+}
+
+impl Tally {
+    fn count(&mut self, out: &Output) {
+        match out {
+            Output::Result(_) => self.results += 1,
+            Output::Rejected { .. } => self.rejected += 1,
+            Output::Expired { .. } => self.expired += 1,
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
-}
 
-/// Logging for the stand-alone binary (to stderr: stdout carries results).
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_parse_as_csv_spaces_or_json() {
-        assert_eq!(parse_line("1, 2.5,3").unwrap(), Some(vec![1.0, 2.5, 3.0]));
-        assert_eq!(parse_line("1 2 3").unwrap(), Some(vec![1.0, 2.0, 3.0]));
-        assert_eq!(parse_line("[1,2]").unwrap(), Some(vec![1.0, 2.0]));
-        assert_eq!(parse_line("  # comment").unwrap(), None);
-        assert!(parse_line("1,x").is_err());
-    }
-
-    #[test]
-    fn csv_rows_keep_their_label_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.csv");
-        std::fs::write(&path, "a,b,type\n1,2,Yes\n3,4,No\n").unwrap();
-        let rows = read_csv(&path, None).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                (vec![1.0, 2.0], Some("Yes".into())),
-                (vec![3.0, 4.0], Some("No".into()))
-            ]
-        );
-        assert!(read_csv(&path, Some("missing")).is_err());
-        std::fs::write(&path, "a,b\n1\n").unwrap();
-        assert!(read_csv(&path, None).is_err());
+    fn failed(&self) -> u64 {
+        self.refused_at_capture + self.rejected + self.expired + self.unanswered
     }
 }
 

@@ -18,6 +18,7 @@
 //! never waits for the network.
 
 mod agent;
+pub mod local;
 mod net;
 mod options;
 mod output;
@@ -26,6 +27,8 @@ mod state;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod input;
 
 pub use agent::{AgentStats, EdgeAgent};
 pub use options::{AgentOptions, Pins};
@@ -36,22 +39,22 @@ use std::path::PathBuf;
 /// Why the agent could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("state {path}: {source}")]
+    #[error("state {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("state store: {0}")]
+    #[error(transparent)]
     Store(#[from] sled::Error),
     #[error("state file {path} is damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
-    #[error("protocol: {0}")]
+    #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
-    #[error("model: {0}")]
+    #[error(transparent)]
     Model(#[from] veil_model::ModelError),
-    #[error("paillier: {0}")]
+    #[error(transparent)]
     Paillier(#[from] veil_paillier::PaillierError),
-    #[error("MQTT: {0}")]
+    #[error(transparent)]
     Link(#[from] veil_link::LinkError),
     #[error("{what} fingerprint {got} does not match the pinned {expected}; refusing to use it")]
     Pin {
@@ -59,8 +62,28 @@ pub enum AgentError {
         expected: String,
         got: String,
     },
+    /// Both pins, or both servers' published keys, are one key: whoever
+    /// holds its secret half could unmask everything the device sends.
+    #[error(
+        "server A's and server B's keys are the same key (fingerprint {fingerprint}); \
+         refusing: the two servers must hold different keys"
+    )]
+    SameServerKeys { fingerprint: String },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the agent has stopped")]
     Stopped,
+}
+
+/// An error and its causes on one line, for log fields (`Display` of a
+/// variant names only its own step; the cause is its `source`).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

@@ -68,7 +68,7 @@ impl Shared {
         let mut first_error = None;
         while let Some(event) = node.poll_event() {
             if let Err(e) = self.apply(node, event) {
-                tracing::error!(error = %e, "could not write the device's state");
+                tracing::error!(error = %crate::chain(&e), "could not write the device's state");
                 first_error.get_or_insert(e);
             }
         }

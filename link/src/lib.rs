@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 pub enum LinkError {
     #[error("broker URL {url:?}: {reason}")]
     Url { url: String, reason: String },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -52,6 +52,14 @@ pub struct MqttSettings {
     /// PEM file of the CA certificates trusted for `mqtts://` (default: the
     /// system's roots).
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to an `mqtts://` broker that asks
+    /// for client certificates (with `client_key_file`). A broker with
+    /// `use_identity_as_username` takes the certificate's common name as
+    /// the username: `username` must then be that name or absent, and the
+    /// password is not checked.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file` (keep it 0600).
+    pub client_key_file: Option<PathBuf>,
     pub keep_alive_secs: u64,
     /// Largest MQTT packet sent or received. Mask supplies are about
     /// 400 KB for MNIST and rounds of big models several MiB, far above
@@ -65,6 +73,19 @@ pub struct MqttSettings {
     pub backoff_max_ms: u64,
     /// QoS 1 publishes in flight before waiting for acknowledgements.
     pub inflight: u16,
+    /// What the broker publishes when the connection drops without a
+    /// DISCONNECT (availability topics). Set by code, not configuration.
+    #[serde(skip)]
+    pub last_will: Option<LastWill>,
+}
+
+/// A retained-or-not QoS 1 message the broker sends on the client's behalf
+/// once it loses the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastWill {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
 }
 
 impl Default for MqttSettings {
@@ -76,12 +97,15 @@ impl Default for MqttSettings {
             password_file: None,
             client_id: String::new(),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             keep_alive_secs: 30,
             max_packet_bytes: 32 * 1024 * 1024,
             persistent_session: true,
             backoff_min_ms: 250,
             backoff_max_ms: 30_000,
             inflight: 100,
+            last_will: None,
         }
     }
 }
@@ -109,8 +133,10 @@ impl MqttSettings {
     }
 
     /// Applies `<PREFIX>BROKER_URL`, `<PREFIX>MQTT_USERNAME`,
-    /// `<PREFIX>MQTT_PASSWORD`, `<PREFIX>MQTT_PASSWORD_FILE` and
-    /// `<PREFIX>MQTT_CLIENT_ID` from the environment, when set.
+    /// `<PREFIX>MQTT_PASSWORD`, `<PREFIX>MQTT_PASSWORD_FILE`,
+    /// `<PREFIX>MQTT_CLIENT_ID`, `<PREFIX>MQTT_CA_FILE`,
+    /// `<PREFIX>MQTT_CLIENT_CERT_FILE` and `<PREFIX>MQTT_CLIENT_KEY_FILE`
+    /// from the environment, when set.
     pub fn apply_env(&mut self, prefix: &str) {
         let var = |name: &str| std::env::var(format!("{prefix}{name}")).ok();
         if let Some(v) = var("BROKER_URL") {
@@ -127,6 +153,26 @@ impl MqttSettings {
         }
         if let Some(v) = var("MQTT_CLIENT_ID") {
             self.client_id = v;
+        }
+        if let Some(v) = var("MQTT_CA_FILE") {
+            self.ca_file = Some(v.into());
+        }
+        if let Some(v) = var("MQTT_CLIENT_CERT_FILE") {
+            self.client_cert_file = Some(v.into());
+        }
+        if let Some(v) = var("MQTT_CLIENT_KEY_FILE") {
+            self.client_key_file = Some(v.into());
+        }
+    }
+
+    /// The client certificate chain and key files, when both are set.
+    fn client_identity(&self) -> Result<Option<(&PathBuf, &PathBuf)>, LinkError> {
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            _ => Err(LinkError::Tls(
+                "client_cert_file and client_key_file go together".into(),
+            )),
         }
     }
 
@@ -187,6 +233,14 @@ impl MqttSettings {
         options.set_clean_session(!self.persistent_session);
         options.set_manual_acks(true);
         options.set_inflight(self.inflight.max(1));
+        if let Some(will) = &self.last_will {
+            options.set_last_will(rumqttc::LastWill::new(
+                will.topic.clone(),
+                will.payload.clone(),
+                QoS::AtLeastOnce,
+                will.retain,
+            ));
+        }
         if let Some(user) = &self.username {
             let password = self.resolved_password()?;
             options.set_credentials(
@@ -194,17 +248,26 @@ impl MqttSettings {
                 password.as_ref().map(|p| p.as_str()).unwrap_or(""),
             );
         }
+        let identity = self.client_identity()?;
         if tls {
-            configure_tls(&mut options, self.ca_file.as_ref())?;
+            configure_tls(&mut options, self.ca_file.as_ref(), identity)?;
+        } else if identity.is_some() {
+            return Err(LinkError::Tls(
+                "a client certificate needs an mqtts:// URL".into(),
+            ));
         }
         Ok(options)
     }
 }
 
 #[cfg(feature = "tls")]
-fn configure_tls(options: &mut MqttOptions, ca_file: Option<&PathBuf>) -> Result<(), LinkError> {
-    use rustls::pki_types::CertificateDer;
+fn configure_tls(
+    options: &mut MqttOptions,
+    ca_file: Option<&PathBuf>,
+    identity: Option<(&PathBuf, &PathBuf)>,
+) -> Result<(), LinkError> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -229,8 +292,26 @@ fn configure_tls(options: &mut MqttOptions, ca_file: Option<&PathBuf>) -> Result
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| LinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let tls = |path: &PathBuf, e: &dyn std::fmt::Display| {
+                LinkError::Tls(format!("{}: {e}", path.display()))
+            };
+            let chain = CertificateDer::pem_file_iter(cert_file)
+                .map_err(|e| tls(cert_file, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls(cert_file, &e))?;
+            if chain.is_empty() {
+                return Err(tls(cert_file, &"no certificate found"));
+            }
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| tls(key_file, &e))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls(cert_file, &e))?
+        }
+    };
     options.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
     ));
@@ -248,7 +329,11 @@ fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn configure_tls(_: &mut MqttOptions, _: Option<&PathBuf>) -> Result<(), LinkError> {
+fn configure_tls(
+    _: &mut MqttOptions,
+    _: Option<&PathBuf>,
+    _: Option<(&PathBuf, &PathBuf)>,
+) -> Result<(), LinkError> {
     Err(LinkError::Tls(
         "this build has no TLS support (enable the `tls` feature)".into(),
     ))
@@ -404,6 +489,8 @@ impl Link {
                 backlog: VecDeque::new(),
                 connected: false,
                 generation: 0,
+                lost_at: None,
+                failed_attempts: 0,
                 filters: Vec::new(),
                 assign: VecDeque::new(),
                 by_pkid: HashMap::new(),
@@ -503,6 +590,11 @@ struct Driver {
     /// Bumped on every connection, so that acknowledgements of messages of
     /// an earlier connection are not sent on a later one.
     generation: u64,
+    /// When the last connection was lost, and the attempts failed since:
+    /// an operator reads "lost", then a line every 10 failed attempts, then
+    /// "reconnected after …" instead of silence.
+    lost_at: Option<std::time::Instant>,
+    failed_attempts: u32,
     filters: Vec<String>,
     /// Token of each publish handed to rumqttc whose packet id is not yet
     /// known, in order (rumqttc reports packet ids in the same order).
@@ -560,9 +652,18 @@ impl Driver {
                     None => return,
                     Some(Raw::Error(error)) => {
                         if self.connected {
-                            tracing::info!(%error, "MQTT connection lost");
+                            tracing::warn!(%error, "MQTT connection lost; reconnecting");
+                            self.lost_at = Some(std::time::Instant::now());
+                            self.failed_attempts = 0;
                         } else {
-                            tracing::debug!(%error, "MQTT connection attempt failed");
+                            self.failed_attempts += 1;
+                            if self.failed_attempts.is_multiple_of(10)
+                                || (self.generation == 0 && self.failed_attempts == 1)
+                            {
+                                tracing::warn!(%error, attempts = self.failed_attempts, "MQTT still not connected");
+                            } else {
+                                tracing::debug!(%error, "MQTT connection attempt failed");
+                            }
                         }
                         self.connected = false;
                         self.emit(LinkEvent::Disconnected { error });
@@ -587,6 +688,19 @@ impl Driver {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.connected = true;
                 self.generation += 1;
+                match self.lost_at.take() {
+                    Some(lost) => tracing::info!(
+                        after_ms = lost.elapsed().as_millis() as u64,
+                        failed_attempts = self.failed_attempts,
+                        session_present = ack.session_present,
+                        "MQTT reconnected"
+                    ),
+                    None if self.failed_attempts == 0 => tracing::info!("MQTT connected"),
+                    None => {
+                        tracing::info!(failed_attempts = self.failed_attempts, "MQTT connected")
+                    }
+                }
+                self.failed_attempts = 0;
                 // Requests from the last connection (acks, subscriptions)
                 // would be wrong on this one.
                 self.backlog
@@ -809,5 +923,17 @@ mod tests {
     fn passwords_never_appear_in_debug_output() {
         let s = MqttSettings::new("mqtt://h:1", "devA", "secret-pw");
         assert!(!format!("{s:?}").contains("secret-pw"));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_tls() {
+        let mut s = MqttSettings {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_cert_file: Some("client.crt".into()),
+            ..MqttSettings::default()
+        };
+        assert!(matches!(s.options(), Err(LinkError::Tls(_))));
+        s.client_key_file = Some("client.key".into());
+        assert!(matches!(s.options(), Err(LinkError::Tls(_))));
     }
 }

@@ -3,7 +3,7 @@ use thiserror::Error;
 /// Everything that can go wrong while importing, encoding or running a model.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: String,
         #[source]

@@ -32,15 +32,14 @@ pub use compiled::{
 };
 pub use error::ModelError;
 pub use fixed::{
-    ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, permute_eval,
-    truncate,
+    ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, truncate,
 };
 #[cfg(feature = "onnx")]
 pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
-pub use semantics::activate;
+pub use semantics::{activate, permute_eval};
 pub use topology::{
     ActivationKind, ActivationSpec, LinearKind, LinearSpec, MAX_ELEMENTS, PoolSpec, Stage, Topology,
 };

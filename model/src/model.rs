@@ -9,9 +9,10 @@ use tract_onnx::prelude::{
 use crate::affine::Affine;
 use crate::compiled::CompiledModel;
 use crate::error::ModelError;
-use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval};
+use crate::fixed::{ActivationMode, FixedPoint, RoundingSource};
 use crate::import::{FloatStage, ImportedGraph, InputScale, decode, import};
 use crate::plan::{LinearLayer, Plan};
+use crate::semantics::permute_eval;
 use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
 
 /// Largest bound (in bits) accepted at any stage; the protocol's masks add

@@ -2,7 +2,7 @@
 //! reference and the private protocol (which must agree bit for bit).
 
 use crate::error::ModelError;
-use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, permute_eval, truncate};
+use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, truncate};
 use crate::topology::{ActivationKind, ActivationSpec};
 
 /// One activation stage in integer semantics (see the crate docs).
@@ -100,4 +100,35 @@ pub fn activate(
             }
         })
         .collect()
+}
+
+/// Server B's evaluation of one value in permute mode:
+/// `round(φ(v / 2^(f+w)) · 2^f)` in f64 (half away from zero). For pooling
+/// kinds `v` is already the window maximum, so φ is the identity (MaxPool) or
+/// ReLU (ReluMaxPool). Both the reference and server B call this function,
+/// so they agree bit for bit on the same platform.
+pub fn permute_eval(kind: &ActivationKind, v: i128, fixed: &FixedPoint) -> i128 {
+    let scale_in = 2f64.powi(fixed.linear_scale_bits() as i32);
+    let scale_out = 2f64.powi(fixed.frac_bits as i32);
+    let x = v as f64 / scale_in;
+    let y = match kind {
+        ActivationKind::Relu | ActivationKind::ReluMaxPool => {
+            if x > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        }
+        ActivationKind::LeakyRelu { alpha_q } => {
+            if x > 0.0 {
+                x
+            } else {
+                x * (*alpha_q as f64 / 2f64.powi(fixed.weight_bits as i32))
+            }
+        }
+        ActivationKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        ActivationKind::Tanh => x.tanh(),
+        ActivationKind::MaxPool => x,
+    };
+    (y * scale_out).round() as i128
 }

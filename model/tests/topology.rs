@@ -184,7 +184,9 @@ proptest! {
         let pos = pos % bytes.len();
         bytes[pos] ^= xor;
         if let Ok(t) = Topology::from_bytes(&bytes) {
-            prop_assert_ne!(&t, pima());
+            // What matters is that a pin notices: the fingerprint. (A flipped
+            // sign bit of a 0.0 bound decodes to -0.0, which f64 equality
+            // calls equal, so `t != original` is the wrong property.)
             prop_assert_ne!(t.fingerprint(), pima().fingerprint());
             prop_assert!(t.validate().is_ok());
         }

@@ -31,7 +31,7 @@ pub enum PaillierError {
     Dimension(String),
     #[error("the ciphertext or plaintext belongs to another key")]
     KeyMismatch,
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -35,9 +35,9 @@ pub enum ProtocolError {
     RekeyNeeded(u64),
     #[error("unexpected message: {0}")]
     Unexpected(String),
-    #[error("paillier: {0}")]
+    #[error(transparent)]
     Paillier(#[from] veil_paillier::PaillierError),
-    #[error("model: {0}")]
+    #[error(transparent)]
     Model(#[from] veil_model::ModelError),
 }
 

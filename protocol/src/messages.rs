@@ -160,6 +160,13 @@ pub enum RejectCode {
     OutOfOrder,
     /// Refused for a reason the refusing party does not disclose.
     Refused,
+    /// The device opened more sessions within a minute than the server
+    /// accepts; refused before the seed is decrypted. Logged and counted
+    /// by the servers but not sent (`DeviceNode` would take it as final
+    /// for the frame with the session's first counter): the device's
+    /// frames under the session come back as `UnknownSession` and recover
+    /// once the minute has passed.
+    TooManySessions,
 }
 
 impl RejectCode {
@@ -174,6 +181,7 @@ impl RejectCode {
             RejectCode::Completed => "completed",
             RejectCode::OutOfOrder => "out-of-order",
             RejectCode::Refused => "refused",
+            RejectCode::TooManySessions => "too-many-sessions",
         }
     }
 }

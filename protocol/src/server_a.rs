@@ -232,6 +232,15 @@ impl<P: PublicOps> ServerA<P> {
         self.masks.remove(&(sid, t));
     }
 
+    /// Drops session `sid` and every frame and mask A held for it (the
+    /// node retired it).
+    pub fn forget_session(&mut self, sid: SessionId) {
+        self.sessions.remove(&sid);
+        self.frames.retain(|(s, _), _| *s != sid);
+        self.inputs.retain(|(s, _), _| *s != sid);
+        self.masks.retain(|(s, _), _| *s != sid);
+    }
+
     fn on_session(
         &mut self,
         device: String,

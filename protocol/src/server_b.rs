@@ -142,6 +142,12 @@ impl<S: SecretOps> ServerB<S> {
         Ok(Vec::new())
     }
 
+    /// Drops session `sid`, its seeds and its frames' progress (the node
+    /// retired it).
+    pub fn forget_session(&mut self, sid: SessionId) {
+        self.sessions.remove(&sid);
+    }
+
     /// Restores what B knew about a session's finished frames (from its
     /// durable result queue), so replays stay refused across a restart.
     pub fn mark_completed(&mut self, sid: SessionId, t: u64) {

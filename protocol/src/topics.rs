@@ -31,9 +31,9 @@ pub fn ack(device: &str) -> String {
     format!("{ROOT}/dev/{device}/ack")
 }
 
-/// A → B messages (mask requests, rounds, outputs).
-pub fn a_to_b(kind: &str) -> String {
-    format!("{ROOT}/ab/{kind}")
+/// A → B messages (mask requests, rounds, outputs) from one A worker.
+pub fn a_to_b(worker: &str) -> String {
+    format!("{ROOT}/ab/{worker}")
 }
 
 /// B → A messages, addressed to one A worker.

@@ -18,12 +18,21 @@ pub struct Args {
     /// (VEIL_BROKER_URL, VEIL_MQTT_PASSWORD, VEIL_STATE_DIR, ...) override it.
     #[arg(long, short, env = "VEIL_SERVER_A_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Start even when the secret key file is readable by group or others
+    /// (by default that refuses to start: a key others can read is shared).
+    #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
+    pub allow_open_key_file: bool,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 /// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
 /// then stops cleanly.
 pub async fn run(args: Args) -> Result<()> {
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    if !args.allow_open_key_file {
+        veil_shell::check_owner_only(&config.key_file).context("checking A's key file")?;
+    }
     let key = SecretKey::read_from_file(&config.key_file)
         .with_context(|| format!("reading A's key {}", config.key_file.display()))?;
     let model = veil_model::load_model_file(&config.model_file)
@@ -40,7 +49,13 @@ pub async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("starting server A")?;
-    wait_for_signal().await;
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, server.stats_handle()).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
+    veil_shell::wait_for_stop().await;
+    veil_shell::notify::stopping();
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())
@@ -75,28 +90,38 @@ async fn load_b_key(config: &Config) -> Result<PublicKey> {
     Ok(key)
 }
 
-/// Waits for SIGINT or SIGTERM (what systemd sends to stop a unit).
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Logging for the stand-alone binary.
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Server A's statistics as Prometheus metrics (`veil_server_a_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("server-a");
+    let sessions = metrics.counter("sessions", "Device sessions accepted");
+    let frames = metrics.counter("frames", "Frames accepted");
+    let outputs = metrics.counter("outputs", "Frames whose output went to B");
+    let duplicates = metrics.counter("duplicates", "Duplicate frames dropped");
+    let retries = metrics.counter("retries", "Frames started over after B timed out");
+    let abandoned = metrics.counter("abandoned", "Frames given up after the last retry");
+    let rejected = metrics.counter("rejected", "Messages refused");
+    let replayed = metrics.counter("replayed", "Frames taken back up from the store at start");
+    let precomputed = metrics.counter("precomputed", "Mask sets precomputed offline");
+    let dropped = metrics.counter(
+        "dropped",
+        "Frames dropped unstored: their device had too many parked",
+    );
+    metrics
+        .serve_refreshed(addr, move || {
+            let s = stats.snapshot();
+            sessions.follow(s.sessions);
+            frames.follow(s.frames);
+            outputs.follow(s.outputs);
+            duplicates.follow(s.duplicates);
+            retries.follow(s.retries);
+            abandoned.follow(s.abandoned);
+            rejected.follow(s.rejected);
+            replayed.follow(s.replayed);
+            precomputed.follow(s.precomputed);
+            dropped.follow(s.dropped);
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    Ok(())
 }

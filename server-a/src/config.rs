@@ -11,12 +11,12 @@ use crate::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Toml {
         path: PathBuf,
         source: Box<toml::de::Error>,
@@ -44,6 +44,15 @@ pub struct Config {
     pub round_timeout_secs: u64,
     pub max_retries: u32,
     pub park_timeout_secs: u64,
+    /// Live sessions per device; opening one more retires the device's
+    /// least recently used.
+    pub max_sessions_per_device: usize,
+    /// A session unused this long is forgotten (the device opens it again
+    /// when it next sends a frame).
+    pub session_ttl_secs: u64,
+    /// New sessions a device may open per minute (0: no limit); more are
+    /// refused before their seed is decrypted.
+    pub max_session_opens_per_minute: usize,
     pub noise: NoiseSource,
 }
 
@@ -64,6 +73,9 @@ impl Default for Config {
             round_timeout_secs: 30,
             max_retries: 3,
             park_timeout_secs: 60,
+            max_sessions_per_device: 4,
+            session_ttl_secs: 30 * 24 * 3600,
+            max_session_opens_per_minute: 10,
             noise: NoiseSource::Pool,
         }
     }
@@ -96,6 +108,8 @@ impl Config {
                     &mut c.b_key_file,
                     &mut c.mqtt.password_file,
                     &mut c.mqtt.ca_file,
+                    &mut c.mqtt.client_cert_file,
+                    &mut c.mqtt.client_key_file,
                 ]
                 .into_iter()
                 .flatten()
@@ -138,6 +152,11 @@ impl Config {
             round_timeout: Duration::from_secs(self.round_timeout_secs.max(1)),
             max_retries: self.max_retries,
             park_timeout: Duration::from_secs(self.park_timeout_secs.max(1)),
+            sessions: crate::SessionLimits {
+                max_per_device: self.max_sessions_per_device.max(1),
+                ttl: self.session_ttl_secs.max(1).saturating_mul(1000),
+                max_opens_per_minute: self.max_session_opens_per_minute,
+            },
             noise: self.noise,
         }
     }

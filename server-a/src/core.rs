@@ -113,12 +113,13 @@ impl Core {
             round_timeout: millis(options.round_timeout),
             max_retries: options.max_retries,
             park_timeout: millis(options.park_timeout),
+            sessions: options.sessions.clone(),
             ..AOptions::default()
         };
         let mut node = ServerANode::new(machine, node_options, public);
-        let sessions = store.sessions().into_iter().map(|(_, b)| b).collect();
+        let now = now_ms();
         let frames = store.frames().into_iter().map(|(_, b)| b).collect();
-        node.restore(now_ms(), sessions, frames);
+        node.restore(now, store.sessions(now), frames);
         let mut core = Core {
             node,
             store,
@@ -126,6 +127,12 @@ impl Core {
             stats,
         };
         core.drain();
+        let (live, ..) = core.node.load();
+        tracing::info!(
+            live,
+            pruned = core.stats.sessions_pruned.load(Ordering::Relaxed),
+            "sessions restored: the dead ones deleted without decrypting"
+        );
         Ok(core)
     }
 
@@ -220,9 +227,15 @@ impl Core {
                 sid,
                 device,
                 envelope,
+                opened,
             } => {
-                if let Err(e) = self.store.put_session(sid, &device, &envelope) {
+                if let Err(e) = self.store.put_session(sid, &device, &envelope, opened) {
                     tracing::error!(error = %e, "could not store a session");
+                }
+            }
+            AEvent::TouchSession { sid, used } => {
+                if let Err(e) = self.store.touch_session(sid, used) {
+                    tracing::error!(error = %e, "could not store a session's last use");
                 }
             }
             AEvent::ForgetSession { sid } => self.store.remove_session(sid),
@@ -252,6 +265,10 @@ impl Core {
                 ANote::Output => &stats.outputs,
                 ANote::Precomputed => &stats.precomputed,
                 ANote::Replayed | ANote::Stale => &stats.replayed,
+                ANote::SessionRetired => &stats.sessions_retired,
+                ANote::SessionExpired => &stats.sessions_expired,
+                ANote::SessionPruned => &stats.sessions_pruned,
+                ANote::SessionThrottled => &stats.sessions_throttled,
             }),
         }
     }

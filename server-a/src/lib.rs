@@ -41,20 +41,21 @@ use sha2::{Digest, Sha256};
 use veil_link::{Link, LinkEvent, MqttSettings};
 use veil_model::CompiledModel;
 use veil_paillier::{NoiseSource, PublicKey, SecretKey};
+pub use veil_protocol::node::SessionLimits;
 use veil_protocol::{Params, Seed};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerAError {
-    #[error("state store {path}: {source}")]
+    #[error("state store {path}")]
     Store { path: PathBuf, source: sled::Error },
-    #[error("state store: {0}")]
+    #[error(transparent)]
     StoreOp(#[from] sled::Error),
-    #[error("protocol: {0}")]
+    #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
-    #[error("MQTT: {0}")]
+    #[error(transparent)]
     Link(#[from] veil_link::LinkError),
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -63,6 +64,14 @@ pub enum ServerAError {
     Thread(std::io::Error),
     #[error("invalid worker name {0:?} (letters, digits, '-', '_', '.')")]
     Worker(String),
+    /// A would encrypt under its own key: A's secret key and the key given
+    /// as B's are one key (a copied key file, or `b_key_file` pointing at
+    /// A's own public key), so A could decrypt what only B may.
+    #[error(
+        "server A's key and the key given as server B's are the same key \
+         (fingerprint {fingerprint}); each server needs its own (`veil keygen --role`)"
+    )]
+    SameKeys { fingerprint: String },
 }
 
 /// How the runtime behaves (everything but keys and model).
@@ -82,6 +91,9 @@ pub struct Options {
     /// How long a frame waits for its session message.
     pub park_timeout: Duration,
     pub noise: NoiseSource,
+    /// Sessions per device, their time to live, and how many a device may
+    /// open per minute.
+    pub sessions: SessionLimits,
 }
 
 impl Options {
@@ -95,6 +107,7 @@ impl Options {
             max_retries: 3,
             park_timeout: Duration::from_secs(60),
             noise: NoiseSource::Pool,
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -122,6 +135,10 @@ pub struct Stats {
     pub replayed: AtomicU64,
     pub precomputed: AtomicU64,
     pub dropped: AtomicU64,
+    pub sessions_retired: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_pruned: AtomicU64,
+    pub sessions_throttled: AtomicU64,
 }
 
 /// A plain copy of [`Stats`].
@@ -139,6 +156,14 @@ pub struct StatsSnapshot {
     pub precomputed: u64,
     /// Frames dropped unstored because their device had too many parked.
     pub dropped: u64,
+    /// Sessions retired by the per-device quota.
+    pub sessions_retired: u64,
+    /// Sessions forgotten after the session TTL unused.
+    pub sessions_expired: u64,
+    /// Stored sessions found dead at start, deleted without decrypting.
+    pub sessions_pruned: u64,
+    /// New sessions refused (`TooManySessions`): over the opening rate.
+    pub sessions_throttled: u64,
 }
 
 impl Stats {
@@ -155,6 +180,10 @@ impl Stats {
             replayed: get(&self.replayed),
             precomputed: get(&self.precomputed),
             dropped: get(&self.dropped),
+            sessions_retired: get(&self.sessions_retired),
+            sessions_expired: get(&self.sessions_expired),
+            sessions_pruned: get(&self.sessions_pruned),
+            sessions_throttled: get(&self.sessions_throttled),
         }
     }
 }
@@ -182,6 +211,11 @@ impl ServerA {
     pub async fn start(options: Options, setup: Setup) -> Result<ServerA, ServerAError> {
         veil_protocol::check_device_name(&options.worker)
             .map_err(|_| ServerAError::Worker(options.worker.clone()))?;
+        if setup.key.public_key().fingerprint_hex() == setup.b_key.fingerprint_hex() {
+            return Err(ServerAError::SameKeys {
+                fingerprint: setup.b_key.fingerprint_hex(),
+            });
+        }
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
         let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -246,6 +280,11 @@ impl ServerA {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The live statistics, for an exporter that reads them on its own.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops cleanly: the worker finishes the message in hand, the store

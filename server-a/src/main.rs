@@ -5,9 +5,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version, about = "veil server A (model server)")]
 struct Cli {
-    /// Log filter (RUST_LOG syntax).
-    #[arg(long, env = "VEIL_LOG", default_value = "info")]
-    log: String,
+    #[command(flatten)]
+    log: veil_shell::LogArgs,
     #[command(flatten)]
     args: veil_server_a::cli::Args,
 }
@@ -15,6 +14,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    veil_server_a::cli::init_logging(&cli.log);
+    cli.log.init(veil_shell::logging::SERVICE_FILTER);
     veil_server_a::cli::run(cli.args).await
 }

@@ -19,12 +19,21 @@ pub struct Args {
     /// (VEIL_BROKER_URL, VEIL_MQTT_PASSWORD, VEIL_STATE_DIR, ...) override it.
     #[arg(long, short, env = "VEIL_SERVER_B_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Start even when the secret key file is readable by group or others
+    /// (by default that refuses to start: a key others can read is shared).
+    #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
+    pub allow_open_key_file: bool,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 /// Loads the configuration, the key and the topology, runs until SIGINT or
 /// SIGTERM, then stops cleanly.
 pub async fn run(args: Args) -> Result<()> {
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    if !args.allow_open_key_file {
+        veil_shell::check_owner_only(&config.key_file).context("checking B's key file")?;
+    }
     let key = SecretKey::read_from_file(&config.key_file)
         .with_context(|| format!("reading B's key {}", config.key_file.display()))?;
     let topology = load_topology(&config).await?;
@@ -36,7 +45,13 @@ pub async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("starting server B")?;
-    wait_for_signal().await;
+    if let Some(addr) = args.metrics.metrics_listen {
+        serve_metrics(addr, server.stats_handle()).await?;
+    }
+    veil_shell::notify::ready();
+    veil_shell::notify::spawn_watchdog();
+    veil_shell::wait_for_stop().await;
+    veil_shell::notify::stopping();
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())
@@ -81,28 +96,29 @@ async fn load_topology(config: &Config) -> Result<Topology> {
     Ok(topology)
 }
 
-/// Waits for SIGINT or SIGTERM (what systemd sends to stop a unit).
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Logging for the stand-alone binary.
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Server B's statistics as Prometheus metrics (`veil_server_b_*`).
+async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+    let mut metrics = veil_shell::Metrics::new("server-b");
+    let sessions = metrics.counter("sessions", "Device sessions accepted");
+    let results = metrics.counter("results", "Results produced and queued");
+    let redelivered = metrics.counter("redelivered", "Results sent again on a device's Sync");
+    let acked = metrics.counter("acked", "Results acknowledged by their device");
+    let expired = metrics.counter("expired", "Results dropped unacknowledged after their TTL");
+    let rejected = metrics.counter("rejected", "Messages refused");
+    let queued = metrics.gauge("queued_results", "Results waiting for an acknowledgement");
+    metrics
+        .serve_refreshed(addr, move || {
+            let s = stats.snapshot();
+            sessions.follow(s.sessions);
+            results.follow(s.results);
+            redelivered.follow(s.redelivered);
+            acked.follow(s.acked);
+            expired.follow(s.expired);
+            rejected.follow(s.rejected);
+            queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
+            true
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    Ok(())
 }

@@ -11,12 +11,12 @@ use crate::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Toml {
         path: PathBuf,
         source: Box<toml::de::Error>,
@@ -43,6 +43,15 @@ pub struct Config {
     pub topology_fingerprint: Option<String>,
     pub result_ttl_secs: u64,
     pub park_timeout_secs: u64,
+    /// Live sessions per device; opening one more retires the device's
+    /// least recently used.
+    pub max_sessions_per_device: usize,
+    /// A session unused this long is forgotten (the device opens it again
+    /// when it next sends a frame).
+    pub session_ttl_secs: u64,
+    /// New sessions a device may open per minute (0: no limit); more are
+    /// refused before their seed is decrypted.
+    pub max_session_opens_per_minute: usize,
     pub noise: NoiseSource,
     pub pool_capacity: usize,
     pub a_workers: Vec<String>,
@@ -62,6 +71,9 @@ impl Default for Config {
             topology_fingerprint: None,
             result_ttl_secs: 7 * 24 * 3600,
             park_timeout_secs: 60,
+            max_sessions_per_device: 4,
+            session_ttl_secs: 30 * 24 * 3600,
+            max_session_opens_per_minute: 10,
             noise: NoiseSource::FixedBase,
             pool_capacity: 4096,
             a_workers: vec!["+".into()],
@@ -95,6 +107,8 @@ impl Config {
                     &mut c.topology_file,
                     &mut c.mqtt.password_file,
                     &mut c.mqtt.ca_file,
+                    &mut c.mqtt.client_cert_file,
+                    &mut c.mqtt.client_key_file,
                 ]
                 .into_iter()
                 .flatten()
@@ -134,6 +148,11 @@ impl Config {
             state_dir: self.state_dir.clone(),
             result_ttl: Duration::from_secs(self.result_ttl_secs.max(1)),
             park_timeout: Duration::from_secs(self.park_timeout_secs.max(1)),
+            sessions: crate::SessionLimits {
+                max_per_device: self.max_sessions_per_device.max(1),
+                ttl: self.session_ttl_secs.max(1).saturating_mul(1000),
+                max_opens_per_minute: self.max_session_opens_per_minute,
+            },
             noise: self.noise,
             pool_capacity: self.pool_capacity,
             a_workers: self.a_workers.clone(),

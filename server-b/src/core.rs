@@ -74,10 +74,12 @@ impl Core {
         let node_options = BOptions {
             result_ttl: millis(options.result_ttl),
             park_timeout: millis(options.park_timeout),
+            sessions: options.sessions.clone(),
             ..BOptions::default()
         };
         let mut node = ServerBNode::new(machine, node_options, public);
-        let sessions = store.sessions().into_iter().map(|(_, b)| b).collect();
+        let now = now_ms();
+        let sessions = store.sessions(now);
         let results = store
             .all_results()
             .into_iter()
@@ -92,7 +94,7 @@ impl Core {
                 })
             })
             .collect();
-        node.restore(sessions, store.completed(), store.progress(), results);
+        node.restore(now, sessions, store.completed(), store.progress(), results);
         let mut filters = vec![
             topics::filters::SESSIONS_B.to_string(),
             topics::filters::ACKS.to_string(),
@@ -115,6 +117,11 @@ impl Core {
             stats,
         };
         core.drain();
+        tracing::info!(
+            decrypted = core.stats.sessions.load(Ordering::Relaxed),
+            pruned = core.stats.sessions_pruned.load(Ordering::Relaxed),
+            "sessions restored: the dead ones deleted without decrypting"
+        );
         Ok(core)
     }
 
@@ -176,12 +183,19 @@ impl Core {
                 sid,
                 device,
                 envelope,
+                opened,
             } => {
-                if let Err(e) = self.store.put_session(sid, &device, &envelope) {
+                if let Err(e) = self.store.put_session(sid, &device, &envelope, opened) {
                     tracing::error!(error = %e, "could not store a session");
                 }
             }
+            BEvent::TouchSession { sid, used } => {
+                if let Err(e) = self.store.touch_session(sid, used) {
+                    tracing::error!(error = %e, "could not store a session's last use");
+                }
+            }
             BEvent::ForgetSession { sid } => self.store.remove_session(sid),
+            BEvent::ForgetCompletion { sid } => self.store.remove_completion(sid),
             BEvent::PersistResult(q) => {
                 if let Err(e) =
                     self.store
@@ -210,6 +224,10 @@ impl Core {
                     BNote::Redelivered => &stats.redelivered,
                     BNote::Acked => &stats.acked,
                     BNote::Expired => &stats.expired,
+                    BNote::SessionRetired => &stats.sessions_retired,
+                    BNote::SessionExpired => &stats.sessions_expired,
+                    BNote::SessionPruned => &stats.sessions_pruned,
+                    BNote::SessionThrottled => &stats.sessions_throttled,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }

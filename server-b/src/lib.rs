@@ -25,19 +25,20 @@ use veil_link::{Link, LinkEvent, MqttSettings};
 use veil_model::Topology;
 use veil_paillier::{NoiseSource, SecretKey};
 use veil_protocol::Params;
+pub use veil_protocol::node::SessionLimits;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerBError {
-    #[error("state store {path}: {source}")]
+    #[error("state store {path}")]
     Store { path: PathBuf, source: sled::Error },
-    #[error("state store: {0}")]
+    #[error(transparent)]
     StoreOp(#[from] sled::Error),
-    #[error("protocol: {0}")]
+    #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
-    #[error("MQTT: {0}")]
+    #[error(transparent)]
     Link(#[from] veil_link::LinkError),
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -62,6 +63,9 @@ pub struct Options {
     /// A workers this B serves (`+` = all): B subscribes to
     /// `veil/v1/ab/<worker>` for each.
     pub a_workers: Vec<String>,
+    /// Sessions per device, their time to live, and how many a device may
+    /// open per minute.
+    pub sessions: SessionLimits,
 }
 
 impl Options {
@@ -74,6 +78,7 @@ impl Options {
             noise: NoiseSource::FixedBase,
             pool_capacity: 4096,
             a_workers: vec!["+".into()],
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -88,6 +93,10 @@ pub struct Stats {
     pub expired: AtomicU64,
     pub rejected: AtomicU64,
     pub queued: AtomicU64,
+    pub sessions_retired: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_pruned: AtomicU64,
+    pub sessions_throttled: AtomicU64,
 }
 
 /// A plain copy of [`Stats`].
@@ -101,6 +110,14 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     /// Results waiting for an acknowledgement.
     pub queued: u64,
+    /// Sessions retired by the per-device quota.
+    pub sessions_retired: u64,
+    /// Sessions forgotten after the session TTL unused.
+    pub sessions_expired: u64,
+    /// Stored sessions found dead at start, deleted without decrypting.
+    pub sessions_pruned: u64,
+    /// New sessions refused (`TooManySessions`): over the opening rate.
+    pub sessions_throttled: u64,
 }
 
 impl Stats {
@@ -114,6 +131,10 @@ impl Stats {
             expired: get(&self.expired),
             rejected: get(&self.rejected),
             queued: get(&self.queued),
+            sessions_retired: get(&self.sessions_retired),
+            sessions_expired: get(&self.sessions_expired),
+            sessions_pruned: get(&self.sessions_pruned),
+            sessions_throttled: get(&self.sessions_throttled),
         }
     }
 }
@@ -194,6 +215,11 @@ impl ServerB {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The live statistics, for an exporter that reads them on its own.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops cleanly: the worker finishes the message in hand, the store

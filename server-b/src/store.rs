@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_protocol::SessionId;
+use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerBError;
 
@@ -18,6 +19,10 @@ pub struct Store {
     completed: sled::Tree,
     /// `sid t` → the furthest stage the frame reached (8 bytes each).
     progress: sled::Tree,
+    /// `sid` → when the session was opened and last used (8 + 8 bytes,
+    /// big-endian ms): what start-up decides liveness from, before any
+    /// seed is decrypted.
+    session_times: sled::Tree,
 }
 
 pub fn now_ms() -> u64 {
@@ -88,6 +93,7 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             completed: db.open_tree("completed")?,
             progress: db.open_tree("progress")?,
+            session_times: db.open_tree("session_times")?,
             db,
         })
     }
@@ -96,28 +102,74 @@ impl Store {
         self.db.flush().map(|_| ())
     }
 
-    pub fn put_session(&self, sid: SessionId, device: &str, envelope: &[u8]) -> sled::Result<()> {
+    pub fn put_session(
+        &self,
+        sid: SessionId,
+        device: &str,
+        envelope: &[u8],
+        opened: Millis,
+    ) -> sled::Result<()> {
         let mut value = device_prefix(device);
         value.extend_from_slice(envelope);
         self.sessions.insert(sid.0, value)?;
+        self.session_times
+            .insert(sid.0, &encode_times(opened, opened))?;
         self.flush()
     }
 
-    /// Every stored session: `(device, envelope)`.
-    pub fn sessions(&self) -> Vec<(String, Vec<u8>)> {
+    /// Records when a session was last used (not flushed: losing it in a
+    /// crash only makes the session look older).
+    pub fn touch_session(&self, sid: SessionId, used: Millis) -> sled::Result<()> {
+        let opened = self
+            .session_times
+            .get(sid.0)?
+            .and_then(|v| decode_times(&v))
+            .map_or(used, |(opened, _)| opened);
+        self.session_times
+            .insert(sid.0, &encode_times(opened, used))?;
+        Ok(())
+    }
+
+    /// Every stored session with its times, read without decrypting
+    /// anything. A session stored before times were kept counts as opened
+    /// at 0 and used `now`.
+    pub fn sessions(&self, now: Millis) -> Vec<StoredSession> {
         self.sessions
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(_, v)| {
+            .filter_map(|(k, v)| {
+                let sid = SessionId(k.as_ref().try_into().ok()?);
                 let split = v.iter().position(|b| *b == 0)?;
-                let device = std::str::from_utf8(&v[..split]).ok()?.to_string();
-                Some((device, v[split + 1..].to_vec()))
+                let device = std::str::from_utf8(v.get(..split)?).ok()?.to_string();
+                let envelope = v.get(split + 1..)?.to_vec();
+                let (opened, used) = self
+                    .session_times
+                    .get(sid.0)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| decode_times(&t))
+                    .unwrap_or((0, now));
+                Some(StoredSession {
+                    sid,
+                    device,
+                    opened,
+                    used,
+                    envelope,
+                })
             })
             .collect()
     }
 
+    /// Deletes a session with its times and progress (its completion
+    /// mark goes with [`Store::remove_completion`]).
     pub fn remove_session(&self, sid: SessionId) {
         let _ = self.sessions.remove(sid.0);
+        let _ = self.session_times.remove(sid.0);
+        self.forget_progress(sid, u64::MAX);
+    }
+
+    pub fn remove_completion(&self, sid: SessionId) {
+        let _ = self.completed.remove(sid.0);
     }
 
     pub fn completed(&self) -> Vec<(SessionId, u64)> {
@@ -212,5 +264,78 @@ pub fn restrict(path: &Path) {
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::env::temp_dir().join(format!(
+            "veil-b-store-{name}-{}-{nanos}",
+            std::process::id()
+        ))
+    }
+
+    #[test]
+    fn sessions_come_back_with_their_times_and_go_without_their_mark() {
+        let dir = scratch("times");
+        let store = Store::open(&dir).expect("store opens");
+        let (s1, s2) = (SessionId([1; 16]), SessionId([2; 16]));
+        store
+            .put_session(s1, "devA", b"one", 1_000)
+            .expect("stored");
+        store
+            .put_session(s2, "devB", b"two", 2_000)
+            .expect("stored");
+        store.touch_session(s1, 5_000).expect("touched");
+        store
+            .put_result("devA", s1, 7, b"result", 6_000)
+            .expect("queued");
+        store.put_progress(s1, 8, 2).expect("progress");
+        let mut sessions = store.sessions(9_999);
+        sessions.sort_by_key(|s| s.sid.0);
+        let times: Vec<(String, u64, u64, Vec<u8>)> = sessions
+            .into_iter()
+            .map(|s| (s.device, s.opened, s.used, s.envelope))
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                ("devA".into(), 1_000, 5_000, b"one".to_vec()),
+                ("devB".into(), 2_000, 2_000, b"two".to_vec()),
+            ]
+        );
+        // Forgotten: record, times and progress go; the completion mark
+        // and the queued result stay until removed on their own.
+        store.remove_session(s1);
+        assert_eq!(store.sessions(9_999).len(), 1);
+        assert!(store.progress().is_empty());
+        assert_eq!(store.completed(), vec![(s1, 7)]);
+        assert_eq!(store.queued(), 1);
+        store.remove_completion(s1);
+        assert!(store.completed().is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_session_stored_without_times_counts_as_used_at_start() {
+        let dir = scratch("legacy");
+        let store = Store::open(&dir).expect("store opens");
+        let sid = SessionId([3; 16]);
+        store
+            .put_session(sid, "devA", b"env", 1_000)
+            .expect("stored");
+        let _ = store.session_times.remove(sid.0);
+        let sessions = store.sessions(42_000);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!((sessions[0].opened, sessions[0].used), (0, 42_000));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

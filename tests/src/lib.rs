@@ -162,6 +162,8 @@ pub struct Servers {
     pub b: Option<veil_server_b::ServerB>,
     /// How long A waits for B before starting a frame over.
     pub round_timeout: Duration,
+    /// Both servers' session rules.
+    pub sessions: veil_protocol::node::SessionLimits,
 }
 
 impl Servers {
@@ -176,6 +178,7 @@ impl Servers {
             a: None,
             b: None,
             round_timeout: Duration::from_secs(5),
+            sessions: veil_protocol::node::SessionLimits::default(),
         }
     }
 
@@ -184,11 +187,15 @@ impl Servers {
             veil_server_a::Options::new(mqtt(self.addr, "server-a"), self.dir.join("server-a"));
         o.round_timeout = self.round_timeout;
         o.max_retries = 20;
+        o.sessions = self.sessions.clone();
         o
     }
 
     pub fn b_options(&self) -> veil_server_b::Options {
-        veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"))
+        let mut o =
+            veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"));
+        o.sessions = self.sessions.clone();
+        o
     }
 
     pub async fn start_a(&mut self) {
@@ -521,5 +528,44 @@ impl Raw {
 impl Drop for Raw {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Writes `edge-agent.toml` for `devA` on `model` against `remote` (the
+/// demo password), with `extra` appended (e.g. a `[local]` table); for
+/// tests that run the agent's command line.
+pub fn write_agent_config(
+    dir: &Path,
+    model: &str,
+    remote: SocketAddr,
+    pins: &Pins,
+    extra: &str,
+) -> PathBuf {
+    let path = dir.join("edge-agent.toml");
+    let text = format!(
+        "device = \"devA\"\nmodel = \"{model}\"\nstate_dir = \"agent\"\n\n[pins]\n\
+         server_a = \"{}\"\nserver_b = \"{}\"\ntopology = \"{}\"\n\n[mqtt]\n\
+         url = \"mqtt://{remote}\"\npassword = \"demo-devA\"\n\n{extra}",
+        pins.server_a, pins.server_b, pins.topology
+    );
+    std::fs::write(&path, text).expect("write the agent configuration");
+    path
+}
+
+/// The agent command line's arguments for a run without metrics.
+pub fn agent_args(
+    config: PathBuf,
+    csv: Option<PathBuf>,
+    output: PathBuf,
+) -> veil_edge_agent::cli::Args {
+    veil_edge_agent::cli::Args {
+        config: Some(config),
+        csv,
+        label_column: None,
+        stdin: false,
+        interval_ms: 0,
+        output: Some(output),
+        wait_secs: 60,
+        metrics: veil_shell::MetricsArgs::default(),
     }
 }

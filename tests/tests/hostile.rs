@@ -219,12 +219,15 @@ async fn one_hostile_device_cannot_starve_evict_or_crash_the_honest_ones() {
     eprintln!("hostile: attacker {report:?}");
     eprintln!("hostile: gate {gate}");
     eprintln!(
-        "hostile: A rejected {} (dropped {}), B rejected {}; sessions A {} B {}",
+        "hostile: A rejected {} (dropped {}), B rejected {}; sessions A {} B {}; \
+         new sessions refused over the opening rate A {} B {}",
         a.rejected - calm_a.rejected,
         a.dropped,
         b.rejected - calm_b.rejected,
         a.sessions,
-        b.sessions
+        b.sessions,
+        a.sessions_throttled,
+        b.sessions_throttled
     );
 
     // Nothing lost: honest_round checked every frame's result.
@@ -262,6 +265,8 @@ async fn one_hostile_device_cannot_starve_evict_or_crash_the_honest_ones() {
     );
     assert!(gate.throttled > 0, "the flood never met its quota: {gate}");
     assert!(a.rejected > calm_a.rejected && b.rejected > calm_b.rejected);
+    // Its session flood met the opening rate before decryption.
+    assert!(a.sessions_throttled > 0 && b.sessions_throttled > 0);
     // No session of the attacker's was accepted: one per honest device.
     assert_eq!(a.sessions, HONEST as u64);
     assert_eq!(b.sessions, HONEST as u64);

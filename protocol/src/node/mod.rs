@@ -18,10 +18,12 @@
 mod a;
 mod b;
 mod device;
+mod sessions;
 
 pub use a::{AEvent, ANote, AOptions, ServerANode};
 pub use b::{BEvent, BNote, BOptions, Queued, ServerBNode};
 pub use device::{DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions, OutboxEntry, Settled};
+pub use sessions::{SessionLimits, StoredSession, decode_times, encode_times, triage};
 
 use crate::messages::{Body, Envelope, RejectCode};
 use crate::prf::SessionId;

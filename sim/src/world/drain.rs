@@ -2,6 +2,22 @@
 //! the checker, its transmits to the broker.
 
 use super::*;
+use veil_protocol::node::{ANote, BNote};
+
+fn stored_session(
+    sid: SessionId,
+    device: String,
+    envelope: Vec<u8>,
+    opened: Millis,
+) -> StoredSession {
+    StoredSession {
+        sid,
+        device,
+        opened,
+        used: opened,
+        envelope,
+    }
+}
 
 impl World {
     pub(super) fn drain(&mut self, party: Party) {
@@ -18,8 +34,20 @@ impl World {
             while let Some(event) = node.poll_event() {
                 let store = &mut self.a_durable;
                 match event {
-                    AEvent::PersistSession { sid, envelope, .. } => {
-                        store.sessions.insert(sid, envelope);
+                    AEvent::PersistSession {
+                        sid,
+                        device,
+                        envelope,
+                        opened,
+                    } => {
+                        store
+                            .sessions
+                            .insert(sid, stored_session(sid, device, envelope, opened));
+                    }
+                    AEvent::TouchSession { sid, used } => {
+                        if let Some(s) = store.sessions.get_mut(&sid) {
+                            s.used = used;
+                        }
                     }
                     AEvent::ForgetSession { sid } => {
                         store.sessions.remove(&sid);
@@ -38,6 +66,17 @@ impl World {
                                 "A refused {} from {}: {} {}",
                                 r.what, r.from, r.code, r.detail
                             );
+                        }
+                    }
+                    AEvent::Note(note @ (ANote::SessionRetired | ANote::SessionExpired)) => {
+                        self.summary.sessions_forgotten += 1;
+                        if self.trace {
+                            eprintln!("{} A {note:?}", self.now);
+                        }
+                    }
+                    AEvent::Note(note @ (ANote::SessionPruned | ANote::SessionThrottled)) => {
+                        if self.trace {
+                            eprintln!("{} A {note:?}", self.now);
                         }
                     }
                     AEvent::Note(_) => {}
@@ -63,11 +102,27 @@ impl World {
             while let Some(event) = node.poll_event() {
                 let store = &mut self.b_durable;
                 match event {
-                    BEvent::PersistSession { sid, envelope, .. } => {
-                        store.sessions.insert(sid, envelope);
+                    BEvent::PersistSession {
+                        sid,
+                        device,
+                        envelope,
+                        opened,
+                    } => {
+                        store
+                            .sessions
+                            .insert(sid, stored_session(sid, device, envelope, opened));
+                    }
+                    BEvent::TouchSession { sid, used } => {
+                        if let Some(s) = store.sessions.get_mut(&sid) {
+                            s.used = used;
+                        }
                     }
                     BEvent::ForgetSession { sid } => {
                         store.sessions.remove(&sid);
+                        store.progress.retain(|(s, _), _| *s != sid);
+                    }
+                    BEvent::ForgetCompletion { sid } => {
+                        store.completed.remove(&sid);
                     }
                     BEvent::PersistResult(q) => {
                         made.push((q.sid, q.t));
@@ -90,6 +145,17 @@ impl World {
                                 "B refused {} from {}: {} {}",
                                 r.what, r.from, r.code, r.detail
                             );
+                        }
+                    }
+                    BEvent::Note(note @ (BNote::SessionRetired | BNote::SessionExpired)) => {
+                        self.summary.sessions_forgotten += 1;
+                        if self.trace {
+                            eprintln!("{} B {note:?}", self.now);
+                        }
+                    }
+                    BEvent::Note(note @ (BNote::SessionPruned | BNote::SessionThrottled)) => {
+                        if self.trace {
+                            eprintln!("{} B {note:?}", self.now);
                         }
                     }
                     BEvent::Note(_) => {}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use veil_protocol::node::{
     AEvent, AOptions, BEvent, BOptions, DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions,
-    Input, Millis, Queued, ServerANode, ServerBNode, Transmit,
+    Input, Millis, Queued, ServerANode, ServerBNode, SessionLimits, StoredSession, Transmit,
 };
 use veil_protocol::{
     DeviceConfig, Params, Plain, ServerA, ServerAConfig, ServerB, ServerBConfig, SessionId,
@@ -30,6 +30,8 @@ pub struct Summary {
     pub sim_ms: u64,
     pub faults: usize,
     pub dropped: u64,
+    /// Sessions the servers retired (quota) or let expire (TTL).
+    pub sessions_forgotten: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,13 +47,13 @@ enum Action {
 
 #[derive(Default)]
 struct ADurable {
-    sessions: BTreeMap<SessionId, Vec<u8>>,
+    sessions: BTreeMap<SessionId, StoredSession>,
     frames: BTreeMap<(SessionId, u64), Vec<u8>>,
 }
 
 #[derive(Default)]
 struct BDurable {
-    sessions: BTreeMap<SessionId, Vec<u8>>,
+    sessions: BTreeMap<SessionId, StoredSession>,
     completed: BTreeMap<SessionId, u64>,
     progress: BTreeMap<(SessionId, u64), u64>,
     results: BTreeMap<(String, SessionId, u64), Queued>,
@@ -72,6 +74,7 @@ const MAX_STEPS: u64 = 400_000;
 
 struct World {
     trace: bool,
+    sessions: SessionLimits,
     now: Millis,
     rng: SimRng,
     params: Params,
@@ -92,6 +95,27 @@ struct World {
     actions: Vec<(Millis, u64, Action)>,
     action_seq: u64,
     summary: Summary,
+}
+
+/// The servers' session rules: the defaults for most seeds; for one in
+/// four a TTL of 10 to 30 min (above every clock jump and timeout of the
+/// run) and a quota of 2 sessions per device (4 when the device rekeys
+/// every few frames and so holds several sessions with frames waiting).
+/// A quota of 1 loses frames: a device restarted with frames waiting
+/// holds two sessions, and the two servers retire each in turn until the
+/// device's session recoveries run out (15 of 4,000 seeds). Drawn from a
+/// stream of their own, so that every other draw of a seed stays as it
+/// was before these rules existed.
+fn session_limits(seed: u64, params: &Params) -> SessionLimits {
+    let mut rng = SimRng::new(seed ^ 0x5e55_1015);
+    if !rng.chance(250) {
+        return SessionLimits::default();
+    }
+    SessionLimits {
+        max_per_device: if params.rekey_after < 8 { 4 } else { 2 },
+        ttl: 600_000 + rng.below(1_200_000),
+        max_opens_per_minute: 0,
+    }
 }
 
 /// Runs one seed to quiescence and checks every invariant.
@@ -139,6 +163,7 @@ impl World {
         let chaos_end = START + 60_000 + rng.below(120_000);
         let mut world = World {
             trace: std::env::var_os("VEIL_SIM_TRACE").is_some(),
+            sessions: session_limits(seed, &params),
             now: START,
             params,
             fx,

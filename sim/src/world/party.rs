@@ -97,6 +97,7 @@ impl World {
                 .expect("the fixture configures server A");
                 let options = AOptions {
                     worker: WORKER.into(),
+                    sessions: self.sessions.clone(),
                     ..AOptions::default()
                 };
                 let mut node = ServerANode::new(machine, options, Vec::new());
@@ -115,9 +116,14 @@ impl World {
                     Plain::default(),
                 )
                 .expect("the fixture configures server B");
-                let mut node = ServerBNode::new(machine, BOptions::default(), Vec::new());
+                let options = BOptions {
+                    sessions: self.sessions.clone(),
+                    ..BOptions::default()
+                };
+                let mut node = ServerBNode::new(machine, options, Vec::new());
                 let store = &self.b_durable;
                 node.restore(
+                    self.now,
                     store.sessions.values().cloned().collect(),
                     store.completed.iter().map(|(s, t)| (*s, *t)).collect(),
                     store

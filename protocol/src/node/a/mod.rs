@@ -3,6 +3,7 @@
 //! answer (up to a limit), forgets a frame B already answered, and keeps a
 //! frame durable until the broker has its output.
 
+use super::sessions::{SessionBook, SessionLimits, StoredSession};
 use super::{Input, Millis, Refusal, Transmit, reject_bytes};
 use crate::backend::PublicOps;
 use crate::messages::{Envelope, RejectCode};
@@ -11,6 +12,7 @@ use crate::server_a::ServerA;
 use crate::topics;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+mod lifecycle;
 mod order;
 mod wire;
 
@@ -38,6 +40,9 @@ pub struct AOptions {
     /// message arrives within moments of its frames, while a device
     /// inventing sessions would otherwise fill the parking lot.
     pub max_parked_per_device: usize,
+    /// Sessions per device, their time to live and how fast a device may
+    /// open them (see [`SessionLimits`]).
+    pub sessions: SessionLimits,
 }
 
 impl Default for AOptions {
@@ -49,6 +54,7 @@ impl Default for AOptions {
             park_timeout: 60_000,
             frame_ttl: 24 * 3600 * 1000,
             max_parked_per_device: 64,
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -56,12 +62,21 @@ impl Default for AOptions {
 /// What A's shell must do besides publishing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AEvent {
-    /// Store an accepted session message (replayed by [`ServerANode::restore`]).
+    /// Store an accepted session message (replayed by
+    /// [`ServerANode::restore`]), opened and last used at `opened`.
     PersistSession {
         sid: SessionId,
         device: String,
         envelope: Vec<u8>,
+        opened: Millis,
     },
+    /// Store that the session was last used at `used` (at most once per
+    /// share of the session TTL; see [`SessionLimits`]).
+    TouchSession {
+        sid: SessionId,
+        used: Millis,
+    },
+    /// Delete a session: retired, expired, or not loadable.
     ForgetSession {
         sid: SessionId,
     },
@@ -97,6 +112,14 @@ pub enum ANote {
     Replayed,
     /// A message from B that no frame in flight expects (a late answer).
     Stale,
+    /// A session retired because its device opened more than its quota.
+    SessionRetired,
+    /// A session unused for the session TTL, forgotten.
+    SessionExpired,
+    /// A stored session found dead at start, deleted without decrypting.
+    SessionPruned,
+    /// A new session refused: its device opened too many this minute.
+    SessionThrottled,
 }
 
 struct Track {
@@ -124,7 +147,7 @@ pub struct ServerANode<P: PublicOps> {
     options: AOptions,
     /// Retained public material published on every connection.
     public: Vec<(String, Vec<u8>)>,
-    sessions: HashSet<SessionId>,
+    sessions: SessionBook,
     /// Frames stored and not yet finished.
     stored: HashSet<(SessionId, u64)>,
     /// The frame of each session now inside the state machine.
@@ -157,9 +180,9 @@ impl<P: PublicOps> ServerANode<P> {
     ) -> ServerANode<P> {
         ServerANode {
             machine,
+            sessions: SessionBook::new(options.sessions.clone()),
             options,
             public,
-            sessions: HashSet::new(),
             stored: HashSet::new(),
             active: HashMap::new(),
             queued: HashMap::new(),
@@ -182,30 +205,12 @@ impl<P: PublicOps> ServerANode<P> {
         &mut self.machine
     }
 
-    /// Replays A's durable state after a start: sessions, then every frame
-    /// whose output the broker had not confirmed.
-    pub fn restore(&mut self, now: Millis, sessions: Vec<Vec<u8>>, frames: Vec<Vec<u8>>) {
-        for bytes in sessions {
-            let env = match Envelope::from_bytes(&bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    continue;
-                }
-            };
-            let sid = env.sid;
-            match self.machine.handle(env) {
-                Ok(out) => {
-                    self.sessions.insert(sid);
-                    self.note(ANote::Session);
-                    self.dispatch(now, out);
-                }
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    self.events.push_back(AEvent::ForgetSession { sid });
-                }
-            }
-        }
+    /// Replays A's durable state after a start: the live sessions (dead
+    /// ones, by [`triage`](super::sessions::triage), are deleted without
+    /// decrypting their seeds), then every frame whose output the broker
+    /// had not confirmed.
+    pub fn restore(&mut self, now: Millis, sessions: Vec<StoredSession>, frames: Vec<Vec<u8>>) {
+        self.restore_sessions(now, sessions);
         for bytes in frames {
             match Envelope::from_bytes(&bytes) {
                 Ok(env) => {
@@ -266,7 +271,12 @@ impl<P: PublicOps> ServerANode<P> {
             .values()
             .flat_map(BTreeMap::values)
             .map(|since| since.saturating_add(self.options.park_timeout));
-        rounds.chain(parked).chain(outputs).chain(owed).min()
+        rounds
+            .chain(parked)
+            .chain(outputs)
+            .chain(owed)
+            .chain(self.sessions.next_expiry())
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
@@ -304,18 +314,19 @@ impl<P: PublicOps> ServerANode<P> {
         self.expire_owed(now);
         for p in expired {
             let env = p.envelope;
-            let detail = format!("unknown session {}", env.sid);
-            self.forget_stored(env.sid, env.t);
-            self.owed.entry(env.sid).or_default().insert(env.t, now);
-            self.refuse_device(
-                "frame",
-                &env.device,
-                env.sid,
-                env.t,
-                RejectCode::UnknownSession,
-                detail,
-            );
+            self.refuse_unknown_session(now, &env.device, env.sid, env.t);
         }
+        self.expire_sessions(now);
+    }
+
+    /// Refuses a frame whose session A does not hold; the device sends
+    /// the session message again, then the frame, and the session's later
+    /// frames wait for it.
+    fn refuse_unknown_session(&mut self, now: Millis, device: &str, sid: SessionId, t: u64) {
+        self.forget_stored(sid, t);
+        self.owed.entry(sid).or_default().insert(t, now);
+        let detail = format!("unknown session {sid}");
+        self.refuse_device("frame", device, sid, t, RejectCode::UnknownSession, detail);
     }
 
     /// Whether a frame is held up by precomputation: do it before taking

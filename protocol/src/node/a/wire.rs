@@ -5,7 +5,7 @@ use super::{AEvent, ANote, Confirming, ServerANode};
 use crate::backend::PublicOps;
 use crate::device::frame_fits;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
-use crate::node::{Bytes, Millis, Transmit, device_envelope, session_envelope};
+use crate::node::{Bytes, Millis, Transmit, device_envelope};
 use crate::topics;
 
 impl<P: PublicOps> ServerANode<P> {
@@ -39,32 +39,6 @@ impl<P: PublicOps> ServerANode<P> {
         }
     }
 
-    pub(super) fn on_session(&mut self, now: Millis, device: &str, payload: Bytes) {
-        let env = match session_envelope(device, &payload) {
-            Ok(env) => env,
-            Err((sid, t, code, detail)) => {
-                self.refuse_device("session", device, sid, t, code, detail);
-                return;
-            }
-        };
-        let (sid, t) = (env.sid, env.t);
-        match self.machine.handle(env) {
-            Ok(out) => {
-                if self.sessions.insert(sid) {
-                    self.events.push_back(AEvent::PersistSession {
-                        sid,
-                        device: device.to_string(),
-                        envelope: payload.to_vec(),
-                    });
-                    self.note(ANote::Session);
-                }
-                self.dispatch(now, out);
-                self.unpark(now, sid);
-            }
-            Err(e) => self.refuse_device("session", device, sid, t, e.code(), e.to_string()),
-        }
-    }
-
     pub(super) fn on_frame(&mut self, now: Millis, device: &str, payload: Bytes) {
         let Some(env) = self.device_message("frame", device, &payload) else {
             return;
@@ -92,6 +66,13 @@ impl<P: PublicOps> ServerANode<P> {
             );
             return;
         }
+        if self.sessions.want(&sid) {
+            // Not parked: no session message is on its way unless the
+            // device is told. Its later frames park until it comes.
+            self.refuse_unknown_session(now, device, sid, t);
+            return;
+        }
+        self.touch_session(now, sid);
         if !self.sessions.contains(&sid)
             && self
                 .parked

@@ -4,16 +4,16 @@
 //! again, across restarts), parking of A's messages that overtake their
 //! session, and relaying A's refusals to devices.
 
-use super::{
-    Input, Millis, Refusal, Transmit, device_envelope, device_reject_bytes, reject_bytes,
-    session_envelope,
-};
+use super::sessions::{SessionBook, SessionLimits};
+use super::{Input, Millis, Refusal, Transmit, device_envelope, device_reject_bytes, reject_bytes};
 use crate::backend::SecretOps;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
 use crate::prf::SessionId;
 use crate::server_b::ServerB;
 use crate::topics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+mod lifecycle;
 
 /// How B's node behaves.
 #[derive(Clone, Debug)]
@@ -24,6 +24,9 @@ pub struct BOptions {
     pub park_timeout: Millis,
     /// Most of A's messages parked at once.
     pub max_parked: usize,
+    /// Sessions per device, their time to live and how fast a device may
+    /// open them (see [`SessionLimits`]).
+    pub sessions: SessionLimits,
 }
 
 impl Default for BOptions {
@@ -32,6 +35,7 @@ impl Default for BOptions {
             result_ttl: 7 * 24 * 3600 * 1000,
             park_timeout: 60_000,
             max_parked: 4096,
+            sessions: SessionLimits::default(),
         }
     }
 }
@@ -49,12 +53,29 @@ pub struct Queued {
 /// What B's shell must do besides publishing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BEvent {
+    /// Store an accepted session message, opened and last used at
+    /// `opened`.
     PersistSession {
         sid: SessionId,
         device: String,
         envelope: Vec<u8>,
+        opened: Millis,
     },
+    /// Store that the session was last used at `used` (at most once per
+    /// share of the session TTL; see [`SessionLimits`]).
+    TouchSession {
+        sid: SessionId,
+        used: Millis,
+    },
+    /// Delete a session (retired, expired, or not loadable) with its
+    /// frames' progress; its completion mark stays (until
+    /// `ForgetCompletion`), its queued results until acknowledged or
+    /// expired.
     ForgetSession {
+        sid: SessionId,
+    },
+    /// Delete a forgotten session's completion mark.
+    ForgetCompletion {
         sid: SessionId,
     },
     /// Queue a result and raise its session's completion mark to `t`.
@@ -88,7 +109,16 @@ pub enum BNote {
     Result,
     Redelivered,
     Acked,
+    /// A result dropped unacknowledged after its time to live.
     Expired,
+    /// A session retired because its device opened more than its quota.
+    SessionRetired,
+    /// A session unused for the session TTL, forgotten.
+    SessionExpired,
+    /// A stored session found dead at start, deleted without decrypting.
+    SessionPruned,
+    /// A new session refused: its device opened too many this minute.
+    SessionThrottled,
 }
 
 struct Parked {
@@ -102,7 +132,7 @@ pub struct ServerBNode<S: SecretOps> {
     machine: ServerB<S>,
     options: BOptions,
     public: Vec<(String, Vec<u8>)>,
-    sessions: HashMap<SessionId, String>,
+    sessions: SessionBook,
     completed: HashMap<SessionId, u64>,
     /// The furthest stage each frame in progress reached, in any attempt.
     reached: HashMap<(SessionId, u64), usize>,
@@ -122,9 +152,9 @@ impl<S: SecretOps> ServerBNode<S> {
     ) -> ServerBNode<S> {
         ServerBNode {
             machine,
+            sessions: SessionBook::new(options.sessions.clone()),
             options,
             public,
-            sessions: HashMap::new(),
             completed: HashMap::new(),
             reached: HashMap::new(),
             results: BTreeMap::new(),
@@ -136,49 +166,6 @@ impl<S: SecretOps> ServerBNode<S> {
 
     pub fn machine(&self) -> &ServerB<S> {
         &self.machine
-    }
-
-    /// Replays B's durable state after a start: sessions, completion
-    /// marks and the result queue.
-    pub fn restore(
-        &mut self,
-        sessions: Vec<Vec<u8>>,
-        completed: Vec<(SessionId, u64)>,
-        progress: Vec<(SessionId, u64, u64)>,
-        results: Vec<Queued>,
-    ) {
-        for bytes in sessions {
-            let env = match Envelope::from_bytes(&bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    continue;
-                }
-            };
-            let (sid, device) = (env.sid, env.device.clone());
-            match self.machine.handle(env) {
-                Ok(_) => {
-                    self.sessions.insert(sid, device);
-                    self.note(BNote::Session);
-                }
-                Err(e) => {
-                    self.refused("stored session", "store", e.code(), e.to_string());
-                    self.events.push_back(BEvent::ForgetSession { sid });
-                }
-            }
-        }
-        for (sid, t) in completed {
-            self.complete(sid, t);
-        }
-        for (sid, t, stage) in progress {
-            let stage = usize::try_from(stage).unwrap_or(usize::MAX);
-            self.machine.restore_progress(sid, t, stage);
-            self.reached.insert((sid, t), stage);
-        }
-        for q in results {
-            self.complete(q.sid, q.t);
-            self.results.insert((q.device.clone(), q.sid, q.t), q);
-        }
     }
 
     pub fn handle(&mut self, now: Millis, input: Input) {
@@ -212,7 +199,10 @@ impl<S: SecretOps> ServerBNode<S> {
             .results
             .values()
             .map(|q| q.stored_at.saturating_add(self.options.result_ttl));
-        parked.chain(results).min()
+        parked
+            .chain(results)
+            .chain(self.sessions.next_expiry())
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
@@ -222,20 +212,10 @@ impl<S: SecretOps> ServerBNode<S> {
             .partition(|p| now >= p.since.saturating_add(timeout));
         self.parked = kept;
         for p in expired {
-            self.refuse_a(&p.worker, &p.envelope, RejectCode::UnknownSession);
-            // The device's session message to B was lost: only the device
-            // can send it again.
-            let env = &p.envelope;
-            let detail = "B has not received this session".to_string();
-            let bytes = device_reject_bytes(
-                &env.device,
-                env.sid,
-                env.t,
-                RejectCode::UnknownSession,
-                &detail,
-            );
-            self.transmits
-                .push_back(Transmit::new(topics::result(&env.device), bytes));
+            self.unknown_session(&p.worker, &p.envelope);
+        }
+        for (sid, _) in self.sessions.expire(now) {
+            self.retire(sid, BNote::SessionExpired);
         }
         let ttl = self.options.result_ttl;
         let stale: Vec<_> = self
@@ -339,32 +319,6 @@ impl<S: SecretOps> ServerBNode<S> {
         }
     }
 
-    fn on_session(&mut self, now: Millis, device: &str, payload: super::Bytes) {
-        let env = match session_envelope(device, &payload) {
-            Ok(env) => env,
-            Err((sid, t, code, detail)) => {
-                self.refuse_device("session", device, sid, t, code, detail);
-                return;
-            }
-        };
-        let (sid, t) = (env.sid, env.t);
-        match self.machine.handle(env) {
-            Ok(_) => {
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.sessions.entry(sid) {
-                    slot.insert(device.to_string());
-                    self.events.push_back(BEvent::PersistSession {
-                        sid,
-                        device: device.to_string(),
-                        envelope: payload.to_vec(),
-                    });
-                    self.note(BNote::Session);
-                }
-                self.unpark(now, sid);
-            }
-            Err(e) => self.refuse_device("session", device, sid, t, e.code(), e.to_string()),
-        }
-    }
-
     /// The device has result `(sid, t)`: forget it.
     fn acked(&mut self, device: &str, sid: SessionId, t: u64) {
         let key = (device.to_string(), sid, t);
@@ -457,7 +411,19 @@ impl<S: SecretOps> ServerBNode<S> {
     }
 
     fn take_from_a(&mut self, now: Millis, worker: &str, env: Envelope) {
-        if !self.sessions.contains_key(&env.sid) {
+        if self.sessions.want(&env.sid) {
+            // Not parked: B forgot this session and no session message is
+            // on its way unless the device is told. Later messages for it
+            // park until it comes.
+
+            self.unknown_session(worker, &env);
+            return;
+        }
+        if let Some(used) = self.sessions.touch(now, env.sid) {
+            self.events
+                .push_back(BEvent::TouchSession { sid: env.sid, used });
+        }
+        if !self.sessions.contains(&env.sid) {
             // A's mask request can overtake the device's session message
             // to B: keep it until the session arrives.
             if self.parked.len() >= self.options.max_parked {

@@ -1,0 +1,26 @@
+//! veil-shell: what every veil process (the `veil` command, the servers'
+//! and the edge agent's own binaries) does the same way, written once.
+//!
+//! # Contents
+//! - [`logging`]: one subscriber for every binary, as text (colour only on
+//!   a terminal) or JSON lines, to stderr (stdout carries results).
+//! - [`wait_for_stop`]: SIGINT or SIGTERM, what systemd sends to stop a unit.
+//! - [`secret_file`]: refuses a secret key file that others can read.
+//! - [`metrics`]: a Prometheus endpoint with `/healthz` and `/readyz`.
+//! - [`notify`]: systemd's READY and watchdog notifications.
+//!
+//! # Why a crate of its own
+//! The servers and the agent each ship as a binary of their own as well
+//! as inside `veil`; the edge agent must stay small (no tract, no ring),
+//! so this crate depends on nothing the agent does not already build.
+
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod secret_file;
+mod signals;
+
+pub use logging::{LogArgs, LogFormat};
+pub use metrics::{Metrics, MetricsArgs};
+pub use secret_file::{SecretFileError, check_owner_only};
+pub use signals::wait_for_stop;
