@@ -238,7 +238,7 @@ async fn flood(
                         let _ = client.try_subscribe(result_topic.clone(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(env) = Envelope::from_bytes(&p.payload)
+                        if let Ok(env) = Envelope::from_topic(&p.topic, &p.payload)
                             && matches!(env.body, Body::Reject { .. })
                         {
                             bump(&counts.rejects, 1);

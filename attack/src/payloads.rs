@@ -36,6 +36,11 @@ fn encode(env: &Envelope) -> Bytes {
     Bytes::from(env.to_bytes().unwrap_or_default())
 }
 
+/// The compact encoding of the device's frame, result and ack topics.
+fn encode_compact(env: &Envelope) -> Bytes {
+    Bytes::from(env.to_device_bytes().unwrap_or_default())
+}
+
 /// The cycle of shots for `device`, `n` selecting one.
 pub(crate) struct Arsenal {
     device: String,
@@ -92,14 +97,13 @@ impl Arsenal {
                     random_sid(),
                     t,
                     Body::Frame(Frame {
-                        count: 8,
-                        width: 16,
+                        acks: Vec::new(),
                         values: vec![0xa5; 16],
                     }),
                 );
                 Shot {
                     topic: self.topic("frame"),
-                    payload: encode(&env),
+                    payload: encode_compact(&env),
                     kind: Kind::CounterJump,
                 }
             }
@@ -137,19 +141,11 @@ impl Arsenal {
                 }
             }
             6 => {
-                // Another device's name on the attacker's own topic.
-                let env = Envelope::new(
-                    "devA",
-                    random_sid(),
-                    n,
-                    Body::Frame(Frame {
-                        count: 8,
-                        width: 16,
-                        values: vec![0; 16],
-                    }),
-                );
+                // Another device's name on the attacker's own session topic
+                // (frames carry no name: their topic is the device's).
+                let env = Envelope::new("devA", random_sid(), n, Body::Ack);
                 Shot {
-                    topic: self.topic("frame"),
+                    topic: self.topic("session/a"),
                     payload: encode(&env),
                     kind: Kind::Forged,
                 }
@@ -157,13 +153,14 @@ impl Arsenal {
             _ => {
                 // A well-formed body of the wrong kind for the topic.
                 let env = Envelope::new(&self.device, random_sid(), n, Body::Ack);
+                let (topic, payload) = if n.is_multiple_of(2) {
+                    ("frame", encode_compact(&env))
+                } else {
+                    ("session/a", encode(&env))
+                };
                 Shot {
-                    topic: self.topic(if n.is_multiple_of(2) {
-                        "frame"
-                    } else {
-                        "session/a"
-                    }),
-                    payload: encode(&env),
+                    topic: self.topic(topic),
+                    payload,
                     kind: Kind::Malformed,
                 }
             }

@@ -24,6 +24,7 @@ use crate::conventional::{
 };
 use crate::meter::{CpuGroup, Relay, Traffic, publish_packet_len};
 use crate::report::{ApproachReport, FrameCost, ServerCost, SetupCost};
+use crate::veil_device::VeilDevice;
 use crate::{pooled_noise, thread_cpu_time};
 use anyhow::{Context, Result, anyhow, bail};
 use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError};
@@ -797,6 +798,7 @@ fn setup_cost(samples: &[Duration], wall: Duration, traffic: Traffic) -> SetupCo
         wall_ms: wall.as_secs_f64() * 1e3,
         bytes_sent: traffic.sent,
         bytes_received: traffic.received,
+        ..SetupCost::default()
     }
 }
 
@@ -857,10 +859,12 @@ impl FrameLog {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         i: usize,
         spent: Duration,
+        capture: Duration,
         wall: Duration,
         traffic: &Traffic,
         class: Option<usize>,
@@ -870,6 +874,7 @@ impl FrameLog {
         if measured {
             self.frames.push(FrameCost {
                 cpu_us: spent.as_secs_f64() * 1e6,
+                capture_cpu_us: capture.as_secs_f64() * 1e6,
                 wall_ms: wall.as_secs_f64() * 1e3,
                 bytes_sent: traffic.sent,
                 bytes_received: traffic.received,
@@ -1040,6 +1045,7 @@ pub fn run_veil(
         let mut a_start = server_a.snapshot();
         let mut b_start = server_b.snapshot();
         let mut before = link.settle()?;
+        let mut device = VeilDevice::new(device);
         for (i, input) in inputs.iter().enumerate() {
             if i == warmup {
                 a_start = server_a.snapshot();
@@ -1048,27 +1054,22 @@ pub fn run_veil(
             let t = i as u64;
             let mut spent = Duration::ZERO;
             let started = Instant::now();
-            let frame = device_work(&mut spent, || -> Result<Vec<u8>> {
-                Ok(device.mask_frame(&input.x_hat, t)?.envelope.to_bytes()?)
-            })?;
+            let frame = device_work(&mut spent, || -> Result<&[u8]> {
+                device.capture(&input.x_hat, t)
+            })?
+            .to_vec();
+            let capture = spent;
             link.publish(&topics::frame(DEVICE_USER), frame, false)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
                 match link.poll(Duration::from_millis(50))? {
                     Polled::Message { topic, payload } if topic == topics::result(DEVICE_USER) => {
-                        let opened = device_work(&mut spent, || -> Result<_> {
-                            let envelope = Envelope::from_bytes(&payload)?;
-                            let opened = device.open_result(&envelope)?;
-                            let class = argmax(&opened.values);
-                            let ack = device.ack(opened.sid, opened.t).envelope.to_bytes()?;
-                            Ok((opened.t, class, ack))
-                        })?;
+                        let (opened_t, class) =
+                            device_work(&mut spent, || device.result(&payload))?;
                         let wall = started.elapsed();
                         got.push(payload);
-                        let (opened_t, class, ack) = opened;
-                        link.publish(&topics::ack(DEVICE_USER), ack, false)?;
                         if opened_t == t {
-                            break (class, wall);
+                            break (Some(class), wall);
                         }
                     }
                     Polled::Message { topic, .. } => bail!("unexpected message on {topic}"),
@@ -1084,8 +1085,29 @@ pub fn run_veil(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            log.record(i, spent, wall, &traffic, class, got);
+            log.record(i, spent, capture, wall, &traffic, class, got);
         }
+        // The session's end: the acknowledgement of its last result, which
+        // no frame carries, goes on its own (the device node's timer).
+        let mut end_cpu = Duration::ZERO;
+        let acks = device_work(&mut end_cpu, || -> Result<Vec<Vec<u8>>> {
+            device
+                .take_acks()
+                .into_iter()
+                .map(|(sid, t)| Ok(device.device.ack(sid, t).envelope.to_device_bytes()?))
+                .collect()
+        })?;
+        for ack in acks {
+            link.publish(&topics::ack(DEVICE_USER), ack, false)?;
+        }
+        wait_quiet(&[&server_a, &server_b])?;
+        let end = link.settle()?.since(&before);
+        let setup = SetupCost {
+            end_cpu_us: end_cpu.as_secs_f64() * 1e6,
+            end_bytes_sent: end.sent,
+            end_bytes_received: end.received,
+            ..setup
+        };
         check_servers(&[&server_a, &server_b])?;
         let FrameLog {
             frames, received, ..
@@ -1184,6 +1206,7 @@ pub fn run_conventional(
                     .start_frame(&input.x_hat, t, &mut rand::rng())?
                     .to_bytes()?)
             })?;
+            let capture = spent;
             link.publish(&conv_up(DEVICE_USER, "data"), frame, false)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
@@ -1218,7 +1241,7 @@ pub fn run_conventional(
             let after = link.settle()?;
             let traffic = after.since(&before);
             before = after;
-            log.record(i, spent, wall, &traffic, class, got);
+            log.record(i, spent, capture, wall, &traffic, class, got);
         }
         check_servers(&[&server_a])?;
         let FrameLog {

@@ -10,6 +10,7 @@ pub mod meter;
 pub mod plot;
 pub mod replay;
 pub mod report;
+pub mod veil_device;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

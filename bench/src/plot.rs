@@ -240,9 +240,11 @@ mod tests {
                     wall_ms: setup,
                     bytes_sent: 500,
                     bytes_received: 0,
+                    ..SetupCost::default()
                 },
                 vec![FrameCost {
                     cpu_us: cpu,
+                    capture_cpu_us: cpu / 2.0,
                     wall_ms: 1.0,
                     bytes_sent: bytes,
                     bytes_received: 0,

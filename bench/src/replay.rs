@@ -7,6 +7,7 @@
 //! is also what an ARM gateway runs.
 
 use crate::conventional::{ConvDevice, ConvEnvelope, ConvStep, argmax};
+use crate::veil_device::VeilDevice;
 use anyhow::{Context, Result, anyhow, bail};
 use rand::rngs::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -16,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use veil_model::Topology;
 use veil_paillier::{KeySize, PublicKey, SecretKey};
-use veil_protocol::{Device, DeviceConfig, DeviceSession, Envelope, Params, SessionId};
+use veil_protocol::{Device, DeviceConfig, DeviceSession, Params, SessionId};
 
 /// One recorded frame: the device's input and what it received.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,19 +88,11 @@ pub fn device_work(replay: &Replay, count: usize) -> Result<Vec<usize>> {
                 server_a: PublicKey::from_bytes(server_a)?,
                 server_b: PublicKey::from_bytes(server_b)?,
             };
-            let mut device = Device::restore(config, sessions.clone(), *current)?;
+            let mut device = VeilDevice::new(Device::restore(config, sessions.clone(), *current)?);
             for frame in frames.iter().take(count) {
-                let out = device
-                    .mask_frame(&frame.x_hat, frame.t)?
-                    .envelope
-                    .to_bytes()?;
-                std::hint::black_box(out);
+                std::hint::black_box(device.capture(&frame.x_hat, frame.t)?);
                 for message in &frame.received {
-                    let envelope = Envelope::from_bytes(message)?;
-                    let opened = device.open_result(&envelope)?;
-                    classes.push(argmax(&opened.values).unwrap_or(0));
-                    let ack = device.ack(opened.sid, opened.t).envelope.to_bytes()?;
-                    std::hint::black_box(ack);
+                    classes.push(device.result(message)?.1);
                 }
             }
         }

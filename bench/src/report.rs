@@ -21,11 +21,31 @@ pub struct SetupCost {
     pub wall_ms: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// At the session's end, what no frame carries: veil's device
+    /// acknowledges its last result on its own (its node does after a
+    /// timer); the baseline has nothing to send.
+    #[serde(default)]
+    pub end_cpu_us: f64,
+    #[serde(default)]
+    pub end_bytes_sent: u64,
+    #[serde(default)]
+    pub end_bytes_received: u64,
 }
 
 impl SetupCost {
+    /// Bytes of the session's set-up and end.
     pub fn bytes(&self) -> u64 {
-        self.bytes_sent + self.bytes_received
+        self.bytes_sent + self.bytes_received + self.end_bytes()
+    }
+
+    /// Bytes of the session's end alone.
+    pub fn end_bytes(&self) -> u64 {
+        self.end_bytes_sent + self.end_bytes_received
+    }
+
+    /// CPU time of the session's set-up and end, in µs.
+    pub fn cpu_us(&self) -> f64 {
+        self.cpu_ms * 1e3 + self.end_cpu_us
     }
 }
 
@@ -34,6 +54,11 @@ impl SetupCost {
 pub struct FrameCost {
     /// Device CPU time of its own work on the frame.
     pub cpu_us: f64,
+    /// The part of it spent at the capture (veil: masking and encoding the
+    /// frame; the baseline: encrypting the inputs); the rest goes to the
+    /// messages that come back.
+    #[serde(default)]
+    pub capture_cpu_us: f64,
     /// Frame captured → result decoded.
     pub wall_ms: f64,
     pub bytes_sent: u64,
@@ -96,6 +121,9 @@ pub struct ServerCost {
 pub struct ApproachReport {
     pub setup: SetupCost,
     pub cpu_us: Summary,
+    /// The capture's part of `cpu_us`.
+    #[serde(default)]
+    pub capture_cpu_us: Summary,
     pub wall_ms: Summary,
     pub bytes_sent: Summary,
     pub bytes_received: Summary,
@@ -114,6 +142,7 @@ impl ApproachReport {
         ApproachReport {
             setup,
             cpu_us: Summary::of(&col(&|f| f.cpu_us)),
+            capture_cpu_us: Summary::of(&col(&|f| f.capture_cpu_us)),
             wall_ms: Summary::of(&col(&|f| f.wall_ms)),
             bytes_sent: Summary::of(&col(&|f| f.bytes_sent as f64)),
             bytes_received: Summary::of(&col(&|f| f.bytes_received as f64)),
@@ -124,12 +153,13 @@ impl ApproachReport {
         }
     }
 
-    /// Device CPU time of `n` frames including the session's set-up, in µs.
+    /// Device CPU time of `n` frames including the session's set-up and
+    /// end, in µs.
     pub fn cpu_total_us(&self, n: u64) -> f64 {
-        self.setup.cpu_ms * 1e3 + n as f64 * self.cpu_us.mean
+        self.setup.cpu_us() + n as f64 * self.cpu_us.mean
     }
 
-    /// Device bytes of `n` frames including the session's set-up.
+    /// Device bytes of `n` frames including the session's set-up and end.
     pub fn bytes_total(&self, n: u64) -> f64 {
         self.setup.bytes() as f64 + n as f64 * self.bytes.mean
     }
@@ -199,7 +229,7 @@ impl DeviceReport {
     /// The device-cost ratios for a session of `n` frames (for the plot).
     pub fn amortized_at(&self, n: f64) -> (f64, f64) {
         let (c, v) = (&self.conventional, &self.veil);
-        let cpu = |a: &ApproachReport| a.setup.cpu_ms * 1e3 + n * a.cpu_us.mean;
+        let cpu = |a: &ApproachReport| a.setup.cpu_us() + n * a.cpu_us.mean;
         let bytes = |a: &ApproachReport| a.setup.bytes() as f64 + n * a.bytes.mean;
         (ratio(cpu(c), cpu(v)), ratio(bytes(c), bytes(v)))
     }
@@ -213,6 +243,11 @@ impl DeviceReport {
         for (name, a) in [("veil", &self.veil), ("conventional", &self.conventional)] {
             row(name, "device_cpu_us_per_frame", a.cpu_us.mean);
             row(name, "device_cpu_us_p95", a.cpu_us.p95);
+            row(
+                name,
+                "device_capture_cpu_us_per_frame",
+                a.capture_cpu_us.mean,
+            );
             row(name, "device_wall_ms_per_frame", a.wall_ms.mean);
             row(name, "device_bytes_sent_per_frame", a.bytes_sent.mean);
             row(
@@ -224,6 +259,8 @@ impl DeviceReport {
             row(name, "setup_wall_ms", a.setup.wall_ms);
             row(name, "setup_bytes_sent", a.setup.bytes_sent as f64);
             row(name, "setup_bytes_received", a.setup.bytes_received as f64);
+            row(name, "session_end_cpu_us", a.setup.end_cpu_us);
+            row(name, "session_end_bytes", a.setup.end_bytes() as f64);
             if let Some(i) = a.instructions_per_frame {
                 row(name, "device_instructions_per_frame", i);
             }
@@ -257,6 +294,7 @@ mod tests {
         let frames = (0..3)
             .map(|_| FrameCost {
                 cpu_us,
+                capture_cpu_us: cpu_us / 2.0,
                 wall_ms: cpu_us / 1e3,
                 bytes_sent: bytes,
                 bytes_received: 0,
@@ -270,6 +308,7 @@ mod tests {
                 wall_ms: setup_cpu_ms,
                 bytes_sent: setup_bytes,
                 bytes_received: 0,
+                ..SetupCost::default()
             },
             frames,
             ServerCost::default(),

@@ -185,7 +185,7 @@ impl Audit<'_> {
                 .infer(x_hat)
                 .with_context(|| format!("row {}", frame + 1))?;
             for delivery in std::mem::take(&mut engine.transcript) {
-                let envelope = Envelope::from_bytes(&delivery.bytes)?;
+                let envelope = delivery.envelope()?;
                 let line = match self.party {
                     Party::Broker => Some(json!({
                         "frame": frame,

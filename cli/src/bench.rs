@@ -240,6 +240,17 @@ pub fn table(r: &DeviceReport) -> String {
         String::new(),
     );
     row(
+        "of which at the capture / on the replies (mean)",
+        &|a| {
+            format!(
+                "{} / {}",
+                duration_us(a.capture_cpu_us.mean),
+                duration_us(a.cpu_us.mean - a.capture_cpu_us.mean)
+            )
+        },
+        String::new(),
+    );
+    row(
         "device wall time per frame",
         &|a| duration_us(a.wall_ms.mean * 1e3),
         times(r.wall_ratio),
@@ -274,7 +285,18 @@ pub fn table(r: &DeviceReport) -> String {
     );
     row(
         "session set-up: device bytes",
-        &|a| bytes(a.setup.bytes() as f64),
+        &|a| bytes((a.setup.bytes_sent + a.setup.bytes_received) as f64),
+        String::new(),
+    );
+    row(
+        "session end (veil: the last acknowledgement on its own): device CPU / bytes",
+        &|a| {
+            format!(
+                "{} / {}",
+                duration_us(a.setup.end_cpu_us),
+                bytes(a.setup.end_bytes() as f64)
+            )
+        },
         String::new(),
     );
     for n in AMORTIZE_OVER {

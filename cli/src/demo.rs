@@ -342,7 +342,7 @@ async fn demo(args: Args) -> Result<()> {
         n / wall.as_secs_f64().max(1e-9)
     );
     println!(
-        "device bytes per frame: {:.0} sent (frame {:.0} + ack {:.0}), {:.0} received; once per session: {} bytes",
+        "device payload bytes per frame (MQTT headers not counted): {:.0} sent (frame {:.0}, which carries the previous result's acknowledgement, + acks and syncs on their own {:.0}), {:.0} received; once per session: {} bytes",
         (stats.frame_bytes + stats.ack_bytes) as f64 / n,
         stats.frame_bytes as f64 / n,
         stats.ack_bytes as f64 / n,

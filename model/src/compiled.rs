@@ -157,7 +157,7 @@ impl CompiledModel {
         })
     }
 
-    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds
+    /// `x̂_i = round(x_i · s_i)` with each feature's scale, refusing features outside their bounds
     /// (see [`Topology::encode_input`]).
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
         self.topology.encode_input(x)
@@ -166,8 +166,10 @@ impl CompiledModel {
     /// The integer reference: exactly what the private protocol computes
     /// for these modes and this rounding randomness.
     ///
-    /// Inputs are at scale `2^f`. A linear stage computes `z = W·x + c`
-    /// exactly (scale `2^(f+w)`). With `tr(v, k, r) = floor((v + r) / 2^k)`
+    /// Inputs are at their features' scales (the first linear stage's
+    /// weights carry `2^(f+w)` divided by each one), activations at
+    /// `2^f`. A linear stage computes `z = W·x + c` exactly (scale
+    /// `2^(f+w)`). With `tr(v, k, r) = floor((v + r) / 2^k)`
     /// (toward −∞) and `r = rounding.offset(stage, index, which, bits)`, an
     /// activation stage `s` gives, in blind mode: ReLU `tr(z_j, w, r(s,j,0,w))`
     /// if `z_j > 0` else 0; leaky ReLU the same for `z_j > 0`, else

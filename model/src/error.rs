@@ -32,6 +32,8 @@ pub enum ModelError {
     MissingInputBounds,
     #[error("invalid input bounds: {0}")]
     InvalidBounds(String),
+    #[error("invalid input scale: {0}")]
+    InvalidScale(String),
     #[error("invalid fixed-point parameters: {0}")]
     InvalidFixedPoint(String),
     #[error("value bound of stage {stage} needs {bits} bits, more than the supported 100")]

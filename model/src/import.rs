@@ -17,6 +17,10 @@ use crate::topology::{ActivationKind, MAX_ELEMENTS, PoolSpec};
 
 /// Key of the ONNX metadata entry that carries per-feature input bounds.
 pub const INPUT_BOUNDS_KEY: &str = "veil.input_bounds";
+/// Key of the ONNX metadata entry that carries the input scale: a JSON
+/// number for every feature, or a list with one per feature; features
+/// encode as `x̂_i = round(x_i · scale_i)`.
+pub const INPUT_SCALE_KEY: &str = "veil.input_scale";
 
 #[derive(Clone, Debug)]
 pub(crate) enum FloatStage {
@@ -60,8 +64,28 @@ pub(crate) struct ImportedGraph {
     pub output_len: usize,
     pub device_softmax: bool,
     pub metadata_bounds: Option<Result<Vec<(f64, f64)>, ModelError>>,
+    pub metadata_scale: Option<Result<InputScale, ModelError>>,
     /// The model for the float reference, with a final Softmax removed.
     pub float_proto: pb::ModelProto,
+}
+
+/// An input scale as the metadata states it.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum InputScale {
+    Every(f64),
+    Each(Vec<f64>),
+}
+
+fn metadata_scale(model: &pb::ModelProto) -> Option<Result<InputScale, ModelError>> {
+    let entry = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == INPUT_SCALE_KEY)?;
+    Some(
+        serde_json::from_str::<InputScale>(&entry.value)
+            .map_err(|e| ModelError::InvalidScale(format!("metadata {INPUT_SCALE_KEY}: {e}"))),
+    )
 }
 
 fn metadata_bounds(model: &pb::ModelProto) -> Option<Result<Vec<(f64, f64)>, ModelError>> {
@@ -468,6 +492,7 @@ pub(crate) fn import(proto: pb::ModelProto, limit: usize) -> Result<ImportedGrap
     }
     let output_len = walker.affine.out_len();
     let metadata_bounds = metadata_bounds(&proto);
+    let metadata_scale = metadata_scale(&proto);
     let graph_name = graph.name.clone();
     let mut float_proto = proto;
     if let Some((logits, _)) = &softmax
@@ -485,6 +510,7 @@ pub(crate) fn import(proto: pb::ModelProto, limit: usize) -> Result<ImportedGrap
         output_len,
         device_softmax: softmax.is_some(),
         metadata_bounds,
+        metadata_scale,
         float_proto,
     })
 }

@@ -35,7 +35,7 @@ pub use fixed::{
     ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, truncate,
 };
 #[cfg(feature = "onnx")]
-pub use import::INPUT_BOUNDS_KEY;
+pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};

@@ -10,7 +10,7 @@ use crate::affine::Affine;
 use crate::compiled::CompiledModel;
 use crate::error::ModelError;
 use crate::fixed::{ActivationMode, FixedPoint, RoundingSource};
-use crate::import::{FloatStage, ImportedGraph, decode, import};
+use crate::import::{FloatStage, ImportedGraph, InputScale, decode, import};
 use crate::plan::{LinearLayer, Plan};
 use crate::semantics::permute_eval;
 use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
@@ -25,6 +25,13 @@ pub struct ImportOptions {
     pub fixed: FixedPoint,
     /// Per-feature `[lo, hi]`. Takes precedence over everything else.
     pub input_bounds: Option<Vec<(f64, f64)>>,
+    /// Per-feature input scale: features encode as `x̂_i = round(x_i ·
+    /// scale_i)`, and the first linear stage's weights take `2^(f+w) /
+    /// scale_i` so that its outputs keep the scale `2^(f+w)`. A feature's
+    /// native precision (1/255 for a pixel stored as a byte) is its
+    /// cheapest exact encoding. Takes precedence over the ONNX metadata
+    /// `veil.input_scale`; by default every feature has scale `2^f`.
+    pub input_scale: Option<Vec<f64>>,
     /// Rows of representative inputs: bounds are their per-feature min and
     /// max, each side widened by `calibration_margin × max(hi − lo, |lo|, |hi|, 1)`.
     /// Used when `input_bounds` is `None`; takes precedence over the metadata.
@@ -41,6 +48,7 @@ impl Default for ImportOptions {
         ImportOptions {
             fixed: FixedPoint::default(),
             input_bounds: None,
+            input_scale: None,
             calibration: None,
             calibration_margin: 0.1,
             name: None,
@@ -108,6 +116,37 @@ fn resolve_bounds(
     Ok(bounds)
 }
 
+/// Each feature's scale: the options', the metadata's, or `2^f`.
+fn resolve_scales(
+    options: &ImportOptions,
+    metadata: Option<Result<InputScale, ModelError>>,
+    n: usize,
+    fixed: &FixedPoint,
+) -> Result<Vec<f64>, ModelError> {
+    let scales = match (&options.input_scale, metadata) {
+        (Some(s), _) => s.clone(),
+        (None, Some(m)) => match m? {
+            InputScale::Every(s) => vec![s; n],
+            InputScale::Each(s) => s,
+        },
+        (None, None) => vec![2f64.powi(fixed.frac_bits as i32); n],
+    };
+    if scales.len() != n {
+        return Err(ModelError::InvalidScale(format!(
+            "{} scales for {n} input features",
+            scales.len()
+        )));
+    }
+    if let Some((i, s)) = scales
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(ModelError::InvalidScale(format!("feature {i}: {s}")));
+    }
+    Ok(scales)
+}
+
 fn calibration_bounds(
     rows: &[Vec<f32>],
     n: usize,
@@ -167,29 +206,72 @@ fn quantize_bias(v: f64, scale: f64, stage: usize) -> Result<i128, ModelError> {
     Ok(q as i128)
 }
 
+/// Quantizes one linear stage. Its inputs have scale `input_scales[i]`
+/// (`2^f` for every input when `None`: activations), its outputs
+/// `2^(f+w)`: weight `(o, i)` becomes `round(W_oi · 2^(f+w) /
+/// input_scales[i])`.
 fn quantize_layer(
     affine: &Affine,
     fixed: &FixedPoint,
     stage: usize,
     limit: usize,
+    input_scales: Option<&[f64]>,
 ) -> Result<LinearLayer, ModelError> {
-    let ws = 2f64.powi(fixed.weight_bits as i32);
-    let bs = 2f64.powi(fixed.linear_scale_bits() as i32);
-    let qw = |w: &[f64]| {
-        w.iter()
-            .map(|v| quantize_weight(*v, ws, stage))
-            .collect::<Result<Vec<_>, _>>()
+    let out_scale = 2f64.powi(fixed.linear_scale_bits() as i32);
+    let activation = [2f64.powi(fixed.frac_bits as i32)];
+    let input_scales = match input_scales {
+        Some(scales) => scales,
+        None => &activation[..],
+    };
+    // One scale stands for every input.
+    let scale_of = |i: usize| match input_scales {
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(f64::NAN),
     };
     let qb = |b: &[f64]| {
         b.iter()
-            .map(|v| quantize_bias(*v, bs, stage))
+            .map(|v| quantize_bias(*v, out_scale, stage))
             .collect::<Result<Vec<_>, _>>()
     };
+    let column_scale = |i: usize| out_scale / scale_of(i);
     match affine {
-        Affine::Conv(c) => LinearLayer::conv(c.geometry, qw(&c.kernel)?, qb(&c.bias)?),
+        Affine::Conv(c) => {
+            let g = &c.geometry;
+            let plane = g.in_h * g.in_w;
+            // A kernel weight meets every position of its input channel.
+            let channel_scale = (0..g.in_c)
+                .map(|ic| {
+                    let first = scale_of(ic * plane);
+                    if (ic * plane..(ic + 1) * plane).all(|i| scale_of(i) == first) {
+                        Ok(out_scale / first)
+                    } else {
+                        Err(ModelError::InvalidScale(format!(
+                            "stage {stage}: a convolution's input channel {ic} needs one scale"
+                        )))
+                    }
+                })
+                .collect::<Result<Vec<f64>, _>>()?;
+            let taps = g.kernel_h * g.kernel_w;
+            let kernel = c
+                .kernel
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let scale = channel_scale.get((k / taps) % g.in_c.max(1)).copied();
+                    quantize_weight(*v, scale.unwrap_or(out_scale), stage)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            LinearLayer::conv(c.geometry, kernel, qb(&c.bias)?)
+        }
         other => {
             let (w, b) = other.to_dense(limit)?;
-            LinearLayer::dense(other.in_len(), other.out_len(), qw(&w)?, qb(&b)?)
+            let n = other.in_len().max(1);
+            let weights = w
+                .iter()
+                .enumerate()
+                .map(|(k, v)| quantize_weight(*v, column_scale(k % n), stage))
+                .collect::<Result<Vec<_>, _>>()?;
+            LinearLayer::dense(other.in_len(), other.out_len(), weights, qb(&b)?)
         }
     }
 }
@@ -334,25 +416,30 @@ impl Model {
             output_len,
             device_softmax,
             metadata_bounds,
+            metadata_scale,
             float_proto,
         } = import(proto, options.max_dense_weights)?;
         let n: usize = input_shape.iter().product();
         let input_bounds = resolve_bounds(options, metadata_bounds, n)?;
+        let input_scales = resolve_scales(options, metadata_scale, n, &fixed)?;
 
-        let fscale = 2f64.powi(fixed.frac_bits as i32);
-        let limit = 2f64.powi(MAX_BOUND_BITS as i32);
+        let limit = 2f64.powi(MAX_BOUND_BITS.min(62) as i32);
         let mut intervals = Vec::with_capacity(n);
-        for (lo, hi) in &input_bounds {
-            let (a, b) = ((lo * fscale).round(), (hi * fscale).round());
+        for ((lo, hi), scale) in input_bounds.iter().zip(&input_scales) {
+            let (a, b) = ((lo * scale).round(), (hi * scale).round());
             if a.abs() >= limit || b.abs() >= limit {
                 return Err(ModelError::BoundTooLarge {
                     stage: 0,
-                    bits: MAX_BOUND_BITS + 1,
+                    bits: MAX_BOUND_BITS.min(62) + 1,
                 });
             }
             intervals.push((a as i128, b as i128));
         }
         let input_bound_bits = interval_bits(&intervals);
+        let input_ranges: Vec<(i64, i64)> = intervals
+            .iter()
+            .map(|(lo, hi)| (*lo as i64, *hi as i64))
+            .collect();
 
         let mut stages = Vec::with_capacity(float_stages.len());
         let mut layers = Vec::with_capacity(float_stages.len());
@@ -360,7 +447,11 @@ impl Model {
         for (s, fs) in float_stages.iter().enumerate() {
             let (stage, layer, next) = match fs {
                 FloatStage::Linear(affine) => {
-                    let layer = quantize_layer(affine, &fixed, s, options.max_dense_weights)?;
+                    // Only the first stage reads the features; later ones
+                    // read activations at scale 2^f.
+                    let scales = (s == 0).then_some(input_scales.as_slice());
+                    let layer =
+                        quantize_layer(affine, &fixed, s, options.max_dense_weights, scales)?;
                     let z = linear_intervals(&layer, &intervals, s)?;
                     let spec = LinearSpec {
                         input_len: layer.input_len(),
@@ -438,6 +529,8 @@ impl Model {
             input_len: n,
             input_shape: input_shape_chw,
             input_bounds,
+            input_scales,
+            input_ranges,
             input_bound_bits,
             fixed,
             stages,
@@ -544,7 +637,7 @@ impl Model {
         Ok(v)
     }
 
-    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds
+    /// `x̂_i = round(x_i · s_i)` with each feature's scale, refusing features outside their bounds
     /// (see [`Topology::encode_input`]).
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
         self.compiled.encode_input(x)

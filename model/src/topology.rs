@@ -16,6 +16,14 @@ pub struct Topology {
     pub input_shape: Option<(usize, usize, usize)>,
     /// Per-feature float bounds `[lo, hi]` that `encode_input` enforces.
     pub input_bounds: Vec<(f64, f64)>,
+    /// Per-feature scale: `x̂_i = round(x_i · input_scales[i])` (`2^f`
+    /// unless the model states a native precision, such as 255 for pixels
+    /// stored as bytes).
+    pub input_scales: Vec<f64>,
+    /// Per-feature integer range `[lo, hi]` of `x̂_i`: the bounds, scaled
+    /// and rounded. The protocol sizes each feature's mask and wire field
+    /// by its range.
+    pub input_ranges: Vec<(i64, i64)>,
     /// `ℓ`: every encoded input satisfies `|x̂| < 2^ℓ`.
     pub input_bound_bits: u32,
     pub fixed: FixedPoint,
@@ -206,7 +214,8 @@ pub(crate) fn out_dim(
 }
 
 const MAGIC: &[u8; 8] = b"VEILTOPO";
-const VERSION: u16 = 1;
+// 2: per-feature input scales and integer ranges.
+const VERSION: u16 = 2;
 const HEADER_LEN: usize = 8 + 2 + 8;
 /// Topologies are small; anything bigger than this is garbage.
 const MAX_PAYLOAD: usize = 64 << 20;
@@ -216,9 +225,9 @@ fn decode_config() -> impl bincode::config::Config {
 }
 
 impl Topology {
-    /// The canonical encoding that the fingerprint hashes.
-    /// `x̂_i = round(x_i · 2^f)`, refusing features outside their bounds:
-    /// what the device does to a frame before masking it.
+    /// `x̂_i = round(x_i · s_i)` with the feature's scale `s_i`, refusing
+    /// features outside their bounds: what the device does to a frame
+    /// before masking it.
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<i64>, ModelError> {
         let t = self;
         if x.len() != t.input_len {
@@ -227,12 +236,11 @@ impl Topology {
                 got: x.len(),
             });
         }
-        let scale = 2f64.powi(t.fixed.frac_bits as i32);
         let limit = 2f64.powi(t.input_bound_bits.min(63) as i32);
         x.iter()
-            .zip(&t.input_bounds)
+            .zip(t.input_bounds.iter().zip(&t.input_scales))
             .enumerate()
-            .map(|(index, (v, (lo, hi)))| {
+            .map(|(index, (v, ((lo, hi), scale)))| {
                 let v = f64::from(*v);
                 if !(v >= *lo && v <= *hi) {
                     return Err(ModelError::InputOutOfBounds {
@@ -255,6 +263,7 @@ impl Topology {
             .collect()
     }
 
+    /// The canonical encoding that the fingerprint hashes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         // Plain structs with sized sequences always serialize into a Vec; the
         // fallback is unreachable.
@@ -331,6 +340,25 @@ impl Topology {
                 "{} input bounds for {} inputs",
                 self.input_bounds.len(),
                 self.input_len
+            ));
+        }
+        if self.input_scales.len() != self.input_len || self.input_ranges.len() != self.input_len {
+            return bad("input scales or ranges do not match the input length".into());
+        }
+        if let Some(i) = self
+            .input_scales
+            .iter()
+            .position(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return bad(format!("feature {i}: input scale is not a positive number"));
+        }
+        let bound = 1i128 << self.input_bound_bits.min(100);
+        if let Some(i) = self.input_ranges.iter().position(|(lo, hi)| {
+            lo > hi || i128::from(*lo).abs() >= bound || i128::from(*hi).abs() >= bound
+        }) {
+            return bad(format!(
+                "feature {i}: input range is empty or exceeds 2^{}",
+                self.input_bound_bits
             ));
         }
         if let Some((c, h, w)) = self.input_shape

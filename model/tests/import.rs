@@ -149,6 +149,28 @@ fn conv_net_with_folded_normalisation_and_fusions() {
 }
 
 #[test]
+fn a_convolution_takes_one_input_scale_per_channel() {
+    let bytes = conv_net(false).bytes();
+    let per_channel = ImportOptions {
+        input_scale: Some([vec![4096.0; 36], vec![1000.0; 36]].concat()),
+        ..Default::default()
+    };
+    let model = Model::from_bytes(&bytes, &per_channel).unwrap();
+    // Inputs are rounded to 1/1000 in channel 1, hence the looser tolerance.
+    assert_references_agree(&model, 12, 20, 1e-2);
+    let mut mixed = vec![4096.0; 72];
+    mixed[40] = 1000.0;
+    let mixed = ImportOptions {
+        input_scale: Some(mixed),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Model::from_bytes(&bytes, &mixed),
+        Err(ModelError::InvalidScale(_))
+    ));
+}
+
+#[test]
 fn final_softmax_is_left_to_the_device() {
     let plain = Model::from_bytes(&conv_net(false).bytes(), &ImportOptions::default()).unwrap();
     let soft = Model::from_bytes(&conv_net(true).bytes(), &ImportOptions::default()).unwrap();
@@ -374,6 +396,66 @@ fn input_bounds_come_from_options_calibration_or_metadata() {
         Model::from_bytes(&g.bytes(), &ImportOptions::default()),
         Err(ModelError::InvalidBounds(_))
     ));
+}
+
+#[test]
+fn input_scales_fold_into_the_first_layer() {
+    // x̂ = round(x · scale): feature 1 at tenths, feature 2 at thousandths.
+    let scaled = ImportOptions {
+        input_bounds: Some(vec![(0.0, 20.0), (10.0, 80.0), (0.0, 3.0)]),
+        input_scale: Some(vec![1.0, 10.0, 1000.0]),
+        ..Default::default()
+    };
+    let m = Model::from_bytes(&tiny(None).bytes(), &scaled).unwrap();
+    let t = m.topology();
+    assert_eq!(t.input_ranges, vec![(0, 20), (100, 800), (0, 3000)]);
+    assert_eq!(t.input_bound_bits, 12);
+    let x = [7.0, 33.6, 0.627];
+    assert_eq!(m.encode_input(&x).unwrap(), vec![7, 336, 627]);
+    // The first layer's outputs keep the scale 2^(f+w): the same as with
+    // the default scale 2^f, up to rounding.
+    let default = ImportOptions {
+        input_bounds: scaled.input_bounds.clone(),
+        ..Default::default()
+    };
+    let d = Model::from_bytes(&tiny(None).bytes(), &default).unwrap();
+    let a = m
+        .run_int(
+            &m.encode_input(&x).unwrap(),
+            &t.default_modes(),
+            &FloorRounding,
+        )
+        .unwrap();
+    let b = d
+        .run_int(
+            &d.encode_input(&x).unwrap(),
+            &t.default_modes(),
+            &FloorRounding,
+        )
+        .unwrap();
+    for (a, b) in m.decode_output(&a).iter().zip(d.decode_output(&b)) {
+        assert!((a - b).abs() < 1e-3, "{a} against {b}");
+    }
+    // The metadata gives one scale for every feature, or one each.
+    let mut g = tiny(Some((0.0, 1.0)));
+    g.metadata(veil_model::INPUT_SCALE_KEY, "255");
+    let pixels = Model::from_bytes(&g.bytes(), &ImportOptions::default()).unwrap();
+    assert_eq!(pixels.topology().input_ranges, vec![(0, 255); 3]);
+    assert_eq!(
+        pixels.encode_input(&[0.0, 128.0 / 255.0, 1.0]).unwrap(),
+        vec![0, 128, 255]
+    );
+    for bad in ["[1, 2]", "0", "-1", "\"x\""] {
+        let mut g = tiny(Some((0.0, 1.0)));
+        g.metadata(veil_model::INPUT_SCALE_KEY, bad);
+        assert!(
+            matches!(
+                Model::from_bytes(&g.bytes(), &ImportOptions::default()),
+                Err(ModelError::InvalidScale(_))
+            ),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

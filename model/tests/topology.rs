@@ -46,8 +46,10 @@ fn topology_holds_no_weight() {
         let topo = model.topology().to_bytes();
         let plan = model.plan().to_bytes();
         let t = model.topology();
-        // Bounds are 16 bytes per feature; everything else is a few bytes per stage.
-        let budget = 256 + 16 * t.input_len + 96 * t.stages.len();
+        // Per feature: bounds 16 bytes, scale 8, integer range at most 18;
+        // everything else is a few bytes per stage.
+        let per_feature = 42;
+        let budget = 256 + per_feature * t.input_len + 96 * t.stages.len();
         assert!(
             topo.len() <= budget,
             "{name}: {} bytes > {budget}",
@@ -55,9 +57,13 @@ fn topology_holds_no_weight() {
         );
         let weights: usize = model.plan().layers().map(|(_, l)| l.weight_count()).sum();
         assert!(weights > 100, "{name}: {weights} weights");
-        let structure = topo.len() - 16 * t.input_len;
+        let mut bare = t.clone();
+        bare.input_bounds.clear();
+        bare.input_scales.clear();
+        bare.input_ranges.clear();
+        let structure = bare.canonical_bytes().len();
         println!(
-            "{name}: topology {} bytes ({structure} without bounds), plan {} bytes",
+            "{name}: topology {} bytes ({structure} without the per-feature bounds, scales and ranges), plan {} bytes",
             topo.len(),
             plan.len()
         );

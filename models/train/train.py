@@ -11,7 +11,10 @@ Data splits (held-out data is never used for training or normalisation):
 
 Input normalisation lives inside each graph (Sub/Div nodes), so every ONNX file
 takes raw features. Input bounds are embedded in metadata_props
-"veil.input_bounds" (JSON list of [lo, hi] per feature).
+"veil.input_bounds" (JSON list of [lo, hi] per feature), and each feature's
+native precision in "veil.input_scale" (a number, or a list with one per
+feature: the feature's values are integer multiples of 1/scale, so the device
+sends round(x * scale) exactly).
 """
 
 import csv
@@ -44,6 +47,11 @@ PIMA_BOUNDS = [
     [0.0, 3.0],
     [18.0, 120.0],
 ]
+# Native precision of the features: whole counts and mmHg, BMI to 0.1, the
+# pedigree function to 0.001 (as in both files, checked below).
+PIMA_SCALE = [1, 1, 1, 1, 10, 1000, 1]
+# Pixels are bytes: x = p / 255.
+MNIST_SCALE = 255
 
 
 def seed_all():
@@ -113,7 +121,7 @@ def accuracy(model, x, y):
     return float((pred == y).mean())
 
 
-def export(model, example, name, bounds, description):
+def export(model, example, name, bounds, scale, description):
     path = os.path.join(OUT, name)
     model.eval()
     torch.onnx.export(
@@ -132,6 +140,7 @@ def export(model, example, name, bounds, description):
     del m.metadata_props[:]
     for key, value in (
         ("veil.input_bounds", json.dumps(bounds, separators=(",", ":"))),
+        ("veil.input_scale", json.dumps(scale, separators=(",", ":"))),
         ("veil.description", description),
     ):
         p = m.metadata_props.add()
@@ -153,7 +162,7 @@ def main():
     mlp = nn.Sequential(Normalize(mean, std), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
     train(mlp, xtr.reshape(-1, 784), ytr, epochs=30, batch=64, lr=1e-3, weight_decay=1e-4)
     print(f"mnist-mlp held-out accuracy {accuracy(mlp, xte.reshape(-1, 784), yte):.4f}")
-    export(mlp, xtr[:1].reshape(1, 784), "mnist-mlp.onnx", mnist_bounds,
+    export(mlp, xtr[:1].reshape(1, 784), "mnist-mlp.onnx", mnist_bounds, MNIST_SCALE,
            "MNIST 784-128-10 ReLU MLP; input: 784 pixels in [0,1] (row-major 28x28)")
 
     seed_all()
@@ -170,7 +179,7 @@ def main():
     )
     train(cnn, xtr.reshape(-1, 1, 28, 28), ytr, epochs=30, batch=64, lr=2e-3, weight_decay=1e-4)
     print(f"mnist-cnn held-out accuracy {accuracy(cnn, xte.reshape(-1, 1, 28, 28), yte):.4f}")
-    export(cnn, xtr[:1].reshape(1, 1, 28, 28), "mnist-cnn.onnx", mnist_bounds,
+    export(cnn, xtr[:1].reshape(1, 1, 28, 28), "mnist-cnn.onnx", mnist_bounds, MNIST_SCALE,
            "MNIST CNN: Conv1-4 3x3 pad1, ReLU, MaxPool2, Conv4-8 3x3, ReLU, MaxPool2, Dense 288-10; input 1x28x28 in [0,1]")
 
     ptr_x, ptr_y = load_pima("pima-train.csv")
@@ -178,6 +187,8 @@ def main():
     for rows in (ptr_x, pte_x):
         for j, (lo, hi) in enumerate(PIMA_BOUNDS):
             assert rows[:, j].min() >= lo and rows[:, j].max() <= hi, j
+            scaled = rows[:, j].astype(np.float64) * PIMA_SCALE[j]
+            assert np.abs(scaled - np.round(scaled)).max() < 1e-3, j
     pmean, pstd = ptr_x.mean(axis=0), ptr_x.std(axis=0)
 
     seed_all()
@@ -189,7 +200,7 @@ def main():
     )
     train(pima, ptr_x, ptr_y, epochs=150, batch=32, lr=1e-3, weight_decay=1e-3)
     print(f"pima-mlp held-out accuracy {accuracy(pima, pte_x, pte_y):.4f}")
-    export(pima, ptr_x[:1], "pima-mlp.onnx", PIMA_BOUNDS,
+    export(pima, ptr_x[:1], "pima-mlp.onnx", PIMA_BOUNDS, PIMA_SCALE,
            "Pima diabetes 7-16-8-2 ReLU MLP; inputs npreg,glu,bp,skin,bmi,ped,age; output 1 = Yes")
 
     seed_all()
@@ -201,7 +212,7 @@ def main():
     )
     train(pima_t, ptr_x, ptr_y, epochs=150, batch=32, lr=2e-3, weight_decay=1e-3)
     print(f"pima-tanh held-out accuracy {accuracy(pima_t, pte_x, pte_y):.4f}")
-    export(pima_t, ptr_x[:1], "pima-tanh.onnx", PIMA_BOUNDS,
+    export(pima_t, ptr_x[:1], "pima-tanh.onnx", PIMA_BOUNDS, PIMA_SCALE,
            "Pima diabetes 7-16(tanh)-8(sigmoid)-2 MLP; inputs npreg,glu,bp,skin,bmi,ped,age; output 1 = Yes")
 
 

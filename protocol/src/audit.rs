@@ -3,9 +3,9 @@
 //! leakage tests score what a curious B could infer.
 
 use crate::backend::SecretOps;
-use crate::codec::unpack_ints;
-use crate::device::{centre, frame_width, input_masks};
+use crate::codec::{low_mask, unpack_fields};
 use crate::error::{ProtocolError, Result};
+use crate::layout::{FrameLayout, ResultLayout, input_masks};
 use crate::messages::{Frame, Output, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::MaskKeys;
@@ -122,7 +122,7 @@ pub fn open_output<S: SecretOps>(
     Ok(out)
 }
 
-/// What A learns from a frame, computed as A does: `u = y - a = x̂ + b`.
+/// What A learns from a frame, computed as A does: `u = x̂ + b`.
 pub fn frame_as_a(
     keys: &MaskKeys,
     topology: &Topology,
@@ -130,13 +130,16 @@ pub fn frame_as_a(
     t: u64,
     frame: &Frame,
 ) -> Result<Vec<I256>> {
-    let width = frame_width(topology, params);
-    let values = unpack_ints(&frame.values, topology.input_len, width)?;
-    let offset = centre(topology.input_bound_bits + params.sigma);
-    let a = input_masks(keys, t, topology, params);
+    let layout = FrameLayout::new(topology, params);
+    let values = unpack_fields(&frame.values, &layout.wire_bits())?;
+    let a = input_masks(keys, t, &layout, &ResultLayout::new(topology, params));
     Ok(values
         .iter()
         .zip(&a)
-        .map(|(v, a)| *v + offset - I256::from(*a))
+        .zip(&layout.fields)
+        .map(|((v, a), field)| {
+            let masked = v.wrapping_sub(*a) & low_mask(field.wire_bits());
+            I256::from(masked) + I256::from(field.offset)
+        })
         .collect())
 }

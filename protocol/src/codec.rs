@@ -1,9 +1,8 @@
 //! Wire encoding: bincode 2 with a size limit checked before allocation,
-//! and fixed-width bit packing of the integers in frames and results (a
-//! frame costs `ℓ + σ + 2` bits per feature, not a whole machine word).
+//! and bit packing of the unsigned fields of frames and results (a frame
+//! costs each feature's own width, not a whole machine word).
 
 use crate::error::{ProtocolError, Result};
-use ethnum::I256;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,143 +37,168 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
-/// Appends bit fields to a byte vector, least significant bit first.
-struct BitWriter {
-    out: Vec<u8>,
-    buffer: u128,
+/// The low `bits` (≤ 128) bits set.
+pub(crate) fn low_mask(bits: u32) -> u128 {
+    match bits {
+        0 => 0,
+        128.. => u128::MAX,
+        b => (1u128 << b) - 1,
+    }
+}
+
+/// Appends unsigned bit fields of up to 128 bits to a byte vector, least
+/// significant bit first, a whole 64-bit word at a time (a frame of 784
+/// pixels is one pass of word writes).
+pub struct FieldWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Bits not yet written, `filled` of them (always fewer than 64).
+    acc: u64,
     filled: u32,
 }
 
-impl BitWriter {
-    fn with_capacity(bytes: usize) -> BitWriter {
-        BitWriter {
-            out: Vec::with_capacity(bytes),
-            buffer: 0,
+impl<'a> FieldWriter<'a> {
+    pub fn new(out: &'a mut Vec<u8>) -> FieldWriter<'a> {
+        FieldWriter {
+            out,
+            acc: 0,
             filled: 0,
         }
     }
 
-    /// Writes the low `bits` (≤ 64) bits of `value`.
-    fn write(&mut self, value: u64, bits: u32) {
-        let masked = if bits == 64 {
-            value
+    /// Writes the low `bits` (≤ 128) bits of `value`.
+    #[inline]
+    pub fn put(&mut self, value: u128, bits: u32) {
+        let value = value & low_mask(bits);
+        if bits <= 64 {
+            self.put64(value as u64, bits);
         } else {
-            value & ((1u64 << bits) - 1)
-        };
-        self.buffer |= u128::from(masked) << self.filled;
-        self.filled += bits;
-        while self.filled >= 8 {
-            self.out.push(self.buffer as u8);
-            self.buffer >>= 8;
-            self.filled -= 8;
+            self.put64(value as u64, 64);
+            self.put64((value >> 64) as u64, bits - 64);
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        if self.filled > 0 {
-            self.out.push(self.buffer as u8);
+    #[inline]
+    fn put64(&mut self, value: u64, bits: u32) {
+        let total = self.filled + bits;
+        if total < 64 {
+            self.acc |= value << self.filled;
+            self.filled = total;
+            return;
         }
+        let word = if self.filled == 0 {
+            value
+        } else {
+            self.acc | (value << self.filled)
+        };
+        self.out.extend_from_slice(&word.to_le_bytes());
+        self.acc = if self.filled == 0 {
+            0
+        } else {
+            value >> (64 - self.filled)
+        };
+        self.filled = total - 64;
+    }
+
+    /// Writes the last partial word (whole bytes, zero-padded).
+    pub fn finish(self) {
+        let bytes = self.filled.div_ceil(8) as usize;
         self.out
+            .extend_from_slice(&self.acc.to_le_bytes()[..bytes.min(8)]);
     }
 }
 
-/// Reads bit fields written by [`BitWriter`].
-struct BitReader<'a> {
+/// Reads fields written by [`FieldWriter`]; missing bytes read as zero
+/// (callers check the length first).
+pub struct FieldReader<'a> {
     bytes: &'a [u8],
     next: usize,
-    buffer: u128,
+    acc: u128,
     filled: u32,
 }
 
-impl BitReader<'_> {
-    /// Reads `bits` (≤ 64) bits; missing bytes read as zero (the caller
-    /// checked the length).
-    fn read(&mut self, bits: u32) -> u64 {
+impl<'a> FieldReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> FieldReader<'a> {
+        FieldReader {
+            bytes,
+            next: 0,
+            acc: 0,
+            filled: 0,
+        }
+    }
+
+    /// Reads a field of `bits` (≤ 128) bits.
+    #[inline]
+    pub fn get(&mut self, bits: u32) -> u128 {
+        if bits <= 64 {
+            u128::from(self.get64(bits))
+        } else {
+            let low = u128::from(self.get64(64));
+            low | (u128::from(self.get64(bits - 64)) << 64)
+        }
+    }
+
+    #[inline]
+    fn get64(&mut self, bits: u32) -> u64 {
         while self.filled < bits {
             let byte = self.bytes.get(self.next).copied().unwrap_or(0);
             self.next += 1;
-            self.buffer |= u128::from(byte) << self.filled;
+            self.acc |= u128::from(byte) << self.filled;
             self.filled += 8;
         }
-        let value = if bits == 64 {
-            self.buffer as u64
-        } else {
-            (self.buffer as u64) & ((1u64 << bits) - 1)
-        };
-        self.buffer >>= bits;
+        let value = (self.acc & low_mask(bits)) as u64;
+        self.acc >>= bits;
         self.filled -= bits;
         value
     }
 }
 
-fn check_width(width: u32) -> Result<()> {
-    if !(1..=255).contains(&width) {
-        return Err(ProtocolError::Range(format!(
-            "field width {width} is outside 1..=255"
-        )));
-    }
-    Ok(())
+/// Bytes that fields of these widths take.
+pub fn packed_len(bits: impl IntoIterator<Item = u32>) -> usize {
+    let total: u64 = bits.into_iter().map(u64::from).sum();
+    usize::try_from(total.div_ceil(8)).unwrap_or(usize::MAX)
 }
 
-/// Packs signed values `|v| < 2^(width-1)` into `width` bits each
-/// (offset binary, little-endian bit order).
-pub fn pack_ints(values: &[I256], width: u32) -> Result<Vec<u8>> {
-    check_width(width)?;
-    let offset = I256::ONE << (width - 1);
-    let mut writer = BitWriter::with_capacity((values.len() * width as usize).div_ceil(8));
-    for (i, v) in values.iter().enumerate() {
-        if *v >= offset || *v < -offset {
+/// Packs `values[i]` (below `2^bits[i]`, each width at most 128) into one
+/// byte string.
+pub fn pack_fields(values: &[u128], bits: &[u32]) -> Result<Vec<u8>> {
+    if values.len() != bits.len() {
+        return Err(ProtocolError::Size(format!(
+            "{} values for {} fields",
+            values.len(),
+            bits.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(packed_len(bits.iter().copied()));
+    let mut writer = FieldWriter::new(&mut out);
+    for (i, (v, b)) in values.iter().zip(bits).enumerate() {
+        if *b > 128 || *v > low_mask(*b) {
             return Err(ProtocolError::Range(format!(
-                "value {i} does not fit in {width} bits"
+                "value {i} does not fit in {b} bits"
             )));
         }
-        let field = (*v + offset).as_u256();
-        let mut left = width;
-        let mut shift: u32 = 0;
-        while left > 0 {
-            let bits = left.min(64);
-            writer.write((field >> shift).as_u64(), bits);
-            shift += bits;
-            left -= bits;
-        }
+        writer.put(*v, *b);
     }
-    Ok(writer.finish())
+    writer.finish();
+    Ok(out)
 }
 
-/// The inverse of [`pack_ints`]; the byte length must be exact.
-pub fn unpack_ints(bytes: &[u8], count: usize, width: u32) -> Result<Vec<I256>> {
-    check_width(width)?;
-    let expected = count
-        .checked_mul(width as usize)
-        .map(|bits| bits.div_ceil(8))
-        .ok_or_else(|| ProtocolError::Size("field count overflows".into()))?;
-    if bytes.len() != expected {
-        return Err(ProtocolError::Size(format!(
-            "{} bytes for {count} fields of {width} bits (expected {expected})",
-            bytes.len()
+/// The inverse of [`pack_fields`]; the byte length must be exact.
+pub fn unpack_fields(bytes: &[u8], bits: &[u32]) -> Result<Vec<u128>> {
+    if let Some(b) = bits.iter().find(|b| **b > 128) {
+        return Err(ProtocolError::Range(format!(
+            "field width {b} is above 128"
         )));
     }
-    let offset = I256::ONE << (width - 1);
-    let mut reader = BitReader {
-        bytes,
-        next: 0,
-        buffer: 0,
-        filled: 0,
-    };
-    Ok((0..count)
-        .map(|_| {
-            let mut field = ethnum::U256::ZERO;
-            let mut shift: u32 = 0;
-            let mut left = width;
-            while left > 0 {
-                let bits = left.min(64);
-                field |= ethnum::U256::from(reader.read(bits)) << shift;
-                shift += bits;
-                left -= bits;
-            }
-            field.as_i256() - offset
-        })
-        .collect())
+    let expected = packed_len(bits.iter().copied());
+    if bytes.len() != expected {
+        return Err(ProtocolError::Size(format!(
+            "{} bytes for {} fields (expected {expected})",
+            bytes.len(),
+            bits.len()
+        )));
+    }
+    let mut reader = FieldReader::new(bytes);
+    Ok(bits.iter().map(|b| reader.get(*b)).collect())
 }
 
 #[cfg(test)]
@@ -184,26 +208,32 @@ mod tests {
 
     proptest! {
         #[test]
-        fn bit_packing_round_trips(width in 2u32..140, raw in prop::collection::vec(any::<i128>(), 0..40)) {
-            let bound = I256::ONE << (width - 1);
-            let values: Vec<I256> = raw.iter().map(|v| {
-                let v = I256::from(*v);
-                // Fold into range, keeping both edges reachable.
-                v.rem_euclid(bound * 2) - bound
-            }).collect();
-            let bytes = pack_ints(&values, width).expect("in range");
-            prop_assert_eq!(bytes.len(), (values.len() * width as usize).div_ceil(8));
-            prop_assert_eq!(unpack_ints(&bytes, values.len(), width).expect("unpacks"), values);
+        fn field_packing_round_trips(fields in prop::collection::vec((0u32..=128, any::<u128>()), 0..40)) {
+            let bits: Vec<u32> = fields.iter().map(|(b, _)| *b).collect();
+            let values: Vec<u128> = fields.iter().map(|(b, v)| v & low_mask(*b)).collect();
+            let bytes = pack_fields(&values, &bits).expect("in range");
+            prop_assert_eq!(bytes.len(), packed_len(bits.iter().copied()));
+            prop_assert_eq!(unpack_fields(&bytes, &bits).expect("unpacks"), values);
         }
     }
 
     #[test]
+    fn fields_are_little_endian_bit_strings() {
+        // 3 bits of 0b101, then 9 bits of 0x1ff: 0b1_1111_1111_101 → fd 0f.
+        assert_eq!(pack_fields(&[5, 0x1ff], &[3, 9]).unwrap(), [0xfd, 0x0f]);
+        let wide = pack_fields(&[u128::MAX >> 2, 1], &[126, 2]).unwrap();
+        assert_eq!(wide.len(), 16);
+        assert_eq!(wide[15], 0x7f);
+    }
+
+    #[test]
     fn out_of_range_and_bad_lengths_are_refused() {
-        assert!(pack_ints(&[I256::from(128)], 8).is_err());
-        assert!(pack_ints(&[I256::from(-129)], 8).is_err());
-        assert!(pack_ints(&[I256::from(-128), I256::from(127)], 8).is_ok());
-        assert!(unpack_ints(&[0u8; 3], 2, 8).is_err());
-        assert!(unpack_ints(&[], usize::MAX, 255).is_err());
+        assert!(pack_fields(&[256], &[8]).is_err());
+        assert!(pack_fields(&[1], &[129]).is_err());
+        assert!(pack_fields(&[1, 2], &[8]).is_err());
+        assert!(pack_fields(&[255], &[8]).is_ok());
+        assert!(unpack_fields(&[0u8; 3], &[8, 8]).is_err());
+        assert!(unpack_fields(&[0u8; 17], &[129]).is_err());
         assert!(decode::<Vec<u8>>(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 }

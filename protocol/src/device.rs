@@ -1,11 +1,22 @@
 //! The edge device's side: session set-up (its only public-key work),
 //! masking frames, and unmasking results.
+//!
+//! A frame costs the device two ChaCha20 expansions (its input masks,
+//! which [`Device::prepare`] can do ahead of the capture), one addition
+//! and one bit-field write per feature; a result two short expansions (its
+//! output masks) and one subtraction per output. The per-frame path
+//! allocates nothing: [`Device::write_frame`] encodes into the caller's
+//! buffer and [`Device::read_result`] decodes into the caller's outputs.
 
-use crate::codec::{pack_ints, unpack_ints};
+use crate::codec::{FieldReader, FieldWriter, low_mask};
 use crate::error::{ProtocolError, Result};
-use crate::messages::{Body, Envelope, Frame, Outgoing, Peer, SessionInit, check_device_name};
-use crate::params::{Params, output_bits};
-use crate::prf::{MaskKeys, Seed, SessionId, expand_derived};
+use crate::layout::{FrameLayout, ResultLayout, mask_fields};
+use crate::messages::{
+    Body, Envelope, Frame, FrameResult, Outgoing, Peer, SessionInit, check_device_name,
+};
+use crate::params::Params;
+use crate::prf::{MaskKeys, Seed, SessionId, expand_into};
+use crate::wire::{self, Kind};
 use ethnum::I256;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -68,68 +79,35 @@ pub struct Opened {
 
 pub struct Device {
     cfg: DeviceConfig,
+    layout: FrameLayout,
+    result: ResultLayout,
     sessions: BTreeMap<SessionId, DeviceSession>,
     current: Option<SessionId>,
+    /// The frame whose masks `sums` and `out_sums` hold, expanded ahead
+    /// of its capture by [`Device::prepare`]. `sums` serve one capture;
+    /// `out_sums` stay until the next expansion, for the frame's result
+    /// (an older result's are expanded again).
+    prepared: Option<(SessionId, u64)>,
+    sums_ready: bool,
+    /// `a_i + b_i` per feature.
+    sums: Vec<u128>,
+    /// `mA_j + mB_j` per output.
+    out_sums: Vec<u128>,
+    /// Keystream of the expansion at hand.
+    scratch: Vec<u8>,
 }
 
-/// Bits of one masked input value on the wire: `y - 2^(ℓ+σ)` lies strictly
-/// within `±2^(ℓ+σ+1)`.
-pub fn frame_width(topology: &Topology, params: &Params) -> u32 {
-    topology.input_bound_bits + params.sigma + 2
-}
-
-/// Whether a frame has the model's shape (value count, width, byte
-/// length), checked before anything is stored.
-pub(crate) fn frame_fits(frame: &Frame, topology: &Topology, params: &Params) -> Result<()> {
-    let inputs = topology.input_len;
-    let width = frame_width(topology, params);
-    let bytes = u64::try_from(inputs)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(u64::from(width))
-        .div_ceil(8);
-    let fits = usize::try_from(frame.count).is_ok_and(|count| count == inputs)
-        && u32::from(frame.width) == width
-        && u64::try_from(frame.values.len()).is_ok_and(|len| len == bytes);
-    if fits {
+/// Whether a frame's values and counter fit the session and the model,
+/// before anything is stored: its byte length is the model's.
+pub(crate) fn frame_fits(frame: &Frame, layout: &FrameLayout) -> Result<()> {
+    if frame.values.len() == layout.bytes {
         return Ok(());
     }
     Err(ProtocolError::Size(format!(
-        "frame has {} values of {} bits in {} bytes; the model takes {inputs} of {width} bits",
-        frame.count,
-        frame.width,
-        frame.values.len()
+        "frame has {} bytes of values; the model takes {}",
+        frame.values.len(),
+        layout.bytes
     )))
-}
-
-/// Bits of one masked output on the wire, centred the same way.
-pub fn result_width(topology: &Topology, params: &Params) -> u32 {
-    output_bits(topology) + params.sigma + 2
-}
-
-/// Masks of the frame inputs: uniform below `2^(ℓ+σ)`.
-pub(crate) fn input_masks(
-    keys: &MaskKeys,
-    t: u64,
-    topology: &Topology,
-    params: &Params,
-) -> Vec<u128> {
-    let bits = topology.input_bound_bits + params.sigma;
-    expand_derived(&keys.input, t, topology.input_len, bits)
-}
-
-/// Masks of the outputs: uniform below `2^(κ_out+σ)`.
-pub(crate) fn output_masks(
-    keys: &MaskKeys,
-    t: u64,
-    topology: &Topology,
-    params: &Params,
-) -> Vec<u128> {
-    let bits = output_bits(topology) + params.sigma;
-    expand_derived(&keys.output, t, topology.output_len, bits)
-}
-
-pub(crate) fn centre(bits: u32) -> I256 {
-    I256::ONE << bits
 }
 
 fn seed_plaintext(seed: &Seed) -> BoxedUint {
@@ -140,11 +118,30 @@ impl Device {
     pub fn new(cfg: DeviceConfig) -> Result<Device> {
         check_device_name(&cfg.device)?;
         cfg.params.check(&cfg.topology)?;
+        let layout = FrameLayout::new(&cfg.topology, &cfg.params);
+        let result = ResultLayout::new(&cfg.topology, &cfg.params);
         Ok(Device {
+            sums: Vec::with_capacity(layout.fields.len()),
+            layout,
+            result,
             cfg,
             sessions: BTreeMap::new(),
             current: None,
+            prepared: None,
+            sums_ready: false,
+            out_sums: Vec::new(),
+            scratch: Vec::new(),
         })
+    }
+
+    /// How this model's frames travel.
+    pub fn frame_layout(&self) -> &FrameLayout {
+        &self.layout
+    }
+
+    /// How this model's results travel.
+    pub fn result_layout(&self) -> &ResultLayout {
+        &self.result
     }
 
     /// Rebuilds a device from persisted sessions.
@@ -246,27 +243,47 @@ impl Device {
         ])
     }
 
+    /// Expands the input masks of counter `t` of the current session ahead
+    /// of its capture (idle time: after a result, before the next frame),
+    /// so that [`Device::write_frame`] only adds and packs.
+    pub fn prepare(&mut self, t: u64) {
+        let Some(session) = self.current.and_then(|sid| self.sessions.get(&sid)) else {
+            return;
+        };
+        if t < session.first_counter || (self.sums_ready && self.prepared == Some((session.sid, t)))
+        {
+            return;
+        }
+        let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
+        expand_sums(sums, session.keys(), t, &self.layout, &self.result);
+        self.prepared = Some((session.sid, t));
+        self.sums_ready = true;
+    }
+
     /// Masks an encoded frame `x̂` for counter `t` (which the caller took
-    /// from a [`crate::CounterReservation`]): `y = x̂ + a + b`, pseudo-random
-    /// expansion and integer additions only.
-    pub fn mask_frame(&mut self, x_hat: &[i64], t: u64) -> Result<Outgoing> {
-        let topology = &self.cfg.topology;
-        let params = &self.cfg.params;
-        if x_hat.len() != topology.input_len {
+    /// from a [`crate::CounterReservation`]) and writes its message, in the
+    /// encoding of the device's frame topic, into `out` (cleared first):
+    /// `v_i = (x̂_i - L_i + a_i + b_i) mod 2^(m_i+1)`, pseudo-random
+    /// expansion and integer additions only. `acks` are counters of the
+    /// current session whose results arrived (B may forget them). Returns
+    /// the frame's session. Allocates nothing once `out` has grown to a
+    /// frame's size.
+    pub fn write_frame(
+        &mut self,
+        x_hat: &[i64],
+        t: u64,
+        acks: &[u64],
+        out: &mut Vec<u8>,
+    ) -> Result<SessionId> {
+        let fields = &self.layout.fields;
+        if x_hat.len() != fields.len() {
             return Err(ProtocolError::Size(format!(
                 "frame has {} features, the model takes {}",
                 x_hat.len(),
-                topology.input_len
+                fields.len()
             )));
         }
-        let bound = 1i128 << topology.input_bound_bits;
-        if let Some(i) = x_hat.iter().position(|v| i128::from(*v).abs() >= bound) {
-            return Err(ProtocolError::Range(format!(
-                "feature {i} exceeds the model's input bound 2^{}",
-                topology.input_bound_bits
-            )));
-        }
-        let rekey = params.rekey_after;
+        let rekey = self.cfg.params.rekey_after;
         let session = self
             .current
             .and_then(|sid| self.sessions.get_mut(&sid))
@@ -280,31 +297,73 @@ impl Device {
                 session.first_counter
             )));
         }
-        let (keys_a, keys_b) = session.keys();
-        let a = input_masks(keys_a, t, topology, params);
-        let b = input_masks(keys_b, t, topology, params);
-        let offset = centre(topology.input_bound_bits + params.sigma);
-        let values: Vec<I256> = x_hat
-            .iter()
-            .zip(a.iter().zip(&b))
-            .map(|(x, (a, b))| I256::from(*x) + I256::from(*a) + I256::from(*b) - offset)
-            .collect();
-        let width = frame_width(topology, params);
-        let frame = Frame {
-            count: values.len() as u32,
-            width: width as u16,
-            values: pack_ints(&values, width)?,
-        };
+        let sid = session.sid;
+        if !self.sums_ready || self.prepared != Some((sid, t)) {
+            let sums = (&mut self.sums, &mut self.out_sums, &mut self.scratch);
+            expand_sums(sums, session.keys(), t, &self.layout, &self.result);
+            self.prepared = Some((sid, t));
+        }
+        self.sums_ready = false;
+        out.clear();
+        wire::write_header(out, Kind::Frame, &sid, t);
+        wire::write_acks(out, t, acks)?;
+        let mut writer = FieldWriter::new(out);
+        for (i, ((x, field), sum)) in x_hat.iter().zip(fields).zip(&self.sums).enumerate() {
+            let shifted = x.wrapping_sub(field.offset) as u64;
+            if *x < field.offset || shifted > field.range {
+                return Err(ProtocolError::Range(format!(
+                    "feature {i} is outside the model's input range [{}, {}]",
+                    field.offset,
+                    i128::from(field.offset) + i128::from(field.range)
+                )));
+            }
+            writer.put(u128::from(shifted).wrapping_add(*sum), field.wire_bits());
+        }
+        writer.finish();
         session.frames += 1;
-        let device = &self.cfg.device;
-        Ok(Outgoing::new(
-            Peer::ServerA,
-            Envelope::new(device, session.sid, t, Body::Frame(frame)),
-        ))
+        Ok(sid)
     }
 
-    /// Unmasks a result from B: `o = r - mA - mB`, for any session the
-    /// device still holds.
+    /// [`Device::write_frame`] as an envelope (for the in-process engine,
+    /// the node and the tests).
+    pub fn mask_frame(&mut self, x_hat: &[i64], t: u64, acks: &[u64]) -> Result<Outgoing> {
+        let mut bytes = Vec::new();
+        self.write_frame(x_hat, t, acks, &mut bytes)?;
+        let envelope = Envelope::from_device_bytes(&self.cfg.device, &bytes)?;
+        Ok(Outgoing::new(Peer::ServerA, envelope))
+    }
+
+    /// Decodes a result message (the encoding of the device's result
+    /// topic) and unmasks it into `outputs` (cleared first; the model
+    /// outputs at scale `2^output_scale_bits`), for any session the device
+    /// still holds: `o = r - mA - mB` modulo `2^(κ+1)`, centred. Returns
+    /// the result's session and counter. Allocates nothing once `outputs`
+    /// has grown to the model's output count.
+    pub fn read_result(
+        &mut self,
+        payload: &[u8],
+        outputs: &mut Vec<i128>,
+    ) -> Result<(SessionId, u64)> {
+        let (kind, sid, t, body) = wire::read_header(payload)?;
+        if kind != Kind::Result {
+            return Err(ProtocolError::Unexpected(
+                "a message other than a result on the result topic".into(),
+            ));
+        }
+        let session = self
+            .sessions
+            .get(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
+        if self.prepared == Some((sid, t)) {
+            unmask(&self.result, &self.out_sums, body.rest(), outputs)?;
+        } else {
+            let sums = output_sums(session, &self.result, t, &mut self.scratch);
+            unmask(&self.result, &sums, body.rest(), outputs)?;
+        }
+        Ok((sid, t))
+    }
+
+    /// Unmasks a result from B, for any session the device still holds.
     pub fn open_result(&self, envelope: &Envelope) -> Result<Opened> {
         if envelope.device != self.cfg.device {
             return Err(ProtocolError::WrongDevice {
@@ -323,34 +382,18 @@ impl Device {
             .sessions
             .get(&envelope.sid)
             .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
-        let topology = &self.cfg.topology;
-        let params = &self.cfg.params;
-        let width = result_width(topology, params);
-        if result.count as usize != topology.output_len || u32::from(result.width) != width {
-            return Err(ProtocolError::Size(format!(
-                "result has {} values of {} bits, expected {} of {width}",
-                result.count, result.width, topology.output_len
-            )));
-        }
-        let r = unpack_ints(&result.values, topology.output_len, width)?;
-        let t = envelope.t;
-        let (keys_a, keys_b) = session.keys();
-        let m_a = output_masks(keys_a, t, topology, params);
-        let m_b = output_masks(keys_b, t, topology, params);
-        let offset = centre(output_bits(topology) + params.sigma);
-        let values = r
-            .iter()
-            .zip(m_a.iter().zip(&m_b))
-            .map(|(r, (a, b))| *r + offset - I256::from(*a) - I256::from(*b))
-            .collect();
+        let mut outputs = Vec::new();
+        let sums = output_sums(session, &self.result, envelope.t, &mut Vec::new());
+        unmask(&self.result, &sums, &result.values, &mut outputs)?;
         Ok(Opened {
             sid: envelope.sid,
-            t,
-            values,
+            t: envelope.t,
+            values: outputs.into_iter().map(I256::from).collect(),
         })
     }
 
-    /// The acknowledgement that lets B drop a delivered result.
+    /// The acknowledgement that lets B drop a delivered result, on its
+    /// own (a frame usually carries it instead).
     pub fn ack(&self, sid: SessionId, t: u64) -> Outgoing {
         Outgoing::new(
             Peer::ServerB,
@@ -364,5 +407,102 @@ impl Device {
         if self.current == Some(sid) {
             self.current = None;
         }
+        if self.prepared.is_some_and(|(s, _)| s == sid) {
+            self.prepared = None;
+            self.sums_ready = false;
+        }
     }
+}
+
+/// `sums[i] = a_i + b_i` and `out_sums[j] = mA_j + mB_j` for counter
+/// `t`: one keystream per seed.
+fn expand_sums(
+    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut Vec<u8>),
+    (keys_a, keys_b): &(MaskKeys, MaskKeys),
+    t: u64,
+    layout: &FrameLayout,
+    result: &ResultLayout,
+) {
+    sums.clear();
+    out_sums.clear();
+    let outputs = result.count;
+    let fields = mask_fields(layout, result);
+    expand_into(&keys_a.masks, t, fields.clone(), scratch, |i, a| {
+        if i < outputs {
+            out_sums.push(a);
+        } else {
+            sums.push(a);
+        }
+    });
+    expand_into(&keys_b.masks, t, fields, scratch, |i, b| {
+        let sum = match i.checked_sub(outputs) {
+            Some(feature) => sums.get_mut(feature),
+            None => out_sums.get_mut(i),
+        };
+        if let Some(sum) = sum {
+            *sum += b;
+        }
+    });
+}
+
+/// `mA_j + mB_j` of result `t` of `session` (the prefix of each seed's
+/// keystream).
+fn output_sums(
+    session: &DeviceSession,
+    result: &ResultLayout,
+    t: u64,
+    scratch: &mut Vec<u8>,
+) -> Vec<u128> {
+    let (keys_a, keys_b) = session.keys();
+    let bits = std::iter::repeat_n(result.mask_bits, result.count);
+    let mut sums = Vec::with_capacity(result.count);
+    expand_into(&keys_a.masks, t, bits.clone(), scratch, |_, m| sums.push(m));
+    expand_into(&keys_b.masks, t, bits, scratch, |j, m| {
+        if let Some(sum) = sums.get_mut(j) {
+            *sum += m;
+        }
+    });
+    sums
+}
+
+/// `o = r - (mA + mB)` modulo `2^(κ+1)`, centred, from the packed values
+/// of a result, into `outputs`.
+fn unmask(
+    layout: &ResultLayout,
+    sums: &[u128],
+    values: &[u8],
+    outputs: &mut Vec<i128>,
+) -> Result<()> {
+    if values.len() != layout.bytes || sums.len() != layout.count {
+        return Err(ProtocolError::Size(format!(
+            "result has {} bytes of values, expected {} outputs of {} bits",
+            values.len(),
+            layout.count,
+            layout.wire_bits()
+        )));
+    }
+    outputs.clear();
+    let mut reader = FieldReader::new(values);
+    let width = layout.wire_bits();
+    outputs.extend(
+        sums.iter()
+            .map(|m| layout.centred(reader.get(width).wrapping_sub(*m))),
+    );
+    Ok(())
+}
+
+/// The result message B sends for counter `t`: `r_j = (masked_j + mB_j)
+/// mod 2^(κ+1)` with `masked = o + mA`.
+pub(crate) fn result_values(masked: &[I256], m_b: &[u128], layout: &ResultLayout) -> FrameResult {
+    let mut values = Vec::with_capacity(layout.bytes);
+    let mut writer = FieldWriter::new(&mut values);
+    let width = layout.wire_bits();
+    for (v, m) in masked.iter().zip(m_b) {
+        // Two's complement: the low bits of a negative value are its
+        // residue.
+        let low = v.as_u128();
+        writer.put(low.wrapping_add(*m) & low_mask(width), width);
+    }
+    writer.finish();
+    FrameResult { values }
 }

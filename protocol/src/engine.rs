@@ -22,6 +22,19 @@ pub struct Delivery {
     pub from: Peer,
     pub to: Peer,
     pub bytes: Vec<u8>,
+    /// The device whose own topic carried the message in the compact
+    /// encoding ([`crate::wire`]), if one did.
+    pub device_topic: Option<String>,
+}
+
+impl Delivery {
+    /// Decodes the message in the encoding it travelled in.
+    pub fn envelope(&self) -> Result<Envelope> {
+        match &self.device_topic {
+            Some(device) => Envelope::from_device_bytes(device, &self.bytes),
+            None => Envelope::from_bytes(&self.bytes),
+        }
+    }
 }
 
 /// Time each party spent handling messages.
@@ -113,6 +126,8 @@ pub struct Engine<P: PublicOps, S: SecretOps> {
     pub stats: EngineStats,
     deferred: VecDeque<(Peer, Outgoing)>,
     cpu: Option<CpuClock>,
+    /// Results received whose acknowledgement rides on the next frame.
+    acks: Vec<(SessionId, u64)>,
 }
 
 /// Wall and CPU time of one piece of work.
@@ -159,6 +174,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
             stats: EngineStats::default(),
             deferred: VecDeque::new(),
             cpu: None,
+            acks: Vec::new(),
         }
     }
 
@@ -224,18 +240,27 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         self.prepare()?;
         let t = self.next_counter()?;
         let started = Instant::now();
+        // Acknowledgements of this session ride on the frame; those of an
+        // older one have nowhere to go (B keeps no queue in the engine).
+        let current = self.device.current().map(|s| s.sid);
+        let acks: Vec<u64> = std::mem::take(&mut self.acks)
+            .into_iter()
+            .filter(|(sid, _)| Some(*sid) == current)
+            .map(|(_, t)| t)
+            .take(crate::wire::MAX_ACKS)
+            .collect();
         let timer = Timer::start(self.cpu);
-        let frame = self.device.mask_frame(x_hat, t)?;
+        let frame = self.device.mask_frame(x_hat, t, &acks)?;
         timer.stop(&mut self.stats, Peer::Device, false);
         let sid = frame.envelope.sid;
-        let frame_bytes = frame.envelope.to_bytes()?.len();
+        let frame_bytes = frame.envelope.to_device_bytes()?.len();
         let mut queue = VecDeque::from([(Peer::Device, frame)]);
         let mut result = None;
         while let Some((from, out)) = queue.pop_front() {
             if out.to == Peer::Device {
-                let bytes = out.envelope.to_bytes()?;
-                self.note(from, Peer::Device, &bytes);
-                let envelope = Envelope::from_bytes(&bytes)?;
+                let bytes = out.envelope.to_device_bytes()?;
+                self.note(from, Peer::Device, &bytes, Some(&out.envelope.device));
+                let envelope = Envelope::from_device_bytes(&out.envelope.device, &bytes)?;
                 let timer = Timer::start(self.cpu);
                 let opened = self.device.open_result(&envelope)?;
                 timer.stop(&mut self.stats, Peer::Device, false);
@@ -253,9 +278,9 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         let latency = started.elapsed();
         let (opened, result_bytes) = result
             .ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
-        // Acknowledge, then catch up on precomputation off the clock.
-        let ack = self.device.ack(sid, t);
-        self.deferred.push_back((Peer::Device, ack));
+        // The acknowledgement rides on the next frame; catch up on
+        // precomputation off the clock.
+        self.acks.push((sid, t));
         self.prepare()?;
         Ok(Inference {
             sid,
@@ -267,7 +292,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         })
     }
 
-    fn note(&mut self, from: Peer, to: Peer, bytes: &[u8]) {
+    fn note(&mut self, from: Peer, to: Peer, bytes: &[u8], device_topic: Option<&str>) {
         *self
             .stats
             .bytes
@@ -279,6 +304,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
                 from,
                 to,
                 bytes: bytes.to_vec(),
+                device_topic: device_topic.map(str::to_string),
             });
         }
     }
@@ -289,9 +315,26 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         out: Outgoing,
         offline: bool,
     ) -> Result<Vec<(Peer, Outgoing)>> {
-        let bytes = out.envelope.to_bytes()?;
-        self.note(from, out.to, &bytes);
-        let envelope = Envelope::from_bytes(&bytes)?;
+        // A device's own topics carry the compact encoding; its session
+        // messages and the servers' traffic whole envelopes.
+        let compact = out.to == Peer::Device
+            || (from == Peer::Device && !matches!(out.envelope.body, Body::SessionInit(_)));
+        let bytes = if compact {
+            out.envelope.to_device_bytes()?
+        } else {
+            out.envelope.to_bytes()?
+        };
+        self.note(
+            from,
+            out.to,
+            &bytes,
+            compact.then_some(out.envelope.device.as_str()),
+        );
+        let envelope = if compact {
+            Envelope::from_device_bytes(&out.envelope.device, &bytes)?
+        } else {
+            Envelope::from_bytes(&bytes)?
+        };
         let offline = offline || offline_kind(&envelope.body);
         let timer = Timer::start(self.cpu);
         let replies = match out.to {

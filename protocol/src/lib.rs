@@ -22,6 +22,7 @@ mod engine;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod layout;
 mod messages;
 pub mod node;
 mod params;
@@ -32,18 +33,22 @@ mod server_a;
 mod server_b;
 mod session;
 pub mod topics;
+pub mod wire;
 
 pub use backend::{Noise, PaillierPublic, PaillierSecret, Plain, PlainCt, PublicOps, SecretOps};
 pub use counter::CounterReservation;
-pub use device::{Device, DeviceConfig, DeviceSession, Opened, frame_width, result_width};
+pub use device::{Device, DeviceConfig, DeviceSession, Opened};
 pub use engine::{CpuClock, Delivery, Engine, EngineStats, Inference, PartyTimes, peer_key};
 pub use error::{ProtocolError, Result};
 pub use ethnum::I256;
+pub use layout::{FrameLayout, InputField, ResultLayout};
 pub use messages::{
     Body, Envelope, Frame, FrameResult, MAX_DEVICE_NAME, MAX_LIST_ITEMS, Outgoing, Output,
     PROTOCOL_VERSION, Peer, RejectCode, Round, RoundMode, SessionInit, check_device_name,
 };
 pub use params::{MAX_VALUE_BITS, Params, output_bits, pre_activation_bits};
-pub use prf::{MaskKeys, Seed, SessionId, expand, expand_derived, label};
+pub use prf::{
+    MaskKeys, Seed, SessionId, expand, expand_derived, expand_fields, expand_into, label,
+};
 pub use server_a::{EntryRole, RoundTruth, ServerA, ServerAConfig, frame_rounding};
 pub use server_b::{MAX_MASK_REQUEST, ServerB, ServerBConfig};

@@ -1,6 +1,8 @@
-//! The messages of the protocol. Every message travels in an [`Envelope`]
-//! naming the device, the session and the frame counter, so that every
-//! party can check it belongs where it claims to.
+//! The messages of the protocol. Every message is an [`Envelope`] naming
+//! the device, the session and the frame counter, so that every party can
+//! check it belongs where it claims to. On a device's own topics the name
+//! is the topic's and the encoding compact ([`crate::wire`]); elsewhere
+//! the envelope travels whole (bincode).
 
 use crate::codec;
 use crate::error::{ProtocolError, Result};
@@ -64,8 +66,11 @@ mod byte_list {
 pub use byte_list::MAX_LIST_ITEMS;
 
 /// The version this build speaks; others are refused with a reason.
-/// Version 2: refusals carry a [`RejectCode`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: refusals carry a [`RejectCode`]. Version 3: messages on a
+/// device's own topics use the compact encoding of [`crate::wire`], frames
+/// carry per-feature widths and acknowledgements, results travel modulo
+/// `2^(κ+1)`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Longest device name: names are MQTT topic levels and ACL user names.
 pub const MAX_DEVICE_NAME: usize = 64;
@@ -100,7 +105,8 @@ pub enum Body {
     /// Device → A and device → B: the session seed for that server,
     /// Paillier-encrypted under its key.
     SessionInit(SessionInit),
-    /// Device → A: the doubly masked frame `y = x̂ + a + b`.
+    /// Device → A: the doubly masked frame `y = x̂ - L + a + b`, with the
+    /// device's acknowledgements of earlier results (A passes them on to B).
     Frame(Frame),
     /// A → B: send the first-layer masks `[[-b]]` for counters
     /// `t .. t + count`.
@@ -202,9 +208,11 @@ pub struct SessionInit {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
-    pub count: u32,
-    /// Bits per value (offset binary).
-    pub width: u16,
+    /// Counters of the same session whose results the device has received
+    /// (each below the frame's own): B may forget them.
+    pub acks: Vec<u64>,
+    /// The masked features, each in its own width
+    /// ([`crate::layout::FrameLayout`]).
     #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }
@@ -240,8 +248,7 @@ pub struct Output {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameResult {
-    pub count: u32,
-    pub width: u16,
+    /// The doubly masked outputs modulo `2^(κ+1)`, `κ + 1` bits each.
     #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }
@@ -296,6 +303,28 @@ impl Envelope {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         codec::encode(self)
+    }
+
+    /// The compact encoding of a message on one of the device's own topics
+    /// (frame, result, ack; see [`crate::wire`]).
+    pub fn to_device_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        crate::wire::encode(self, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a message from one of `device`'s own topics (the topic
+    /// names the device).
+    pub fn from_device_bytes(device: &str, bytes: &[u8]) -> Result<Envelope> {
+        crate::wire::decode(device, bytes)
+    }
+
+    /// Decodes a payload in the encoding its topic carries.
+    pub fn from_topic(topic: &str, bytes: &[u8]) -> Result<Envelope> {
+        match crate::topics::compact_device(topic) {
+            Some(device) => Envelope::from_device_bytes(device, bytes),
+            None => Envelope::from_bytes(bytes),
+        }
     }
 
     /// Decodes and checks the envelope (version, size, device name).

@@ -3,9 +3,10 @@
 //! sees them (fresh permutation, dummies, blinding and masking every round).
 
 use crate::backend::PublicOps;
-use crate::codec::unpack_ints;
-use crate::device::{centre, frame_width, input_masks, output_masks};
+use crate::codec::{FieldReader, low_mask};
+use crate::device::frame_fits;
 use crate::error::{ProtocolError, Result};
+use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::perturb::{GroupRef, PlanInput, Slot, Source, plan_round};
@@ -113,6 +114,8 @@ pub struct RoundTruth {
 
 pub struct ServerA<P: PublicOps> {
     cfg: ServerAConfig,
+    layout: FrameLayout,
+    result: ResultLayout,
     /// Rounds as A built them, when an audit asked for them.
     truth: Option<Vec<RoundTruth>>,
     backend: P,
@@ -149,6 +152,8 @@ impl<P: PublicOps> ServerA<P> {
         }
         let modes = cfg.params.modes(&cfg.topology);
         Ok(ServerA {
+            layout: FrameLayout::new(&cfg.topology, &cfg.params),
+            result: ResultLayout::new(&cfg.topology, &cfg.params),
             cfg,
             backend,
             modes,
@@ -158,6 +163,11 @@ impl<P: PublicOps> ServerA<P> {
             inputs: HashMap::new(),
             truth: None,
         })
+    }
+
+    /// How this model's frames travel.
+    pub fn frame_layout(&self) -> &FrameLayout {
+        &self.layout
     }
 
     /// Keeps (or stops keeping) a [`RoundTruth`] of every round built, for
@@ -265,7 +275,6 @@ impl<P: PublicOps> ServerA<P> {
         t: u64,
         frame: &Frame,
     ) -> Result<Vec<Outgoing>> {
-        let topology = Arc::clone(&self.cfg.topology);
         let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
         if t < session.first_counter {
@@ -290,28 +299,21 @@ impl<P: PublicOps> ServerA<P> {
                     "frame counter {t} leaves no room for {lookahead} counters of mask look-ahead"
                 ))
             })?;
-        let width = frame_width(&topology, &params);
-        if frame.count as usize != topology.input_len || u32::from(frame.width) != width {
-            return Err(ProtocolError::Size(format!(
-                "frame has {} values of {} bits, the model takes {} of {width}",
-                frame.count, frame.width, topology.input_len
-            )));
-        }
-        let values = unpack_ints(&frame.values, topology.input_len, width)?;
-        let a = input_masks(&session.keys, t, &topology, &params);
-        let offset = centre(topology.input_bound_bits + params.sigma);
-        let low = -(I256::ONE << topology.input_bound_bits);
-        let high = offset + (I256::ONE << topology.input_bound_bits);
-        let mut u = Vec::with_capacity(values.len());
-        for (i, (v, a)) in values.iter().zip(&a).enumerate() {
-            // u = x̂ + b, which an honest device keeps inside these bounds.
-            let ui = *v + offset - I256::from(*a);
-            if ui <= low || ui >= high {
+        frame_fits(frame, &self.layout)?;
+        let a = input_masks(&session.keys, t, &self.layout, &self.result);
+        let mut reader = FieldReader::new(&frame.values);
+        let mut u = Vec::with_capacity(a.len());
+        for (i, (field, a)) in self.layout.fields.iter().zip(&a).enumerate() {
+            let width = field.wire_bits();
+            // x̂ - L + b, which an honest device keeps below 2^m + R.
+            let masked = reader.get(width).wrapping_sub(*a) & low_mask(width);
+            if masked > field.max_masked() {
                 return Err(ProtocolError::Range(format!(
                     "frame value {i} is outside the masked input range"
                 )));
             }
-            u.push(ui.as_i128());
+            // u = x̂ + b: fits, as m + 1 ≤ 125 bits.
+            u.push(masked as i128 + i128::from(field.offset));
         }
         let mut out = Vec::new();
         let have_masks = self.masks.contains_key(&(sid, t));
@@ -895,7 +897,7 @@ impl<P: PublicOps> ServerA<P> {
                 topology.output_len
             )));
         }
-        let masks = output_masks(&session.keys, t, &topology, &params);
+        let masks = output_masks(&session.keys, t, &self.result);
         let backend = &self.backend;
         let masked: Vec<P::Ct> = z
             .par_iter()

@@ -4,10 +4,10 @@
 //! not fit the published topology.
 
 use crate::backend::SecretOps;
-use crate::codec::pack_ints;
-use crate::device::{centre, input_masks, output_masks, result_width};
+use crate::device::result_values;
 use crate::error::{ProtocolError, Result};
-use crate::messages::{Body, Envelope, FrameResult, Outgoing, Output, Peer, Round, RoundMode};
+use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
+use crate::messages::{Body, Envelope, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::{MaskKeys, SessionId};
 use crate::round::{RoundShape, ciphertext_count};
@@ -51,6 +51,8 @@ impl session::Owned for Session {
 
 pub struct ServerB<S: SecretOps> {
     cfg: ServerBConfig,
+    layout: FrameLayout,
+    result: ResultLayout,
     backend: S,
     sessions: HashMap<SessionId, Session>,
     /// Index of each activation stage; the output comes after the last.
@@ -68,6 +70,8 @@ impl<S: SecretOps> ServerB<S> {
             .filter_map(|(s, stage)| matches!(stage, Stage::Activation(_)).then_some(s))
             .collect();
         Ok(ServerB {
+            layout: FrameLayout::new(&cfg.topology, &cfg.params),
+            result: ResultLayout::new(&cfg.topology, &cfg.params),
             cfg,
             backend,
             sessions: HashMap::new(),
@@ -174,8 +178,6 @@ impl<S: SecretOps> ServerB<S> {
         t: u64,
         count: u32,
     ) -> Result<Vec<Outgoing>> {
-        let topology = Arc::clone(&self.cfg.topology);
-        let params = &self.cfg.params;
         let session = self.session(device, sid)?;
         if count == 0 || count > MAX_MASK_REQUEST {
             return Err(ProtocolError::Size(format!(
@@ -193,7 +195,7 @@ impl<S: SecretOps> ServerB<S> {
             if session.completed.is_some_and(|c| counter <= c) {
                 continue;
             }
-            let b = input_masks(&session.keys, counter, &topology, params);
+            let b = input_masks(&session.keys, counter, &self.layout, &self.result);
             let masks: Vec<Vec<u8>> = b
                 .par_iter()
                 .map(|v| backend.encode(&backend.encrypt(-I256::from(*v))))
@@ -490,19 +492,8 @@ impl<S: SecretOps> ServerB<S> {
             .sessions
             .get_mut(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        let m_b = output_masks(&session.keys, t, &topology, &params);
-        let offset = centre(output_bits(&topology) + params.sigma);
-        let values: Vec<I256> = masked
-            .iter()
-            .zip(&m_b)
-            .map(|(v, m)| *v + I256::from(*m) - offset)
-            .collect();
-        let width = result_width(&topology, &params);
-        let result = FrameResult {
-            count: values.len() as u32,
-            width: width as u16,
-            values: pack_ints(&values, width)?,
-        };
+        let m_b = output_masks(&session.keys, t, &self.result);
+        let result = result_values(&masked, &m_b, &self.result);
         session.progress.remove(&t);
         // Frames finish in order per session; an earlier one still in
         // progress is abandoned (its round will be refused as a replay).

@@ -57,6 +57,15 @@ pub fn device_of(topic: &str) -> Option<&str> {
     (!device.is_empty()).then_some(device)
 }
 
+/// The device whose frame, result or ack topic this is: the topics whose
+/// messages use the compact encoding of [`crate::wire`].
+pub fn compact_device(topic: &str) -> Option<&str> {
+    let device = device_of(topic)?;
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix("/dev/")?;
+    let kind = rest.strip_prefix(device)?.strip_prefix('/')?;
+    matches!(kind, "frame" | "result" | "ack").then_some(device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +76,10 @@ mod tests {
         assert_eq!(device_of(&session("gw-7", 'b')), Some("gw-7"));
         assert_eq!(device_of("veil/v1/ab/round"), None);
         assert_eq!(device_of("veil/v1/dev//frame"), None);
+        assert_eq!(compact_device(&frame("gw-7")), Some("gw-7"));
+        assert_eq!(compact_device(&result("gw-7")), Some("gw-7"));
+        assert_eq!(compact_device(&ack("gw-7")), Some("gw-7"));
+        assert_eq!(compact_device(&session("gw-7", 'a')), None);
+        assert_eq!(compact_device("veil/v1/ab/a1"), None);
     }
 }

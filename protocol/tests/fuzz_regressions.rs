@@ -11,7 +11,7 @@ use committed::replay;
 use std::path::PathBuf;
 
 use common::{model, paillier_engine, plain_engine};
-use veil_protocol::{Body, Envelope, Params, fuzzing};
+use veil_protocol::{Body, FrameLayout, Params, fuzzing};
 
 #[test]
 fn committed_inputs_replay_without_panics() {
@@ -54,7 +54,7 @@ fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
         ("paillier", &paillier.transcript),
     ] {
         for (i, delivery) in engine_transcript.iter().enumerate() {
-            let envelope = Envelope::from_bytes(&delivery.bytes).expect("real traffic decodes");
+            let envelope = delivery.envelope().expect("real traffic decodes");
             let kind = envelope.body.kind();
             kinds.insert(kind);
             fuzzing::envelope(&delivery.bytes);
@@ -62,8 +62,14 @@ fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
             write_seed(&seeds, "protocol_envelope", &name, &delivery.bytes);
             match &envelope.body {
                 Body::Frame(f) => {
-                    let mut input = vec![u8::try_from(f.width).expect("frame width fits a byte")];
-                    input.extend_from_slice(&u16::try_from(f.count).expect("count").to_le_bytes());
+                    // The widest field, none left out, then the values.
+                    let width = FrameLayout::new(m.topology(), &Params::default())
+                        .fields
+                        .iter()
+                        .map(|f| f.wire_bits())
+                        .max()
+                        .expect("features");
+                    let mut input = vec![u8::try_from(width).expect("frame width fits a byte"), 0];
                     input.extend_from_slice(&f.values);
                     fuzzing::bits(&input);
                     write_seed(&seeds, "protocol_bits", &name, &input);

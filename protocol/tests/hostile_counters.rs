@@ -23,7 +23,7 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
     let (mut engine, x) = fresh();
     let lookahead = Params::default().mask_lookahead;
     for t in [u64::MAX, u64::MAX - 1, u64::MAX - lookahead] {
-        let frame = engine.device.mask_frame(&x, t).expect("device masks");
+        let frame = engine.device.mask_frame(&x, t, &[]).expect("device masks");
         let got = engine.a.handle(frame.envelope);
         assert!(
             matches!(got, Err(ProtocolError::Range(_))),
@@ -33,7 +33,7 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
     // The highest counter whose look-ahead still fits is served, and asks B
     // for exactly the counters up to u64::MAX.
     let t = u64::MAX - lookahead - 1;
-    let frame = engine.device.mask_frame(&x, t).expect("device masks");
+    let frame = engine.device.mask_frame(&x, t, &[]).expect("device masks");
     let out = engine.a.handle(frame.envelope).expect("A takes the frame");
     let request = out
         .iter()

@@ -8,9 +8,10 @@ mod common;
 
 use common::{keys, model, paillier_engine, pima_rows, plain_engine};
 use veil_paillier::SecretKey;
+use veil_protocol::layout::mask_fields;
 use veil_protocol::{
-    Body, Envelope, I256, Params, Peer, Plain, PlainCt, PublicOps, RoundMode, Seed, expand,
-    frame_width, label, pre_activation_bits,
+    Body, Envelope, FrameLayout, I256, Params, Peer, Plain, PlainCt, PublicOps, ResultLayout,
+    RoundMode, Seed, expand_fields, label, pre_activation_bits,
 };
 
 fn seed_from(key: &SecretKey, bytes: &[u8]) -> Seed {
@@ -48,11 +49,13 @@ fn server_a_receives_nothing_it_can_decrypt_and_never_the_frame() {
     }
     let (key_a, key_b) = keys();
     let topology = m.topology();
+    let layout = FrameLayout::new(topology, &params);
+    let widest_mask = layout.mask_bits().max().expect("features");
     let mut seed_a = None;
     let mut frames = 0;
     let mut ciphertexts = 0;
     for delivery in engine.transcript.iter().filter(|d| d.to == Peer::ServerA) {
-        let envelope = Envelope::from_bytes(&delivery.bytes).expect("decodes");
+        let envelope = delivery.envelope().expect("decodes");
         match &envelope.body {
             Body::SessionInit(init) => {
                 assert_eq!(
@@ -64,26 +67,21 @@ fn server_a_receives_nothing_it_can_decrypt_and_never_the_frame() {
             }
             Body::Frame(frame) => {
                 let seed = seed_a.as_ref().expect("the session came first");
-                let width = frame_width(topology, &params);
-                let y =
-                    veil_protocol::codec::unpack_ints(&frame.values, frame.count as usize, width)
-                        .expect("ints");
-                let a = expand(
-                    seed,
-                    label::INPUT,
-                    envelope.t,
-                    topology.input_len,
-                    topology.input_bound_bits + params.sigma,
-                );
-                let centre = I256::ONE << (topology.input_bound_bits + params.sigma);
+                let y = veil_protocol::codec::unpack_fields(&frame.values, &layout.wire_bits())
+                    .expect("fields");
+                // The outputs' masks come first in the stream.
+                let result = ResultLayout::new(topology, &params);
+                let bits: Vec<u32> = mask_fields(&layout, &result).collect();
+                let masks = expand_fields(&seed.derive(label::MASKS), envelope.t, &bits);
+                let a = &masks[result.count..];
                 let x = &rows[frames];
                 let mut far = 0;
-                for ((y, a), x) in y.iter().zip(&a).zip(x) {
-                    // What A can compute: u = y - a = x̂ + b.
-                    let u = *y + centre - I256::from(*a);
-                    let b = u - I256::from(*x);
+                for (((y, a), x), field) in y.iter().zip(a).zip(x).zip(&layout.fields) {
+                    // What A can compute: u' = y - a = x̂ - L + b.
+                    let u = y.wrapping_sub(*a) & ((1u128 << field.wire_bits()) - 1);
+                    let b = u as i128 - i128::from(x - field.offset);
                     assert!(b >= 0, "b is a non-negative mask");
-                    if b >= I256::ONE << (topology.input_bound_bits + params.sigma - 8) {
+                    if b >= 1i128 << (field.mask_bits - 8) {
                         far += 1;
                     }
                 }
@@ -101,7 +99,7 @@ fn server_a_receives_nothing_it_can_decrypt_and_never_the_frame() {
                         "A's key opens nothing"
                     );
                     let real = decrypted_bits(&key_b, bytes).expect("a ciphertext under B's key");
-                    assert!(real <= topology.input_bound_bits + params.sigma);
+                    assert!(real <= widest_mask);
                     ciphertexts += 1;
                 }
             }
@@ -135,10 +133,10 @@ fn device_sends_no_ciphertext_after_set_up() {
             .expect("runs");
     }
     let topology = m.topology();
-    let width = frame_width(topology, &params) as usize;
+    let layout = FrameLayout::new(topology, &params);
     let mut kinds = Vec::new();
     for delivery in engine.transcript.iter().filter(|d| d.from == Peer::Device) {
-        let envelope = Envelope::from_bytes(&delivery.bytes).expect("decodes");
+        let envelope = delivery.envelope().expect("decodes");
         match &envelope.body {
             Body::SessionInit(init) => assert_eq!(
                 init.seed.len(),
@@ -147,10 +145,17 @@ fn device_sends_no_ciphertext_after_set_up() {
             ),
             Body::Frame(frame) => {
                 assert!(
-                    width < 128,
+                    layout.fields.iter().all(|f| f.wire_bits() < 128),
                     "a frame value is a small integer, not a 4096-bit ciphertext"
                 );
-                assert_eq!(frame.values.len(), (topology.input_len * width).div_ceil(8));
+                // Pixels are bytes: 8 + σ + 1 bits each.
+                assert!(
+                    layout
+                        .fields
+                        .iter()
+                        .all(|f| f.wire_bits() == 8 + params.sigma + 1)
+                );
+                assert_eq!(frame.values.len(), layout.bytes);
                 // The whole message is the packed integers plus a small header.
                 assert!(delivery.bytes.len() < frame.values.len() + 64);
             }

@@ -145,8 +145,17 @@ fn count_b(events: &[BEvent], note: BNote) -> usize {
 }
 
 /// The refusal code of an envelope, if it is one.
-fn reject_code(payload: &[u8]) -> Option<(SessionId, u64, RejectCode)> {
-    let env = Envelope::from_bytes(payload).ok()?;
+/// A refusal's session, counter and code. Refusals on a device's result
+/// topic travel in the device's compact encoding, the others as whole
+/// envelopes.
+fn reject_code(topic: &str, payload: &[u8]) -> Option<(SessionId, u64, RejectCode)> {
+    let device = topic
+        .strip_prefix("veil/v1/dev/")
+        .and_then(|rest| rest.strip_suffix("/result"));
+    let env = match device {
+        Some(device) => Envelope::from_device_bytes(device, payload).ok()?,
+        None => Envelope::from_bytes(payload).ok()?,
+    };
     match env.body {
         Body::Reject { code, .. } => Some((env.sid, env.t, code)),
         _ => None,
@@ -198,7 +207,7 @@ fn opening_past_the_quota_retires_the_least_recently_used_session() {
     );
     let refusals: Vec<(String, RejectCode)> = b_transmits(&mut b)
         .into_iter()
-        .filter_map(|t| Some((t.topic.clone(), reject_code(&t.payload)?.2)))
+        .filter_map(|t| Some((t.topic.clone(), reject_code(&t.topic, &t.payload)?.2)))
         .collect();
     assert_eq!(
         refusals,
@@ -353,7 +362,7 @@ fn a_restart_decrypts_only_the_live_sessions() {
     );
     let told: Vec<Option<(SessionId, u64, RejectCode)>> = b_transmits(&mut restarted)
         .iter()
-        .map(|t| reject_code(&t.payload))
+        .map(|t| reject_code(&t.topic, &t.payload))
         .collect();
     assert_eq!(
         told,
@@ -424,7 +433,7 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     assert!(events.contains(&AEvent::ForgetFrame { sid, t }));
     let to_b_refusals: Vec<Transmit> = a_transmits(&mut a)
         .into_iter()
-        .filter(|m| reject_code(&m.payload) == Some((sid, t, RejectCode::UnknownSession)))
+        .filter(|m| reject_code(&m.topic, &m.payload) == Some((sid, t, RejectCode::UnknownSession)))
         .collect();
     assert_eq!(to_b_refusals.len(), 1);
     for m in to_b_refusals {

@@ -28,20 +28,12 @@ async fn malformed_payloads_are_refused_and_service_continues() {
     evil.publish("veil/v1/dev/devA/session/b", garbage.clone())
         .await;
     evil.publish("veil/v1/dev/devA/ack", garbage.clone()).await;
-    // Well-formed, but claiming to be devB on devA's own topic.
-    let forged = Envelope::new(
-        "devB",
-        SessionId([7; 16]),
-        3,
-        Body::Frame(Frame {
-            count: 7,
-            width: 10,
-            values: vec![0; 9],
-        }),
-    )
-    .to_bytes()
-    .unwrap();
-    evil.publish("veil/v1/dev/devA/frame", forged).await;
+    // Well-formed, but claiming to be devB on devA's own session topic
+    // (frames carry no name: their topic is the device's).
+    let forged = Envelope::new("devB", SessionId([7; 16]), 3, Body::Sync)
+        .to_bytes()
+        .unwrap();
+    evil.publish("veil/v1/dev/devA/session/a", forged).await;
     // A frame that cannot fit the model, for a session nobody knows: refused
     // at once, before A stores or parks it. (A well-shaped frame for an
     // unknown session is parked, and only refused after the park timeout.)
@@ -50,12 +42,11 @@ async fn malformed_payloads_are_refused_and_service_continues() {
         SessionId([8; 16]),
         4,
         Body::Frame(Frame {
-            count: 7,
-            width: 10,
+            acks: Vec::new(),
             values: vec![0; 100_000],
         }),
     )
-    .to_bytes()
+    .to_device_bytes()
     .unwrap();
     evil.publish("veil/v1/dev/devA/frame", misshapen).await;
 
@@ -93,7 +84,7 @@ async fn malformed_payloads_are_refused_and_service_continues() {
     // of its six messages.
     let refusals = evil.expect_on("veil/v1/dev/devA/result", 6).await;
     for bytes in refusals {
-        let env = Envelope::from_bytes(&bytes).expect("a well-formed refusal");
+        let env = Envelope::from_device_bytes("devA", &bytes).expect("a well-formed refusal");
         assert_eq!(env.device, "devA");
         assert!(matches!(env.body, Body::Reject { .. }), "{:?}", env.body);
     }

@@ -82,7 +82,8 @@ pub struct Refusal {
     pub detail: String,
 }
 
-/// The bytes of a refusal addressed to `device`'s message `(sid, t)`.
+/// The bytes of a refusal addressed to `device`'s message `(sid, t)`, as
+/// a whole envelope (A's refusals travel to B, which relays them).
 fn reject_bytes(device: &str, sid: SessionId, t: u64, code: RejectCode, detail: &str) -> Vec<u8> {
     let envelope = Envelope::new(
         device,
@@ -98,34 +99,59 @@ fn reject_bytes(device: &str, sid: SessionId, t: u64, code: RejectCode, detail: 
     envelope.to_bytes().unwrap_or_default()
 }
 
-/// Decodes a device's message and checks that it names the device whose
-/// topic carried it (the broker's ACL vouches only for the topic).
+/// The same refusal on the device's result topic (compact encoding).
+fn device_reject_bytes(
+    device: &str,
+    sid: SessionId,
+    t: u64,
+    code: RejectCode,
+    detail: &str,
+) -> Vec<u8> {
+    let mut end = detail.len().min(crate::wire::MAX_DETAIL);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    let body = Body::Reject {
+        code,
+        detail: detail.get(..end).unwrap_or_default().to_string(),
+    };
+    Envelope::new(device, sid, t, body)
+        .to_device_bytes()
+        .unwrap_or_default()
+}
+
+/// Decodes a message from one of a device's own topics (compact
+/// encoding, the device named by the topic the broker's ACL vouches for).
 fn device_envelope(
     device: &str,
     payload: &[u8],
 ) -> Result<Envelope, (SessionId, u64, RejectCode, String)> {
-    match Envelope::from_bytes(payload) {
-        Ok(env) if env.device == device => Ok(env),
-        Ok(env) => Err((
-            env.sid,
-            env.t,
-            RejectCode::WrongDevice,
-            format!(
-                "message names device {:?} on device {device:?}'s topic",
-                env.device
-            ),
-        )),
-        Err(e) => Err((SessionId([0; 16]), 0, e.code(), e.to_string())),
-    }
+    Envelope::from_device_bytes(device, payload)
+        .map_err(|e| (SessionId([0; 16]), 0, e.code(), e.to_string()))
 }
 
-/// A device's session message, checked as [`device_envelope`] does and
-/// refused as malformed if it carries anything but a session.
+/// A device's session message (a whole envelope), checked to name the
+/// device whose topic carried it and refused as malformed if it carries
+/// anything but a session.
 fn session_envelope(
     device: &str,
     payload: &[u8],
 ) -> Result<Envelope, (SessionId, u64, RejectCode, String)> {
-    let env = device_envelope(device, payload)?;
+    let env = match Envelope::from_bytes(payload) {
+        Ok(env) if env.device == device => env,
+        Ok(env) => {
+            return Err((
+                env.sid,
+                env.t,
+                RejectCode::WrongDevice,
+                format!(
+                    "message names device {:?} on device {device:?}'s topic",
+                    env.device
+                ),
+            ));
+        }
+        Err(e) => return Err((SessionId([0; 16]), 0, e.code(), e.to_string())),
+    };
     if matches!(env.body, Body::SessionInit(_)) {
         return Ok(env);
     }

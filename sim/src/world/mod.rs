@@ -264,7 +264,7 @@ impl World {
 
     fn publish(&mut self, from: Party, t: Transmit) {
         if self.trace {
-            let kind = veil_protocol::Envelope::from_bytes(&t.payload)
+            let kind = veil_protocol::Envelope::from_topic(&t.topic, &t.payload)
                 .map(|e| match &e.body {
                     veil_protocol::Body::Reject { code, detail } => {
                         format!("reject t={} {code} {detail}", e.t)
@@ -430,7 +430,7 @@ impl World {
                         if self.trace {
                             eprintln!("{} deliver {:?} {topic}", self.now - START, delivery.to);
                         }
-                        self.checker.received(delivery.to, &payload);
+                        self.checker.received(delivery.to, &topic, &payload);
                         self.handle(delivery.to, Input::Message { topic, payload });
                     }
                     Payload::Confirmed(token) => {

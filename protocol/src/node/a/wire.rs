@@ -49,8 +49,11 @@ impl<P: PublicOps> ServerANode<P> {
             self.refuse_device("frame", device, sid, t, RejectCode::Malformed, detail);
             return;
         };
-        let config = self.machine.config();
-        if let Err(e) = frame_fits(frame, &config.topology, &config.params) {
+        // The device's acknowledgements ride on its frame: pass them on to
+        // B, which holds the results (whatever becomes of the frame).
+        let acks = frame.acks.clone();
+        self.forward_acks(device, sid, &acks);
+        if let Err(e) = frame_fits(frame, self.machine.frame_layout()) {
             // Refused before the store: every stored frame stays on disk
             // until its output is out.
             self.refuse_device(
@@ -93,14 +96,29 @@ impl<P: PublicOps> ServerANode<P> {
                 self.owed.remove(&sid);
             }
         }
+        // Stored as a whole envelope: the device's name is the topic's.
+        let Ok(envelope) = env.to_bytes() else {
+            self.refused("frame", device, RejectCode::Malformed, "unencodable".into());
+            return;
+        };
         self.events.push_back(AEvent::PersistFrame {
             sid,
             t,
             device: device.to_string(),
-            envelope: payload.to_vec(),
+            envelope,
         });
         self.note(ANote::Frame);
         self.submit(now, env);
+    }
+
+    fn forward_acks(&mut self, device: &str, sid: crate::prf::SessionId, acks: &[u64]) {
+        let topic = topics::a_to_b(&self.options.worker);
+        for ack in acks {
+            if let Ok(bytes) = Envelope::new(device, sid, *ack, Body::Ack).to_bytes() {
+                self.transmits
+                    .push_back(Transmit::new(topic.clone(), bytes));
+            }
+        }
     }
 
     pub(super) fn on_from_b(&mut self, now: Millis, payload: &[u8]) {

@@ -7,7 +7,7 @@ use super::{BEvent, BNote, Queued, ServerBNode};
 use crate::backend::SecretOps;
 use crate::messages::{Envelope, RejectCode};
 use crate::node::sessions::{Admission, StoredSession, stored_envelope, triage};
-use crate::node::{Bytes, Millis, Transmit, reject_bytes, session_envelope};
+use crate::node::{Bytes, Millis, Transmit, device_reject_bytes, session_envelope};
 use crate::prf::SessionId;
 use crate::topics;
 
@@ -104,7 +104,7 @@ impl<S: SecretOps> ServerBNode<S> {
     pub(super) fn unknown_session(&mut self, worker: &str, env: &Envelope) {
         self.refuse_a(worker, env, RejectCode::UnknownSession);
         let detail = "B has not received this session".to_string();
-        let bytes = reject_bytes(
+        let bytes = device_reject_bytes(
             &env.device,
             env.sid,
             env.t,

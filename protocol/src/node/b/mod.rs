@@ -5,7 +5,7 @@
 //! session, and relaying A's refusals to devices.
 
 use super::sessions::{SessionBook, SessionLimits};
-use super::{Input, Millis, Refusal, Transmit, device_envelope, reject_bytes};
+use super::{Input, Millis, Refusal, Transmit, device_envelope, device_reject_bytes, reject_bytes};
 use crate::backend::SecretOps;
 use crate::messages::{Body, Envelope, Peer, RejectCode};
 use crate::prf::SessionId;
@@ -272,7 +272,7 @@ impl<S: SecretOps> ServerBNode<S> {
         code: RejectCode,
         detail: String,
     ) {
-        let bytes = reject_bytes(device, sid, t, code, &detail);
+        let bytes = device_reject_bytes(device, sid, t, code, &detail);
         self.transmits
             .push_back(Transmit::new(topics::result(device), bytes));
         self.refused(what, device, code, detail);
@@ -319,22 +319,25 @@ impl<S: SecretOps> ServerBNode<S> {
         }
     }
 
+    /// The device has result `(sid, t)`: forget it.
+    fn acked(&mut self, device: &str, sid: SessionId, t: u64) {
+        let key = (device.to_string(), sid, t);
+        if self.results.remove(&key).is_some() {
+            self.events.push_back(BEvent::ForgetResult {
+                device: device.to_string(),
+                sid,
+                t,
+            });
+            self.note(BNote::Acked);
+        }
+    }
+
     fn on_ack(&mut self, device: &str, payload: &[u8]) {
         let Some(env) = self.device_message("ack", device, payload) else {
             return;
         };
         match env.body {
-            Body::Ack => {
-                let key = (device.to_string(), env.sid, env.t);
-                if self.results.remove(&key).is_some() {
-                    self.events.push_back(BEvent::ForgetResult {
-                        device: device.to_string(),
-                        sid: env.sid,
-                        t: env.t,
-                    });
-                    self.note(BNote::Acked);
-                }
-            }
+            Body::Ack => self.acked(device, env.sid, env.t),
             Body::Sync => self.redeliver(device),
             other => {
                 let detail = format!("{} on the ack topic", other.kind());
@@ -369,7 +372,7 @@ impl<S: SecretOps> ServerBNode<S> {
         match &env.body {
             // A refused a device's message: pass it on to the device, or
             // for a frame already answered, the answer if still queued.
-            Body::Reject { code, .. } => {
+            Body::Reject { code, detail } => {
                 let key = (env.device.clone(), env.sid, env.t);
                 let queued = (*code == RejectCode::Completed)
                     .then(|| self.results.get(&key))
@@ -380,10 +383,15 @@ impl<S: SecretOps> ServerBNode<S> {
                         self.note(BNote::Redelivered);
                         result
                     }
-                    None => payload.to_vec(),
+                    None => device_reject_bytes(&env.device, env.sid, env.t, *code, detail),
                 };
                 self.transmits
                     .push_back(Transmit::new(topics::result(&env.device), bytes));
+                return;
+            }
+            // An acknowledgement that rode on a frame, passed on by A.
+            Body::Ack => {
+                self.acked(&env.device, env.sid, env.t);
                 return;
             }
             Body::MaskRequest { count } => {
@@ -475,7 +483,11 @@ impl<S: SecretOps> ServerBNode<S> {
     fn dispatch(&mut self, now: Millis, worker: &str, outgoing: Vec<crate::messages::Outgoing>) {
         for out in outgoing {
             let env = out.envelope;
-            let bytes = match env.to_bytes() {
+            let encoded = match out.to {
+                Peer::Device => env.to_device_bytes(),
+                _ => env.to_bytes(),
+            };
+            let bytes = match encoded {
                 Ok(b) => b,
                 Err(e) => {
                     self.refused("outgoing", "server-b", e.code(), e.to_string());

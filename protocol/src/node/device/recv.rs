@@ -1,6 +1,7 @@
 //! What comes back to the device: results (opened and delivered once,
-//! then acknowledged) and refusals (an unknown session or a completed
-//! frame is recovered from before a refusal is final).
+//! then acknowledged, usually on the next frame) and refusals (an unknown
+//! session or a completed frame is recovered from before a refusal is
+//! final).
 
 use super::{DeviceEvent, DeviceNode, Settled};
 use crate::messages::{Body, Envelope, RejectCode};
@@ -68,20 +69,15 @@ impl DeviceNode {
 
     pub(super) fn ack(&mut self, sid: SessionId, t: u64) {
         let ack = self.device.ack(sid, t);
-        if let Ok(bytes) = ack.envelope.to_bytes() {
+        if let Ok(bytes) = ack.envelope.to_device_bytes() {
             let topic = topics::ack(&self.device.config().device);
             self.transmits.push_back(Transmit::new(topic, bytes));
         }
     }
 
     pub(super) fn on_result(&mut self, now: Millis, payload: &[u8]) {
-        let env = match Envelope::from_bytes(payload) {
-            Ok(env) if env.device == self.device.config().device => env,
-            Ok(env) => {
-                let why = format!("result addressed to device {:?}", env.device);
-                self.ignored(env.sid, env.t, why);
-                return;
-            }
+        let env = match Envelope::from_device_bytes(&self.device.config().device, payload) {
+            Ok(env) => env,
             Err(e) => {
                 self.ignored(SessionId([0; 16]), 0, e.to_string());
                 return;
@@ -138,7 +134,9 @@ impl DeviceNode {
                     label: entry.label,
                     bytes: payload.len(),
                 });
-                self.ack(sid, t);
+                // Rides on the session's next frame, or goes on its own
+                // after `ack_delay`.
+                self.acks_due.insert((sid, t), now);
             }
             Err(e) => {
                 self.ack(sid, t);
