@@ -1,11 +1,22 @@
 //! Where the device's per-frame CPU time goes: each phase of its work
-//! timed on its own with the thread CPU clock, with warm caches and with
-//! caches flushed before the phase (the way a device thread that sleeps on
-//! the network between frames meets its code and data), plus the two
-//! regions `veil bench device` times and one empty region (the cost of the
-//! clock reads themselves).
+//! timed on its own with the thread CPU clock, with warm caches, with
+//! caches flushed and the thread idle before the phase (the way a device
+//! thread that sleeps on the network between frames meets its code and
+//! data), and right after the thread was woken by another thread that ran
+//! server work (Paillier scalar multiplications, ~1 ms) while it slept;
+//! plus the two regions `veil bench device` times and one empty region
+//! (the cost of the clock reads themselves).
 //!
 //! `cargo run --profile bench -p veil-bench --example device_cache [-- MODEL]`
+//!
+//! `VEIL_IDLE_US` sets the idle time of the flushed column (default 200 µs)
+//! and `VEIL_FRAMES` the frames per phase (default 400). The idle time is
+//! what matters on this VM (2 cores, AMD EPYC, 2026-11-28, pima-mlp): the
+//! two bench regions together take 1.7 µs warm, 4.2 µs flushed after
+//! 200 µs idle, 2.4-2.7 µs after 1 ms of server work, and 9.9 µs flushed after
+//! 40 ms idle (`VEIL_IDLE_US=40000 VEIL_FRAMES=40`), which is the idle a
+//! Pima frame through the broker leaves and what `veil bench device`
+//! measures (9.6 µs). The code is the same in every column.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +24,12 @@ use veil_bench::veil_device::VeilDevice;
 use veil_bench::{load_model, thread_cpu_time};
 use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params};
 
-const FRAMES: u64 = 400;
+fn frames() -> u64 {
+    std::env::var("VEIL_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
 const FLUSH_BYTES: usize = 32 << 20;
 
 struct Flusher(Vec<u8>);
@@ -25,7 +41,53 @@ impl Flusher {
         for byte in self.0.iter_mut().step_by(64) {
             *byte = byte.wrapping_add(1);
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(idle());
+    }
+}
+
+/// How long the device idles between frames (VEIL_IDLE_US, default 200 µs;
+/// a Pima frame through the broker takes about 45 ms).
+fn idle() -> Duration {
+    let us = std::env::var("VEIL_IDLE_US")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    Duration::from_micros(us.unwrap_or(200))
+}
+
+/// A thread standing in for the servers sharing the machine: on request
+/// it runs Paillier work, then wakes the waiting device thread.
+struct Server {
+    request: std::sync::mpsc::SyncSender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let (request, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let (finished, done) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::spawn(move || {
+            let key = veil_paillier::fixtures::key_2048_a();
+            let pk = key.public_key().clone();
+            let mut c = pk.encrypt_i128(12345, pk.fresh_noise(&mut rand::rng()));
+            while requests.recv().is_ok() {
+                for k in 0..16 {
+                    c = pk.mul_i128(&c, (1 << 100) + k);
+                }
+                std::hint::black_box(&c);
+                if finished.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        Server { request, done }
+    }
+
+    /// Blocks until the server's work is done, as the device blocks on its
+    /// socket.
+    fn work(&self) {
+        if self.request.send(()).is_ok() {
+            let _ = self.done.recv();
+        }
     }
 }
 
@@ -70,19 +132,23 @@ fn main() -> anyhow::Result<()> {
         "region 2 of veil bench device: result, then prepare",
     ];
     let mut flusher = Flusher(vec![0u8; FLUSH_BYTES]);
+    let server = Server::start();
     let mut t = 0u64;
-    println!("{name}: thread CPU time per phase, mean of {FRAMES} frames");
-    println!("| phase | warm | caches flushed |\n|---|---|---|");
+    println!(
+        "{name}: thread CPU time per phase, mean of {} frames",
+        frames()
+    );
+    println!("| phase | warm | caches flushed | woken after server work |\n|---|---|---|---|");
     for (p, phase) in phases.iter().enumerate() {
-        let mut spent = [Duration::ZERO; 2];
-        for (c, cold) in [false, true].into_iter().enumerate() {
-            for _ in 0..FRAMES {
+        let mut spent = [Duration::ZERO; 3];
+        for (c, cold) in [0u8, 1, 2].into_iter().enumerate() {
+            for _ in 0..frames() {
                 t += 1;
                 let result = result_of(t)?;
-                let flush = |f: &mut Flusher| {
-                    if cold {
-                        f.flush();
-                    }
+                let flush = |f: &mut Flusher| match cold {
+                    1 => f.flush(),
+                    2 => server.work(),
+                    _ => {}
                 };
                 let d = &mut bench.device;
                 let spent_now = match p {
@@ -121,11 +187,12 @@ fn main() -> anyhow::Result<()> {
                 spent[c] += spent_now;
             }
         }
-        let us = |d: Duration| d.as_secs_f64() * 1e6 / FRAMES as f64;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / frames() as f64;
         println!(
-            "| {phase} | {:.2} µs | {:.2} µs |",
+            "| {phase} | {:.2} µs | {:.2} µs | {:.2} µs |",
             us(spent[0]),
-            us(spent[1])
+            us(spent[1]),
+            us(spent[2])
         );
     }
     Ok(())
