@@ -274,6 +274,17 @@ iter1000:$7$1000$ztdXUm3PL6AGxFqy$gJa0gQPs/FNxQpyy1qeAYkTv+IMfBUSTYT8rNgzd2DrEjL
         assert!(!pw.verify("nobody", b"demo-devA-pass"));
     }
 
+    /// The count config/README.md tells operators to use for passwords a
+    /// person chose; written by Debian's mosquitto_passwd 2.0.11
+    /// (`-c -I 100000 -b pw iter100k pass-100000`).
+    #[test]
+    fn a_high_iteration_count_from_mosquitto_passwd_verifies() {
+        let line = "iter100k:$7$100000$AZeBP5TiaybIdaYe$8EHWcJk8XkXWDS3rwvZCsnOUv+oZHLVXuZfBTjl/r/6X1jLDLrNsg55EMjd3XlnwFalH7hL4uGGA5143RfKRXA==";
+        let pw = PasswordFile::parse(line).unwrap();
+        assert!(pw.verify("iter100k", b"pass-100000"));
+        assert!(!pw.verify("iter100k", b"pass-10000"));
+    }
+
     #[test]
     fn comments_and_blank_lines_are_skipped() {
         let text = format!("# users\n\n{REAL}\n# end\n");

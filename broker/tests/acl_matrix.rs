@@ -177,6 +177,34 @@ fn unknown_and_anonymous_clients_get_nothing_beyond_public_reads() {
     }
 }
 
+/// Mosquitto denies a client whose username or client id holds `+` or `#`
+/// everything, its `user` section included; the gate refuses such names at
+/// CONNECT (tests/identity.rs) and the ACL grants them nothing as well.
+#[test]
+fn wildcard_names_get_nothing_from_config_acl() {
+    let acl = load();
+    for principal in PRINCIPALS {
+        for client_id in [format!("{principal}-+"), format!("{principal}-#")] {
+            let c = acl.for_client(&Identity {
+                username: Some(principal.to_string()),
+                client_id: client_id.clone(),
+            });
+            for topic in topics() {
+                assert!(!c.can_publish(&topic), "{client_id} publish {topic}");
+                assert!(!c.can_read(&topic), "{client_id} read {topic}");
+            }
+        }
+        let c = acl.for_client(&Identity {
+            username: Some(format!("{principal}+")),
+            client_id: principal.to_string(),
+        });
+        for topic in topics() {
+            assert!(!c.can_publish(&topic), "{principal}+ publish {topic}");
+            assert!(!c.can_read(&topic), "{principal}+ read {topic}");
+        }
+    }
+}
+
 #[test]
 fn example_passwords_are_the_documented_demo_ones() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/passwords");

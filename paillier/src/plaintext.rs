@@ -4,6 +4,7 @@ use crate::error::{PaillierError, Result};
 use crate::keys::PublicKey;
 use crypto_bigint::{BoxedUint, Resize};
 use ethnum::I256;
+use zeroize::Zeroize;
 
 /// A Paillier plaintext under a given public key.
 #[derive(Clone, PartialEq, Eq)]
@@ -77,17 +78,33 @@ impl PublicKey {
 
     /// Wraps a residue in `[0, N)` as a plaintext.
     pub fn plaintext_from_residue(&self, residue: &BoxedUint) -> Result<Plaintext> {
-        if residue.bit_width_vartime() > self.bits()
-            || residue.resize_unchecked(self.bits()) >= self.inner.n
-        {
+        if residue.bit_width_vartime() > self.bits() {
+            return Err(PaillierError::PlaintextRange(
+                "residue is not below N".into(),
+            ));
+        }
+        // One resized copy, which the plaintext takes over or which is
+        // wiped: the residue may be a secret (a device's session seed).
+        let mut resized = residue.resize_unchecked(self.bits());
+        if resized >= self.inner.n {
+            resized.zeroize();
             return Err(PaillierError::PlaintextRange(
                 "residue is not below N".into(),
             ));
         }
         Ok(Plaintext {
             key: self.clone(),
-            residue: residue.resize_unchecked(self.bits()),
+            residue: resized,
         })
+    }
+}
+
+/// For plaintexts that are secrets (session seeds): wrap them in
+/// `zeroize::Zeroizing`. Not on drop for every plaintext, since most are
+/// encodings of public or soon-published values.
+impl Zeroize for Plaintext {
+    fn zeroize(&mut self) {
+        self.residue.zeroize();
     }
 }
 

@@ -153,6 +153,30 @@ fn a_key_of_the_other_kind_is_named_as_such() {
     ));
 }
 
+/// The review's case: a `.pub` file given as a server's `key_file` used to
+/// fail with a bincode position (`UnexpectedEnd { additional: 8 }`).
+#[test]
+fn a_public_key_file_read_as_a_secret_key_says_it_is_a_public_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("server-b.pub");
+    key_2048_a()
+        .public_key()
+        .write_to_file(&path)
+        .expect("write");
+    let err = SecretKey::read_from_file(&path).expect_err("a public key file");
+    assert!(
+        matches!(
+            err,
+            PaillierError::WrongKeyKind {
+                expected: "secret key",
+                found: "public key"
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "this is a public key, not a secret key");
+}
+
 #[cfg(unix)]
 #[test]
 fn secret_key_files_are_private_and_loose_ones_are_flagged() {

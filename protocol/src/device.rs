@@ -217,7 +217,7 @@ impl Device {
         let params = self.cfg.params.fingerprint();
         let mut init = |key: &PublicKey, seed: &Seed| -> Result<Body> {
             let residue = zeroize::Zeroizing::new(seed_plaintext(seed));
-            let plaintext = key.plaintext_from_residue(&residue)?;
+            let plaintext = zeroize::Zeroizing::new(key.plaintext_from_residue(&residue)?);
             let ciphertext = key.encrypt(&plaintext, rng)?;
             Ok(Body::SessionInit(SessionInit {
                 model: self.cfg.topology.name.clone(),

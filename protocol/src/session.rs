@@ -79,7 +79,8 @@ pub(crate) fn accept(
         )));
     }
     let ciphertext = public.ciphertext_from_bytes(&init.seed)?;
-    let residue = Zeroizing::new(key.decrypt(&ciphertext)?.residue().clone());
+    let plaintext = Zeroizing::new(key.decrypt(&ciphertext)?);
+    let residue = plaintext.residue();
     if residue.bit_width_vartime() > 256 {
         return Err(ProtocolError::Range(
             "session seed is wider than 256 bits".into(),
