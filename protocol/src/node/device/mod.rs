@@ -335,18 +335,15 @@ impl DeviceNode {
             .values()
             .map(|e| e.captured.saturating_add(self.options.frame_ttl))
             .min();
-        let resend = self
-            .sent
-            .values()
-            .map(|at| at.saturating_add(self.options.resend_after))
-            .min()
-            .filter(|_| self.connected);
-        let acks = self
-            .acks_due
-            .values()
-            .map(|at| at.saturating_add(self.options.ack_delay))
-            .min()
-            .filter(|_| self.connected);
+        // Resends and lone acknowledgements wait for a connection.
+        let due = |since: &mut dyn Iterator<Item = &Millis>, delay: Millis| {
+            since
+                .map(|at| at.saturating_add(delay))
+                .min()
+                .filter(|_| self.connected)
+        };
+        let resend = due(&mut self.sent.values(), self.options.resend_after);
+        let acks = due(&mut self.acks_due.values(), self.options.ack_delay);
         expiry.into_iter().chain(resend).chain(acks).min()
     }
 
