@@ -4,6 +4,7 @@
 //! default build stays quick; without them their subcommands only say how
 //! to rebuild.
 
+mod attack;
 mod audit;
 #[cfg(feature = "bench")]
 mod bench;
@@ -58,6 +59,7 @@ enum Command {
     Provision(provision::Args),
     Demo(demo::Args),
     Load(load::Args),
+    Attack(attack::Args),
     Broker(roles::BrokerArgs),
     ServerA(veil_server_a::cli::Args),
     ServerB(veil_server_b::cli::Args),
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Provision(args) => provision::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Load(args) => load::run(args),
+        Command::Attack(args) => attack::run(args),
         Command::Broker(args) => roles::broker(args),
         Command::ServerA(args) => roles::server_a(args),
         Command::ServerB(args) => roles::server_b(args),
