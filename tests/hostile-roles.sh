@@ -7,7 +7,9 @@
 #
 #   cargo build --release -p veil && tests/hostile-roles.sh [target/release/veil]
 #
-# Environment: DEVICES (8), FRAMES per device and phase (20), PORT (18830),
+# Environment: DEVICES (8), FRAMES per device and phase (20), INTERVAL_MS
+# between a device's frames (500: paced below the servers' capacity, so
+# that latency measures service, not a queue), PORT (18830),
 # MODEL (pima-mlp), CSV (data/pima-test.csv), KEEP=1 keeps the work folder.
 #
 # Two phases with the same broker and servers: the honest devices alone,
@@ -19,6 +21,7 @@ set -euo pipefail
 V=$(realpath "${1:-target/release/veil}")
 DEVICES=${DEVICES:-8}
 FRAMES=${FRAMES:-20}
+INTERVAL_MS=${INTERVAL_MS:-500}
 PORT=${PORT:-18830}
 MODEL=${MODEL:-pima-mlp}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,7 +108,7 @@ phase() {
     for name in "${names[@]}"; do
         VEIL_MQTT_PASSWORD_FILE="$W/devices/$name/$name.password" \
             /usr/bin/time -f %M -o "$tag-$name.rss" "$V" edge-agent \
-            --config "devices/$name/edge-agent-$name.toml" --csv frames.csv \
+            --config "devices/$name/edge-agent-$name.toml" --csv frames.csv --interval-ms "$INTERVAL_MS" \
             --output "$tag-$name.jsonl" --log warn 2>"$tag-$name.log" &
         pids+=($!)
     done
