@@ -23,6 +23,8 @@ use crate::words::{from_u64_words, u64_words};
 use crypto_bigint::{BoxedUint, NonZero, Resize};
 use zeroize::Zeroize;
 
+pub(crate) use batch::batch_width;
+
 pub(crate) const LIMB_BITS: u32 = 52;
 const MASK: u64 = (1 << LIMB_BITS) - 1;
 
@@ -52,6 +54,8 @@ pub(crate) struct Modulus {
     one: Elem,
     width: Width,
     kernel: Kernel,
+    /// The multi-buffer kernels, where the CPU has them.
+    batch: Option<batch::Kernels>,
 }
 
 impl Drop for Modulus {
@@ -155,6 +159,7 @@ impl Modulus {
             one,
             width,
             kernel: select_kernel(padded),
+            batch: batch::select_kernels(),
         }
     }
 
@@ -465,8 +470,11 @@ fn amm_portable(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
     }
 }
 
+mod batch;
 #[cfg(target_arch = "x86_64")]
 mod ifma;
+#[cfg(target_arch = "x86_64")]
+mod ifma_mb;
 
 fn select_kernel(padded: usize) -> Kernel {
     if std::env::var_os("VEIL_PORTABLE_ARITH").is_some() {
@@ -484,6 +492,7 @@ fn select_kernel(padded: usize) -> Kernel {
 impl Modulus {
     pub(crate) fn with_portable_kernel(mut self) -> Self {
         self.kernel = amm_portable;
+        self.batch = None;
         self
     }
 
