@@ -37,7 +37,11 @@ fn check_decrypt_batch(secret: &SecretKey, count: usize, seed: u64) {
     let vs = values(count, seed);
     let cts: Vec<Ciphertext> = vs
         .iter()
-        .map(|&v| secret.encrypt(&public.encode_i128(v), &mut r).expect("encrypts"))
+        .map(|&v| {
+            secret
+                .encrypt(&public.encode_i128(v), &mut r)
+                .expect("encrypts")
+        })
         .collect();
     let batch = secret.decrypt_batch(&cts).expect("decrypts");
     assert_eq!(batch.len(), count);
@@ -102,8 +106,17 @@ fn decrypt_batch_rejects_another_keys_ciphertext() {
     let b = key_2048_b();
     let mut r = rng(4);
     let mut cts: Vec<Ciphertext> = (0..9)
-        .map(|i| a.encrypt(&a.public_key().encode_i128(i), &mut r).expect("encrypts"))
+        .map(|i| {
+            a.encrypt(&a.public_key().encode_i128(i), &mut r)
+                .expect("encrypts")
+        })
         .collect();
-    cts.push(b.encrypt(&b.public_key().encode_i128(1), &mut r).expect("encrypts"));
-    assert!(matches!(a.decrypt_batch(&cts), Err(PaillierError::KeyMismatch)));
+    cts.push(
+        b.encrypt(&b.public_key().encode_i128(1), &mut r)
+            .expect("encrypts"),
+    );
+    assert!(matches!(
+        a.decrypt_batch(&cts),
+        Err(PaillierError::KeyMismatch)
+    ));
 }

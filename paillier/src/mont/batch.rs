@@ -28,6 +28,7 @@ const MIN_LANES: usize = 3;
 pub(crate) struct Lane8(pub(crate) [u64; LANES]);
 
 type MulKernel = fn(&Modulus, &[Lane8], &[Lane8], &mut [Lane8]);
+type SqrKernel = fn(&Modulus, &[Lane8], &mut [Lane8]);
 type SelectKernel = fn(&[Vec<Lane8>], &Lane8, usize, &mut [Lane8]);
 type SelectSharedKernel = fn(&[Elem], &Lane8, usize, &mut [Lane8]);
 
@@ -35,6 +36,8 @@ type SelectSharedKernel = fn(&[Elem], &Lane8, usize, &mut [Lane8]);
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     mul: MulKernel,
+    /// Leaves the square in the first n of 2n vectors.
+    sqr: SqrKernel,
     select: SelectKernel,
     select_shared: SelectSharedKernel,
 }
@@ -49,6 +52,7 @@ pub(super) fn select_kernels() -> Option<Kernels> {
     if super::ifma_mb::available() {
         return Some(Kernels {
             mul: super::ifma_mb::mul,
+            sqr: super::ifma_mb::sqr,
             select: super::ifma_mb::select,
             select_shared: super::ifma_mb::select_shared,
         });
@@ -102,6 +106,13 @@ impl Ctx<'_> {
         vec![Lane8::default(); self.modulus.n]
     }
 
+    /// Room for a square before its reduction: the accumulator and scratch
+    /// buffers of an exponentiation.
+    fn wide(&self, mut v: Vec<Lane8>) -> Vec<Lane8> {
+        v.resize(2 * self.modulus.n, Lane8::default());
+        v
+    }
+
     /// Transposes up to eight elements; missing lanes hold one.
     fn pack<'e>(&self, elems: impl Iterator<Item = &'e Elem>) -> Vec<Lane8> {
         let mut out = self.broadcast(&self.modulus.one);
@@ -124,7 +135,7 @@ impl Ctx<'_> {
         (0..self.live)
             .map(|lane| {
                 let mut limbs = vec![0u64; self.modulus.padded];
-                for (l, limb) in limbs.iter_mut().zip(v) {
+                for (l, limb) in limbs.iter_mut().zip(&v[..self.modulus.n]) {
                     *l = limb.0[lane];
                 }
                 Elem(limbs)
@@ -158,9 +169,10 @@ impl Ctx<'_> {
         std::mem::swap(acc, scratch);
     }
 
+    /// `acc ← acc²`, through `scratch`; both must be wide.
     fn sqr_assign(&self, acc: &mut Vec<Lane8>, scratch: &mut Vec<Lane8>) {
         self.charge(true);
-        (self.k.mul)(self.modulus, acc, acc, scratch);
+        (self.k.sqr)(self.modulus, acc, scratch);
         std::mem::swap(acc, scratch);
     }
 }
@@ -201,8 +213,8 @@ impl Modulus {
             table.push(next);
         }
         let windows = exp_bits.div_ceil(WINDOW);
-        let mut acc = ctx.broadcast(&self.one);
-        let mut scratch = ctx.zeros();
+        let mut acc = ctx.wide(ctx.broadcast(&self.one));
+        let mut scratch = ctx.wide(ctx.zeros());
         let mut selected = ctx.zeros();
         let mut digits = Lane8::default();
         for w in (0..windows).rev() {
@@ -252,8 +264,8 @@ impl Modulus {
         let base = ctx.pack(bases.iter());
         let mut odd = Vec::with_capacity(1 << (window - 1));
         if window > 1 {
-            let mut square = base.clone();
-            let mut scratch = ctx.zeros();
+            let mut square = ctx.wide(base.clone());
+            let mut scratch = ctx.wide(ctx.zeros());
             ctx.sqr_assign(&mut square, &mut scratch);
             odd.push(base);
             for i in 1..(1usize << (window - 1)) {
@@ -264,7 +276,7 @@ impl Modulus {
             odd.push(base);
         }
         let bit = |i: u32| (exp[(i / 64) as usize] >> (i % 64)) & 1 == 1;
-        let mut scratch = ctx.zeros();
+        let mut scratch = ctx.wide(ctx.zeros());
         let mut acc: Option<Vec<Lane8>> = None;
         let mut i = bits as i64 - 1;
         while i >= 0 {
@@ -294,7 +306,7 @@ impl Modulus {
                     ctx.mul_assign(&mut a, factor, &mut scratch, false);
                     a
                 }
-                None => factor.clone(),
+                None => ctx.wide(factor.clone()),
             });
             i = low - 1;
         }
@@ -429,6 +441,95 @@ mod tests {
             for (g, b) in got.iter().zip(&bases) {
                 assert_eq!(g.0, ctx.pow_ct(b, &exp, 1024).0);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::super::Width;
+    use super::*;
+    use crate::words::{from_u64_words, u64_words};
+    use crypto_bigint::{BoxedUint, RandomBits};
+    use rand::SeedableRng;
+    use rand::rngs::ChaCha20Rng;
+
+    #[test]
+    #[ignore]
+    fn time_kernels() {
+        for bits in [2048u32, 4096] {
+            let mut rng = ChaCha20Rng::seed_from_u64(1);
+            let mut w = u64_words(&BoxedUint::random_bits(&mut rng, bits));
+            w[0] |= 1;
+            let m = from_u64_words(&w);
+            let ctx = Modulus::new(&m, bits, Width::Half);
+            let k = ctx.batch.unwrap();
+            let c = ctx.lanes(k, 8);
+            let a: Vec<Lane8> = (0..ctx.n)
+                .map(|j| Lane8([j as u64 * 12345 % (1 << 50); 8]))
+                .collect();
+            let mut acc = a.clone();
+            let mut scratch = c.zeros();
+            let iters = 100;
+            let mut best = f64::MAX;
+            for _ in 0..60 {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    c.mul_assign(&mut acc, &a, &mut scratch, false);
+                }
+                best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+            }
+            let mut acc = c.wide(a.clone());
+            let mut scratch = c.wide(c.zeros());
+            let mut bests = f64::MAX;
+            for _ in 0..60 {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    c.sqr_assign(&mut acc, &mut scratch);
+                }
+                bests = bests.min(t.elapsed().as_secs_f64() / iters as f64);
+            }
+            println!("sqr {:.2} us", bests * 1e6);
+            let e = ctx.one();
+            let mut x = ctx.one();
+            let mut best1 = f64::MAX;
+            for _ in 0..60 {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    ctx.mul_assign(&mut x, &e);
+                }
+                best1 = best1.min(t.elapsed().as_secs_f64() / iters as f64);
+            }
+            let bases: Vec<Elem> = (0..8)
+                .map(|i| ctx.enter(&BoxedUint::from(1234567u64 + i)))
+                .collect();
+            let exp = u64_words(&BoxedUint::random_bits(&mut rng, 1024));
+            let (mut pb, mut ps) = (f64::MAX, f64::MAX);
+            for _ in 0..15 {
+                let t = std::time::Instant::now();
+                let _ = ctx.pow_ct_many(&bases, &[&exp], 1024);
+                pb = pb.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                for b in &bases {
+                    let _ = ctx.pow_ct(b, &exp, 1024);
+                }
+                ps = ps.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "pow_ct 1024-bit x8: batch {:.0} us, single {:.0} us, ratio {:.2}",
+                pb * 1e6,
+                ps * 1e6,
+                ps / pb
+            );
+            let madds = 4.0 * (ctx.n * ctx.n) as f64;
+            println!(
+                "bits {bits} n {}: batch {:.2} us ({:.3} ns/madd), single {:.3} us, ratio per op {:.2}",
+                ctx.n,
+                best * 1e6,
+                best * 1e9 / madds,
+                best1 * 1e6,
+                best1 * 8.0 / best
+            );
         }
     }
 }
