@@ -17,6 +17,12 @@
 //! have data-independent memory access, so they are fit for secret moduli and
 //! exponents. The sliding-window exponentiation is variable time and is only
 //! used with public exponents or ones owned by the computing party.
+//!
+//! Independent exponentiations with one modulus (decryptions, noise) also
+//! run eight at a time ([`batch`]): the multi-buffer kernel puts one
+//! operation in each 64-bit lane, which keeps the multiply-add units busy
+//! where the single-operation kernel waits on its carry chain, for about
+//! twice the throughput at 2048 bits.
 
 use crate::counter;
 use crate::words::{from_u64_words, u64_words};

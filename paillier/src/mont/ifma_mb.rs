@@ -8,10 +8,16 @@
 //! multiplication: the shift is a renaming of registers, y is computed for
 //! eight operations at once, and the 4·n² multiply-adds of one step are
 //! independent of each other, so the multipliers stay busy. This is the
-//! layout of Intel's ipp-crypto "mbx" and Paillier library; no maintained
-//! Rust crate offers it, hence these hand-written intrinsics (the second and
-//! last file of the workspace with `unsafe`, all behind runtime feature
-//! detection).
+//! layout of Intel's ipp-crypto "mbx" and Paillier library (both C/C++ and
+//! assembly); no maintained Rust crate offers multi-buffer IFMA arithmetic,
+//! hence these hand-written intrinsics (with [`super::ifma`], the crate's
+//! only `unsafe`, all behind runtime feature detection).
+//!
+//! Measured on the project's 2-core AMD EPYC machine (one 52×52-bit
+//! multiply-add per cycle for 512-bit registers): a batch of eight 2048-bit
+//! multiplications takes 1.8 µs, which is that throughput bound (4·n² =
+//! 6,400 multiply-adds), against 0.42 µs for one with the single-operation
+//! kernel; a batch of squares 1.5 µs.
 
 use super::batch::Lane8;
 use super::{LIMB_BITS, MASK, Modulus};
