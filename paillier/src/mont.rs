@@ -515,7 +515,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::ChaCha20Rng;
 
-    fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
+    pub(super) fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
         let mut words = u64_words(&BoxedUint::random_bits(rng, bits));
         words[0] |= 1;
         let top = (bits - 1) as usize;

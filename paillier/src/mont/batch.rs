@@ -357,20 +357,13 @@ impl Modulus {
 #[cfg(test)]
 mod tests {
     use super::super::Width;
+    use super::super::tests::random_odd;
     use super::*;
-    use crate::words::{from_u64_words, u64_words};
+    use crate::words::u64_words;
     use crypto_bigint::{BoxedUint, NonZero, RandomBits};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::ChaCha20Rng;
-
-    fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
-        let mut words = u64_words(&BoxedUint::random_bits(rng, bits));
-        words[0] |= 1;
-        let top = (bits - 1) as usize;
-        words[top / 64] |= 1 << (top % 64);
-        from_u64_words(&words)
-    }
 
     /// A modulus with the dispatched kernels and the same with the portable
     /// ones, and `count` random bases.

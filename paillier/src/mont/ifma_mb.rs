@@ -28,6 +28,51 @@ pub(super) fn available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512ifma")
 }
 
+/// The quotient digit y that clears position 0 (holding `t`) and what is
+/// left of it after `m_0·y`: added to position 1 when there is one, else
+/// returned as the carry into the top position. y depends only on the low
+/// 52 bits of t, which is all vpmadd52luq reads of it. Safety: avx512f and
+/// avx512ifma; `op` points to `n` vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn reduce_low(
+    op: *mut __m512i,
+    t: __m512i,
+    m0: __m512i,
+    k0v: __m512i,
+    n: usize,
+) -> (__m512i, __m512i) {
+    let zero = _mm512_setzero_si512();
+    let y = _mm512_madd52lo_epu64(zero, t, k0v);
+    let carry = _mm512_srli_epi64(_mm512_madd52lo_epu64(t, m0, y), LIMB_BITS);
+    if n == 1 {
+        return (y, carry);
+    }
+    // SAFETY: n > 1, so position 1 is inside the caller's n vectors.
+    unsafe {
+        let t = _mm512_add_epi64(_mm512_load_si512(op.add(1)), carry);
+        _mm512_store_si512(op.add(1), t);
+    }
+    (y, zero)
+}
+
+/// Carries every position into the next, leaving limbs below 2^52.
+/// Safety: avx512f; `op` points to `n` vectors.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn normalize(op: *mut __m512i, n: usize) {
+    let mask = _mm512_set1_epi64(MASK as i64);
+    let mut carry = _mm512_setzero_si512();
+    for j in 0..n {
+        // SAFETY: j < n, inside the caller's vectors.
+        unsafe {
+            let v = _mm512_add_epi64(_mm512_load_si512(op.add(j)), carry);
+            _mm512_store_si512(op.add(j), _mm512_and_si512(v, mask));
+            carry = _mm512_srli_epi64(v, LIMB_BITS);
+        }
+    }
+}
+
 /// Eight almost-Montgomery products `a·b·R^-1` (each below `2m` for inputs
 /// below `2m`), limb for limb the same integers as the single-operation
 /// kernels compute. Safety: the CPU must support avx512f and avx512ifma;
@@ -51,18 +96,10 @@ unsafe fn amm8(a: &[Lane8], b: &[Lane8], m: &[u64], k0: u64, n: usize, out: &mut
             let bi = _mm512_load_si512(bp.add(i));
             let a0 = _mm512_load_si512(ap);
             let m0 = _mm512_set1_epi64(*mp as i64);
-            let mut t = _mm512_madd52lo_epu64(_mm512_load_si512(op), a0, bi);
+            let t = _mm512_madd52lo_epu64(_mm512_load_si512(op), a0, bi);
             // y depends only on the low 52 bits of t, which is all
             // vpmadd52luq reads of it.
-            let y = _mm512_madd52lo_epu64(zero, t, k0v);
-            t = _mm512_madd52lo_epu64(t, m0, y);
-            // The low 52 bits of t are now zero: what is left moves up.
-            let mut carry = _mm512_srli_epi64(t, LIMB_BITS);
-            if n > 1 {
-                let t = _mm512_add_epi64(_mm512_load_si512(op.add(1)), carry);
-                _mm512_store_si512(op.add(1), t);
-                carry = zero;
-            }
+            let (y, carry) = reduce_low(op, t, m0, k0v, n);
             let (mut a_prev, mut m_prev) = (a0, m0);
             // Limb j's low halves and limb j-1's high halves land in
             // position j, which after the shift by one limb is j-1.
@@ -81,13 +118,7 @@ unsafe fn amm8(a: &[Lane8], b: &[Lane8], m: &[u64], k0: u64, n: usize, out: &mut
             t = _mm512_madd52hi_epu64(t, m_prev, y);
             _mm512_store_si512(op.add(n - 1), t);
         }
-        let mask = _mm512_set1_epi64(MASK as i64);
-        let mut carry = zero;
-        for j in 0..n {
-            let v = _mm512_add_epi64(_mm512_load_si512(op.add(j)), carry);
-            _mm512_store_si512(op.add(j), _mm512_and_si512(v, mask));
-            carry = _mm512_srli_epi64(v, LIMB_BITS);
-        }
+        normalize(op, n);
     }
 }
 
@@ -133,14 +164,7 @@ unsafe fn ams8(a: &[Lane8], m: &[u64], k0: u64, n: usize, out: &mut [Lane8]) {
             if i == 0 {
                 t = _mm512_madd52lo_epu64(t, ai, ai);
             }
-            let y = _mm512_madd52lo_epu64(zero, t, k0v);
-            t = _mm512_madd52lo_epu64(t, m0, y);
-            let mut carry = _mm512_srli_epi64(t, LIMB_BITS);
-            if n > 1 {
-                let t = _mm512_add_epi64(_mm512_load_si512(op.add(1)), carry);
-                _mm512_store_si512(op.add(1), t);
-                carry = zero;
-            }
+            let (y, carry) = reduce_low(op, t, m0, k0v, n);
             // Position p (absolute i + p) moves to p - 1. Below p = i only
             // the reduction adds; at i and i+1 the square a_i²; above, the
             // doubled cross products.
@@ -188,12 +212,7 @@ unsafe fn ams8(a: &[Lane8], m: &[u64], k0: u64, n: usize, out: &mut [Lane8]) {
             };
             _mm512_store_si512(op.add(n - 1), t);
         }
-        let mut carry = zero;
-        for j in 0..n {
-            let v = _mm512_add_epi64(_mm512_load_si512(op.add(j)), carry);
-            _mm512_store_si512(op.add(j), _mm512_and_si512(v, mask));
-            carry = _mm512_srli_epi64(v, LIMB_BITS);
-        }
+        normalize(op, n);
     }
 }
 
