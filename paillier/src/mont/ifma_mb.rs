@@ -97,8 +97,6 @@ unsafe fn amm8(a: &[Lane8], b: &[Lane8], m: &[u64], k0: u64, n: usize, out: &mut
             let a0 = _mm512_load_si512(ap);
             let m0 = _mm512_set1_epi64(*mp as i64);
             let t = _mm512_madd52lo_epu64(_mm512_load_si512(op), a0, bi);
-            // y depends only on the low 52 bits of t, which is all
-            // vpmadd52luq reads of it.
             let (y, carry) = reduce_low(op, t, m0, k0v, n);
             let (mut a_prev, mut m_prev) = (a0, m0);
             // Limb j's low halves and limb j-1's high halves land in
