@@ -113,23 +113,27 @@ impl Crt {
         Option::from(lp.invert_mod(p))
     }
 
-    /// `m mod p` from `c`: `L_p(c^(p-1) mod p²)·h_p mod p`.
-    fn half_decrypt(
+    /// `c^exponent mod square` for every `c`, in batches, in standard form.
+    fn half_pow_many(
         &self,
-        c: &BoxedUint,
-        prime: &NonZero<BoxedUint>,
+        cs: &[BoxedUint],
         square: &NonZero<BoxedUint>,
         ctx: &Modulus,
         exponent: &BoxedUint,
-        h: &BoxedUint,
-    ) -> BoxedUint {
-        let reduced = c.rem(square).resize_unchecked(self.bits);
-        let x = ctx.pow_ct(
-            &ctx.enter(&reduced),
-            &crate::words::u64_words(exponent),
-            self.half_bits,
-        );
-        let x = ctx.retrieve(&x).resize_unchecked(self.bits);
+    ) -> Vec<BoxedUint> {
+        let bases: Vec<_> = cs
+            .iter()
+            .map(|c| ctx.enter(&c.rem(square).resize_unchecked(self.bits)))
+            .collect();
+        let exponent = crate::words::u64_words(exponent);
+        ctx.pow_ct_many(&bases, &[&exponent], self.half_bits)
+            .iter()
+            .map(|x| ctx.retrieve(x).resize_unchecked(self.bits))
+            .collect()
+    }
+
+    /// `m mod p` from `x = c^(p-1) mod p²`: `L_p(x)·h_p mod p`.
+    fn half_finish(&self, x: &BoxedUint, prime: &NonZero<BoxedUint>, h: &BoxedUint) -> BoxedUint {
         counter::half(2);
         let one = BoxedUint::one_with_precision(self.bits);
         let (l, _) = x.wrapping_sub(&one).div_rem(prime);
@@ -139,33 +143,35 @@ impl Crt {
     /// Decrypts `c` (below N²) to the residue `m` in `[0, N)` with `bits`
     /// precision.
     pub(crate) fn decrypt(&self, c: &BoxedUint) -> BoxedUint {
-        let mp = self.half_decrypt(
-            c,
-            &self.p,
-            &self.pp,
-            &self.pp_ctx,
-            &self.p_minus_1,
-            &self.hp,
-        );
-        let mq = self.half_decrypt(
-            c,
-            &self.q,
-            &self.qq,
-            &self.qq_ctx,
-            &self.q_minus_1,
-            &self.hq,
-        );
-        // Garner: m = m_q + q·((m_p - m_q)·q^-1 mod p).
-        let diff = mp.sub_mod(&mq.rem(&self.p), &self.p);
-        let h = diff.mul_mod(&self.q_inv_p, &self.p);
-        self.q
-            .as_ref()
-            .concatenating_mul(&h)
-            .resize_unchecked(self.bits)
-            .wrapping_add(&mq)
+        self.decrypt_many(std::slice::from_ref(c))
+            .pop()
+            .unwrap_or_else(|| BoxedUint::zero_with_precision(self.bits))
     }
 
-    /// A uniformly random N-th residue modulo N², in standard form with
+    /// [`Crt::decrypt`] of every ciphertext, eight exponentiations at a
+    /// time where the multi-buffer kernel runs; the same results.
+    pub(crate) fn decrypt_many(&self, cs: &[BoxedUint]) -> Vec<BoxedUint> {
+        let xp = self.half_pow_many(cs, &self.pp, &self.pp_ctx, &self.p_minus_1);
+        let xq = self.half_pow_many(cs, &self.qq, &self.qq_ctx, &self.q_minus_1);
+        xp.iter()
+            .zip(&xq)
+            .map(|(xp, xq)| {
+                let mp = self.half_finish(xp, &self.p, &self.hp);
+                let mq = self.half_finish(xq, &self.q, &self.hq);
+                // Garner: m = m_q + q·((m_p - m_q)·q^-1 mod p).
+                let diff = mp.sub_mod(&mq.rem(&self.p), &self.p);
+                let h = diff.mul_mod(&self.q_inv_p, &self.p);
+                self.q
+                    .as_ref()
+                    .concatenating_mul(&h)
+                    .resize_unchecked(self.bits)
+                    .wrapping_add(&mq)
+            })
+            .collect()
+    }
+
+    /// `count` uniformly random N-th residues modulo N², value i drawn from
+    /// generator `i mod rngs.len()`, in standard form with
     /// `2·bits` precision, or `None` for keys where this shortcut does not
     /// give the right distribution.
     ///
@@ -175,38 +181,50 @@ impl Crt {
     /// combination of `x^p mod p²` and `y^q mod q²` has the distribution of
     /// `r^N mod N²` for uniform r, at the price of two exponents of half the
     /// size modulo half-size moduli.
-    pub(crate) fn noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Option<BoxedUint> {
+    ///
+    /// The exponentiations run in batches of eight where the CPU allows.
+    pub(crate) fn noise_many<R: CryptoRng + ?Sized>(
+        &self,
+        rngs: &mut [&mut R],
+        count: usize,
+    ) -> Option<Vec<BoxedUint>> {
         if !self.noise_ok {
             return None;
         }
-        let yp = self.residue_mod_square(rng, &self.pp, &self.pp_ctx, &self.p);
-        let yq = self.residue_mod_square(rng, &self.qq, &self.qq_ctx, &self.q);
-        let diff = yq.sub_mod(&yp.rem(&self.qq), &self.qq);
-        let h = diff.mul_mod(&self.pp_inv_qq, &self.qq);
-        let wide = 2 * self.bits;
-        let high = self
-            .pp
-            .as_ref()
-            .concatenating_mul(&h)
-            .resize_unchecked(wide);
-        Some(high.wrapping_add(yp.resize_unchecked(wide)))
-    }
-
-    fn residue_mod_square<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        square: &NonZero<BoxedUint>,
-        ctx: &Modulus,
-        prime: &NonZero<BoxedUint>,
-    ) -> BoxedUint {
         // x = 0 or a multiple of the prime has probability 2^-1000; such an
         // x still yields a valid (if non-unit) value, never a panic.
-        let x = BoxedUint::random_mod_vartime(rng, square);
-        let y = ctx.pow_ct(
-            &ctx.enter(&x),
-            &crate::words::u64_words(prime.as_ref()),
-            self.half_bits,
-        );
-        ctx.retrieve(&y).resize_unchecked(self.bits)
+        let lanes = rngs.len();
+        if lanes == 0 {
+            return Some(Vec::new());
+        }
+        let (mut xp, mut xq): (Vec<_>, Vec<_>) = (0..count)
+            .map(|i| {
+                let rng = &mut *rngs[i % lanes];
+                let xp = BoxedUint::random_mod_vartime(rng, &self.pp);
+                let xq = BoxedUint::random_mod_vartime(rng, &self.qq);
+                (xp, xq)
+            })
+            .unzip();
+        let mut yp = self.half_pow_many(&xp, &self.pp, &self.pp_ctx, self.p.as_ref());
+        let mut yq = self.half_pow_many(&xq, &self.qq, &self.qq_ctx, self.q.as_ref());
+        let wide = 2 * self.bits;
+        let out = yp
+            .iter()
+            .zip(&yq)
+            .map(|(yp, yq)| {
+                let diff = yq.sub_mod(&yp.rem(&self.qq), &self.qq);
+                let h = diff.mul_mod(&self.pp_inv_qq, &self.qq);
+                let high = self
+                    .pp
+                    .as_ref()
+                    .concatenating_mul(&h)
+                    .resize_unchecked(wide);
+                high.wrapping_add(yp.resize_unchecked(wide))
+            })
+            .collect();
+        for v in xp.iter_mut().chain(&mut xq).chain(&mut yp).chain(&mut yq) {
+            v.zeroize();
+        }
+        Some(out)
     }
 }

@@ -8,6 +8,17 @@
 //! Secret-key arithmetic is constant time and the secret key is zeroized on
 //! drop; everything decoded from outside (keys, ciphertexts) is validated.
 //!
+//! # Batches
+//!
+//! [`SecretKey::decrypt_batch`], [`SecretKey::crt_noise_batch`],
+//! [`PublicKey::fresh_noise_batch`] and [`FixedBaseNoise::noise_batch`] give
+//! exactly what the single operations give, with the exponentiations run
+//! eight at a time on AVX-512 IFMA (one operation per 64-bit lane, Intel's
+//! "multi-buffer" technique); noise pools fill that way. The kernels are
+//! written by hand because no maintained Rust crate offers multi-buffer
+//! IFMA arithmetic. Without IFMA, or with `VEIL_PORTABLE_ARITH=1`, the
+//! batched calls run the single operations one after another.
+//!
 //! # Randomness
 //!
 //! The crate offers three sources of encryption noise with different costs

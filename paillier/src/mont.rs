@@ -17,11 +17,19 @@
 //! have data-independent memory access, so they are fit for secret moduli and
 //! exponents. The sliding-window exponentiation is variable time and is only
 //! used with public exponents or ones owned by the computing party.
+//!
+//! Independent exponentiations with one modulus (decryptions, noise) also
+//! run eight at a time ([`batch`]): the multi-buffer kernel puts one
+//! operation in each 64-bit lane, which keeps the multiply-add units busy
+//! where the single-operation kernel waits on its carry chain, for about
+//! twice the throughput at 2048 bits.
 
 use crate::counter;
 use crate::words::{from_u64_words, u64_words};
 use crypto_bigint::{BoxedUint, NonZero, Resize};
 use zeroize::Zeroize;
+
+pub(crate) use batch::batch_width;
 
 pub(crate) const LIMB_BITS: u32 = 52;
 const MASK: u64 = (1 << LIMB_BITS) - 1;
@@ -52,6 +60,8 @@ pub(crate) struct Modulus {
     one: Elem,
     width: Width,
     kernel: Kernel,
+    /// The multi-buffer kernels, where the CPU has them.
+    batch: Option<batch::Kernels>,
 }
 
 impl Drop for Modulus {
@@ -155,6 +165,7 @@ impl Modulus {
             one,
             width,
             kernel: select_kernel(padded),
+            batch: batch::select_kernels(),
         }
     }
 
@@ -465,8 +476,11 @@ fn amm_portable(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
     }
 }
 
+mod batch;
 #[cfg(target_arch = "x86_64")]
 mod ifma;
+#[cfg(target_arch = "x86_64")]
+mod ifma_mb;
 
 fn select_kernel(padded: usize) -> Kernel {
     if std::env::var_os("VEIL_PORTABLE_ARITH").is_some() {
@@ -484,6 +498,7 @@ fn select_kernel(padded: usize) -> Kernel {
 impl Modulus {
     pub(crate) fn with_portable_kernel(mut self) -> Self {
         self.kernel = amm_portable;
+        self.batch = None;
         self
     }
 
@@ -500,7 +515,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::ChaCha20Rng;
 
-    fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
+    pub(super) fn random_odd(rng: &mut ChaCha20Rng, bits: u32) -> BoxedUint {
         let mut words = u64_words(&BoxedUint::random_bits(rng, bits));
         words[0] |= 1;
         let top = (bits - 1) as usize;

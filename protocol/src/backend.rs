@@ -67,6 +67,27 @@ pub trait SecretOps: PublicOps {
     fn decrypt(&self, c: &Self::Ct) -> Result<I256>;
     /// Decrypts a packed ciphertext holding `count` values.
     fn unpack(&self, c: &Self::Ct, value_bits: u32, count: usize) -> Result<Vec<I256>>;
+
+    /// [`SecretOps::decrypt`] of every ciphertext, in parallel.
+    fn decrypt_many(&self, cs: &[Self::Ct]) -> Result<Vec<I256>> {
+        use rayon::prelude::*;
+        cs.par_iter().map(|c| self.decrypt(c)).collect()
+    }
+
+    /// [`SecretOps::unpack`] of every ciphertext, `counts[i]` values from
+    /// the i-th, in parallel.
+    fn unpack_many(
+        &self,
+        cs: &[Self::Ct],
+        value_bits: u32,
+        counts: &[usize],
+    ) -> Result<Vec<Vec<I256>>> {
+        use rayon::prelude::*;
+        cs.par_iter()
+            .zip(counts)
+            .map(|(c, &count)| self.unpack(c, value_bits, count))
+            .collect()
+    }
 }
 
 /// Where a Paillier backend gets fresh encryption noise.
@@ -306,6 +327,27 @@ impl SecretOps for PaillierSecret {
     fn unpack(&self, c: &Ciphertext, value_bits: u32, count: usize) -> Result<Vec<I256>> {
         let layout = self.key().pack_layout(value_bits)?;
         Ok(self.secret.decrypt(c)?.unpack(&layout, count)?)
+    }
+
+    /// Eight decryptions at a time on AVX-512 IFMA (the same values).
+    fn decrypt_many(&self, cs: &[Ciphertext]) -> Result<Vec<I256>> {
+        let plaintexts = self.secret.decrypt_batch(cs)?;
+        plaintexts.iter().map(|p| Ok(p.to_i256()?)).collect()
+    }
+
+    fn unpack_many(
+        &self,
+        cs: &[Ciphertext],
+        value_bits: u32,
+        counts: &[usize],
+    ) -> Result<Vec<Vec<I256>>> {
+        let layout = self.key().pack_layout(value_bits)?;
+        let plaintexts = self.secret.decrypt_batch(cs)?;
+        plaintexts
+            .iter()
+            .zip(counts)
+            .map(|(p, &count)| Ok(p.unpack(&layout, count)?))
+            .collect()
     }
 }
 

@@ -259,26 +259,21 @@ impl<S: SecretOps> ServerB<S> {
             )));
         }
         let cts = self.decode_all(items)?;
+        if packed {
+            let counts: Vec<usize> = (0..cts.len())
+                .map(|i| slots.min(entries - i * slots))
+                .collect();
+            let chunks = backend.unpack_many(&cts, bits, &counts)?;
+            return Ok(chunks.into_iter().flatten().collect());
+        }
         let bound = I256::ONE << bits;
-        let chunks: Vec<Vec<I256>> = cts
-            .par_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if packed {
-                    let count = slots.min(entries - i * slots);
-                    backend.unpack(c, bits, count)
-                } else {
-                    let v = backend.decrypt(c)?;
-                    if v >= bound || v <= -bound {
-                        return Err(ProtocolError::Range(format!(
-                            "{what} value beyond 2^{bits}"
-                        )));
-                    }
-                    Ok(vec![v])
-                }
-            })
-            .collect::<Result<_>>()?;
-        Ok(chunks.into_iter().flatten().collect())
+        let values = backend.decrypt_many(&cts)?;
+        if values.iter().any(|v| *v >= bound || *v <= -bound) {
+            return Err(ProtocolError::Range(format!(
+                "{what} value beyond 2^{bits}"
+            )));
+        }
+        Ok(values)
     }
 
     fn on_round(

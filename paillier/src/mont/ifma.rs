@@ -2,8 +2,9 @@
 //! multiplication as the portable kernel, eight 52-bit limbs per register.
 //!
 //! Written by hand because no maintained crate offers 52-bit-radix IFMA
-//! Montgomery multiplication in Rust; it is the one file of the workspace
-//! with `unsafe` (intrinsics behind runtime feature detection).
+//! Montgomery multiplication in Rust; with [`super::ifma_mb`] it is one of
+//! the crate's two files with `unsafe` (intrinsics behind runtime feature
+//! detection).
 
 // Register arrays are walked in lockstep by index, as the hardware does.
 #![allow(clippy::needless_range_loop)]
