@@ -168,6 +168,12 @@ impl<S: SecretOps> ServerBNode<S> {
         &self.machine
     }
 
+    /// The wrapped state machine, for tests and audits that step outside
+    /// the node's rules.
+    pub fn machine_mut(&mut self) -> &mut ServerB<S> {
+        &mut self.machine
+    }
+
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected => {
