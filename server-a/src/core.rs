@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use veil_shell::now_ms;
 
 use veil_link::{LinkHandle, Message};
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller};
@@ -21,12 +22,6 @@ pub enum Input {
     Confirmed(u64),
     Shutdown,
     Crash,
-}
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn millis(d: Duration) -> Millis {

@@ -259,10 +259,13 @@ impl ServerA {
         let forwarder = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let input = match event {
-                    LinkEvent::Connected { .. } => core::Input::Connected,
+                    // Connected once the subscriptions are in place (as the
+                    // edge agent): what the node then publishes may be
+                    // answered at once.
+                    LinkEvent::Subscribed { .. } => core::Input::Connected,
                     LinkEvent::Message(m) => core::Input::Message(m),
                     LinkEvent::Confirmed(token) => core::Input::Confirmed(token),
-                    LinkEvent::Disconnected { .. } | LinkEvent::Subscribed { .. } => continue,
+                    LinkEvent::Disconnected { .. } | LinkEvent::Connected { .. } => continue,
                 };
                 if veil_link::hand_to_worker(&to_core, input).await.is_err() {
                     return;

@@ -12,8 +12,9 @@ use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, SecretKe
 use veil_protocol::node::{BEvent, BNote, BOptions, Input as NodeInput, Queued, ServerBNode};
 use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, SessionId, topics};
 
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 use crate::{Options, ServerBError, Stats};
+use veil_shell::now_ms;
 
 pub enum Input {
     Connected,
@@ -196,11 +197,11 @@ impl Core {
             }
             BEvent::ForgetSession { sid } => self.store.remove_session(sid),
             BEvent::ForgetCompletion { sid } => self.store.remove_completion(sid),
-            BEvent::PersistResult(q) => {
-                if let Err(e) =
-                    self.store
-                        .put_result(&q.device, q.sid, q.t, &q.envelope, q.stored_at)
-                {
+            BEvent::PersistResult {
+                result: q,
+                completed,
+            } => {
+                if let Err(e) = self.store.put_result(&q, completed) {
                     tracing::error!(error = %e, "could not queue a result");
                 }
             }

@@ -193,10 +193,12 @@ impl ServerB {
         let forwarder = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let input = match event {
-                    LinkEvent::Connected { .. } => core::Input::Connected,
+                    // Connected once the subscriptions are in place (see
+                    // server A).
+                    LinkEvent::Subscribed { .. } => core::Input::Connected,
                     LinkEvent::Message(m) => core::Input::Message(m),
                     LinkEvent::Disconnected { .. }
-                    | LinkEvent::Subscribed { .. }
+                    | LinkEvent::Connected { .. }
                     | LinkEvent::Confirmed(_) => continue,
                 };
                 if veil_link::hand_to_worker(&to_core, input).await.is_err() {

@@ -14,12 +14,14 @@
 //! as inside `veil`; the edge agent must stay small (no tract, no ring),
 //! so this crate depends on nothing the agent does not already build.
 
+mod local;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod secret_file;
 mod signals;
 
+pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
 pub use metrics::{Metrics, MetricsArgs};
 pub use secret_file::{SecretFileError, check_owner_only};
