@@ -150,7 +150,6 @@ impl Store {
     }
 }
 
-/// Owner-only access: the store holds masked frames and session messages.
 #[cfg(test)]
 mod tests {
     use super::*;

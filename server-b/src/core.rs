@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use veil_link::{LinkHandle, Message};
+use veil_link::LinkHandle;
 use veil_model::Topology;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, SecretKey};
 use veil_protocol::node::{BEvent, BNote, BOptions, Input as NodeInput, Queued, ServerBNode};
@@ -15,13 +15,7 @@ use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, Sessi
 use crate::store::Store;
 use crate::{Options, ServerBError, Stats};
 use veil_shell::now_ms;
-
-pub enum Input {
-    Connected,
-    Message(Message),
-    Shutdown,
-    Crash,
-}
+use veil_shell::worker::Input;
 
 pub struct Core {
     node: ServerBNode<PaillierSecret>,
@@ -137,6 +131,9 @@ impl Core {
             let mut ack = None;
             match inputs.recv_timeout(wait.min(Duration::from_secs(1))) {
                 Ok(Input::Connected) => self.node.handle(now_ms(), NodeInput::Connected),
+                Ok(Input::Confirmed(token)) => {
+                    self.node.handle(now_ms(), NodeInput::Confirmed(token));
+                }
                 Ok(Input::Message(m)) => {
                     ack = Some(m.ack);
                     let input = NodeInput::Message {

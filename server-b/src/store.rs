@@ -238,10 +238,10 @@ impl Store {
     }
 }
 
-/// Owner-only access: the store holds session messages and results.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let nanos = SystemTime::now()

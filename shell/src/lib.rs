@@ -20,9 +20,11 @@ pub mod metrics;
 pub mod notify;
 pub mod secret_file;
 mod signals;
+pub mod worker;
 
 pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
 pub use metrics::{Metrics, MetricsArgs};
 pub use secret_file::{SecretFileError, check_owner_only};
 pub use signals::wait_for_stop;
+pub use worker::{StartError, Worker};
