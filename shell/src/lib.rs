@@ -14,6 +14,7 @@
 //! as inside `veil`; the edge agent must stay small (no tract, no ring),
 //! so this crate depends on nothing the agent does not already build.
 
+pub mod config;
 mod local;
 pub mod logging;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod secret_file;
 mod signals;
 pub mod worker;
 
+pub use config::ConfigError;
 pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
 pub use metrics::{Metrics, MetricsArgs};
