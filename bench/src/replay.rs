@@ -274,8 +274,8 @@ mod tests {
         );
         let mut engine = crate::paillier_engine(&model, &Params::default(), &keys).expect("engine");
         engine.prepare().expect("session");
-        let sessions: Vec<DeviceSession> = engine.device.sessions().cloned().collect();
-        let current = engine.device.current().map(|s| s.sid);
+        let sessions: Vec<DeviceSession> = engine.device().sessions().cloned().collect();
+        let current = engine.device().current().map(|s| s.sid);
         engine.record_transcript(true);
         let mut frames = Vec::new();
         let mut live = Vec::new();
@@ -295,7 +295,7 @@ mod tests {
                 received,
             });
         }
-        let config = engine.device.config().clone();
+        let config = engine.device().config().clone();
         let replay = Replay::Veil {
             device: config.device.clone(),
             params: config.params.clone(),

@@ -175,9 +175,9 @@ impl Audit<'_> {
         let mut view = sink(args.output.as_deref())?;
         let mut truth = args.truth.as_deref().map(|p| sink(Some(p))).transpose()?;
         engine.record_transcript(true);
-        engine.a.record_truth(truth.is_some());
+        engine.a_mut().record_truth(truth.is_some());
         let topology = self.model.topology();
-        let params = engine.a.config().params.clone();
+        let params = engine.a().config().params.clone();
         let modes = params.modes(topology);
         let mut keys_a: Option<MaskKeys> = None;
         for (frame, x_hat) in self.rows.iter().enumerate() {
@@ -202,7 +202,7 @@ impl Audit<'_> {
                         self.a_line(frame, &envelope, &mut keys_a, topology, &params)?
                     }
                     Party::B if delivery.to == Peer::ServerB => {
-                        b_line(frame, &envelope, engine.b.backend(), topology, &params)?
+                        b_line(frame, &envelope, engine.b().backend(), topology, &params)?
                     }
                     _ => None,
                 };
@@ -213,7 +213,7 @@ impl Audit<'_> {
             if let Some(out) = truth.as_mut() {
                 let rounding = frame_rounding(&self.rounding_key, run.sid, run.t);
                 let trace = self.model.run_int_trace(x_hat, &modes, &rounding)?;
-                for round in engine.a.take_truth() {
+                for round in engine.a_mut().take_truth() {
                     let z = round
                         .stage
                         .checked_sub(1)

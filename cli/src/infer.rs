@@ -244,7 +244,7 @@ fn drive<P: PublicOps, S: SecretOps>(
         "{n} rows in {:.2?} ({:.1?} per row), backend {}; device sends {} B and receives {} B per frame",
         elapsed,
         elapsed / n as u32,
-        engine.a.backend().name(),
+        engine.a().backend().name(),
         frame_bytes / n,
         result_bytes / n
     );

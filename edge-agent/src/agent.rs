@@ -13,8 +13,9 @@ use veil_protocol::{DeviceConfig, Params, SessionId, topics};
 
 use crate::options::AgentOptions;
 use crate::shared::{Counters, Shared, StopMode};
-use crate::state::{Disk, now_ms};
+use crate::state::Disk;
 use crate::{AgentError, Output};
+use veil_shell::now_ms;
 
 /// A copy of the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

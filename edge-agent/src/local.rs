@@ -22,10 +22,10 @@
 //! frame is made once every field has a value newer than the last frame.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use veil_link::{LastWill, Link, LinkEvent, LinkHandle, MqttSettings};
+use veil_shell::now_ms;
 
 use crate::{AgentError, Output};
 
@@ -119,12 +119,6 @@ pub struct LocalBridge {
     link: Link,
     latest: HashMap<String, f32>,
     label: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LocalBridge {

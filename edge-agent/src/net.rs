@@ -13,7 +13,7 @@ use veil_protocol::topics;
 
 use crate::AgentError;
 use crate::shared::{Shared, StopMode};
-use crate::state::now_ms;
+use veil_shell::now_ms;
 
 pub(crate) fn spawn(
     shared: Arc<Shared>,

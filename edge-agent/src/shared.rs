@@ -15,8 +15,9 @@ use veil_protocol::{SessionId, topics};
 
 use crate::options::AgentOptions;
 use crate::output::{FrameOutput, decode_logits, predicted_class};
-use crate::state::{Disk, OutboxEntry, SessionsFile, now_ms};
+use crate::state::{Disk, OutboxEntry, SessionsFile};
 use crate::{AgentError, Output};
+use veil_shell::now_ms;
 
 /// Traffic and outcome counters.
 #[derive(Default, Debug)]

@@ -4,20 +4,13 @@
 //! public material once pinned.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use veil_shell::now_ms;
 
 use serde::{Deserialize, Serialize};
 use veil_protocol::{DeviceSession, SessionId};
 use zeroize::Zeroizing;
 
 use crate::AgentError;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A frame waiting for its result.
 #[derive(Clone, Serialize, Deserialize)]
@@ -70,10 +63,10 @@ fn delivered_key(sid: SessionId, t: u64) -> [u8; 24] {
 impl Disk {
     pub fn open(dir: &Path) -> Result<Disk, AgentError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        restrict(dir, 0o700);
+        veil_shell::restrict_dir(dir);
         let path = dir.join("agent.sled");
         let db = sled::open(&path)?;
-        restrict(&path, 0o700);
+        veil_shell::restrict_dir(&path);
         Ok(Disk {
             dir: dir.to_path_buf(),
             outbox: db.open_tree("outbox")?,
@@ -235,14 +228,4 @@ impl Disk {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(io(&path))
     }
-}
-
-pub fn restrict(path: &Path, mode: u32) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-    }
-    #[cfg(not(unix))]
-    let _ = (path, mode);
 }

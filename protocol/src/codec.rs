@@ -19,6 +19,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         .map_err(|e| ProtocolError::Decode(format!("encoding: {e}")))
 }
 
+/// Decodes a value from the start of `bytes`, ignoring what follows: a
+/// message's head without its body.
+pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(ProtocolError::Size(format!(

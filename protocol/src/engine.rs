@@ -1,18 +1,25 @@
 //! The three parties in one process, talking through encoded messages:
-//! what `veil infer`, the tests and the benchmarks drive. Every message is
-//! encoded and decoded exactly as on the network, and can be recorded.
+//! what `veil infer`, the tests and the benchmarks drive. The engine is a
+//! lossless in-memory shell around the three nodes ([`crate::node`]):
+//! every transmit goes, in order, to the party subscribed to its topic
+//! ([`topics::subscriber`]), every confirmed publish is confirmed on the
+//! spot, and nothing needs to be durable (persist and forget events are
+//! dropped). Every message is encoded and decoded exactly as on the
+//! network, and can be recorded.
 
 use crate::backend::{PublicOps, SecretOps};
-use crate::counter::CounterReservation;
 use crate::device::Device;
 use crate::error::{ProtocolError, Result};
-use crate::messages::{Body, Envelope, Outgoing, Peer};
+use crate::messages::{Envelope, Peer};
+use crate::node::{
+    AEvent, AOptions, BEvent, BOptions, Bytes, DeviceEvent, DeviceNode, DeviceOptions, Input,
+    Millis, Refusal, ServerANode, ServerBNode, SessionLimits, Transmit,
+};
 use crate::prf::SessionId;
 use crate::server_a::ServerA;
 use crate::server_b::ServerB;
+use crate::topics;
 use ethnum::I256;
-use rand::rngs::ChaCha20Rng;
-use rand_core::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -108,26 +115,39 @@ pub struct Inference {
     pub result_bytes: usize,
 }
 
-fn offline_kind(body: &Body) -> bool {
+/// Whether a message is offline work (a session message, a mask request
+/// or supply), read from its topic and its head.
+fn offline_message(topic: &str, payload: &[u8]) -> bool {
+    if topics::compact_device(topic).is_some() {
+        return false;
+    }
+    if topics::device_of(topic).is_some() {
+        return true;
+    }
     matches!(
-        body,
-        Body::MaskRequest { .. } | Body::MaskSupply { .. } | Body::SessionInit(_)
+        Envelope::peek_kind(payload),
+        Ok("mask-request" | "mask-supply")
     )
 }
 
+/// A result the device delivered: its values and the bytes it came in.
+type Delivered = (Vec<I256>, usize);
+
 pub struct Engine<P: PublicOps, S: SecretOps> {
-    pub device: Device,
-    pub a: ServerA<P>,
-    pub b: ServerB<S>,
-    counter: CounterReservation,
-    rng: ChaCha20Rng,
+    device: DeviceNode,
+    a: ServerANode<P>,
+    b: ServerBNode<S>,
+    /// The logical clock: one millisecond per delivered message. A
+    /// lossless run never reaches a node's timeout.
+    now: Millis,
     record: bool,
     pub transcript: Vec<Delivery>,
     pub stats: EngineStats,
-    deferred: VecDeque<(Peer, Outgoing)>,
+    /// Offline messages sent during a frame, delivered by the next
+    /// [`Engine::prepare`].
+    deferred: VecDeque<(Peer, Transmit)>,
     cpu: Option<CpuClock>,
-    /// Results received whose acknowledgement rides on the next frame.
-    acks: Vec<(SessionId, u64)>,
+    delivered: BTreeMap<(SessionId, u64), Delivered>,
 }
 
 /// Wall and CPU time of one piece of work.
@@ -163,19 +183,83 @@ impl Timer {
 impl<P: PublicOps, S: SecretOps> Engine<P, S> {
     /// `rng_seed` drives the device's seeds and session ids.
     pub fn new(device: Device, a: ServerA<P>, b: ServerB<S>, rng_seed: [u8; 32]) -> Engine<P, S> {
-        Engine {
-            device,
-            a,
-            b,
-            counter: CounterReservation::recover(0, 1024),
-            rng: ChaCha20Rng::from_seed(rng_seed),
+        // One trusted device in one process: no quota on how fast it
+        // opens sessions (the logical clock runs fast), and its
+        // acknowledgements ride on its frames only, never on their own.
+        let sessions = SessionLimits {
+            max_opens_per_minute: 0,
+            ..SessionLimits::default()
+        };
+        let a_options = AOptions {
+            sessions: sessions.clone(),
+            ..AOptions::default()
+        };
+        let b_options = BOptions {
+            sessions,
+            ..BOptions::default()
+        };
+        let device_options = DeviceOptions {
+            counter_block: 1024,
+            ack_delay: Millis::MAX,
+            ..DeviceOptions::default()
+        };
+        let mut engine = Engine {
+            device: DeviceNode::new(device, device_options, rng_seed),
+            a: ServerANode::new(a, a_options, Vec::new()),
+            b: ServerBNode::new(b, b_options, Vec::new()),
+            now: 0,
             record: false,
             transcript: Vec::new(),
             stats: EngineStats::default(),
             deferred: VecDeque::new(),
             cpu: None,
-            acks: Vec::new(),
+            delivered: BTreeMap::new(),
+        };
+        // Connecting costs the device one `Sync` to B, which finds nothing
+        // queued: set-up, not counted in the statistics.
+        let mut queue = VecDeque::new();
+        for peer in [Peer::ServerB, Peer::ServerA, Peer::Device] {
+            engine.input(peer, Input::Connected);
+            if let Ok(out) = engine.drain(peer) {
+                queue.extend(out);
+            }
         }
+        if let Err(e) = engine.pump(queue, true) {
+            tracing::warn!(error = %e, "connecting the in-process parties");
+        }
+        engine.stats = EngineStats::default();
+        engine
+    }
+
+    /// The device's state machine.
+    pub fn device(&self) -> &Device {
+        self.device.device()
+    }
+
+    /// The device's state machine, to step outside the protocol's rules.
+    pub fn device_mut(&mut self) -> &mut Device {
+        self.device.device_mut()
+    }
+
+    /// Server A's state machine.
+    pub fn a(&self) -> &ServerA<P> {
+        self.a.machine()
+    }
+
+    /// Server A's state machine, to configure it or step outside the
+    /// protocol's rules.
+    pub fn a_mut(&mut self) -> &mut ServerA<P> {
+        self.a.machine_mut()
+    }
+
+    /// Server B's state machine.
+    pub fn b(&self) -> &ServerB<S> {
+        self.b.machine()
+    }
+
+    /// Server B's state machine, to step outside the protocol's rules.
+    pub fn b_mut(&mut self) -> &mut ServerB<S> {
+        self.b.machine_mut()
     }
 
     /// Measures CPU time too, with this clock (process CPU time: every
@@ -189,110 +273,206 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         self.record = on;
     }
 
-    fn next_counter(&mut self) -> Result<u64> {
-        loop {
-            match self.counter.take() {
-                Ok(t) => return Ok(t),
-                // In one process nothing outlives a crash: the mark needs
-                // no disk.
-                Err(ProtocolError::ReservationNeeded { mark }) => self.counter.confirm(mark),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Opens a session when needed and runs every pending precomputation,
     /// so that the next frame finds its first-layer masks ready.
     pub fn prepare(&mut self) -> Result<()> {
-        if self.device.needs_session() {
-            let first = self.counter.peek();
-            let timer = Timer::start(self.cpu);
-            let init = self.device.open_session(first, &mut self.rng)?;
+        let timer = Timer::start(self.cpu);
+        if self.device.prepare_session(self.now)? {
             timer.stop(&mut self.stats, Peer::Device, true);
-            for out in init {
-                self.deferred.push_back((Peer::Device, out));
-            }
+            let out = self.drain(Peer::Device)?;
+            self.deferred.extend(out);
         }
         loop {
-            while let Some((from, out)) = self.deferred.pop_front() {
-                let replies = self.deliver(from, out, true)?;
-                self.deferred.extend(replies);
-            }
-            if !self.a.has_offline_work() {
+            let pending = std::mem::take(&mut self.deferred);
+            self.pump(pending, true)?;
+            if !self.a.has_work() {
                 let timer = Timer::start(self.cpu);
-                self.a.backend().precompute();
+                self.a.machine().backend().precompute();
                 timer.stop(&mut self.stats, Peer::ServerA, true);
                 let timer = Timer::start(self.cpu);
-                self.b.backend().precompute();
+                self.b.machine().backend().precompute();
                 timer.stop(&mut self.stats, Peer::ServerB, true);
                 return Ok(());
             }
-            let timer = Timer::start(self.cpu);
-            let out = self.a.offline_step()?;
-            timer.stop(&mut self.stats, Peer::ServerA, true);
-            self.deferred
-                .extend(out.into_iter().map(|o| (Peer::ServerA, o)));
+            self.work(true)?;
         }
     }
 
     /// Runs one frame `x̂` through the three-party protocol.
     pub fn infer(&mut self, x_hat: &[i64]) -> Result<Inference> {
         self.prepare()?;
-        let t = self.next_counter()?;
         let started = Instant::now();
-        // Acknowledgements of this session ride on the frame; those of an
-        // older one have nowhere to go (B keeps no queue in the engine).
-        let current = self.device.current().map(|s| s.sid);
-        let acks: Vec<u64> = std::mem::take(&mut self.acks)
-            .into_iter()
-            .filter(|(sid, _)| Some(*sid) == current)
-            .map(|(_, t)| t)
-            .take(crate::wire::MAX_ACKS)
-            .collect();
         let timer = Timer::start(self.cpu);
-        let frame = self.device.mask_frame(x_hat, t, &acks)?;
+        let (sid, t) = self.device.capture(self.now, x_hat, None)?;
         timer.stop(&mut self.stats, Peer::Device, false);
-        let sid = frame.envelope.sid;
-        let frame_bytes = frame.envelope.to_device_bytes()?.len();
-        let mut queue = VecDeque::from([(Peer::Device, frame)]);
-        let mut result = None;
-        while let Some((from, out)) = queue.pop_front() {
-            if out.to == Peer::Device {
-                let bytes = out.envelope.to_device_bytes()?;
-                self.note(from, Peer::Device, &bytes, Some(&out.envelope.device));
-                let envelope = Envelope::from_device_bytes(&out.envelope.device, &bytes)?;
-                let timer = Timer::start(self.cpu);
-                let opened = self.device.open_result(&envelope)?;
-                timer.stop(&mut self.stats, Peer::Device, false);
-                if opened.sid == sid && opened.t == t {
-                    result = Some((opened, bytes.len()));
-                }
-                continue;
-            }
-            if offline_kind(&out.envelope.body) {
-                self.deferred.push_back((from, out));
-                continue;
-            }
-            queue.extend(self.deliver(from, out, false)?);
-        }
+        let frame_bytes = self
+            .device
+            .outbox_entry(sid, t)
+            .map_or(0, |e| e.envelope.len());
+        let out = self.drain(Peer::Device)?;
+        self.pump(out.into(), false)?;
         let latency = started.elapsed();
-        let (opened, result_bytes) = result
+        // Results of other frames (none are expected) are dropped.
+        let delivered = std::mem::take(&mut self.delivered).remove(&(sid, t));
+        let (outputs, result_bytes) = delivered
             .ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
         // The acknowledgement rides on the next frame; catch up on
         // precomputation off the clock.
-        self.acks.push((sid, t));
         self.prepare()?;
         Ok(Inference {
             sid,
             t,
-            outputs: opened.values,
+            outputs,
             latency,
             frame_bytes,
             result_bytes,
         })
     }
 
-    fn note(&mut self, from: Peer, to: Peer, bytes: &[u8], device_topic: Option<&str>) {
+    /// One unit of A's precomputation, timed as offline work.
+    fn work(&mut self, defer: bool) -> Result<()> {
+        let timer = Timer::start(self.cpu);
+        self.a.work(self.now);
+        timer.stop(&mut self.stats, Peer::ServerA, true);
+        let out = self.drain(Peer::ServerA)?;
+        if defer {
+            self.deferred.extend(out);
+            Ok(())
+        } else {
+            self.pump(out.into(), false)
+        }
+    }
+
+    /// Delivers messages until none is left. During a frame (`offline`
+    /// false) offline messages wait for the next [`Engine::prepare`], and
+    /// a frame held up by precomputation gets it.
+    fn pump(&mut self, mut queue: VecDeque<(Peer, Transmit)>, offline: bool) -> Result<()> {
+        loop {
+            let Some((from, transmit)) = queue.pop_front() else {
+                if !offline && self.a.has_urgent_work() {
+                    self.work(false)?;
+                    continue;
+                }
+                return Ok(());
+            };
+            // Nobody subscribes (a retained public key): the broker keeps it.
+            let Some(to) = topics::subscriber(&transmit.topic) else {
+                continue;
+            };
+            let kind_offline = offline_message(&transmit.topic, &transmit.payload);
+            if !offline && kind_offline {
+                self.deferred.push_back((from, transmit));
+                continue;
+            }
+            self.note(from, to, &transmit);
+            if let Some(token) = transmit.confirm {
+                self.input(from, Input::Confirmed(token));
+                queue.extend(self.drain(from)?);
+            }
+            self.now += 1;
+            let input = Input::Message {
+                topic: transmit.topic,
+                payload: Bytes::from(transmit.payload),
+            };
+            let timer = Timer::start(self.cpu);
+            self.input(to, input);
+            timer.stop(&mut self.stats, to, offline || kind_offline);
+            queue.extend(self.drain(to)?);
+            queue.extend(self.timeouts()?);
+        }
+    }
+
+    fn input(&mut self, peer: Peer, input: Input) {
+        match peer {
+            Peer::Device => self.device.handle(self.now, input),
+            Peer::ServerA => self.a.handle(self.now, input),
+            Peer::ServerB => self.b.handle(self.now, input),
+        }
+    }
+
+    /// Runs the nodes' due timeouts (none in a lossless run).
+    fn timeouts(&mut self) -> Result<Vec<(Peer, Transmit)>> {
+        let now = self.now;
+        let due = |at: Option<Millis>| at.is_some_and(|at| at <= now);
+        let mut out = Vec::new();
+        if due(self.device.poll_timeout()) {
+            self.device.handle_timeout(now);
+            out.extend(self.drain(Peer::Device)?);
+        }
+        if due(self.a.poll_timeout()) {
+            self.a.handle_timeout(now);
+            out.extend(self.drain(Peer::ServerA)?);
+        }
+        if due(self.b.poll_timeout()) {
+            self.b.handle_timeout(now);
+            out.extend(self.drain(Peer::ServerB)?);
+        }
+        Ok(out)
+    }
+
+    /// A node's events (a refusal ends the run; nothing needs to be
+    /// durable) and then its transmits.
+    fn drain(&mut self, peer: Peer) -> Result<Vec<(Peer, Transmit)>> {
+        let mut out = Vec::new();
+        match peer {
+            Peer::Device => {
+                while let Some(event) = self.device.poll_event() {
+                    match event {
+                        DeviceEvent::Deliver {
+                            sid,
+                            t,
+                            values,
+                            bytes,
+                            ..
+                        } => {
+                            self.delivered.insert((sid, t), (values, bytes));
+                        }
+                        DeviceEvent::Refused {
+                            code, detail, t, ..
+                        } => {
+                            return Err(ProtocolError::Refused {
+                                what: "frame",
+                                from: format!("device (frame {t})"),
+                                code,
+                                detail,
+                            });
+                        }
+                        DeviceEvent::Expired { t, .. } => {
+                            return Err(ProtocolError::Unexpected(format!("frame {t} expired")));
+                        }
+                        _ => {}
+                    }
+                }
+                while let Some(t) = self.device.poll_transmit() {
+                    out.push((peer, t));
+                }
+            }
+            Peer::ServerA => {
+                while let Some(event) = self.a.poll_event() {
+                    if let AEvent::Refused(r) = event {
+                        return Err(refused(r));
+                    }
+                }
+                while let Some(t) = self.a.poll_transmit() {
+                    out.push((peer, t));
+                }
+            }
+            Peer::ServerB => {
+                while let Some(event) = self.b.poll_event() {
+                    if let BEvent::Refused(r) = event {
+                        return Err(refused(r));
+                    }
+                }
+                while let Some(t) = self.b.poll_transmit() {
+                    out.push((peer, t));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn note(&mut self, from: Peer, to: Peer, transmit: &Transmit) {
+        let bytes = &transmit.payload;
         *self
             .stats
             .bytes
@@ -303,49 +483,18 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
             self.transcript.push(Delivery {
                 from,
                 to,
-                bytes: bytes.to_vec(),
-                device_topic: device_topic.map(str::to_string),
+                bytes: bytes.clone(),
+                device_topic: topics::compact_device(&transmit.topic).map(str::to_string),
             });
         }
     }
+}
 
-    fn deliver(
-        &mut self,
-        from: Peer,
-        out: Outgoing,
-        offline: bool,
-    ) -> Result<Vec<(Peer, Outgoing)>> {
-        // A device's own topics carry the compact encoding; its session
-        // messages and the servers' traffic whole envelopes.
-        let compact = out.to == Peer::Device
-            || (from == Peer::Device && !matches!(out.envelope.body, Body::SessionInit(_)));
-        let bytes = if compact {
-            out.envelope.to_device_bytes()?
-        } else {
-            out.envelope.to_bytes()?
-        };
-        self.note(
-            from,
-            out.to,
-            &bytes,
-            compact.then_some(out.envelope.device.as_str()),
-        );
-        let envelope = if compact {
-            Envelope::from_device_bytes(&out.envelope.device, &bytes)?
-        } else {
-            Envelope::from_bytes(&bytes)?
-        };
-        let offline = offline || offline_kind(&envelope.body);
-        let timer = Timer::start(self.cpu);
-        let replies = match out.to {
-            Peer::ServerA => self.a.handle(envelope)?,
-            Peer::ServerB => self.b.handle(envelope)?,
-            Peer::Device => {
-                // Results outside `infer` (none are expected) are dropped.
-                Vec::new()
-            }
-        };
-        timer.stop(&mut self.stats, out.to, offline);
-        Ok(replies.into_iter().map(|o| (out.to, o)).collect())
+fn refused(r: Refusal) -> ProtocolError {
+    ProtocolError::Refused {
+        what: r.what,
+        from: r.from,
+        code: r.code,
+        detail: r.detail,
     }
 }

@@ -35,6 +35,15 @@ pub enum ProtocolError {
     RekeyNeeded(u64),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// A node refused a message (in-process runs, where a refusal ends
+    /// the run).
+    #[error("{what} from {from} refused ({code}): {detail}")]
+    Refused {
+        what: &'static str,
+        from: String,
+        code: RejectCode,
+        detail: String,
+    },
     #[error(transparent)]
     Paillier(#[from] veil_paillier::PaillierError),
     #[error(transparent)]
@@ -53,6 +62,7 @@ impl ProtocolError {
             ProtocolError::Version { .. } => RejectCode::Version,
             ProtocolError::OutOfOrder(_) => RejectCode::OutOfOrder,
             ProtocolError::Decode(_) | ProtocolError::Size(_) => RejectCode::Malformed,
+            ProtocolError::Refused { code, .. } => *code,
             _ => RejectCode::Refused,
         }
     }

@@ -253,6 +253,22 @@ pub struct FrameResult {
     pub values: Vec<u8>,
 }
 
+/// [`Body::kind`] by variant index, in declaration order: bincode writes an
+/// enum's variant index before its fields.
+const BODY_KINDS: [&str; 11] = [
+    "session-init",
+    "frame",
+    "mask-request",
+    "mask-supply",
+    "round",
+    "round-reply",
+    "output",
+    "result",
+    "ack",
+    "sync",
+    "reject",
+];
+
 impl Body {
     /// A short name for logs.
     pub fn kind(&self) -> &'static str {
@@ -327,6 +343,24 @@ impl Envelope {
         }
     }
 
+    /// The [`Body::kind`] of a whole envelope, read from its head without
+    /// decoding the body (a mask supply or a round is several MB).
+    pub fn peek_kind(bytes: &[u8]) -> Result<&'static str> {
+        #[derive(Deserialize)]
+        struct Head {
+            _version: u16,
+            _device: String,
+            _sid: SessionId,
+            _t: u64,
+            variant: u32,
+        }
+        let head: Head = codec::decode_head(bytes)?;
+        usize::try_from(head.variant)
+            .ok()
+            .and_then(|i| BODY_KINDS.get(i).copied())
+            .ok_or_else(|| ProtocolError::Decode(format!("unknown body {}", head.variant)))
+    }
+
     /// Decodes and checks the envelope (version, size, device name).
     pub fn from_bytes(bytes: &[u8]) -> Result<Envelope> {
         let envelope: Envelope = codec::decode(bytes)?;
@@ -351,5 +385,66 @@ pub struct Outgoing {
 impl Outgoing {
     pub fn new(to: Peer, envelope: Envelope) -> Outgoing {
         Outgoing { to, envelope }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peeked_kind_is_the_decoded_kind_for_every_body() {
+        let bodies = vec![
+            Body::SessionInit(SessionInit {
+                model: "m".into(),
+                topology: [1; 32],
+                params: [2; 32],
+                server_key: [3; 32],
+                seed: vec![4; 9],
+            }),
+            Body::Frame(Frame {
+                acks: vec![1, 2],
+                values: vec![5; 7],
+            }),
+            Body::MaskRequest { count: 3 },
+            Body::MaskSupply {
+                masks: vec![vec![6; 4]],
+            },
+            Body::Round(Round {
+                stage: 1,
+                mode: RoundMode::Permute,
+                groups: 2,
+                group_size: 1,
+                packed: false,
+                values: vec![vec![7; 3]],
+                masked: Vec::new(),
+                masked_alpha: Vec::new(),
+            }),
+            Body::RoundReply {
+                stage: 1,
+                items: vec![vec![8; 2]],
+            },
+            Body::Output(Output {
+                count: 1,
+                packed: false,
+                values: vec![vec![9]],
+            }),
+            Body::Result(FrameResult { values: vec![1, 2] }),
+            Body::Ack,
+            Body::Sync,
+            Body::Reject {
+                code: RejectCode::Completed,
+                detail: "d".into(),
+            },
+        ];
+        assert_eq!(bodies.len(), BODY_KINDS.len());
+        for body in bodies {
+            let kind = body.kind();
+            let bytes = Envelope::new("dev-1", SessionId([7; 16]), 300, body)
+                .to_bytes()
+                .expect("encodes");
+            assert_eq!(Envelope::peek_kind(&bytes).expect("peeks"), kind);
+        }
+        assert!(Envelope::peek_kind(&[]).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! own name and read only their own results; the servers talk to each other
 //! on the `ab` and `ba` trees (see `config/acl`).
 
+use crate::messages::Peer;
+
 pub const ROOT: &str = "veil/v1";
 
 /// Retained public key of server A (`a`) or B (`b`).
@@ -66,6 +68,28 @@ pub fn compact_device(topic: &str) -> Option<&str> {
     matches!(kind, "frame" | "result" | "ack").then_some(device)
 }
 
+/// Which party subscribes to `topic` (the servers' filters, a device its
+/// own result topic): where a lossless in-memory broker delivers it. Every
+/// A worker's `ab` topic goes to B.
+pub fn subscriber(topic: &str) -> Option<Peer> {
+    if topic.starts_with("veil/v1/ab/") {
+        return Some(Peer::ServerB);
+    }
+    if topic.starts_with("veil/v1/ba/") {
+        return Some(Peer::ServerA);
+    }
+    let device = device_of(topic)?;
+    if topic == frame(device) || topic == session(device, 'a') {
+        Some(Peer::ServerA)
+    } else if topic == session(device, 'b') || topic == ack(device) {
+        Some(Peer::ServerB)
+    } else if topic == result(device) {
+        Some(Peer::Device)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +105,18 @@ mod tests {
         assert_eq!(compact_device(&ack("gw-7")), Some("gw-7"));
         assert_eq!(compact_device(&session("gw-7", 'a')), None);
         assert_eq!(compact_device("veil/v1/ab/a1"), None);
+    }
+
+    #[test]
+    fn every_topic_has_its_subscriber() {
+        assert_eq!(subscriber(&frame("d")), Some(Peer::ServerA));
+        assert_eq!(subscriber(&session("d", 'a')), Some(Peer::ServerA));
+        assert_eq!(subscriber(&session("d", 'b')), Some(Peer::ServerB));
+        assert_eq!(subscriber(&ack("d")), Some(Peer::ServerB));
+        assert_eq!(subscriber(&result("d")), Some(Peer::Device));
+        assert_eq!(subscriber(&a_to_b("w2")), Some(Peer::ServerB));
+        assert_eq!(subscriber(&b_to_a("w2")), Some(Peer::ServerA));
+        assert_eq!(subscriber(&server_key('a')), None);
+        assert_eq!(subscriber("veil/v1/dev/d/other"), None);
     }
 }

@@ -23,8 +23,11 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
     let (mut engine, x) = fresh();
     let lookahead = Params::default().mask_lookahead;
     for t in [u64::MAX, u64::MAX - 1, u64::MAX - lookahead] {
-        let frame = engine.device.mask_frame(&x, t, &[]).expect("device masks");
-        let got = engine.a.handle(frame.envelope);
+        let frame = engine
+            .device_mut()
+            .mask_frame(&x, t, &[])
+            .expect("device masks");
+        let got = engine.a_mut().handle(frame.envelope);
         assert!(
             matches!(got, Err(ProtocolError::Range(_))),
             "t = {t}: {got:?}"
@@ -33,8 +36,14 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
     // The highest counter whose look-ahead still fits is served, and asks B
     // for exactly the counters up to u64::MAX.
     let t = u64::MAX - lookahead - 1;
-    let frame = engine.device.mask_frame(&x, t, &[]).expect("device masks");
-    let out = engine.a.handle(frame.envelope).expect("A takes the frame");
+    let frame = engine
+        .device_mut()
+        .mask_frame(&x, t, &[])
+        .expect("device masks");
+    let out = engine
+        .a_mut()
+        .handle(frame.envelope)
+        .expect("A takes the frame");
     let request = out
         .iter()
         .find(|o| o.envelope.body.kind() == "mask-request")
@@ -52,7 +61,7 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
         late.body = Body::MaskRequest {
             count: MAX_MASK_REQUEST,
         };
-        let supplies = engine.b.handle(late).expect("B serves the request");
+        let supplies = engine.b_mut().handle(late).expect("B serves the request");
         let counters: Vec<u64> = supplies.iter().map(|o| o.envelope.t).collect();
         assert_eq!(counters, served, "request at {t}");
     }

@@ -405,7 +405,7 @@ fn observe_model(
 ) -> Vec<SeenRound> {
     let mut engine = plain_engine(m, params, seed);
     engine.record_transcript(true);
-    engine.a.record_truth(true);
+    engine.a_mut().record_truth(true);
     let modes = params.modes(m.topology());
     let plain = Plain::default();
     let mut seen = Vec::new();
@@ -425,7 +425,7 @@ fn observe_model(
             run.outputs, expected,
             "frame {frame} differs from the reference"
         );
-        let truths: Vec<RoundTruth> = engine.a.take_truth();
+        let truths: Vec<RoundTruth> = engine.a_mut().take_truth();
         let views: Vec<RoundView> = engine
             .transcript
             .iter()

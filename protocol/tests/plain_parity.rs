@@ -101,7 +101,7 @@ fn sessions_are_rekeyed_after_the_configured_number_of_frames() {
     counters.dedup();
     assert_eq!(counters.len(), 8, "counters never repeat across sessions");
     assert_eq!(
-        engine.device.sessions().count(),
+        engine.device().sessions().count(),
         3,
         "old seeds stay until dropped"
     );

@@ -32,20 +32,20 @@ fn pump<P: PublicOps, S: SecretOps>(
             continue;
         }
         let replies = match out.to {
-            Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
-            Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+            Peer::ServerA => engine.a_mut().handle(out.envelope).expect("A accepts"),
+            Peer::ServerB => engine.b_mut().handle(out.envelope).expect("B accepts"),
             Peer::Device => unreachable!(),
         };
         queue.extend(replies);
-        while engine.a.has_offline_work() {
-            queue.extend(engine.a.offline_step().expect("precomputation"));
+        while engine.a_mut().has_offline_work() {
+            queue.extend(engine.a_mut().offline_step().expect("precomputation"));
         }
     }
     held
 }
 
 fn started_frame(engine: &mut Engine<Plain, Plain>, x: &[i64], t: u64) -> (Outgoing, Outgoing) {
-    let frame = engine.device.mask_frame(x, t, &[]).expect("masks");
+    let frame = engine.device_mut().mask_frame(x, t, &[]).expect("masks");
     let held = pump(engine, frame.clone(), &["round", "output"]);
     let round = held
         .into_iter()
@@ -69,18 +69,18 @@ fn replays_and_unknown_sessions_are_refused() {
     let x = x_hat("pima-mlp");
     let (frame, round) = started_frame(&mut engine, &x, 10);
     // The same frame again.
-    let again = engine.a.handle(frame.envelope.clone());
+    let again = engine.a_mut().handle(frame.envelope.clone());
     assert!(
         matches!(again, Err(ProtocolError::Replay { t: 10, .. })),
         "{again:?}"
     );
     // An older counter after a newer one.
     let older = engine
-        .device
+        .device_mut()
         .mask_frame(&x, 7, &[])
         .expect("device masks whatever it is told");
     assert!(matches!(
-        engine.a.handle(older.envelope),
+        engine.a_mut().handle(older.envelope),
         Err(ProtocolError::Replay { .. })
     ));
     // Finish frame 10, then replay its round and output at B.
@@ -90,40 +90,40 @@ fn replays_and_unknown_sessions_are_refused() {
         .find(|o| o.envelope.body.kind() == "output")
         .expect("output");
     let result = engine
-        .b
+        .b_mut()
         .handle(output.envelope.clone())
         .expect("B accepts the output");
     assert_eq!(result.len(), 1);
     assert!(matches!(
-        engine.b.handle(output.envelope),
+        engine.b_mut().handle(output.envelope),
         Err(ProtocolError::Replay { t: 10, .. })
     ));
     assert!(matches!(
-        engine.b.handle(round.envelope.clone()),
+        engine.b_mut().handle(round.envelope.clone()),
         Err(ProtocolError::Replay { .. })
     ));
     // Unknown session and the wrong device.
     let mut stranger = frame.envelope.clone();
     stranger.sid = SessionId([9; 16]);
     assert!(matches!(
-        engine.a.handle(stranger.clone()),
+        engine.a_mut().handle(stranger.clone()),
         Err(ProtocolError::UnknownSession(_))
     ));
     assert!(matches!(
-        engine.b.handle(Envelope {
+        engine.b_mut().handle(Envelope {
             body: round.envelope.body.clone(),
             ..stranger
         }),
         Err(ProtocolError::UnknownSession(_))
     ));
     let mut impostor = engine
-        .device
+        .device_mut()
         .mask_frame(&x, 11, &[])
         .expect("masks")
         .envelope;
     impostor.device = "devB".into();
     assert!(matches!(
-        engine.a.handle(impostor),
+        engine.a_mut().handle(impostor),
         Err(ProtocolError::WrongDevice { .. })
     ));
 }
@@ -172,7 +172,7 @@ fn rounds_must_fit_the_topology() {
         ),
     ];
     for (what, envelope) in cases {
-        let outcome = engine.b.handle(envelope);
+        let outcome = engine.b_mut().handle(envelope);
         assert!(
             outcome.is_err(),
             "{what}: B accepted a round that does not fit"
@@ -184,7 +184,7 @@ fn rounds_must_fit_the_topology() {
     }
     // The untouched round still goes through, and its reply has the right shape.
     let replies = engine
-        .b
+        .b_mut()
         .handle(round.envelope.clone())
         .expect("the genuine round");
     let Body::RoundReply { items, .. } = &replies[0].envelope.body else {
@@ -198,7 +198,7 @@ fn rounds_must_fit_the_topology() {
         items.pop();
     }
     assert!(matches!(
-        engine.a.handle(short),
+        engine.a_mut().handle(short),
         Err(ProtocolError::Size(_))
     ));
 }
@@ -218,7 +218,7 @@ fn blind_rounds_are_refused_for_functions_that_need_values() {
     );
     let mut blind = r.clone();
     blind.mode = veil_protocol::RoundMode::Blind;
-    let outcome = engine.b.handle(Envelope {
+    let outcome = engine.b_mut().handle(Envelope {
         body: Body::Round(blind),
         ..round.envelope.clone()
     });
@@ -232,7 +232,7 @@ fn blind_rounds_are_refused_for_functions_that_need_values() {
 fn frames_and_outputs_with_wrong_sizes_are_refused() {
     let mut engine = fresh("pima-mlp");
     let x = x_hat("pima-mlp");
-    let frame = engine.device.mask_frame(&x, 30, &[]).expect("masks");
+    let frame = engine.device_mut().mask_frame(&x, 30, &[]).expect("masks");
     let Body::Frame(good) = frame.envelope.body.clone() else {
         panic!("a frame")
     };
@@ -256,16 +256,16 @@ fn frames_and_outputs_with_wrong_sizes_are_refused() {
             with(&|g| g.values.iter_mut().for_each(|b| *b = 0xff)),
         ),
     ] {
-        assert!(engine.a.handle(envelope).is_err(), "{what}");
+        assert!(engine.a_mut().handle(envelope).is_err(), "{what}");
     }
     assert!(
-        engine.device.mask_frame(&x[..6], 31, &[]).is_err(),
+        engine.device_mut().mask_frame(&x[..6], 31, &[]).is_err(),
         "too few features"
     );
     let mut huge = x.clone();
     huge[1] = i64::MAX / 2;
     assert!(matches!(
-        engine.device.mask_frame(&huge, 31, &[]),
+        engine.device_mut().mask_frame(&huge, 31, &[]),
         Err(ProtocolError::Range(_))
     ));
     // An output before any round of its frame.
@@ -279,7 +279,7 @@ fn frames_and_outputs_with_wrong_sizes_are_refused() {
         ..round.envelope
     };
     assert!(matches!(
-        engine.b.handle(output),
+        engine.b_mut().handle(output),
         Err(ProtocolError::OutOfOrder(_))
     ));
 }
@@ -290,7 +290,7 @@ fn sessions_for_another_model_parameters_or_key_are_refused() {
     let params = Params::default();
     let mut engine = plain_engine(&m, &params, 12);
     let [to_a, to_b] = engine
-        .device
+        .device_mut()
         .open_session(0, &mut rand::rng())
         .expect("session");
     let Body::SessionInit(init) = to_a.envelope.body.clone() else {
@@ -332,7 +332,7 @@ fn sessions_for_another_model_parameters_or_key_are_refused() {
             ..to_a.envelope.clone()
         };
         assert!(
-            engine.a.handle(envelope).is_err(),
+            engine.a_mut().handle(envelope).is_err(),
             "A accepted a session with a foreign {what}"
         );
     }
@@ -341,10 +341,10 @@ fn sessions_for_another_model_parameters_or_key_are_refused() {
         body: to_b.envelope.body.clone(),
         ..to_a.envelope.clone()
     };
-    assert!(engine.a.handle(crossed).is_err());
+    assert!(engine.a_mut().handle(crossed).is_err());
     assert_eq!(
         engine
-            .a
+            .a_mut()
             .handle(to_a.envelope.clone())
             .expect("genuine")
             .len(),
@@ -353,13 +353,16 @@ fn sessions_for_another_model_parameters_or_key_are_refused() {
     );
     assert!(
         engine
-            .a
+            .a_mut()
             .handle(to_a.envelope)
             .expect("redelivered")
             .is_empty(),
         "a redelivered session is idempotent"
     );
-    engine.b.handle(to_b.envelope).expect("B accepts its own");
+    engine
+        .b_mut()
+        .handle(to_b.envelope)
+        .expect("B accepts its own");
 }
 
 #[test]
@@ -373,7 +376,7 @@ fn bad_bytes_versions_and_messages_for_the_wrong_party() {
         "oversized input is refused unread"
     );
     let mut engine = fresh("pima-mlp");
-    let ack = engine.device.ack(SessionId([0; 16]), 0).envelope;
+    let ack = engine.device_mut().ack(SessionId([0; 16]), 0).envelope;
     let other = veil_protocol::PROTOCOL_VERSION + 1;
     let mut bytes = Envelope {
         version: other,
@@ -396,23 +399,23 @@ fn bad_bytes_versions_and_messages_for_the_wrong_party() {
         "device names must be topic-safe"
     );
     assert!(matches!(
-        engine.a.handle(ack.clone()),
+        engine.a_mut().handle(ack.clone()),
         Err(ProtocolError::Unexpected(_))
     ));
     let frame = engine
-        .device
+        .device_mut()
         .mask_frame(&x_hat("pima-mlp"), 50, &[])
         .expect("masks")
         .envelope;
     assert!(matches!(
-        engine.b.handle(frame),
+        engine.b_mut().handle(frame),
         Err(ProtocolError::Unexpected(_))
     ));
     let result = Envelope {
         body: Body::Result(veil_protocol::FrameResult { values: vec![0] }),
         ..ack
     };
-    assert!(engine.device.open_result(&result).is_err());
+    assert!(engine.device_mut().open_result(&result).is_err());
 }
 
 #[test]
@@ -422,11 +425,11 @@ fn a_frame_can_start_over_after_a_lost_reply() {
     let (_, lost_round) = started_frame(&mut engine, &x, 60);
     // B answers, but the reply is lost; A retries the whole frame.
     engine
-        .b
+        .b_mut()
         .handle(lost_round.envelope.clone())
         .expect("B answers");
     let retry = engine
-        .a
+        .a_mut()
         .retry_frame(lost_round.envelope.sid, 60)
         .expect("retry");
     let mut results = Vec::new();
@@ -438,13 +441,16 @@ fn a_frame_can_start_over_after_a_lost_reply() {
         .find(|o| o.envelope.body.kind() == "result")
         .expect("the retried frame finishes");
     let opened = engine
-        .device
+        .device_mut()
         .open_result(&result.envelope)
         .expect("unmasks");
     let expected = common::reference(&model("pima-mlp"), &Params::default(), &x, opened.sid, 60);
     assert_eq!(opened.values, expected);
     assert!(
-        engine.a.retry_frame(lost_round.envelope.sid, 60).is_err(),
+        engine
+            .a_mut()
+            .retry_frame(lost_round.envelope.sid, 60)
+            .is_err(),
         "a finished frame cannot be retried"
     );
 }
@@ -454,7 +460,7 @@ fn a_frame_held_up_by_precomputation_is_flagged_until_it_moves_on() {
     let mut engine = fresh("pima-mlp");
     let x = x_hat("pima-mlp");
     // A counter far past the look-ahead: A has no masks for it yet.
-    let frame = engine.device.mask_frame(&x, 40, &[]).expect("masks");
+    let frame = engine.device_mut().mask_frame(&x, 40, &[]).expect("masks");
     let mut queue = vec![frame];
     let mut rounds = Vec::new();
     // Deliver everything it causes, but do no precomputation.
@@ -464,8 +470,8 @@ fn a_frame_held_up_by_precomputation_is_flagged_until_it_moves_on() {
             continue;
         }
         let replies = match out.to {
-            Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
-            Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+            Peer::ServerA => engine.a_mut().handle(out.envelope).expect("A accepts"),
+            Peer::ServerB => engine.b_mut().handle(out.envelope).expect("B accepts"),
             Peer::Device => continue,
         };
         queue.extend(replies);
@@ -474,15 +480,15 @@ fn a_frame_held_up_by_precomputation_is_flagged_until_it_moves_on() {
         rounds.is_empty(),
         "the frame cannot start without its masks"
     );
-    assert!(engine.a.has_waiting_frame());
+    assert!(engine.a_mut().has_waiting_frame());
     // One step serves the waiting frame first, whatever else is queued.
-    let out = engine.a.offline_step().expect("precomputation");
+    let out = engine.a_mut().offline_step().expect("precomputation");
     assert!(
         out.iter()
             .any(|o| o.envelope.body.kind() == "round" && o.envelope.t == 40),
         "the waiting frame's round follows its precomputation"
     );
-    assert!(!engine.a.has_waiting_frame());
+    assert!(!engine.a_mut().has_waiting_frame());
 }
 
 #[test]
@@ -502,11 +508,14 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
         (view.values, view.masked)
     };
     let seen = opened(&first);
-    engine.b.handle(first.envelope.clone()).expect("B answers");
+    engine
+        .b_mut()
+        .handle(first.envelope.clone())
+        .expect("B answers");
     let mut restarts = 0;
     loop {
         // The reply is lost each time; A starts the frame over.
-        let retry = engine.a.retry_frame(sid, 70).expect("retry");
+        let retry = engine.a_mut().retry_frame(sid, 70).expect("retry");
         let mut held = Vec::new();
         for out in retry {
             held.extend(pump(&mut engine, out, &["round", "output"]));
@@ -519,7 +528,7 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
             opened(&again) == seen,
             "B decrypts exactly what it saw before"
         );
-        match engine.b.handle(again.envelope.clone()) {
+        match engine.b_mut().handle(again.envelope.clone()) {
             Ok(_) => restarts += 1,
             Err(ProtocolError::OutOfOrder(_)) => break,
             Err(e) => panic!("{e:?}"),
@@ -566,14 +575,14 @@ fn inputs_beyond_the_bound_are_refused_by_b() {
         let (mut by_a, mut by_b, mut passed) = (0, 0, 0);
         for _ in 0..40 {
             t += 1;
-            let mut frame = engine.device.mask_frame(&x, t, &[]).expect("masks");
+            let mut frame = engine.device_mut().mask_frame(&x, t, &[]).expect("masks");
             let Body::Frame(body) = &mut frame.envelope.body else {
                 panic!("a frame")
             };
             let mut values = unpack_fields(&body.values, &widths).expect("fields");
             values[0] = (values[0] + delta) & ((1u128 << widths[0]) - 1);
             body.values = pack_fields(&values, &widths).expect("packs");
-            let mut queue = match engine.a.handle(frame.envelope) {
+            let mut queue = match engine.a_mut().handle(frame.envelope) {
                 Err(ProtocolError::Range(_)) => {
                     by_a += 1;
                     continue;
@@ -587,18 +596,18 @@ fn inputs_beyond_the_bound_are_refused_by_b() {
                     continue;
                 }
                 queue.extend(match out.to {
-                    Peer::ServerA => engine.a.handle(out.envelope).expect("A accepts"),
-                    Peer::ServerB => engine.b.handle(out.envelope).expect("B accepts"),
+                    Peer::ServerA => engine.a_mut().handle(out.envelope).expect("A accepts"),
+                    Peer::ServerB => engine.b_mut().handle(out.envelope).expect("B accepts"),
                     Peer::Device => Vec::new(),
                 });
-                while engine.a.has_offline_work() {
-                    queue.extend(engine.a.offline_step().expect("precomputation"));
+                while engine.a_mut().has_offline_work() {
+                    queue.extend(engine.a_mut().offline_step().expect("precomputation"));
                 }
             }
             let round = round.expect("A sends the first round");
             // A slot past its guard bits, or a masked value past the
             // honest range.
-            match engine.b.handle(round.envelope) {
+            match engine.b_mut().handle(round.envelope) {
                 Err(_) => by_b += 1,
                 Ok(_) => passed += 1,
             }

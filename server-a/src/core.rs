@@ -5,29 +5,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use veil_shell::now_ms;
 
-use veil_link::{LinkHandle, Message};
+use veil_link::LinkHandle;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller};
 use veil_protocol::node::{AEvent, ANote, AOptions, Input as NodeInput, Millis, ServerANode};
 use veil_protocol::{Noise, PaillierPublic, ServerA, ServerAConfig, topics};
 
 use crate::store::Store;
 use crate::{Options, ServerAError, Setup, Stats, rounding_key};
-
-pub enum Input {
-    Connected,
-    Message(Message),
-    Confirmed(u64),
-    Shutdown,
-    Crash,
-}
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use veil_shell::worker::Input;
 
 fn millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -38,11 +38,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use veil_link::{Link, LinkEvent, MqttSettings};
+use veil_link::{Link, MqttSettings};
 use veil_model::CompiledModel;
 use veil_paillier::{NoiseSource, PublicKey, SecretKey};
 pub use veil_protocol::node::SessionLimits;
 use veil_protocol::{Params, Seed};
+use veil_shell::{StartError, Worker};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,10 +200,7 @@ pub struct Setup {
 
 /// A running server A.
 pub struct ServerA {
-    link: Option<Link>,
-    core: Option<std::thread::JoinHandle<()>>,
-    inputs: std::sync::mpsc::SyncSender<core::Input>,
-    forwarder: tokio::task::JoinHandle<()>,
+    worker: Worker,
     stats: Arc<Stats>,
 }
 
@@ -218,7 +216,6 @@ impl ServerA {
         }
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
-        let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
         let mut mqtt = options.mqtt.clone();
         if mqtt.client_id.is_empty()
             && let Some(user) = &mqtt.username
@@ -227,55 +224,21 @@ impl ServerA {
             // have each connection take over the other's session.
             mqtt.client_id = format!("{user}-{}", options.worker);
         }
-        let mut link = Link::start(&mqtt)?;
+        let link = Link::start(&mqtt)?;
         let handle = link.handle.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let core_stats = Arc::clone(&stats);
-        let core = std::thread::Builder::new()
-            .name("veil-server-a".into())
-            .spawn(
-                move || match core::Core::new(options, setup, store, handle, core_stats) {
-                    Ok(mut core) => {
-                        let _ = ready_tx.send(Ok(()));
-                        core.run(rx);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-            )
-            .map_err(ServerAError::Thread)?;
-        match ready_rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(ServerAError::Thread(std::io::Error::other(
-                    "worker thread ended during start",
-                )));
-            }
-        }
-        let mut events = std::mem::replace(&mut link.events, tokio::sync::mpsc::channel(1).1);
-        let to_core = inputs.clone();
-        let forwarder = tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let input = match event {
-                    LinkEvent::Connected { .. } => core::Input::Connected,
-                    LinkEvent::Message(m) => core::Input::Message(m),
-                    LinkEvent::Confirmed(token) => core::Input::Confirmed(token),
-                    LinkEvent::Disconnected { .. } | LinkEvent::Subscribed { .. } => continue,
-                };
-                if veil_link::hand_to_worker(&to_core, input).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(ServerA {
-            link: Some(link),
-            core: Some(core),
-            inputs,
-            forwarder,
-            stats,
-        })
+        let worker = Worker::start(
+            link,
+            "veil-server-a",
+            move || core::Core::new(options, setup, store, handle, core_stats),
+            |mut core, rx| core.run(rx),
+        )
+        .await
+        .map_err(|e| match e {
+            StartError::Init(e) => e,
+            StartError::Thread(e) => ServerAError::Thread(e),
+        })?;
+        Ok(ServerA { worker, stats })
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -289,41 +252,13 @@ impl ServerA {
 
     /// Stops cleanly: the worker finishes the message in hand, the store
     /// is flushed, the MQTT session is closed.
-    pub async fn shutdown(mut self) {
-        self.stop(core::Input::Shutdown).await;
-        if let Some(link) = self.link.take() {
-            link.close().await;
-        }
+    pub async fn shutdown(self) {
+        self.worker.shutdown().await;
     }
 
     /// Stops as a crash would: no DISCONNECT, nothing flushed beyond what
     /// the runtime had already made durable.
-    pub async fn abort(mut self) {
-        if let Some(link) = self.link.take() {
-            link.abort();
-        }
-        self.stop(core::Input::Crash).await;
-    }
-
-    async fn stop(&mut self, how: core::Input) {
-        self.forwarder.abort();
-        let inputs = self.inputs.clone();
-        // The queue may be full; the worker empties it.
-        let _ = tokio::task::spawn_blocking(move || inputs.send(how).is_ok()).await;
-        if let Some(core) = self.core.take() {
-            let _ = tokio::task::spawn_blocking(move || core.join()).await;
-        }
+    pub async fn abort(self) {
+        self.worker.abort().await;
     }
 }
-
-impl Drop for ServerA {
-    fn drop(&mut self) {
-        self.forwarder.abort();
-        // When the queue is full the worker still stops: it sees every
-        // sender gone once it has emptied the queue.
-        let _ = self.inputs.try_send(core::Input::Crash);
-    }
-}
-
-/// The worker's input queue (see [`veil_link::WORKER_QUEUE`]).
-pub const INPUT_QUEUE: usize = veil_link::WORKER_QUEUE;

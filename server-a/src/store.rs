@@ -47,13 +47,13 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
-        restrict(dir);
+        veil_shell::restrict_dir(dir);
         let path = dir.join("server-a.sled");
         let db = sled::open(&path).map_err(|source| ServerAError::Store {
             path: path.clone(),
             source,
         })?;
-        restrict(&path);
+        veil_shell::restrict_dir(&path);
         Ok(Store {
             frames: db.open_tree("frames")?,
             sessions: db.open_tree("sessions")?,
@@ -147,15 +147,6 @@ impl Store {
     pub fn remove_session(&self, sid: SessionId) {
         let _ = self.sessions.remove(sid.0);
         let _ = self.session_times.remove(sid.0);
-    }
-}
-
-/// Owner-only access: the store holds masked frames and session messages.
-pub fn restrict(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
     }
 }
 

@@ -9,21 +9,7 @@ use veil_paillier::NoiseSource;
 
 use crate::Options;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}")]
-    Toml {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use veil_shell::ConfigError;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,34 +75,19 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                let mut c: Config = toml::from_str(&text).map_err(|source| ConfigError::Toml {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                })?;
-                let base = path.parent().unwrap_or(Path::new(""));
-                for p in [&mut c.state_dir, &mut c.key_file] {
-                    if p.is_relative() {
-                        *p = base.join(&*p);
-                    }
-                }
-                for p in [
-                    &mut c.topology_file,
-                    &mut c.mqtt.password_file,
-                    &mut c.mqtt.ca_file,
-                    &mut c.mqtt.client_cert_file,
-                    &mut c.mqtt.client_key_file,
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    if p.is_relative() {
-                        *p = base.join(&*p);
-                    }
-                }
+                let mut c: Config = veil_shell::config::read_toml(path)?;
+                let Config {
+                    mqtt,
+                    state_dir,
+                    key_file,
+                    topology_file,
+                    ..
+                } = &mut c;
+                let files = [state_dir, key_file]
+                    .into_iter()
+                    .chain(topology_file.as_mut())
+                    .chain(veil_shell::config::mqtt_files(mqtt));
+                veil_shell::config::relative_to_file(path, files);
                 c
             }
             None => Config::default(),

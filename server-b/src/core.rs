@@ -6,21 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use veil_link::{LinkHandle, Message};
+use veil_link::LinkHandle;
 use veil_model::Topology;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, SecretKey};
 use veil_protocol::node::{BEvent, BNote, BOptions, Input as NodeInput, Queued, ServerBNode};
 use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, SessionId, topics};
 
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 use crate::{Options, ServerBError, Stats};
-
-pub enum Input {
-    Connected,
-    Message(Message),
-    Shutdown,
-    Crash,
-}
+use veil_shell::now_ms;
+use veil_shell::worker::Input;
 
 pub struct Core {
     node: ServerBNode<PaillierSecret>,
@@ -136,6 +131,9 @@ impl Core {
             let mut ack = None;
             match inputs.recv_timeout(wait.min(Duration::from_secs(1))) {
                 Ok(Input::Connected) => self.node.handle(now_ms(), NodeInput::Connected),
+                Ok(Input::Confirmed(token)) => {
+                    self.node.handle(now_ms(), NodeInput::Confirmed(token));
+                }
                 Ok(Input::Message(m)) => {
                     ack = Some(m.ack);
                     let input = NodeInput::Message {
@@ -196,11 +194,11 @@ impl Core {
             }
             BEvent::ForgetSession { sid } => self.store.remove_session(sid),
             BEvent::ForgetCompletion { sid } => self.store.remove_completion(sid),
-            BEvent::PersistResult(q) => {
-                if let Err(e) =
-                    self.store
-                        .put_result(&q.device, q.sid, q.t, &q.envelope, q.stored_at)
-                {
+            BEvent::PersistResult {
+                result: q,
+                completed,
+            } => {
+                if let Err(e) = self.store.put_result(&q, completed) {
                     tracing::error!(error = %e, "could not queue a result");
                 }
             }

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use veil_link::{Link, LinkEvent, MqttSettings};
+use veil_link::{Link, MqttSettings};
 use veil_model::Topology;
 use veil_paillier::{NoiseSource, SecretKey};
 use veil_protocol::Params;
 pub use veil_protocol::node::SessionLimits;
+use veil_shell::{StartError, Worker};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +142,7 @@ impl Stats {
 
 /// A running server B.
 pub struct ServerB {
-    link: Option<Link>,
-    core: Option<std::thread::JoinHandle<()>>,
-    inputs: std::sync::mpsc::SyncSender<core::Input>,
-    forwarder: tokio::task::JoinHandle<()>,
+    worker: Worker,
     stats: Arc<Stats>,
 }
 
@@ -158,59 +156,21 @@ impl ServerB {
     ) -> Result<ServerB, ServerBError> {
         let stats = Arc::new(Stats::default());
         let store = store::Store::open(&options.state_dir)?;
-        let (inputs, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
-        let mut link = Link::start(&options.mqtt)?;
+        let link = Link::start(&options.mqtt)?;
         let handle = link.handle.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let core_stats = Arc::clone(&stats);
-        let core = std::thread::Builder::new()
-            .name("veil-server-b".into())
-            .spawn(move || {
-                let started =
-                    core::Core::new(options, key, topology, params, store, handle, core_stats);
-                match started {
-                    Ok(mut core) => {
-                        let _ = ready_tx.send(Ok(()));
-                        core.run(rx);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(ServerBError::Thread)?;
-        match ready_rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(ServerBError::Thread(std::io::Error::other(
-                    "worker thread ended during start",
-                )));
-            }
-        }
-        let mut events = std::mem::replace(&mut link.events, tokio::sync::mpsc::channel(1).1);
-        let to_core = inputs.clone();
-        let forwarder = tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let input = match event {
-                    LinkEvent::Connected { .. } => core::Input::Connected,
-                    LinkEvent::Message(m) => core::Input::Message(m),
-                    LinkEvent::Disconnected { .. }
-                    | LinkEvent::Subscribed { .. }
-                    | LinkEvent::Confirmed(_) => continue,
-                };
-                if veil_link::hand_to_worker(&to_core, input).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(ServerB {
-            link: Some(link),
-            core: Some(core),
-            inputs,
-            forwarder,
-            stats,
-        })
+        let worker = Worker::start(
+            link,
+            "veil-server-b",
+            move || core::Core::new(options, key, topology, params, store, handle, core_stats),
+            |mut core, rx| core.run(rx),
+        )
+        .await
+        .map_err(|e| match e {
+            StartError::Init(e) => e,
+            StartError::Thread(e) => ServerBError::Thread(e),
+        })?;
+        Ok(ServerB { worker, stats })
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -224,41 +184,13 @@ impl ServerB {
 
     /// Stops cleanly: the worker finishes the message in hand, the store
     /// is flushed, the MQTT session is closed.
-    pub async fn shutdown(mut self) {
-        self.stop(core::Input::Shutdown).await;
-        if let Some(link) = self.link.take() {
-            link.close().await;
-        }
+    pub async fn shutdown(self) {
+        self.worker.shutdown().await;
     }
 
     /// Stops as a crash would: no DISCONNECT, nothing flushed beyond what
     /// the runtime had already made durable.
-    pub async fn abort(mut self) {
-        if let Some(link) = self.link.take() {
-            link.abort();
-        }
-        self.stop(core::Input::Crash).await;
-    }
-
-    async fn stop(&mut self, how: core::Input) {
-        self.forwarder.abort();
-        let inputs = self.inputs.clone();
-        // The queue may be full; the worker empties it.
-        let _ = tokio::task::spawn_blocking(move || inputs.send(how).is_ok()).await;
-        if let Some(core) = self.core.take() {
-            let _ = tokio::task::spawn_blocking(move || core.join()).await;
-        }
+    pub async fn abort(self) {
+        self.worker.abort().await;
     }
 }
-
-impl Drop for ServerB {
-    fn drop(&mut self) {
-        self.forwarder.abort();
-        // When the queue is full the worker still stops: it sees every
-        // sender gone once it has emptied the queue.
-        let _ = self.inputs.try_send(core::Input::Crash);
-    }
-}
-
-/// The worker's input queue (see [`veil_link::WORKER_QUEUE`]).
-pub const INPUT_QUEUE: usize = veil_link::WORKER_QUEUE;

@@ -2,7 +2,6 @@
 //! and the highest finished counter of each session.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_protocol::SessionId;
 use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
@@ -23,13 +22,6 @@ pub struct Store {
     /// big-endian ms): what start-up decides liveness from, before any
     /// seed is decrypted.
     session_times: sled::Tree,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub fn result_key(device: &str, sid: SessionId, t: u64) -> Vec<u8> {
@@ -81,13 +73,13 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
-        restrict(dir);
+        veil_shell::restrict_dir(dir);
         let path = dir.join("server-b.sled");
         let db = sled::open(&path).map_err(|source| ServerBError::Store {
             path: path.clone(),
             source,
         })?;
-        restrict(&path);
+        veil_shell::restrict_dir(&path);
         Ok(Store {
             results: db.open_tree("results")?,
             sessions: db.open_tree("sessions")?,
@@ -184,26 +176,14 @@ impl Store {
             .collect()
     }
 
-    pub fn completed_of(&self, sid: SessionId) -> Option<u64> {
-        let v = self.completed.get(sid.0).ok()??;
-        Some(u64::from_be_bytes(v.as_ref().try_into().ok()?))
-    }
-
-    /// Queues a result and raises its session's completion mark, durably,
-    /// before anything is published.
-    pub fn put_result(
-        &self,
-        device: &str,
-        sid: SessionId,
-        t: u64,
-        envelope: &[u8],
-        stored_at_ms: u64,
-    ) -> sled::Result<()> {
-        let mut value = stored_at_ms.to_be_bytes().to_vec();
-        value.extend_from_slice(envelope);
-        self.results.insert(result_key(device, sid, t), value)?;
-        let mark = self.completed_of(sid).map_or(t, |c| c.max(t));
-        self.completed.insert(sid.0, &mark.to_be_bytes())?;
+    /// Queues a result with its session's completion mark (the node's),
+    /// durably, before anything is published.
+    pub fn put_result(&self, q: &veil_protocol::node::Queued, completed: u64) -> sled::Result<()> {
+        let mut value = q.stored_at.to_be_bytes().to_vec();
+        value.extend_from_slice(&q.envelope);
+        self.results
+            .insert(result_key(&q.device, q.sid, q.t), value)?;
+        self.completed.insert(q.sid.0, &completed.to_be_bytes())?;
         self.flush()
     }
 
@@ -258,18 +238,10 @@ impl Store {
     }
 }
 
-/// Owner-only access: the store holds session messages and results.
-pub fn restrict(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let nanos = SystemTime::now()
@@ -293,9 +265,14 @@ mod tests {
             .put_session(s2, "devB", b"two", 2_000)
             .expect("stored");
         store.touch_session(s1, 5_000).expect("touched");
-        store
-            .put_result("devA", s1, 7, b"result", 6_000)
-            .expect("queued");
+        let result = veil_protocol::node::Queued {
+            device: "devA".into(),
+            sid: s1,
+            t: 7,
+            stored_at: 6_000,
+            envelope: b"result".to_vec(),
+        };
+        store.put_result(&result, 7).expect("queued");
         store.put_progress(s1, 8, 2).expect("progress");
         let mut sessions = store.sessions(9_999);
         sessions.sort_by_key(|s| s.sid.0);

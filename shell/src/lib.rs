@@ -14,13 +14,19 @@
 //! as inside `veil`; the edge agent must stay small (no tract, no ring),
 //! so this crate depends on nothing the agent does not already build.
 
+pub mod config;
+mod local;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod secret_file;
 mod signals;
+pub mod worker;
 
+pub use config::ConfigError;
+pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
 pub use metrics::{Metrics, MetricsArgs};
 pub use secret_file::{SecretFileError, check_owner_only};
 pub use signals::wait_for_stop;
+pub use worker::{StartError, Worker};

@@ -7,7 +7,7 @@
 use crate::Party;
 use std::collections::{BTreeMap, HashMap};
 use veil_protocol::node::{Bytes, Millis, Transmit};
-use veil_protocol::topics;
+use veil_protocol::{Peer, topics};
 
 /// Something on its way to a party.
 #[derive(Clone, Debug)]
@@ -45,28 +45,18 @@ pub struct Broker {
 
 /// Who subscribes to `topic` (the servers' and devices' filters).
 pub fn routes(topic: &str, devices: usize) -> Vec<Party> {
-    if topic.starts_with("veil/v1/ab/") {
-        return vec![Party::B];
+    match topics::subscriber(topic) {
+        Some(Peer::ServerA) => vec![Party::A],
+        Some(Peer::ServerB) => vec![Party::B],
+        Some(Peer::Device) => {
+            let device = topics::device_of(topic);
+            (0..devices)
+                .filter(|d| Some(crate::device_name(*d).as_str()) == device)
+                .map(Party::Device)
+                .collect()
+        }
+        None => Vec::new(),
     }
-    if topic == topics::b_to_a(crate::WORKER) {
-        return vec![Party::A];
-    }
-    let Some(device) = topics::device_of(topic) else {
-        return Vec::new();
-    };
-    if topic == topics::frame(device) || topic == topics::session(device, 'a') {
-        return vec![Party::A];
-    }
-    if topic == topics::session(device, 'b') || topic == topics::ack(device) {
-        return vec![Party::B];
-    }
-    if topic == topics::result(device) {
-        return (0..devices)
-            .filter(|d| crate::device_name(*d) == device)
-            .map(Party::Device)
-            .collect();
-    }
-    Vec::new()
 }
 
 impl Broker {

@@ -124,10 +124,12 @@ impl World {
                     BEvent::ForgetCompletion { sid } => {
                         store.completed.remove(&sid);
                     }
-                    BEvent::PersistResult(q) => {
+                    BEvent::PersistResult {
+                        result: q,
+                        completed,
+                    } => {
                         made.push((q.sid, q.t));
-                        let mark = store.completed.entry(q.sid).or_insert(q.t);
-                        *mark = (*mark).max(q.t);
+                        store.completed.insert(q.sid, completed);
                         store.results.insert((q.device.clone(), q.sid, q.t), q);
                     }
                     BEvent::PersistProgress { sid, t, stage } => {

@@ -78,8 +78,12 @@ pub enum BEvent {
     ForgetCompletion {
         sid: SessionId,
     },
-    /// Queue a result and raise its session's completion mark to `t`.
-    PersistResult(Queued),
+    /// Queue a result and store its session's completion mark (the
+    /// highest finished counter, `completed` ≥ the result's `t`).
+    PersistResult {
+        result: Queued,
+        completed: u64,
+    },
     /// Remember the stage frame `t` is at, so that a restarted B takes its
     /// next round or its output.
     PersistProgress {
@@ -166,6 +170,12 @@ impl<S: SecretOps> ServerBNode<S> {
 
     pub fn machine(&self) -> &ServerB<S> {
         &self.machine
+    }
+
+    /// The wrapped state machine, for tests and audits that step outside
+    /// the node's rules.
+    pub fn machine_mut(&mut self) -> &mut ServerB<S> {
+        &mut self.machine
     }
 
     pub fn handle(&mut self, now: Millis, input: Input) {
@@ -256,10 +266,12 @@ impl<S: SecretOps> ServerBNode<S> {
         }));
     }
 
-    fn complete(&mut self, sid: SessionId, t: u64) {
+    /// Marks frame `t` finished; the session's completion mark.
+    fn complete(&mut self, sid: SessionId, t: u64) -> u64 {
         self.machine.mark_completed(sid, t);
         let mark = self.completed.entry(sid).or_insert(t);
         *mark = (*mark).max(t);
+        *mark
     }
 
     /// A device's own message was refused: tell it, on its result topic.
@@ -504,7 +516,7 @@ impl<S: SecretOps> ServerBNode<S> {
                         stored_at: now,
                         envelope: bytes.clone(),
                     };
-                    self.complete(env.sid, env.t);
+                    let completed = self.complete(env.sid, env.t);
                     self.events.push_back(BEvent::ForgetProgress {
                         sid: env.sid,
                         upto: env.t,
@@ -512,7 +524,10 @@ impl<S: SecretOps> ServerBNode<S> {
                     self.reached.retain(|(s, t), _| *s != env.sid || *t > env.t);
                     self.results
                         .insert((env.device.clone(), env.sid, env.t), queued.clone());
-                    self.events.push_back(BEvent::PersistResult(queued));
+                    self.events.push_back(BEvent::PersistResult {
+                        result: queued,
+                        completed,
+                    });
                     self.note(BNote::Result);
                     self.transmits
                         .push_back(Transmit::new(topics::result(&env.device), bytes));

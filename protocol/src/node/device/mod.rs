@@ -176,22 +176,33 @@ impl DeviceNode {
             .filter(|s| waiting.contains(&s.sid))
             .collect();
         let device = Device::restore(cfg, sessions, None)?;
-        Ok(DeviceNode {
+        let mut node = DeviceNode::new(device, options, seed);
+        node.counter =
+            CounterReservation::recover(durable.counter_mark, node.options.counter_block);
+        node.outbox = durable
+            .outbox
+            .into_iter()
+            .map(|e| ((e.sid, e.t), e))
+            .collect();
+        node.settled = durable
+            .settled
+            .into_iter()
+            .map(|(sid, t, at)| ((sid, t), at))
+            .collect();
+        Ok(node)
+    }
+
+    /// A device with no durable state yet (an in-process run, where
+    /// nothing outlives the process).
+    pub fn new(device: Device, options: DeviceOptions, seed: [u8; 32]) -> DeviceNode {
+        DeviceNode {
             device,
-            counter: CounterReservation::recover(durable.counter_mark, options.counter_block),
+            counter: CounterReservation::recover(0, options.counter_block),
             options,
             rng: ChaCha20Rng::from_seed(seed),
-            outbox: durable
-                .outbox
-                .into_iter()
-                .map(|e| ((e.sid, e.t), e))
-                .collect(),
+            outbox: BTreeMap::new(),
             sent: HashMap::new(),
-            settled: durable
-                .settled
-                .into_iter()
-                .map(|(sid, t, at)| ((sid, t), at))
-                .collect(),
+            settled: BTreeMap::new(),
             recoveries: HashMap::new(),
             acks_due: BTreeMap::new(),
             republished: HashMap::new(),
@@ -203,11 +214,29 @@ impl DeviceNode {
             last_sync: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        })
+        }
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The wrapped device, for tests and audits that step outside the
+    /// node's rules.
+    pub fn device_mut(&mut self) -> &mut Device {
+        &mut self.device
+    }
+
+    /// Opens the next session now if the device needs one, so that its
+    /// messages (and the servers' precomputation for it) go out ahead of
+    /// the next capture. Whether it opened one.
+    pub fn prepare_session(&mut self, now: Millis) -> Result<bool> {
+        if !self.device.needs_session() {
+            return Ok(false);
+        }
+        self.open_session()?;
+        self.send_new(now);
+        Ok(true)
     }
 
     /// Frames waiting for their result.

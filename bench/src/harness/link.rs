@@ -1,0 +1,160 @@
+//! One MQTT client behind a counting relay.
+
+use super::*;
+
+/// One MQTT client behind a counting relay.
+pub struct Link {
+    client: Client,
+    conn: Connection,
+    pub relay: Relay,
+    pub(super) published: u64,
+    pub(super) acked: u64,
+    /// QoS 1 messages received and PUBACKs sent for them.
+    delivered: u64,
+    acks_sent: u64,
+}
+
+/// What a poll of a link produced.
+pub enum Polled {
+    Message { topic: String, payload: Vec<u8> },
+    Other,
+    Timeout,
+}
+
+impl Link {
+    pub fn connect(broker: SocketAddr, user: &str, client_id: &str) -> Result<Link> {
+        let relay = Relay::start(broker)?;
+        let addr = relay.addr();
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options
+            .set_credentials(user, password(user))
+            // Long enough that no keep-alive ping lands in a measurement.
+            .set_keep_alive(Duration::from_secs(900))
+            .set_max_packet_size(64 << 20, 64 << 20)
+            .set_clean_session(true)
+            .set_request_channel_capacity(1024);
+        let (client, mut conn) = Client::new(options, 1024);
+        // Without it every small packet waits for the peer's delayed ACK.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        conn.eventloop.set_network_options(network);
+        let mut link = Link {
+            client,
+            conn,
+            relay,
+            published: 0,
+            acked: 0,
+            delivered: 0,
+            acks_sent: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match link.conn.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    if ack.code != rumqttc::ConnectReturnCode::Success {
+                        bail!("broker refused {user}: {:?}", ack.code);
+                    }
+                    return Ok(link);
+                }
+                Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Err(e)) => bail!("connecting {user}: {e}"),
+                Err(RecvTimeoutError::Disconnected) => bail!("connecting {user}: closed"),
+            }
+            if Instant::now() > deadline {
+                bail!("connecting {user}: no CONNACK");
+            }
+        }
+    }
+
+    /// Subscribes (QoS 1) and waits for the broker's acknowledgement.
+    pub fn subscribe(&mut self, filters: &[&str]) -> Result<()> {
+        for filter in filters {
+            self.client
+                .try_subscribe(*filter, QoS::AtLeastOnce)
+                .with_context(|| format!("subscribing to {filter}"))?;
+        }
+        let mut pending = filters.len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pending > 0 {
+            if let Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) =
+                self.conn.recv_timeout(Duration::from_millis(200))
+            {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    bail!("the broker refused a subscription among {filters:?}");
+                }
+                pending -= 1;
+            }
+            if Instant::now() > deadline {
+                bail!("no SUBACK for {filters:?}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .with_context(|| format!("publishing on {topic}"))?;
+        self.published += 1;
+        Ok(())
+    }
+
+    pub fn poll(&mut self, timeout: Duration) -> Result<Polled> {
+        match self.conn.recv_timeout(timeout) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if p.qos != QoS::AtMostOnce {
+                    self.delivered += 1;
+                }
+                Ok(Polled::Message {
+                    topic: p.topic,
+                    payload: p.payload.to_vec(),
+                })
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                self.acked += 1;
+                Ok(Polled::Other)
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::PubAck(_)))) => {
+                self.acks_sent += 1;
+                Ok(Polled::Other)
+            }
+            Ok(Ok(_)) => Ok(Polled::Other),
+            Ok(Err(e)) => Err(anyhow!("MQTT connection: {e}")),
+            Err(RecvTimeoutError::Timeout) => Ok(Polled::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(anyhow!("MQTT connection closed")),
+        }
+    }
+
+    /// Polls until every QoS 1 exchange is complete both ways, then until
+    /// the socket has been quiet for a moment: a point between frames.
+    pub fn settle(&mut self) -> Result<Traffic> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked < self.published || self.acks_sent < self.delivered {
+            if let Polled::Message { topic, .. } = self.poll(Duration::from_millis(20))? {
+                bail!("unexpected message on {topic} between frames");
+            }
+            if Instant::now() > deadline {
+                bail!("acknowledgements did not complete");
+            }
+        }
+        Ok(self
+            .relay
+            .settle(Duration::from_millis(40), Duration::from_secs(5)))
+    }
+
+    pub fn disconnect(mut self) {
+        let _ = self.client.try_disconnect();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match self.conn.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+                _ => {}
+            }
+        }
+    }
+}
