@@ -7,6 +7,7 @@
 mod audit;
 #[cfg(feature = "bench")]
 mod bench;
+mod broker_metrics;
 mod demo;
 #[cfg(not(all(feature = "onnx", feature = "bench")))]
 mod disabled;
