@@ -16,6 +16,7 @@ mod import;
 mod infer;
 mod keygen;
 mod load;
+mod onnx_args;
 mod provision;
 mod roles;
 mod share;
