@@ -36,6 +36,19 @@ async fn try_connect(addr: std::net::SocketAddr, id: &str, user: &str) -> Result
     }
 }
 
+/// A broker on `passwords` (with `users`) and `acl` (with [`ACL`]).
+async fn start_with(passwords: &Path, users: &[&str], acl: &Path) -> veil_broker::BrokerHandle {
+    write_passwords(passwords, users);
+    std::fs::write(acl, ACL).unwrap();
+    start(BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        password_file: Some(passwords.to_path_buf()),
+        acl_file: Some(acl.to_path_buf()),
+        ..BrokerConfig::default()
+    })
+    .await
+}
+
 fn refusal(outcome: Result<V4Client, String>) -> String {
     match outcome {
         Ok(_) => panic!("connected"),
@@ -50,17 +63,8 @@ const ACL: &str = "pattern read veil/v1/dev/%u/result\n\
 #[tokio::test]
 async fn added_users_connect_removed_ones_cannot_and_connected_ones_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let passwords = dir.path().join("passwords");
-    let acl = dir.path().join("acl");
-    write_passwords(&passwords, &["server-a", "dev-old"]);
-    std::fs::write(&acl, ACL).unwrap();
-    let broker = start(BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        password_file: Some(passwords.clone()),
-        acl_file: Some(acl.clone()),
-        ..BrokerConfig::default()
-    })
-    .await;
+    let (passwords, acl) = (dir.path().join("passwords"), dir.path().join("acl"));
+    let broker = start_with(&passwords, &["server-a", "dev-old"], &acl).await;
     let addr = broker.local_addr();
 
     let err = refusal(try_connect(addr, "before", "dev-new").await);
@@ -122,17 +126,8 @@ async fn added_users_connect_removed_ones_cannot_and_connected_ones_stay() {
 #[tokio::test]
 async fn a_broken_file_is_refused_and_the_old_users_and_rules_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let passwords = dir.path().join("passwords");
-    let acl = dir.path().join("acl");
-    write_passwords(&passwords, &["server-a", "dev-one"]);
-    std::fs::write(&acl, ACL).unwrap();
-    let broker = start(BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        password_file: Some(passwords.clone()),
-        acl_file: Some(acl.clone()),
-        ..BrokerConfig::default()
-    })
-    .await;
+    let (passwords, acl) = (dir.path().join("passwords"), dir.path().join("acl"));
+    let broker = start_with(&passwords, &["server-a", "dev-one"], &acl).await;
     let addr = broker.local_addr();
 
     // A good password file with a broken ACL: neither is taken, so
