@@ -112,6 +112,16 @@ mod tests {
         packet
     }
 
+    /// An MQTT 3.1.1 PUBLISH at QoS 0.
+    fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = u16::try_from(topic.len()).unwrap().to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        let mut packet = vec![0x30, u8::try_from(body.len()).unwrap()];
+        packet.extend(body);
+        packet
+    }
+
     /// Sends CONNECT and returns the connection and the CONNACK's code.
     async fn connect(addr: SocketAddr, user: &str, password: &str) -> (TcpStream, u8) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -158,7 +168,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_refusals_bytes_and_reloads_are_counted() {
+    async fn connections_refusals_denials_bytes_and_reloads_are_counted() {
         let broker = Broker::start(BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             password_file: Some(repo_config("passwords")),
@@ -175,8 +185,11 @@ mod tests {
 
         let (_refused, code) = connect(broker.local_addr(), "devA", "wrong").await;
         assert_eq!(code, 5, "not authorized");
-        let (_open, code) = connect(broker.local_addr(), "devA", "demo-devA").await;
+        let (mut open, code) = connect(broker.local_addr(), "devA", "demo-devA").await;
         assert_eq!(code, 0);
+        // QoS 0 to another device's frame topic: dropped by the ACL.
+        let publish = publish_packet("veil/v1/dev/devB/frame", b"x");
+        open.write_all(&publish).await.unwrap();
         broker.reload().unwrap();
         let page = scrape_until(
             metrics,
@@ -185,6 +198,7 @@ mod tests {
                 "veil_broker_connections_total 1\n",
                 "veil_broker_connections_open 1\n",
                 "veil_broker_reloads_total{outcome=\"applied\"} 1\n",
+                "veil_broker_acl_denied_total{action=\"publish\"} 1\n",
             ],
         )
         .await;
@@ -192,7 +206,7 @@ mod tests {
         let wrong_len = connect_packet("devA-metrics", "devA", "wrong").len();
         assert_eq!(
             value(&page, "veil_broker_received_bytes_total"),
-            u64::try_from(connect_len + wrong_len).unwrap()
+            u64::try_from(connect_len + wrong_len + publish.len()).unwrap()
         );
         assert_eq!(
             value(&page, "veil_broker_sent_bytes_total"),
