@@ -133,6 +133,18 @@ impl AclFile {
         Ok(acl)
     }
 
+    /// Number of `topic` and `pattern` lines, every section together.
+    pub fn rule_count(&self) -> usize {
+        self.anonymous.len()
+            + self.users.values().map(Vec::len).sum::<usize>()
+            + self.patterns.len()
+    }
+
+    /// Number of `user` sections.
+    pub fn user_sections(&self) -> usize {
+        self.users.len()
+    }
+
     /// Resolves the entries that apply to one client: its user section (or
     /// the anonymous one) plus every pattern with `%u`/`%c` filled in.
     pub fn for_client(&self, who: &Identity) -> ClientAcl {

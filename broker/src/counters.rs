@@ -1,7 +1,8 @@
-//! What the gate refused or held back, counted by reason, so operators
-//! (and the hostile-client test) can see an attack being turned away
-//! without reading logs. Every counted event is also logged where it
-//! happens.
+//! What the gate let through, refused or held back, counted by reason, so
+//! operators (and the hostile-client test) can see an attack being turned
+//! away without reading logs; `veil broker --metrics-listen` exports the
+//! same numbers to Prometheus. Every counted refusal is also logged where
+//! it happens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +21,13 @@ pub(crate) struct Counters {
     pub connections_refused: AtomicU64,
     pub tls_refused: AtomicU64,
     pub certificate_refused: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub deliveries_withheld: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reloads_refused: AtomicU64,
 }
 
 /// A copy of the gate's counters since the broker started.
@@ -56,11 +64,37 @@ pub struct GateCounters {
     /// certificates: a common name that is no valid username, or a
     /// CONNECT username other than the certificate's.
     pub certificate_refused: u64,
+    /// CONNECTs answered with a successful CONNACK.
+    pub connections_accepted: u64,
+    /// Client connections past CONNACK right now.
+    pub connections_open: u64,
+    /// Deliveries the gate withheld from a subscriber without read access
+    /// (after an ACL reload, or through a filter wider than the grant).
+    pub deliveries_withheld: u64,
+    /// MQTT bytes read from and written to clients (inside TLS: record
+    /// overhead and handshakes are not counted).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Reloads of the password and ACL files that took effect, and those
+    /// refused (the old files stayed in force).
+    pub reloads: u64,
+    pub reloads_refused: u64,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub(crate) fn open_connection(&self) -> OpenConnection<'_> {
+        Counters::bump(&self.connections_accepted);
+        Counters::bump(&self.connections_open);
+        OpenConnection(&self.connections_open)
     }
 
     pub(crate) fn snapshot(&self) -> GateCounters {
@@ -79,7 +113,23 @@ impl Counters {
             connections_refused: get(&self.connections_refused),
             tls_refused: get(&self.tls_refused),
             certificate_refused: get(&self.certificate_refused),
+            connections_accepted: get(&self.connections_accepted),
+            connections_open: get(&self.connections_open),
+            deliveries_withheld: get(&self.deliveries_withheld),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            reloads: get(&self.reloads),
+            reloads_refused: get(&self.reloads_refused),
         }
+    }
+}
+
+/// Decrements the open-connection gauge when the connection ends.
+pub(crate) struct OpenConnection<'a>(&'a AtomicU64);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -89,7 +139,9 @@ impl std::fmt::Display for GateCounters {
             f,
             "auth failed {}, client id refused {}, will refused {}, publish refused {}, \
              subscribe refused {}, kicked {}, malformed {}, too large {}, throttled {} \
-             ({} ms), connections refused {}, TLS refused {}, certificate refused {}",
+             ({} ms), connections refused {}, TLS refused {}, certificate refused {}, \
+             connections accepted {} (open {}), deliveries withheld {}, bytes in {}, \
+             bytes out {}, reloads {} (refused {})",
             self.auth_failed,
             self.client_id_refused,
             self.will_refused,
@@ -102,7 +154,14 @@ impl std::fmt::Display for GateCounters {
             self.throttled_ms,
             self.connections_refused,
             self.tls_refused,
-            self.certificate_refused
+            self.certificate_refused,
+            self.connections_accepted,
+            self.connections_open,
+            self.deliveries_withheld,
+            self.bytes_in,
+            self.bytes_out,
+            self.reloads,
+            self.reloads_refused
         )
     }
 }

@@ -30,6 +30,7 @@ use crate::codec::{
 };
 use crate::counters::Counters;
 use crate::identity::{self, IdentityRefusal};
+use crate::metered::Metered;
 use crate::quota::Quotas;
 use crate::security::{AclCache, SecurityStore};
 use crate::topic;
@@ -136,6 +137,7 @@ pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, gate: Arc<Gate>, cert:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let stream = Metered::new(stream, Arc::clone(&gate));
     let (client_r, mut client_w) = tokio::io::split(stream);
     let mut client_r = FrameReader::new(client_r, gate.max_packet);
 
@@ -376,6 +378,7 @@ async fn serve_authenticated<S>(
     if client_w.write_all(&ack_bytes).await.is_err() || ack.0.code != 0 {
         return;
     }
+    let _open = gate.counters.open_connection();
     debug!(%peer, user = user_label(&who), client_id = %who.client_id, ?version, "client connected");
 
     let (to_client_tx, to_client_rx) = mpsc::channel(gate.queue_len);
@@ -845,6 +848,7 @@ impl UpstreamToClient<'_> {
                     return Ok(client.write_all(frame.raw()).await?);
                 }
                 let who = self.acl.who();
+                Counters::bump(&self.gate.counters.deliveries_withheld);
                 info!(
                     user = user_label(who),
                     client_id = %who.client_id,

@@ -141,7 +141,9 @@
 //! [`Broker::start`] binds the listeners (port 0 picks a free one) and
 //! returns a [`BrokerHandle`]; [`BrokerHandle::shutdown`] closes the
 //! listeners, ends every connection and rumqttd's servers, and waits for
-//! them; [`BrokerHandle::reload`] re-reads the password and ACL files.
+//! them; [`BrokerHandle::reload`] re-reads the password and ACL files
+//! (`veil broker` calls it on SIGHUP; its doc says what a reload changes
+//! for connected clients).
 //! Instances share no global state, so a test can run several and restart
 //! one on the same public port.
 //!
@@ -178,6 +180,7 @@ mod error;
 pub mod fuzzing;
 mod gate;
 mod identity;
+mod metered;
 pub mod mosquitto;
 mod passwd;
 mod quota;
@@ -203,6 +206,7 @@ pub use error::BrokerError;
 pub use identity::IdentityRefusal;
 pub use passwd::{PasswordFile, PasswordFileError};
 pub use quota::PublishQuota;
+pub use security::ReloadSummary;
 pub use topic::TopicError;
 
 use gate::{CertIdentity, Gate};
@@ -340,19 +344,44 @@ impl BrokerHandle {
         self.gate.counters.snapshot()
     }
 
+    /// A reader of [`BrokerHandle::counters`] that outlives borrows of the
+    /// handle (a metrics exporter's refresh task holds one).
+    pub fn counter_reader(&self) -> impl Fn() -> GateCounters + Send + Sync + 'static {
+        let gate = Arc::clone(&self.gate);
+        move || gate.counters.snapshot()
+    }
+
     /// The configuration this broker was started with.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
     }
 
-    /// Re-reads the password and ACL files. On success new connections and
-    /// every later decision on existing connections use the new files; on
-    /// error the old ones stay in force.
-    pub fn reload(&self) -> Result<(), BrokerError> {
-        let security = Security::load(&self.config)?;
-        self.gate.security.replace(security);
-        info!("password and ACL files reloaded");
-        Ok(())
+    /// Re-reads the password and ACL files (what `veil broker` does on
+    /// SIGHUP). Both are parsed in full before either replaces the files in
+    /// force, so an unreadable or invalid file changes nothing: the error
+    /// says which file and line, and the old users and rules stay.
+    ///
+    /// What the new files govern, as in Mosquitto:
+    /// - the password file, every CONNECT from now on; connections already
+    ///   authenticated are not checked again (a removed user's open
+    ///   connection stays open);
+    /// - the ACL, every PUBLISH, SUBSCRIBE and delivery from now on, on
+    ///   existing connections too, subscriptions granted earlier included.
+    ///   To cut a connected client off at once, give its user `topic deny
+    ///   #` (a deny always wins) along with removing it from the password
+    ///   file.
+    pub fn reload(&self) -> Result<ReloadSummary, BrokerError> {
+        let security = match Security::load(&self.config) {
+            Ok(security) => security,
+            Err(e) => {
+                counters::Counters::bump(&self.gate.counters.reloads_refused);
+                return Err(e);
+            }
+        };
+        let summary = self.gate.security.replace(security);
+        counters::Counters::bump(&self.gate.counters.reloads);
+        info!("password and ACL files reloaded: {summary}");
+        Ok(summary)
     }
 
     /// Closes the listeners, ends every client connection and the embedded

@@ -146,6 +146,11 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// The users of this file, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
+    }
+
     /// Is `user` a user of this file?
     pub fn contains(&self, user: &str) -> bool {
         self.users.contains_key(user)

@@ -48,10 +48,74 @@ impl Security {
         Ok(Security { passwords, acl })
     }
 
+    /// What replacing `self` by `new` changes, in counts (no names, no
+    /// hashes: the summary goes to the log).
+    pub fn changes_to(&self, new: &Security) -> ReloadSummary {
+        let (users_added, users_removed) = match (&self.passwords, &new.passwords) {
+            (Some(old), Some(new)) => (
+                new.users().filter(|u| !old.contains(u)).count(),
+                old.users().filter(|u| !new.contains(u)).count(),
+            ),
+            (None, Some(new)) => (new.len(), 0),
+            (Some(old), None) => (0, old.len()),
+            (None, None) => (0, 0),
+        };
+        ReloadSummary {
+            users: new.passwords.as_ref().map(PasswordFile::len),
+            users_added,
+            users_removed,
+            acl_rules: new.acl.as_ref().map(AclFile::rule_count),
+            acl_rules_before: self.acl.as_ref().map(AclFile::rule_count),
+            acl_user_sections: new.acl.as_ref().map(AclFile::user_sections),
+        }
+    }
+
     pub fn client_acl(&self, who: &Identity) -> ClientAcl {
         match &self.acl {
             Some(acl) => acl.for_client(who),
             None => ClientAcl::allow_all(),
+        }
+    }
+}
+
+/// What a successful [`crate::BrokerHandle::reload`] put in force, in
+/// counts. `None` where the configuration names no such file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Users in the new password file.
+    pub users: Option<usize>,
+    /// Users in the new file that the old one lacked (a changed password
+    /// counts as neither added nor removed).
+    pub users_added: usize,
+    /// Users of the old file the new one lacks.
+    pub users_removed: usize,
+    /// `topic` and `pattern` lines of the new ACL file.
+    pub acl_rules: Option<usize>,
+    /// The same count for the ACL file that was in force before.
+    pub acl_rules_before: Option<usize>,
+    /// `user` sections (with at least one rule) of the new ACL file.
+    pub acl_user_sections: Option<usize>,
+}
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.users {
+            Some(n) => write!(
+                f,
+                "{n} users (+{} -{})",
+                self.users_added, self.users_removed
+            )?,
+            None => f.write_str("no password file")?,
+        }
+        match (self.acl_rules, self.acl_user_sections) {
+            (Some(rules), Some(sections)) => {
+                write!(f, ", {rules} ACL rules in {sections} user sections")?;
+                if let Some(before) = self.acl_rules_before {
+                    write!(f, " (was {before})")?;
+                }
+                Ok(())
+            }
+            _ => f.write_str(", no ACL file"),
         }
     }
 }
@@ -85,12 +149,16 @@ impl SecurityStore {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn replace(&self, security: Security) {
-        *self
+    /// Puts `security` in force and returns what that changed.
+    pub fn replace(&self, security: Security) -> ReloadSummary {
+        let mut current = self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(security);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let summary = current.changes_to(&security);
+        *current = Arc::new(security);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        summary
     }
 }
 

@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use veil_model::{ImportOptions, Model, PLAN_EXTENSION};
+use veil_model::PLAN_EXTENSION;
 
 /// Compile ONNX models into .plan files (topology and quantized weights).
 ///
-/// Each M.onnx becomes M.plan next to it (or `--out`), imported with the
-/// default options: input bounds from the file's metadata, f = w = 16.
+/// Each M.onnx becomes M.plan next to it (or `--out`). Input bounds come
+/// from `--input-bounds`, else the file's metadata, else `--calibration`;
+/// the fixed-point format is `--fixed-point` (default f = w = 16). With
+/// `--calibration`, the float and integer models are compared on its rows
+/// and the largest logit error is printed.
 /// The shipped plans were made with `--calibration data/pima-train.csv`
 /// (Pima) and `--calibration data/mnist-10k-images-idx3-ubyte.gz` (MNIST,
 /// its first 1,000 images).
@@ -28,16 +31,8 @@ pub struct Args {
     /// import produces.
     #[arg(long, conflicts_with = "out")]
     check: bool,
-    /// Calibration data: server A draws its dummies from the pre-activations
-    /// the model produces on these rows, stored in the plan (an IDX image
-    /// file, or a CSV whose first columns are the features). Use training
-    /// data, never the rows you evaluate on. Without it, A's dummies fall
-    /// back to a distribution B can tell apart from real entries.
-    #[arg(long, value_name = "FILE")]
-    calibration: Option<PathBuf>,
-    /// How many calibration rows to run (from the start of the file).
-    #[arg(long, value_name = "N", default_value_t = veil_model::CALIBRATION_ROWS)]
-    calibration_rows: usize,
+    #[command(flatten)]
+    onnx: crate::onnx_args::OnnxArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,13 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut stale = Vec::new();
     for onnx in &args.models {
-        let mut model = Model::load(onnx, &ImportOptions::default())
-            .with_context(|| format!("importing {}", onnx.display()))?;
-        if let Some(path) = &args.calibration {
-            model
-                .calibrate_from(path, args.calibration_rows)
-                .with_context(|| format!("calibrating {} on {}", onnx.display(), path.display()))?;
-        }
+        let model = crate::onnx_args::import(onnx, &args.onnx)?;
         let bytes = model.compiled().to_bytes();
         let out = args
             .out
@@ -73,6 +62,9 @@ pub fn run(args: Args) -> Result<()> {
             bytes.len(),
             model.topology().fingerprint_hex()
         );
+        if let Some(report) = crate::onnx_args::report(&model, &args.onnx)? {
+            println!("  quantization: {report}");
+        }
     }
     if !stale.is_empty() {
         bail!(

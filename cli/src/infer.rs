@@ -30,6 +30,8 @@ pub struct Args {
     /// Where to write the outputs (default: standard output).
     #[arg(long, value_name = "Y.csv")]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    onnx: crate::onnx_args::OnnxArgs,
 }
 
 /// What `veil infer` and `veil audit` both need to run the protocol.
@@ -111,16 +113,44 @@ pub(crate) fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i6
 /// other crates of a workspace build may switch on: the same command line
 /// then behaves the same in every build of the binary.
 pub(crate) fn load_model_file(path: &Path) -> Result<CompiledModel> {
-    let onnx = path
+    load_model_with(path, &crate::onnx_args::OnnxArgs::default())
+}
+
+/// [`load_model_file`] with the import options of `veil infer`: an ONNX
+/// file is imported with them; a `.plan` is already quantized, so only
+/// `--calibration` (the dummies' distribution) applies to it.
+pub(crate) fn load_model_with(
+    path: &Path,
+    onnx: &crate::onnx_args::OnnxArgs,
+) -> Result<CompiledModel> {
+    let is_onnx = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-    if onnx && !cfg!(feature = "onnx") {
+    if is_onnx && !cfg!(feature = "onnx") {
         return Err(veil_model::ModelError::OnnxDisabled {
             path: path.display().to_string(),
         }
         .into());
     }
-    veil_model::load_model_file(path).with_context(|| format!("loading {}", path.display()))
+    #[cfg(feature = "onnx")]
+    if is_onnx {
+        return Ok(crate::onnx_args::import(path, onnx)?.into_compiled());
+    }
+    if onnx.any_import_option() {
+        bail!(
+            "--input-bounds and --fixed-point apply to ONNX models; {} is already quantized \
+             (its bounds and format were fixed by `veil import`)",
+            path.display()
+        );
+    }
+    let mut model =
+        veil_model::load_model_file(path).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(data) = &onnx.calibration {
+        model
+            .calibrate_from(data, onnx.calibration_rows)
+            .with_context(|| format!("calibrating {} on {}", path.display(), data.display()))?;
+    }
+    Ok(model)
 }
 
 pub(crate) fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
@@ -135,7 +165,7 @@ pub(crate) fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model_file(&args.run.model)?;
+    let model = load_model_with(&args.run.model, &args.onnx)?;
     let rows = read_rows(&args.run.input, &model)?;
     let (key_a, key_b) = keys(args.run.keys.as_deref())?;
     let params = Params {

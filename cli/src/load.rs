@@ -260,7 +260,7 @@ async fn load(args: Args) -> Result<()> {
     );
     if let Some(report) = &attack_report {
         println!("attacker: {report:?}");
-        println!("broker refusals: {}", broker.counters());
+        println!("broker counters: {}", broker.counters());
         if report.takeovers_accepted > 0 || report.subscriptions_granted > 0 {
             problems.push(format!(
                 "the attacker took over {} client ids and got {} forbidden subscriptions",

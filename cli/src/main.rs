@@ -8,6 +8,7 @@ mod attack;
 mod audit;
 #[cfg(feature = "bench")]
 mod bench;
+mod broker_metrics;
 mod demo;
 #[cfg(not(all(feature = "onnx", feature = "bench")))]
 mod disabled;
@@ -16,6 +17,7 @@ mod import;
 mod infer;
 mod keygen;
 mod load;
+mod onnx_args;
 mod provision;
 mod roles;
 mod share;

@@ -25,6 +25,8 @@ pub struct BrokerArgs {
         default_value = "/etc/veil/broker.toml"
     )]
     pub config: PathBuf,
+    #[command(flatten)]
+    pub metrics: veil_shell::MetricsArgs,
 }
 
 pub fn broker(args: BrokerArgs) -> Result<()> {
@@ -35,13 +37,53 @@ pub fn broker(args: BrokerArgs) -> Result<()> {
             .await
             .context("starting the broker")?;
         eprintln!("veil broker listening on {}", broker.local_addr());
+        if let Some(addr) = args.metrics.metrics_listen {
+            crate::broker_metrics::serve(addr, &broker).await?;
+        }
         veil_shell::notify::ready();
         veil_shell::notify::spawn_watchdog();
-        veil_shell::wait_for_stop().await;
+        reload_on_hangup(&broker, veil_shell::wait_for_stop()).await;
         veil_shell::notify::stopping();
         broker.shutdown().await;
         Ok(())
     })
+}
+
+/// Reloads the broker's password and ACL files on every SIGHUP (systemd's
+/// `ExecReload`) until `stop` completes. A file that cannot be read or
+/// parsed is logged with its reason and changes nothing.
+async fn reload_on_hangup(broker: &veil_broker::BrokerHandle, stop: impl Future<Output = ()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading needs a restart");
+                stop.await;
+                return;
+            }
+        };
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                Some(()) = hangup.recv() => {
+                    if let Err(e) = broker.reload() {
+                        tracing::error!(
+                            "SIGHUP: reload refused, the previous password and ACL files stay in force: {:#}",
+                            anyhow::Error::from(e)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = broker;
+        stop.await;
+    }
 }
 
 pub fn server_a(args: veil_server_a::cli::Args) -> Result<()> {

@@ -168,21 +168,26 @@ fn left_out_features_say_how_to_rebuild() {
 }
 
 /// `veil import --check` confirms that the shipped .plan files are what
-/// importing their ONNX files gives.
+/// importing their ONNX files gives, with the calibration data they were
+/// made with (models/README.md).
 #[cfg(feature = "onnx")]
 #[test]
 fn shipped_plans_are_up_to_date() {
-    let out = veil()
-        .args(["import", "--check"])
-        .args(
-            ["mnist-mlp", "mnist-cnn", "pima-mlp", "pima-tanh"]
-                .map(|m| repo().join(format!("models/{m}.onnx"))),
-        )
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (models, data) in [
+        (["mnist-mlp", "mnist-cnn"], "mnist-10k-images-idx3-ubyte.gz"),
+        (["pima-mlp", "pima-tanh"], "pima-train.csv"),
+    ] {
+        let out = veil()
+            .args(["import", "--check"])
+            .args(models.map(|m| repo().join(format!("models/{m}.onnx"))))
+            .arg("--calibration")
+            .arg(repo().join("data").join(data))
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -26,8 +26,9 @@ pub enum ModelError {
     #[error("unsupported graph structure: {0}")]
     UnsupportedGraph(String),
     #[error(
-        "no input bounds: pass ImportOptions::input_bounds or a calibration set, or embed \
-         metadata_props \"veil.input_bounds\" in the ONNX file"
+        "the model states no input bounds (ONNX metadata_props \"veil.input_bounds\"): give \
+         them with --input-bounds, or derive them from data with --calibration \
+         (ImportOptions::input_bounds, calibration or calibration_file in the library)"
     )]
     MissingInputBounds,
     #[error("invalid input bounds: {0}")]

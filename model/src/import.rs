@@ -15,6 +15,10 @@ use crate::affine::{Affine, Op};
 use crate::error::ModelError;
 use crate::topology::{ActivationKind, MAX_ELEMENTS, PoolSpec};
 
+/// ONNX's `TensorProto.DataType` code of float32, the one element type of
+/// the data path.
+const FLOAT: i64 = 1;
+
 /// Key of the ONNX metadata entry that carries per-feature input bounds.
 pub const INPUT_BOUNDS_KEY: &str = "veil.input_bounds";
 /// Key of the ONNX metadata entry that carries the input scale: a JSON
@@ -297,6 +301,15 @@ impl Walker {
         }
         match op {
             "Identity" | "Dropout" => {}
+            // skl2onnx opens every graph with a Cast to float: on the float
+            // data tensor it changes nothing.
+            "Cast" if ctx.int("to", 0) == FLOAT => {}
+            "Cast" => {
+                return Err(ctx.usage(format!(
+                    "Cast to element type {} (only a Cast to float, a no-op on the data, is supported)",
+                    ctx.int("to", 0)
+                )));
+            }
             "Flatten" => self.flatten(&ctx)?,
             "Reshape" => self.reshape(&ctx, live_pos)?,
             "Add" | "Sub" | "Mul" | "Div" => self.elementwise(&ctx, op, live_pos)?,
@@ -347,6 +360,7 @@ const SUPPORTED: &[&str] = &[
     "Softmax",
     "Identity",
     "Dropout",
+    "Cast",
     "Constant",
 ];
 

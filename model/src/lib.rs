@@ -24,6 +24,8 @@ mod import;
 #[cfg(feature = "onnx")]
 mod model;
 mod plan;
+#[cfg(feature = "onnx")]
+mod quantization;
 mod semantics;
 mod topology;
 
@@ -39,6 +41,8 @@ pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
+#[cfg(feature = "onnx")]
+pub use quantization::QuantizationReport;
 pub use semantics::{activate, permute_eval};
 pub use topology::{
     ActivationKind, ActivationSpec, LinearKind, LinearSpec, MAX_ELEMENTS, PoolSpec, Stage, Topology,

@@ -36,6 +36,11 @@ pub struct ImportOptions {
     /// max, each side widened by `calibration_margin × max(hi − lo, |lo|, |hi|, 1)`.
     /// Used when `input_bounds` is `None`; takes precedence over the metadata.
     pub calibration: Option<Vec<Vec<f32>>>,
+    /// A file of representative inputs, read with
+    /// [`crate::data::load_features`] once the importer knows the input
+    /// width (every row; a CSV's first columns are the features): bounds as
+    /// for `calibration`, which takes precedence over it.
+    pub calibration_file: Option<std::path::PathBuf>,
     pub calibration_margin: f64,
     /// Model name in the topology; defaults to the file stem or graph name.
     pub name: Option<String>,
@@ -50,6 +55,7 @@ impl Default for ImportOptions {
             input_bounds: None,
             input_scale: None,
             calibration: None,
+            calibration_file: None,
             calibration_margin: 0.1,
             name: None,
             max_dense_weights: 4 << 20,
@@ -95,6 +101,9 @@ fn resolve_bounds(
         b.clone()
     } else if let Some(rows) = &options.calibration {
         calibration_bounds(rows, n, options.calibration_margin)?
+    } else if let Some(path) = &options.calibration_file {
+        let rows = crate::data::load_features(path, n, usize::MAX)?;
+        calibration_bounds(&rows, n, options.calibration_margin)?
     } else if let Some(m) = metadata {
         m?
     } else {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +53,23 @@ impl Mirror {
     }
 }
 
+/// Counters of one name told apart by one label (e.g. `reason`), each
+/// value a [`Mirror`] of its own.
+pub struct MirrorFamily {
+    family: Family<Vec<(String, String)>, Counter>,
+    label: String,
+}
+
+impl MirrorFamily {
+    /// The counter for `label="value"`.
+    pub fn with(&self, value: &str) -> Mirror {
+        let key = vec![(self.label.clone(), value.to_string())];
+        Mirror {
+            counter: self.family.get_or_create(&key).clone(),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new(role: &str) -> Metrics {
         Metrics {
@@ -65,6 +83,16 @@ impl Metrics {
         let counter = Counter::default();
         self.registry.register(name, help, counter.clone());
         Mirror { counter }
+    }
+
+    /// Counters sharing `name`, told apart by the value of `label`.
+    pub fn counter_family(&mut self, name: &str, help: &str, label: &str) -> MirrorFamily {
+        let family = Family::default();
+        self.registry.register(name, help, family.clone());
+        MirrorFamily {
+            family,
+            label: label.to_string(),
+        }
     }
 
     pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
@@ -224,15 +252,21 @@ mod tests {
         let mut metrics = Metrics::new("server-a");
         let frames = metrics.counter("frames", "Frames accepted");
         let queue = metrics.gauge("queue_depth", "Inputs waiting for the worker");
+        let refused = metrics.counter_family("refused", "Refusals by reason", "reason");
         let ready = metrics.ready_flag();
         let addr = metrics.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         frames.follow(3);
         frames.follow(2);
         queue.set(7);
+        refused.with("auth").follow(2);
         let page = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
         assert!(page.contains("veil_server_a_frames_total 3\n"), "{page}");
         assert!(page.contains("veil_server_a_queue_depth 7\n"), "{page}");
+        assert!(
+            page.contains("veil_server_a_refused_total{reason=\"auth\"} 2\n"),
+            "{page}"
+        );
         assert!(
             get(addr, b"GET /healthz HTTP/1.1\r\n\r\n")
                 .await

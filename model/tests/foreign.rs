@@ -1,0 +1,107 @@
+//! Models from other exporters, with none of veil's metadata: scikit-learn
+//! through skl2onnx (model/tests/fixtures/pima_sklearn.py made the file),
+//! bounds measured on data, the fixed-point format, and the quantization
+//! report.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Attr, Graph, values};
+use veil_model::{FixedPoint, ImportOptions, Model, ModelError};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pima-sklearn.onnx")
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data")
+        .join(name)
+}
+
+/// Feature rows of a Pima CSV (its label column dropped).
+fn pima_rows(name: &str) -> Vec<Vec<f32>> {
+    veil_model::data::load_features(&data(name), 7, usize::MAX).unwrap()
+}
+
+fn from_training_data(fixed: FixedPoint) -> Model {
+    Model::load(
+        &fixture(),
+        &ImportOptions {
+            calibration_file: Some(data("pima-train.csv")),
+            fixed,
+            ..ImportOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_scikit_learn_model_needs_bounds_and_takes_them_from_data() {
+    let err = Model::load(&fixture(), &ImportOptions::default()).unwrap_err();
+    assert!(matches!(err, ModelError::MissingInputBounds), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("--input-bounds"), "{message}");
+    assert!(message.contains("--calibration"), "{message}");
+
+    let model = from_training_data(FixedPoint::default());
+    let train = pima_rows("pima-train.csv");
+    // Every training row lies inside, with the 10% margin to spare: glu
+    // spans [56, 199] there, widened by 0.1 · max(143, 56, 199, 1).
+    for row in &train {
+        model.encode_input(row).unwrap();
+    }
+    let (lo, hi) = model.topology().input_bounds[1];
+    assert!((lo - (56.0 - 19.9)).abs() < 1e-9, "{lo}");
+    assert!((hi - (199.0 + 19.9)).abs() < 1e-9, "{hi}");
+
+    let report = model.quantization_report(&train).unwrap();
+    assert_eq!((report.rows, report.outputs), (train.len(), 1));
+    assert!(!report.to_string().contains("top-1"), "{report}");
+    assert!(report.max_logit_error > 0.0, "{report}");
+    assert!(report.max_logit_error < 1e-2, "{report}");
+}
+
+#[test]
+fn more_weight_bits_shrink_the_quantization_error() {
+    let train = pima_rows("pima-train.csv");
+    let error = |weight_bits| {
+        from_training_data(FixedPoint {
+            frac_bits: 16,
+            weight_bits,
+        })
+        .quantization_report(&train)
+        .unwrap()
+        .max_logit_error
+    };
+    let (w16, w24) = (error(16), error(24));
+    assert!(w24 * 16.0 < w16, "w = 16: {w16:.3e}, w = 24: {w24:.3e}");
+}
+
+/// x (3 features in [-1, 1]) → Cast(to) → MatMul.
+fn cast_then_matmul(to: i64) -> Vec<u8> {
+    let mut g = Graph::new(&[3]);
+    let w = g.init("w", &[3, 2], values(1, 6, 1.0));
+    g.node("Cast", "cast", &[""], &[("to", Attr::Int(to))])
+        .node("MatMul", "mm", &["", &w], &[])
+        .bounds(-1.0, 1.0);
+    g.bytes()
+}
+
+#[test]
+fn a_cast_to_float_passes_and_other_casts_are_refused() {
+    let model = Model::from_bytes(&cast_then_matmul(1), &ImportOptions::default()).unwrap();
+    let x = [0.5, -0.25, 1.0];
+    let report = model.quantization_report(&[x.to_vec()]).unwrap();
+    assert!(report.max_logit_error < 1e-3, "{report}");
+
+    // 7 is int64.
+    let err = Model::from_bytes(&cast_then_matmul(7), &ImportOptions::default()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, ModelError::UnsupportedUsage { .. }),
+        "{message}"
+    );
+    assert!(message.contains("element type 7"), "{message}");
+}
