@@ -5,7 +5,7 @@
 //! deployment pays for one hostile device (scripts/hostile-roles.sh reads
 //! every role's peak RSS this way).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -126,7 +126,7 @@ async fn attack(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn pins(a: &PathBuf, b: &PathBuf, model: &PathBuf) -> Result<veil_attack::Pins> {
+fn pins(a: &Path, b: &Path, model: &Path) -> Result<veil_attack::Pins> {
     let a = PublicKey::read_from_file(a).with_context(|| format!("reading {}", a.display()))?;
     let b = PublicKey::read_from_file(b).with_context(|| format!("reading {}", b.display()))?;
     let model = crate::infer::load_model_file(model)?;

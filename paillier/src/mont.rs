@@ -313,40 +313,23 @@ impl Modulus {
                 odd.push(next);
             }
         }
-        let bit = |i: u32| (exp[(i / 64) as usize] >> (i % 64)) & 1 == 1;
         let mut acc: Option<Elem> = None;
-        let mut i = bits as i64 - 1;
-        while i >= 0 {
-            if !bit(i as u32) {
-                if let Some(a) = acc.as_mut() {
-                    self.sqr_assign(a);
-                }
-                i -= 1;
-                continue;
-            }
-            let mut low = (i - window as i64 + 1).max(0);
-            while !bit(low as u32) {
-                low += 1;
-            }
-            let mut value = 0usize;
-            for j in (low..=i).rev() {
-                value = (value << 1) | usize::from(bit(j as u32));
-            }
+        sliding_windows(exp, bits, window, |squarings, index| {
             if let Some(a) = acc.as_mut() {
-                for _ in low..=i {
+                for _ in 0..squarings {
                     self.sqr_assign(a);
                 }
             }
-            let factor = &odd[value >> 1];
-            acc = Some(match acc {
-                Some(mut a) => {
-                    self.mul_assign(&mut a, factor);
-                    a
-                }
-                None => factor.clone(),
-            });
-            i = low - 1;
-        }
+            if let Some(factor) = index.and_then(|k| odd.get(k)) {
+                acc = Some(match acc.take() {
+                    Some(mut a) => {
+                        self.mul_assign(&mut a, factor);
+                        a
+                    }
+                    None => factor.clone(),
+                });
+            }
+        });
         acc.unwrap_or_else(|| self.one())
     }
 
@@ -429,6 +412,46 @@ pub(crate) fn ct_select_into(table: &[Elem], index: u64, out: &mut Elem) {
 }
 
 /// Window width for a sliding-window exponentiation with `bits` exponent bits.
+/// Left-to-right sliding-window recoding of a public exponent of `bits`
+/// bits, shared by the single and the batched exponentiation: calls
+/// `step(squarings, Some(k))` for each window, meaning "square the
+/// accumulator `squarings` times, then multiply by `base^(2k+1)`", and
+/// `step(squarings, None)` for trailing zero bits. Variable time in `exp`.
+pub(crate) fn sliding_windows(
+    exp: &[u64],
+    bits: u32,
+    window: u32,
+    mut step: impl FnMut(u32, Option<usize>),
+) {
+    let bit = |i: u32| {
+        exp.get((i / 64) as usize)
+            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+    };
+    let mut pending = 0u32;
+    let mut i = i64::from(bits) - 1;
+    while i >= 0 {
+        if !bit(i as u32) {
+            pending += 1;
+            i -= 1;
+            continue;
+        }
+        let mut low = (i - i64::from(window) + 1).max(0);
+        while !bit(low as u32) {
+            low += 1;
+        }
+        let mut value = 0usize;
+        for j in (low..=i).rev() {
+            value = (value << 1) | usize::from(bit(j as u32));
+        }
+        step(pending + (i - low + 1) as u32, Some(value >> 1));
+        pending = 0;
+        i = low - 1;
+    }
+    if pending > 0 {
+        step(pending, None);
+    }
+}
+
 fn sliding_window(bits: u32) -> u32 {
     match bits {
         0..=8 => 1,

@@ -275,41 +275,24 @@ impl Modulus {
         } else {
             odd.push(base);
         }
-        let bit = |i: u32| (exp[(i / 64) as usize] >> (i % 64)) & 1 == 1;
         let mut scratch = ctx.wide(ctx.zeros());
         let mut acc: Option<Vec<Lane8>> = None;
-        let mut i = bits as i64 - 1;
-        while i >= 0 {
-            if !bit(i as u32) {
-                if let Some(a) = acc.as_mut() {
-                    ctx.sqr_assign(a, &mut scratch);
-                }
-                i -= 1;
-                continue;
-            }
-            let mut low = (i - window as i64 + 1).max(0);
-            while !bit(low as u32) {
-                low += 1;
-            }
-            let mut value = 0usize;
-            for j in (low..=i).rev() {
-                value = (value << 1) | usize::from(bit(j as u32));
-            }
+        super::sliding_windows(exp, bits, window, |squarings, index| {
             if let Some(a) = acc.as_mut() {
-                for _ in low..=i {
+                for _ in 0..squarings {
                     ctx.sqr_assign(a, &mut scratch);
                 }
             }
-            let factor = &odd[value >> 1];
-            acc = Some(match acc {
-                Some(mut a) => {
-                    ctx.mul_assign(&mut a, factor, &mut scratch, false);
-                    a
-                }
-                None => ctx.wide(factor.clone()),
-            });
-            i = low - 1;
-        }
+            if let Some(factor) = index.and_then(|k| odd.get(k)) {
+                acc = Some(match acc.take() {
+                    Some(mut a) => {
+                        ctx.mul_assign(&mut a, factor, &mut scratch, false);
+                        a
+                    }
+                    None => ctx.wide(factor.clone()),
+                });
+            }
+        });
         ctx.unpack(&acc.unwrap_or_else(|| ctx.broadcast(&self.one)))
     }
 
