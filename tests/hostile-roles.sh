@@ -147,7 +147,7 @@ printf '%-10s %18s %18s\n' server-b "${calm[2]}" "$(hwm_mib $B)"
 printf '%-10s %18s %18s\n' "agent max" "${calm[3]}" "$hagent_rss"
 echo
 for port in $((PORT + 1)) $((PORT + 2)); do
-    curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^veil_server_[ab]_(sessions|frames|results|rejected)_total' | paste -sd ' '
+    curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^veil_server_[ab]_(sessions|frames|results|redelivered|acked|rejected)_total|^veil_server_b_queued' | paste -sd ' '
 done
 grep -E "published|sessions|forged|takeovers|subscriptions|rejects|disconnects|huge|malformed|jumps" attack.txt | tr -s ' ' | paste -sd ' '
 [ "$n" = $((DEVICES * FRAMES)) ] && [ "$hn" = $((DEVICES * FRAMES)) ] && [ "$failed" = 0 ] && [ "$hfailed" = 0 ]
