@@ -157,6 +157,7 @@ pub struct CpuGroup {
     clocks: Arc<Mutex<Vec<libc::clockid_t>>>,
 }
 
+#[allow(unsafe_code)] // pthread_getcpuclockid has no safe wrapper
 fn clock_of_current_thread() -> Option<libc::clockid_t> {
     let mut id: libc::clockid_t = 0;
     // SAFETY: pthread_self is always valid for the calling thread and the

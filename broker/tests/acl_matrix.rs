@@ -1,6 +1,7 @@
 //! The whole topic/ACL matrix of config/acl, checked at the ACL-engine
 //! level: every (principal, topic, action) cell is tried, and each must be
 //! allowed exactly when the topic map in the design says so.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use veil_broker::{AclFile, Identity, PasswordFile};
 

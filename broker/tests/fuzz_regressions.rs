@@ -1,6 +1,7 @@
 //! The fuzz targets' committed inputs (fuzz/regressions/<target>/: every
 //! crash found, plus seeds) replayed through the same entry points on
 //! stable.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 #[path = "../../fuzz/regressions.rs"]
 mod committed;

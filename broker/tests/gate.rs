@@ -1,5 +1,6 @@
 //! End-to-end tests of the broker over real TCP on loopback, with rumqttc
 //! clients and the repository's config/acl and config/passwords.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

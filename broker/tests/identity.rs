@@ -1,5 +1,6 @@
 //! The gate's identity rules over real TCP: client ids bound to usernames,
 //! ids assigned for empty ones, shared-subscription groups named by the ACL.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The same config/acl and config/passwords drive a real Mosquitto (when
 //! one is installed): the delivery-level guarantees match the embedded
 //! broker's. Skipped, with the reason printed, when `mosquitto` is absent.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

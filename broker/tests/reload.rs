@@ -1,6 +1,7 @@
 //! Reloading the password and ACL files (what `veil broker` does on
 //! SIGHUP), over real MQTT: who may connect afterwards, what connected
 //! clients may still do, and that a broken file changes nothing.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

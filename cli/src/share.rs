@@ -51,6 +51,8 @@ fn candidates(what: &str) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
+    // Setting the environment is unsafe since Rust 2024.
+    #[allow(unsafe_code)]
     #[test]
     fn the_environment_comes_first_and_a_missing_folder_says_what_was_searched() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! reason and the broker keeps serving. What a reload changes for clients
 //! is tested over MQTT in broker/tests/reload.rs.
 #![cfg(unix)]
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -3,6 +3,7 @@
 //! the binary: bounds given or measured, the fixed-point format, and the
 //! quantization report.
 #![cfg(feature = "onnx")]
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! server, the topology pinned, a device provisioned against the shipped
 //! ACL; the files it writes load as the agent reads them, and the password
 //! it chose opens the broker's password file.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! through skl2onnx (model/tests/fixtures/pima_sklearn.py made the file),
 //! bounds measured on data, the fixed-point format, and the quantization
 //! report.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

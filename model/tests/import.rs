@@ -1,5 +1,6 @@
 //! Importer behaviour on operators and structures beyond the shipped models,
 //! and its errors.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! deliberate change to import or quantization, regenerate them with
 //! `veil import models/*.onnx` (or `VEIL_BLESS_PLANS=1 cargo test -p
 //! veil-model --test plans`).
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

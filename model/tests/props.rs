@@ -1,5 +1,6 @@
 //! Property tests: the truncation rule, the activation semantics, soundness
 //! of the interval bounds, and the direct convolution.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The shipped models: on the full MNIST 10k set and the full Pima test set,
 //! the integer reference (the private protocol's exact arithmetic) predicts
 //! the same class as the float reference (tract) for at least 99.9% of rows.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

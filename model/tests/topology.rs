@@ -1,5 +1,6 @@
 //! The public topology: no weight inside, small, stable fingerprint,
 //! strict decoding.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

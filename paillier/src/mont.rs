@@ -473,11 +473,11 @@ fn amm_portable(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
     let mut acc = vec![0u64; padded + 1];
     for &bi in &b[..modulus.n] {
         for j in 0..padded {
-            acc[j] = acc[j].wrapping_add(((a[j] as u128 * bi as u128) as u64) & MASK);
+            acc[j] = acc[j].wrapping_add(((u128::from(a[j]) * u128::from(bi)) as u64) & MASK);
         }
         let y = (acc[0].wrapping_mul(modulus.k0)) & MASK;
         for j in 0..padded {
-            acc[j] = acc[j].wrapping_add(((m[j] as u128 * y as u128) as u64) & MASK);
+            acc[j] = acc[j].wrapping_add(((u128::from(m[j]) * u128::from(y)) as u64) & MASK);
         }
         let carry = acc[0] >> LIMB_BITS;
         for j in 0..padded {
@@ -486,8 +486,8 @@ fn amm_portable(modulus: &Modulus, a: &[u64], b: &[u64], out: &mut [u64]) {
         acc[padded] = 0;
         acc[0] = acc[0].wrapping_add(carry);
         for j in 0..padded {
-            let hi_a = ((a[j] as u128 * bi as u128) >> LIMB_BITS) as u64;
-            let hi_m = ((m[j] as u128 * y as u128) >> LIMB_BITS) as u64;
+            let hi_a = ((u128::from(a[j]) * u128::from(bi)) >> LIMB_BITS) as u64;
+            let hi_m = ((u128::from(m[j]) * u128::from(y)) >> LIMB_BITS) as u64;
             acc[j] = acc[j].wrapping_add(hi_a).wrapping_add(hi_m);
         }
     }

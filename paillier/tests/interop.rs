@@ -3,6 +3,7 @@
 //! ciphertexts, reproduces phe's encryptions from the recorded randomness
 //! and phe's homomorphic results bit for bit; and the ciphertexts veil wrote
 //! into the same file were decrypted by phe (recorded by the script).
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! crash found, plus seeds) replayed through the same entry points on
 //! stable, and a real run's traffic fed to them. With VEIL_FUZZ_SEEDS=<dir>
 //! set, the real run's messages are also written there as seed corpora.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 #[path = "../../fuzz/regressions.rs"]
 mod committed;

@@ -1,5 +1,6 @@
 //! Counters and list lengths are the sender's claims: values at the edge of
 //! their types must be refused with a reason, never wrap or panic.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! With real Paillier (N = 2048), the protocol's outputs are bit-identical
 //! to the plaintext backend's for the same seeds: every Pima test row for
 //! both Pima models, and 20 MNIST rows for each MNIST model.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! With the plaintext backend, the full protocol reproduces the model
 //! crate's integer reference bit for bit on whole test sets, and predicts
 //! the float reference's class.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Every refusal rule: unknown sessions, wrong devices, wrong sizes,
 //! replays, out-of-order rounds, rounds that do not fit the published
 //! topology, foreign parameters, bad versions and garbage bytes.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! Memory is the process's resident set (`VmRSS` in /proc/self/status,
 //! sampled every 50 ms): broker, both servers, the agents and the attacker
 //! all run in this process, so the bound covers every role together.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

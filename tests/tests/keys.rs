@@ -1,5 +1,6 @@
 //! Key mix-ups an operator can make, and that must stop a role at start
 //! instead of letting one party hold both keys.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::sync::Arc;
 

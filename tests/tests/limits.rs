@@ -2,6 +2,7 @@
 //! holds at most `EVENT_QUEUE` messages and pushes the rest back onto the
 //! broker through TCP, losing none of them (QoS 0 included, which no
 //! in-flight window limits).
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::time::Duration;
 

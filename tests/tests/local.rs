@@ -2,6 +2,7 @@
 //! sensor readings published locally become frames, and no decoded result
 //! ever reaches the remote broker (a spy reading every topic there sees
 //! only veil's masked traffic).
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::path::Path;
 use std::time::Duration;

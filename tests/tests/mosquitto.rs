@@ -2,6 +2,7 @@
 //! repository's config/acl and config/passwords: results still equal the
 //! integer reference. Skipped (saying why) when no mosquitto binary is
 //! installed, except in CI, where `.ci/run` installs it.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use veil_broker::mosquitto::Mosquitto;
 use veil_e2e::*;

@@ -2,6 +2,7 @@
 //! frames in flight when it dropped off, frames captured while offline
 //! (kept in the outbox across a reboot), none lost and none handed to the
 //! application twice.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;

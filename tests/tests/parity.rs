@@ -1,6 +1,7 @@
 //! Over real MQTT (embedded broker, both servers, one edge agent), every
 //! result equals the model's integer reference bit for bit: the plaintext
 //! the protocol must reproduce, with A's truncation randomness.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use veil_e2e::*;
 use veil_edge_agent::Output;

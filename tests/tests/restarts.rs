@@ -2,6 +2,7 @@
 //! broker (which forgets every retained message and session): no frame and
 //! no result is lost, none is delivered twice, and every result is still
 //! exact.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;

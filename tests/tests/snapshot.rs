@@ -3,6 +3,7 @@
 //! second time; because every agent start opens a fresh session, no
 //! (session seed, counter) pair is ever used twice and every result is
 //! still exact.
+#![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::collections::BTreeSet;
 use std::path::Path;

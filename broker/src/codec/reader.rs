@@ -43,6 +43,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    // No safe wrapper sets a socket option on a descriptor the reader does
+    // not own (it only has the raw fd of a socket that outlives it).
+    #[allow(unsafe_code)]
     pub(super) fn quickack(&self) {
         #[cfg(target_os = "linux")]
         if let Some(fd) = self.quickack {

@@ -453,7 +453,7 @@ mod timing {
                 for _ in 0..iters {
                     c.mul_assign(&mut acc, &a, &mut scratch, false);
                 }
-                best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+                best = best.min(t.elapsed().as_secs_f64() / f64::from(iters));
             }
             let mut acc = c.wide(a.clone());
             let mut scratch = c.wide(c.zeros());
@@ -463,7 +463,7 @@ mod timing {
                 for _ in 0..iters {
                     c.sqr_assign(&mut acc, &mut scratch);
                 }
-                bests = bests.min(t.elapsed().as_secs_f64() / iters as f64);
+                bests = bests.min(t.elapsed().as_secs_f64() / f64::from(iters));
             }
             println!("sqr {:.2} us", bests * 1e6);
             let e = ctx.one();
@@ -474,7 +474,7 @@ mod timing {
                 for _ in 0..iters {
                     ctx.mul_assign(&mut x, &e);
                 }
-                best1 = best1.min(t.elapsed().as_secs_f64() / iters as f64);
+                best1 = best1.min(t.elapsed().as_secs_f64() / f64::from(iters));
             }
             let bases: Vec<Elem> = (0..8)
                 .map(|i| ctx.enter(&BoxedUint::from(1234567u64 + i)))
