@@ -1,4 +1,5 @@
-//! `veil provision device`: everything a new device needs, in one step.
+//! `veil provision device|server-a|server-b`: everything a new device
+//! needs in one step, and the servers' broker accounts.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
@@ -10,8 +11,9 @@ use veil_broker::{AclFile, Identity, PasswordFile};
 use veil_paillier::PublicKey;
 use veil_protocol::topics;
 
-/// Provision a device: a pinned edge-agent configuration, its broker
-/// password, and a check of what the ACL lets it do.
+/// Provision a device (a pinned edge-agent configuration, its broker
+/// password, and a check of what the ACL lets it do) or a server's broker
+/// account.
 ///
 /// Writes OUT/edge-agent-NAME.toml (pins for both servers' keys and the
 /// model's topology, broker address, state folder) and OUT/NAME.password
@@ -19,23 +21,28 @@ use veil_protocol::topics;
 /// (otherwise prints the line to add), then evaluates the ACL for NAME: it
 /// must be able to write its own session, frame and ack topics and read its
 /// own results, and nothing of another device or of the servers.
+///
+/// `veil provision server-a --out DIR --password-file FILE` (or server-b)
+/// writes DIR/server-a.password (mode 0600, 192 random bits) and adds the
+/// server's account to the broker's password file; no key or model needed.
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to provision (only `device` today).
+    /// What to provision: a device, or a server's broker account.
     #[arg(value_enum)]
     kind: Kind,
     /// The device's name: its broker username and its topic level
-    /// (letters, digits, '-', '_', '.').
-    name: String,
+    /// (letters, digits, '-', '_', '.'). Servers take their role's name.
+    #[arg(required_if_eq("kind", "device"))]
+    name: Option<String>,
     /// Server A's public key (`server-a.pub` from `veil keygen --role server-a`).
-    #[arg(long, value_name = "FILE")]
-    a_key: PathBuf,
+    #[arg(long, value_name = "FILE", required_if_eq("kind", "device"))]
+    a_key: Option<PathBuf>,
     /// Server B's public key (`server-b.pub`).
-    #[arg(long, value_name = "FILE")]
-    b_key: PathBuf,
+    #[arg(long, value_name = "FILE", required_if_eq("kind", "device"))]
+    b_key: Option<PathBuf>,
     /// The model the device uses, as server A serves it (.plan).
-    #[arg(long, value_name = "M.plan")]
-    model: PathBuf,
+    #[arg(long, value_name = "M.plan", required_if_eq("kind", "device"))]
+    model: Option<PathBuf>,
     /// The broker as the device reaches it.
     #[arg(long, default_value = "mqtts://broker:8883")]
     broker_url: String,
@@ -52,7 +59,7 @@ pub struct Args {
     /// The agent's state folder on the device.
     #[arg(long, default_value = "/var/lib/veil/edge-agent")]
     state_dir: String,
-    /// Replace the device's files in OUT if they exist.
+    /// Replace the files in OUT if they exist.
     #[arg(long)]
     force: bool,
 }
@@ -60,6 +67,8 @@ pub struct Args {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Kind {
     Device,
+    ServerA,
+    ServerB,
 }
 
 /// Mosquitto 2.0's own iteration count, deliberately low: the password
@@ -70,25 +79,37 @@ enum Kind {
 const PBKDF2_ITERATIONS: u32 = 101;
 
 pub fn run(args: Args) -> Result<()> {
-    let Kind::Device = args.kind;
-    let name = args.name.as_str();
+    let server = match args.kind {
+        Kind::Device => None,
+        Kind::ServerA => Some("server-a"),
+        Kind::ServerB => Some("server-b"),
+    };
+    if let Some(role) = server {
+        return provision_server(&args, role);
+    }
+    let (Some(name), Some(a_key), Some(b_key), Some(model)) =
+        (&args.name, &args.a_key, &args.b_key, &args.model)
+    else {
+        bail!("a device needs NAME, --a-key, --b-key and --model");
+    };
+    let name = name.as_str();
     veil_protocol::check_device_name(name).with_context(|| format!("device name {name:?}"))?;
     if matches!(name, "server-a" | "server-b") || name.starts_with("server-") {
         bail!("{name:?} is reserved for the servers' broker accounts");
     }
-    let a = PublicKey::read_from_file(&args.a_key)
-        .with_context(|| format!("reading server A's key {}", args.a_key.display()))?;
-    let b = PublicKey::read_from_file(&args.b_key)
-        .with_context(|| format!("reading server B's key {}", args.b_key.display()))?;
+    let a = PublicKey::read_from_file(a_key)
+        .with_context(|| format!("reading server A's key {}", a_key.display()))?;
+    let b = PublicKey::read_from_file(b_key)
+        .with_context(|| format!("reading server B's key {}", b_key.display()))?;
     if a.fingerprint_hex() == b.fingerprint_hex() {
         bail!(
             "{} and {} are the same key ({}); the servers must hold different keys",
-            args.a_key.display(),
-            args.b_key.display(),
+            a_key.display(),
+            b_key.display(),
             a.fingerprint_hex()
         );
     }
-    let model = crate::infer::load_model_file(&args.model)?;
+    let model = crate::infer::load_model_file(model)?;
     let topology = model.topology();
 
     let acl_text = std::fs::read_to_string(&args.acl)
@@ -104,11 +125,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{} exists; pass --force to replace it", path.display());
         }
     }
-    let password = random_password();
-    let mut salt = [0u8; 12];
-    rand::rng().fill_bytes(&mut salt);
-    let iterations = NonZeroU32::new(PBKDF2_ITERATIONS).context("iteration count")?;
-    let line = PasswordFile::pbkdf2_line(name, &password, salt, iterations);
+    let (password, line) = new_account(name)?;
     if let Some(file) = &args.password_file {
         add_password_line(file, name, &line)?;
     }
@@ -158,6 +175,50 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A server's broker account: its password file and its password line.
+fn provision_server(args: &Args, role: &str) -> Result<()> {
+    if let Some(name) = &args.name
+        && name != role
+    {
+        bail!("a server's account is named after its role ({role}), not {name:?}");
+    }
+    let password_path = args.out.join(format!("{role}.password"));
+    if password_path.exists() && !args.force {
+        bail!(
+            "{} exists; pass --force to replace it",
+            password_path.display()
+        );
+    }
+    let (password, line) = new_account(role)?;
+    if let Some(file) = &args.password_file {
+        add_password_line(file, role, &line)?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    veil_paillier::write_secret_file(&password_path, format!("{password}\n").as_bytes())
+        .with_context(|| format!("writing {}", password_path.display()))?;
+    println!("{role}: broker account");
+    println!(
+        "  {}  (mode 0600; install as /etc/veil/secrets/{role}.password, owned by veil-{role})",
+        password_path.display()
+    );
+    match &args.password_file {
+        Some(file) => println!("  added to the broker's password file {}", file.display()),
+        None => println!("  add this line to the broker's password file:\n    {line}"),
+    }
+    Ok(())
+}
+
+/// A random password and its password-file line.
+fn new_account(name: &str) -> Result<(String, String)> {
+    let password = random_password();
+    let mut salt = [0u8; 12];
+    rand::rng().fill_bytes(&mut salt);
+    let iterations = NonZeroU32::new(PBKDF2_ITERATIONS).context("iteration count")?;
+    let line = PasswordFile::pbkdf2_line(name, &password, salt, iterations);
+    Ok((password, line))
 }
 
 struct Agent<'a> {

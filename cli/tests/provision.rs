@@ -153,3 +153,57 @@ fn a_provisioned_device_gets_pins_a_password_and_an_acl_check() {
     assert!(!out.status.success());
     assert!(text(&out).contains("same key"), "{}", text(&out));
 }
+
+#[test]
+fn a_server_account_gets_a_password_that_opens_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let passwords = d.join("passwords");
+    let secrets = d.join("secrets");
+    for role in ["server-a", "server-b"] {
+        let out = veil(
+            &[
+                "provision",
+                role,
+                "--out",
+                secrets.to_str().unwrap(),
+                "--password-file",
+                passwords.to_str().unwrap(),
+            ],
+            d,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let parsed =
+        veil_broker::PasswordFile::parse(&std::fs::read_to_string(&passwords).unwrap()).unwrap();
+    for role in ["server-a", "server-b"] {
+        let password = std::fs::read_to_string(secrets.join(format!("{role}.password"))).unwrap();
+        assert!(parsed.verify(role, password.trim().as_bytes()), "{role}");
+    }
+    // A second account for a role is refused; a device must not take a
+    // server's name.
+    let again = veil(
+        &[
+            "provision",
+            "server-a",
+            "--out",
+            d.join("other").to_str().unwrap(),
+            "--password-file",
+            passwords.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already in"), "{}", text(&again));
+    let misnamed = veil(
+        &[
+            "provision",
+            "server-b",
+            "server-a",
+            "--out",
+            d.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert!(!misnamed.status.success());
+}

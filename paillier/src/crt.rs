@@ -125,11 +125,15 @@ impl Crt {
             .iter()
             .map(|c| ctx.enter(&c.rem(square).resize_unchecked(self.bits)))
             .collect();
-        let exponent = crate::words::u64_words(exponent);
-        ctx.pow_ct_many(&bases, &[&exponent], self.half_bits)
+        // The exponent is p-1, q-1, p or q: this copy is key material.
+        let mut exponent = crate::words::u64_words(exponent);
+        let out = ctx
+            .pow_ct_many(&bases, &[&exponent], self.half_bits)
             .iter()
             .map(|x| ctx.retrieve(x).resize_unchecked(self.bits))
-            .collect()
+            .collect();
+        exponent.zeroize();
+        out
     }
 
     /// `m mod p` from `x = c^(p-1) mod p²`: `L_p(x)·h_p mod p`.
@@ -151,9 +155,10 @@ impl Crt {
     /// [`Crt::decrypt`] of every ciphertext, eight exponentiations at a
     /// time where the multi-buffer kernel runs; the same results.
     pub(crate) fn decrypt_many(&self, cs: &[BoxedUint]) -> Vec<BoxedUint> {
-        let xp = self.half_pow_many(cs, &self.pp, &self.pp_ctx, &self.p_minus_1);
-        let xq = self.half_pow_many(cs, &self.qq, &self.qq_ctx, &self.q_minus_1);
-        xp.iter()
+        let mut xp = self.half_pow_many(cs, &self.pp, &self.pp_ctx, &self.p_minus_1);
+        let mut xq = self.half_pow_many(cs, &self.qq, &self.qq_ctx, &self.q_minus_1);
+        let out = xp
+            .iter()
             .zip(&xq)
             .map(|(xp, xq)| {
                 let mp = self.half_finish(xp, &self.p, &self.hp);
@@ -167,7 +172,11 @@ impl Crt {
                     .resize_unchecked(self.bits)
                     .wrapping_add(&mq)
             })
-            .collect()
+            .collect();
+        for v in xp.iter_mut().chain(&mut xq) {
+            v.zeroize();
+        }
+        out
     }
 
     /// `count` uniformly random N-th residues modulo N², value i drawn from
