@@ -1,6 +1,6 @@
 //! With real Paillier (N = 2048), the protocol's outputs are bit-identical
 //! to the plaintext backend's for the same seeds: every Pima test row for
-//! both Pima models, and 20 MNIST rows for each MNIST model.
+//! both Pima models, 20 MNIST rows for the MLP and 6 for the CNN.
 #![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
@@ -48,9 +48,11 @@ fn mnist_mlp_twenty_rows() {
     check("mnist-mlp", &rows, &Params::default());
 }
 
+/// Six rows: twenty took 97 s of CI's 30 minutes (stop 20), and every
+/// stage kind of the CNN is exercised by each row.
 #[test]
-fn mnist_cnn_twenty_rows() {
-    let rows: Vec<_> = mnist_rows().into_iter().take(20).collect();
+fn mnist_cnn_six_rows() {
+    let rows: Vec<_> = mnist_rows().into_iter().take(6).collect();
     check("mnist-cnn", &rows, &Params::default());
 }
 

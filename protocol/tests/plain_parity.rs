@@ -1,6 +1,6 @@
 //! With the plaintext backend, the full protocol reproduces the model
-//! crate's integer reference bit for bit on whole test sets, and predicts
-//! the float reference's class.
+//! crate's integer reference bit for bit on whole test sets (the CNN on
+//! its first 2,000 images), and predicts the float reference's class.
 #![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 mod common;
@@ -73,9 +73,13 @@ fn mnist_mlp_full_test_set() {
     check("mnist-mlp", &mnist_rows(), &Params::default());
 }
 
+/// The first 2,000 test images, not all 10,000: the full set took 110 s of
+/// CI's 30 minutes (stop 20), and the model crate's tests already run the
+/// integer reference over the whole set.
 #[test]
-fn mnist_cnn_full_test_set() {
-    check("mnist-cnn", &mnist_rows(), &Params::default());
+fn mnist_cnn_two_thousand_rows() {
+    let rows: Vec<_> = mnist_rows().into_iter().take(2_000).collect();
+    check("mnist-cnn", &rows, &Params::default());
 }
 
 #[test]
