@@ -16,6 +16,8 @@
 //! Everything it sees is counted in an [`AttackReport`]; what the servers
 //! and the broker refused is counted on their side.
 
+#![warn(missing_docs)]
+
 mod payloads;
 
 use std::sync::Arc;
@@ -32,21 +34,28 @@ use payloads::{Arsenal, Kind};
 /// forged sessions pass the cheap checks and reach decryption.
 #[derive(Clone, Debug, Default)]
 pub struct Pins {
+    /// The model's name.
     pub model: String,
+    /// SHA-256 fingerprint of the model's public topology.
     pub topology: [u8; 32],
+    /// Fingerprint of the protocol parameters.
     pub params: [u8; 32],
+    /// Fingerprint of server A's public key.
     pub server_a: [u8; 32],
+    /// Fingerprint of server B's public key.
     pub server_b: [u8; 32],
 }
 
 /// Whom to attack, and as whom.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// The broker's host.
     pub host: String,
+    /// The broker's port (plain MQTT).
     pub port: u16,
-    /// The attacker's own (valid) username and password; its device id is
-    /// the username.
+    /// The attacker's own (valid) username; its device id is the username.
     pub username: String,
+    /// The attacker's own (valid) password.
     pub password: String,
     /// Client ids to try to take over: the servers' and other devices'.
     pub victims: Vec<String>,
@@ -54,27 +63,39 @@ pub struct Target {
     pub forbidden_filters: Vec<String>,
     /// Largest payload the broker accepts (`max_payload_size`).
     pub max_payload: usize,
+    /// The real pins; without them forged sessions fail the cheap checks.
     pub pins: Option<Pins>,
 }
 
 /// What the attacker did and what it heard back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttackReport {
+    /// Publishes at QoS 0.
     pub qos0_published: u64,
+    /// Publishes at QoS 1.
     pub qos1_published: u64,
+    /// Payload bytes published.
     pub bytes_published: u64,
+    /// Payloads at the broker's size limit.
     pub huge: u64,
+    /// Payloads that are not valid veil messages.
     pub malformed: u64,
+    /// Frames whose counter jumps far ahead.
     pub counter_jumps: u64,
+    /// Session messages published.
     pub sessions: u64,
+    /// Session messages carrying the real pins (each costs a decryption).
     pub forged: u64,
     /// Refusals the servers sent back on the attacker's result topic.
     pub rejects_heard: u64,
+    /// Connections attempted under a victim's client id.
     pub takeovers_tried: u64,
+    /// Of those, refused by the broker.
     pub takeovers_refused: u64,
     /// Connections under a victim's client id that the broker accepted:
     /// each is a successful takeover.
     pub takeovers_accepted: u64,
+    /// Forbidden filters the broker refused.
     pub subscriptions_refused: u64,
     /// Forbidden filters the broker granted.
     pub subscriptions_granted: u64,

@@ -79,6 +79,7 @@ const RAW_QUEUE: usize = 16;
 
 /// A running link: its handle, its events, and its tasks.
 pub struct Link {
+    /// Publishes, acknowledges and stops the link.
     pub handle: LinkHandle,
     /// Bounded ([`EVENT_QUEUE`]): a runtime that falls behind stops the
     /// link reading from the broker, which pushes back through TCP instead

@@ -9,6 +9,8 @@
 //! is sent again after a reconnect until it has been. It knows nothing of
 //! the protocol: the runtimes give it topics and bytes.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,23 +31,43 @@ pub use settings::{LastWill, MqttSettings};
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// A broker URL that is not `mqtt://host:port` or `mqtts://host:port`.
     #[error("broker URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A password, certificate or key file that could not be read.
     #[error("reading {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// TLS settings that do not load (certificates, keys, roots).
     #[error("TLS: {0}")]
     Tls(String),
+    /// A retained message awaited at start-up never came.
     #[error("no retained message on {topics} ({last_error})")]
-    Missing { topics: String, last_error: String },
+    Missing {
+        /// The topics waited on.
+        topics: String,
+        /// The last connection error seen meanwhile, if any.
+        last_error: String,
+    },
 }
 
+/// A message the broker delivered.
 #[derive(Debug)]
 pub struct Message {
+    /// Its topic.
     pub topic: String,
+    /// Its payload.
     pub payload: bytes::Bytes,
+    /// Whether it is a retained message.
     pub retain: bool,
     /// Hand back to [`LinkHandle::ack`] once the message is safe.
     pub ack: AckToken,
@@ -63,6 +85,7 @@ pub struct AckToken {
 pub enum LinkEvent {
     /// Connected (again); subscriptions are being renewed.
     Connected {
+        /// Whether the broker kept the session (subscriptions, queue).
         session_present: bool,
     },
     /// The subscriptions of this connection are in place; `granted` tells,
@@ -70,12 +93,16 @@ pub enum LinkEvent {
     /// every filter and filters deliveries instead, so nothing may rely on
     /// a refusal showing up here).
     Subscribed {
+        /// Per filter, in the order subscribed: accepted or not.
         granted: Vec<bool>,
     },
+    /// A message arrived.
     Message(Message),
     /// The broker acknowledged the publish that carried this token.
     Confirmed(u64),
+    /// The connection dropped; the link reconnects with back-off.
     Disconnected {
+        /// Why, as the MQTT client reported it.
         error: String,
     },
 }

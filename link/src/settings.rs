@@ -11,6 +11,7 @@ use crate::*;
 pub struct MqttSettings {
     /// `mqtt://host:port` (plain) or `mqtts://host:port` (TLS).
     pub url: String,
+    /// Broker username (absent: anonymous, or a certificate's name).
     pub username: Option<String>,
     /// The password itself; prefer `password_file` outside demos.
     pub password: Option<String>,
@@ -29,6 +30,7 @@ pub struct MqttSettings {
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `client_cert_file` (keep it 0600).
     pub client_key_file: Option<PathBuf>,
+    /// MQTT keep-alive interval.
     pub keep_alive_secs: u64,
     /// Largest MQTT packet sent or received. Mask supplies are about
     /// 400 KB for MNIST and rounds of big models several MiB, far above
@@ -37,8 +39,9 @@ pub struct MqttSettings {
     /// Keep the broker-side session (subscriptions and queued QoS 1
     /// messages) across disconnections.
     pub persistent_session: bool,
-    /// First and longest wait between reconnection attempts.
+    /// First wait between reconnection attempts (doubling from there).
     pub backoff_min_ms: u64,
+    /// Longest wait between reconnection attempts.
     pub backoff_max_ms: u64,
     /// QoS 1 publishes in flight before waiting for acknowledgements.
     pub inflight: u16,
@@ -52,8 +55,11 @@ pub struct MqttSettings {
 /// once it loses the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastWill {
+    /// Where it is published.
     pub topic: String,
+    /// What it says (e.g. `offline`).
     pub payload: Vec<u8>,
+    /// Whether it is retained.
     pub retain: bool,
 }
 

@@ -24,6 +24,7 @@ pub enum KeySize {
 }
 
 impl KeySize {
+    /// The modulus size in bits.
     pub fn bits(self) -> u32 {
         match self {
             KeySize::Bits2048 => 2048,
@@ -31,6 +32,7 @@ impl KeySize {
         }
     }
 
+    /// The size of a modulus of `bits` bits, if supported.
     pub fn from_bits(bits: u32) -> Result<Self> {
         match bits {
             2048 => Ok(KeySize::Bits2048),

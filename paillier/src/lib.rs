@@ -24,6 +24,8 @@
 //! The crate offers three sources of encryption noise with different costs
 //! and assumptions; see [`randomness`] for which assumption each rests on.
 
+#![warn(missing_docs)]
+
 mod ciphertext;
 pub mod counter;
 mod crt;

@@ -28,10 +28,12 @@ pub struct PreparedBases {
 }
 
 impl PreparedBases {
+    /// How many bases were prepared.
     pub fn len(&self) -> usize {
         self.bases.len()
     }
 
+    /// Whether no base was prepared.
     pub fn is_empty(&self) -> bool {
         self.bases.is_empty()
     }

@@ -27,7 +27,9 @@ impl std::fmt::Debug for Plaintext {
 /// and leave the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed {
+    /// Whether the value is below zero.
     pub negative: bool,
+    /// Its absolute value.
     pub magnitude: BoxedUint,
 }
 

@@ -232,8 +232,11 @@ pub struct NoisePool {
 /// Hit and miss counts of a pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
+    /// Draws served from the pool.
     pub hits: u64,
+    /// Draws computed on the spot because the pool was empty.
     pub misses: u64,
+    /// Values ready now.
     pub available: usize,
 }
 
