@@ -42,7 +42,9 @@ impl Access {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("line {line}: {reason}")]
 pub struct AclError {
+    /// 1-based line number.
     pub line: usize,
+    /// What is wrong on it.
     pub reason: String,
 }
 
@@ -78,7 +80,9 @@ pub struct AclFile {
 /// and the MQTT client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The authenticated username; `None` for anonymous clients.
     pub username: Option<String>,
+    /// The MQTT client id.
     pub client_id: String,
 }
 

@@ -13,20 +13,26 @@ use thiserror::Error;
 /// Why a client certificate gives no usable username.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CertIdentityError {
+    /// No certificate on a listener that takes usernames from them.
     #[error("the client presented no certificate")]
     NoCertificate,
+    /// The DER does not parse; the part that failed.
     #[error("the certificate is not valid DER: {0}")]
     Malformed(&'static str),
+    /// No CN in the subject.
     #[error("the certificate's subject has no common name")]
     NoCommonName,
     /// Mosquitto takes the first; which one is "first" depends on how the
     /// subject was written, so the gate refuses rather than guess.
     #[error("the certificate's subject has more than one common name")]
     SeveralCommonNames,
+    /// A CN string type the gate does not read (its DER tag).
     #[error("the common name is a string type (tag 0x{0:02x}) other than UTF-8, printable or IA5")]
     StringType(u8),
+    /// A CN that is not UTF-8.
     #[error("the common name is not valid UTF-8")]
     Utf8,
+    /// An empty CN.
     #[error("the common name is empty")]
     Empty,
     /// `+` and `#` are MQTT wildcards and `/` separates topic levels: a

@@ -55,6 +55,7 @@ pub struct BrokerConfig {
     /// persistent session that stays offline longer than that window loses
     /// the oldest messages.
     pub log_segment_size: usize,
+    /// Segments kept per persistent session (see `log_segment_size`).
     pub log_segment_count: usize,
     /// Per-username PUBLISH rate and byte quotas.
     pub publish_quota: PublishQuota,
@@ -66,8 +67,11 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListenerConfig {
+    /// Address of the TLS listener.
     pub listen: SocketAddr,
+    /// PEM certificate chain of the broker.
     pub cert: PathBuf,
+    /// PEM private key of `cert` (keep it 0600).
     pub key: PathBuf,
     /// PEM file of the CA certificates that sign client certificates
     /// (Mosquitto's `cafile` on a listener). With it the listener asks

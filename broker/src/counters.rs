@@ -54,6 +54,7 @@ pub struct GateCounters {
     /// PUBLISHes held back because their user was over its quota, and the
     /// total time those connections waited.
     pub throttled: u64,
+    /// Milliseconds the throttled connections waited, summed.
     pub throttled_ms: u64,
     /// Connections refused at the connection limit.
     pub connections_refused: u64,
@@ -74,10 +75,12 @@ pub struct GateCounters {
     /// MQTT bytes read from and written to clients (inside TLS: record
     /// overhead and handshakes are not counted).
     pub bytes_in: u64,
+    /// MQTT bytes written to clients.
     pub bytes_out: u64,
     /// Reloads of the password and ACL files that took effect, and those
     /// refused (the old files stayed in force).
     pub reloads: u64,
+    /// Reloads refused; the files before stayed in force.
     pub reloads_refused: u64,
 }
 

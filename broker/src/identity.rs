@@ -26,17 +26,25 @@ pub enum IdentityRefusal {
     /// outright.
     #[error("the username contains an MQTT wildcard ('+' or '#')")]
     WildcardUsername,
+    /// A client id with `+` or `#`.
     #[error("the client id contains an MQTT wildcard ('+' or '#')")]
     WildcardClientId,
     /// rumqttd refuses these; the gate says why before it gets there.
     #[error("the client id contains '/' or '$'")]
     ReservedCharacter,
+    /// A client id that is not the username or `username-…`.
     #[error("the client id is neither the username nor the username followed by '-'")]
     NotTheUsers,
+    /// A client id of the form `owner-…` for another user.
     #[error("the client id belongs to user '{owner}'")]
-    OwnedByOther { owner: String },
+    OwnedByOther {
+        /// The user whose prefix the client id carries.
+        owner: String,
+    },
+    /// An empty client id asking for a persistent session.
     #[error("an empty client id needs a clean session")]
     EmptyWithPersistentSession,
+    /// An empty client id where none can be made up.
     #[error("no client id could be assigned")]
     CannotAssign,
 }

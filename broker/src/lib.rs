@@ -170,6 +170,8 @@
 //! on a loopback port, wherever they sit, so tests can hold both brokers to
 //! the same scenario.
 
+#![warn(missing_docs)]
+
 mod acl;
 mod cert;
 mod codec;

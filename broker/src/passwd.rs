@@ -29,7 +29,9 @@ const MAX_ITERATIONS: u32 = 10_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("line {line}: {reason}")]
 pub struct PasswordFileError {
+    /// 1-based line number.
     pub line: usize,
+    /// What is wrong on it.
     pub reason: String,
 }
 

@@ -10,18 +10,25 @@ use thiserror::Error;
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopicError {
+    /// A topic of zero length.
     #[error("empty topic")]
     Empty,
+    /// A topic over 65,535 bytes.
     #[error("topic longer than 65535 bytes")]
     TooLong,
+    /// A topic with U+0000.
     #[error("topic contains a NUL character")]
     Nul,
+    /// A topic name (not a filter) with a wildcard.
     #[error("topic name contains a wildcard ('+' or '#')")]
     WildcardInName,
+    /// `#` not alone in the last level.
     #[error("'#' must be the last level and stand alone")]
     BadMultiLevel,
+    /// `+` sharing its level with other characters.
     #[error("'+' must stand alone in its level")]
     BadSingleLevel,
+    /// A `$share/` filter without group or filter.
     #[error("malformed shared subscription (expected $share/<group>/<filter>)")]
     BadShare,
 }
