@@ -15,9 +15,13 @@ pub fn workspace_data_dir() -> PathBuf {
 /// Images as row-major `f32` pixels in `[0, 1]`, with their labels.
 #[derive(Clone, Debug)]
 pub struct Mnist {
+    /// Image height in pixels.
     pub rows: usize,
+    /// Image width in pixels.
     pub cols: usize,
+    /// One row-major image per entry.
     pub images: Vec<Vec<f32>>,
+    /// The class of each entry.
     pub labels: Vec<u8>,
 }
 
@@ -25,10 +29,13 @@ pub struct Mnist {
 /// and label 1 for `type = Yes`.
 #[derive(Clone, Debug)]
 pub struct Pima {
+    /// The seven features of each row, in [`PIMA_FEATURES`] order.
     pub features: Vec<[f32; 7]>,
+    /// The class of each entry.
     pub labels: Vec<u8>,
 }
 
+/// The Pima features, in the order the models take them.
 pub const PIMA_FEATURES: [&str; 7] = ["npreg", "glu", "bp", "skin", "bmi", "ped", "age"];
 
 fn bad(path: &Path, reason: impl Into<String>) -> ModelError {

@@ -7,7 +7,9 @@ use crate::error::ModelError;
 /// weights `weight_bits`, so a linear output has scale `2^(f+w)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FixedPoint {
+    /// `f`: fraction bits of activations.
     pub frac_bits: u32,
+    /// `w`: fraction bits of weights.
     pub weight_bits: u32,
 }
 
@@ -80,6 +82,7 @@ impl RoundingSource for FloorRounding {
 /// Keyed pseudo-random offsets: SHA-256 over (key, label, stage, index, which).
 #[derive(Clone)]
 pub struct SeededRounding {
+    /// The key (secret to server A in the protocol).
     pub key: [u8; 32],
 }
 

@@ -13,6 +13,8 @@
 //! tract: only ONNX import and the float reference sit behind the `onnx`
 //! feature. It also loads the MNIST and Pima data sets shipped in `data/`.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "onnx")]
 mod affine;
 mod compiled;

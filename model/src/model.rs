@@ -22,6 +22,7 @@ pub const MAX_BOUND_BITS: u32 = 100;
 /// How to turn an ONNX file into a [`Model`].
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
+    /// The fixed-point format.
     pub fixed: FixedPoint,
     /// Per-feature `[lo, hi]`. Takes precedence over everything else.
     pub input_bounds: Option<Vec<(f64, f64)>>,
@@ -41,6 +42,7 @@ pub struct ImportOptions {
     /// width (every row; a CSV's first columns are the features): bounds as
     /// for `calibration`, which takes precedence over it.
     pub calibration_file: Option<std::path::PathBuf>,
+    /// Relative widening of calibration bounds (see `calibration`).
     pub calibration_margin: f64,
     /// Model name in the topology; defaults to the file stem or graph name.
     pub name: Option<String>,
@@ -406,6 +408,7 @@ impl Model {
         Self::build(&bytes, options, stem)
     }
 
+    /// Imports an ONNX model held in memory.
     pub fn from_bytes(onnx: &[u8], options: &ImportOptions) -> Result<Model, ModelError> {
         Self::build(onnx, options, None)
     }
@@ -579,6 +582,7 @@ impl Model {
         &self.compiled
     }
 
+    /// The compiled integer model, dropping the float reference.
     pub fn into_compiled(self) -> CompiledModel {
         self.compiled
     }

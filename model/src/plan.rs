@@ -6,21 +6,34 @@ use crate::topology::LinearKind;
 /// Geometry of a 2-D convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvGeometry {
+    /// Input channels.
     pub in_c: usize,
+    /// Input height.
     pub in_h: usize,
+    /// Input width.
     pub in_w: usize,
+    /// Output channels.
     pub out_c: usize,
+    /// Kernel height.
     pub kernel_h: usize,
+    /// Kernel width.
     pub kernel_w: usize,
+    /// Vertical stride.
     pub stride_h: usize,
+    /// Horizontal stride.
     pub stride_w: usize,
+    /// Padding rows above.
     pub pad_top: usize,
+    /// Padding columns on the left.
     pub pad_left: usize,
+    /// Padding rows below.
     pub pad_bottom: usize,
+    /// Padding columns on the right.
     pub pad_right: usize,
 }
 
 impl ConvGeometry {
+    /// Output height.
     pub fn out_h(&self) -> usize {
         crate::topology::out_dim(
             self.in_h,
@@ -30,6 +43,7 @@ impl ConvGeometry {
             self.stride_h,
         )
     }
+    /// Output width.
     pub fn out_w(&self) -> usize {
         crate::topology::out_dim(
             self.in_w,
@@ -40,16 +54,19 @@ impl ConvGeometry {
         )
     }
     // Saturating: a garbled geometry must fail the length checks, not overflow.
+    /// Number of input elements.
     pub fn input_len(&self) -> usize {
         self.in_c
             .saturating_mul(self.in_h)
             .saturating_mul(self.in_w)
     }
+    /// Number of output elements.
     pub fn output_len(&self) -> usize {
         self.out_c
             .saturating_mul(self.out_h())
             .saturating_mul(self.out_w())
     }
+    /// Weights per output channel (in_c · kernel_h · kernel_w).
     pub fn kernel_len(&self) -> usize {
         self.out_c
             .saturating_mul(self.in_c)
@@ -57,6 +74,7 @@ impl ConvGeometry {
             .saturating_mul(self.kernel_w)
     }
 
+    /// Dense or convolution, with its geometry.
     pub fn kind(&self) -> LinearKind {
         LinearKind::Conv2d {
             in_c: self.in_c,
@@ -146,6 +164,7 @@ impl std::fmt::Debug for LinearLayer {
 }
 
 impl LinearLayer {
+    /// A dense layer from row-major weights and biases.
     pub fn dense(
         input_len: usize,
         output_len: usize,
@@ -205,6 +224,7 @@ impl LinearLayer {
         })
     }
 
+    /// Number of input elements.
     pub fn input_len(&self) -> usize {
         match &self.weights {
             Weights::Dense { input_len, .. } => *input_len,
@@ -212,10 +232,12 @@ impl LinearLayer {
         }
     }
 
+    /// Number of output elements.
     pub fn output_len(&self) -> usize {
         self.bias.len()
     }
 
+    /// Dense or convolution, with its geometry.
     pub fn kind(&self) -> LinearKind {
         match &self.weights {
             Weights::Dense { .. } => LinearKind::Dense,
@@ -244,6 +266,7 @@ impl LinearLayer {
         self.bias.get(out).copied().unwrap_or(0)
     }
 
+    /// The biases, one per output.
     pub fn biases(&self) -> &[i128] {
         &self.bias
     }
@@ -394,6 +417,7 @@ impl std::fmt::Debug for Plan {
 }
 
 impl Plan {
+    /// A plan from the linear layer of each stage (`None` for activation stages).
     pub fn new(layers: Vec<Option<LinearLayer>>) -> Plan {
         Plan {
             layers,
@@ -406,6 +430,7 @@ impl Plan {
         self.samples.get(stage).and_then(Option::as_ref)
     }
 
+    /// Sets the calibration samples of an activation stage.
     pub fn set_samples(&mut self, stage: usize, samples: StageSamples) {
         if self.samples.len() <= stage {
             self.samples.resize(stage + 1, None);
@@ -428,11 +453,13 @@ impl Plan {
             .filter_map(|(s, l)| l.as_ref().map(|l| (s, l)))
     }
 
+    /// The plan's file encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Plain structs with sized sequences always serialize into a Vec.
         bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
     }
 
+    /// Decodes and validates a plan file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Plan, ModelError> {
         let (plan, used): (Plan, usize) = bincode::serde::decode_from_slice(
             bytes,

@@ -9,6 +9,7 @@ use crate::fixed::{ActivationMode, FixedPoint};
 /// no weight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
+    /// The model's name.
     pub name: String,
     /// Number of input features `n`.
     pub input_len: usize,
@@ -26,8 +27,11 @@ pub struct Topology {
     pub input_ranges: Vec<(i64, i64)>,
     /// `ℓ`: every encoded input satisfies `|x̂| < 2^ℓ`.
     pub input_bound_bits: u32,
+    /// The fixed-point format.
     pub fixed: FixedPoint,
+    /// Linear and activation stages, in order.
     pub stages: Vec<Stage>,
+    /// Number of outputs.
     pub output_len: usize,
     /// Scale of the outputs of `run_int`: `f + w` after a linear stage, `f`
     /// after an activation.
@@ -37,46 +41,74 @@ pub struct Topology {
     pub device_softmax: bool,
 }
 
+/// One step of the model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stage {
+    /// A linear layer (server A, on ciphertexts).
     Linear(LinearSpec),
+    /// An activation (server B, on perturbed values).
     Activation(ActivationSpec),
 }
 
+/// A linear stage's public shape.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinearSpec {
+    /// Number of inputs.
     pub input_len: usize,
+    /// Number of outputs.
     pub output_len: usize,
+    /// Dense or convolution.
     pub kind: LinearKind,
     /// `κ`: every output `z` satisfies `|z| < 2^κ` for inputs within bounds.
     pub output_bound_bits: u32,
 }
 
+/// The kind of a linear stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LinearKind {
+    /// A fully connected layer.
     Dense,
+    /// A 2-D convolution (groups 1, dilation 1).
     Conv2d {
+        /// Input channels.
         in_c: usize,
+        /// Input height.
         in_h: usize,
+        /// Input width.
         in_w: usize,
+        /// Output channels.
         out_c: usize,
+        /// Output height.
         out_h: usize,
+        /// Output width.
         out_w: usize,
+        /// Kernel height.
         kernel_h: usize,
+        /// Kernel width.
         kernel_w: usize,
+        /// Vertical stride.
         stride_h: usize,
+        /// Horizontal stride.
         stride_w: usize,
+        /// Padding rows above.
         pad_top: usize,
+        /// Padding columns on the left.
         pad_left: usize,
+        /// Padding rows below.
         pad_bottom: usize,
+        /// Padding columns on the right.
         pad_right: usize,
     },
 }
 
+/// An activation stage's public shape.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationSpec {
+    /// Which activation.
     pub kind: ActivationKind,
+    /// Number of inputs.
     pub input_len: usize,
+    /// Number of outputs.
     pub output_len: usize,
     /// Present for MaxPool and ReluMaxPool.
     pub pool: Option<PoolSpec>,
@@ -84,15 +116,21 @@ pub struct ActivationSpec {
     pub output_bound_bits: u32,
 }
 
+/// The activations veil evaluates exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ActivationKind {
+    /// `max(0, x)`.
     Relu,
     /// `alpha_q = round(alpha · 2^w)`.
     LeakyRelu {
+        /// The slope for negative inputs, at weight scale.
         alpha_q: i64,
     },
+    /// The logistic function (permute mode).
     Sigmoid,
+    /// The hyperbolic tangent (permute mode).
     Tanh,
+    /// Maximum over each window.
     MaxPool,
     /// ReLU and max-pool fused (they commute).
     ReluMaxPool,
@@ -110,6 +148,7 @@ impl ActivationKind {
         )
     }
 
+    /// Whether the activation pools windows.
     pub fn is_pool(&self) -> bool {
         matches!(self, ActivationKind::MaxPool | ActivationKind::ReluMaxPool)
     }
@@ -123,20 +162,32 @@ pub const MAX_ELEMENTS: usize = 1 << 26;
 /// Max-pool windows over a CHW input; padded cells are excluded from a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PoolSpec {
+    /// Channels (pooled independently).
     pub channels: usize,
+    /// Input height.
     pub in_h: usize,
+    /// Input width.
     pub in_w: usize,
+    /// Kernel height.
     pub kernel_h: usize,
+    /// Kernel width.
     pub kernel_w: usize,
+    /// Vertical stride.
     pub stride_h: usize,
+    /// Horizontal stride.
     pub stride_w: usize,
+    /// Padding rows above.
     pub pad_top: usize,
+    /// Padding columns on the left.
     pub pad_left: usize,
+    /// Padding rows below.
     pub pad_bottom: usize,
+    /// Padding columns on the right.
     pub pad_right: usize,
 }
 
 impl PoolSpec {
+    /// Output height.
     pub fn out_h(&self) -> usize {
         out_dim(
             self.in_h,
@@ -146,6 +197,7 @@ impl PoolSpec {
             self.stride_h,
         )
     }
+    /// Output width.
     pub fn out_w(&self) -> usize {
         out_dim(
             self.in_w,
@@ -156,11 +208,13 @@ impl PoolSpec {
         )
     }
     // Saturating: a garbled spec must fail the length checks, not overflow.
+    /// Number of input elements.
     pub fn input_len(&self) -> usize {
         self.channels
             .saturating_mul(self.in_h)
             .saturating_mul(self.in_w)
     }
+    /// Number of output elements.
     pub fn output_len(&self) -> usize {
         self.channels
             .saturating_mul(self.out_h())
@@ -275,6 +329,7 @@ impl Topology {
         Sha256::digest(self.canonical_bytes()).into()
     }
 
+    /// The fingerprint as 64 hex digits (what devices and B pin).
     pub fn fingerprint_hex(&self) -> String {
         hex::encode(self.fingerprint())
     }

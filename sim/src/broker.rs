@@ -27,9 +27,13 @@ pub struct Delivery {
 /// Network faults, as probabilities in 1/1000 per delivery.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetFaults {
+    /// Messages dropped.
     pub drop: u64,
+    /// Messages delivered twice.
     pub duplicate: u64,
+    /// Messages delivered out of order.
     pub reorder: u64,
+    /// Messages delayed.
     pub delay: u64,
 }
 

@@ -30,11 +30,13 @@ struct Captured {
     expired: u32,
 }
 
+/// The invariants, checked as the world steps.
 #[derive(Default)]
 pub struct Checker {
     frames: BTreeMap<(usize, SessionId, u64), Captured>,
     published: HashMap<(SessionId, u64), Vec<u8>>,
     results_made: HashMap<(SessionId, u64), u32>,
+    /// Every invariant broken so far, in words.
     pub violations: Vec<String>,
 }
 
@@ -43,6 +45,7 @@ impl Checker {
         self.violations.push(what);
     }
 
+    /// A device accepted a frame: it must get exactly one result.
     pub fn captured(&mut self, device: usize, sid: SessionId, t: u64, x_hat: Vec<i64>) {
         let previous = self.frames.insert(
             (device, sid, t),
@@ -77,6 +80,7 @@ impl Checker {
         }
     }
 
+    /// A result reached a device's application: it must be the reference's, once.
     pub fn delivered(
         &mut self,
         params: &Params,
@@ -105,6 +109,7 @@ impl Checker {
         }
     }
 
+    /// A frame was refused with a code.
     pub fn refused(
         &mut self,
         device: usize,
@@ -122,6 +127,7 @@ impl Checker {
         }
     }
 
+    /// A frame expired before its result.
     pub fn expired(&mut self, device: usize, sid: SessionId, t: u64) {
         if let Some(c) = self.frames.get_mut(&(device, sid, t)) {
             c.expired += 1;
@@ -193,6 +199,7 @@ impl Checker {
         }
     }
 
+    /// Checks a memory bound.
     pub fn bounded(&mut self, what: &str, value: usize, bound: usize) {
         if value > bound {
             self.fail(format!("{what}: {value} exceeds its bound {bound}"));

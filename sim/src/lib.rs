@@ -15,6 +15,8 @@
 //! See [`check`]. A failing seed prints
 //! `cargo run --release -p veil-sim -- --seed N`.
 
+#![warn(missing_docs)]
+
 mod broker;
 pub mod check;
 mod fixture;
@@ -29,11 +31,15 @@ pub const WORKER: &str = "a1";
 /// A party of the simulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Party {
+    /// Server A.
     A,
+    /// Server B.
     B,
+    /// Device number n.
     Device(usize),
 }
 
+/// The broker name of device number `index`.
 pub fn device_name(index: usize) -> String {
     format!("dev{index}")
 }
@@ -42,6 +48,7 @@ pub fn device_name(index: usize) -> String {
 pub struct SimRng(rand::rngs::ChaCha20Rng);
 
 impl SimRng {
+    /// A generator from a seed.
     pub fn new(seed: u64) -> SimRng {
         use rand_core::SeedableRng;
         let mut bytes = [0u8; 32];
@@ -50,6 +57,7 @@ impl SimRng {
         SimRng(rand::rngs::ChaCha20Rng::from_seed(bytes))
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         use rand_core::Rng;
         self.0.next_u64()
@@ -65,6 +73,7 @@ impl SimRng {
         self.below(1000) < permille
     }
 
+    /// A 32-byte seed for a party's own generator.
     pub fn seed32(&mut self) -> [u8; 32] {
         let mut out = [0u8; 32];
         for chunk in out.chunks_mut(8) {
@@ -77,8 +86,11 @@ impl SimRng {
 /// Why a seed failed.
 #[derive(Debug)]
 pub struct Failure {
+    /// The run's seed.
     pub seed: u64,
+    /// Simulated time of the failure, in ms.
     pub at: u64,
+    /// What went wrong.
     pub what: String,
 }
 

@@ -21,14 +21,23 @@ mod party;
 /// What one seed did.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
+    /// The run's seed.
     pub seed: u64,
+    /// Devices simulated.
     pub devices: usize,
+    /// Frames the devices accepted.
     pub frames: usize,
+    /// Results delivered to the devices' applications.
     pub delivered: usize,
+    /// Frames lost with a reason (refused or expired).
     pub lost: usize,
+    /// Events processed.
     pub steps: u64,
+    /// Simulated time, in ms.
     pub sim_ms: u64,
+    /// Faults injected.
     pub faults: usize,
+    /// Messages the broker model dropped.
     pub dropped: u64,
     /// Sessions the servers retired (quota) or let expire (TTL).
     pub sessions_forgotten: u64,
