@@ -16,7 +16,12 @@
 //! Everything it sees is counted in an [`AttackReport`]; what the servers
 //! and the broker refused is counted on their side.
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 mod payloads;
 

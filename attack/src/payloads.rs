@@ -75,7 +75,7 @@ impl Arsenal {
         }
         match n % 8 {
             0 | 1 => {
-                let mut garbage = vec![0u8; 1 + (n as usize % 200)];
+                let mut garbage = vec![0u8; 1 + usize::try_from(n % 200).unwrap_or(0)];
                 rand::fill(&mut garbage[..]);
                 Shot {
                     topic: self

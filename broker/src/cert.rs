@@ -164,14 +164,14 @@ mod tests {
         let mut out = vec![tag];
         let len = contents.len();
         if len < 0x80 {
-            out.push(len as u8);
+            out.push(u8::try_from(len).unwrap());
         } else {
             let bytes: Vec<u8> = len
                 .to_be_bytes()
                 .into_iter()
                 .skip_while(|b| *b == 0)
                 .collect();
-            out.push(0x80 | bytes.len() as u8);
+            out.push(0x80 | u8::try_from(bytes.len()).unwrap());
             out.extend(bytes);
         }
         out.extend_from_slice(contents);

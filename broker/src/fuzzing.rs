@@ -62,7 +62,7 @@ fn framed(kind: u8, flags: u8, body: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     loop {
-        let mut byte = (len % 128) as u8;
+        let mut byte = u8::try_from(len % 128).unwrap_or_default();
         len /= 128;
         if len > 0 {
             byte |= 0x80;

@@ -170,7 +170,12 @@
 //! on a loopback port, wherever they sit, so tests can hold both brokers to
 //! the same scenario.
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 mod acl;
 mod cert;

@@ -318,7 +318,7 @@ impl Driver {
                 self.generation += 1;
                 match self.lost_at.take() {
                     Some(lost) => tracing::info!(
-                        after_ms = lost.elapsed().as_millis() as u64,
+                        after_ms = u64::try_from(lost.elapsed().as_millis()).unwrap_or(u64::MAX),
                         failed_attempts = self.failed_attempts,
                         session_present = ack.session_present,
                         "MQTT reconnected"

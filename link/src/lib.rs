@@ -9,7 +9,12 @@
 //! is sent again after a reconnect until it has been. It knows nothing of
 //! the protocol: the runtimes give it topics and bytes.
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;

@@ -58,7 +58,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     libc::IPPROTO_TCP,
                     libc::TCP_QUICKACK,
                     (&on as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    // 4: cannot truncate.
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+                    },
                 );
             }
         }

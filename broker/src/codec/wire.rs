@@ -161,7 +161,7 @@ pub(super) fn without_property(props: &[u8], id: u8) -> Vec<u8> {
 
 pub(super) fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     loop {
-        let mut byte = (value % 128) as u8;
+        let mut byte = u8::try_from(value % 128).unwrap_or_default();
         value /= 128;
         if value > 0 {
             byte |= 0x80;
