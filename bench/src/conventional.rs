@@ -30,69 +30,110 @@ use veil_protocol::{SessionId, codec};
 /// Why a conventional-baseline party refused or failed a step.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvError {
+    /// The Paillier engine refused an operation.
     #[error("paillier: {0}")]
     Paillier(#[from] PaillierError),
+    /// The model refused an input.
     #[error("model: {0}")]
     Model(#[from] veil_model::ModelError),
+    /// A message did not decode.
     #[error("encoding: {0}")]
     Codec(#[from] veil_protocol::ProtocolError),
+    /// A session the server does not know.
     #[error("unknown session {0}")]
     UnknownSession(SessionId),
+    /// A session claimed by another device.
     #[error("session {sid} belongs to {owner}, not {claimed}")]
     WrongDevice {
+        /// The session.
         sid: SessionId,
+        /// The device that opened it.
         owner: String,
+        /// The device claiming it.
         claimed: String,
     },
+    /// A session for another model than the server's.
     #[error("session names model {got:?} (topology {got_fp}), this server serves {expected:?}")]
     WrongModel {
+        /// The model named.
         got: String,
+        /// Its topology fingerprint, hex.
         got_fp: String,
+        /// The server's model.
         expected: String,
     },
+    /// A stage that cannot run as asked.
     #[error("stage {stage}: {reason}")]
-    Stage { stage: usize, reason: String },
+    Stage {
+        /// The stage.
+        stage: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A message of the wrong size.
     #[error("size: {0}")]
     Size(String),
+    /// A message not expected now.
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// A value outside its range.
     #[error("value does not fit 128 bits: {0}")]
     Range(String),
 }
 
+/// The baseline's result type.
 pub type Result<T, E = ConvError> = std::result::Result<T, E>;
 
 /// The version of the baseline's messages.
 pub const CONV_VERSION: u16 = 1;
 
+/// A baseline message and its routing header.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvEnvelope {
+    /// Message format version.
     pub version: u16,
+    /// The device.
     pub device: String,
+    /// The session.
     pub sid: SessionId,
+    /// The frame counter.
     pub t: u64,
+    /// The message.
     pub body: ConvBody,
 }
 
+/// The baseline's messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvBody {
     /// Device → A, once per session: the device's public key and the model
     /// it wants.
     Session {
+        /// The model asked for.
         model: String,
+        /// Its topology fingerprint.
         topology: [u8; 32],
+        /// The device's public key, encoded.
         public_key: Vec<u8>,
     },
     /// Device → A: the inputs of linear stage `stage`, one ciphertext per
     /// value (the frame itself for stage 0).
-    Inputs { stage: u16, values: Vec<Vec<u8>> },
+    Inputs {
+        /// The linear stage they feed.
+        stage: u16,
+        /// One ciphertext per value.
+        values: Vec<Vec<u8>>,
+    },
     /// A → device: the `count` outputs of the linear stages before `stage`
     /// (`stage` = number of stages: the model's outputs), packed at
     /// `value_bits` per slot.
     Linear {
+        /// The stage whose outputs these are.
         stage: u16,
+        /// How many values are packed.
         count: u32,
+        /// Bits per packed slot.
         value_bits: u16,
+        /// The packed ciphertexts.
         values: Vec<Vec<u8>>,
     },
 }
@@ -108,6 +149,7 @@ impl ConvEnvelope {
         }
     }
 
+    /// The message's wire encoding.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         Ok(codec::encode(self)?)
     }
@@ -136,7 +178,12 @@ pub enum ConvStep {
     /// A message for server A.
     Send(ConvEnvelope),
     /// The frame's outputs, at the model's output scale.
-    Done { t: u64, outputs: Vec<i128> },
+    Done {
+        /// The frame counter.
+        t: u64,
+        /// The outputs.
+        outputs: Vec<i128>,
+    },
 }
 
 struct ConvSession {
@@ -158,6 +205,7 @@ pub struct ConvDevice {
 }
 
 impl ConvDevice {
+    /// A device with the model's topology; its key is made when a session opens.
     pub fn new(device: &str, topology: Arc<Topology>, key_size: KeySize) -> Result<ConvDevice> {
         veil_protocol::check_device_name(device)?;
         if !matches!(topology.stages.first(), Some(Stage::Linear(_))) {
@@ -204,10 +252,12 @@ impl ConvDevice {
         Ok(ConvEnvelope::new(&self.device, sid, 0, body))
     }
 
+    /// The device's secret key, once a session is open.
     pub fn secret_key(&self) -> Option<&SecretKey> {
         self.session.as_ref().map(|s| &s.key)
     }
 
+    /// The open session, if any.
     pub fn sid(&self) -> Option<SessionId> {
         self.session.as_ref().map(|s| s.sid)
     }
@@ -357,7 +407,9 @@ fn encrypt_inputs<R: CryptoRng + ?Sized>(
 /// What the conventional server A is configured with.
 #[derive(Clone)]
 pub struct ConvServerConfig {
+    /// The model's public topology.
     pub topology: Arc<Topology>,
+    /// The model's weights.
     pub plan: Arc<Plan>,
 }
 
@@ -374,6 +426,7 @@ pub struct ConvServer {
 }
 
 impl ConvServer {
+    /// A server for the configured model.
     pub fn new(cfg: ConvServerConfig) -> Result<ConvServer> {
         for (s, stage) in cfg.topology.stages.iter().enumerate() {
             if let Stage::Linear(spec) = stage {

@@ -4,6 +4,8 @@
 //! homomorphic-encryption approach, and the clocks and statistics those
 //! measurements need (process and thread CPU time, percentiles).
 
+#![warn(missing_docs)]
+
 pub mod conventional;
 pub mod harness;
 pub mod meter;
@@ -68,6 +70,7 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
+/// Loads a shipped model by name.
 pub fn load_model(name: &str) -> Result<Model> {
     let path = models_dir().join(format!("{name}.onnx"));
     Model::load(&path, &ImportOptions::default())
@@ -172,6 +175,7 @@ pub enum Dataset {
 }
 
 impl Dataset {
+    /// The data set's name.
     pub fn name(self) -> &'static str {
         match self {
             Dataset::Mnist => "mnist",
@@ -205,16 +209,20 @@ impl Dataset {
 /// What `veil bench device` runs.
 #[derive(Clone, Debug)]
 pub struct DeviceBenchOptions {
+    /// The model file.
     pub model: PathBuf,
+    /// The data set its frames come from.
     pub dataset: Dataset,
     /// Frames measured per approach, after `warmup` unmeasured ones.
     pub frames: usize,
+    /// Frames run before measuring.
     pub warmup: usize,
     /// The `veil` executable to run under callgrind (None: no instruction
     /// counts).
     pub callgrind_exe: Option<PathBuf>,
     /// Frames each approach replays under callgrind (capped at `frames`).
     pub callgrind_frames_veil: usize,
+    /// Frames of the baseline replayed under callgrind (each costs minutes).
     pub callgrind_frames_conventional: usize,
     /// No progress on stderr.
     pub quiet: bool,

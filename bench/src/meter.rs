@@ -23,6 +23,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// The traffic since an earlier reading.
     pub fn since(&self, earlier: &Traffic) -> Traffic {
         Traffic {
             sent: self.sent.saturating_sub(earlier.sent),
@@ -30,6 +31,7 @@ impl Traffic {
         }
     }
 
+    /// Sent plus received.
     pub fn total(&self) -> u64 {
         self.sent + self.received
     }
@@ -111,6 +113,7 @@ impl Relay {
         self.addr
     }
 
+    /// The bytes counted so far.
     pub fn traffic(&self) -> Traffic {
         Traffic {
             sent: self.counters.sent.load(Ordering::SeqCst),

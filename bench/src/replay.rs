@@ -22,41 +22,60 @@ use veil_protocol::{Device, DeviceConfig, DeviceSession, Params, SessionId};
 /// One recorded frame: the device's input and what it received.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplayFrame {
+    /// The frame counter.
     pub t: u64,
+    /// The frame's encoded input.
     pub x_hat: Vec<i64>,
+    /// The messages the device received for it.
     pub received: Vec<Vec<u8>>,
 }
 
 /// Everything the child needs to redo one approach's device work.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Replay {
+    /// veil's device.
     Veil {
+        /// The device's name.
         device: String,
+        /// The protocol parameters.
         params: Params,
+        /// The topology, encoded.
         topology: Vec<u8>,
+        /// Server A's public key, encoded.
         server_a: Vec<u8>,
+        /// Server B's public key, encoded.
         server_b: Vec<u8>,
+        /// The device's sessions.
         sessions: Vec<DeviceSession>,
+        /// The session of the frames.
         current: Option<SessionId>,
+        /// The frames.
         frames: Vec<ReplayFrame>,
     },
+    /// The baseline's device.
     Conventional {
+        /// The device's name.
         device: String,
+        /// The topology, encoded.
         topology: Vec<u8>,
         /// The device's secret key file (mode 0600, deleted after the run).
         key_file: PathBuf,
+        /// The session of the frames.
         sid: SessionId,
+        /// The frames.
         frames: Vec<ReplayFrame>,
     },
 }
 
 impl Replay {
+    /// Writes the replay file.
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = bincode::serde::encode_to_vec(self, bincode::config::standard())
             .context("encoding the replay")?;
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Reads a replay file.
     pub fn read(path: &Path) -> Result<Replay> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let (replay, _) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard())

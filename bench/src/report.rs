@@ -19,15 +19,19 @@ pub struct SetupCost {
     pub cpu_ms_samples: Vec<f64>,
     /// Wall time until the broker acknowledged the session messages.
     pub wall_ms: f64,
+    /// Bytes the device sent for the set-up.
     pub bytes_sent: u64,
+    /// Bytes the device received for the set-up.
     pub bytes_received: u64,
     /// At the session's end, what no frame carries: veil's device
     /// acknowledges its last result on its own (its node does after a
     /// timer); the baseline has nothing to send.
     #[serde(default)]
     pub end_cpu_us: f64,
+    /// Bytes of the session's end, sent.
     #[serde(default)]
     pub end_bytes_sent: u64,
+    /// Bytes of the session's end, received.
     #[serde(default)]
     pub end_bytes_received: u64,
 }
@@ -61,7 +65,9 @@ pub struct FrameCost {
     pub capture_cpu_us: f64,
     /// Frame captured → result decoded.
     pub wall_ms: f64,
+    /// Bytes the device sent for the frame.
     pub bytes_sent: u64,
+    /// Bytes the device received for the frame.
     pub bytes_received: u64,
     /// The predicted class (argmax of the outputs).
     pub class: usize,
@@ -70,14 +76,20 @@ pub struct FrameCost {
 /// Mean and spread of a per-frame figure.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Mean.
     pub mean: f64,
+    /// Median.
     pub p50: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// Smallest.
     pub min: f64,
+    /// Largest.
     pub max: f64,
 }
 
 impl Summary {
+    /// The summary of a set of values.
     pub fn of(values: &[f64]) -> Summary {
         if values.is_empty() {
             return Summary::default();
@@ -106,37 +118,48 @@ pub struct ServerCost {
     /// CPU time of precomputation (first-layer masks, noise pools) and
     /// mask traffic, per frame.
     pub a_cpu_offline_ms: f64,
+    /// B's CPU time on the frame's messages, per frame.
     pub b_cpu_online_ms: f64,
+    /// B's CPU time on precomputation and mask traffic, per frame.
     pub b_cpu_offline_ms: f64,
     /// MQTT PUBLISH packets between A and B (A→B plus B→A, each counted
     /// once, as its sender encoded it), per frame.
     pub ab_bytes: f64,
     /// Every byte on A's and B's broker connections, per frame.
     pub a_socket_bytes: f64,
+    /// Every byte on B's broker connection, per frame.
     pub b_socket_bytes: f64,
 }
 
 /// Everything measured for one approach.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApproachReport {
+    /// The session set-up.
     pub setup: SetupCost,
+    /// Device CPU per frame, µs.
     pub cpu_us: Summary,
     /// The capture's part of `cpu_us`.
     #[serde(default)]
     pub capture_cpu_us: Summary,
+    /// Frame captured → result decoded, ms.
     pub wall_ms: Summary,
+    /// Bytes sent per frame.
     pub bytes_sent: Summary,
+    /// Bytes received per frame.
     pub bytes_received: Summary,
     /// Sent plus received, per frame.
     pub bytes: Summary,
     /// Instructions of the device's per-frame work (callgrind, portable
     /// arithmetic kernel); `None` without valgrind.
     pub instructions_per_frame: Option<f64>,
+    /// What the servers spent.
     pub server: ServerCost,
+    /// Every measured frame.
     pub frames: Vec<FrameCost>,
 }
 
 impl ApproachReport {
+    /// Summaries of the measured frames.
     pub fn from_frames(setup: SetupCost, frames: Vec<FrameCost>, server: ServerCost) -> Self {
         let col = |f: &dyn Fn(&FrameCost) -> f64| frames.iter().map(f).collect::<Vec<f64>>();
         ApproachReport {
@@ -168,11 +191,15 @@ impl ApproachReport {
 /// The whole benchmark's result for one model.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceReport {
+    /// The model measured.
     pub model: String,
+    /// The data set its frames came from.
     pub dataset: String,
     /// Frames measured per approach (after the warm-up).
     pub frames: usize,
+    /// Frames run before measuring.
     pub warmup_frames: usize,
+    /// Paillier modulus size.
     pub key_bits: u32,
     /// Conventional / veil device CPU time per frame, set-up excluded.
     pub time_ratio: f64,
@@ -185,6 +212,7 @@ pub struct DeviceReport {
     pub bytes_sent_ratio: f64,
     /// Set-up spread over 1, 10, 100 and 1000 frames.
     pub time_ratio_amortized: BTreeMap<String, f64>,
+    /// The same for bytes.
     pub bytes_ratio_amortized: BTreeMap<String, f64>,
     /// Conventional / veil instructions per frame, when measured.
     pub instructions_ratio: Option<f64>,
@@ -194,7 +222,9 @@ pub struct DeviceReport {
     pub classes_agree: usize,
     /// Frames whose veil class matched the model's integer reference.
     pub veil_matches_reference: usize,
+    /// veil's costs.
     pub veil: ApproachReport,
+    /// The conventional approach's costs.
     pub conventional: ApproachReport,
     /// CPU, arithmetic kernel and so on, for reading the numbers.
     pub machine: BTreeMap<String, String>,

@@ -16,7 +16,9 @@ use anyhow::Result;
 use veil_protocol::wire::MAX_ACKS;
 use veil_protocol::{Device, SessionId};
 
+/// veil's device as the benchmark drives it: reused buffers, masks expanded ahead.
 pub struct VeilDevice {
+    /// The protocol's device.
     pub device: Device,
     frame: Vec<u8>,
     outputs: Vec<i128>,
@@ -25,6 +27,7 @@ pub struct VeilDevice {
 }
 
 impl VeilDevice {
+    /// Wraps a device.
     pub fn new(device: Device) -> VeilDevice {
         VeilDevice {
             device,

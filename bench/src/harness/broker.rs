@@ -26,6 +26,7 @@ pub struct BenchBroker {
 }
 
 impl BenchBroker {
+    /// Starts the embedded broker on a free loopback port.
     pub fn start() -> Result<BenchBroker> {
         let dir = tempfile::tempdir().context("creating the broker's temporary directory")?;
         let acl = dir.path().join("acl");
@@ -55,6 +56,7 @@ impl BenchBroker {
         })
     }
 
+    /// The address it listens on.
     pub fn addr(&self) -> Result<SocketAddr> {
         self.handle
             .as_ref()

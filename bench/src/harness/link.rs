@@ -6,6 +6,7 @@ use super::*;
 pub struct Link {
     client: Client,
     conn: Connection,
+    /// Counts the bytes between the client and the broker.
     pub relay: Relay,
     pub(super) published: u64,
     pub(super) acked: u64,
@@ -16,12 +17,21 @@ pub struct Link {
 
 /// What a poll of a link produced.
 pub enum Polled {
-    Message { topic: String, payload: Vec<u8> },
+    /// A message arrived.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+    /// Something else happened (an acknowledgement).
     Other,
+    /// Nothing within the timeout.
     Timeout,
 }
 
 impl Link {
+    /// Connects through a counting relay.
     pub fn connect(broker: SocketAddr, user: &str, client_id: &str) -> Result<Link> {
         let relay = Relay::start(broker)?;
         let addr = relay.addr();
@@ -95,6 +105,7 @@ impl Link {
         Ok(())
     }
 
+    /// Publishes at QoS 1.
     pub fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -103,6 +114,7 @@ impl Link {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the next event.
     pub fn poll(&mut self, timeout: Duration) -> Result<Polled> {
         match self.conn.recv_timeout(timeout) {
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -146,6 +158,7 @@ impl Link {
             .settle(Duration::from_millis(40), Duration::from_secs(5)))
     }
 
+    /// Disconnects cleanly.
     pub fn disconnect(mut self) {
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + Duration::from_secs(2);

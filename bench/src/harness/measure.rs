@@ -5,12 +5,15 @@ use super::*;
 
 /// A frame's input and its reference class.
 pub struct Input {
+    /// The frame's encoded input.
     pub x_hat: Vec<i64>,
+    /// The integer reference's class, when known.
     pub reference_class: Option<usize>,
 }
 
 /// What one approach's run produced, for the report and for replay.
 pub struct Run {
+    /// What was measured.
     pub report: ApproachReport,
     /// Messages the device received per measured frame, in order.
     pub received: Vec<Vec<Vec<u8>>>,

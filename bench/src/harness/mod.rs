@@ -61,6 +61,7 @@ use roles::*;
 pub use server::{Publish, ServerHandle, ServerRole, ServerSnapshot, ServerStats, wait_quiet};
 pub use veil::{VeilReplayState, run_veil};
 
+/// The benchmark device's broker username.
 pub const DEVICE_USER: &str = "devA";
 
 pub(super) fn password(user: &str) -> String {

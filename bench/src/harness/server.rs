@@ -21,9 +21,13 @@ pub struct ServerStats {
 /// A server snapshot, for per-frame deltas.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerSnapshot {
+    /// CPU time on the frames' messages.
     pub online: Duration,
+    /// CPU time on precomputation and mask traffic.
     pub offline: Duration,
+    /// PUBLISH bytes to the other server.
     pub peer_bytes: u64,
+    /// Bytes on its broker connection.
     pub socket: Traffic,
 }
 
@@ -40,7 +44,9 @@ impl ServerSnapshot {
 
 /// A message a server sends.
 pub struct Publish {
+    /// Where to publish.
     pub topic: String,
+    /// What.
     pub payload: Vec<u8>,
     /// Bound for the other server (counted as A↔B traffic).
     pub to_peer: bool,
@@ -48,18 +54,22 @@ pub struct Publish {
 
 /// A server's protocol logic, as its shell drives it.
 pub trait ServerRole: Send {
+    /// The topic filters it subscribes to.
     fn filters(&self) -> Vec<&'static str>;
     /// Whether a message is frame work (its CPU time counts as online);
     /// asked outside the timed region.
     fn is_online(&self, topic: &str, payload: &[u8]) -> bool;
+    /// Handles one message, returning what to publish.
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>>;
     /// What went wrong without failing a step (refusals), for the report.
     fn take_errors(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether precomputation is waiting.
     fn has_offline_work(&self) -> bool {
         false
     }
+    /// Does one unit of precomputation.
     fn offline_step(&mut self) -> Result<Vec<Publish>> {
         Ok(Vec::new())
     }
@@ -67,12 +77,14 @@ pub trait ServerRole: Send {
 
 /// A running server: its thread, its stats and its relay's counters.
 pub struct ServerHandle {
+    /// What it has spent so far.
     pub stats: Arc<ServerStats>,
     relay_traffic: Arc<Mutex<Traffic>>,
     pub(super) thread: Option<JoinHandle<Result<()>>>,
 }
 
 impl ServerHandle {
+    /// Runs a role on its own thread with its own rayon pool and MQTT client.
     pub fn spawn<R: ServerRole + 'static>(
         broker: SocketAddr,
         user: &'static str,
@@ -120,6 +132,7 @@ impl ServerHandle {
         })
     }
 
+    /// Its costs so far.
     pub fn snapshot(&self) -> ServerSnapshot {
         let s = &self.stats;
         ServerSnapshot {
@@ -136,6 +149,7 @@ impl ServerHandle {
         (idle, s.events.load(Ordering::SeqCst))
     }
 
+    /// Errors the role reported.
     pub fn errors(&self) -> Vec<String> {
         self.stats
             .errors
@@ -144,6 +158,7 @@ impl ServerHandle {
             .unwrap_or_default()
     }
 
+    /// Stops the role and joins its thread.
     pub fn stop(mut self) -> Result<()> {
         self.stats.stop.store(true, Ordering::SeqCst);
         match self.thread.take() {

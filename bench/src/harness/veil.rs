@@ -4,8 +4,11 @@ use super::*;
 
 /// What the veil run leaves for replaying the device's work.
 pub struct VeilReplayState {
+    /// The device's configuration.
     pub config: DeviceConfig,
+    /// Its sessions (seeds).
     pub sessions: Vec<DeviceSession>,
+    /// The session its frames used.
     pub current: Option<SessionId>,
 }
 
