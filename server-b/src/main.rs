@@ -12,8 +12,16 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init(veil_shell::logging::SERVICE_FILTER);
-    veil_server_b::cli::run(cli.args).await
+    // Each cause once, as `veil` reports (anyhow's Debug form would add a
+    // backtrace wherever RUST_BACKTRACE is set).
+    match veil_server_b::cli::run(cli.args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
