@@ -67,10 +67,21 @@ enum Masks<C> {
     Ready(Vec<C>, Corrections<C>),
 }
 
-/// Per activation stage (in order), per group position of its round: the
-/// cipher half `[[-μ_X - Σ_e c_e·μ_e]]` of the group's correction (real
-/// groups only), computed offline from B's `[[-μ]]`.
-type Corrections<C> = Vec<Vec<Option<C>>>;
+/// The cipher half of one activation stage's outputs, computed offline
+/// from B's `[[-μ]]`: per real group `[[-μ_X - Σ_e c_e·μ_e]]`, which the
+/// group's plain half (B's masked answers through the same correction)
+/// completes with one multiplication.
+enum Half<C> {
+    /// By group position in the round (`None` for dummies).
+    Groups(Vec<Option<C>>),
+    /// The next stage is linear: `W·[[-μ…]]` per output of that layer
+    /// (without bias), so that online the layer is a plain product plus
+    /// one multiplication per output, as the first layer is.
+    Linear(Vec<C>),
+}
+
+/// One [`Half`] per activation stage, in order.
+type Corrections<C> = Vec<Half<C>>;
 
 /// The mask quotients A needs to undo B's truncation of one slot.
 #[derive(Clone)]
@@ -565,26 +576,61 @@ impl<P: PublicOps> ServerA<P> {
         }
     }
 
-    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+    fn layer(&self, s: usize, inputs: usize) -> Result<&veil_model::LinearLayer> {
         let layer = self
             .cfg
             .plan
             .layer(s)
             .ok_or_else(|| ProtocolError::Topology(format!("no layer for stage {s}")))?;
-        if x.len() != layer.input_len() {
+        if inputs != layer.input_len() {
             return Err(ProtocolError::Size(format!(
-                "stage {s} takes {} inputs, got {}",
+                "stage {s} takes {} inputs, got {inputs}",
                 layer.input_len(),
-                x.len()
             )));
         }
+        Ok(layer)
+    }
+
+    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+        let layer = self.layer(s, x.len())?;
+        let backend = &self.backend;
+        Ok(self
+            .linear_terms(s, x)?
+            .par_iter()
+            .enumerate()
+            .map(|(o, dot)| backend.add_plain(dot, I256::from(layer.bias(o))))
+            .collect())
+    }
+
+    /// `W·[[x]]` of linear stage `s`, without its bias.
+    fn linear_terms(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+        let layer = self.layer(s, x.len())?;
         let backend = &self.backend;
         let prepared = backend.prepare(x)?;
         (0..layer.output_len())
             .into_par_iter()
+            .map(|o| backend.dot(&prepared, &layer.row(o)))
+            .collect()
+    }
+
+    /// `W·x + c` of linear stage `s` over plain halves: exact integers
+    /// (B's masks keep them far below 2^255; an overflow is refused, never
+    /// wrapped).
+    fn linear_plain(&self, s: usize, x: &[I256]) -> Result<Vec<I256>> {
+        let layer = self.layer(s, x.len())?;
+        let overflow = || ProtocolError::Range(format!("stage {s}: a plain half overflows"));
+        (0..layer.output_len())
+            .into_par_iter()
             .map(|o| {
-                let dot = backend.dot(&prepared, &layer.row(o))?;
-                Ok(backend.add_plain(&dot, I256::from(layer.bias(o))))
+                let mut acc = I256::from(layer.bias(o));
+                for (i, w) in layer.row(o) {
+                    let v = x.get(i as usize).ok_or_else(overflow)?;
+                    acc = v
+                        .checked_mul(I256::from(w))
+                        .and_then(|p| acc.checked_add(p))
+                        .ok_or_else(overflow)?;
+                }
+                Ok(acc)
             })
             .collect()
     }
@@ -814,7 +860,25 @@ impl<P: PublicOps> ServerA<P> {
                     Ok(Some(acc))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            out.push(groups);
+            let next = stage.stage + 1;
+            out.push(match self.cfg.topology.stages.get(next) {
+                Some(Stage::Linear(_)) => {
+                    let mut by_output: Vec<Option<P::Ct>> = vec![None; stage.shape.groups.len()];
+                    for (group, cipher) in plan.order.iter().zip(groups) {
+                        if let GroupRef::Real(o) = group
+                            && let Some(slot) = by_output.get_mut(*o)
+                        {
+                            *slot = cipher;
+                        }
+                    }
+                    let x = by_output
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| ProtocolError::Unexpected("a real group has no mask".into()))?;
+                    Half::Linear(self.linear_terms(next, &x)?)
+                }
+                _ => Half::Groups(groups),
+            });
         }
         Ok(out)
     }
@@ -922,7 +986,7 @@ impl<P: PublicOps> ServerA<P> {
             .corrections
             .get_mut(&key)
             .and_then(|c| c.get_mut(index))
-            .map(std::mem::take)
+            .map(|h| std::mem::replace(h, Half::Groups(Vec::new())))
         else {
             return Err(ProtocolError::Unexpected(
                 "no offline corrections for this round".into(),
@@ -934,7 +998,7 @@ impl<P: PublicOps> ServerA<P> {
         let leaky = pending.shape.alpha_bits.is_some();
         let backend = &self.backend;
         let overflow = || ProtocolError::Range("a masked reply beyond its bound".into());
-        let outputs: Vec<(usize, P::Ct)> = pending
+        let plains: Vec<(usize, usize, I256)> = pending
             .order
             .par_iter()
             .enumerate()
@@ -942,11 +1006,11 @@ impl<P: PublicOps> ServerA<P> {
                 GroupRef::Real(o) => Some((pos, *o)),
                 GroupRef::Dummy => None,
             })
-            .map(|(pos, o)| -> Result<(usize, P::Ct)> {
+            .map(|(pos, o)| -> Result<(usize, usize, I256)> {
                 let base = pos * per_group;
                 let item = |i: usize| decoded.get(base + i).copied().ok_or_else(overflow);
                 // The plain half: B's masked answers through the same
-                // correction, then one multiplication by the cipher half.
+                // correction as the cipher half took offline.
                 let mut plain = item(0)?;
                 if pending.shape.mode == RoundMode::Blind {
                     for (e, entry) in pending.entries[pos].iter().enumerate() {
@@ -967,23 +1031,47 @@ impl<P: PublicOps> ServerA<P> {
                             .ok_or_else(overflow)?;
                     }
                 }
-                let cipher = halves.get(pos).and_then(Option::as_ref).ok_or_else(|| {
-                    ProtocolError::Unexpected("a real group without its correction".into())
-                })?;
-                Ok((o, backend.add_plain(cipher, plain)))
+                Ok((pos, o, plain))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
-        for (o, value) in outputs {
-            if let Some(slot) = next.get_mut(o) {
-                *slot = Some(value);
+        let missing = || ProtocolError::Unexpected("a real group has no answer".into());
+        match halves {
+            Half::Groups(halves) => {
+                let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
+                for (pos, o, plain) in plains {
+                    let cipher = halves.get(pos).and_then(Option::as_ref).ok_or_else(missing)?;
+                    if let Some(slot) = next.get_mut(o) {
+                        *slot = Some(backend.add_plain(cipher, plain));
+                    }
+                }
+                let next = next
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(missing)?;
+                self.advance(device, sid, t, next, pending.stage + 1)
+            }
+            Half::Linear(terms) => {
+                let mut x: Vec<Option<I256>> = vec![None; pending.shape.groups.len()];
+                for (_, o, plain) in plains {
+                    if let Some(slot) = x.get_mut(o) {
+                        *slot = Some(plain);
+                    }
+                }
+                let x = x.into_iter().collect::<Option<Vec<_>>>().ok_or_else(missing)?;
+                let s = pending.stage + 1;
+                let plain = self.linear_plain(s, &x)?;
+                if plain.len() != terms.len() {
+                    return Err(ProtocolError::Size(format!("stage {s}: halves disagree")));
+                }
+                let backend = &self.backend;
+                let z: Vec<P::Ct> = terms
+                    .par_iter()
+                    .zip(plain.par_iter())
+                    .map(|(c, p)| backend.add_plain(c, *p))
+                    .collect();
+                self.advance(device, sid, t, z, s + 1)
             }
         }
-        let next = next
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ProtocolError::Unexpected("a real group has no answer".into()))?;
-        self.advance(device, sid, t, next, pending.stage + 1)
     }
 
     fn output(
