@@ -10,8 +10,8 @@ use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::perturb::{GroupRef, PlanInput, RoundPlan, Slot, Source, plan_round};
-use crate::reply::{StagePlan, decode_item, stage_plans};
 use crate::prf::{MaskKeys, Seed, SessionId};
+use crate::reply::{StagePlan, decode_item, stage_plans};
 use crate::round::{RoundShape, round_mode};
 use crate::session;
 use ethnum::I256;
@@ -231,9 +231,7 @@ impl<P: PublicOps> ServerA<P> {
         match body {
             Body::SessionInit(init) => self.on_session(device, sid, t, &init),
             Body::Frame(frame) => self.on_frame(&device, sid, t, &frame),
-            Body::MaskSupply { masks, replies } => {
-                self.on_masks(&device, sid, t, masks, replies)
-            }
+            Body::MaskSupply { masks, replies } => self.on_masks(&device, sid, t, masks, replies),
             Body::RoundReply { stage, items } => self.on_reply(&device, sid, t, stage, &items),
             Body::Reject { code, detail } => {
                 tracing::warn!(%sid, t, %code, %detail, "B refused a message of this frame; dropping it");
@@ -829,9 +827,9 @@ impl<P: PublicOps> ServerA<P> {
             let plan = self.round_plan(sid, t, stage.stage, &stage.shape);
             let per_group = stage.shape.replies_per_group();
             let leaky = stage.shape.alpha_bits.is_some();
-            let mine = mu.get(offset..offset + stage.items()).ok_or_else(|| {
-                ProtocolError::Size("fewer reply masks than reply items".into())
-            })?;
+            let mine = mu
+                .get(offset..offset + stage.items())
+                .ok_or_else(|| ProtocolError::Size("fewer reply masks than reply items".into()))?;
             offset += stage.items();
             let groups = plan
                 .order
@@ -874,7 +872,9 @@ impl<P: PublicOps> ServerA<P> {
                     let x = by_output
                         .into_iter()
                         .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| ProtocolError::Unexpected("a real group has no mask".into()))?;
+                        .ok_or_else(|| {
+                            ProtocolError::Unexpected("a real group has no mask".into())
+                        })?;
                     Half::Linear(self.linear_terms(next, &x)?)
                 }
                 _ => Half::Groups(groups),
@@ -1039,7 +1039,10 @@ impl<P: PublicOps> ServerA<P> {
             Half::Groups(halves) => {
                 let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
                 for (pos, o, plain) in plains {
-                    let cipher = halves.get(pos).and_then(Option::as_ref).ok_or_else(missing)?;
+                    let cipher = halves
+                        .get(pos)
+                        .and_then(Option::as_ref)
+                        .ok_or_else(missing)?;
                     if let Some(slot) = next.get_mut(o) {
                         *slot = Some(backend.add_plain(cipher, plain));
                     }
@@ -1057,7 +1060,10 @@ impl<P: PublicOps> ServerA<P> {
                         *slot = Some(plain);
                     }
                 }
-                let x = x.into_iter().collect::<Option<Vec<_>>>().ok_or_else(missing)?;
+                let x = x
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(missing)?;
                 let s = pending.stage + 1;
                 let plain = self.linear_plain(s, &x)?;
                 if plain.len() != terms.len() {

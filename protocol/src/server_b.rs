@@ -10,7 +10,9 @@ use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
 use crate::messages::{Body, Envelope, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
 use crate::prf::{MaskKeys, Seed, SessionId};
-use crate::reply::{StagePlan, encode_item, item_bits, reply_key, reply_masks, round_digest, stage_plans};
+use crate::reply::{
+    StagePlan, encode_item, item_bits, reply_key, reply_masks, round_digest, stage_plans,
+};
 use crate::round::{RoundShape, ciphertext_count};
 use crate::session;
 use ethnum::I256;
@@ -479,11 +481,10 @@ impl<S: SecretOps> ServerB<S> {
                 session.answered.insert((t, s), digest);
             }
         }
-        let plan = self
-            .plans
-            .iter()
-            .find(|p| p.stage == s)
-            .ok_or_else(|| ProtocolError::Topology(format!("stage {s} is not an activation")))?;
+        let plan =
+            self.plans.iter().find(|p| p.stage == s).ok_or_else(|| {
+                ProtocolError::Topology(format!("stage {s} is not an activation"))
+            })?;
         let mu = self.masks_of(plan, groups, sid, t);
         let per_reply = shape.replies_per_group();
         let frac = fixed.frac_bits;

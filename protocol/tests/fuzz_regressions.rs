@@ -76,7 +76,12 @@ fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
                 }
                 // Round replies are masked plaintexts now, not ciphertexts.
                 Body::MaskSupply { masks, replies } => {
-                    for (j, item) in masks.iter().take(2).chain(replies.iter().take(2)).enumerate() {
+                    for (j, item) in masks
+                        .iter()
+                        .take(2)
+                        .chain(replies.iter().take(2))
+                        .enumerate()
+                    {
                         let target = if run == "plain" {
                             fuzzing::plain_ciphertext(item);
                             "protocol_plain_ciphertext"

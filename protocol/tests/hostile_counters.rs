@@ -69,9 +69,14 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
 
 fn supply(masks: Vec<Vec<u8>>) -> Vec<u8> {
     let replies = vec![vec![7u8]];
-    Envelope::new("devA", SessionId([1; 16]), 3, Body::MaskSupply { masks, replies })
-        .to_bytes()
-        .expect("encodes")
+    Envelope::new(
+        "devA",
+        SessionId([1; 16]),
+        3,
+        Body::MaskSupply { masks, replies },
+    )
+    .to_bytes()
+    .expect("encodes")
 }
 
 #[test]

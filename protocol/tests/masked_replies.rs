@@ -69,7 +69,8 @@ fn a_guesses_b_s_answers_from_the_masked_replies_at_chance() {
                 let masks = &mu[&t][*offset..*offset + items.len()];
                 *offset += items.len();
                 for (i, (bytes, m)) in items.iter().zip(masks).enumerate() {
-                    let masked = I256::from_le_bytes(bytes.as_slice().try_into().expect("32 bytes"));
+                    let masked =
+                        I256::from_le_bytes(bytes.as_slice().try_into().expect("32 bytes"));
                     let value = masked - *m;
                     if i % per_group == 0 {
                         xs.push((masked, value));

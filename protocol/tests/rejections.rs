@@ -653,7 +653,10 @@ fn a_repeated_round_that_differs_is_refused() {
     };
     let plain = Plain::default();
     let mut changed = r.clone();
-    let Ok(veil_protocol::PlainCt::Packed { value_bits, mut values }) = plain.decode(&r.masked[0])
+    let Ok(veil_protocol::PlainCt::Packed {
+        value_bits,
+        mut values,
+    }) = plain.decode(&r.masked[0])
     else {
         panic!("packed masked values")
     };
