@@ -100,12 +100,12 @@ pub(crate) fn reply_masks(
     key: &Seed,
     sid: SessionId,
     t: u64,
-    shape: &RoundShape,
-    stage: usize,
+    plan: &StagePlan,
     groups: usize,
     sigma: u32,
     fraction_bits: u32,
 ) -> Vec<I256> {
+    let (shape, stage) = (&plan.shape, plan.stage);
     let mut label = b"reply".to_vec();
     label.extend_from_slice(&sid.0);
     label.extend_from_slice(&t.to_le_bytes());
