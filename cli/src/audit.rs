@@ -285,12 +285,21 @@ impl Audit<'_> {
                 let u = frame_as_a(keys, topology, params, t, body)?;
                 json!({"frame": frame, "kind": "frame", "t": t, "u": decimal(&u)})
             }
-            Body::MaskSupply { masks } => {
-                json!({"frame": frame, "kind": "mask-supply", "t": t, "ciphertexts": masks.len()})
-            }
-            Body::RoundReply { stage, items } => json!({
-                "frame": frame, "kind": "round-reply", "t": t, "stage": stage, "ciphertexts": items.len()
+            Body::MaskSupply { masks, replies } => json!({
+                "frame": frame, "kind": "mask-supply", "t": t,
+                "ciphertexts": masks.len(), "reply_masks": replies.len()
             }),
+            Body::RoundReply { stage, items } => {
+                // B's answers, each masked by B's μ: what A reads in clear.
+                let masked: Vec<String> = items
+                    .iter()
+                    .map(|b| match <[u8; 32]>::try_from(b.as_slice()) {
+                        Ok(bytes) => I256::from_le_bytes(bytes).to_string(),
+                        Err(_) => format!("{} bytes", b.len()),
+                    })
+                    .collect();
+                json!({"frame": frame, "kind": "round-reply", "t": t, "stage": stage, "masked": masked})
+            }
             other => json!({"frame": frame, "kind": other.kind(), "t": t}),
         }))
     }

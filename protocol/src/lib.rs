@@ -28,6 +28,7 @@ pub mod node;
 mod params;
 mod perturb;
 mod prf;
+mod reply;
 mod round;
 mod server_a;
 mod server_b;

@@ -69,8 +69,9 @@ pub use byte_list::MAX_LIST_ITEMS;
 /// Version 2: refusals carry a [`RejectCode`]. Version 3: messages on a
 /// device's own topics use the compact encoding of [`crate::wire`], frames
 /// carry per-feature widths and acknowledgements, results travel modulo
-/// `2^(κ+1)`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// `2^(κ+1)`. Version 4: B answers rounds with masked plaintexts and
+/// supplies the masks' encryptions with the first-layer masks.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Longest device name: names are MQTT topic levels and ACL user names.
 pub const MAX_DEVICE_NAME: usize = 64;
@@ -111,14 +112,20 @@ pub enum Body {
     /// A → B: send the first-layer masks `[[-b]]` for counters
     /// `t .. t + count`.
     MaskRequest { count: u32 },
-    /// B → A: `[[-b_i]]` for counter `t`, one ciphertext per input feature.
+    /// B → A: `[[-b_i]]` for counter `t`, one ciphertext per input
+    /// feature, and `[[-μ]]` for every reply item of every activation
+    /// round of the counter (stage by stage, group by group, in reply
+    /// order), so that A can prepare its corrections offline.
     MaskSupply {
         #[serde(with = "byte_list")]
         masks: Vec<Vec<u8>>,
+        #[serde(with = "byte_list")]
+        replies: Vec<Vec<u8>>,
     },
     /// A → B: one activation round.
     Round(Round),
-    /// B → A: the round's answers, fresh ciphertexts.
+    /// B → A: the round's answers in plaintext, each masked by B's `μ`
+    /// (`v + μ`, 32 bytes little-endian each).
     RoundReply {
         stage: u16,
         #[serde(with = "byte_list")]
@@ -409,6 +416,7 @@ mod tests {
             Body::MaskRequest { count: 3 },
             Body::MaskSupply {
                 masks: vec![vec![6; 4]],
+                replies: vec![vec![6; 3]],
             },
             Body::Round(Round {
                 stage: 1,

@@ -9,8 +9,9 @@ use crate::error::{ProtocolError, Result};
 use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
 use crate::messages::{Body, Envelope, Frame, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
-use crate::perturb::{GroupRef, PlanInput, Slot, Source, plan_round};
+use crate::perturb::{GroupRef, PlanInput, RoundPlan, Slot, Source, plan_round};
 use crate::prf::{MaskKeys, Seed, SessionId};
+use crate::reply::{StagePlan, decode_item, stage_plans};
 use crate::round::{RoundShape, round_mode};
 use crate::session;
 use ethnum::I256;
@@ -59,11 +60,28 @@ impl session::Owned for Session {
 }
 
 enum Masks<C> {
-    /// `[[-b_i]]` as B sent them.
-    Raw(Vec<C>),
-    /// `W·[[-b]]`, one per output of the first layer.
-    Ready(Vec<C>),
+    /// `[[-b_i]]` and `[[-μ]]` as B sent them.
+    Raw(Vec<Vec<u8>>, Vec<Vec<u8>>),
+    /// `W·[[-b]]`, one per output of the first layer, and the cipher half
+    /// of every real group's correction.
+    Ready(Vec<C>, Corrections<C>),
 }
+
+/// The cipher half of one activation stage's outputs, computed offline
+/// from B's `[[-μ]]`: per real group `[[-μ_X - Σ_e c_e·μ_e]]`, which the
+/// group's plain half (B's masked answers through the same correction)
+/// completes with one multiplication.
+enum Half<C> {
+    /// By group position in the round (`None` for dummies).
+    Groups(Vec<Option<C>>),
+    /// The next stage is linear: `W·[[-μ…]]` per output of that layer
+    /// (without bias), so that online the layer is a plain product plus
+    /// one multiplication per output, as the first layer is.
+    Linear(Vec<C>),
+}
+
+/// One [`Half`] per activation stage, in order.
+type Corrections<C> = Vec<Half<C>>;
 
 /// The mask quotients A needs to undo B's truncation of one slot.
 #[derive(Clone)]
@@ -125,6 +143,10 @@ pub struct ServerA<P: PublicOps> {
     frames: HashMap<(SessionId, u64), (String, FrameState)>,
     /// `u = y - a` of every frame in flight, to start it over if needed.
     inputs: HashMap<(SessionId, u64), Vec<i128>>,
+    /// The offline halves of the corrections of every frame in flight.
+    corrections: HashMap<(SessionId, u64), Corrections<P::Ct>>,
+    /// Each activation stage's round as A sends it.
+    plans: Vec<StagePlan>,
 }
 
 impl<P: PublicOps> ServerA<P> {
@@ -151,7 +173,10 @@ impl<P: PublicOps> ServerA<P> {
             }
         }
         let modes = cfg.params.modes(&cfg.topology);
+        let plans = stage_plans(&cfg.topology, &cfg.params)?;
         Ok(ServerA {
+            plans,
+            corrections: HashMap::new(),
             layout: FrameLayout::new(&cfg.topology, &cfg.params),
             result: ResultLayout::new(&cfg.topology, &cfg.params),
             cfg,
@@ -206,7 +231,7 @@ impl<P: PublicOps> ServerA<P> {
         match body {
             Body::SessionInit(init) => self.on_session(device, sid, t, &init),
             Body::Frame(frame) => self.on_frame(&device, sid, t, &frame),
-            Body::MaskSupply { masks } => self.on_masks(&device, sid, t, &masks),
+            Body::MaskSupply { masks, replies } => self.on_masks(&device, sid, t, masks, replies),
             Body::RoundReply { stage, items } => self.on_reply(&device, sid, t, stage, &items),
             Body::Reject { code, detail } => {
                 tracing::warn!(%sid, t, %code, %detail, "B refused a message of this frame; dropping it");
@@ -228,6 +253,7 @@ impl<P: PublicOps> ServerA<P> {
     /// up, or already answered by B).
     pub fn forget_frame(&mut self, sid: SessionId, t: u64) {
         self.frames.remove(&(sid, t));
+        self.corrections.remove(&(sid, t));
         self.inputs.remove(&(sid, t));
         self.masks.remove(&(sid, t));
     }
@@ -237,6 +263,7 @@ impl<P: PublicOps> ServerA<P> {
     pub fn forget_session(&mut self, sid: SessionId) {
         self.sessions.remove(&sid);
         self.frames.retain(|(s, _), _| *s != sid);
+        self.corrections.retain(|(s, _), _| *s != sid);
         self.inputs.retain(|(s, _), _| *s != sid);
         self.masks.retain(|(s, _), _| *s != sid);
     }
@@ -342,7 +369,7 @@ impl<P: PublicOps> ServerA<P> {
             self.masks.remove(&key);
         }
         match self.masks.get(&(sid, t)) {
-            Some(Masks::Ready(_)) => out.extend(self.first_layer(device, sid, t, &u)?),
+            Some(Masks::Ready(..)) => out.extend(self.first_layer(device, sid, t, &u)?),
             _ => {
                 self.frames
                     .insert((sid, t), (device.to_string(), FrameState::Waiting(u)));
@@ -375,6 +402,7 @@ impl<P: PublicOps> ServerA<P> {
         };
         self.inputs.remove(&(sid, t));
         self.masks.remove(&(sid, t));
+        self.corrections.remove(&(sid, t));
         self.frames
             .insert((sid, t), (device.clone(), FrameState::Waiting(u)));
         Ok(vec![mask_request(&device, sid, t, 1)])
@@ -385,7 +413,8 @@ impl<P: PublicOps> ServerA<P> {
         device: &str,
         sid: SessionId,
         t: u64,
-        masks: &[Vec<u8>],
+        masks: Vec<Vec<u8>>,
+        replies: Vec<Vec<u8>>,
     ) -> Result<Vec<Outgoing>> {
         let n = self.cfg.topology.input_len;
         let session = self.session(device, sid)?;
@@ -393,6 +422,13 @@ impl<P: PublicOps> ServerA<P> {
             return Err(ProtocolError::Size(format!(
                 "{} masks for {n} inputs",
                 masks.len()
+            )));
+        }
+        let items: usize = self.plans.iter().map(StagePlan::items).sum();
+        if replies.len() != items {
+            return Err(ProtocolError::Size(format!(
+                "{} reply masks for {items} reply items",
+                replies.len()
             )));
         }
         let waiting = matches!(
@@ -406,12 +442,9 @@ impl<P: PublicOps> ServerA<P> {
         if self.masks.contains_key(&(sid, t)) {
             return Ok(Vec::new());
         }
-        let backend = &self.backend;
-        let decoded = masks
-            .par_iter()
-            .map(|bytes| backend.decode(bytes))
-            .collect::<Result<Vec<_>>>()?;
-        self.masks.insert((sid, t), Masks::Raw(decoded));
+        // Decoded (and checked) by the offline step: a supply for the
+        // counters ahead costs the online path nothing.
+        self.masks.insert((sid, t), Masks::Raw(masks, replies));
         Ok(Vec::new())
     }
 
@@ -422,13 +455,13 @@ impl<P: PublicOps> ServerA<P> {
     pub fn has_waiting_frame(&self) -> bool {
         self.frames.iter().any(|(key, (_, state))| {
             matches!(state, FrameState::Waiting(_))
-                && matches!(self.masks.get(key), Some(Masks::Raw(_)))
+                && matches!(self.masks.get(key), Some(Masks::Raw(..)))
         })
     }
 
     /// Whether precomputation is waiting to be done.
     pub fn has_offline_work(&self) -> bool {
-        self.masks.values().any(|m| matches!(m, Masks::Raw(_)))
+        self.masks.values().any(|m| matches!(m, Masks::Raw(..)))
     }
 
     /// Does one unit of precomputation: `W·[[-b]]` for one frame counter
@@ -437,32 +470,35 @@ impl<P: PublicOps> ServerA<P> {
     pub fn offline_step(&mut self) -> Result<Vec<Outgoing>> {
         let waiting_key = self.masks.iter().find_map(|(key, m)| {
             let frame_waits = matches!(self.frames.get(key), Some((_, FrameState::Waiting(_))));
-            (matches!(m, Masks::Raw(_)) && frame_waits).then_some(*key)
+            (matches!(m, Masks::Raw(..)) && frame_waits).then_some(*key)
         });
         let key = waiting_key.or_else(|| {
             self.masks
                 .iter()
-                .find_map(|(key, m)| matches!(m, Masks::Raw(_)).then_some(*key))
+                .find_map(|(key, m)| matches!(m, Masks::Raw(..)).then_some(*key))
         });
         let Some(key) = key else {
             return Ok(Vec::new());
         };
-        let Some(Masks::Raw(raw)) = self.masks.remove(&key) else {
+        let Some(Masks::Raw(raw, replies)) = self.masks.remove(&key) else {
             return Ok(Vec::new());
         };
+        let (sid, t) = key;
         let layer = self
             .cfg
             .plan
             .layer(0)
             .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
         let backend = &self.backend;
+        let raw = backend.decode_many(&raw)?;
         let prepared = backend.prepare(&raw)?;
         let ready = (0..layer.output_len())
             .into_par_iter()
             .map(|o| backend.dot(&prepared, &layer.row(o)))
             .collect::<Result<Vec<_>>>()?;
-        self.masks.insert(key, Masks::Ready(ready));
-        let (sid, t) = key;
+        let replies = backend.decode_many(&replies)?;
+        let corrections = self.prepare_corrections(sid, t, &replies)?;
+        self.masks.insert(key, Masks::Ready(ready, corrections));
         match self.frames.remove(&key) {
             Some((device, FrameState::Waiting(u))) => self.first_layer(&device, sid, t, &u),
             Some(other) => {
@@ -482,11 +518,12 @@ impl<P: PublicOps> ServerA<P> {
         t: u64,
         u: &[i128],
     ) -> Result<Vec<Outgoing>> {
-        let Some(Masks::Ready(ready)) = self.masks.remove(&(sid, t)) else {
+        let Some(Masks::Ready(ready, corrections)) = self.masks.remove(&(sid, t)) else {
             return Err(ProtocolError::Unexpected(
                 "first layer without masks".into(),
             ));
         };
+        self.corrections.insert((sid, t), corrections);
         let layer = self
             .cfg
             .plan
@@ -537,26 +574,61 @@ impl<P: PublicOps> ServerA<P> {
         }
     }
 
-    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+    fn layer(&self, s: usize, inputs: usize) -> Result<&veil_model::LinearLayer> {
         let layer = self
             .cfg
             .plan
             .layer(s)
             .ok_or_else(|| ProtocolError::Topology(format!("no layer for stage {s}")))?;
-        if x.len() != layer.input_len() {
+        if inputs != layer.input_len() {
             return Err(ProtocolError::Size(format!(
-                "stage {s} takes {} inputs, got {}",
+                "stage {s} takes {} inputs, got {inputs}",
                 layer.input_len(),
-                x.len()
             )));
         }
+        Ok(layer)
+    }
+
+    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+        let layer = self.layer(s, x.len())?;
+        let backend = &self.backend;
+        Ok(self
+            .linear_terms(s, x)?
+            .par_iter()
+            .enumerate()
+            .map(|(o, dot)| backend.add_plain(dot, I256::from(layer.bias(o))))
+            .collect())
+    }
+
+    /// `W·[[x]]` of linear stage `s`, without its bias.
+    fn linear_terms(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
+        let layer = self.layer(s, x.len())?;
         let backend = &self.backend;
         let prepared = backend.prepare(x)?;
         (0..layer.output_len())
             .into_par_iter()
+            .map(|o| backend.dot(&prepared, &layer.row(o)))
+            .collect()
+    }
+
+    /// `W·x + c` of linear stage `s` over plain halves: exact integers
+    /// (B's masks keep them far below 2^255; an overflow is refused, never
+    /// wrapped).
+    fn linear_plain(&self, s: usize, x: &[I256]) -> Result<Vec<I256>> {
+        let layer = self.layer(s, x.len())?;
+        let overflow = || ProtocolError::Range(format!("stage {s}: a plain half overflows"));
+        (0..layer.output_len())
+            .into_par_iter()
             .map(|o| {
-                let dot = backend.dot(&prepared, &layer.row(o))?;
-                Ok(backend.add_plain(&dot, I256::from(layer.bias(o))))
+                let mut acc = I256::from(layer.bias(o));
+                for (i, w) in layer.row(o) {
+                    let v = x.get(i as usize).ok_or_else(overflow)?;
+                    acc = v
+                        .checked_mul(I256::from(w))
+                        .and_then(|p| acc.checked_add(p))
+                        .ok_or_else(overflow)?;
+                }
+                Ok(acc)
             })
             .collect()
     }
@@ -577,21 +649,7 @@ impl<P: PublicOps> ServerA<P> {
                 .unwrap_or(ActivationMode::Permute),
         );
         let shape = RoundShape::new(&topology, &params, s, mode)?;
-        let rounding = frame_rounding(&self.cfg.rounding_key, sid, t);
-        let w = topology.fixed.weight_bits;
-        let plan = plan_round(
-            &self.cfg.rounding_key,
-            sid,
-            t,
-            &PlanInput {
-                params: &params,
-                shape: &shape,
-                stage: s,
-                weight_bits: w,
-                samples: self.cfg.plan.samples(s),
-                rounding: &rounding,
-            },
-        );
+        let plan = self.round_plan(sid, t, s, &shape);
         if let Some(truth) = self.truth.as_mut() {
             truth.push(RoundTruth {
                 sid,
@@ -733,6 +791,98 @@ impl<P: PublicOps> ServerA<P> {
         ))
     }
 
+    /// What A draws for round `s` of frame `t`: keyed, so the offline
+    /// step and the online round draw the same.
+    fn round_plan(&self, sid: SessionId, t: u64, s: usize, shape: &RoundShape) -> RoundPlan {
+        let rounding = frame_rounding(&self.cfg.rounding_key, sid, t);
+        plan_round(
+            &self.cfg.rounding_key,
+            sid,
+            t,
+            &PlanInput {
+                params: &self.cfg.params,
+                shape,
+                stage: s,
+                weight_bits: self.cfg.topology.fixed.weight_bits,
+                samples: self.cfg.plan.samples(s),
+                rounding: &rounding,
+            },
+        )
+    }
+
+    /// The cipher halves of frame `t`'s corrections, from B's `[[-μ]]`:
+    /// per real group `[[-μ_X]] · Π_e [[-μ_e]]^(c_e)`, with `c_e = H_e`
+    /// (leaky ReLU: `H_e - H'_e`) over the group's slots. The `H` are
+    /// keyed, not data, so this is the online `[[-s]]^H` work done ahead.
+    fn prepare_corrections(
+        &self,
+        sid: SessionId,
+        t: u64,
+        mu: &[P::Ct],
+    ) -> Result<Corrections<P::Ct>> {
+        let backend = &self.backend;
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(self.plans.len());
+        for stage in &self.plans {
+            let plan = self.round_plan(sid, t, stage.stage, &stage.shape);
+            let per_group = stage.shape.replies_per_group();
+            let leaky = stage.shape.alpha_bits.is_some();
+            let mine = mu
+                .get(offset..offset + stage.items())
+                .ok_or_else(|| ProtocolError::Size("fewer reply masks than reply items".into()))?;
+            offset += stage.items();
+            let groups = plan
+                .order
+                .par_iter()
+                .zip(plan.slots.par_iter())
+                .enumerate()
+                .map(|(pos, (group, slots))| -> Result<Option<P::Ct>> {
+                    if matches!(group, GroupRef::Dummy) {
+                        return Ok(None);
+                    }
+                    let item = |i: usize| {
+                        mine.get(pos * per_group + i).ok_or_else(|| {
+                            ProtocolError::Size("a group beyond the reply masks".into())
+                        })
+                    };
+                    let mut acc = item(0)?.clone();
+                    if stage.shape.mode == RoundMode::Blind {
+                        for (e, slot) in slots.iter().enumerate() {
+                            if !slot.corrected(true) {
+                                continue;
+                            }
+                            let c = if leaky { slot.h1 - slot.h2 } else { slot.h1 };
+                            acc = backend.add(&acc, &backend.scale(item(1 + e)?, c));
+                        }
+                    }
+                    Ok(Some(acc))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let next = stage.stage + 1;
+            out.push(match self.cfg.topology.stages.get(next) {
+                Some(Stage::Linear(_)) => {
+                    let mut by_output: Vec<Option<P::Ct>> = vec![None; stage.shape.groups.len()];
+                    for (group, cipher) in plan.order.iter().zip(groups) {
+                        if let GroupRef::Real(o) = group
+                            && let Some(slot) = by_output.get_mut(*o)
+                        {
+                            *slot = cipher;
+                        }
+                    }
+                    let x = by_output
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            ProtocolError::Unexpected("a real group has no mask".into())
+                        })?;
+                    Half::Linear(self.linear_terms(next, &x)?)
+                }
+                _ => Half::Groups(groups),
+            });
+        }
+        Ok(out)
+    }
+
     /// Packs (when enabled) and re-randomizes ciphertexts bound for B, so
     /// that B cannot link them to anything it produced.
     fn seal(&self, values: &[P::Ct], bits: u32) -> Result<Vec<Vec<u8>>> {
@@ -823,16 +973,32 @@ impl<P: PublicOps> ServerA<P> {
                 items.len()
             )));
         }
-        let backend = &self.backend;
         let decoded = items
-            .par_iter()
-            .map(|b| backend.decode(b))
+            .iter()
+            .map(|b| decode_item(b))
             .collect::<Result<Vec<_>>>()?;
+        let index = self
+            .plans
+            .iter()
+            .position(|p| p.stage == pending.stage)
+            .ok_or_else(|| ProtocolError::Unexpected("a round of no activation stage".into()))?;
+        let Some(halves) = self
+            .corrections
+            .get_mut(&key)
+            .and_then(|c| c.get_mut(index))
+            .map(|h| std::mem::replace(h, Half::Groups(Vec::new())))
+        else {
+            return Err(ProtocolError::Unexpected(
+                "no offline corrections for this round".into(),
+            ));
+        };
         let Some((_, FrameState::InRound(pending, _))) = self.frames.remove(&key) else {
             return Err(ProtocolError::Unexpected("round state vanished".into()));
         };
         let leaky = pending.shape.alpha_bits.is_some();
-        let outputs: Vec<(usize, P::Ct)> = pending
+        let backend = &self.backend;
+        let overflow = || ProtocolError::Range("a masked reply beyond its bound".into());
+        let plains: Vec<(usize, usize, I256)> = pending
             .order
             .par_iter()
             .enumerate()
@@ -840,44 +1006,78 @@ impl<P: PublicOps> ServerA<P> {
                 GroupRef::Real(o) => Some((pos, *o)),
                 GroupRef::Dummy => None,
             })
-            .map(|(pos, o)| {
+            .map(|(pos, o)| -> Result<(usize, usize, I256)> {
                 let base = pos * per_group;
-                let x = decoded[base].clone();
-                let value = match pending.shape.mode {
-                    RoundMode::Permute => x,
-                    RoundMode::Blind => {
-                        let mut acc = x;
-                        for (e, entry) in pending.entries[pos].iter().enumerate() {
-                            if !entry.corrected {
-                                continue;
-                            }
-                            let minus_s = &decoded[base + 1 + e];
-                            if leaky {
-                                // s·(q1 - H1) + (1-s)·(q2 - H2) = X - s·(H1 - H2) - H2.
-                                acc =
-                                    backend.add(&acc, &backend.scale(minus_s, entry.h1 - entry.h2));
-                                acc = backend.add_plain(&acc, -entry.h2);
-                            } else {
-                                acc = backend.add(&acc, &backend.scale(minus_s, entry.h1));
-                            }
+                let item = |i: usize| decoded.get(base + i).copied().ok_or_else(overflow);
+                // The plain half: B's masked answers through the same
+                // correction as the cipher half took offline.
+                let mut plain = item(0)?;
+                if pending.shape.mode == RoundMode::Blind {
+                    for (e, entry) in pending.entries[pos].iter().enumerate() {
+                        if !entry.corrected {
+                            continue;
                         }
-                        acc
+                        let minus_s = item(1 + e)?;
+                        // s·(q1 - H1) + (1-s)·(q2 - H2) = X - s·(H1 - H2) - H2.
+                        let term = if leaky {
+                            minus_s
+                                .checked_mul(entry.h1 - entry.h2)
+                                .and_then(|v| v.checked_sub(entry.h2))
+                        } else {
+                            minus_s.checked_mul(entry.h1)
+                        };
+                        plain = term
+                            .and_then(|v| plain.checked_add(v))
+                            .ok_or_else(overflow)?;
                     }
-                };
-                (o, value)
+                }
+                Ok((pos, o, plain))
             })
-            .collect();
-        let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
-        for (o, value) in outputs {
-            if let Some(slot) = next.get_mut(o) {
-                *slot = Some(value);
+            .collect::<Result<Vec<_>>>()?;
+        let missing = || ProtocolError::Unexpected("a real group has no answer".into());
+        match halves {
+            Half::Groups(halves) => {
+                let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
+                for (pos, o, plain) in plains {
+                    let cipher = halves
+                        .get(pos)
+                        .and_then(Option::as_ref)
+                        .ok_or_else(missing)?;
+                    if let Some(slot) = next.get_mut(o) {
+                        *slot = Some(backend.add_plain(cipher, plain));
+                    }
+                }
+                let next = next
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(missing)?;
+                self.advance(device, sid, t, next, pending.stage + 1)
+            }
+            Half::Linear(terms) => {
+                let mut x: Vec<Option<I256>> = vec![None; pending.shape.groups.len()];
+                for (_, o, plain) in plains {
+                    if let Some(slot) = x.get_mut(o) {
+                        *slot = Some(plain);
+                    }
+                }
+                let x = x
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(missing)?;
+                let s = pending.stage + 1;
+                let plain = self.linear_plain(s, &x)?;
+                if plain.len() != terms.len() {
+                    return Err(ProtocolError::Size(format!("stage {s}: halves disagree")));
+                }
+                let backend = &self.backend;
+                let z: Vec<P::Ct> = terms
+                    .par_iter()
+                    .zip(plain.par_iter())
+                    .map(|(c, p)| backend.add_plain(c, *p))
+                    .collect();
+                self.advance(device, sid, t, z, s + 1)
             }
         }
-        let next = next
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ProtocolError::Unexpected("a real group has no answer".into()))?;
-        self.advance(device, sid, t, next, pending.stage + 1)
     }
 
     fn output(
@@ -907,6 +1107,7 @@ impl<P: PublicOps> ServerA<P> {
         let values = self.seal(&masked, output_bits(&topology) + params.sigma + 1)?;
         self.frames.remove(&(sid, t));
         self.inputs.remove(&(sid, t));
+        self.corrections.remove(&(sid, t));
         Ok(vec![Outgoing::new(
             Peer::ServerB,
             Envelope::new(

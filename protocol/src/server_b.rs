@@ -9,7 +9,10 @@ use crate::error::{ProtocolError, Result};
 use crate::layout::{FrameLayout, ResultLayout, input_masks, output_masks};
 use crate::messages::{Body, Envelope, Outgoing, Output, Peer, Round, RoundMode};
 use crate::params::{Params, output_bits};
-use crate::prf::{MaskKeys, SessionId};
+use crate::prf::{MaskKeys, Seed, SessionId};
+use crate::reply::{
+    StagePlan, encode_item, item_bits, reply_key, reply_masks, round_digest, stage_plans,
+};
 use crate::round::{RoundShape, ciphertext_count};
 use crate::session;
 use ethnum::I256;
@@ -41,6 +44,9 @@ struct Session {
     progress: BTreeMap<u64, usize>,
     /// Restarts granted per frame in progress.
     restarts: BTreeMap<u64, u32>,
+    /// What each round B answered decrypted to, per (frame, stage) in
+    /// progress: a repeat must match (see [`round_digest`]).
+    answered: BTreeMap<(u64, usize), [u8; 32]>,
 }
 
 impl session::Owned for Session {
@@ -57,6 +63,10 @@ pub struct ServerB<S: SecretOps> {
     sessions: HashMap<SessionId, Session>,
     /// Index of each activation stage; the output comes after the last.
     activations: Vec<usize>,
+    /// Each activation stage's round as an honest A sends it.
+    plans: Vec<StagePlan>,
+    /// B's secret for the masks of its replies.
+    reply_key: Seed,
 }
 
 impl<S: SecretOps> ServerB<S> {
@@ -69,7 +79,10 @@ impl<S: SecretOps> ServerB<S> {
             .enumerate()
             .filter_map(|(s, stage)| matches!(stage, Stage::Activation(_)).then_some(s))
             .collect();
+        let plans = stage_plans(&cfg.topology, &cfg.params)?;
         Ok(ServerB {
+            reply_key: reply_key(&cfg.key),
+            plans,
             layout: FrameLayout::new(&cfg.topology, &cfg.params),
             result: ResultLayout::new(&cfg.topology, &cfg.params),
             cfg,
@@ -137,6 +150,7 @@ impl<S: SecretOps> ServerB<S> {
                 completed: None,
                 progress: BTreeMap::new(),
                 restarts: BTreeMap::new(),
+                answered: BTreeMap::new(),
             },
         );
         Ok(Vec::new())
@@ -200,12 +214,34 @@ impl<S: SecretOps> ServerB<S> {
                 .par_iter()
                 .map(|v| backend.encode(&backend.encrypt(-I256::from(*v))))
                 .collect();
+            let mu: Vec<I256> = self
+                .plans
+                .iter()
+                .flat_map(|plan| self.masks_of(plan, plan.groups, sid, counter))
+                .collect();
+            let replies: Vec<Vec<u8>> = mu
+                .par_iter()
+                .map(|m| backend.encode(&backend.encrypt(-*m)))
+                .collect();
             out.push(Outgoing::new(
                 Peer::ServerA,
-                Envelope::new(device, sid, counter, Body::MaskSupply { masks }),
+                Envelope::new(device, sid, counter, Body::MaskSupply { masks, replies }),
             ));
         }
         Ok(out)
+    }
+
+    /// `μ` of every reply item of `plan`'s round with `groups` groups.
+    fn masks_of(&self, plan: &StagePlan, groups: usize, sid: SessionId, t: u64) -> Vec<I256> {
+        reply_masks(
+            &self.reply_key,
+            sid,
+            t,
+            plan,
+            groups,
+            self.cfg.params.sigma,
+            self.cfg.topology.fixed.frac_bits,
+        )
     }
 
     /// Checks where frame `t` stands and returns the stage B expects next.
@@ -343,22 +379,21 @@ impl<S: SecretOps> ServerB<S> {
             round.packed,
             "value",
         )?;
-        let backend = &self.backend;
-        let replies: Vec<Vec<S::Ct>> = match round.mode {
+        let (replies, digest): (Vec<Vec<I256>>, [u8; 32]) = match round.mode {
             RoundMode::Permute => {
                 if !round.masked.is_empty() || !round.masked_alpha.is_empty() {
                     return Err(ProtocolError::Size(
                         "permute rounds carry values only".into(),
                     ));
                 }
-                values
+                let replies = values
                     .par_chunks(k)
                     .map(|group| {
                         let v = group.iter().copied().max().unwrap_or(I256::ZERO);
-                        let out = permute_value(&shape.kind, v, &fixed)?;
-                        Ok(vec![backend.encrypt(out)])
+                        Ok(vec![permute_value(&shape.kind, v, &fixed)?])
                     })
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                (replies, round_digest(round.groups, round.mode, &[&values]))
             }
             RoundMode::Blind => {
                 let m = shape.slots;
@@ -395,7 +430,7 @@ impl<S: SecretOps> ServerB<S> {
                     None => return Err(ProtocolError::Size("unexpected leaky-ReLU values".into())),
                 };
                 let leaky = matches!(shape.kind, ActivationKind::LeakyRelu { .. });
-                (0..groups)
+                let replies: Vec<Vec<I256>> = (0..groups)
                     .into_par_iter()
                     .map(|g| {
                         let outcomes = values
@@ -419,18 +454,51 @@ impl<S: SecretOps> ServerB<S> {
                             minus_s.push(if s { -I256::ONE } else { I256::ZERO });
                         }
                         let mut reply = Vec::with_capacity(1 + m);
-                        reply.push(backend.encrypt(x));
-                        reply.extend(minus_s.into_iter().map(|v| backend.encrypt(v)));
+                        reply.push(x);
+                        reply.extend(minus_s);
                         Ok(reply)
                     })
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                let digest = round_digest(round.groups, round.mode, &[&values, &masked, &alpha]);
+                (replies, digest)
             }
         };
-        let items: Vec<Vec<u8>> = replies
-            .iter()
-            .flatten()
-            .map(|c| backend.encode(c))
-            .collect();
+        // A repeat (a restart, or a lost reply) must decrypt to what B
+        // answered: two different rounds under one μ would give A the
+        // difference of two answers.
+        let session = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or(ProtocolError::UnknownSession(sid))?;
+        match session.answered.get(&(t, s)) {
+            Some(seen) if *seen != digest => {
+                return Err(ProtocolError::Range(format!(
+                    "round {s} of frame {t} differs from the one answered"
+                )));
+            }
+            _ => {
+                session.answered.insert((t, s), digest);
+            }
+        }
+        let plan =
+            self.plans.iter().find(|p| p.stage == s).ok_or_else(|| {
+                ProtocolError::Topology(format!("stage {s} is not an activation"))
+            })?;
+        let mu = self.masks_of(plan, groups, sid, t);
+        let per_reply = shape.replies_per_group();
+        let frac = fixed.frac_bits;
+        let mut items = Vec::with_capacity(mu.len());
+        for (i, (v, m)) in replies.iter().flatten().zip(&mu).enumerate() {
+            // μ hides v only within its bound; nothing an honest A sends
+            // breaks it (permute values of forced kinds included).
+            let bound = I256::ONE << item_bits(&shape, i % per_reply, frac);
+            if *v >= bound || *v <= -bound {
+                return Err(ProtocolError::Range(
+                    "a reply value beyond its bound".into(),
+                ));
+            }
+            items.push(encode_item(*v + *m));
+        }
         let next = self.next_after(s);
         if let Some(session) = self.sessions.get_mut(&sid) {
             session.progress.insert(t, next);
@@ -494,6 +562,7 @@ impl<S: SecretOps> ServerB<S> {
         // progress is abandoned (its round will be refused as a replay).
         session.progress.retain(|pending, _| *pending > t);
         session.restarts.retain(|pending, _| *pending > t);
+        session.answered.retain(|(pending, _), _| *pending > t);
         session.completed = Some(session.completed.map_or(t, |c| c.max(t)));
         Ok(vec![Outgoing::new(
             Peer::Device,

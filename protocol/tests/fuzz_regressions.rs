@@ -75,8 +75,14 @@ fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
                     fuzzing::bits(&input);
                     write_seed(&seeds, "protocol_bits", &name, &input);
                 }
-                Body::MaskSupply { masks } | Body::RoundReply { items: masks, .. } => {
-                    for (j, item) in masks.iter().take(2).enumerate() {
+                // Round replies are masked plaintexts now, not ciphertexts.
+                Body::MaskSupply { masks, replies } => {
+                    for (j, item) in masks
+                        .iter()
+                        .take(2)
+                        .chain(replies.iter().take(2))
+                        .enumerate()
+                    {
                         let target = if run == "plain" {
                             fuzzing::plain_ciphertext(item);
                             "protocol_plain_ciphertext"

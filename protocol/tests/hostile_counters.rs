@@ -69,9 +69,15 @@ fn frame_counters_at_the_top_of_u64_are_refused_not_wrapped() {
 }
 
 fn supply(masks: Vec<Vec<u8>>) -> Vec<u8> {
-    Envelope::new("devA", SessionId([1; 16]), 3, Body::MaskSupply { masks })
-        .to_bytes()
-        .expect("encodes")
+    let replies = vec![vec![7u8]];
+    Envelope::new(
+        "devA",
+        SessionId([1; 16]),
+        3,
+        Body::MaskSupply { masks, replies },
+    )
+    .to_bytes()
+    .expect("encodes")
 }
 
 #[test]
@@ -88,7 +94,7 @@ fn byte_lists_refuse_empty_items_and_too_many_items() {
     );
 
     let most = supply(vec![vec![7u8]; MAX_LIST_ITEMS]);
-    let Body::MaskSupply { masks } = Envelope::from_bytes(&most).expect("decodes").body else {
+    let Body::MaskSupply { masks, .. } = Envelope::from_bytes(&most).expect("decodes").body else {
         panic!("a mask supply")
     };
     assert_eq!(masks.len(), MAX_LIST_ITEMS);

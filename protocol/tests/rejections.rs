@@ -509,10 +509,15 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
         (view.values, view.masked)
     };
     let seen = opened(&first);
-    engine
+    let reply = engine
         .b_mut()
         .handle(first.envelope.clone())
         .expect("B answers");
+    let items = |out: &[Outgoing]| match out.first().map(|o| &o.envelope.body) {
+        Some(Body::RoundReply { items, .. }) => items.clone(),
+        _ => panic!("a reply"),
+    };
+    let answered = items(&reply);
     let mut restarts = 0;
     loop {
         // The reply is lost each time; A starts the frame over.
@@ -530,7 +535,10 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
             "B decrypts exactly what it saw before"
         );
         match engine.b_mut().handle(again.envelope.clone()) {
-            Ok(_) => restarts += 1,
+            Ok(out) => {
+                assert_eq!(items(&out), answered, "B masks a repeat with the same μ");
+                restarts += 1;
+            }
             Err(ProtocolError::OutOfOrder(_)) => break,
             Err(e) => panic!("{e:?}"),
         }
@@ -628,4 +636,42 @@ fn inputs_beyond_the_bound_are_refused_by_b() {
             "{passed} of 40 inputs 2^(k+{excess}) past the range were served"
         );
     }
+}
+
+#[test]
+fn a_repeated_round_that_differs_is_refused() {
+    // Two different rounds under one μ would give A the difference of two
+    // answers: B answers a repeat only if it decrypts to the same values.
+    let mut engine = fresh("pima-mlp");
+    let x = x_hat("pima-mlp");
+    let (_, round) = started_frame(&mut engine, &x, 80);
+    engine
+        .b_mut()
+        .handle(round.envelope.clone())
+        .expect("B answers");
+    let Body::Round(r) = &round.envelope.body else {
+        panic!("a round")
+    };
+    let plain = Plain::default();
+    let mut changed = r.clone();
+    let Ok(veil_protocol::PlainCt::Packed {
+        value_bits,
+        mut values,
+    }) = plain.decode(&r.masked[0])
+    else {
+        panic!("packed masked values")
+    };
+    values[0] += 1;
+    changed.masked[0] = plain.encode(&veil_protocol::PlainCt::Packed { value_bits, values });
+    let outcome = engine.b_mut().handle(Envelope {
+        body: Body::Round(changed),
+        ..round.envelope.clone()
+    });
+    let err = outcome.expect_err("a different round under the same masks");
+    assert_eq!(err.code(), RejectCode::Refused, "{err:?}");
+    // The genuine round, repeated, is still answered.
+    engine
+        .b_mut()
+        .handle(round.envelope.clone())
+        .expect("the same round again");
 }
