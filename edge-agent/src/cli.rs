@@ -162,7 +162,7 @@ pub async fn run(args: Args) -> Result<()> {
         serve_metrics(addr, Arc::clone(&agent)).await?;
     }
     veil_shell::notify::ready();
-    veil_shell::notify::spawn_watchdog();
+    veil_shell::notify::spawn_watchdog(agent.heartbeat());
     // Rows refused before they became frames, for the output.
     let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Refusal>();
     // Capture runs on its own thread: reading stdin blocks, and capture
@@ -328,6 +328,11 @@ async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Res
         "Connections to the broker, reconnections included",
     );
     let sent_bytes = metrics.counter("sent_bytes", "Payload bytes of frames, acks and sessions");
+    metrics.latency(
+        "latency",
+        "Capture to result delivered to the application",
+        &agent.latency(),
+    );
     let pending = metrics.gauge("pending", "Frames waiting for their result");
     let agent = Arc::downgrade(&agent);
     metrics

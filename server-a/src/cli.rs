@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> Result<()> {
         serve_metrics(addr, server.stats_handle()).await?;
     }
     veil_shell::notify::ready();
-    veil_shell::notify::spawn_watchdog();
+    veil_shell::notify::spawn_watchdog(server.heartbeat());
     veil_shell::wait_for_stop().await;
     veil_shell::notify::stopping();
     tracing::info!("stopping");
@@ -90,8 +90,12 @@ async fn load_b_key(config: &Config) -> Result<PublicKey> {
     Ok(key)
 }
 
-/// Server A's statistics as Prometheus metrics (`veil_server_a_*`).
-async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+/// Serves server A's statistics as Prometheus metrics (`veil_server_a_*`)
+/// on `addr`; returns the bound address.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stats: Arc<crate::Stats>,
+) -> Result<std::net::SocketAddr> {
     let mut metrics = veil_shell::Metrics::new("server-a");
     let sessions = metrics.counter("sessions", "Device sessions accepted");
     let frames = metrics.counter("frames", "Frames accepted");
@@ -113,6 +117,11 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             frames.follow(s.frames);
             outputs.follow(s.outputs);
             duplicates.follow(s.duplicates);
+    metrics.latency(
+        "frame_latency",
+        "Frame accepted to its output acknowledged by the broker",
+        &stats.frame_latency,
+    );
             retries.follow(s.retries);
             abandoned.follow(s.abandoned);
             rejected.follow(s.rejected);
@@ -122,6 +131,5 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             true
         })
         .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    Ok(())
+        .with_context(|| format!("serving metrics on {addr}"))
 }

@@ -142,6 +142,8 @@ pub struct Stats {
     pub sessions_throttled: AtomicU64,
 }
 
+    /// Frame accepted (stored) to its output acknowledged by the broker.
+    pub frame_latency: veil_shell::Latency,
 /// A plain copy of [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
@@ -252,6 +254,11 @@ impl ServerA {
 
     /// Stops cleanly: the worker finishes the message in hand, the store
     /// is flushed, the MQTT session is closed.
+    /// The worker thread's heartbeat: what the systemd watchdog follows.
+    pub fn heartbeat(&self) -> veil_shell::Heartbeat {
+        self.worker.heartbeat()
+    }
+
     pub async fn shutdown(self) {
         self.worker.shutdown().await;
     }
