@@ -7,7 +7,7 @@ use std::path::Path;
 use std::path::PathBuf;
 
 #[cfg(feature = "onnx")]
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use veil_model::FixedPoint;
 
 /// Margin added on each side of bounds measured on calibration data, as a
@@ -47,7 +47,7 @@ pub struct OnnxArgs {
     /// quantization error of models whose weights span a wide range (e.g.
     /// a standardization folded into the first layer) at the cost of larger
     /// bounds.
-    #[arg(long, value_name = "F,W", value_parser = parse_fixed_point)]
+    #[arg(long, value_name = "F,W", value_parser = veil_model::parse_fixed_point)]
     pub fixed_point: Option<FixedPoint>,
 }
 
@@ -70,53 +70,6 @@ impl OnnxArgs {
     }
 }
 
-fn parse_fixed_point(text: &str) -> Result<FixedPoint, String> {
-    let (f, w) = text
-        .split_once(',')
-        .ok_or_else(|| format!("expected F,W (e.g. 16,16), got {text:?}"))?;
-    let bits = |s: &str| {
-        s.trim()
-            .parse::<u32>()
-            .map_err(|e| format!("{s:?} in {text:?}: {e}"))
-    };
-    let fixed = FixedPoint {
-        frac_bits: bits(f)?,
-        weight_bits: bits(w)?,
-    };
-    fixed.validate().map_err(|e| e.to_string())?;
-    Ok(fixed)
-}
-
-#[cfg(feature = "onnx")]
-/// `lo:hi` pairs separated by commas, newlines or both; `#` starts a
-/// comment.
-pub fn parse_bounds(text: &str) -> Result<Vec<(f64, f64)>> {
-    let mut bounds = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or_default();
-        for pair in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let number = bounds.len() + 1;
-            let Some((lo, hi)) = pair.split_once(':') else {
-                bail!("feature {number}: expected lo:hi, got {pair:?}");
-            };
-            let parse = |s: &str| {
-                s.trim()
-                    .parse::<f64>()
-                    .with_context(|| format!("feature {number}: {s:?} in {pair:?}"))
-            };
-            let (lo, hi) = (parse(lo)?, parse(hi)?);
-            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-                bail!("feature {number}: {pair:?} is no interval lo <= hi");
-            }
-            bounds.push((lo, hi));
-        }
-    }
-    if bounds.is_empty() {
-        bail!("no lo:hi pairs");
-    }
-    Ok(bounds)
-}
-
 #[cfg(feature = "onnx")]
 /// The `--input-bounds` value: a list, or the file holding one.
 fn read_bounds(value: &str) -> Result<Vec<(f64, f64)>> {
@@ -124,9 +77,10 @@ fn read_bounds(value: &str) -> Result<Vec<(f64, f64)>> {
     if path.is_file() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --input-bounds {}", path.display()))?;
-        return parse_bounds(&text).with_context(|| format!("--input-bounds {}", path.display()));
+        return veil_model::parse_bounds(&text)
+            .with_context(|| format!("--input-bounds {}", path.display()));
     }
-    parse_bounds(value).context("--input-bounds")
+    veil_model::parse_bounds(value).context("--input-bounds")
 }
 
 /// Imports `onnx` with these options: bounds from `--input-bounds`, else
@@ -175,42 +129,4 @@ pub fn report(
         .quantization_report(&rows)
         .with_context(|| format!("comparing float and integer models on {}", path.display()))?;
     Ok(Some(report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(feature = "onnx")]
-    #[test]
-    fn bounds_lists_parse_or_say_why_not() {
-        assert_eq!(
-            parse_bounds("0:1, -2.5:3e2\n# comment\n4:4 # same\n").unwrap(),
-            vec![(0.0, 1.0), (-2.5, 300.0), (4.0, 4.0)]
-        );
-        for (bad, why) in [
-            ("", "no lo:hi"),
-            ("0:1,2", "feature 2: expected lo:hi"),
-            ("0:x", "feature 1"),
-            ("3:1", "no interval"),
-            ("0:inf", "no interval"),
-        ] {
-            let err = format!("{:#}", parse_bounds(bad).unwrap_err());
-            assert!(err.contains(why), "{bad:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn fixed_point_formats_parse_or_say_why_not() {
-        assert_eq!(
-            parse_fixed_point("16,24").unwrap(),
-            FixedPoint {
-                frac_bits: 16,
-                weight_bits: 24
-            }
-        );
-        assert!(parse_fixed_point("16").unwrap_err().contains("F,W"));
-        assert!(parse_fixed_point("0,16").unwrap_err().contains("frac_bits"));
-        assert!(parse_fixed_point("16,x").is_err());
-    }
 }
