@@ -24,6 +24,10 @@ pub struct Args {
     pub allow_open_key_file: bool,
     #[command(flatten)]
     pub metrics: veil_shell::MetricsArgs,
+    /// Import options of an ONNX model_file without veil's metadata (over
+    /// the `[onnx]` table of the configuration).
+    #[command(flatten)]
+    pub onnx: crate::ModelOptions,
 }
 
 /// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
@@ -35,7 +39,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let key = SecretKey::read_from_file(&config.key_file)
         .with_context(|| format!("reading A's key {}", config.key_file.display()))?;
-    let model = veil_model::load_model_file(&config.model_file)
+    let model = args
+        .onnx
+        .or(config.onnx.clone())
+        .load(&config.model_file)
         .with_context(|| format!("loading the model {}", config.model_file.display()))?;
     let b_key = load_b_key(&config).await?;
     let server = ServerA::start(
@@ -110,6 +117,11 @@ pub async fn serve_metrics(
         "dropped",
         "Frames dropped unstored: their device had too many parked",
     );
+    metrics.latency(
+        "frame_latency",
+        "Frame accepted to its output acknowledged by the broker",
+        &stats.frame_latency,
+    );
     metrics
         .serve_refreshed(addr, move || {
             let s = stats.snapshot();
@@ -117,11 +129,6 @@ pub async fn serve_metrics(
             frames.follow(s.frames);
             outputs.follow(s.outputs);
             duplicates.follow(s.duplicates);
-    metrics.latency(
-        "frame_latency",
-        "Frame accepted to its output acknowledged by the broker",
-        &stats.frame_latency,
-    );
             retries.follow(s.retries);
             abandoned.follow(s.abandoned);
             rejected.follow(s.rejected);
