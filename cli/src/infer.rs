@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use veil_model::CompiledModel;
-use veil_server_a::ModelOptions;
 use veil_paillier::{FixedBaseNoise, KeySize, SecretKey};
 use veil_protocol::{
     Device, DeviceConfig, Engine, Noise, PaillierPublic, PaillierSecret, Params, Plain, PublicOps,
     SecretOps, Seed, ServerA, ServerAConfig, ServerB, ServerBConfig,
 };
+use veil_server_a::ModelOptions;
 
 /// Run every row of a CSV file through the private protocol, in one process.
 ///

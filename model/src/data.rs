@@ -316,7 +316,10 @@ mod tests {
             (FeatureFormat::Csv, &b"\xff,1"[..]),
             (FeatureFormat::Csv, b"1,nan\n"),
             (FeatureFormat::Csv, b"h\n"),
-            (FeatureFormat::Idx, &[0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3, 1, 2, 3]),
+            (
+                FeatureFormat::Idx,
+                &[0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3, 1, 2, 3],
+            ),
             (FeatureFormat::Idx, &[0, 0, 8]),
         ] {
             assert!(
@@ -327,7 +330,9 @@ mod tests {
                 "{bytes:?}"
             );
         }
-        let idx = [0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 255, 51, 0];
+        let idx = [
+            0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 255, 51, 0,
+        ];
         let images = parse_features(p, FeatureFormat::Idx, &idx, 2, 9).unwrap();
         assert_eq!(images, vec![vec![0.0, 1.0], vec![0.2, 0.0]]);
     }

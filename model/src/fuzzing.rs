@@ -41,7 +41,11 @@ pub fn calibration(data: &[u8]) {
     let width = usize::from(selector & 0x7f);
     let limit = usize::from(*limit);
     if let Ok(rows) = parse_features(Path::new("fuzz"), format, file, width, limit) {
-        assert!(rows.len() <= limit, "{} rows over the limit {limit}", rows.len());
+        assert!(
+            rows.len() <= limit,
+            "{} rows over the limit {limit}",
+            rows.len()
+        );
         for row in &rows {
             assert_eq!(row.len(), width);
             assert!(row.iter().all(|x| x.is_finite()));

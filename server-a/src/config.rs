@@ -200,8 +200,11 @@ mod tests {
         assert_eq!(merged.input_bounds.as_deref(), Some("0:2"));
         assert_eq!(merged.bounds().expect("parses"), Some(vec![(0.0, 2.0)]));
         assert_eq!(merged.calibration, config.onnx.calibration);
-        std::fs::write(&path, "b_key_file = \"b.pub\"\n[onnx]\nfixed_point = \"0,16\"\n")
-            .expect("written");
+        std::fs::write(
+            &path,
+            "b_key_file = \"b.pub\"\n[onnx]\nfixed_point = \"0,16\"\n",
+        )
+        .expect("written");
         assert!(matches!(
             Config::load(Some(&path)),
             Err(ConfigError::Toml { .. })

@@ -85,7 +85,8 @@ impl ModelOptions {
     }
 
     pub fn rows(&self) -> usize {
-        self.calibration_rows.unwrap_or(veil_model::CALIBRATION_ROWS)
+        self.calibration_rows
+            .unwrap_or(veil_model::CALIBRATION_ROWS)
     }
 }
 
@@ -148,12 +149,12 @@ impl ModelOptions {
                     path: path.to_path_buf(),
                     source,
                 })?;
-            return veil_model::parse_bounds(&text)
-                .map(Some)
-                .map_err(|source| ModelFileError::Bounds {
+            return veil_model::parse_bounds(&text).map(Some).map_err(|source| {
+                ModelFileError::Bounds {
                     origin: path.display().to_string(),
                     source,
-                });
+                }
+            });
         }
         veil_model::parse_bounds(value)
             .map(Some)
@@ -190,13 +191,13 @@ impl ModelOptions {
             source,
         })?;
         if let Some(data) = &self.calibration {
-            model
-                .calibrate_from(data, self.rows())
-                .map_err(|source| ModelFileError::Calibrate {
+            model.calibrate_from(data, self.rows()).map_err(|source| {
+                ModelFileError::Calibrate {
                     model: onnx.to_path_buf(),
                     data: data.clone(),
                     source,
-                })?;
+                }
+            })?;
         }
         Ok(model)
     }
@@ -216,13 +217,12 @@ impl ModelOptions {
             data: path.clone(),
             source,
         };
-        let rows = veil_model::data::load_features(
-            path,
-            model.topology().input_len,
-            self.rows(),
-        )
-        .map_err(calibrate)?;
-        model.quantization_report(&rows).map(Some).map_err(calibrate)
+        let rows = veil_model::data::load_features(path, model.topology().input_len, self.rows())
+            .map_err(calibrate)?;
+        model
+            .quantization_report(&rows)
+            .map(Some)
+            .map_err(calibrate)
     }
 
     /// A `.plan` file, or an `.onnx` file imported with these options in
@@ -254,13 +254,13 @@ impl ModelOptions {
                 source,
             })?;
         if let Some(data) = &self.calibration {
-            model
-                .calibrate_from(data, self.rows())
-                .map_err(|source| ModelFileError::Calibrate {
+            model.calibrate_from(data, self.rows()).map_err(|source| {
+                ModelFileError::Calibrate {
                     model: path.to_path_buf(),
                     data: data.clone(),
                     source,
-                })?;
+                }
+            })?;
         }
         Ok(model)
     }

@@ -579,9 +579,6 @@ pub async fn scrape(addr: SocketAddr) -> String {
         .await
         .expect("request sent");
     let mut page = String::new();
-    stream
-        .read_to_string(&mut page)
-        .await
-        .expect("page read");
+    stream.read_to_string(&mut page).await.expect("page read");
     page
 }
