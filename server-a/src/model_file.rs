@@ -164,6 +164,23 @@ impl ModelOptions {
             })
     }
 
+    /// Calibrates the dummies of the model at `model` on `calibration`,
+    /// if given, through `run(data, rows)`.
+    fn calibrate(
+        &self,
+        model: &Path,
+        run: impl FnOnce(&Path, usize) -> Result<(), ModelError>,
+    ) -> Result<(), ModelFileError> {
+        let Some(data) = &self.calibration else {
+            return Ok(());
+        };
+        run(data, self.rows()).map_err(|source| ModelFileError::Calibrate {
+            model: model.to_path_buf(),
+            data: data.clone(),
+            source,
+        })
+    }
+
     /// Imports `onnx` with these options: bounds from `input_bounds`,
     /// else the model's metadata, else `calibration`; then the dummies'
     /// calibration on `calibration`.
@@ -190,15 +207,7 @@ impl ModelOptions {
             path: onnx.to_path_buf(),
             source,
         })?;
-        if let Some(data) = &self.calibration {
-            model.calibrate_from(data, self.rows()).map_err(|source| {
-                ModelFileError::Calibrate {
-                    model: onnx.to_path_buf(),
-                    data: data.clone(),
-                    source,
-                }
-            })?;
-        }
+        self.calibrate(onnx, |data, rows| model.calibrate_from(data, rows))?;
         Ok(model)
     }
 
@@ -253,15 +262,7 @@ impl ModelOptions {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if let Some(data) = &self.calibration {
-            model.calibrate_from(data, self.rows()).map_err(|source| {
-                ModelFileError::Calibrate {
-                    model: path.to_path_buf(),
-                    data: data.clone(),
-                    source,
-                }
-            })?;
-        }
+        self.calibrate(path, |data, rows| model.calibrate_from(data, rows))?;
         Ok(model)
     }
 }
