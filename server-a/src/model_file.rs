@@ -97,20 +97,20 @@ pub enum ModelFileError {
     Import {
         path: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("loading {path}")]
     Load {
         path: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("calibrating {model} on {data}")]
     Calibrate {
         model: PathBuf,
         data: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("input bounds {origin}")]
     Bounds {
@@ -177,7 +177,7 @@ impl ModelOptions {
         run(data, self.rows()).map_err(|source| ModelFileError::Calibrate {
             model: model.to_path_buf(),
             data: data.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -205,7 +205,7 @@ impl ModelOptions {
         };
         let mut model = loaded.map_err(|source| ModelFileError::Import {
             path: onnx.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         self.calibrate(onnx, |data, rows| model.calibrate_from(data, rows))?;
         Ok(model)
@@ -224,7 +224,7 @@ impl ModelOptions {
         let calibrate = |source| ModelFileError::Calibrate {
             model: PathBuf::from(&model.topology().name),
             data: path.clone(),
-            source,
+            source: Box::new(source),
         };
         let rows = veil_model::data::load_features(path, model.topology().input_len, self.rows())
             .map_err(calibrate)?;
@@ -247,9 +247,9 @@ impl ModelOptions {
             #[cfg(not(feature = "onnx"))]
             return Err(ModelFileError::Load {
                 path: path.to_path_buf(),
-                source: ModelError::OnnxDisabled {
+                source: Box::new(ModelError::OnnxDisabled {
                     path: path.display().to_string(),
-                },
+                }),
             });
         }
         if self.any_import_option() {
@@ -260,7 +260,7 @@ impl ModelOptions {
         let mut model =
             veil_model::load_model_file(path).map_err(|source| ModelFileError::Load {
                 path: path.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         self.calibrate(path, |data, rows| model.calibrate_from(data, rows))?;
         Ok(model)

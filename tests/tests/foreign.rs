@@ -17,7 +17,7 @@ async fn server_a_serves_a_model_without_veil_metadata() {
     std::fs::write(
         &config,
         format!(
-            "model_file = {:?}\nb_key_file = \"b.pub\"\n[onnx]\ncalibration = {:?}\nfixed_point = \"16,20\"\n",
+            "model_file = {:?}\nb_key_file = \"b.pub\"\n[onnx]\ncalibration = {:?}\nfixed_point = \"12,16\"\n",
             fixture.display().to_string(),
             repo("data/pima-train.csv").display().to_string(),
         ),
@@ -28,11 +28,9 @@ async fn server_a_serves_a_model_without_veil_metadata() {
     let bare = veil_server_a::ModelOptions::default().load(&config.model_file);
     assert!(
         matches!(
-            bare,
-            Err(veil_server_a::ModelFileError::Import {
-                source: veil_model::ModelError::MissingInputBounds,
-                ..
-            })
+            &bare,
+            Err(veil_server_a::ModelFileError::Import { source, .. })
+                if matches!(**source, veil_model::ModelError::MissingInputBounds)
         ),
         "{bare:?}"
     );
@@ -40,7 +38,7 @@ async fn server_a_serves_a_model_without_veil_metadata() {
         .or(config.onnx.clone())
         .load(&config.model_file)
         .expect("imported with the configured options");
-    assert_eq!(model.topology().fixed.weight_bits, 20);
+    assert_eq!(model.topology().fixed.frac_bits, 12);
 
     let broker = start_broker("127.0.0.1:0".parse().unwrap()).await;
     let mut servers = Servers::new(dir.path(), "pima-mlp", broker.local_addr());
