@@ -121,6 +121,21 @@ def seeds():
         with open(os.path.join(fixtures, name), "rb") as f:
             secret.append(f.read())
     out["paillier_secret_key"] = secret
+    out["model_input_bounds"] = [
+        b"0:20,0:300,0:200,0:100,0:80,0:3,20:100",
+        b"# Pima\n0:17\n0:199 # glucose\n-1.5e1:2.5E+2,\n",
+        b"16,24",
+    ]
+    # model_calibration: selector (bit 7: IDX, else CSV; bits 0-6: width),
+    # row limit, then the file.
+    with open(os.path.join(ROOT, "data", "pima-train.csv"), "rb") as f:
+        pima = b"".join(f.readlines()[:12])
+    idx = bytes([0, 0, 8, 3]) + struct.pack(">III", 3, 2, 2) + bytes(range(0, 240, 20))
+    out["model_calibration"] = [
+        bytes([7, 8]) + pima,
+        bytes([2, 3]) + b"a,b\n1,2\n\n-3.5,4e1,x\n",
+        bytes([0x80 | 4, 2]) + idx,
+    ]
     return out
 
 

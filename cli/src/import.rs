@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "out")]
     check: bool,
     #[command(flatten)]
-    onnx: crate::onnx_args::OnnxArgs,
+    onnx: veil_server_a::ModelOptions,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut stale = Vec::new();
     for onnx in &args.models {
-        let model = crate::onnx_args::import(onnx, &args.onnx)?;
+        let model = args.onnx.import(onnx)?;
         let bytes = model.compiled().to_bytes();
         let out = args
             .out
@@ -62,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
             bytes.len(),
             model.topology().fingerprint_hex()
         );
-        if let Some(report) = crate::onnx_args::report(&model, &args.onnx)? {
+        if let Some(report) = args.onnx.report(&model)? {
             println!("  quantization: {report}");
         }
     }

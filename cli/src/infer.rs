@@ -15,6 +15,7 @@ use veil_protocol::{
     Device, DeviceConfig, Engine, Noise, PaillierPublic, PaillierSecret, Params, Plain, PublicOps,
     SecretOps, Seed, ServerA, ServerAConfig, ServerB, ServerBConfig,
 };
+use veil_server_a::ModelOptions;
 
 /// Run every row of a CSV file through the private protocol, in one process.
 ///
@@ -31,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "Y.csv")]
     output: Option<PathBuf>,
     #[command(flatten)]
-    onnx: crate::onnx_args::OnnxArgs,
+    onnx: ModelOptions,
 }
 
 /// What `veil infer` and `veil audit` both need to run the protocol.
@@ -109,20 +110,17 @@ pub(crate) fn read_rows(path: &Path, model: &CompiledModel) -> Result<Vec<Vec<i6
 }
 
 /// A `.plan` file, or an `.onnx` file when this build has the `onnx`
-/// feature. Decided by veil's own feature rather than veil-model's, which
-/// other crates of a workspace build may switch on: the same command line
-/// then behaves the same in every build of the binary.
+/// feature. Decided by veil's own feature rather than its libraries',
+/// which other crates of a workspace build may switch on: the same command
+/// line then behaves the same in every build of the binary.
 pub(crate) fn load_model_file(path: &Path) -> Result<CompiledModel> {
-    load_model_with(path, &crate::onnx_args::OnnxArgs::default())
+    load_model_with(path, &ModelOptions::default())
 }
 
-/// [`load_model_file`] with the import options of `veil infer`: an ONNX
-/// file is imported with them; a `.plan` is already quantized, so only
-/// `--calibration` (the dummies' distribution) applies to it.
-pub(crate) fn load_model_with(
-    path: &Path,
-    onnx: &crate::onnx_args::OnnxArgs,
-) -> Result<CompiledModel> {
+/// [`load_model_file`] with the import options of `veil infer` (read as
+/// server A reads them): an ONNX file is imported with them; a `.plan` is
+/// already quantized, so only `--calibration` applies to it.
+pub(crate) fn load_model_with(path: &Path, onnx: &ModelOptions) -> Result<CompiledModel> {
     let is_onnx = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
@@ -132,25 +130,7 @@ pub(crate) fn load_model_with(
         }
         .into());
     }
-    #[cfg(feature = "onnx")]
-    if is_onnx {
-        return Ok(crate::onnx_args::import(path, onnx)?.into_compiled());
-    }
-    if onnx.any_import_option() {
-        bail!(
-            "--input-bounds and --fixed-point apply to ONNX models; {} is already quantized \
-             (its bounds and format were fixed by `veil import`)",
-            path.display()
-        );
-    }
-    let mut model =
-        veil_model::load_model_file(path).with_context(|| format!("loading {}", path.display()))?;
-    if let Some(data) = &onnx.calibration {
-        model
-            .calibrate_from(data, onnx.calibration_rows)
-            .with_context(|| format!("calibrating {} on {}", path.display(), data.display()))?;
-    }
-    Ok(model)
+    Ok(onnx.load(path)?)
 }
 
 pub(crate) fn keys(dir: Option<&Path>) -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {

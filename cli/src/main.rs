@@ -17,7 +17,6 @@ mod import;
 mod infer;
 mod keygen;
 mod load;
-mod onnx_args;
 mod provision;
 mod roles;
 mod share;

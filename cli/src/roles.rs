@@ -41,7 +41,7 @@ pub fn broker(args: BrokerArgs) -> Result<()> {
             crate::broker_metrics::serve(addr, &broker).await?;
         }
         veil_shell::notify::ready();
-        veil_shell::notify::spawn_watchdog();
+        veil_shell::notify::spawn_runtime_watchdog();
         reload_on_hangup(&broker, veil_shell::wait_for_stop()).await;
         veil_shell::notify::stopping();
         broker.shutdown().await;

@@ -198,6 +198,7 @@ impl EdgeAgent {
             notify: Notify::new(),
             captured_at: Mutex::new(HashMap::new()),
             outputs: out_tx,
+            heartbeat: veil_shell::Heartbeat::default(),
             options,
         });
         let (stop, stop_rx) = watch::channel(StopMode::Run);
@@ -282,6 +283,16 @@ impl EdgeAgent {
             connects: get(&c.connects),
             pending: self.shared.disk.outbox_len() as u64,
         }
+    }
+
+    /// Capture to result latencies (clones share the counts).
+    pub fn latency(&self) -> veil_shell::Latency {
+        self.shared.counters.latency.clone()
+    }
+
+    /// The network task's heartbeat: what the systemd watchdog follows.
+    pub fn heartbeat(&self) -> veil_shell::Heartbeat {
+        self.shared.heartbeat.clone()
     }
 
     /// The current session, if one is open.

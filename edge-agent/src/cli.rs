@@ -68,41 +68,47 @@ pub fn load_options(path: Option<&Path>) -> Result<AgentOptions> {
     load_config(path).map(|(options, _)| options)
 }
 
-/// The agent's options and its `[local]` broker settings, if any.
+/// The agent's options and its `[local]` broker settings, if any. The
+/// file is read as the servers read theirs (`veil_shell::config`): every
+/// relative path in it (state folder, password, CA, client certificate
+/// and key files, of both brokers) is taken relative to the file's
+/// folder; then the environment overrides.
 pub fn load_config(path: Option<&Path>) -> Result<(AgentOptions, Option<LocalSettings>)> {
-    let (file, base) = match path {
+    let mut file = match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let file: File =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            (
-                file,
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
-            )
+            let mut file: File = veil_shell::config::read_toml(path)?;
+            let File {
+                state_dir,
+                mqtt,
+                local,
+                ..
+            } = &mut file;
+            let files = state_dir
+                .iter_mut()
+                .chain(mqtt.iter_mut().flat_map(veil_shell::config::mqtt_files))
+                .chain(
+                    local
+                        .iter_mut()
+                        .flat_map(|l| veil_shell::config::mqtt_files(&mut l.mqtt)),
+                );
+            veil_shell::config::relative_to_file(path, files);
+            file
         }
-        None => (File::default(), PathBuf::new()),
+        None => File::default(),
     };
     let device = std::env::var("VEIL_DEVICE")
         .ok()
-        .or(file.device)
+        .or(file.device.take())
         .context("no device id: set `device` in the configuration or VEIL_DEVICE")?;
-    let mut mqtt = file.mqtt.unwrap_or_default();
+    let mut mqtt = file.mqtt.take().unwrap_or_default();
     if mqtt.username.is_none() {
         mqtt.username = Some(device.clone());
-    }
-    if let Some(p) = &mut mqtt.password_file
-        && p.is_relative()
-    {
-        *p = base.join(&*p);
     }
     mqtt.apply_env("VEIL_");
     let mut state_dir = file
         .state_dir
+        .take()
         .unwrap_or_else(|| PathBuf::from("/var/lib/veil/edge-agent"));
-    if state_dir.is_relative() {
-        state_dir = base.join(state_dir);
-    }
     if let Ok(v) = std::env::var("VEIL_STATE_DIR") {
         state_dir = v.into();
     }
@@ -123,14 +129,7 @@ pub fn load_config(path: Option<&Path>) -> Result<(AgentOptions, Option<LocalSet
     if let Some(s) = file.provision_timeout_secs {
         options.provision_timeout = Duration::from_secs(s.max(1));
     }
-    let mut local = file.local;
-    if let Some(local) = &mut local
-        && let Some(p) = &mut local.mqtt.password_file
-        && p.is_relative()
-    {
-        *p = base.join(&*p);
-    }
-    Ok((options, local))
+    Ok((options, file.local))
 }
 
 /// Runs the agent from the command line.
@@ -162,7 +161,7 @@ pub async fn run(args: Args) -> Result<()> {
         serve_metrics(addr, Arc::clone(&agent)).await?;
     }
     veil_shell::notify::ready();
-    veil_shell::notify::spawn_watchdog();
+    veil_shell::notify::spawn_watchdog(agent.heartbeat());
     // Rows refused before they became frames, for the output.
     let (refusals_tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Refusal>();
     // Capture runs on its own thread: reading stdin blocks, and capture
@@ -329,6 +328,11 @@ async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<EdgeAgent>) -> Res
     );
     let sent_bytes = metrics.counter("sent_bytes", "Payload bytes of frames, acks and sessions");
     let pending = metrics.gauge("pending", "Frames waiting for their result");
+    metrics.latency(
+        "latency",
+        "Capture to result delivered to the application",
+        &agent.latency(),
+    );
     let agent = Arc::downgrade(&agent);
     metrics
         .serve_refreshed(addr, move || {
@@ -387,5 +391,40 @@ mod example {
         assert_eq!(options.device, "devA");
         assert_eq!(options.mqtt.username.as_deref(), Some("devA"));
         assert_eq!(options.counter_block, 64);
+    }
+
+    #[test]
+    fn paths_in_the_file_follow_its_folder() {
+        let dir = tempfile::tempdir().expect("scratch folder");
+        let path = dir.path().join("edge-agent.toml");
+        std::fs::write(
+            &path,
+            "device = \"devA\"\nstate_dir = \"state\"\n\
+             [mqtt]\npassword_file = \"secrets/devA.password\"\nca_file = \"tls/ca.crt\"\n\
+             client_cert_file = \"tls/devA.crt\"\nclient_key_file = \"/abs/devA.key\"\n\
+             [local]\n[local.mqtt]\nca_file = \"tls/local-ca.crt\"\n",
+        )
+        .expect("written");
+        let (options, local) = super::load_config(Some(&path)).expect("loads");
+        let base = dir.path();
+        assert_eq!(options.state_dir, base.join("state"));
+        let mqtt = &options.mqtt;
+        assert_eq!(mqtt.password_file, Some(base.join("secrets/devA.password")));
+        assert_eq!(mqtt.ca_file, Some(base.join("tls/ca.crt")));
+        assert_eq!(mqtt.client_cert_file, Some(base.join("tls/devA.crt")));
+        assert_eq!(mqtt.client_key_file, Some("/abs/devA.key".into()));
+        let local = local.expect("a [local] table");
+        assert_eq!(local.mqtt.ca_file, Some(base.join("tls/local-ca.crt")));
+        // A file that does not parse is named in the error (read by
+        // veil_shell::config, as the servers' are).
+        std::fs::write(&path, "device = ").expect("written");
+        let err = super::load_config(Some(&path)).expect_err("refused");
+        assert!(
+            matches!(
+                err.downcast_ref::<veil_shell::ConfigError>(),
+                Some(veil_shell::ConfigError::Toml { path: p, .. }) if *p == path
+            ),
+            "{err:#}"
+        );
     }
 }

@@ -38,6 +38,9 @@ async fn run(shared: Arc<Shared>, mut link: Link, mut stop: watch::Receiver<Stop
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Every turn (the tick makes one at least twice a second) is
+        // progress for the watchdog; a turn stuck on the node's lock is not.
+        shared.heartbeat.beat();
         tokio::select! {
             changed = stop.changed() => {
                 let mode = if changed.is_err() { StopMode::Crash } else { *stop.borrow() };

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 use veil_link::LinkHandle;
@@ -33,6 +33,8 @@ pub struct Counters {
     pub rejected: AtomicU64,
     pub expired: AtomicU64,
     pub connects: AtomicU64,
+    /// Capture to result delivered.
+    pub latency: veil_shell::Latency,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,6 +55,8 @@ pub(crate) struct Shared {
     /// Capture instants of this run's frames (for exact latencies).
     pub captured_at: Mutex<HashMap<u64, Instant>>,
     pub outputs: mpsc::UnboundedSender<Output>,
+    /// Beaten by the network task on every turn of its loop.
+    pub heartbeat: veil_shell::Heartbeat,
 }
 
 impl Shared {
@@ -106,10 +110,12 @@ impl Shared {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&t);
-                let latency_ms = match at {
-                    Some(at) => at.elapsed().as_secs_f64() * 1000.0,
-                    None => now_ms().saturating_sub(captured) as f64,
+                let latency = match at {
+                    Some(at) => at.elapsed(),
+                    None => Duration::from_millis(now_ms().saturating_sub(captured)),
                 };
+                self.counters.latency.observe(latency);
+                let latency_ms = latency.as_secs_f64() * 1000.0;
                 let logits = decode_logits(&self.topology, &values);
                 let counters = &self.counters;
                 counters.results.fetch_add(1, Ordering::Relaxed);

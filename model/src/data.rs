@@ -193,17 +193,47 @@ pub fn load_features(path: &Path, width: usize, limit: usize) -> Result<Vec<Vec<
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if name.contains("idx3-ubyte") {
-        let bytes = if name.ends_with(".gz") {
-            read_gz(path)?
-        } else {
-            std::fs::read(path).map_err(|source| ModelError::Io {
-                path: path.display().to_string(),
-                source,
-            })?
-        };
-        let (dims, pixels) = parse_idx(path, &bytes, 3)?;
-        let per: usize = dims.iter().skip(1).product();
+    let format = if name.contains("idx3-ubyte") {
+        FeatureFormat::Idx
+    } else {
+        FeatureFormat::Csv
+    };
+    let bytes = if format == FeatureFormat::Idx && name.ends_with(".gz") {
+        read_gz(path)?
+    } else {
+        std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+    };
+    parse_features(path, format, &bytes, width, limit)
+}
+
+/// How a calibration file lays out its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureFormat {
+    /// IDX unsigned bytes, three dimensions (images × rows × columns).
+    Idx,
+    /// Comma-separated text, features first.
+    Csv,
+}
+
+/// [`load_features`] on bytes already read (and unzipped); `path` only
+/// names the source in errors. The `--calibration` parser, fuzzed.
+pub fn parse_features(
+    path: &Path,
+    format: FeatureFormat,
+    bytes: &[u8],
+    width: usize,
+    limit: usize,
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    if format == FeatureFormat::Idx {
+        let (dims, pixels) = parse_idx(path, bytes, 3)?;
+        let per = dims
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .ok_or_else(|| bad(path, "dimensions overflow"))?;
         if per != width {
             return Err(bad(
                 path,
@@ -216,10 +246,7 @@ pub fn load_features(path: &Path, width: usize, limit: usize) -> Result<Vec<Vec<
             .map(|img| img.iter().map(|p| f32::from(*p) / 255.0).collect())
             .collect());
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
     let mut rows = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if rows.len() >= limit {
@@ -285,6 +312,36 @@ mod tests {
         assert_eq!((tr.features.len(), te.features.len()), (200, 332));
         assert_eq!(tr.labels.iter().filter(|l| **l == 1).count(), 68);
         assert_eq!(te.labels.iter().filter(|l| **l == 1).count(), 109);
+    }
+
+    #[test]
+    fn calibration_bytes_parse_or_are_refused() {
+        let p = Path::new("cal");
+        let csv = parse_features(p, FeatureFormat::Csv, b"a,b,y\n1,2,x\n\n3,4\n", 2, 9);
+        assert_eq!(csv.unwrap(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        for (format, bytes) in [
+            (FeatureFormat::Csv, &b"\xff,1"[..]),
+            (FeatureFormat::Csv, b"1,nan\n"),
+            (FeatureFormat::Csv, b"h\n"),
+            (
+                FeatureFormat::Idx,
+                &[0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3, 1, 2, 3],
+            ),
+            (FeatureFormat::Idx, &[0, 0, 8]),
+        ] {
+            assert!(
+                matches!(
+                    parse_features(p, format, bytes, 2, 9),
+                    Err(ModelError::MalformedData { .. })
+                ),
+                "{bytes:?}"
+            );
+        }
+        let idx = [
+            0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 255, 51, 0,
+        ];
+        let images = parse_features(p, FeatureFormat::Idx, &idx, 2, 9).unwrap();
+        assert_eq!(images, vec![vec![0.0, 1.0], vec![0.2, 0.0]]);
     }
 
     #[test]

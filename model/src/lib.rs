@@ -21,10 +21,12 @@ mod compiled;
 pub mod data;
 mod error;
 mod fixed;
+pub mod fuzzing;
 #[cfg(feature = "onnx")]
 mod import;
 #[cfg(feature = "onnx")]
 mod model;
+mod options;
 mod plan;
 #[cfg(feature = "onnx")]
 mod quantization;
@@ -42,6 +44,7 @@ pub use fixed::{
 pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
+pub use options::{BoundsError, FixedPointError, parse_bounds, parse_fixed_point};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
 #[cfg(feature = "onnx")]
 pub use quantization::QuantizationReport;

@@ -24,6 +24,10 @@ pub struct Args {
     pub allow_open_key_file: bool,
     #[command(flatten)]
     pub metrics: veil_shell::MetricsArgs,
+    /// Import options of an ONNX model_file without veil's metadata (over
+    /// the `[onnx]` table of the configuration).
+    #[command(flatten)]
+    pub onnx: crate::ModelOptions,
 }
 
 /// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
@@ -35,7 +39,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let key = SecretKey::read_from_file(&config.key_file)
         .with_context(|| format!("reading A's key {}", config.key_file.display()))?;
-    let model = veil_model::load_model_file(&config.model_file)
+    let model = args
+        .onnx
+        .or(config.onnx.clone())
+        .load(&config.model_file)
         .with_context(|| format!("loading the model {}", config.model_file.display()))?;
     let b_key = load_b_key(&config).await?;
     let server = ServerA::start(
@@ -53,7 +60,7 @@ pub async fn run(args: Args) -> Result<()> {
         serve_metrics(addr, server.stats_handle()).await?;
     }
     veil_shell::notify::ready();
-    veil_shell::notify::spawn_watchdog();
+    veil_shell::notify::spawn_watchdog(server.heartbeat());
     veil_shell::wait_for_stop().await;
     veil_shell::notify::stopping();
     tracing::info!("stopping");
@@ -90,8 +97,12 @@ async fn load_b_key(config: &Config) -> Result<PublicKey> {
     Ok(key)
 }
 
-/// Server A's statistics as Prometheus metrics (`veil_server_a_*`).
-async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+/// Serves server A's statistics as Prometheus metrics (`veil_server_a_*`)
+/// on `addr`; returns the bound address.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stats: Arc<crate::Stats>,
+) -> Result<std::net::SocketAddr> {
     let mut metrics = veil_shell::Metrics::new("server-a");
     let sessions = metrics.counter("sessions", "Device sessions accepted");
     let frames = metrics.counter("frames", "Frames accepted");
@@ -105,6 +116,11 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
     let dropped = metrics.counter(
         "dropped",
         "Frames dropped unstored: their device had too many parked",
+    );
+    metrics.latency(
+        "frame_latency",
+        "Frame accepted to its output acknowledged by the broker",
+        &stats.frame_latency,
     );
     metrics
         .serve_refreshed(addr, move || {
@@ -122,6 +138,5 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             true
         })
         .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    Ok(())
+        .with_context(|| format!("serving metrics on {addr}"))
 }

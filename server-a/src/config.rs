@@ -21,6 +21,10 @@ pub struct Config {
     /// The model: a `.plan` file from `veil import`, or an `.onnx` file in
     /// builds with the `onnx` feature. Its weights never leave A.
     pub model_file: PathBuf,
+    /// How an `.onnx` model_file without veil's metadata is imported
+    /// (`[onnx]`: input_bounds, calibration, calibration_margin,
+    /// calibration_rows, fixed_point); the command line's flags win.
+    pub onnx: crate::ModelOptions,
     /// B's public key as a file (`server-b.pub` from `veil keygen`)...
     pub b_key_file: Option<PathBuf>,
     /// ...or its fingerprint (hex), to pin the key B publishes (retained).
@@ -52,6 +56,7 @@ impl Default for Config {
             state_dir: "/var/lib/veil/server-a".into(),
             key_file: "/etc/veil/keys/server-a.key".into(),
             model_file: "/usr/share/veil/models/pima-mlp.plan".into(),
+            onnx: crate::ModelOptions::default(),
             b_key_file: None,
             b_key_fingerprint: None,
             worker: "a1".into(),
@@ -83,13 +88,25 @@ impl Config {
                     key_file,
                     model_file,
                     b_key_file,
+                    onnx,
                     ..
                 } = &mut c;
                 let files = [state_dir, key_file, model_file]
                     .into_iter()
                     .chain(b_key_file.as_mut())
+                    .chain(onnx.calibration.as_mut())
                     .chain(veil_shell::config::mqtt_files(mqtt));
                 veil_shell::config::relative_to_file(path, files);
+                // `input_bounds` is a list or a file; a file named
+                // relatively is next to this one, like every other path.
+                if let Some(bounds) = &mut onnx.input_bounds {
+                    let mut file = [PathBuf::from(&*bounds)];
+                    veil_shell::config::relative_to_file(path, file.iter_mut());
+                    let [file] = file;
+                    if file.is_file() {
+                        *bounds = file.display().to_string();
+                    }
+                }
                 c
             }
             None => Config::default(),
@@ -146,5 +163,51 @@ mod tests {
         assert_eq!(config.mqtt.username.as_deref(), Some("server-a"));
         assert_eq!(config.options().round_timeout, Duration::from_secs(30));
         assert!(config.b_key_file.is_some());
+        assert_eq!(config.onnx, crate::ModelOptions::default());
+    }
+
+    #[test]
+    fn import_options_are_read_and_their_files_follow_the_config() {
+        let dir = tempfile::tempdir().expect("scratch folder");
+        std::fs::write(dir.path().join("bounds.txt"), "0:1\n").expect("written");
+        let path = dir.path().join("server-a.toml");
+        std::fs::write(
+            &path,
+            "model_file = \"m.onnx\"\nb_key_file = \"b.pub\"\n\
+             [onnx]\ninput_bounds = \"bounds.txt\"\ncalibration = \"train.csv\"\n\
+             fixed_point = \"16,24\"\ncalibration_rows = 50\n",
+        )
+        .expect("written");
+        let config = Config::load(Some(&path)).expect("loads");
+        let onnx = &config.onnx;
+        let bounds = dir.path().join("bounds.txt").display().to_string();
+        assert_eq!(onnx.input_bounds.as_deref(), Some(bounds.as_str()));
+        assert_eq!(onnx.calibration, Some(dir.path().join("train.csv")));
+        assert_eq!(onnx.rows(), 50);
+        assert_eq!(
+            onnx.fixed_point,
+            Some(veil_model::FixedPoint {
+                frac_bits: 16,
+                weight_bits: 24
+            })
+        );
+        // A list stays a list; flags win over the file.
+        let flags = crate::ModelOptions {
+            input_bounds: Some("0:2".into()),
+            ..crate::ModelOptions::default()
+        };
+        let merged = flags.or(config.onnx.clone());
+        assert_eq!(merged.input_bounds.as_deref(), Some("0:2"));
+        assert_eq!(merged.bounds().expect("parses"), Some(vec![(0.0, 2.0)]));
+        assert_eq!(merged.calibration, config.onnx.calibration);
+        std::fs::write(
+            &path,
+            "b_key_file = \"b.pub\"\n[onnx]\nfixed_point = \"0,16\"\n",
+        )
+        .expect("written");
+        assert!(matches!(
+            Config::load(Some(&path)),
+            Err(ConfigError::Toml { .. })
+        ));
     }
 }

@@ -2,20 +2,21 @@
 //! the store, publishes its transmits, reads the clock for it, and
 //! precomputes when the node says so.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::Duration;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 use veil_shell::now_ms;
 
 use veil_link::LinkHandle;
 use veil_paillier::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller};
 use veil_protocol::node::{AEvent, ANote, AOptions, Input as NodeInput, Millis, ServerANode};
-use veil_protocol::{Noise, PaillierPublic, ServerA, ServerAConfig, topics};
+use veil_protocol::{Noise, PaillierPublic, ServerA, ServerAConfig, SessionId, topics};
 
 use crate::store::Store;
 use crate::{Options, ServerAError, Setup, Stats, rounding_key};
-use veil_shell::worker::Input;
+use veil_shell::worker::{Input, Inputs};
 
 fn millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -26,7 +27,16 @@ pub struct Core {
     store: Store,
     link: LinkHandle,
     stats: Arc<Stats>,
+    /// When this run accepted each frame still stored: the start of its
+    /// latency (frame in to output at the broker).
+    accepted: HashMap<(SessionId, u64), Instant>,
+    /// The input of this loop turn is the broker confirming an output.
+    confirming: bool,
 }
+
+/// Frames timed at once at most: a bound on `Core::accepted` should
+/// frames be forgotten by a path that emits no `ForgetFrame`.
+const TIMED_FRAMES: usize = 65_536;
 
 fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
     let mut rng = rand::rng();
@@ -113,6 +123,8 @@ impl Core {
             store,
             link,
             stats,
+            accepted: HashMap::new(),
+            confirming: false,
         };
         core.drain();
         let (live, ..) = core.node.load();
@@ -124,7 +136,7 @@ impl Core {
         Ok(core)
     }
 
-    pub fn run(&mut self, inputs: Receiver<Input>) {
+    pub fn run(&mut self, inputs: Inputs) {
         loop {
             // A frame held up by precomputation goes first, one step per
             // message taken; other precomputation whenever no message waits.
@@ -169,7 +181,11 @@ impl Core {
                     self.node.handle(now_ms(), input);
                 }
                 Some(Input::Confirmed(token)) => {
-                    self.node.handle(now_ms(), NodeInput::Confirmed(token))
+                    // Drained at once: the confirmed frame's ForgetFrame is
+                    // then the first event of this drain (see `apply`).
+                    self.confirming = true;
+                    self.node.handle(now_ms(), NodeInput::Confirmed(token));
+                    self.drain();
                 }
                 Some(Input::Shutdown) => {
                     let _ = self.store.flush();
@@ -195,6 +211,7 @@ impl Core {
         while let Some(event) = self.node.poll_event() {
             self.apply(event);
         }
+        self.confirming = false;
         while let Some(t) = self.node.poll_transmit() {
             match t.confirm {
                 Some(token) => self
@@ -236,8 +253,23 @@ impl Core {
                 if let Err(e) = self.store.put_frame(sid, t, &device, &envelope) {
                     tracing::error!(error = %e, "could not store a frame");
                 }
+                if self.accepted.len() < TIMED_FRAMES {
+                    self.accepted.insert((sid, t), Instant::now());
+                }
             }
-            AEvent::ForgetFrame { sid, t } => self.store.remove_frame(sid, t),
+            AEvent::ForgetFrame { sid, t } => {
+                self.store.remove_frame(sid, t);
+                let accepted = self.accepted.remove(&(sid, t));
+                // A confirmation forgets the confirmed frame first; what
+                // follows in the same drain (the session's next frame
+                // failing) and every other forgetting is a drop, not a
+                // finished frame.
+                if std::mem::take(&mut self.confirming)
+                    && let Some(at) = accepted
+                {
+                    stats.frame_latency.observe(at.elapsed());
+                }
+            }
             AEvent::Refused(r) => {
                 bump(&stats.rejected);
                 tracing::warn!(from = %r.from, code = %r.code, reason = %r.detail, "rejected {}", r.what);

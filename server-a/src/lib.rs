@@ -25,12 +25,14 @@
 
 mod config;
 mod core;
+mod model_file;
 mod store;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
 pub use config::{Config, ConfigError};
+pub use model_file::{DEFAULT_MARGIN, ModelFileError, ModelOptions};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,6 +142,8 @@ pub struct Stats {
     pub sessions_expired: AtomicU64,
     pub sessions_pruned: AtomicU64,
     pub sessions_throttled: AtomicU64,
+    /// Frame accepted (stored) to its output acknowledged by the broker.
+    pub frame_latency: veil_shell::Latency,
 }
 
 /// A plain copy of [`Stats`].
@@ -248,6 +252,11 @@ impl ServerA {
     /// The live statistics, for an exporter that reads them on its own.
     pub fn stats_handle(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The worker thread's heartbeat: what the systemd watchdog follows.
+    pub fn heartbeat(&self) -> veil_shell::Heartbeat {
+        self.worker.heartbeat()
     }
 
     /// Stops cleanly: the worker finishes the message in hand, the store

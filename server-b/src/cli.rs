@@ -49,7 +49,7 @@ pub async fn run(args: Args) -> Result<()> {
         serve_metrics(addr, server.stats_handle()).await?;
     }
     veil_shell::notify::ready();
-    veil_shell::notify::spawn_watchdog();
+    veil_shell::notify::spawn_watchdog(server.heartbeat());
     veil_shell::wait_for_stop().await;
     veil_shell::notify::stopping();
     tracing::info!("stopping");
@@ -96,8 +96,12 @@ async fn load_topology(config: &Config) -> Result<Topology> {
     Ok(topology)
 }
 
-/// Server B's statistics as Prometheus metrics (`veil_server_b_*`).
-async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> Result<()> {
+/// Serves server B's statistics as Prometheus metrics (`veil_server_b_*`)
+/// on `addr`; returns the bound address.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stats: Arc<crate::Stats>,
+) -> Result<std::net::SocketAddr> {
     let mut metrics = veil_shell::Metrics::new("server-b");
     let sessions = metrics.counter("sessions", "Device sessions accepted");
     let results = metrics.counter("results", "Results produced and queued");
@@ -106,6 +110,16 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
     let expired = metrics.counter("expired", "Results dropped unacknowledged after their TTL");
     let rejected = metrics.counter("rejected", "Messages refused");
     let queued = metrics.gauge("queued_results", "Results waiting for an acknowledgement");
+    metrics.latency(
+        "round_latency",
+        "A round message taken to its answer handed to the link",
+        &stats.round_latency,
+    );
+    metrics.latency(
+        "result_latency",
+        "A frame's first round message taken to its result handed to the link",
+        &stats.result_latency,
+    );
     metrics
         .serve_refreshed(addr, move || {
             let s = stats.snapshot();
@@ -119,6 +133,5 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<crate::Stats>) -> 
             true
         })
         .await
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    Ok(())
+        .with_context(|| format!("serving metrics on {addr}"))
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use veil_link::LinkHandle;
 use veil_model::Topology;
@@ -13,15 +13,17 @@ use veil_protocol::node::{BEvent, BNote, BOptions, Input as NodeInput, Queued, S
 use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, SessionId, topics};
 
 use crate::store::Store;
+use crate::timing::Timing;
 use crate::{Options, ServerBError, Stats};
 use veil_shell::now_ms;
-use veil_shell::worker::Input;
+use veil_shell::worker::{Input, Inputs};
 
 pub struct Core {
     node: ServerBNode<PaillierSecret>,
     store: Store,
     link: LinkHandle,
     stats: Arc<Stats>,
+    timing: Timing,
 }
 
 fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
@@ -110,6 +112,7 @@ impl Core {
             store,
             link,
             stats,
+            timing: Timing::default(),
         };
         core.drain();
         tracing::info!(
@@ -120,7 +123,7 @@ impl Core {
         Ok(core)
     }
 
-    pub fn run(&mut self, inputs: Receiver<Input>) {
+    pub fn run(&mut self, inputs: Inputs) {
         loop {
             let wait = self
                 .node
@@ -135,6 +138,7 @@ impl Core {
                     self.node.handle(now_ms(), NodeInput::Confirmed(token));
                 }
                 Ok(Input::Message(m)) => {
+                    self.timing.message(Instant::now());
                     ack = Some(m.ack);
                     let input = NodeInput::Message {
                         topic: m.topic,
@@ -169,6 +173,8 @@ impl Core {
         while let Some(t) = self.node.poll_transmit() {
             self.link.publish(t.topic, t.payload, t.retain);
         }
+        self.timing
+            .end_turn(&self.stats.round_latency, &self.stats.result_latency);
         self.stats
             .queued
             .store(self.store.queued(), Ordering::Relaxed);
@@ -192,22 +198,30 @@ impl Core {
                     tracing::error!(error = %e, "could not store a session's last use");
                 }
             }
-            BEvent::ForgetSession { sid } => self.store.remove_session(sid),
+            BEvent::ForgetSession { sid } => {
+                self.timing.forget_session(sid);
+                self.store.remove_session(sid);
+            }
             BEvent::ForgetCompletion { sid } => self.store.remove_completion(sid),
             BEvent::PersistResult {
                 result: q,
                 completed,
             } => {
+                self.timing.result(q.sid, q.t);
                 if let Err(e) = self.store.put_result(&q, completed) {
                     tracing::error!(error = %e, "could not queue a result");
                 }
             }
             BEvent::PersistProgress { sid, t, stage } => {
+                self.timing.progress(sid, t);
                 if let Err(e) = self.store.put_progress(sid, t, stage) {
                     tracing::error!(error = %e, "could not store a frame's progress");
                 }
             }
-            BEvent::ForgetProgress { sid, upto } => self.store.forget_progress(sid, upto),
+            BEvent::ForgetProgress { sid, upto } => {
+                self.timing.forget(sid, upto);
+                self.store.forget_progress(sid, upto);
+            }
             BEvent::ForgetResult { device, sid, t } => {
                 self.forget_result(&device, sid, t);
             }

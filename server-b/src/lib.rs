@@ -10,6 +10,7 @@
 mod config;
 mod core;
 mod store;
+mod timing;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -98,6 +99,10 @@ pub struct Stats {
     pub sessions_expired: AtomicU64,
     pub sessions_pruned: AtomicU64,
     pub sessions_throttled: AtomicU64,
+    /// A round message taken to its answer handed to the link.
+    pub round_latency: veil_shell::Latency,
+    /// A frame's first round message taken to its result handed to the link.
+    pub result_latency: veil_shell::Latency,
 }
 
 /// A plain copy of [`Stats`].
@@ -180,6 +185,11 @@ impl ServerB {
     /// The live statistics, for an exporter that reads them on its own.
     pub fn stats_handle(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The worker thread's heartbeat: what the systemd watchdog follows.
+    pub fn heartbeat(&self) -> veil_shell::Heartbeat {
+        self.worker.heartbeat()
     }
 
     /// Stops cleanly: the worker finishes the message in hand, the store

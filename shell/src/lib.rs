@@ -8,6 +8,8 @@
 //! - [`secret_file`]: refuses a secret key file that others can read.
 //! - [`metrics`]: a Prometheus endpoint with `/healthz` and `/readyz`.
 //! - [`notify`]: systemd's READY and watchdog notifications.
+//! - [`heartbeat`]: a protocol worker's proof of progress, for the watchdog.
+//! - [`scrape`]: a histogram read back from a metrics page (tests).
 //!
 //! # Why a crate of its own
 //! The servers and the agent each ship as a binary of their own as well
@@ -15,18 +17,21 @@
 //! so this crate depends on nothing the agent does not already build.
 
 pub mod config;
+pub mod heartbeat;
 mod local;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod scrape;
 pub mod secret_file;
 mod signals;
 pub mod worker;
 
 pub use config::ConfigError;
+pub use heartbeat::Heartbeat;
 pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
-pub use metrics::{Metrics, MetricsArgs};
+pub use metrics::{Latency, Metrics, MetricsArgs};
 pub use secret_file::{SecretFileError, check_owner_only};
 pub use signals::wait_for_stop;
 pub use worker::{StartError, Worker};

@@ -9,13 +9,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,6 +71,44 @@ impl MirrorFamily {
     }
 }
 
+/// Upper bounds (seconds) of [`Latency`]'s buckets: 1-2.5-5 steps from
+/// 1 ms (a B round on a small model) to 10 s (a CNN frame on a Pi-class
+/// A); slower observations land in `+Inf`.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram a role observes into whether or not it is
+/// exported: the role keeps one (clones share the counts) and the shell
+/// registers it with [`Metrics::latency`] when it serves metrics.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    histogram: Histogram,
+    /// Observations so far (the histogram's own count is not public).
+    count: Arc<AtomicU64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            histogram: Histogram::new(LATENCY_BUCKETS),
+            count: Arc::default(),
+        }
+    }
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        self.histogram.observe(elapsed.as_secs_f64());
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
 impl Metrics {
     pub fn new(role: &str) -> Metrics {
         Metrics {
@@ -93,6 +132,12 @@ impl Metrics {
             family,
             label: label.to_string(),
         }
+    }
+
+    /// Exports `latency` as `<name>_seconds` (a histogram).
+    pub fn latency(&mut self, name: &str, help: &str, latency: &Latency) {
+        self.registry
+            .register_with_unit(name, help, Unit::Seconds, latency.histogram.clone());
     }
 
     pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
@@ -238,6 +283,7 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::Scraped;
 
     async fn get(addr: SocketAddr, request: &[u8]) -> String {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -253,13 +299,28 @@ mod tests {
         let frames = metrics.counter("frames", "Frames accepted");
         let queue = metrics.gauge("queue_depth", "Inputs waiting for the worker");
         let refused = metrics.counter_family("refused", "Refusals by reason", "reason");
+        let latency = Latency::default();
+        metrics.latency("frame_latency", "Frame in to output out", &latency);
         let ready = metrics.ready_flag();
         let addr = metrics.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         frames.follow(3);
         frames.follow(2);
         queue.set(7);
         refused.with("auth").follow(2);
+        for ms in [0, 3, 40, 40, 20_000] {
+            latency.observe(Duration::from_millis(ms));
+        }
         let page = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let histogram = Scraped::histogram(&page, "veil_server_a_frame_latency_seconds")
+            .expect("the histogram is exported");
+        assert!(histogram.is_monotone(), "{page}");
+        assert_eq!(histogram.count, 5, "{page}");
+        assert_eq!(histogram.buckets.len(), LATENCY_BUCKETS.len() + 1, "{page}");
+        assert_eq!(histogram.cumulative_at(0.001), Some(1));
+        assert_eq!(histogram.cumulative_at(0.005), Some(2));
+        assert_eq!(histogram.cumulative_at(0.05), Some(4));
+        assert_eq!(histogram.cumulative_at(10.0), Some(4));
+        assert_eq!(histogram.cumulative_at(f64::INFINITY), Some(5));
         assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
         assert!(page.contains("veil_server_a_frames_total 3\n"), "{page}");
         assert!(page.contains("veil_server_a_queue_depth 7\n"), "{page}");

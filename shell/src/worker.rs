@@ -1,10 +1,14 @@
 //! The servers' scaffold: one thread owns the node and its store and
 //! takes [`Input`]s from a bounded queue; a task forwards the link's
 //! events into that queue; shutdown, abort and drop stop the two the same
-//! way for every server.
+//! way for every server. Each take from the queue beats the worker's
+//! [`Heartbeat`], which feeds the systemd watchdog.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::time::Duration;
 use veil_link::{Link, LinkEvent, Message};
+
+use crate::Heartbeat;
 
 /// What a server's worker thread takes.
 pub enum Input {
@@ -33,6 +37,31 @@ impl Input {
     }
 }
 
+/// The worker thread's end of the queue. Every take (an input, an empty
+/// queue, an idle wait that timed out) is a turn of the worker's loop and
+/// beats its heartbeat.
+pub struct Inputs {
+    rx: Receiver<Input>,
+    heartbeat: Heartbeat,
+}
+
+impl Inputs {
+    pub fn new(rx: Receiver<Input>, heartbeat: Heartbeat) -> Inputs {
+        Inputs { rx, heartbeat }
+    }
+
+    pub fn try_recv(&self) -> Result<Input, TryRecvError> {
+        self.heartbeat.beat();
+        self.rx.try_recv()
+    }
+
+    pub fn recv_timeout(&self, wait: Duration) -> Result<Input, RecvTimeoutError> {
+        let got = self.rx.recv_timeout(wait);
+        self.heartbeat.beat();
+        got
+    }
+}
+
 /// The worker's input queue (see [`veil_link::WORKER_QUEUE`]).
 pub const INPUT_QUEUE: usize = veil_link::WORKER_QUEUE;
 
@@ -51,6 +80,7 @@ pub struct Worker {
     thread: Option<std::thread::JoinHandle<()>>,
     inputs: SyncSender<Input>,
     forwarder: tokio::task::JoinHandle<()>,
+    heartbeat: Heartbeat,
 }
 
 impl Worker {
@@ -61,12 +91,14 @@ impl Worker {
         mut link: Link,
         name: &str,
         init: impl FnOnce() -> Result<C, E> + Send + 'static,
-        run: impl FnOnce(C, Receiver<Input>) + Send + 'static,
+        run: impl FnOnce(C, Inputs) + Send + 'static,
     ) -> Result<Worker, StartError<E>>
     where
         E: Send + 'static,
     {
         let (inputs, rx) = sync_channel(INPUT_QUEUE);
+        let heartbeat = Heartbeat::default();
+        let rx = Inputs::new(rx, heartbeat.clone());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
@@ -106,7 +138,13 @@ impl Worker {
             thread: Some(thread),
             inputs,
             forwarder,
+            heartbeat,
         })
+    }
+
+    /// The worker thread's heartbeat (for [`crate::notify::spawn_watchdog`]).
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Stops cleanly: the worker finishes the message in hand, the store

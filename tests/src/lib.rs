@@ -569,3 +569,16 @@ pub fn agent_args(
         metrics: veil_shell::MetricsArgs::default(),
     }
 }
+
+/// The page a role's metrics endpoint serves at `/metrics`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .expect("request sent");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.expect("page read");
+    page
+}

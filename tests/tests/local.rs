@@ -323,18 +323,10 @@ async fn sensor_readings_on_the_local_broker_become_frames() {
         "{page}"
     );
     assert!(page.contains("veil_edge_agent_pending 0\n"), "{page}");
+    let latency = veil_shell::scrape::Scraped::histogram(&page, "veil_edge_agent_latency_seconds")
+        .expect("the capture-to-result histogram is exported");
+    assert_eq!(latency.count, 1, "{page}");
+    assert!(latency.is_monotone(), "{page}");
     agent.abort();
     servers.stop().await;
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).await.unwrap();
-    page
 }

@@ -1,0 +1,82 @@
+//! A worker's proof of progress: the protocol worker beats once per loop
+//! turn (a message handled, a timer fired, or an idle wait timed out), and
+//! the systemd watchdog is fed only while the beats are recent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The last beat, in milliseconds of a monotonic clock (a wall-clock step
+/// must neither fake progress nor fake a stall). Clones share the beat.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    /// Beaten now: a worker is progressing when it starts.
+    fn default() -> Self {
+        Heartbeat {
+            last: Arc::new(AtomicU64::new(monotonic_ms())),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The worker turned its loop.
+    pub fn beat(&self) {
+        self.last.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last beat.
+    pub fn age_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// Milliseconds since the first call in this process (monotonic).
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a worker whose last beat is `age` old counts as stalled under a
+/// watchdog of `period` (`WatchdogSec`). An idle worker turns its loop at
+/// least every second, so only one stuck in a single turn gets near this.
+/// A whole period, not less: one turn may be a CNN frame's first layer on
+/// a slow A, seconds long. With pings every half period, systemd restarts
+/// a stalled worker within two periods.
+pub fn stalled(age: Duration, period: Duration) -> bool {
+    age >= period
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_turn_of_a_whole_period_is_a_stall() {
+        let period = Duration::from_secs(30);
+        for (age_ms, stall) in [
+            (0, false),
+            (1_000, false),
+            (29_999, false),
+            (30_000, true),
+            (60_000, true),
+            (u64::MAX, true),
+        ] {
+            assert_eq!(
+                stalled(Duration::from_millis(age_ms), period),
+                stall,
+                "{age_ms} ms"
+            );
+        }
+        // A zero period (no watchdog configured) never pings.
+        assert!(stalled(Duration::ZERO, Duration::ZERO));
+        let beat = Heartbeat::default();
+        let copy = beat.clone();
+        copy.beat();
+        assert!(beat.age_ms() < 1_000);
+    }
+}
