@@ -8,18 +8,35 @@ use crate::FixedPoint;
 /// Why a bounds list was refused; features are numbered from 1.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BoundsError {
+    /// Nothing but commas, blanks and comments.
     #[error("no lo:hi pairs")]
     Empty,
+    /// An entry without a colon.
     #[error("feature {feature}: expected lo:hi, got {pair:?}")]
-    NotAPair { feature: usize, pair: String },
+    NotAPair {
+        /// The feature, from 1.
+        feature: usize,
+        /// The entry as written.
+        pair: String,
+    },
+    /// A side that is not a number.
     #[error("feature {feature}: {text:?} in {pair:?} is not a number")]
     NotANumber {
+        /// The feature, from 1.
         feature: usize,
+        /// The entry as written.
         pair: String,
+        /// The side that failed.
         text: String,
     },
+    /// Inverted, infinite or NaN bounds.
     #[error("feature {feature}: {pair:?} is no interval lo <= hi of finite numbers")]
-    NotAnInterval { feature: usize, pair: String },
+    NotAnInterval {
+        /// The feature, from 1.
+        feature: usize,
+        /// The entry as written.
+        pair: String,
+    },
 }
 
 /// `lo:hi` pairs separated by commas, newlines or both; `#` starts a
@@ -64,12 +81,20 @@ pub fn parse_bounds(text: &str) -> Result<Vec<(f64, f64)>, BoundsError> {
 /// Why a fixed-point format `F,W` was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FixedPointError {
+    /// Not two comma-separated parts.
     #[error("expected F,W (e.g. 16,16), got {0:?}")]
     Shape(String),
+    /// A part that is not an integer.
     #[error("{0:?} is not a number of bits")]
     NotANumber(String),
+    /// A bit count outside 1..=30.
     #[error("{name} = {bits}, expected 1..=30")]
-    OutOfRange { name: &'static str, bits: u32 },
+    OutOfRange {
+        /// Which part: F or W.
+        name: &'static str,
+        /// Its value.
+        bits: u32,
+    },
 }
 
 /// `F,W`: activations carry F fraction bits, weights W, each 1..=30.
