@@ -20,6 +20,13 @@ fn balanced(pairs: &[(bool, bool)]) -> f64 {
     (rate(true) + rate(false)) / 2.0
 }
 
+fn gcd(mut a: I256, mut b: I256) -> I256 {
+    while b != I256::ZERO {
+        (a, b) = (b, a % b);
+    }
+    a.abs()
+}
+
 fn median(values: &mut [I256]) -> I256 {
     values.sort();
     values[values.len() / 2]
@@ -44,6 +51,8 @@ fn a_guesses_b_s_answers_from_the_masked_replies_at_chance() {
     // (masked, true value) of every selection bit and every X.
     let mut bits = Vec::new();
     let mut xs = Vec::new();
+    // Per group: its masked X and its slots' (masked -s, selected).
+    let mut views: Vec<(I256, Vec<(I256, bool)>)> = Vec::new();
     for delivery in &engine.transcript {
         let envelope = delivery.envelope().expect("decodes");
         let t = envelope.t;
@@ -74,9 +83,13 @@ fn a_guesses_b_s_answers_from_the_masked_replies_at_chance() {
                     let value = masked - *m;
                     if i % per_group == 0 {
                         xs.push((masked, value));
+                        views.push((masked, Vec::new()));
                     } else {
                         assert!(value == 0 || value == -1, "a selection bit");
                         bits.push((masked, value == -1));
+                        if let Some((_, slots)) = views.last_mut() {
+                            slots.push((masked, value == -1));
+                        }
                     }
                 }
             }
@@ -86,8 +99,9 @@ fn a_guesses_b_s_answers_from_the_masked_replies_at_chance() {
     assert!(bits.len() >= 2000, "{} selection bits", bits.len());
     assert!(xs.len() >= 2000, "{} truncated values", xs.len());
     let sigma = params.sigma;
-    let guesses: [(&str, &dyn Fn(I256) -> bool); 3] = [
+    let guesses: [(&str, &dyn Fn(I256) -> bool); 4] = [
         ("parity", &|p| p & 1 == 1),
+        ("two or more trailing zeros", &|p| p & 3 == 0),
         ("below half the mask range", &|p| p < I256::ONE << sigma),
         ("low byte below 128", &|p| p & 0xff < 128),
     ];
@@ -97,6 +111,33 @@ fn a_guesses_b_s_answers_from_the_masked_replies_at_chance() {
         println!("selection bit from {name}: balanced accuracy {score:.3}");
         assert!((score - 0.5).abs() <= 0.03, "{name}: {score}");
     }
+    // Within a group: the selected slot's value is one below the others'
+    // before masking, so the smallest masked value is the careful guess;
+    // and a factor shared with the group's masked X.
+    let (mut hits, mut tries, mut chance) = (0usize, 0usize, 0f64);
+    let mut shared = Vec::new();
+    for (x, slots) in &views {
+        if slots.iter().filter(|(_, s)| *s).count() == 1 {
+            let guess = slots.iter().min_by_key(|(p, _)| *p).map(|(_, s)| *s);
+            hits += usize::from(guess == Some(true));
+            tries += 1;
+            chance += 1.0 / slots.len() as f64;
+        }
+        for (p, s) in slots {
+            shared.push((*s, gcd(*p, *x) > I256::ONE));
+        }
+    }
+    assert!(tries >= 1000, "{tries} groups with one selected slot");
+    let (rate, chance) = (hits as f64 / tries as f64, chance / tries as f64);
+    println!("selected slot as the group's smallest masked value: {rate:.3} (chance {chance:.3})");
+    assert!(
+        (rate - chance).abs() <= 0.03,
+        "smallest: {rate} against {chance}"
+    );
+    let score = balanced(&shared);
+    println!("selection bit from a factor shared with X: balanced accuracy {score:.3}");
+    assert!((score - 0.5).abs() <= 0.03, "gcd: {score}");
+
     let true_median = median(&mut xs.iter().map(|(_, v)| *v).collect::<Vec<_>>());
     let masked_median = median(&mut xs.iter().map(|(p, _)| *p).collect::<Vec<_>>());
     let pairs: Vec<(bool, bool)> = xs
