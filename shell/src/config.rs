@@ -5,18 +5,27 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use veil_link::MqttSettings;
 
+/// Why a role's configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("reading {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for this role.
     #[error("{path}")]
     Toml {
+        /// The file.
         path: PathBuf,
+        /// What the parser reported (line and column).
         source: Box<toml::de::Error>,
     },
+    /// A setting that cannot work (an override that does not parse, a
+    /// secret file that cannot be read).
     #[error("{0}")]
     Invalid(String),
 }

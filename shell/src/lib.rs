@@ -16,6 +16,8 @@
 //! as inside `veil`; the edge agent must stay small (no tract, no ring),
 //! so this crate depends on nothing the agent does not already build.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod heartbeat;
 mod local;

@@ -98,6 +98,7 @@ impl Default for Latency {
 }
 
 impl Latency {
+    /// Records one duration.
     pub fn observe(&self, elapsed: Duration) {
         self.histogram.observe(elapsed.as_secs_f64());
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +111,7 @@ impl Latency {
 }
 
 impl Metrics {
+    /// A registry whose metric names start with `veil_<role>_`.
     pub fn new(role: &str) -> Metrics {
         Metrics {
             registry: Registry::with_prefix(format!("veil_{}", role.replace('-', "_"))),
@@ -140,6 +142,7 @@ impl Metrics {
             .register_with_unit(name, help, Unit::Seconds, latency.histogram.clone());
     }
 
+    /// Registers a gauge.
     pub fn gauge(&mut self, name: &str, help: &str) -> Gauge {
         let gauge = Gauge::default();
         self.registry.register(name, help, gauge.clone());

@@ -6,7 +6,9 @@
 pub struct Scraped {
     /// `(le, cumulative count)` in page order, `+Inf` last.
     pub buckets: Vec<(f64, u64)>,
+    /// `_count`: observations.
     pub count: u64,
+    /// `_sum`: their total, in the metric's unit.
     pub sum: f64,
 }
 

@@ -7,16 +7,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Why a secret file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
+    /// Group or others may read or write it.
     #[error(
         "{path} is readable or writable by group or others (mode {mode:04o}); \
          run `chmod 600 {path}`, or override with --allow-open-key-file"
     )]
-    OpenMode { path: PathBuf, mode: u32 },
+    OpenMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Its metadata could not be read.
     #[error("cannot inspect {path}")]
     Stat {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },

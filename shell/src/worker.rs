@@ -14,6 +14,7 @@ use crate::Heartbeat;
 pub enum Input {
     /// (Re)connected with the subscriptions in place.
     Connected,
+    /// A message on one of its subscriptions.
     Message(Message),
     /// The broker acknowledged the confirmed publish with this token.
     Confirmed(u64),
@@ -46,15 +47,18 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The worker's queue, beating `heartbeat` on every take.
     pub fn new(rx: Receiver<Input>, heartbeat: Heartbeat) -> Inputs {
         Inputs { rx, heartbeat }
     }
 
+    /// The next input if one is queued.
     pub fn try_recv(&self) -> Result<Input, TryRecvError> {
         self.heartbeat.beat();
         self.rx.try_recv()
     }
 
+    /// The next input, waiting at most `wait`.
     pub fn recv_timeout(&self, wait: Duration) -> Result<Input, RecvTimeoutError> {
         let got = self.rx.recv_timeout(wait);
         self.heartbeat.beat();
