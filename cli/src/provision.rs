@@ -125,15 +125,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{} exists; pass --force to replace it", path.display());
         }
     }
-    let (password, line) = new_account(name)?;
-    if let Some(file) = &args.password_file {
-        add_password_line(file, name, &line)?;
-    }
-
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    veil_paillier::write_secret_file(&password_path, format!("{password}\n").as_bytes())
-        .with_context(|| format!("writing {}", password_path.display()))?;
+    let line = create_account(&args, name, &password_path)?;
     let config = agent_config(&Agent {
         name,
         model: &topology.name,
@@ -158,10 +150,7 @@ pub fn run(args: Args) -> Result<()> {
         "  {}  (mode 0600; install as /etc/veil/secrets/device.password)",
         password_path.display()
     );
-    match &args.password_file {
-        Some(file) => println!("  added to the broker's password file {}", file.display()),
-        None => println!("  add this line to the broker's password file:\n    {line}"),
-    }
+    print_account_line(args.password_file.as_deref(), &line);
     println!("ACL check against {}:", args.acl.display());
     for (check, ok) in acl_checks(&acl, name) {
         println!("  {} {check}", if ok { "ok  " } else { "FAIL" });
@@ -191,34 +180,41 @@ fn provision_server(args: &Args, role: &str) -> Result<()> {
             password_path.display()
         );
     }
-    let (password, line) = new_account(role)?;
-    if let Some(file) = &args.password_file {
-        add_password_line(file, role, &line)?;
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    veil_paillier::write_secret_file(&password_path, format!("{password}\n").as_bytes())
-        .with_context(|| format!("writing {}", password_path.display()))?;
+    let line = create_account(args, role, &password_path)?;
     println!("{role}: broker account");
     println!(
         "  {}  (mode 0600; install as /etc/veil/secrets/{role}.password, owned by veil-{role})",
         password_path.display()
     );
-    match &args.password_file {
-        Some(file) => println!("  added to the broker's password file {}", file.display()),
-        None => println!("  add this line to the broker's password file:\n    {line}"),
-    }
+    print_account_line(args.password_file.as_deref(), &line);
     Ok(())
 }
 
-/// A random password and its password-file line.
-fn new_account(name: &str) -> Result<(String, String)> {
+/// A random password for `name`, written to `password_path` (0600) and
+/// added to the broker's password file when one is given; returns its
+/// password-file line.
+fn create_account(args: &Args, name: &str, password_path: &Path) -> Result<String> {
     let password = random_password();
     let mut salt = [0u8; 12];
     rand::rng().fill_bytes(&mut salt);
     let iterations = NonZeroU32::new(PBKDF2_ITERATIONS).context("iteration count")?;
     let line = PasswordFile::pbkdf2_line(name, &password, salt, iterations);
-    Ok((password, line))
+    if let Some(file) = &args.password_file {
+        add_password_line(file, name, &line)?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    veil_paillier::write_secret_file(password_path, format!("{password}\n").as_bytes())
+        .with_context(|| format!("writing {}", password_path.display()))?;
+    Ok(line)
+}
+
+/// Says where the account's password-file line went.
+fn print_account_line(password_file: Option<&Path>, line: &str) {
+    match password_file {
+        Some(file) => println!("  added to the broker's password file {}", file.display()),
+        None => println!("  add this line to the broker's password file:\n    {line}"),
+    }
 }
 
 struct Agent<'a> {
