@@ -370,7 +370,15 @@ impl ConvDevice {
                 .copied()
                 .unwrap_or(ActivationMode::Permute);
             let windows = self.windows.get(s).and_then(Option::as_ref);
-            z = veil_model::activate(s, spec, mode, windows, &z, &topology.fixed, &rounding)?;
+            z = veil_model::activate(
+                s,
+                spec,
+                mode,
+                windows,
+                &z,
+                &topology.stage_fixed(s),
+                &rounding,
+            )?;
             s += 1;
         }
         if s >= stages.len() {

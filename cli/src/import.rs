@@ -62,6 +62,20 @@ pub fn run(args: Args) -> Result<()> {
             bytes.len(),
             model.topology().fingerprint_hex()
         );
+        let weight_bits: Vec<String> = model
+            .topology()
+            .stages
+            .iter()
+            .filter_map(|stage| match stage {
+                veil_model::Stage::Linear(l) => Some(l.weight_bits.to_string()),
+                veil_model::Stage::Activation(_) => None,
+            })
+            .collect();
+        println!(
+            "  fixed point: f = {}, weight bits per layer {}",
+            model.topology().fixed.frac_bits,
+            weight_bits.join(", ")
+        );
         if let Some(report) = args.onnx.report(&model)? {
             println!("  quantization: {report}");
         }

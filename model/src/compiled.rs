@@ -320,7 +320,7 @@ impl CompiledModel {
                 Stage::Activation(spec) => {
                     let mode = modes.get(s).copied().unwrap_or(ActivationMode::Permute);
                     let windows = self.windows.get(s).and_then(Option::as_ref);
-                    activate(s, spec, mode, windows, &x, &t.fixed, rounding)?
+                    activate(s, spec, mode, windows, &x, &t.stage_fixed(s), rounding)?
                 }
             };
             trace.push(x.clone());

@@ -45,6 +45,56 @@ impl FixedPoint {
     }
 }
 
+/// How the importer picks each linear layer's weight bits `w_l` (its
+/// weights become `round(W · 2^(f+w_l) / s)` for an input of scale `s`).
+///
+/// Rounding weight `i` moves an output by up to half a unit times its
+/// input `x̂_i`, so the error a layer adds grows with the magnitude of what
+/// it reads, not with its weights. Later layers read activations at scale
+/// `2^f`, which trained networks keep near 1. The first reads raw features:
+/// a model with its standardization folded into the first layer reads
+/// glucose in mg/dL, and at `w = 16` its logits were off by 1.4e-3
+/// (model/tests/foreign.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightScale {
+    /// Every layer takes [`FixedPoint::weight_bits`].
+    Uniform,
+    /// The first layer takes enough bits that the RMS error its weight
+    /// rounding adds, over inputs spread across their bounds, stays under
+    /// `2^-w` (at least `w`; at most 30); later layers take `w`.
+    #[default]
+    PerLayer,
+}
+
+impl WeightScale {
+    /// `w_l` for a layer whose integer inputs `x̂_i` lie in `inputs`, or
+    /// whose inputs are activations (`None`).
+    pub fn layer_bits(self, fixed: &FixedPoint, inputs: Option<&[(i128, i128)]>) -> u32 {
+        let w = fixed.weight_bits;
+        let (WeightScale::PerLayer, Some(inputs)) = (self, inputs) else {
+            return w;
+        };
+        // Rounding errors uniform in ±1/2 have variance 1/12; each scales
+        // its input, at most max(|lo|, |hi|).
+        let variance: f64 = inputs
+            .iter()
+            .map(|(lo, hi)| {
+                let m = lo.unsigned_abs().max(hi.unsigned_abs()) as f64;
+                m * m / 12.0
+            })
+            .sum();
+        // In units of 2^f, an error of sqrt(variance) / 2^(f + w_l) ≤ 2^-w.
+        let needed = (variance.sqrt() / 2f64.powi(fixed.frac_bits as i32)).log2();
+        if !needed.is_finite() || needed <= 0.0 {
+            return w;
+        }
+        // needed < 2^11 for any i128 input: the cast cannot wrap.
+        let extra = needed.ceil().min(64.0) as u32;
+        (w + extra).min(30)
+    }
+}
+
 /// How server B evaluates one activation stage (DESIGN §3.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ActivationMode {

@@ -1,7 +1,8 @@
 //! veil-model owns everything about the neural network itself: importing an
 //! ONNX file (tract-onnx) into alternating linear and activation stages,
 //! fusing consecutive linear operators and quantizing them to fixed point
-//! (weights at `2^w`, activations at `2^f`, biases at `2^(f+w)`), bounding
+//! (weights at `2^w_l`, each layer's own, activations at `2^f`, biases at
+//! `2^(f+w_l)`: [`WeightScale`]), bounding
 //! every intermediate value by interval arithmetic, the public [`Topology`]
 //! (shapes, kinds, bounds; no weight) with its fingerprint, the private
 //! [`Plan`] that only server A loads, and the two references that protocol
@@ -38,13 +39,17 @@ pub use compiled::{
 };
 pub use error::ModelError;
 pub use fixed::{
-    ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, truncate,
+    ActivationMode, FixedPoint, FloorRounding, RoundingSource, SeededRounding, WeightScale,
+    truncate,
 };
 #[cfg(feature = "onnx")]
 pub use import::{INPUT_BOUNDS_KEY, INPUT_SCALE_KEY};
 #[cfg(feature = "onnx")]
 pub use model::{ImportOptions, MAX_BOUND_BITS, Model};
-pub use options::{BoundsError, FixedPointError, parse_bounds, parse_fixed_point};
+pub use options::{
+    BoundsError, FixedPointError, WeightScaleError, parse_bounds, parse_fixed_point,
+    parse_weight_scale,
+};
 pub use plan::{ConvGeometry, LinearLayer, Plan, StageSamples};
 #[cfg(feature = "onnx")]
 pub use quantization::QuantizationReport;

@@ -9,7 +9,7 @@ use tract_onnx::prelude::{
 use crate::affine::Affine;
 use crate::compiled::CompiledModel;
 use crate::error::ModelError;
-use crate::fixed::{ActivationMode, FixedPoint, RoundingSource};
+use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, WeightScale};
 use crate::import::{FloatStage, ImportedGraph, InputScale, decode, import};
 use crate::plan::{LinearLayer, Plan};
 use crate::semantics::permute_eval;
@@ -24,6 +24,8 @@ pub const MAX_BOUND_BITS: u32 = 100;
 pub struct ImportOptions {
     /// The fixed-point format.
     pub fixed: FixedPoint,
+    /// How each linear layer's weight bits follow from `fixed.weight_bits`.
+    pub weight_scale: WeightScale,
     /// Per-feature `[lo, hi]`. Takes precedence over everything else.
     pub input_bounds: Option<Vec<(f64, f64)>>,
     /// Per-feature input scale: features encode as `x̂_i = round(x_i ·
@@ -54,6 +56,7 @@ impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
             fixed: FixedPoint::default(),
+            weight_scale: WeightScale::default(),
             input_bounds: None,
             input_scale: None,
             calibration: None,
@@ -219,16 +222,17 @@ fn quantize_bias(v: f64, scale: f64, stage: usize) -> Result<i128, ModelError> {
 
 /// Quantizes one linear stage. Its inputs have scale `input_scales[i]`
 /// (`2^f` for every input when `None`: activations), its outputs
-/// `2^(f+w)`: weight `(o, i)` becomes `round(W_oi · 2^(f+w) /
-/// input_scales[i])`.
+/// `2^(f+w_l)` with the layer's weight bits `w_l` (per `weight_scale`):
+/// weight `(o, i)` becomes `round(W_oi · 2^f / input_scales[i] · 2^w_l)`.
+/// Returns the layer and `w_l`.
 fn quantize_layer(
     affine: &Affine,
     fixed: &FixedPoint,
+    w: u32,
     stage: usize,
     limit: usize,
     input_scales: Option<&[f64]>,
-) -> Result<LinearLayer, ModelError> {
-    let out_scale = 2f64.powi(fixed.linear_scale_bits() as i32);
+) -> Result<(LinearLayer, u32), ModelError> {
     let activation = [2f64.powi(fixed.frac_bits as i32)];
     let input_scales = match input_scales {
         Some(scales) => scales,
@@ -239,12 +243,9 @@ fn quantize_layer(
         [one] => *one,
         many => many.get(i).copied().unwrap_or(f64::NAN),
     };
-    let qb = |b: &[f64]| {
-        b.iter()
-            .map(|v| quantize_bias(*v, out_scale, stage))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let column_scale = |i: usize| out_scale / scale_of(i);
+    // A weight counted at its input's scale: what multiplies 2^w_l.
+    let frac_scale = 2f64.powi(fixed.frac_bits as i32);
+    let weight_unit = 2f64.powi(w as i32);
     match affine {
         Affine::Conv(c) => {
             let g = &c.geometry;
@@ -254,7 +255,7 @@ fn quantize_layer(
                 .map(|ic| {
                     let first = scale_of(ic * plane);
                     if (ic * plane..(ic + 1) * plane).all(|i| scale_of(i) == first) {
-                        Ok(out_scale / first)
+                        Ok(frac_scale / first)
                     } else {
                         Err(ModelError::InvalidScale(format!(
                             "stage {stage}: a convolution's input channel {ic} needs one scale"
@@ -263,28 +264,41 @@ fn quantize_layer(
                 })
                 .collect::<Result<Vec<f64>, _>>()?;
             let taps = g.kernel_h * g.kernel_w;
+            let factor = |k: usize| {
+                channel_scale
+                    .get((k / taps) % g.in_c.max(1))
+                    .copied()
+                    .unwrap_or(1.0)
+            };
             let kernel = c
                 .kernel
                 .iter()
                 .enumerate()
-                .map(|(k, v)| {
-                    let scale = channel_scale.get((k / taps) % g.in_c.max(1)).copied();
-                    quantize_weight(*v, scale.unwrap_or(out_scale), stage)
-                })
+                .map(|(k, v)| quantize_weight(*v, factor(k) * weight_unit, stage))
                 .collect::<Result<Vec<_>, _>>()?;
-            LinearLayer::conv(c.geometry, kernel, qb(&c.bias)?)
+            let bias = quantize_biases(&c.bias, frac_scale * weight_unit, stage)?;
+            Ok((LinearLayer::conv(c.geometry, kernel, bias)?, w))
         }
         other => {
-            let (w, b) = other.to_dense(limit)?;
+            let (weights, b) = other.to_dense(limit)?;
             let n = other.in_len().max(1);
-            let weights = w
+            let factor = |k: usize| frac_scale / scale_of(k % n);
+            let weights = weights
                 .iter()
                 .enumerate()
-                .map(|(k, v)| quantize_weight(*v, column_scale(k % n), stage))
+                .map(|(k, v)| quantize_weight(*v, factor(k) * weight_unit, stage))
                 .collect::<Result<Vec<_>, _>>()?;
-            LinearLayer::dense(other.in_len(), other.out_len(), weights, qb(&b)?)
+            let bias = quantize_biases(&b, frac_scale * weight_unit, stage)?;
+            Ok((
+                LinearLayer::dense(other.in_len(), other.out_len(), weights, bias)?,
+                w,
+            ))
         }
     }
+}
+
+fn quantize_biases(b: &[f64], scale: f64, stage: usize) -> Result<Vec<i128>, ModelError> {
+    b.iter().map(|v| quantize_bias(*v, scale, stage)).collect()
 }
 
 /// Exact integer interval of every output of `layer` for inputs in `input`.
@@ -456,20 +470,27 @@ impl Model {
         let mut stages = Vec::with_capacity(float_stages.len());
         let mut layers = Vec::with_capacity(float_stages.len());
         let mut all_intervals = Vec::with_capacity(float_stages.len());
+        // The format at the current stage: the last linear layer's weight bits.
+        let mut layer_fixed = fixed;
         for (s, fs) in float_stages.iter().enumerate() {
             let (stage, layer, next) = match fs {
                 FloatStage::Linear(affine) => {
                     // Only the first stage reads the features; later ones
                     // read activations at scale 2^f.
                     let scales = (s == 0).then_some(input_scales.as_slice());
-                    let layer =
-                        quantize_layer(affine, &fixed, s, options.max_dense_weights, scales)?;
+                    let w = options
+                        .weight_scale
+                        .layer_bits(&fixed, (s == 0).then_some(intervals.as_slice()));
+                    let (layer, weight_bits) =
+                        quantize_layer(affine, &fixed, w, s, options.max_dense_weights, scales)?;
+                    layer_fixed.weight_bits = weight_bits;
                     let z = linear_intervals(&layer, &intervals, s)?;
                     let spec = LinearSpec {
                         input_len: layer.input_len(),
                         output_len: layer.output_len(),
                         kind: layer.kind(),
                         output_bound_bits: interval_bits(&z),
+                        weight_bits,
                     };
                     (Stage::Linear(spec), Some(layer), z)
                 }
@@ -478,7 +499,7 @@ impl Model {
                     input_len,
                     pool,
                 } => {
-                    let kind = kind.quantize(fixed.weight_bits);
+                    let kind = kind.quantize(layer_fixed.weight_bits);
                     let win = pool.as_ref().map(|p| p.windows());
                     let out: Vec<(i128, i128)> = match &win {
                         Some(ws) => ws
@@ -488,12 +509,12 @@ impl Model {
                                     |i: &u32| intervals.get(*i as usize).copied().unwrap_or((0, 0));
                                 let lo = w.iter().map(|i| get(i).0).max().unwrap_or(0);
                                 let hi = w.iter().map(|i| get(i).1).max().unwrap_or(0);
-                                activation_interval(&kind, lo, hi, &fixed)
+                                activation_interval(&kind, lo, hi, &layer_fixed)
                             })
                             .collect(),
                         None => intervals
                             .iter()
-                            .map(|(lo, hi)| activation_interval(&kind, *lo, *hi, &fixed))
+                            .map(|(lo, hi)| activation_interval(&kind, *lo, *hi, &layer_fixed))
                             .collect(),
                     };
                     let spec = ActivationSpec {
@@ -522,7 +543,7 @@ impl Model {
             intervals = next;
         }
         let output_scale_bits = match stages.last() {
-            Some(Stage::Linear(_)) => fixed.linear_scale_bits(),
+            Some(Stage::Linear(l)) => fixed.frac_bits + l.weight_bits,
             _ => fixed.frac_bits,
         };
         let name = options.name.clone().or(default_name).unwrap_or_else(|| {

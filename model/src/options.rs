@@ -3,7 +3,7 @@
 //! (`--fixed-point`). Parsed here, not in a binary, so that every command
 //! and server A read them alike and a fuzz target can reach the parsers.
 
-use crate::FixedPoint;
+use crate::{FixedPoint, WeightScale};
 
 /// Why a bounds list was refused; features are numbered from 1.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -121,6 +121,20 @@ pub fn parse_fixed_point(text: &str) -> Result<FixedPoint, FixedPointError> {
     }
     debug_assert!(fixed.validate().is_ok());
     Ok(fixed)
+}
+
+/// A weight scale that is neither `uniform` nor `per-layer`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("weight scale {0:?}: expected uniform or per-layer")]
+pub struct WeightScaleError(pub String);
+
+/// `uniform` or `per-layer` ([`WeightScale`]).
+pub fn parse_weight_scale(text: &str) -> Result<WeightScale, WeightScaleError> {
+    match text.trim() {
+        "uniform" => Ok(WeightScale::Uniform),
+        "per-layer" => Ok(WeightScale::PerLayer),
+        other => Err(WeightScaleError(other.to_string())),
+    }
 }
 
 #[cfg(test)]

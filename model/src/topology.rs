@@ -27,14 +27,17 @@ pub struct Topology {
     pub input_ranges: Vec<(i64, i64)>,
     /// `ℓ`: every encoded input satisfies `|x̂| < 2^ℓ`.
     pub input_bound_bits: u32,
-    /// The fixed-point format.
+    /// The fixed-point format: `frac_bits` is every activation's, and
+    /// `weight_bits` the import's weight budget; each linear stage states
+    /// the weight bits it got ([`LinearSpec::weight_bits`],
+    /// [`Topology::stage_fixed`]).
     pub fixed: FixedPoint,
     /// Linear and activation stages, in order.
     pub stages: Vec<Stage>,
     /// Number of outputs.
     pub output_len: usize,
-    /// Scale of the outputs of `run_int`: `f + w` after a linear stage, `f`
-    /// after an activation.
+    /// Scale of the outputs of `run_int`: `f + w` (the last layer's `w`)
+    /// after a linear stage, `f` after an activation.
     pub output_scale_bits: u32,
     /// The ONNX graph ended with a Softmax, which the device applies to the
     /// decoded logits.
@@ -61,6 +64,10 @@ pub struct LinearSpec {
     pub kind: LinearKind,
     /// `κ`: every output `z` satisfies `|z| < 2^κ` for inputs within bounds.
     pub output_bound_bits: u32,
+    /// `w` of this layer: its weights carry `w` fraction bits, so its
+    /// outputs have scale `2^(f+w)` and the activation after it truncates
+    /// `w` bits. Chosen per layer at import ([`crate::WeightScale`]).
+    pub weight_bits: u32,
 }
 
 /// The kind of a linear stage.
@@ -269,7 +276,8 @@ pub(crate) fn out_dim(
 
 const MAGIC: &[u8; 8] = b"VEILTOPO";
 // 2: per-feature input scales and integer ranges.
-const VERSION: u16 = 2;
+// 3: weight bits per linear stage.
+const VERSION: u16 = 3;
 const HEADER_LEN: usize = 8 + 2 + 8;
 /// Topologies are small; anything bigger than this is garbage.
 const MAX_PAYLOAD: usize = 64 << 20;
@@ -445,6 +453,12 @@ impl Topology {
                     {
                         return bad(format!("stage {s}: conv shape does not match its lengths"));
                     }
+                    if !(1..=30).contains(&l.weight_bits) {
+                        return bad(format!(
+                            "stage {s}: {} weight bits, expected 1..=30",
+                            l.weight_bits
+                        ));
+                    }
                     (l.input_len, l.output_len, l.output_bound_bits)
                 }
                 Stage::Activation(a) if !want_linear => {
@@ -483,13 +497,33 @@ impl Topology {
             return bad("output length does not match the last stage".into());
         }
         let expected_scale = match self.stages.last() {
-            Some(Stage::Linear(_)) => self.fixed.linear_scale_bits(),
+            Some(Stage::Linear(l)) => self.fixed.frac_bits + l.weight_bits,
             _ => self.fixed.frac_bits,
         };
         if self.output_scale_bits != expected_scale {
             return bad("output scale does not match the last stage".into());
         }
         Ok(())
+    }
+
+    /// The fixed-point format at stage `s`: the activations' `f` with the
+    /// weight bits of the linear stage at or just before `s`, which set the
+    /// scale `2^(f+w)` an activation stage reads and truncates.
+    pub fn stage_fixed(&self, s: usize) -> FixedPoint {
+        let weight_bits = self
+            .stages
+            .get(..=s.min(self.stages.len().saturating_sub(1)))
+            .and_then(|before| {
+                before.iter().rev().find_map(|stage| match stage {
+                    Stage::Linear(l) => Some(l.weight_bits),
+                    Stage::Activation(_) => None,
+                })
+            })
+            .unwrap_or(self.fixed.weight_bits);
+        FixedPoint {
+            frac_bits: self.fixed.frac_bits,
+            weight_bits,
+        }
     }
 
     /// Blind wherever the activation allows it, permute elsewhere.

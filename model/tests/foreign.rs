@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{Attr, Graph, values};
-use veil_model::{FixedPoint, ImportOptions, Model, ModelError};
+use veil_model::{FixedPoint, ImportOptions, Model, ModelError, Stage, WeightScale};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pima-sklearn.onnx")
@@ -27,15 +27,32 @@ fn pima_rows(name: &str) -> Vec<Vec<f32>> {
 }
 
 fn from_training_data(fixed: FixedPoint) -> Model {
+    with_weight_scale(fixed, WeightScale::default())
+}
+
+fn with_weight_scale(fixed: FixedPoint, weight_scale: WeightScale) -> Model {
     Model::load(
         &fixture(),
         &ImportOptions {
             calibration_file: Some(data("pima-train.csv")),
             fixed,
+            weight_scale,
             ..ImportOptions::default()
         },
     )
     .unwrap()
+}
+
+fn weight_bits(model: &Model) -> Vec<u32> {
+    model
+        .topology()
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            Stage::Linear(l) => Some(l.weight_bits),
+            Stage::Activation(_) => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -68,16 +85,76 @@ fn a_scikit_learn_model_needs_bounds_and_takes_them_from_data() {
 fn more_weight_bits_shrink_the_quantization_error() {
     let train = pima_rows("pima-train.csv");
     let error = |weight_bits| {
-        from_training_data(FixedPoint {
-            frac_bits: 16,
-            weight_bits,
-        })
+        with_weight_scale(
+            FixedPoint {
+                frac_bits: 16,
+                weight_bits,
+            },
+            WeightScale::Uniform,
+        )
         .quantization_report(&train)
         .unwrap()
         .max_logit_error
     };
     let (w16, w24) = (error(16), error(24));
     assert!(w24 * 16.0 < w16, "w = 16: {w16:.3e}, w = 24: {w24:.3e}");
+}
+
+/// The standardization folded into the first layer makes it read glucose
+/// in mg/dL and age in years: at a uniform w = 16 the logits were off by
+/// 1.367e-3 (1e-3 of the largest), at per-layer scales by 5.4e-5 with the
+/// first layer at w = 23 and the others at 16.
+#[test]
+fn a_first_layer_reading_raw_features_gets_the_weight_bits_it_needs() {
+    let train = pima_rows("pima-train.csv");
+    let uniform = with_weight_scale(FixedPoint::default(), WeightScale::Uniform);
+    let per_layer = with_weight_scale(FixedPoint::default(), WeightScale::PerLayer);
+    assert_eq!(weight_bits(&uniform), [16, 16, 16]);
+    let bits = weight_bits(&per_layer);
+    assert!(bits[0] > 20, "{bits:?}");
+    assert_eq!(bits[1..], [16, 16]);
+    assert_eq!(
+        per_layer.topology().output_scale_bits,
+        16 + 16,
+        "the last layer's scale"
+    );
+
+    let before = uniform.quantization_report(&train).unwrap();
+    let after = per_layer.quantization_report(&train).unwrap();
+    assert!(
+        after.max_logit_error * 10.0 < before.max_logit_error,
+        "uniform: {before}; per layer: {after}"
+    );
+    // Within 2^-14 of the largest logit.
+    assert!(
+        after.max_logit_error < after.max_abs_logit / 16384.0,
+        "{after}"
+    );
+}
+
+/// Models whose first layer reads features near 1 (pixels) or at their
+/// native precision (the Pima models' integer features) get w = 16
+/// everywhere: per-layer scales leave the shipped models as they were.
+#[test]
+fn per_layer_scales_leave_the_shipped_models_unchanged() {
+    for name in ["mnist-mlp", "mnist-cnn", "pima-mlp", "pima-tanh"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models")
+            .join(format!("{name}.onnx"));
+        let load = |weight_scale| {
+            Model::load(
+                &path,
+                &ImportOptions {
+                    weight_scale,
+                    ..ImportOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let (uniform, per_layer) = (load(WeightScale::Uniform), load(WeightScale::PerLayer));
+        assert_eq!(uniform.topology(), per_layer.topology(), "{name}");
+        assert!(weight_bits(&per_layer).iter().all(|w| *w == 16), "{name}");
+    }
 }
 
 /// x (3 features in [-1, 1]) → Cast(to) → MatMul.

@@ -106,7 +106,7 @@ impl Params {
                 let widest = kappa
                     + self.beta_bits
                     + self.beta_log_range
-                    + 2 * topology.fixed.weight_bits
+                    + 2 * topology.stage_fixed(s).weight_bits
                     + self.sigma;
                 if widest > MAX_VALUE_BITS {
                     return Err(ProtocolError::Params(format!(

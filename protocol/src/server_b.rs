@@ -370,8 +370,8 @@ impl<S: SecretOps> ServerB<S> {
         }
         let k = shape.group_size;
         let per_group = shape.values_per_group();
-        let w = self.cfg.topology.fixed.weight_bits;
-        let fixed = self.cfg.topology.fixed;
+        let fixed = self.cfg.topology.stage_fixed(s);
+        let w = fixed.weight_bits;
         let values = self.open(
             &round.values,
             groups * per_group,

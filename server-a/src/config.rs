@@ -175,7 +175,7 @@ mod tests {
             &path,
             "model_file = \"m.onnx\"\nb_key_file = \"b.pub\"\n\
              [onnx]\ninput_bounds = \"bounds.txt\"\ncalibration = \"train.csv\"\n\
-             fixed_point = \"16,24\"\ncalibration_rows = 50\n",
+             fixed_point = \"16,24\"\ncalibration_rows = 50\nweight_scale = \"uniform\"\n",
         )
         .expect("written");
         let config = Config::load(Some(&path)).expect("loads");
@@ -191,6 +191,7 @@ mod tests {
                 weight_bits: 24
             })
         );
+        assert_eq!(onnx.weight_scale, Some(veil_model::WeightScale::Uniform));
         // A list stays a list; flags win over the file.
         let flags = crate::ModelOptions {
             input_bounds: Some("0:2".into()),

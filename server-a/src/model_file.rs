@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use veil_model::{BoundsError, CompiledModel, FixedPoint, ModelError};
+use veil_model::{BoundsError, CompiledModel, FixedPoint, ModelError, WeightScale};
 
 /// Margin added on each side of bounds measured on calibration data, as a
 /// fraction of the measured range (at least 1): data seen later may lie
@@ -56,6 +56,15 @@ pub struct ModelOptions {
     )]
     #[serde(deserialize_with = "fixed_point_text")]
     pub fixed_point: Option<FixedPoint>,
+    /// How each layer's weight bits follow from W: `per-layer` gives a
+    /// first layer that reads raw features (a standardization folded into
+    /// it) the bits their magnitudes need, at least W; `uniform` gives
+    /// every layer W [default: per-layer].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "uniform|per-layer", value_parser = veil_model::parse_weight_scale)
+    )]
+    pub weight_scale: Option<WeightScale>,
 }
 
 fn fixed_point_text<'de, D: serde::Deserializer<'de>>(
@@ -77,6 +86,7 @@ impl ModelOptions {
             calibration_margin: self.calibration_margin.or(fallback.calibration_margin),
             calibration_rows: self.calibration_rows.or(fallback.calibration_rows),
             fixed_point: self.fixed_point.or(fallback.fixed_point),
+            weight_scale: self.weight_scale.or(fallback.weight_scale),
         }
     }
 
@@ -125,8 +135,8 @@ pub enum ModelFileError {
         source: std::io::Error,
     },
     #[error(
-        "input bounds and the fixed-point format apply to ONNX models; {path} is already \
-         quantized (its bounds and format were fixed by `veil import`)"
+        "input bounds, the fixed-point format and the weight scale apply to ONNX models; \
+         {path} is already quantized (its bounds and format were fixed by `veil import`)"
     )]
     AlreadyQuantized { path: PathBuf },
 }
@@ -134,7 +144,7 @@ pub enum ModelFileError {
 impl ModelOptions {
     /// Whether any option that only an ONNX import reads was given.
     pub fn any_import_option(&self) -> bool {
-        self.input_bounds.is_some() || self.fixed_point.is_some()
+        self.input_bounds.is_some() || self.fixed_point.is_some() || self.weight_scale.is_some()
     }
 
     /// The `input_bounds` value: a list, or the file holding one.
@@ -189,6 +199,7 @@ impl ModelOptions {
         use veil_model::{ImportOptions, Model};
         let mut options = ImportOptions {
             fixed: self.fixed_point.unwrap_or_default(),
+            weight_scale: self.weight_scale.unwrap_or_default(),
             input_bounds: self.bounds()?,
             calibration_margin: self.margin(),
             ..ImportOptions::default()

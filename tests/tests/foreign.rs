@@ -39,6 +39,18 @@ async fn server_a_serves_a_model_without_veil_metadata() {
         .load(&config.model_file)
         .expect("imported with the configured options");
     assert_eq!(model.topology().fixed.frac_bits, 12);
+    // Its first layer reads raw features and gets more weight bits than the
+    // others: A, B and the reference must all follow each stage's own.
+    let bits: Vec<u32> = model
+        .topology()
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            veil_model::Stage::Linear(l) => Some(l.weight_bits),
+            veil_model::Stage::Activation(_) => None,
+        })
+        .collect();
+    assert!(bits[0] > bits[1], "{bits:?}");
 
     let broker = start_broker("127.0.0.1:0".parse().unwrap()).await;
     let mut servers = Servers::new(dir.path(), "pima-mlp", broker.local_addr());

@@ -192,7 +192,7 @@ impl<P: PublicOps> ServerA<P> {
                 params: &self.cfg.params,
                 shape,
                 stage: s,
-                weight_bits: self.cfg.topology.fixed.weight_bits,
+                weight_bits: self.cfg.topology.stage_fixed(s).weight_bits,
                 samples: self.cfg.plan.samples(s),
                 rounding: &rounding,
             },
