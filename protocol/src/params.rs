@@ -1,6 +1,8 @@
 //! Protocol parameters shared by the three parties.
 
 use crate::error::{ProtocolError, Result};
+use crate::messages::RoundMode;
+use crate::round::RoundShape;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use veil_model::{ActivationMode, Stage, Topology};
@@ -100,18 +102,31 @@ impl Params {
                 topology.input_bound_bits, self.sigma
             )));
         }
+        // The widest value of each round as its shape lays it out (β·d + γ
+        // of a blind comparison, z + ρ, α·z + ρ2), plus the σ bits of the
+        // mask B's reply adds. This used to be one sum of every term
+        // (κ + β + 2w + σ), which refused a first layer with 23 weight bits
+        // (253 of 240 bits) whose widest value has 211.
         for (s, stage) in topology.stages.iter().enumerate() {
-            if let Stage::Activation(_) = stage {
-                let kappa = pre_activation_bits(topology, s)?;
-                let widest = kappa
-                    + self.beta_bits
-                    + self.beta_log_range
-                    + 2 * topology.stage_fixed(s).weight_bits
-                    + self.sigma;
-                if widest > MAX_VALUE_BITS {
-                    return Err(ProtocolError::Params(format!(
-                        "stage {s}: bound 2^{kappa} leaves no room for masks ({widest} bits needed, {MAX_VALUE_BITS} available)"
-                    )));
+            if let Stage::Activation(spec) = stage {
+                let modes: &[RoundMode] = if spec.kind.supports_blind() {
+                    &[RoundMode::Permute, RoundMode::Blind]
+                } else {
+                    &[RoundMode::Permute]
+                };
+                for mode in modes {
+                    let shape = RoundShape::new(topology, self, s, *mode)?;
+                    let widest = shape
+                        .value_bits
+                        .max(shape.masked_bits)
+                        .max(shape.alpha_bits.unwrap_or(0))
+                        + self.sigma;
+                    if widest > MAX_VALUE_BITS {
+                        return Err(ProtocolError::Params(format!(
+                            "stage {s}: bound 2^{} leaves no room for masks ({widest} bits needed, {MAX_VALUE_BITS} available)",
+                            shape.kappa
+                        )));
+                    }
                 }
             }
         }

@@ -675,3 +675,33 @@ fn a_repeated_round_that_differs_is_refused() {
         .handle(round.envelope.clone())
         .expect("the same round again");
 }
+
+/// The parameters refuse a topology whose widest round value (the blind
+/// comparisons β·d + γ, under 2^(κ+β+e) for a one-entry group, with its
+/// reply mask's σ bits) would not
+/// fit the working width, and no topology whose values do: a bound one bit
+/// under the limit passes, one bit over is refused.
+#[test]
+fn parameters_refuse_exactly_the_bounds_whose_round_values_do_not_fit() {
+    let params = Params::default();
+    let mut topology = model("pima-mlp").topology().clone();
+    assert!(params.check(&topology).is_ok());
+    // Blind comparisons of a ReLU stage: κ + β_bits + (β_log_range − 1) + σ.
+    let fits = veil_protocol::MAX_VALUE_BITS
+        - params.beta_bits
+        - (params.beta_log_range - 1)
+        - params.sigma;
+    let set = |topology: &mut veil_model::Topology, bits: u32| {
+        if let Some(veil_model::Stage::Linear(l)) = topology.stages.first_mut() {
+            l.output_bound_bits = bits;
+        }
+    };
+    set(&mut topology, fits);
+    assert!(params.check(&topology).is_ok(), "κ = {fits} fits");
+    set(&mut topology, fits + 1);
+    assert!(
+        matches!(params.check(&topology), Err(ProtocolError::Params(_))),
+        "κ = {} does not",
+        fits + 1
+    );
+}
