@@ -3,9 +3,9 @@
 # (it never compiles): the metadata is in cli/Cargo.toml (veil, veil-broker,
 # veil-server-a, veil-server-b) and edge-agent/Cargo.toml (veil-edge-agent).
 #
-#   config/deb/build.sh [--out DIR] [--host-bin DIR] [--cross-profile NAME] [TRIPLE...]
+#   config/deb/build.sh [--out DIR] [--host-bin DIR | --no-host] [--cross-profile NAME] [TRIPLE...]
 #
-# Host packages: all five, from target/dist/ (`cargo build --profile dist
+# Host packages (unless --no-host): all five, from target/dist/ (`cargo build --profile dist
 # --locked -p veil -p veil-edge-agent`), or from --host-bin DIR (CI: the
 # test build's target/debug; cargo-deb strips them either way).
 # TRIPLE (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf):
@@ -19,14 +19,16 @@ cd "$ROOT"
 
 OUT=$ROOT/target/debian
 HOST_BIN=
+HOST=1
 CROSS_PROFILE=dist
 TRIPLES=()
 while [ $# -gt 0 ]; do
     case $1 in
         --out) OUT=$(realpath -m "$2"); shift 2 ;;
         --host-bin) HOST_BIN=$(realpath "$2"); shift 2 ;;
+        --no-host) HOST=0; shift ;;
         --cross-profile) CROSS_PROFILE=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
         *) TRIPLES+=("$1"); shift ;;
     esac
@@ -53,9 +55,11 @@ host_deb() {
         deb --profile dist "$@"
     fi
 }
-host_deb -p veil
-for role in broker server-a server-b; do host_deb -p veil --variant "$role"; done
-host_deb -p veil-edge-agent
+if [ "$HOST" = 1 ]; then
+    host_deb -p veil
+    for role in broker server-a server-b; do host_deb -p veil --variant "$role"; done
+    host_deb -p veil-edge-agent
+fi
 
 for triple in "${TRIPLES[@]}"; do
     [ -x "target/cross/$triple/$CROSS_PROFILE/veil-edge-agent" ] \
