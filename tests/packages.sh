@@ -33,9 +33,9 @@ fi
 OUT=$ROOT/target/debian
 rm -rf "$OUT"
 if [ "$mode" = host ]; then
-    config/deb/build.sh --out "$OUT" --host-bin target/debug
+    config/deb/build.sh --out "$OUT" --fast --host-bin target/debug
 else
-    config/deb/build.sh --out "$OUT" --no-host --cross-profile release aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+    config/deb/build.sh --out "$OUT" --fast --no-host --cross-profile release aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 fi
 
 fail() { echo "packages: FAIL: $*" >&2; exit 1; }

@@ -3,7 +3,7 @@
 # (it never compiles): the metadata is in cli/Cargo.toml (veil, veil-broker,
 # veil-server-a, veil-server-b) and edge-agent/Cargo.toml (veil-edge-agent).
 #
-#   config/deb/build.sh [--out DIR] [--host-bin DIR | --no-host] [--cross-profile NAME] [TRIPLE...]
+#   config/deb/build.sh [--out DIR] [--host-bin DIR | --no-host] [--cross-profile NAME] [--fast] [TRIPLE...]
 #
 # Host packages (unless --no-host): all five, from target/dist/ (`cargo build --profile dist
 # --locked -p veil -p veil-edge-agent`), or from --host-bin DIR (CI: the
@@ -12,7 +12,8 @@
 # veil-edge-agent alone, from target/cross/TRIPLE/PROFILE/ (the cross build
 # of config/README.md; PROFILE is --cross-profile, default dist; .ci/arm-smoke
 # builds `release`), stripped with Debian's TRIPLE strip.
-# Writes DIR/*.deb (default target/debian) and prints their names.
+# --fast: quicker, larger compression (CI). Writes DIR/*.deb (default
+# target/debian) and prints their names.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -21,21 +22,23 @@ OUT=$ROOT/target/debian
 HOST_BIN=
 HOST=1
 CROSS_PROFILE=dist
+FAST=()
 TRIPLES=()
 while [ $# -gt 0 ]; do
     case $1 in
         --out) OUT=$(realpath -m "$2"); shift 2 ;;
         --host-bin) HOST_BIN=$(realpath "$2"); shift 2 ;;
         --no-host) HOST=0; shift ;;
+        --fast) FAST=(--fast); shift ;;
         --cross-profile) CROSS_PROFILE=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "build.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
         *) TRIPLES+=("$1"); shift ;;
     esac
 done
 command -v cargo-deb >/dev/null || { echo "build.sh: needs cargo-deb (cargo install cargo-deb --locked)" >&2; exit 1; }
 mkdir -p "$OUT"
-deb() { cargo deb --no-build --locked --output "$OUT" "$@" | tail -n 1; }
+deb() { cargo deb --no-build --locked "${FAST[@]}" --output "$OUT" "$@" | tail -n 1; }
 
 # cargo-deb takes binaries from <target dir>/<profile>/ and refuses the dev
 # profile: another build's binaries are linked into a target dir of their own
