@@ -12,7 +12,7 @@
 #   tests/arm64-root.sh [DEB]   (default: target/debian/veil-edge-agent_*_arm64.deb,
 #                                from `tests/packages.sh arm` after .ci/arm-smoke)
 #
-# Not in CI: making the root takes 100-145 s (config/README.md).
+# Not in CI: making the root takes 100-170 s (config/README.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
