@@ -4,6 +4,7 @@
 # accounts, models under /usr/share/veil, systemd units (installed, not
 # enabled). Run as root from a checkout or an unpacked release; safe to
 # run again (it never replaces a key, password or config that exists).
+# The Debian packages' maintainer scripts run it too (--packaged).
 #
 #   config/install.sh [--bin DIR] [--model NAME] [--device-dir DIR] ROLE...
 #
@@ -16,6 +17,10 @@
 #   --device-dir DIR  edge-agent: the folder `veil provision device` wrote
 #                     (its edge-agent-NAME.toml and NAME.password)
 #   --no-systemd      do not install units (containers, tests)
+#   --packaged        the files are where the packages put them (/usr/bin,
+#                     /usr/share/veil, the configs in /etc/veil as
+#                     conffiles, the units in /lib/systemd/system): make
+#                     only users, folders, permissions, keys and accounts
 #
 # Layout (owner:group mode):
 #   /etc/veil                 root:veil 0750   configs root:veil 0640
@@ -25,13 +30,18 @@
 #   /var/lib/veil/ROLE        veil-ROLE 0700   (systemd's StateDirectory too)
 #   /usr/local/bin/veil, /usr/local/bin/veil-edge-agent (stripped)
 #   /usr/share/veil/{models,data,config}
+# A server's broker account goes into /etc/veil/passwords when the broker is
+# on this host (installed before, or named in the same run); otherwise its
+# line is printed and kept in /etc/veil/secrets/ROLE.account (root, 0600),
+# which installing the broker here later adds.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release
+BIN=
 MODEL=pima-mlp
 DEVICE_DIR=
 SYSTEMD=1
+PACKAGED=0
 ROLES=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -39,23 +49,44 @@ while [ $# -gt 0 ]; do
         --model) MODEL=$2; shift 2 ;;
         --device-dir) DEVICE_DIR=$2; shift 2 ;;
         --no-systemd) SYSTEMD=0; shift ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --packaged) PACKAGED=1; shift ;;
+        -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         broker|server-a|server-b|edge-agent) ROLES+=("$1"); shift ;;
         *) echo "install.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 [ ${#ROLES[@]} -gt 0 ] || { echo "install.sh: name at least one role (see --help)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
-[ -x "$BIN/veil" ] || { echo "install.sh: no veil binary in $BIN (build: cargo build --release -p veil)" >&2; exit 1; }
 
 ETC=/etc/veil
 SHARE=/usr/share/veil
 say() { echo "install: $*"; }
 user_of() { if [ "$1" = edge-agent ]; then echo veil-edge; else echo "veil-$1"; fi; }
 has_role() { local r; for r in "${ROLES[@]}"; do [ "$r" = "$1" ] && return 0; done; return 1; }
-# install_config SRC DEST: a config readable by every veil service, kept if present.
+# The servers' steps run `veil` (keygen, provision, topology); a checkout
+# installs it for every role.
+if [ "$PACKAGED" = 1 ]; then
+    BIN=${BIN:-/usr/bin}
+    V=$BIN/veil
+    if has_role server-a || has_role server-b; then
+        [ -x "$V" ] || { echo "install.sh: no $V (package veil)" >&2; exit 1; }
+    fi
+else
+    BIN=${BIN:-$ROOT/target/release}
+    V=/usr/local/bin/veil
+    [ -x "$BIN/veil" ] || { echo "install.sh: no veil binary in $BIN (build: cargo build --release -p veil)" >&2; exit 1; }
+fi
+# install_config SRC DEST: a config readable by every veil service, kept if
+# present (a package's conffile always is).
 install_config() {
-    if [ -e "$2" ]; then say "kept $2"; else install -o root -g veil -m 0640 "$1" "$2"; say "wrote $2"; fi
+    if [ -e "$2" ]; then
+        say "kept $2"
+    elif [ "$PACKAGED" = 1 ]; then
+        echo "install.sh: $2 is missing (reinstall the package that ships it)" >&2; exit 1
+    else
+        install -m 0640 "$1" "$2"; say "wrote $2"
+    fi
+    chown root:veil "$2"; chmod 0640 "$2"
 }
 # secret_of FILE USER: a secret readable by its service alone.
 secret_of() { chown "$2:veil" "$1"; chmod 0600 "$1"; }
@@ -73,32 +104,45 @@ done
 install -d -o root -g root -m 0755 /var/lib/veil
 install -d -o root -g veil -m 0750 "$ETC" "$ETC/keys" "$ETC/secrets"
 
-# Binaries, stripped when strip is at hand (the release build keeps symbols).
-install_bin() {
-    install -m 0755 "$1" "/usr/local/bin/$2"
-    if command -v strip >/dev/null 2>&1; then strip "/usr/local/bin/$2"; fi
-    say "/usr/local/bin/$2 ($(stat -c %s "/usr/local/bin/$2") bytes)"
-}
-install_bin "$BIN/veil" veil
-if has_role edge-agent; then
-    [ -x "$BIN/veil-edge-agent" ] || { echo "install.sh: no veil-edge-agent in $BIN" >&2; exit 1; }
-    install_bin "$BIN/veil-edge-agent" veil-edge-agent
-fi
-V=/usr/local/bin/veil
+if [ "$PACKAGED" = 0 ]; then
+    # Binaries, stripped when strip is at hand (the release build keeps symbols).
+    install_bin() {
+        install -m 0755 "$1" "/usr/local/bin/$2"
+        if command -v strip >/dev/null 2>&1; then strip "/usr/local/bin/$2"; fi
+        say "/usr/local/bin/$2 ($(stat -c %s "/usr/local/bin/$2") bytes)"
+    }
+    install_bin "$BIN/veil" veil
+    if has_role edge-agent; then
+        [ -x "$BIN/veil-edge-agent" ] || { echo "install.sh: no veil-edge-agent in $BIN" >&2; exit 1; }
+        install_bin "$BIN/veil-edge-agent" veil-edge-agent
+    fi
 
-# Shared files: models (server A's plan), data sets and example configs.
-install -d -m 0755 "$SHARE" "$SHARE/models" "$SHARE/data" "$SHARE/config"
-install -m 0644 "$ROOT"/models/*.plan "$ROOT"/models/*.onnx "$SHARE/models/"
-install -m 0644 "$ROOT"/data/*.csv "$SHARE/data/" 2>/dev/null || true
-install -m 0644 "$ROOT"/config/*.toml "$ROOT"/config/acl "$SHARE/config/"
+    # Shared files: models (server A's plan), data sets and example configs
+    # (with the demo's password file: `veil demo` reads it from here).
+    install -d -m 0755 "$SHARE" "$SHARE/models" "$SHARE/data" "$SHARE/config"
+    install -m 0644 "$ROOT"/models/*.plan "$ROOT"/models/*.onnx "$SHARE/models/"
+    install -m 0644 "$ROOT"/data/*.csv "$ROOT"/data/*.gz "$SHARE/data/"
+    install -m 0644 "$ROOT"/config/*.toml "$ROOT"/config/acl "$ROOT"/config/passwords "$SHARE/config/"
+fi
 PLAN=$SHARE/models/$MODEL.plan
-[ -e "$PLAN" ] || { echo "install.sh: no model $PLAN" >&2; exit 1; }
+if has_role server-a || has_role server-b; then
+    [ -e "$PLAN" ] || { echo "install.sh: no model $PLAN" >&2; exit 1; }
+fi
 
 if has_role broker; then
     install_config "$ROOT/config/broker.toml" "$ETC/broker.toml"
     install_config "$ROOT/config/acl" "$ETC/acl"
     [ -e "$ETC/passwords" ] || : >"$ETC/passwords"
     secret_of "$ETC/passwords" veil-broker
+    # Accounts of servers installed on this host before the broker.
+    for account in "$ETC"/secrets/*.account; do
+        [ -e "$account" ] || continue
+        user=$(cut -d: -f1 "$account")
+        if ! grep -q "^$user:" "$ETC/passwords"; then
+            cat "$account" >>"$ETC/passwords"
+            say "added $user's account (from $account) to $ETC/passwords"
+        fi
+    done
 fi
 
 for role in server-a server-b; do
@@ -112,24 +156,33 @@ for role in server-a server-b; do
     chmod 0644 "$ETC/keys/$role.pub"
     if [ ! -e "$ETC/secrets/$role.password" ]; then
         # The account goes into this host's password file when the broker
-        # is here; otherwise provision prints the line for the broker's host.
-        accounts=()
-        if has_role broker; then accounts=(--password-file "$ETC/passwords"); fi
-        "$V" provision "$role" --out "$ETC/secrets" "${accounts[@]}"
+        # is here; otherwise provision prints the line for the broker's
+        # host, and it is kept for a broker installed here later.
+        if [ -e "$ETC/passwords" ]; then
+            "$V" provision "$role" --out "$ETC/secrets" --password-file "$ETC/passwords"
+        else
+            out=$("$V" provision "$role" --out "$ETC/secrets")
+            echo "$out"
+            (umask 077; grep -o "$role:[$]7[$][^ ]*" <<<"$out" >"$ETC/secrets/$role.account")
+        fi
     fi
     secret_of "$ETC/secrets/$role.password" "$user"
     install_config "$ROOT/config/$role.toml" "$ETC/$role.toml"
 done
-if has_role server-a; then
+# The shipped configs name pima-mlp's files; a package's conffiles are not
+# edited (it installs only the default model).
+if has_role server-a && [ "$PACKAGED" = 0 ]; then
     sed -i "s|^model_file = .*|model_file = \"$PLAN\"|" "$ETC/server-a.toml"
 fi
 if has_role server-b; then
     # B pins the topology from a file, so it need not wait for A.
     "$V" topology --model "$PLAN" --out "$ETC/$MODEL.topology" >/dev/null
     chown root:veil "$ETC/$MODEL.topology"; chmod 0640 "$ETC/$MODEL.topology"
-    sed -i -e "s|^model = .*|model = \"$MODEL\"|" \
-        -e "s|^topology_fingerprint = .*|topology_file = \"$ETC/$MODEL.topology\"|" \
-        "$ETC/server-b.toml"
+    if [ "$PACKAGED" = 0 ]; then
+        sed -i -e "s|^model = .*|model = \"$MODEL\"|" \
+            -e "s|^topology_file = .*|topology_file = \"$ETC/$MODEL.topology\"|" \
+            "$ETC/server-b.toml"
+    fi
 fi
 if has_role server-a && [ ! -e "$ETC/keys/server-b.pub" ]; then
     say "server A needs B's public key: copy server-b.pub from B's host to $ETC/keys/"
@@ -144,18 +197,26 @@ if has_role edge-agent; then
             install -o veil-edge -g veil -m 0600 "$password" "$ETC/secrets/device.password"
             say "wrote $ETC/secrets/device.password"
         fi
+    elif [ "$PACKAGED" = 1 ]; then
+        install_config "" "$ETC/edge-agent.toml"
+        say "edge agent: put the device's provisioned files in place (config/README.md, \"Installing from the packages\")"
     else
         say "edge agent: provision the device (veil provision device NAME ...) and pass --device-dir"
     fi
 fi
 
 if [ "$SYSTEMD" = 1 ]; then
-    for role in "${ROLES[@]}"; do
-        install -m 0644 "$ROOT/config/systemd/veil-$role.service" /etc/systemd/system/
-        if [ "$role" = edge-agent ]; then
-            install -m 0644 "$ROOT/config/systemd/veil-edge-agent.socket" /etc/systemd/system/
-        fi
-    done
+    if [ "$PACKAGED" = 0 ]; then
+        # The units name the packages' /usr/bin; this copy runs /usr/local/bin.
+        for role in "${ROLES[@]}"; do
+            units=("veil-$role.service")
+            if [ "$role" = edge-agent ]; then units+=(veil-edge-agent.socket); fi
+            for unit in "${units[@]}"; do
+                sed 's|=/usr/bin/veil|=/usr/local/bin/veil|' "$ROOT/config/systemd/$unit" >"/etc/systemd/system/$unit"
+                chmod 0644 "/etc/systemd/system/$unit"
+            done
+        done
+    fi
     if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
     say "units installed, not enabled: systemctl enable --now $(printf 'veil-%s ' "${ROLES[@]}")"
 fi
