@@ -12,9 +12,8 @@
 # Checked in each package: architecture, files, conffiles, stripped binaries,
 # and that every role package depends on the veil package of its version.
 # Installs cargo-deb (and dpkg-dev, for cargo-deb's shared-library
-# dependencies) when missing. tests/arm64-root.sh installs the arm64 package
-# in a Debian arm64 root under qemu; CI leaves it out for time
-# (config/README.md).
+# dependencies) when missing. tests/arm64-root.sh then installs the arm64
+# package in a Debian arm64 root under qemu (config/README.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
