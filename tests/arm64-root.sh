@@ -75,7 +75,8 @@ trap cleanup EXIT
 "$veil" demo --serve --listen 127.0.0.1:0 --state-dir "$W/demo" >"$W/serve.log" 2>&1 &
 serve_pid=$!
 
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+# (Not `dpkg ... | grep -q`: grep's early exit fails the pipe under pipefail.)
+if ! grep -qx arm64 <<<"$(dpkg --print-foreign-architectures)"; then
     say "adding the arm64 architecture to apt"
     dpkg --add-architecture arm64
     apt-get update -qq || true
