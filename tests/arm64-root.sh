@@ -103,10 +103,19 @@ if [ ! -x "$qemu" ]; then
     qemu=$W/qemu/usr/bin/qemu-aarch64-static
     from=" and qemu-user-static"
 fi
-apt-get -q -y --download-only --no-install-recommends \
-    -o Dir::State::status="$W/no-packages" -o Dir::Cache="$W/apt" -o Dir::Cache::archives="$W/debs" \
-    -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o APT::Sandbox::User=root \
-    install "${base[@]}" >"$W/apt.log" 2>&1 || fail "downloading the root's packages (see apt.log)"
+download_root() {
+    apt-get -q -y --download-only --no-install-recommends \
+        -o Dir::State::status="$W/no-packages" -o Dir::Cache="$W/apt" -o Dir::Cache::archives="$W/debs" \
+        -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o APT::Sandbox::User=root \
+        install "${base[@]}" >>"$W/apt.log" 2>&1
+}
+# Once more after `apt-get update` when the arm64 index is missing or was
+# caught mid-sync (.ci/arm-smoke tolerates that for its own packages).
+if ! download_root; then
+    say "the arm64 packages did not download (apt.log); updating apt's indexes and trying again"
+    apt-get update -qq >>"$W/apt.log" 2>&1 || true
+    download_root || fail "downloading the root's packages (see apt.log)"
+fi
 if [ -n "$qemu_pid" ]; then
     wait "$qemu_pid" || true
     [ -x "$qemu" ] || fail "taking qemu-aarch64-static from qemu-user-static (see qemu.log)"
