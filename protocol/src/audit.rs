@@ -56,8 +56,14 @@ pub fn open_round<S: SecretOps>(
         } else {
             1
         };
-        if items.len() != ciphertext_count(entries, slots, round.packed) {
-            return Err(ProtocolError::Size("ciphertext count".into()));
+        let expected = ciphertext_count(entries, slots, round.packed);
+        if items.len() != expected {
+            return Err(ProtocolError::Ciphertexts {
+                what: "round",
+                entries,
+                expected,
+                got: items.len(),
+            });
         }
         let mut out = Vec::with_capacity(entries);
         for (i, bytes) in items.iter().enumerate() {
@@ -107,8 +113,14 @@ pub fn open_output<S: SecretOps>(
     } else {
         1
     };
-    if output.values.len() != ciphertext_count(entries, slots, output.packed) {
-        return Err(ProtocolError::Size("ciphertext count".into()));
+    let expected = ciphertext_count(entries, slots, output.packed);
+    if output.values.len() != expected {
+        return Err(ProtocolError::Ciphertexts {
+            what: "output",
+            entries,
+            expected,
+            got: output.values.len(),
+        });
     }
     let mut out = Vec::with_capacity(entries);
     for (i, bytes) in output.values.iter().enumerate() {

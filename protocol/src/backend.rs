@@ -2,7 +2,7 @@
 //! stand-in (identity "encryption") that drives the very same protocol code
 //! so that whole test sets can be checked in seconds.
 
-use crate::error::{ProtocolError, Result};
+use crate::error::{DecodeError, ProtocolError, Result};
 use ethnum::I256;
 use rand::rngs::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -421,8 +421,10 @@ impl PublicOps for Plain {
     fn dot(&self, prepared: &Vec<I256>, terms: &[(u32, i64)]) -> Result<PlainCt> {
         let mut acc = I256::ZERO;
         for (i, w) in terms {
-            let x = prepared.get(*i as usize).ok_or_else(|| {
-                ProtocolError::Size(format!("term index {i} out of {}", prepared.len()))
+            let x = prepared.get(*i as usize).ok_or(ProtocolError::Index {
+                what: "term",
+                index: *i as usize,
+                len: prepared.len(),
             })?;
             acc = acc.wrapping_add(x.wrapping_mul(I256::from(*w)));
         }
@@ -439,11 +441,17 @@ impl PublicOps for Plain {
     }
     fn pack(&self, value_bits: u32, values: &[PlainCt]) -> Result<PlainCt> {
         let slots = self.slots(value_bits)?;
-        if values.is_empty() || values.len() > slots {
-            return Err(ProtocolError::Size(format!(
-                "{} values for {slots} slots",
-                values.len()
-            )));
+        if values.is_empty() {
+            return Err(ProtocolError::Superfluous {
+                what: "packing of no values",
+            });
+        }
+        if values.len() > slots {
+            return Err(ProtocolError::TooLarge {
+                what: "values to pack",
+                limit: slots as u64,
+                got: values.len() as u64,
+            });
         }
         Ok(PlainCt::Packed {
             value_bits,
@@ -458,16 +466,25 @@ impl PublicOps for Plain {
         offsets: &[I256],
     ) -> Result<PlainCt> {
         if shifts.len() != values.len() || offsets.len() > values.len() {
-            return Err(ProtocolError::Size(format!(
-                "{} shifts and {} offsets for {} values",
-                shifts.len(),
-                offsets.len(),
-                values.len()
-            )));
+            return Err(if shifts.len() != values.len() {
+                ProtocolError::Size {
+                    what: "slot shifts",
+                    expected: values.len(),
+                    got: shifts.len(),
+                }
+            } else {
+                ProtocolError::TooLarge {
+                    what: "slot offsets",
+                    limit: values.len() as u64,
+                    got: offsets.len() as u64,
+                }
+            });
         }
         let limit = I256::ONE << value_bits.min(254);
         if offsets.iter().any(|o| *o < 0 || *o >= limit) {
-            return Err(ProtocolError::Range("slot offset out of range".into()));
+            return Err(ProtocolError::Overflow {
+                what: "slot offset out of range",
+            });
         }
         let shifted: Vec<PlainCt> = values
             .iter()
@@ -498,25 +515,31 @@ impl PublicOps for Plain {
         out
     }
     fn decode(&self, bytes: &[u8]) -> Result<PlainCt> {
-        let bad = |why: &str| ProtocolError::Decode(format!("plain ciphertext: {why}"));
-        let (&tag, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
+        let (&tag, rest) = bytes.split_first().ok_or(DecodeError::PlainEmpty)?;
+        let layout = || DecodeError::PlainLayout {
+            tag,
+            len: rest.len(),
+        };
         let read = |chunk: &[u8]| -> Result<I256> {
-            let array: [u8; 32] = chunk.try_into().map_err(|_| bad("truncated value"))?;
+            let array: [u8; 32] = chunk.try_into().map_err(|_| layout())?;
             Ok(I256::from_le_bytes(array))
         };
         match tag {
             PLAIN_VALUE if rest.len() == 32 => Ok(PlainCt::Value(read(rest)?)),
             PLAIN_PACKED if rest.len() >= 4 && (rest.len() - 4) % 32 == 0 => {
                 let (bits, values) = rest.split_at(4);
-                let value_bits =
-                    u32::from_le_bytes(bits.try_into().map_err(|_| bad("truncated width"))?);
+                let value_bits = u32::from_le_bytes(bits.try_into().map_err(|_| layout())?);
                 let values = values.chunks(32).map(read).collect::<Result<Vec<_>>>()?;
                 if values.len() > self.slots(value_bits)? || values.is_empty() {
-                    return Err(bad("more values than slots"));
+                    return Err(DecodeError::PlainSlots {
+                        values: values.len(),
+                        value_bits,
+                    }
+                    .into());
                 }
                 Ok(PlainCt::Packed { value_bits, values })
             }
-            _ => Err(bad("unknown tag or length")),
+            _ => Err(layout().into()),
         }
     }
 }
@@ -525,8 +548,8 @@ impl SecretOps for Plain {
     fn decrypt(&self, c: &PlainCt) -> Result<I256> {
         match c {
             PlainCt::Value(v) => Ok(*v),
-            PlainCt::Packed { .. } => Err(ProtocolError::Unexpected(
-                "packed value where a single one was expected".into(),
+            PlainCt::Packed { .. } => Err(ProtocolError::Inconsistent(
+                "packed value where a single one was expected",
             )),
         }
     }
@@ -546,9 +569,7 @@ impl SecretOps for Plain {
                 }
                 Ok(values.clone())
             }
-            _ => Err(ProtocolError::Size(format!(
-                "expected {count} packed values of {value_bits} bits"
-            ))),
+            _ => Err(ProtocolError::Packed { count, value_bits }),
         }
     }
 }

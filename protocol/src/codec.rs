@@ -2,7 +2,7 @@
 //! and bit packing of the unsigned fields of frames and results (a frame
 //! costs each feature's own width, not a whole machine word).
 
-use crate::error::{ProtocolError, Result};
+use crate::error::{DecodeError, ProtocolError, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -15,8 +15,7 @@ fn config() -> impl bincode::config::Config {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| ProtocolError::Decode(format!("encoding: {e}")))
+    bincode::serde::encode_to_vec(value, config()).map_err(ProtocolError::Encode)
 }
 
 /// Decodes a value from the start of `bytes`, ignoring what follows: a
@@ -24,23 +23,25 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     bincode::serde::decode_from_slice(bytes, config())
         .map(|(value, _)| value)
-        .map_err(|e| ProtocolError::Decode(e.to_string()))
+        .map_err(ProtocolError::from)
+}
+
+/// The refusal of a message above [`MAX_MESSAGE_BYTES`], before it is read.
+pub(crate) fn too_large(bytes: usize) -> ProtocolError {
+    ProtocolError::TooLarge {
+        what: "message bytes",
+        limit: MAX_MESSAGE_BYTES as u64,
+        got: bytes as u64,
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(ProtocolError::Size(format!(
-            "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES}",
-            bytes.len()
-        )));
+        return Err(too_large(bytes.len()));
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())?;
     if used != bytes.len() {
-        return Err(ProtocolError::Decode(format!(
-            "{} trailing bytes",
-            bytes.len() - used
-        )));
+        return Err(DecodeError::TrailingBytes(bytes.len() - used).into());
     }
     Ok(value)
 }
@@ -170,19 +171,17 @@ pub fn packed_len(bits: impl IntoIterator<Item = u32>) -> usize {
 /// byte string.
 pub fn pack_fields(values: &[u128], bits: &[u32]) -> Result<Vec<u8>> {
     if values.len() != bits.len() {
-        return Err(ProtocolError::Size(format!(
-            "{} values for {} fields",
-            values.len(),
-            bits.len()
-        )));
+        return Err(ProtocolError::Size {
+            what: "values for the bit fields",
+            expected: bits.len(),
+            got: values.len(),
+        });
     }
     let mut out = Vec::with_capacity(packed_len(bits.iter().copied()));
     let mut writer = FieldWriter::new(&mut out);
     for (i, (v, b)) in values.iter().zip(bits).enumerate() {
         if *b > 128 || *v > low_mask(*b) {
-            return Err(ProtocolError::Range(format!(
-                "value {i} does not fit in {b} bits"
-            )));
+            return Err(ProtocolError::FieldOverflow { index: i, bits: *b });
         }
         writer.put(*v, *b);
     }
@@ -193,17 +192,15 @@ pub fn pack_fields(values: &[u128], bits: &[u32]) -> Result<Vec<u8>> {
 /// The inverse of [`pack_fields`]; the byte length must be exact.
 pub fn unpack_fields(bytes: &[u8], bits: &[u32]) -> Result<Vec<u128>> {
     if let Some(b) = bits.iter().find(|b| **b > 128) {
-        return Err(ProtocolError::Range(format!(
-            "field width {b} is above 128"
-        )));
+        return Err(ProtocolError::FieldWidth(*b));
     }
     let expected = packed_len(bits.iter().copied());
     if bytes.len() != expected {
-        return Err(ProtocolError::Size(format!(
-            "{} bytes for {} fields (expected {expected})",
-            bytes.len(),
-            bits.len()
-        )));
+        return Err(ProtocolError::Size {
+            what: "bytes of packed fields",
+            expected,
+            got: bytes.len(),
+        });
     }
     let mut reader = FieldReader::new(bytes);
     Ok(bits.iter().map(|b| reader.get(*b)).collect())

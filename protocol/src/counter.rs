@@ -38,7 +38,7 @@ impl CounterReservation {
         let mark = self
             .next
             .checked_add(self.block)
-            .ok_or_else(|| ProtocolError::Range("frame counters exhausted".into()))?;
+            .ok_or(ProtocolError::CountersExhausted)?;
         Err(ProtocolError::ReservationNeeded { mark })
     }
 

@@ -103,11 +103,11 @@ pub(crate) fn frame_fits(frame: &Frame, layout: &FrameLayout) -> Result<()> {
     if frame.values.len() == layout.bytes {
         return Ok(());
     }
-    Err(ProtocolError::Size(format!(
-        "frame has {} bytes of values; the model takes {}",
-        frame.values.len(),
-        layout.bytes
-    )))
+    Err(ProtocolError::Size {
+        what: "bytes of frame values",
+        expected: layout.bytes,
+        got: frame.values.len(),
+    })
 }
 
 fn seed_plaintext(seed: &Seed) -> BoxedUint {
@@ -277,25 +277,25 @@ impl Device {
     ) -> Result<SessionId> {
         let fields = &self.layout.fields;
         if x_hat.len() != fields.len() {
-            return Err(ProtocolError::Size(format!(
-                "frame has {} features, the model takes {}",
-                x_hat.len(),
-                fields.len()
-            )));
+            return Err(ProtocolError::Size {
+                what: "features",
+                expected: fields.len(),
+                got: x_hat.len(),
+            });
         }
         let rekey = self.cfg.params.rekey_after;
         let session = self
             .current
             .and_then(|sid| self.sessions.get_mut(&sid))
-            .ok_or_else(|| ProtocolError::Unexpected("no session: open one first".into()))?;
+            .ok_or(ProtocolError::NoSession)?;
         if session.frames >= rekey {
             return Err(ProtocolError::RekeyNeeded(rekey));
         }
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "counter {t} precedes the session's first counter {}",
-                session.first_counter
-            )));
+            return Err(ProtocolError::BeforeSession {
+                counter: t,
+                first: session.first_counter,
+            });
         }
         let sid = session.sid;
         if !self.sums_ready || self.prepared != Some((sid, t)) {
@@ -311,11 +311,11 @@ impl Device {
         for (i, ((x, field), sum)) in x_hat.iter().zip(fields).zip(&self.sums).enumerate() {
             let shifted = x.wrapping_sub(field.offset) as u64;
             if *x < field.offset || shifted > field.range {
-                return Err(ProtocolError::Range(format!(
-                    "feature {i} is outside the model's input range [{}, {}]",
-                    field.offset,
-                    i128::from(field.offset) + i128::from(field.range)
-                )));
+                return Err(ProtocolError::Feature {
+                    index: i,
+                    low: i128::from(field.offset),
+                    high: i128::from(field.offset) + i128::from(field.range),
+                });
             }
             writer.put(u128::from(shifted).wrapping_add(*sum), field.wire_bits());
         }
@@ -346,9 +346,10 @@ impl Device {
     ) -> Result<(SessionId, u64)> {
         let (kind, sid, t, body) = wire::read_header(payload)?;
         if kind != Kind::Result {
-            return Err(ProtocolError::Unexpected(
-                "a message other than a result on the result topic".into(),
-            ));
+            return Err(ProtocolError::Misdirected {
+                kind: kind.name(),
+                to: "the result topic",
+            });
         }
         let session = self
             .sessions
@@ -373,10 +374,10 @@ impl Device {
             });
         }
         let Body::Result(result) = &envelope.body else {
-            return Err(ProtocolError::Unexpected(format!(
-                "{} sent to a device",
-                envelope.body.kind()
-            )));
+            return Err(ProtocolError::Misdirected {
+                kind: envelope.body.kind(),
+                to: "a device",
+            });
         };
         let session = self
             .sessions
@@ -474,12 +475,11 @@ fn unmask(
     outputs: &mut Vec<i128>,
 ) -> Result<()> {
     if values.len() != layout.bytes || sums.len() != layout.count {
-        return Err(ProtocolError::Size(format!(
-            "result has {} bytes of values, expected {} outputs of {} bits",
-            values.len(),
-            layout.count,
-            layout.wire_bits()
-        )));
+        return Err(ProtocolError::Size {
+            what: "bytes of result values",
+            expected: layout.bytes,
+            got: values.len(),
+        });
     }
     outputs.clear();
     let mut reader = FieldReader::new(values);

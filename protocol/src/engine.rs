@@ -314,8 +314,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
         let latency = started.elapsed();
         // Results of other frames (none are expected) are dropped.
         let delivered = std::mem::take(&mut self.delivered).remove(&(sid, t));
-        let (outputs, result_bytes) = delivered
-            .ok_or_else(|| ProtocolError::Unexpected(format!("frame {t} produced no result")))?;
+        let (outputs, result_bytes) = delivered.ok_or(ProtocolError::NoResult(t))?;
         // The acknowledgement rides on the next frame; catch up on
         // precomputation off the clock.
         self.prepare()?;
@@ -438,7 +437,7 @@ impl<P: PublicOps, S: SecretOps> Engine<P, S> {
                             });
                         }
                         DeviceEvent::Expired { t, .. } => {
-                            return Err(ProtocolError::Unexpected(format!("frame {t} expired")));
+                            return Err(ProtocolError::Expired(t));
                         }
                         _ => {}
                     }

@@ -40,7 +40,7 @@ pub use backend::{Noise, PaillierPublic, PaillierSecret, Plain, PlainCt, PublicO
 pub use counter::CounterReservation;
 pub use device::{Device, DeviceConfig, DeviceSession, Opened};
 pub use engine::{CpuClock, Delivery, Engine, EngineStats, Inference, PartyTimes, peer_key};
-pub use error::{ProtocolError, Result};
+pub use error::{DecodeError, ProtocolError, Result};
 pub use ethnum::I256;
 pub use layout::{FrameLayout, InputField, ResultLayout};
 pub use messages::{

@@ -5,7 +5,7 @@
 //! the envelope travels whole (bincode).
 
 use crate::codec;
-use crate::error::{ProtocolError, Result};
+use crate::error::{DecodeError, ProtocolError, Result};
 use crate::prf::SessionId;
 use serde::{Deserialize, Serialize};
 
@@ -298,17 +298,17 @@ impl Body {
 /// Checks that a device name can serve as an MQTT topic level and user name.
 pub fn check_device_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_DEVICE_NAME {
-        return Err(ProtocolError::Decode(format!(
-            "device name must have 1 to {MAX_DEVICE_NAME} bytes"
-        )));
+        return Err(DecodeError::DeviceNameLength {
+            len: name.len(),
+            max: MAX_DEVICE_NAME,
+        }
+        .into());
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(ProtocolError::Decode(format!(
-            "device name contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
-        )));
+        return Err(DecodeError::DeviceNameChar(c).into());
     }
     Ok(())
 }
@@ -365,7 +365,7 @@ impl Envelope {
         usize::try_from(head.variant)
             .ok()
             .and_then(|i| BODY_KINDS.get(i).copied())
-            .ok_or_else(|| ProtocolError::Decode(format!("unknown body {}", head.variant)))
+            .ok_or_else(|| DecodeError::UnknownBody(head.variant).into())
     }
 
     /// Decodes and checks the envelope (version, size, device name).

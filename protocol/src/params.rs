@@ -84,23 +84,21 @@ impl Params {
     /// masked value stays well inside the 256-bit working width.
     pub fn check(&self, topology: &Topology) -> Result<()> {
         if !(16..=128).contains(&self.sigma) {
-            return Err(ProtocolError::Params(format!(
-                "σ = {} is outside 16..=128",
-                self.sigma
-            )));
+            return Err(ProtocolError::Sigma(self.sigma));
         }
         // β' travels as a signed 64-bit weight of a multi-exponentiation.
         if !(8..=62).contains(&self.beta_bits) || !(1..=128).contains(&self.beta_log_range) {
-            return Err(ProtocolError::Params(
-                "β' must have 8 to 62 bits and β a log-range of 1 to 128 bits".into(),
-            ));
+            return Err(ProtocolError::Beta {
+                beta_bits: self.beta_bits,
+                beta_log_range: self.beta_log_range,
+            });
         }
         let input = topology.input_bound_bits + self.sigma + 2;
         if input > 126 {
-            return Err(ProtocolError::Params(format!(
-                "input bound 2^{} with σ = {} does not fit a 128-bit frame value",
-                topology.input_bound_bits, self.sigma
-            )));
+            return Err(ProtocolError::InputTooWide {
+                input_bound_bits: topology.input_bound_bits,
+                sigma: self.sigma,
+            });
         }
         // The widest value of each round as its shape lays it out (β·d + γ
         // of a blind comparison, z + ρ, α·z + ρ2), plus the σ bits of the
@@ -122,18 +120,19 @@ impl Params {
                         .max(shape.alpha_bits.unwrap_or(0))
                         + self.sigma;
                     if widest > MAX_VALUE_BITS {
-                        return Err(ProtocolError::Params(format!(
-                            "stage {s}: bound 2^{} leaves no room for masks ({widest} bits needed, {MAX_VALUE_BITS} available)",
-                            shape.kappa
-                        )));
+                        return Err(ProtocolError::NoRoomForMasks {
+                            stage: s,
+                            kappa: shape.kappa,
+                            needed: widest,
+                            available: MAX_VALUE_BITS,
+                        });
                     }
                 }
             }
         }
-        if output_bits(topology) + self.sigma + 3 > MAX_VALUE_BITS {
-            return Err(ProtocolError::Params(
-                "output bound too large for the output masks".into(),
-            ));
+        let output_bits = output_bits(topology);
+        if output_bits + self.sigma + 3 > MAX_VALUE_BITS {
+            return Err(ProtocolError::OutputTooWide { output_bits });
         }
         Ok(())
     }
@@ -186,9 +185,7 @@ impl Params {
 pub fn pre_activation_bits(topology: &Topology, s: usize) -> Result<u32> {
     match s.checked_sub(1).and_then(|p| topology.stages.get(p)) {
         Some(Stage::Linear(spec)) => Ok(spec.output_bound_bits),
-        _ => Err(ProtocolError::Topology(format!(
-            "activation stage {s} does not follow a linear stage"
-        ))),
+        _ => Err(ProtocolError::ActivationWithoutLinear { stage: s }),
     }
 }
 

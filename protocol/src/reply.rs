@@ -17,7 +17,7 @@
 //! restarted round gets the identical reply, and the `[[-μ]]` of a
 //! repeated mask request hide the same values.
 
-use crate::error::{ProtocolError, Result};
+use crate::error::{DecodeError, Result};
 use crate::messages::RoundMode;
 use crate::params::Params;
 use crate::perturb::random_below_pow2;
@@ -126,11 +126,9 @@ pub(crate) fn encode_item(v: I256) -> Vec<u8> {
 }
 
 pub(crate) fn decode_item(bytes: &[u8]) -> Result<I256> {
-    let array: [u8; ITEM_BYTES] = bytes.try_into().map_err(|_| {
-        ProtocolError::Decode(format!(
-            "a masked reply item of {} bytes, expected {ITEM_BYTES}",
-            bytes.len()
-        ))
+    let array: [u8; ITEM_BYTES] = bytes.try_into().map_err(|_| DecodeError::ReplyItem {
+        got: bytes.len(),
+        expected: ITEM_BYTES,
     })?;
     Ok(I256::from_le_bytes(array))
 }

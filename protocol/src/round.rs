@@ -42,9 +42,7 @@ pub(crate) struct RoundShape {
 pub(crate) fn activation(topology: &Topology, s: usize) -> Result<&ActivationSpec> {
     match topology.stages.get(s) {
         Some(Stage::Activation(spec)) => Ok(spec),
-        _ => Err(ProtocolError::Topology(format!(
-            "stage {s} is not an activation"
-        ))),
+        _ => Err(ProtocolError::NotActivation { stage: s }),
     }
 }
 
@@ -57,18 +55,16 @@ impl RoundShape {
     ) -> Result<RoundShape> {
         let spec = activation(topology, s)?;
         if mode == RoundMode::Blind && !spec.kind.supports_blind() {
-            return Err(ProtocolError::Topology(format!(
-                "stage {s} ({:?}) cannot run in blind mode",
-                spec.kind
-            )));
+            return Err(ProtocolError::BlindUnsupported {
+                stage: s,
+                kind: spec.kind,
+            });
         }
         let kappa = pre_activation_bits(topology, s)?;
         let groups: Vec<Vec<u32>> = match (&spec.pool, spec.kind.is_pool()) {
             (Some(pool), true) => pool.windows(),
             (None, true) => {
-                return Err(ProtocolError::Topology(format!(
-                    "pooling stage {s} has no windows"
-                )));
+                return Err(ProtocolError::EmptyPool { stage: s });
             }
             (_, false) => (0..spec.input_len as u32).map(|j| vec![j]).collect(),
         };

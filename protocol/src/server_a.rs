@@ -158,19 +158,16 @@ impl<P: PublicOps> ServerA<P> {
     pub fn new(cfg: ServerAConfig, backend: P) -> Result<ServerA<P>> {
         cfg.params.check(&cfg.topology)?;
         if !matches!(cfg.topology.stages.first(), Some(Stage::Linear(_))) {
-            return Err(ProtocolError::Topology(
-                "the first stage must be linear".into(),
-            ));
+            return Err(ProtocolError::FirstStageNotLinear);
         }
         for (s, stage) in cfg.topology.stages.iter().enumerate() {
             if let Stage::Linear(spec) = stage {
-                let layer = cfg.plan.layer(s).ok_or_else(|| {
-                    ProtocolError::Topology(format!("the plan has no layer for stage {s}"))
-                })?;
+                let layer = cfg
+                    .plan
+                    .layer(s)
+                    .ok_or(ProtocolError::MissingLayer { stage: s })?;
                 if layer.input_len() != spec.input_len || layer.output_len() != spec.output_len {
-                    return Err(ProtocolError::Topology(format!(
-                        "plan and topology disagree on stage {s}"
-                    )));
+                    return Err(ProtocolError::PlanMismatch { stage: s });
                 }
             }
         }
@@ -240,10 +237,10 @@ impl<P: PublicOps> ServerA<P> {
                 self.forget_frame(sid, t);
                 Ok(Vec::new())
             }
-            other => Err(ProtocolError::Unexpected(format!(
-                "{} sent to server A",
-                other.kind()
-            ))),
+            other => Err(ProtocolError::Misdirected {
+                kind: other.kind(),
+                to: "server A",
+            }),
         }
     }
 
@@ -307,10 +304,10 @@ impl<P: PublicOps> ServerA<P> {
         let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "counter {t} precedes the session's first counter {}",
-                session.first_counter
-            )));
+            return Err(ProtocolError::BeforeSession {
+                counter: t,
+                first: session.first_counter,
+            });
         }
         if let Some(last) = session.last_frame
             && t <= last
@@ -323,10 +320,9 @@ impl<P: PublicOps> ServerA<P> {
         let (next, until) = t
             .checked_add(1)
             .and_then(|next| Some((next, next.checked_add(lookahead)?)))
-            .ok_or_else(|| {
-                ProtocolError::Range(format!(
-                    "frame counter {t} leaves no room for {lookahead} counters of mask look-ahead"
-                ))
+            .ok_or(ProtocolError::NoLookahead {
+                counter: t,
+                lookahead,
             })?;
         frame_fits(frame, &self.layout)?;
         let a = input_masks(&session.keys, t, &self.layout, &self.result);
@@ -337,9 +333,7 @@ impl<P: PublicOps> ServerA<P> {
             // x̂ - L + b, which an honest device keeps below 2^m + R.
             let masked = reader.get(width).wrapping_sub(*a) & low_mask(width);
             if masked > field.max_masked() {
-                return Err(ProtocolError::Range(format!(
-                    "frame value {i} is outside the masked input range"
-                )));
+                return Err(ProtocolError::MaskedInput { index: i });
             }
             // u = x̂ + b: fits, as m + 1 ≤ 125 bits.
             u.push(masked as i128 + i128::from(field.offset));
@@ -394,9 +388,7 @@ impl<P: PublicOps> ServerA<P> {
     /// perturbations: for when B's reply is lost or B restarted.
     pub fn retry_frame(&mut self, sid: SessionId, t: u64) -> Result<Vec<Outgoing>> {
         let Some((device, state)) = self.frames.remove(&(sid, t)) else {
-            return Err(ProtocolError::Unexpected(format!(
-                "frame {t} of session {sid} is not in flight"
-            )));
+            return Err(ProtocolError::NotInFlight { sid, frame: t });
         };
         let u = match state {
             FrameState::Waiting(u) => u,
@@ -421,17 +413,19 @@ impl<P: PublicOps> ServerA<P> {
         let n = self.cfg.topology.input_len;
         let session = self.session(device, sid)?;
         if masks.len() != n {
-            return Err(ProtocolError::Size(format!(
-                "{} masks for {n} inputs",
-                masks.len()
-            )));
+            return Err(ProtocolError::Size {
+                what: "input masks",
+                expected: n,
+                got: masks.len(),
+            });
         }
         let items: usize = self.plans.iter().map(StagePlan::items).sum();
         if replies.len() != items {
-            return Err(ProtocolError::Size(format!(
-                "{} reply masks for {items} reply items",
-                replies.len()
-            )));
+            return Err(ProtocolError::Size {
+                what: "reply masks",
+                expected: items,
+                got: replies.len(),
+            });
         }
         let waiting = matches!(
             self.frames.get(&(sid, t)),
@@ -490,7 +484,7 @@ impl<P: PublicOps> ServerA<P> {
             .cfg
             .plan
             .layer(0)
-            .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
+            .ok_or(ProtocolError::MissingLayer { stage: 0 })?;
         let backend = &self.backend;
         let raw = backend.decode_many(&raw)?;
         let prepared = backend.prepare(&raw)?;
@@ -521,16 +515,14 @@ impl<P: PublicOps> ServerA<P> {
         u: &[i128],
     ) -> Result<Vec<Outgoing>> {
         let Some(Masks::Ready(ready, corrections)) = self.masks.remove(&(sid, t)) else {
-            return Err(ProtocolError::Unexpected(
-                "first layer without masks".into(),
-            ));
+            return Err(ProtocolError::Inconsistent("first layer without masks"));
         };
         self.corrections.insert((sid, t), corrections);
         let layer = self
             .cfg
             .plan
             .layer(0)
-            .ok_or_else(|| ProtocolError::Topology("no first layer".into()))?;
+            .ok_or(ProtocolError::MissingLayer { stage: 0 })?;
         self.inputs.insert((sid, t), u.to_vec());
         let plain = layer.apply(u)?;
         let backend = &self.backend;
@@ -581,12 +573,14 @@ impl<P: PublicOps> ServerA<P> {
             .cfg
             .plan
             .layer(s)
-            .ok_or_else(|| ProtocolError::Topology(format!("no layer for stage {s}")))?;
+            .ok_or(ProtocolError::MissingLayer { stage: s })?;
         if inputs != layer.input_len() {
-            return Err(ProtocolError::Size(format!(
-                "stage {s} takes {} inputs, got {inputs}",
-                layer.input_len(),
-            )));
+            return Err(ProtocolError::StageSize {
+                stage: s,
+                what: "inputs",
+                expected: layer.input_len(),
+                got: inputs,
+            });
         }
         Ok(layer)
     }
@@ -618,7 +612,9 @@ impl<P: PublicOps> ServerA<P> {
     /// wrapped).
     fn linear_plain(&self, s: usize, x: &[I256]) -> Result<Vec<I256>> {
         let layer = self.layer(s, x.len())?;
-        let overflow = || ProtocolError::Range(format!("stage {s}: a plain half overflows"));
+        let overflow = || ProtocolError::Overflow {
+            what: "a plain half of a linear stage overflows",
+        };
         (0..layer.output_len())
             .into_par_iter()
             .map(|o| {
@@ -646,11 +642,11 @@ impl<P: PublicOps> ServerA<P> {
         let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
         if z.len() != topology.output_len {
-            return Err(ProtocolError::Size(format!(
-                "{} outputs, the model has {}",
-                z.len(),
-                topology.output_len
-            )));
+            return Err(ProtocolError::Size {
+                what: "outputs",
+                expected: topology.output_len,
+                got: z.len(),
+            });
         }
         let masks = output_masks(&session.keys, t, &self.result);
         let backend = &self.backend;

@@ -118,10 +118,10 @@ impl<S: SecretOps> ServerB<S> {
                 self.session(&device, sid)?;
                 Ok(Vec::new())
             }
-            other => Err(ProtocolError::Unexpected(format!(
-                "{} sent to server B",
-                other.kind()
-            ))),
+            other => Err(ProtocolError::Misdirected {
+                kind: other.kind(),
+                to: "server B",
+            }),
         }
     }
 
@@ -194,14 +194,16 @@ impl<S: SecretOps> ServerB<S> {
     ) -> Result<Vec<Outgoing>> {
         let session = self.session(device, sid)?;
         if count == 0 || count > MAX_MASK_REQUEST {
-            return Err(ProtocolError::Size(format!(
-                "mask request for {count} counters (1..={MAX_MASK_REQUEST})"
-            )));
+            return Err(ProtocolError::MaskRequest {
+                count: u64::from(count),
+                max: u64::from(MAX_MASK_REQUEST),
+            });
         }
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "masks requested for counter {t}, before the session began"
-            )));
+            return Err(ProtocolError::BeforeSession {
+                counter: t,
+                first: session.first_counter,
+            });
         }
         let backend = &self.backend;
         let mut out = Vec::new();
@@ -253,9 +255,10 @@ impl<S: SecretOps> ServerB<S> {
             return Err(ProtocolError::Replay { sid, t, last: done });
         }
         if t < session.first_counter {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "counter {t} precedes the session"
-            )));
+            return Err(ProtocolError::BeforeSession {
+                counter: t,
+                first: session.first_counter,
+            });
         }
         Ok(session
             .progress
@@ -283,16 +286,18 @@ impl<S: SecretOps> ServerB<S> {
         entries: usize,
         bits: u32,
         packed: bool,
-        what: &str,
+        what: &'static str,
     ) -> Result<Vec<I256>> {
         let backend = &self.backend;
         let slots = if packed { backend.slots(bits)? } else { 1 };
         let expected = ciphertext_count(entries, slots, packed);
         if items.len() != expected {
-            return Err(ProtocolError::Size(format!(
-                "{} {what} ciphertexts for {entries} entries, expected {expected}",
-                items.len()
-            )));
+            return Err(ProtocolError::Ciphertexts {
+                what,
+                entries,
+                expected,
+                got: items.len(),
+            });
         }
         let cts = self.decode_all(items)?;
         if packed {
@@ -305,9 +310,7 @@ impl<S: SecretOps> ServerB<S> {
         let bound = I256::ONE << bits;
         let values = backend.decrypt_many(&cts)?;
         if values.iter().any(|v| *v >= bound || *v <= -bound) {
-            return Err(ProtocolError::Range(format!(
-                "{what} value beyond 2^{bits}"
-            )));
+            return Err(ProtocolError::Bound { what, bits });
         }
         Ok(values)
     }
@@ -333,40 +336,47 @@ impl<S: SecretOps> ServerB<S> {
                 .ok_or(ProtocolError::UnknownSession(sid))?;
             let used = session.restarts.entry(t).or_insert(0);
             if *used >= self.cfg.params.max_restarts {
-                return Err(ProtocolError::OutOfOrder(format!(
-                    "frame {t} was restarted {used} times already"
-                )));
+                return Err(ProtocolError::TooManyRestarts {
+                    frame: t,
+                    used: *used,
+                });
             }
             *used += 1;
             tracing::info!(%sid, t, "frame restarted by A");
             expected = first;
         }
         if s != expected {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "round for stage {s} of frame {t}, B expects stage {expected}"
-            )));
+            return Err(ProtocolError::StageOrder {
+                what: "round",
+                frame: t,
+                expected,
+                got: s,
+            });
         }
         let params = &self.cfg.params;
         let shape = RoundShape::new(&self.cfg.topology, params, s, round.mode)?;
         if usize::from(round.group_size) != shape.group_size {
-            return Err(ProtocolError::Topology(format!(
-                "groups of {} entries, stage {s} has {}",
-                round.group_size, shape.group_size
-            )));
+            return Err(ProtocolError::GroupSize {
+                stage: s,
+                expected: shape.group_size,
+                got: usize::from(round.group_size),
+            });
         }
         let real = shape.groups.len();
         let groups = round.groups as usize;
         if groups < real + params.min_dummies as usize || groups > real + params.max_dummies(real) {
-            return Err(ProtocolError::Topology(format!(
-                "{groups} groups for {real} real ones (dummies must number {} to {})",
-                params.min_dummies,
-                params.max_dummies(real)
-            )));
+            return Err(ProtocolError::GroupCount {
+                groups,
+                real,
+                min_dummies: params.min_dummies as usize,
+                max_dummies: params.max_dummies(real),
+            });
         }
         if round.packed != params.pack {
-            return Err(ProtocolError::Params(
-                "packing differs from the agreed parameters".into(),
-            ));
+            return Err(ProtocolError::PackingMismatch {
+                agreed: params.pack,
+                got: round.packed,
+            });
         }
         let k = shape.group_size;
         let per_group = shape.values_per_group();
@@ -382,9 +392,9 @@ impl<S: SecretOps> ServerB<S> {
         let (replies, digest): (Vec<Vec<I256>>, [u8; 32]) = match round.mode {
             RoundMode::Permute => {
                 if !round.masked.is_empty() || !round.masked_alpha.is_empty() {
-                    return Err(ProtocolError::Size(
-                        "permute rounds carry values only".into(),
-                    ));
+                    return Err(ProtocolError::Superfluous {
+                        what: "masked values in a permute round",
+                    });
                 }
                 let replies = values
                     .par_chunks(k)
@@ -414,9 +424,9 @@ impl<S: SecretOps> ServerB<S> {
                 let low = -(I256::ONE << shape.kappa);
                 let high = (I256::ONE << (shape.kappa + params.sigma)) - low;
                 if masked.iter().any(|v| *v < low || *v >= high) {
-                    return Err(ProtocolError::Range(
-                        "a masked pre-activation is outside an honest frame's range".into(),
-                    ));
+                    return Err(ProtocolError::Overflow {
+                        what: "a masked pre-activation is outside an honest frame's range",
+                    });
                 }
                 let alpha = match shape.alpha_bits {
                     Some(bits) => self.open(
@@ -427,7 +437,11 @@ impl<S: SecretOps> ServerB<S> {
                         "masked-alpha",
                     )?,
                     None if round.masked_alpha.is_empty() => Vec::new(),
-                    None => return Err(ProtocolError::Size("unexpected leaky-ReLU values".into())),
+                    None => {
+                        return Err(ProtocolError::Superfluous {
+                            what: "leaky-ReLU values",
+                        });
+                    }
                 };
                 let leaky = matches!(shape.kind, ActivationKind::LeakyRelu { .. });
                 let replies: Vec<Vec<I256>> = (0..groups)
@@ -472,18 +486,17 @@ impl<S: SecretOps> ServerB<S> {
             .ok_or(ProtocolError::UnknownSession(sid))?;
         match session.answered.get(&(t, s)) {
             Some(seen) if *seen != digest => {
-                return Err(ProtocolError::Range(format!(
-                    "round {s} of frame {t} differs from the one answered"
-                )));
+                return Err(ProtocolError::RoundChanged { stage: s, frame: t });
             }
             _ => {
                 session.answered.insert((t, s), digest);
             }
         }
-        let plan =
-            self.plans.iter().find(|p| p.stage == s).ok_or_else(|| {
-                ProtocolError::Topology(format!("stage {s} is not an activation"))
-            })?;
+        let plan = self
+            .plans
+            .iter()
+            .find(|p| p.stage == s)
+            .ok_or(ProtocolError::NotActivation { stage: s })?;
         let mu = self.masks_of(plan, groups, sid, t);
         let per_reply = shape.replies_per_group();
         let frac = fixed.frac_bits;
@@ -493,9 +506,9 @@ impl<S: SecretOps> ServerB<S> {
             // breaks it (permute values of forced kinds included).
             let bound = I256::ONE << item_bits(&shape, i % per_reply, frac);
             if *v >= bound || *v <= -bound {
-                return Err(ProtocolError::Range(
-                    "a reply value beyond its bound".into(),
-                ));
+                return Err(ProtocolError::Overflow {
+                    what: "a reply value beyond its bound",
+                });
             }
             items.push(encode_item(*v + *m));
         }
@@ -526,22 +539,25 @@ impl<S: SecretOps> ServerB<S> {
     ) -> Result<Vec<Outgoing>> {
         let expected = self.expected_stage(device, sid, t)?;
         if expected != usize::MAX {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "output of frame {t} before its stage {expected} round"
-            )));
+            return Err(ProtocolError::OutputEarly {
+                frame: t,
+                stage: expected,
+            });
         }
         let topology = Arc::clone(&self.cfg.topology);
         let params = self.cfg.params.clone();
         if output.count as usize != topology.output_len {
-            return Err(ProtocolError::Topology(format!(
-                "{} outputs, the model has {}",
-                output.count, topology.output_len
-            )));
+            return Err(ProtocolError::Size {
+                what: "outputs",
+                expected: topology.output_len,
+                got: output.count as usize,
+            });
         }
         if output.packed != params.pack {
-            return Err(ProtocolError::Params(
-                "packing differs from the agreed parameters".into(),
-            ));
+            return Err(ProtocolError::PackingMismatch {
+                agreed: params.pack,
+                got: output.packed,
+            });
         }
         let bits = output_bits(&topology) + params.sigma + 1;
         let masked = self.open(
@@ -574,8 +590,9 @@ impl<S: SecretOps> ServerB<S> {
 /// B's exact evaluation in permute mode, refusing values beyond what f64
 /// and the model crate's evaluation handle.
 fn permute_value(kind: &ActivationKind, v: I256, fixed: &FixedPoint) -> Result<I256> {
-    let v = i128::try_from(v)
-        .map_err(|_| ProtocolError::Range("pre-activation beyond 128 bits".into()))?;
+    let v = i128::try_from(v).map_err(|_| ProtocolError::Overflow {
+        what: "pre-activation beyond 128 bits",
+    })?;
     Ok(I256::from(permute_eval(kind, v, fixed)))
 }
 

@@ -57,34 +57,28 @@ pub(crate) fn accept(
     params: &Params,
 ) -> Result<Seed> {
     if init.model != topology.name || init.topology != topology.fingerprint() {
-        return Err(ProtocolError::Topology(format!(
-            "session is for model {:?} ({}), this server serves {:?} ({})",
-            init.model,
-            hex::encode(&init.topology[..8]),
-            topology.name,
-            &topology.fingerprint_hex()[..16]
-        )));
+        return Err(ProtocolError::ModelMismatch {
+            session_model: init.model.clone(),
+            session_topology: init.topology,
+            served_model: topology.name.clone(),
+            served_topology: topology.fingerprint(),
+        });
     }
     if init.params != params.fingerprint() {
-        return Err(ProtocolError::Params(
-            "session parameters differ from this server's".into(),
-        ));
+        return Err(ProtocolError::ParamsMismatch);
     }
     let public = key.public_key();
     if init.server_key != public.fingerprint() {
-        return Err(ProtocolError::Params(format!(
-            "seed is encrypted under key {}, this server's key is {}",
-            hex::encode(&init.server_key[..8]),
-            &public.fingerprint_hex()[..16]
-        )));
+        return Err(ProtocolError::KeyMismatch {
+            session_key: init.server_key,
+            server_key: public.fingerprint(),
+        });
     }
     let ciphertext = public.ciphertext_from_bytes(&init.seed)?;
     let plaintext = Zeroizing::new(key.decrypt(&ciphertext)?);
     let residue = plaintext.residue();
     if residue.bit_width_vartime() > 256 {
-        return Err(ProtocolError::Range(
-            "session seed is wider than 256 bits".into(),
-        ));
+        return Err(ProtocolError::SeedTooWide);
     }
     let bytes = Zeroizing::new(residue.to_be_bytes());
     let mut seed = [0u8; 32];

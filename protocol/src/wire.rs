@@ -15,7 +15,7 @@
 //! Everything else (session messages, the servers' traffic) is a bincode
 //! [`Envelope`] with the device's name.
 
-use crate::error::{ProtocolError, Result};
+use crate::error::{DecodeError, ProtocolError, Result};
 use crate::messages::{
     Body, Envelope, Frame, FrameResult, PROTOCOL_VERSION, RejectCode, check_device_name,
 };
@@ -39,6 +39,17 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The [`Body::kind`] of messages of this kind.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Frame => "frame",
+            Kind::Result => "result",
+            Kind::Ack => "ack",
+            Kind::Sync => "sync",
+            Kind::Reject => "reject",
+        }
+    }
+
     fn of(byte: u8) -> Option<Kind> {
         Some(match byte {
             1 => Kind::Frame,
@@ -87,17 +98,19 @@ pub(crate) fn write_header(out: &mut Vec<u8>, kind: Kind, sid: &SessionId, t: u6
 /// A frame's acknowledgements, after its header.
 pub(crate) fn write_acks(out: &mut Vec<u8>, t: u64, acks: &[u64]) -> Result<()> {
     if acks.len() > MAX_ACKS {
-        return Err(ProtocolError::Size(format!(
-            "{} acknowledgements on one frame (at most {MAX_ACKS})",
-            acks.len()
-        )));
+        return Err(ProtocolError::TooLarge {
+            what: "acknowledgements on one frame",
+            limit: MAX_ACKS as u64,
+            got: acks.len() as u64,
+        });
     }
     write_varint(out, acks.len() as u64);
     for ack in acks {
         if *ack >= t {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "frame {t} acknowledges counter {ack}, which is not earlier"
-            )));
+            return Err(ProtocolError::AckNotEarlier {
+                frame: t,
+                ack: *ack,
+            });
         }
         write_varint(out, t - ack);
     }
@@ -111,10 +124,7 @@ pub(crate) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn byte(&mut self) -> Result<u8> {
-        let (first, rest) = self
-            .bytes
-            .split_first()
-            .ok_or_else(|| ProtocolError::Decode("message ends early".into()))?;
+        let (first, rest) = self.bytes.split_first().ok_or(DecodeError::Truncated)?;
         self.bytes = rest;
         Ok(*first)
     }
@@ -131,12 +141,12 @@ impl<'a> Reader<'a> {
             value |= part << (7 * i);
             if byte & 0x80 == 0 {
                 if i > 0 && byte == 0 {
-                    return Err(ProtocolError::Decode("overlong integer".into()));
+                    return Err(DecodeError::OverlongVarint.into());
                 }
                 return Ok(value);
             }
         }
-        Err(ProtocolError::Decode("integer above 64 bits".into()))
+        Err(DecodeError::VarintOverflow.into())
     }
 
     pub(crate) fn rest(self) -> &'a [u8] {
@@ -147,10 +157,7 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(ProtocolError::Decode(format!(
-                "{} trailing bytes",
-                self.bytes.len()
-            )))
+            Err(DecodeError::TrailingBytes(self.bytes.len()).into())
         }
     }
 }
@@ -159,11 +166,7 @@ impl<'a> Reader<'a> {
 /// body's bytes.
 pub(crate) fn read_header(bytes: &[u8]) -> Result<(Kind, SessionId, u64, Reader<'_>)> {
     if bytes.len() > crate::codec::MAX_MESSAGE_BYTES {
-        return Err(ProtocolError::Size(format!(
-            "message of {} bytes exceeds the limit of {}",
-            bytes.len(),
-            crate::codec::MAX_MESSAGE_BYTES
-        )));
+        return Err(crate::codec::too_large(bytes.len()));
     }
     let mut r = Reader { bytes };
     let version = r.byte()?;
@@ -174,12 +177,11 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<(Kind, SessionId, u64, Reader<
         });
     }
     let kind = r.byte()?;
-    let kind = Kind::of(kind)
-        .ok_or_else(|| ProtocolError::Decode(format!("unknown message kind {kind}")))?;
+    let kind = Kind::of(kind).ok_or(DecodeError::UnknownKind(kind))?;
     let (sid, rest) = r
         .bytes
         .split_first_chunk::<16>()
-        .ok_or_else(|| ProtocolError::Decode("message ends early".into()))?;
+        .ok_or(DecodeError::Truncated)?;
     r.bytes = rest;
     let t = r.varint()?;
     Ok((kind, SessionId(*sid), t, r))
@@ -203,10 +205,11 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) -> Result<()> {
         Body::Sync => write_header(out, Kind::Sync, sid, t),
         Body::Reject { code, detail } => {
             if detail.len() > MAX_DETAIL {
-                return Err(ProtocolError::Size(format!(
-                    "refusal detail of {} bytes",
-                    detail.len()
-                )));
+                return Err(ProtocolError::TooLarge {
+                    what: "bytes of refusal detail",
+                    limit: MAX_DETAIL as u64,
+                    got: detail.len() as u64,
+                });
             }
             write_header(out, Kind::Reject, sid, t);
             let index = CODES.iter().position(|c| c == code).unwrap_or(0);
@@ -214,10 +217,7 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) -> Result<()> {
             out.extend_from_slice(detail.as_bytes());
         }
         other => {
-            return Err(ProtocolError::Unexpected(format!(
-                "{} does not travel on a device topic",
-                other.kind()
-            )));
+            return Err(ProtocolError::NotOnDeviceTopic(other.kind()));
         }
     }
     Ok(())
@@ -227,57 +227,63 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) -> Result<()> {
 pub fn decode(device: &str, bytes: &[u8]) -> Result<Envelope> {
     check_device_name(device)?;
     let (kind, sid, t, mut r) = read_header(bytes)?;
-    let body =
-        match kind {
-            Kind::Frame => {
-                let count = r.varint()?;
-                let count = usize::try_from(count)
-                    .ok()
-                    .filter(|n| *n <= MAX_ACKS)
-                    .ok_or_else(|| {
-                        ProtocolError::Size(format!("{count} acknowledgements on one frame"))
-                    })?;
-                let mut acks = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let back = r.varint()?;
-                    let ack = t.checked_sub(back).filter(|_| back > 0).ok_or_else(|| {
-                        ProtocolError::Decode("acknowledgement not earlier".into())
-                    })?;
-                    acks.push(ack);
-                }
-                Body::Frame(Frame {
-                    acks,
-                    values: r.rest().to_vec(),
-                })
-            }
-            Kind::Result => Body::Result(FrameResult {
-                values: r.rest().to_vec(),
-            }),
-            Kind::Ack => {
-                r.end()?;
-                Body::Ack
-            }
-            Kind::Sync => {
-                r.end()?;
-                Body::Sync
-            }
-            Kind::Reject => {
-                let index = r.byte()?;
-                let code = CODES.get(usize::from(index)).copied().ok_or_else(|| {
-                    ProtocolError::Decode(format!("unknown refusal code {index}"))
+    let body = match kind {
+        Kind::Frame => {
+            let count = r.varint()?;
+            let count = usize::try_from(count)
+                .ok()
+                .filter(|n| *n <= MAX_ACKS)
+                .ok_or(ProtocolError::TooLarge {
+                    what: "acknowledgements on one frame",
+                    limit: MAX_ACKS as u64,
+                    got: count,
                 })?;
-                let detail = r.rest();
-                if detail.len() > MAX_DETAIL {
-                    return Err(ProtocolError::Size("refusal detail too long".into()));
-                }
-                let detail = std::str::from_utf8(detail)
-                    .map_err(|_| ProtocolError::Decode("refusal detail is not UTF-8".into()))?;
-                Body::Reject {
-                    code,
-                    detail: detail.to_string(),
-                }
+            let mut acks = Vec::with_capacity(count);
+            for _ in 0..count {
+                let back = r.varint()?;
+                let ack = t
+                    .checked_sub(back)
+                    .filter(|_| back > 0)
+                    .ok_or(DecodeError::AckNotEarlier { frame: t, back })?;
+                acks.push(ack);
             }
-        };
+            Body::Frame(Frame {
+                acks,
+                values: r.rest().to_vec(),
+            })
+        }
+        Kind::Result => Body::Result(FrameResult {
+            values: r.rest().to_vec(),
+        }),
+        Kind::Ack => {
+            r.end()?;
+            Body::Ack
+        }
+        Kind::Sync => {
+            r.end()?;
+            Body::Sync
+        }
+        Kind::Reject => {
+            let index = r.byte()?;
+            let code = CODES
+                .get(usize::from(index))
+                .copied()
+                .ok_or(DecodeError::UnknownRejectCode(index))?;
+            let detail = r.rest();
+            if detail.len() > MAX_DETAIL {
+                return Err(ProtocolError::TooLarge {
+                    what: "bytes of refusal detail",
+                    limit: MAX_DETAIL as u64,
+                    got: detail.len() as u64,
+                });
+            }
+            let detail = std::str::from_utf8(detail).map_err(|_| DecodeError::DetailNotUtf8)?;
+            Body::Reject {
+                code,
+                detail: detail.to_string(),
+            }
+        }
+    };
     Ok(Envelope {
         version: PROTOCOL_VERSION,
         device: device.to_string(),

@@ -200,7 +200,7 @@ fn rounds_must_fit_the_topology() {
     }
     assert!(matches!(
         engine.a_mut().handle(short),
-        Err(ProtocolError::Size(_))
+        Err(ProtocolError::Size { .. })
     ));
 }
 
@@ -224,7 +224,7 @@ fn blind_rounds_are_refused_for_functions_that_need_values() {
         ..round.envelope.clone()
     });
     assert!(
-        matches!(outcome, Err(ProtocolError::Topology(_))),
+        matches!(outcome, Err(ProtocolError::BlindUnsupported { .. })),
         "{outcome:?}"
     );
 }
@@ -267,7 +267,7 @@ fn frames_and_outputs_with_wrong_sizes_are_refused() {
     huge[1] = i64::MAX / 2;
     assert!(matches!(
         engine.device_mut().mask_frame(&huge, 31, &[]),
-        Err(ProtocolError::Range(_))
+        Err(ProtocolError::Feature { index: 1, .. })
     ));
     // An output before any round of its frame.
     let (_, round) = started_frame(&mut engine, &x, 40);
@@ -281,7 +281,7 @@ fn frames_and_outputs_with_wrong_sizes_are_refused() {
     };
     assert!(matches!(
         engine.b_mut().handle(output),
-        Err(ProtocolError::OutOfOrder(_))
+        Err(ProtocolError::OutputEarly { .. })
     ));
 }
 
@@ -401,7 +401,7 @@ fn bad_bytes_versions_and_messages_for_the_wrong_party() {
     );
     assert!(matches!(
         engine.a_mut().handle(ack.clone()),
-        Err(ProtocolError::Unexpected(_))
+        Err(ProtocolError::Misdirected { .. })
     ));
     let frame = engine
         .device_mut()
@@ -410,7 +410,7 @@ fn bad_bytes_versions_and_messages_for_the_wrong_party() {
         .envelope;
     assert!(matches!(
         engine.b_mut().handle(frame),
-        Err(ProtocolError::Unexpected(_))
+        Err(ProtocolError::Misdirected { .. })
     ));
     let result = Envelope {
         body: Body::Result(veil_protocol::FrameResult { values: vec![0] }),
@@ -539,7 +539,7 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
                 assert_eq!(items(&out), answered, "B masks a repeat with the same μ");
                 restarts += 1;
             }
-            Err(ProtocolError::OutOfOrder(_)) => break,
+            Err(ProtocolError::TooManyRestarts { .. }) => break,
             Err(e) => panic!("{e:?}"),
         }
         assert!(restarts <= params.max_restarts, "B kept granting restarts");
@@ -549,14 +549,23 @@ fn a_retried_round_repeats_the_first_try_and_restarts_are_limited() {
 
 #[test]
 fn refusal_codes_carry_no_detail() {
-    let detailed = ProtocolError::Range("masked value beyond 2^81 in slot 3".into());
+    let detailed = ProtocolError::Bound {
+        what: "masked",
+        bits: 81,
+    };
     assert_eq!(detailed.code(), RejectCode::Refused);
     let packing = ProtocolError::Paillier(veil_paillier::PaillierError::Packing(
         "slot 3 broke its bound".into(),
     ));
     assert_eq!(packing.code(), RejectCode::Refused);
     assert_eq!(
-        ProtocolError::OutOfOrder("x".into()).code(),
+        ProtocolError::StageOrder {
+            what: "round",
+            frame: 3,
+            expected: 1,
+            got: 3
+        }
+        .code(),
         RejectCode::OutOfOrder
     );
 }
@@ -592,7 +601,7 @@ fn inputs_beyond_the_bound_are_refused_by_b() {
             values[0] = (values[0] + delta) & ((1u128 << widths[0]) - 1);
             body.values = pack_fields(&values, &widths).expect("packs");
             let mut queue = match engine.a_mut().handle(frame.envelope) {
-                Err(ProtocolError::Range(_)) => {
+                Err(ProtocolError::MaskedInput { .. }) => {
                     by_a += 1;
                     continue;
                 }
@@ -700,7 +709,10 @@ fn parameters_refuse_exactly_the_bounds_whose_round_values_do_not_fit() {
     assert!(params.check(&topology).is_ok(), "κ = {fits} fits");
     set(&mut topology, fits + 1);
     assert!(
-        matches!(params.check(&topology), Err(ProtocolError::Params(_))),
+        matches!(
+            params.check(&topology),
+            Err(ProtocolError::NoRoomForMasks { stage: 1, .. })
+        ),
         "κ = {} does not",
         fits + 1
     );

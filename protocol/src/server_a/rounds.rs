@@ -48,8 +48,10 @@ impl<P: PublicOps> ServerA<P> {
         }
         let backend = &self.backend;
         let input = |idx: u32| -> Result<&P::Ct> {
-            z.get(idx as usize).ok_or_else(|| {
-                ProtocolError::Size(format!("entry {idx} beyond the {} inputs", z.len()))
+            z.get(idx as usize).ok_or(ProtocolError::Index {
+                what: "round entry",
+                index: idx as usize,
+                len: z.len(),
             })
         };
         let all_slots: Vec<&Slot> = plan.slots.iter().flatten().collect();
@@ -218,7 +220,11 @@ impl<P: PublicOps> ServerA<P> {
             let leaky = stage.shape.alpha_bits.is_some();
             let mine = mu
                 .get(offset..offset + stage.items())
-                .ok_or_else(|| ProtocolError::Size("fewer reply masks than reply items".into()))?;
+                .ok_or(ProtocolError::Index {
+                    what: "reply mask",
+                    index: offset + stage.items(),
+                    len: mu.len(),
+                })?;
             offset += stage.items();
             let groups = plan
                 .order
@@ -230,8 +236,10 @@ impl<P: PublicOps> ServerA<P> {
                         return Ok(None);
                     }
                     let item = |i: usize| {
-                        mine.get(pos * per_group + i).ok_or_else(|| {
-                            ProtocolError::Size("a group beyond the reply masks".into())
+                        mine.get(pos * per_group + i).ok_or(ProtocolError::Index {
+                            what: "reply mask of a group",
+                            index: pos * per_group + i,
+                            len: mine.len(),
                         })
                     };
                     let mut acc = item(0)?.clone();
@@ -261,9 +269,7 @@ impl<P: PublicOps> ServerA<P> {
                     let x = by_output
                         .into_iter()
                         .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| {
-                            ProtocolError::Unexpected("a real group has no mask".into())
-                        })?;
+                        .ok_or(ProtocolError::Inconsistent("a real group has no mask"))?;
                     Half::Linear(self.linear_terms(next, &x)?)
                 }
                 _ => Half::Groups(groups),
@@ -343,24 +349,25 @@ impl<P: PublicOps> ServerA<P> {
         let pending = match self.frames.get(&key) {
             Some((owner, FrameState::InRound(p, _))) if owner == device => p,
             _ => {
-                return Err(ProtocolError::Unexpected(format!(
-                    "no round of frame {t} is waiting for B"
-                )));
+                return Err(ProtocolError::NoRoundWaiting(t));
             }
         };
         if usize::from(stage) != pending.stage {
-            return Err(ProtocolError::OutOfOrder(format!(
-                "reply for stage {stage}, the round out is stage {}",
-                pending.stage
-            )));
+            return Err(ProtocolError::StageOrder {
+                what: "reply",
+                frame: t,
+                expected: pending.stage,
+                got: usize::from(stage),
+            });
         }
         let per_group = pending.shape.replies_per_group();
         let expected = pending.order.len() * per_group;
         if items.len() != expected {
-            return Err(ProtocolError::Size(format!(
-                "{} replies, expected {expected}",
-                items.len()
-            )));
+            return Err(ProtocolError::Size {
+                what: "reply items",
+                expected,
+                got: items.len(),
+            });
         }
         let decoded = items
             .iter()
@@ -370,23 +377,27 @@ impl<P: PublicOps> ServerA<P> {
             .plans
             .iter()
             .position(|p| p.stage == pending.stage)
-            .ok_or_else(|| ProtocolError::Unexpected("a round of no activation stage".into()))?;
+            .ok_or(ProtocolError::Inconsistent(
+                "a round of no activation stage",
+            ))?;
         let Some(halves) = self
             .corrections
             .get_mut(&key)
             .and_then(|c| c.get_mut(index))
             .map(|h| std::mem::replace(h, Half::Groups(Vec::new())))
         else {
-            return Err(ProtocolError::Unexpected(
-                "no offline corrections for this round".into(),
+            return Err(ProtocolError::Inconsistent(
+                "no offline corrections for this round",
             ));
         };
         let Some((_, FrameState::InRound(pending, _))) = self.frames.remove(&key) else {
-            return Err(ProtocolError::Unexpected("round state vanished".into()));
+            return Err(ProtocolError::Inconsistent("round state vanished"));
         };
         let leaky = pending.shape.alpha_bits.is_some();
         let backend = &self.backend;
-        let overflow = || ProtocolError::Range("a masked reply beyond its bound".into());
+        let overflow = || ProtocolError::Overflow {
+            what: "a masked reply beyond its bound",
+        };
         let plains: Vec<(usize, usize, I256)> = pending
             .order
             .par_iter()
@@ -423,7 +434,7 @@ impl<P: PublicOps> ServerA<P> {
                 Ok((pos, o, plain))
             })
             .collect::<Result<Vec<_>>>()?;
-        let missing = || ProtocolError::Unexpected("a real group has no answer".into());
+        let missing = || ProtocolError::Inconsistent("a real group has no answer");
         match halves {
             Half::Groups(halves) => {
                 let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
@@ -456,7 +467,12 @@ impl<P: PublicOps> ServerA<P> {
                 let s = pending.stage + 1;
                 let plain = self.linear_plain(s, &x)?;
                 if plain.len() != terms.len() {
-                    return Err(ProtocolError::Size(format!("stage {s}: halves disagree")));
+                    return Err(ProtocolError::StageSize {
+                        stage: s,
+                        what: "plain halves",
+                        expected: terms.len(),
+                        got: plain.len(),
+                    });
                 }
                 let backend = &self.backend;
                 let z: Vec<P::Ct> = terms
