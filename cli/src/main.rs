@@ -100,11 +100,5 @@ fn main() -> ExitCode {
         Command::ServerB(args) => roles::server_b(args),
         Command::EdgeAgent(args) => roles::edge_agent(args),
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    veil_shell::exit_status(outcome)
 }

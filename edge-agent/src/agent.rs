@@ -20,20 +20,27 @@ use veil_shell::now_ms;
 /// A copy of the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentStats {
+    /// Frames captured (masked and stored in the outbox).
     pub captured: u64,
     /// Frame publishes (first sends and resends) and their payload bytes.
     pub frames_sent: u64,
+    /// Payload bytes of those frame publishes.
     pub frame_bytes: u64,
     /// Results delivered to the application and their payload bytes.
     pub results: u64,
+    /// Payload bytes of those results.
     pub result_bytes: u64,
     /// Acknowledgements and result requests (`Sync`) sent.
     pub acks: u64,
+    /// Payload bytes of those acknowledgements and requests.
     pub ack_bytes: u64,
     /// Session messages (the only public-key work) and their bytes.
     pub session_bytes: u64,
+    /// Frames a server refused for good.
     pub rejected: u64,
+    /// Frames given up after the frame time to live.
     pub expired: u64,
+    /// Connections to the broker made (the first and every reconnect).
     pub connects: u64,
     /// Frames still waiting for a result.
     pub pending: u64,
@@ -216,10 +223,12 @@ impl EdgeAgent {
         })
     }
 
+    /// The model's public topology, as pinned.
     pub fn topology(&self) -> &Topology {
         &self.shared.topology
     }
 
+    /// The device's name.
     pub fn device(&self) -> &str {
         &self.shared.options.device
     }

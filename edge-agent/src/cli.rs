@@ -43,6 +43,7 @@ pub struct Args {
     /// After the input ends, wait at most this long for pending results.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    /// Where to serve Prometheus metrics and health checks.
     #[command(flatten)]
     pub metrics: veil_shell::MetricsArgs,
 }

@@ -17,7 +17,10 @@ pub type Row = (Vec<f32>, Option<String>);
 /// refused.
 #[derive(Debug, PartialEq)]
 pub struct Table {
+    /// The feature columns' names, in the file's order (the label column
+    /// left out).
     pub columns: Vec<String>,
+    /// Every data row: its features and label, or why it was refused.
     pub rows: Vec<std::result::Result<Row, Refusal>>,
 }
 
@@ -25,12 +28,17 @@ pub struct Table {
 /// line, `"kind": "refused-at-capture"`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Refusal {
+    /// Always `"refused-at-capture"`, so that a reader of the JSON lines
+    /// tells it from a result.
     pub kind: &'static str,
     /// 1-based data row (the header is row 0); line number for stdin.
     pub row: usize,
+    /// The column whose value was refused, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+    /// Why, for a person reading the line.
     pub reason: String,
+    /// The row's label, when the file has a label column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
 }
@@ -84,6 +92,7 @@ impl Refusal {
         Refusal::new(row, column, reason, label)
     }
 
+    /// The JSON line (without the newline).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

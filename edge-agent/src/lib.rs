@@ -17,6 +17,13 @@
 //! its events to disk and reads the clock. Capture
 //! never waits for the network.
 
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod agent;
 pub mod local;
 mod net;
@@ -39,27 +46,46 @@ use std::path::PathBuf;
 /// Why the agent could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A state file or directory could not be read or written.
     #[error("state {path}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The outbox store failed.
     #[error(transparent)]
     Store(#[from] sled::Error),
+    /// A state file does not decode.
     #[error("state file {path} is damaged: {reason}")]
-    Damaged { path: PathBuf, reason: String },
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The protocol refused a step (a frame outside the model's input
+    /// range, a session the servers do not serve, ...).
     #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
+    /// The topology or a feature vector was refused.
     #[error(transparent)]
     Model(#[from] veil_model::ModelError),
+    /// A server key or a session ciphertext was refused.
     #[error(transparent)]
     Paillier(#[from] veil_paillier::PaillierError),
+    /// The MQTT link could not be set up.
     #[error(transparent)]
     Link(#[from] veil_link::LinkError),
+    /// A published key or topology that is not the pinned one.
     #[error("{what} fingerprint {got} does not match the pinned {expected}; refusing to use it")]
     Pin {
+        /// Which (`"server A key"`, `"topology"`, ...).
         what: &'static str,
+        /// The pinned fingerprint.
         expected: String,
+        /// The fingerprint received.
         got: String,
     },
     /// Both pins, or both servers' published keys, are one key: whoever
@@ -68,9 +94,14 @@ pub enum AgentError {
         "server A's and server B's keys are the same key (fingerprint {fingerprint}); \
          refusing: the two servers must hold different keys"
     )]
-    SameServerKeys { fingerprint: String },
+    SameServerKeys {
+        /// The one key's fingerprint.
+        fingerprint: String,
+    },
+    /// A configuration value that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The agent was asked for something after it stopped.
     #[error("the agent has stopped")]
     Stopped,
 }

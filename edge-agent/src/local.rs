@@ -43,11 +43,13 @@ pub struct LocalSettings {
     pub retain_results: bool,
     /// Publish Home Assistant MQTT discovery for the predicted class.
     pub homeassistant: bool,
+    /// Topic prefix of Home Assistant discovery messages.
     pub discovery_prefix: String,
     /// Topic filter of sensor readings; none: no sensor input.
     pub sensor_topic: Option<String>,
     /// JSON field of each model input, in the model's input order.
     pub features: Vec<String>,
+    /// How sensor messages become frames.
     pub assemble: Assemble,
     /// JSON field passed through as the result's label, if present.
     pub label_field: Option<String>,
@@ -103,7 +105,9 @@ struct ResultLine<'a> {
 /// A reading that made no frame.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SensorRefusal {
+    /// The topic the reading came on.
     pub topic: String,
+    /// Why it made no frame, for the refusal line.
     pub reason: String,
 }
 
@@ -122,6 +126,8 @@ pub struct LocalBridge {
 }
 
 impl LocalBridge {
+    /// Connects to the gateway's broker, announces the device online
+    /// (and to Home Assistant, when asked) and subscribes to the sensors.
     pub fn start(settings: LocalSettings, device: &str) -> Result<LocalBridge, AgentError> {
         let results_topic = settings.results_topic.replace("{device}", device);
         let availability_topic = settings.availability_topic.replace("{device}", device);

@@ -10,20 +10,26 @@ use veil_link::MqttSettings;
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pins {
+    /// Fingerprint of server A's public key.
     pub server_a: String,
+    /// Fingerprint of server B's public key.
     pub server_b: String,
+    /// Fingerprint of the model's public topology.
     pub topology: String,
 }
 
+/// How the agent runs: identity, broker, state, pins and its timings.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// The device id: its MQTT username and topic level.
     pub device: String,
+    /// The broker and the device's credentials.
     pub mqtt: MqttSettings,
     /// Outbox, sessions, counter (owner-only).
     pub state_dir: PathBuf,
     /// The model to use, by name.
     pub model: String,
+    /// What the device trusts.
     pub pins: Pins,
     /// A frame without a result after this long is sent again (and the
     /// device asks B for its queued results).
@@ -38,6 +44,7 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
+    /// The defaults for `device`, with no pins (set them before starting).
     pub fn new(device: &str, mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> AgentOptions {
         AgentOptions {
             device: device.to_string(),

@@ -7,7 +7,9 @@ use veil_protocol::{I256, RejectCode};
 /// One unmasked result.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FrameOutput {
+    /// The device's name.
     pub device: String,
+    /// The session's id in hex.
     pub session: String,
     /// The frame counter.
     pub t: u64,
@@ -31,22 +33,33 @@ pub struct FrameOutput {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Output {
+    /// The frame's result.
     Result(FrameOutput),
     /// A server refused the frame; no result will come.
     Rejected {
+        /// The device's name.
         device: String,
+        /// The session's id in hex.
         session: String,
+        /// The frame counter.
         t: u64,
+        /// The refusal's code.
         code: RejectCode,
+        /// The refusal's detail.
         reason: String,
+        /// The label captured with the frame, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         label: Option<String>,
     },
     /// No result within the frame time to live; the frame was dropped.
     Expired {
+        /// The device's name.
         device: String,
+        /// The session's id in hex.
         session: String,
+        /// The frame counter.
         t: u64,
+        /// The label captured with the frame, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         label: Option<String>,
     },
@@ -63,6 +76,7 @@ impl Output {
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
+    /// The frame counter the line is about.
     pub fn t(&self) -> u64 {
         match self {
             Output::Result(r) => r.t,

@@ -5,6 +5,7 @@
 use crate::backend::{Plain, PublicOps};
 use crate::codec::{pack_fields, unpack_fields};
 use crate::messages::Envelope;
+use crate::reply::{decode_item, encode_item};
 
 /// Any message as a party receives it, in both encodings: as a whole
 /// envelope (servers' and session topics) and as a message on a device's
@@ -72,5 +73,14 @@ pub fn plain_ciphertext(data: &[u8]) {
             .decode(&bytes)
             .expect("a re-encoded plain ciphertext decodes");
         assert_eq!(plain.encode(&again), bytes);
+    }
+}
+
+/// One masked reply item of a `RoundReply` (what A reads of B's answers):
+/// only its exact width decodes, and what decodes re-encodes to the same
+/// bytes.
+pub fn reply_item(data: &[u8]) {
+    if let Ok(value) = decode_item(data) {
+        assert_eq!(encode_item(value), data);
     }
 }

@@ -21,6 +21,7 @@ mod byte_list {
     /// that the Vec headers of a full list stay around 25 MiB.
     pub const MAX_LIST_ITEMS: usize = 1 << 20;
 
+    /// Writes the list as a sequence of byte strings.
     pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(items.len()))?;
         for item in items {
@@ -29,6 +30,8 @@ mod byte_list {
         seq.end()
     }
 
+    /// Reads a list of non-empty byte strings, refusing one with more than
+    /// [`MAX_LIST_ITEMS`] items before it has allocated them.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<Vec<u8>>, D::Error> {
@@ -79,28 +82,42 @@ pub const MAX_DEVICE_NAME: usize = 64;
 /// Who a message is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {
+    /// The device that owns the session.
     Device,
+    /// Server A, which holds the model.
     ServerA,
+    /// Server B, which holds the Paillier secret key.
     ServerB,
 }
 
+/// One protocol message with what every party checks before acting on it:
+/// which device, session and frame it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// [`PROTOCOL_VERSION`] of the sender; anything else is refused.
     pub version: u16,
+    /// The device the message is about (on its own topics: the topic's).
     pub device: String,
+    /// The session it belongs to.
     pub sid: SessionId,
     /// The frame counter (for session messages: the session's first one).
     pub t: u64,
+    /// What the message says.
     pub body: Body,
 }
 
 /// How B evaluates an activation round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoundMode {
+    /// B compares blinded, perturbed values and never sees them: ReLU,
+    /// leaky ReLU and max pooling.
     Blind,
+    /// B decrypts the shuffled, perturbed values and applies the function
+    /// exactly: any activation (tanh, sigmoid, ...).
     Permute,
 }
 
+/// What a message says, one variant per step of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// Device → A and device → B: the session seed for that server,
@@ -111,14 +128,20 @@ pub enum Body {
     Frame(Frame),
     /// A → B: send the first-layer masks `[[-b]]` for counters
     /// `t .. t + count`.
-    MaskRequest { count: u32 },
+    MaskRequest {
+        /// How many consecutive counters, at most
+        /// [`crate::MAX_MASK_REQUEST`].
+        count: u32,
+    },
     /// B → A: `[[-b_i]]` for counter `t`, one ciphertext per input
     /// feature, and `[[-μ]]` for every reply item of every activation
     /// round of the counter (stage by stage, group by group, in reply
     /// order), so that A can prepare its corrections offline.
     MaskSupply {
+        /// `[[-b_i]]`, one per input feature.
         #[serde(with = "byte_list")]
         masks: Vec<Vec<u8>>,
+        /// `[[-μ]]`, one per reply item of the counter's rounds.
         #[serde(with = "byte_list")]
         replies: Vec<Vec<u8>>,
     },
@@ -127,7 +150,9 @@ pub enum Body {
     /// B → A: the round's answers in plaintext, each masked by B's `μ`
     /// (`v + μ`, 32 bytes little-endian each).
     RoundReply {
+        /// The stage of the round answered.
         stage: u16,
+        /// The masked answers, in the order of the round's groups.
         #[serde(with = "byte_list")]
         items: Vec<Vec<u8>>,
     },
@@ -142,7 +167,13 @@ pub enum Body {
     Sync,
     /// A refusal, sent back to the peer whose message was refused. Peers
     /// act on `code` alone; `detail` is for logs.
-    Reject { code: RejectCode, detail: String },
+    Reject {
+        /// Why, as the receiver acts on it.
+        code: RejectCode,
+        /// Why, for a person reading the log (at most
+        /// [`crate::wire::MAX_DETAIL`] bytes).
+        detail: String,
+    },
 }
 
 /// Why a message was refused, as the receiver acts on it.
@@ -199,8 +230,11 @@ impl std::fmt::Display for RejectCode {
     }
 }
 
+/// Opens a session with one server: the seed it shares with the device,
+/// and fingerprints of what the device expects the server to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInit {
+    /// The model's name, as the server's topology names it.
     pub model: String,
     /// Fingerprint of the model's public topology.
     pub topology: [u8; 32],
@@ -213,6 +247,7 @@ pub struct SessionInit {
     pub seed: Vec<u8>,
 }
 
+/// One masked input frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
     /// Counters of the same session whose results the device has received
@@ -224,13 +259,18 @@ pub struct Frame {
     pub values: Vec<u8>,
 }
 
+/// One activation round, A → B: the stage's perturbed entries under
+/// Paillier, grouped and shuffled with dummies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Round {
+    /// The activation stage of the model's topology.
     pub stage: u16,
+    /// How B evaluates it.
     pub mode: RoundMode,
     /// Groups in the round (real ones and dummies, shuffled): one per
     /// element, or one per pooling window.
     pub groups: u32,
+    /// Entries per group (the pooling window, or 1).
     pub group_size: u16,
     /// Whether the ciphertexts below hold many values each.
     pub packed: bool,
@@ -245,14 +285,19 @@ pub struct Round {
     pub masked_alpha: Vec<Vec<u8>>,
 }
 
+/// A frame's outputs under A's output mask, A → B.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
+    /// How many outputs (the model's output length).
     pub count: u32,
+    /// Whether each ciphertext holds many outputs.
     pub packed: bool,
+    /// The masked outputs as ciphertexts.
     #[serde(with = "byte_list")]
     pub values: Vec<Vec<u8>>,
 }
 
+/// A frame's outputs under both output masks, B → device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameResult {
     /// The doubly masked outputs modulo `2^(κ+1)`, `κ + 1` bits each.
@@ -314,6 +359,7 @@ pub fn check_device_name(name: &str) -> Result<()> {
 }
 
 impl Envelope {
+    /// A message of this build's [`PROTOCOL_VERSION`].
     pub fn new(device: &str, sid: SessionId, t: u64, body: Body) -> Envelope {
         Envelope {
             version: PROTOCOL_VERSION,
@@ -324,6 +370,8 @@ impl Envelope {
         }
     }
 
+    /// The whole-envelope (bincode) encoding, for the servers' topics and
+    /// the session topics.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         codec::encode(self)
     }
@@ -385,11 +433,14 @@ impl Envelope {
 /// A message to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
+    /// Its recipient.
     pub to: Peer,
+    /// The message.
     pub envelope: Envelope,
 }
 
 impl Outgoing {
+    /// A message for `to`.
     pub fn new(to: Peer, envelope: Envelope) -> Outgoing {
         Outgoing { to, envelope }
     }

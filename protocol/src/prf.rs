@@ -26,16 +26,19 @@ impl fmt::Debug for Seed {
 }
 
 impl Seed {
+    /// A fresh seed from a cryptographic generator (a device's session).
     pub fn random<R: CryptoRng + ?Sized>(rng: &mut R) -> Seed {
         let mut bytes = [0u8; 32];
         rng.fill_bytes(&mut bytes);
         Seed(bytes)
     }
 
+    /// A seed received or stored before (a decrypted session seed).
     pub fn from_bytes(bytes: [u8; 32]) -> Seed {
         Seed(bytes)
     }
 
+    /// The seed's bytes, to encrypt or persist it (never to log it).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -57,16 +60,20 @@ impl Seed {
 pub struct SessionId(pub [u8; 16]);
 
 impl SessionId {
+    /// A fresh id: 128 bits make a collision between one device's
+    /// sessions negligible.
     pub fn random<R: CryptoRng + ?Sized>(rng: &mut R) -> SessionId {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
         SessionId(bytes)
     }
 
+    /// The id as 32 lowercase hex digits, as logs and state files write it.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
 
+    /// Reads [`SessionId::to_hex`]'s form back; `None` for anything else.
     pub fn from_hex(text: &str) -> Option<SessionId> {
         let bytes = hex::decode(text).ok()?;
         Some(SessionId(bytes.try_into().ok()?))
@@ -87,6 +94,7 @@ impl fmt::Debug for SessionId {
 
 /// The label of the masks in the protocol.
 pub mod label {
+    /// Derives the key of every mask a session draws.
     pub const MASKS: &[u8] = b"masks";
 }
 
@@ -94,10 +102,12 @@ pub mod label {
 /// frame costs no hashing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaskKeys {
+    /// The key the masks of every frame of the session are expanded from.
     pub masks: Seed,
 }
 
 impl MaskKeys {
+    /// Derives the keys of the session with seed `seed`.
     pub fn new(seed: &Seed) -> MaskKeys {
         MaskKeys {
             masks: seed.derive(label::MASKS),

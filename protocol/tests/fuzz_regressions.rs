@@ -17,10 +17,11 @@ use veil_protocol::{Body, FrameLayout, Params, fuzzing};
 #[test]
 fn committed_inputs_replay_without_panics() {
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 3] = [
+    let targets: [Target; 4] = [
         ("protocol_envelope", fuzzing::envelope),
         ("protocol_bits", fuzzing::bits),
         ("protocol_plain_ciphertext", fuzzing::plain_ciphertext),
+        ("protocol_reply_item", fuzzing::reply_item),
     ];
     for (target, run) in targets {
         replay(target, run);
@@ -74,6 +75,12 @@ fn a_real_runs_messages_decode_through_the_fuzz_entry_points() {
                     input.extend_from_slice(&f.values);
                     fuzzing::bits(&input);
                     write_seed(&seeds, "protocol_bits", &name, &input);
+                }
+                Body::RoundReply { items, .. } => {
+                    for (j, item) in items.iter().take(2).enumerate() {
+                        fuzzing::reply_item(item);
+                        write_seed(&seeds, "protocol_reply_item", &format!("{name}-{j}"), item);
+                    }
                 }
                 // Round replies are masked plaintexts now, not ciphertexts.
                 Body::MaskSupply { masks, replies } => {

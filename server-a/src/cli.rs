@@ -22,6 +22,7 @@ pub struct Args {
     /// (by default that refuses to start: a key others can read is shared).
     #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
     pub allow_open_key_file: bool,
+    /// Where to serve Prometheus metrics and health checks.
     #[command(flatten)]
     pub metrics: veil_shell::MetricsArgs,
     /// Import options of an ONNX model_file without veil's metadata (over

@@ -11,10 +11,15 @@ use crate::Options;
 
 pub use veil_shell::ConfigError;
 
+/// `server-a.toml`: what an operator sets, every field optional (the
+/// defaults suit a single host); [`Config::options`] turns it into the
+/// runtime's [`crate::Options`].
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The broker and A's credentials.
     pub mqtt: MqttSettings,
+    /// Directory of the sled store (frames in progress, sessions).
     pub state_dir: PathBuf,
     /// A's secret key (mode 0600), as written by `veil keygen`.
     pub key_file: PathBuf,
@@ -29,10 +34,15 @@ pub struct Config {
     pub b_key_file: Option<PathBuf>,
     /// ...or its fingerprint (hex), to pin the key B publishes (retained).
     pub b_key_fingerprint: Option<String>,
+    /// This worker's name: B answers on `veil/v1/ba/<worker>`.
     pub worker: String,
+    /// The shared-subscription group for frames, when several workers run.
     pub shared_group: Option<String>,
+    /// Seconds without progress before a frame is started over.
     pub round_timeout_secs: u64,
+    /// Starts-over before a frame is given up.
     pub max_retries: u32,
+    /// Seconds a frame waits for its session message.
     pub park_timeout_secs: u64,
     /// Live sessions per device; opening one more retires the device's
     /// least recently used.
@@ -43,6 +53,7 @@ pub struct Config {
     /// New sessions a device may open per minute (0: no limit); more are
     /// refused before their seed is decrypted.
     pub max_session_opens_per_minute: usize,
+    /// Where the Paillier noise of A's encryptions comes from.
     pub noise: NoiseSource,
 }
 
@@ -132,6 +143,7 @@ impl Config {
         Ok(config)
     }
 
+    /// The runtime options this configuration asks for.
     pub fn options(&self) -> Options {
         Options {
             mqtt: self.mqtt.clone(),

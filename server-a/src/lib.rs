@@ -23,6 +23,13 @@
 //! frames should stick to one worker: use the broker's topic-hash dispatch
 //! for the shared group (EMQX: `shared_subscription_strategy = hash_topic`).
 
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod config;
 mod core;
 mod model_file;
@@ -50,21 +57,35 @@ use veil_shell::{StartError, Worker};
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerAError {
+    /// The sled store at `path` could not be opened.
     #[error("state store {path}")]
-    Store { path: PathBuf, source: sled::Error },
+    Store {
+        /// The store's directory.
+        path: PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// Reading the store back failed.
     #[error(transparent)]
     StoreOp(#[from] sled::Error),
+    /// The model or parameters do not fit the protocol.
     #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
+    /// The MQTT link could not be set up.
     #[error(transparent)]
     Link(#[from] veil_link::LinkError),
+    /// The state directory could not be created.
     #[error("creating {path}")]
     Io {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The OS refused a thread.
     #[error("the worker thread could not start: {0}")]
     Thread(std::io::Error),
+    /// A worker name that cannot be an MQTT topic level.
     #[error("invalid worker name {0:?} (letters, digits, '-', '_', '.')")]
     Worker(String),
     /// A would encrypt under its own key: A's secret key and the key given
@@ -74,12 +95,16 @@ pub enum ServerAError {
         "server A's key and the key given as server B's are the same key \
          (fingerprint {fingerprint}); each server needs its own (`veil keygen --role`)"
     )]
-    SameKeys { fingerprint: String },
+    SameKeys {
+        /// The one key's fingerprint.
+        fingerprint: String,
+    },
 }
 
 /// How the runtime behaves (everything but keys and model).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The broker and A's credentials.
     pub mqtt: MqttSettings,
     /// Directory of the sled store (frames in progress, sessions).
     pub state_dir: PathBuf,
@@ -93,6 +118,7 @@ pub struct Options {
     pub max_retries: u32,
     /// How long a frame waits for its session message.
     pub park_timeout: Duration,
+    /// Where the Paillier noise `r^n` of A's encryptions comes from.
     pub noise: NoiseSource,
     /// Sessions per device, their time to live, and how many a device may
     /// open per minute.
@@ -100,6 +126,7 @@ pub struct Options {
 }
 
 impl Options {
+    /// The defaults for one worker named after the MQTT user.
     pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
         Options {
             mqtt,
@@ -128,19 +155,33 @@ pub fn rounding_key(key: &SecretKey) -> Seed {
 /// Counters for logs, tests and the load command.
 #[derive(Default, Debug)]
 pub struct Stats {
+    /// Sessions accepted.
     pub sessions: AtomicU64,
+    /// Frames accepted.
     pub frames: AtomicU64,
+    /// Outputs sent to B (frames finished on A's side).
     pub outputs: AtomicU64,
+    /// Copies of a frame already stored or finished.
     pub duplicates: AtomicU64,
+    /// Frames started over after B did not answer in time.
     pub retries: AtomicU64,
+    /// Frames given up after the last retry.
     pub abandoned: AtomicU64,
+    /// Messages refused, of any party.
     pub rejected: AtomicU64,
+    /// Frames taken back up from the store at start.
     pub replayed: AtomicU64,
+    /// Counters whose first layer and corrections were prepared ahead.
     pub precomputed: AtomicU64,
+    /// Frames dropped unstored because their device had too many parked.
     pub dropped: AtomicU64,
+    /// Sessions retired by the per-device quota.
     pub sessions_retired: AtomicU64,
+    /// Sessions forgotten after the session TTL unused.
     pub sessions_expired: AtomicU64,
+    /// Stored sessions found dead at start, deleted without decrypting.
     pub sessions_pruned: AtomicU64,
+    /// New sessions refused (`TooManySessions`): over the opening rate.
     pub sessions_throttled: AtomicU64,
     /// Frame accepted (stored) to its output acknowledged by the broker.
     pub frame_latency: veil_shell::Latency,
@@ -149,15 +190,23 @@ pub struct Stats {
 /// A plain copy of [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// Sessions accepted.
     pub sessions: u64,
+    /// Frames accepted.
     pub frames: u64,
+    /// Outputs sent to B (frames finished on A's side).
     pub outputs: u64,
+    /// Copies of a frame already stored or finished.
     pub duplicates: u64,
+    /// Frames started over after B did not answer in time.
     pub retries: u64,
+    /// Frames given up after the last retry.
     pub abandoned: u64,
+    /// Messages refused, of any party.
     pub rejected: u64,
     /// Frames taken back up from the store at start.
     pub replayed: u64,
+    /// Counters whose first layer and corrections were prepared ahead.
     pub precomputed: u64,
     /// Frames dropped unstored because their device had too many parked.
     pub dropped: u64,
@@ -172,6 +221,7 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    /// The counters now (each read on its own: not one instant).
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -196,9 +246,13 @@ impl Stats {
 /// What A serves with: its key pair, B's public key (every ciphertext is
 /// under it) and the model.
 pub struct Setup {
+    /// A's key pair: devices encrypt their seeds for A under it.
     pub key: Arc<SecretKey>,
+    /// B's public key: A's ciphertexts to B are under it.
     pub b_key: PublicKey,
+    /// The model A serves (topology, plan and integer reference).
     pub model: Arc<CompiledModel>,
+    /// The protocol parameters, as B has them.
     pub params: Params,
 }
 
@@ -245,6 +299,7 @@ impl ServerA {
         Ok(ServerA { worker, stats })
     }
 
+    /// The runtime's counters now.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }

@@ -90,10 +90,12 @@ impl ModelOptions {
         }
     }
 
+    /// The calibration margin, [`DEFAULT_MARGIN`] unless given.
     pub fn margin(&self) -> f64 {
         self.calibration_margin.unwrap_or(DEFAULT_MARGIN)
     }
 
+    /// Calibration rows to read, `veil_model::CALIBRATION_ROWS` unless given.
     pub fn rows(&self) -> usize {
         self.calibration_rows
             .unwrap_or(veil_model::CALIBRATION_ROWS)
@@ -103,42 +105,62 @@ impl ModelOptions {
 /// Why a model file could not be loaded with its options.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
+    /// The ONNX import failed.
     #[error("importing {path}")]
     Import {
+        /// The `.onnx` file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: Box<ModelError>,
     },
+    /// The `.plan` file could not be read.
     #[error("loading {path}")]
     Load {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: Box<ModelError>,
     },
+    /// Calibration failed.
     #[error("calibrating {model} on {data}")]
     Calibrate {
+        /// The model file.
         model: PathBuf,
+        /// The calibration data file.
         data: PathBuf,
+        /// Why.
         #[source]
         source: Box<ModelError>,
     },
+    /// The input bounds do not parse.
     #[error("input bounds {origin}")]
     Bounds {
+        /// Where they came from (the option, or the file).
         origin: String,
+        /// Why.
         #[source]
         source: BoundsError,
     },
+    /// The input-bounds file could not be read.
     #[error("reading input bounds {path}")]
     ReadBounds {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Import options given for a model that is already a `.plan`.
     #[error(
         "input bounds, the fixed-point format and the weight scale apply to ONNX models; \
          {path} is already quantized (its bounds and format were fixed by `veil import`)"
     )]
-    AlreadyQuantized { path: PathBuf },
+    AlreadyQuantized {
+        /// The `.plan` file.
+        path: PathBuf,
+    },
 }
 
 impl ModelOptions {

@@ -11,10 +11,15 @@ use crate::Options;
 
 pub use veil_shell::ConfigError;
 
+/// `server-b.toml`: what an operator sets, every field optional (the
+/// defaults suit a single host); [`Config::options`] turns it into the
+/// runtime's [`Options`].
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The broker and B's credentials.
     pub mqtt: MqttSettings,
+    /// Directory of the sled store (results, sessions, completion marks).
     pub state_dir: PathBuf,
     /// B's secret key (mode 0600), as written by `veil keygen`.
     pub key_file: PathBuf,
@@ -27,7 +32,9 @@ pub struct Config {
     /// SHA-256 fingerprint (hex) the topology must have; required when it
     /// is fetched from the broker.
     pub topology_fingerprint: Option<String>,
+    /// Seconds an unacknowledged result is kept.
     pub result_ttl_secs: u64,
+    /// Seconds a message for a session B has not seen yet waits for it.
     pub park_timeout_secs: u64,
     /// Live sessions per device; opening one more retires the device's
     /// least recently used.
@@ -38,8 +45,11 @@ pub struct Config {
     /// New sessions a device may open per minute (0: no limit); more are
     /// refused before their seed is decrypted.
     pub max_session_opens_per_minute: usize,
+    /// Where the Paillier noise of B's encryptions comes from.
     pub noise: NoiseSource,
+    /// Noise values kept ready when `noise` is a pool.
     pub pool_capacity: usize,
+    /// A workers this B serves (`+` = all).
     pub a_workers: Vec<String>,
 }
 
@@ -113,6 +123,7 @@ impl Config {
         Ok(config)
     }
 
+    /// The runtime options this configuration asks for.
     pub fn options(&self) -> Options {
         Options {
             mqtt: self.mqtt.clone(),

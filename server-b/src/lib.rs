@@ -7,6 +7,13 @@
 //! shell moves MQTT messages in and out, applies the node's events to the
 //! sled store, restores it on start and reads the clock for the node.
 
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod config;
 mod core;
 mod store;
@@ -32,19 +39,32 @@ use veil_shell::{StartError, Worker};
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerBError {
+    /// The sled store at `path` could not be opened.
     #[error("state store {path}")]
-    Store { path: PathBuf, source: sled::Error },
+    Store {
+        /// The store's directory.
+        path: PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// Reading the store back failed.
     #[error(transparent)]
     StoreOp(#[from] sled::Error),
+    /// The configuration does not fit the protocol (parameters, topology).
     #[error(transparent)]
     Protocol(#[from] veil_protocol::ProtocolError),
+    /// The MQTT link could not be set up.
     #[error(transparent)]
     Link(#[from] veil_link::LinkError),
+    /// The state directory could not be created.
     #[error("creating {path}")]
     Io {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The OS refused a thread.
     #[error("the worker thread could not start: {0}")]
     Thread(std::io::Error),
 }
@@ -52,6 +72,7 @@ pub enum ServerBError {
 /// How the runtime behaves (everything but the key and the model).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The broker and B's credentials.
     pub mqtt: MqttSettings,
     /// Directory of the sled store (results, sessions, completion marks).
     pub state_dir: PathBuf,
@@ -59,6 +80,7 @@ pub struct Options {
     pub result_ttl: Duration,
     /// How long a message for a session B has not seen yet waits for it.
     pub park_timeout: Duration,
+    /// Where the Paillier noise `r^n` of B's encryptions comes from.
     pub noise: NoiseSource,
     /// Noise values kept ready when `noise` is a pool.
     pub pool_capacity: usize,
@@ -71,6 +93,8 @@ pub struct Options {
 }
 
 impl Options {
+    /// The defaults: results kept a week, parked messages a minute,
+    /// fixed-base noise, every A worker, the default session limits.
     pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
         Options {
             mqtt,
@@ -88,16 +112,27 @@ impl Options {
 /// Counters for logs, tests and the load command.
 #[derive(Default, Debug)]
 pub struct Stats {
+    /// Sessions accepted.
     pub sessions: AtomicU64,
+    /// Results produced (one per finished frame).
     pub results: AtomicU64,
+    /// Results published again on a device's `Sync`.
     pub redelivered: AtomicU64,
+    /// Results the device acknowledged, then forgotten.
     pub acked: AtomicU64,
+    /// Results dropped unacknowledged after the result TTL.
     pub expired: AtomicU64,
+    /// Messages refused, of any party.
     pub rejected: AtomicU64,
+    /// Results waiting for an acknowledgement.
     pub queued: AtomicU64,
+    /// Sessions retired by the per-device quota.
     pub sessions_retired: AtomicU64,
+    /// Sessions forgotten after the session TTL unused.
     pub sessions_expired: AtomicU64,
+    /// Stored sessions found dead at start, deleted without decrypting.
     pub sessions_pruned: AtomicU64,
+    /// New sessions refused (`TooManySessions`): over the opening rate.
     pub sessions_throttled: AtomicU64,
     /// A round message taken to its answer handed to the link.
     pub round_latency: veil_shell::Latency,
@@ -108,11 +143,17 @@ pub struct Stats {
 /// A plain copy of [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// Sessions accepted.
     pub sessions: u64,
+    /// Results produced (one per finished frame).
     pub results: u64,
+    /// Results published again on a device's `Sync`.
     pub redelivered: u64,
+    /// Results the device acknowledged, then forgotten.
     pub acked: u64,
+    /// Results dropped unacknowledged after the result TTL.
     pub expired: u64,
+    /// Messages refused, of any party.
     pub rejected: u64,
     /// Results waiting for an acknowledgement.
     pub queued: u64,
@@ -127,6 +168,7 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    /// The counters now (each read on its own: not one instant).
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -178,6 +220,7 @@ impl ServerB {
         Ok(ServerB { worker, stats })
     }
 
+    /// The runtime's counters now.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }

@@ -15,13 +15,5 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init(veil_shell::logging::SERVICE_FILTER);
-    // Each cause once, as `veil` reports (anyhow's Debug form would add a
-    // backtrace wherever RUST_BACKTRACE is set).
-    match veil_server_b::cli::run(cli.args).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    veil_shell::exit_status(veil_server_b::cli::run(cli.args).await)
 }

@@ -10,6 +10,7 @@
 //! - [`notify`]: systemd's READY and watchdog notifications.
 //! - [`heartbeat`]: a protocol worker's proof of progress, for the watchdog.
 //! - [`scrape`]: a histogram read back from a metrics page (tests).
+//! - [`exit_status`]: how a binary reports its outcome and exits.
 //!
 //! # Why a crate of its own
 //! The servers and the agent each ship as a binary of their own as well
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod exit;
 pub mod heartbeat;
 mod local;
 pub mod logging;
@@ -30,6 +32,7 @@ mod signals;
 pub mod worker;
 
 pub use config::ConfigError;
+pub use exit::exit_status;
 pub use heartbeat::Heartbeat;
 pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};

@@ -6,6 +6,8 @@
 //! Pima models, a switchable TCP relay that takes a device off the network,
 //! and the integer reference that results must equal bit for bit.
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,7 @@ use veil_protocol::{I256, Params, SessionId, frame_rounding};
 /// machine is slow; nothing is asserted about speed).
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
+/// `path` relative to the repository root (config files, models, keys).
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -51,6 +54,8 @@ impl std::io::Write for Capture {
     }
 }
 
+/// Captures every log line of the process (filter: `VEIL_TEST_LOG`) for
+/// [`logs`]; once per process, later calls do nothing.
 pub fn init_logging() {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
@@ -67,6 +72,8 @@ pub fn init_logging() {
     });
 }
 
+/// Everything logged since [`init_logging`], for tests that check what
+/// an operator would read.
 pub fn logs() -> String {
     LOGS.get()
         .map(|b| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned())
@@ -122,6 +129,8 @@ pub fn broker_config(listen: SocketAddr) -> BrokerConfig {
     }
 }
 
+/// The embedded broker with the shipped ACL and password files on
+/// `listen`, retried while the port is still held by a previous one.
 pub async fn start_broker(listen: SocketAddr) -> BrokerHandle {
     init_logging();
     // The port may still be held briefly by the previous instance.
@@ -153,12 +162,19 @@ pub fn mqtt(addr: SocketAddr, user: &str) -> MqttSettings {
 
 /// Both servers for one model, restartable on the same state.
 pub struct Servers {
+    /// Parent of both servers' state directories.
     pub dir: PathBuf,
+    /// The model both serve.
     pub model: Arc<CompiledModel>,
+    /// A's fixture key.
     pub key_a: Arc<SecretKey>,
+    /// B's fixture key.
     pub key_b: Arc<SecretKey>,
+    /// The broker both connect to.
     pub addr: SocketAddr,
+    /// Server A while it runs.
     pub a: Option<veil_server_a::ServerA>,
+    /// Server B while it runs.
     pub b: Option<veil_server_b::ServerB>,
     /// How long A waits for B before starting a frame over.
     pub round_timeout: Duration,
@@ -167,6 +183,8 @@ pub struct Servers {
 }
 
 impl Servers {
+    /// Neither server started yet, state under `dir`, fixture keys, the
+    /// shipped model `model_name`.
     pub fn new(dir: &Path, model_name: &str, addr: SocketAddr) -> Servers {
         let (key_a, key_b) = keys();
         Servers {
@@ -182,6 +200,8 @@ impl Servers {
         }
     }
 
+    /// A's options: this broker, this state, [`Servers::round_timeout`],
+    /// 20 retries, [`Servers::sessions`].
     pub fn a_options(&self) -> veil_server_a::Options {
         let mut o =
             veil_server_a::Options::new(mqtt(self.addr, "server-a"), self.dir.join("server-a"));
@@ -191,6 +211,7 @@ impl Servers {
         o
     }
 
+    /// B's options: this broker, this state, [`Servers::sessions`].
     pub fn b_options(&self) -> veil_server_b::Options {
         let mut o =
             veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"));
@@ -198,6 +219,7 @@ impl Servers {
         o
     }
 
+    /// Starts A (panics if it cannot).
     pub async fn start_a(&mut self) {
         let server = veil_server_a::ServerA::start(
             self.a_options(),
@@ -213,6 +235,7 @@ impl Servers {
         self.a = Some(server);
     }
 
+    /// Starts B (panics if it cannot).
     pub async fn start_b(&mut self) {
         let server = veil_server_b::ServerB::start(
             self.b_options(),
@@ -225,11 +248,13 @@ impl Servers {
         self.b = Some(server);
     }
 
+    /// Starts B, then A.
     pub async fn start(&mut self) {
         self.start_b().await;
         self.start_a().await;
     }
 
+    /// The fingerprints a device pins: both keys and the topology.
     pub fn pins(&self) -> Pins {
         Pins {
             server_a: self.key_a.public_key().fingerprint_hex(),
@@ -238,6 +263,8 @@ impl Servers {
         }
     }
 
+    /// Shuts down whichever server runs, A first; their state stays for a
+    /// restart.
     pub async fn stop(&mut self) {
         if let Some(a) = self.a.take() {
             a.shutdown().await;
@@ -270,6 +297,7 @@ pub fn agent_options(dir: &Path, device: &str, addr: SocketAddr, pins: Pins) -> 
     o
 }
 
+/// Starts an edge agent (panics if it cannot).
 pub async fn start_agent(options: AgentOptions) -> EdgeAgent {
     EdgeAgent::start(options).await.expect("edge agent starts")
 }
@@ -306,12 +334,14 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 /// connection through it is cut and new ones are refused, as when a
 /// device loses its network.
 pub struct Relay {
+    /// Where devices connect instead of the broker.
     pub addr: SocketAddr,
     online: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
+    /// A relay to `upstream`, online.
     pub async fn start(upstream: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
         let addr = listener.local_addr().expect("relay address");
@@ -345,6 +375,8 @@ impl Relay {
         Relay { addr, online, task }
     }
 
+    /// Cuts every connection and refuses new ones (`false`), or lets them
+    /// through again (`true`).
     pub fn set_online(&self, on: bool) {
         let _ = self.online.send(on);
     }
@@ -359,6 +391,7 @@ impl Drop for Relay {
 /// A flag for tests that log what they skipped.
 pub static SKIPPED: AtomicBool = AtomicBool::new(false);
 
+/// Notes a skipped check on stderr and in [`SKIPPED`].
 pub fn note_skip(reason: &str) {
     SKIPPED.store(true, Ordering::Relaxed);
     eprintln!("skipped: {reason}");
@@ -372,6 +405,7 @@ pub fn free_addr() -> SocketAddr {
 
 /// A bare MQTT 3.1.1 client for poking at the broker directly.
 pub struct Raw {
+    /// The client, to publish and subscribe with.
     pub client: rumqttc::AsyncClient,
     rx: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Event>,
     /// Messages that arrived while waiting for something else.

@@ -38,22 +38,25 @@ pub type Millis = u64;
 pub enum Input {
     /// A message the broker delivered (shared bytes: a round is several
     /// MB, and no node copies it).
-    Message {
-        topic: String,
-        payload: Bytes,
-    },
+    Message { topic: String, payload: Bytes },
     /// The broker acknowledged the publish sent with this token.
     Confirmed(u64),
     /// (Re)connected, subscriptions in place.
     Connected,
+    /// The connection dropped; publishes not yet confirmed are sent again
+    /// after the next [`Input::Connected`].
     Disconnected,
 }
 
 /// A message a node wants published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// The MQTT topic to publish on.
     pub topic: String,
+    /// The encoded message.
     pub payload: Vec<u8>,
+    /// Whether the broker keeps it for later subscribers (the servers'
+    /// public keys and topologies).
     pub retain: bool,
     /// Report the broker's acknowledgement as [`Input::Confirmed`] with
     /// this token.
@@ -78,7 +81,9 @@ pub struct Refusal {
     pub what: &'static str,
     /// Who sent it (a device name, or a server).
     pub from: String,
+    /// The code sent back (or that would be, for refusals not sent).
     pub code: RejectCode,
+    /// The reason in words, for the log.
     pub detail: String,
 }
 

@@ -56,7 +56,9 @@ impl Default for SessionLimits {
 /// A session as a server stores it, with the times the rules need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSession {
+    /// The session's id.
     pub sid: SessionId,
+    /// The device that opened it.
     pub device: String,
     /// When the server accepted it.
     pub opened: Millis,
@@ -188,6 +190,7 @@ pub(crate) struct SessionBook {
 }
 
 impl SessionBook {
+    /// An empty book that enforces `limits`.
     pub fn new(limits: SessionLimits) -> SessionBook {
         SessionBook {
             limits,
@@ -201,14 +204,17 @@ impl SessionBook {
         }
     }
 
+    /// The limits it enforces.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
     }
 
+    /// Whether `sid` is live (accepted and neither closed nor expired).
     pub fn contains(&self, sid: &SessionId) -> bool {
         self.live.contains_key(sid)
     }
 
+    /// Live sessions, of all devices.
     pub fn len(&self) -> usize {
         self.live.len()
     }

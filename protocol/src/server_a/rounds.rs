@@ -55,7 +55,8 @@ impl<P: PublicOps> ServerA<P> {
             })
         };
         let all_slots: Vec<&Slot> = plan.slots.iter().flatten().collect();
-        let round = match mode {
+        // The sealed values, masked values and masked α-values of the round.
+        let (values, masked, masked_alpha) = match mode {
             RoundMode::Permute => {
                 let values = all_slots
                     .par_iter()
@@ -66,16 +67,11 @@ impl<P: PublicOps> ServerA<P> {
                     .collect::<Result<Vec<_>>>()?;
                 let zeros = vec![0; values.len()];
                 let offsets = vec![I256::ZERO; values.len()];
-                Round {
-                    stage: s as u16,
-                    mode,
-                    groups: plan.order.len() as u32,
-                    group_size: shape.group_size as u16,
-                    packed: params.pack,
-                    values: self.seal_shifted(&values, &zeros, &offsets, shape.value_bits)?,
-                    masked: Vec::new(),
-                    masked_alpha: Vec::new(),
-                }
+                (
+                    self.seal_shifted(&values, &zeros, &offsets, shape.value_bits)?,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
             RoundMode::Blind => {
                 // Negative weights of the comparisons share one batch
@@ -134,20 +130,25 @@ impl<P: PublicOps> ServerA<P> {
                 let masked_alpha: Vec<P::Ct> = masked_alpha.into_iter().flatten().collect();
                 let shifts: Vec<u32> = plan.comparisons.iter().map(|c| c.shift).collect();
                 let offsets: Vec<I256> = plan.comparisons.iter().map(|c| c.gamma_lo).collect();
-                Round {
-                    stage: s as u16,
-                    mode,
-                    groups: plan.order.len() as u32,
-                    group_size: shape.group_size as u16,
-                    packed: params.pack,
-                    values: self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
-                    masked: self.seal(&masked, shape.masked_bits)?,
-                    masked_alpha: match shape.alpha_bits {
+                (
+                    self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
+                    self.seal(&masked, shape.masked_bits)?,
+                    match shape.alpha_bits {
                         Some(bits) => self.seal(&masked_alpha, bits)?,
                         None => Vec::new(),
                     },
-                }
+                )
             }
+        };
+        let round = Round {
+            stage: narrow("stage index", s, u16::MAX.into())?,
+            mode,
+            groups: narrow("groups in a round", plan.order.len(), u32::MAX.into())?,
+            group_size: narrow("entries in a group", shape.group_size, u16::MAX.into())?,
+            packed: params.pack,
+            values,
+            masked,
+            masked_alpha,
         };
         let entries = plan
             .order
@@ -484,4 +485,14 @@ impl<P: PublicOps> ServerA<P> {
             }
         }
     }
+}
+
+/// `value` in the narrower integer a round's header carries it in; the
+/// model file sets it, so it is checked, not truncated.
+fn narrow<T: TryFrom<usize>>(what: &'static str, value: usize, limit: u64) -> Result<T> {
+    T::try_from(value).map_err(|_| ProtocolError::TooLarge {
+        what,
+        limit,
+        got: value as u64,
+    })
 }

@@ -201,6 +201,8 @@ impl<P: PublicOps> ServerANode<P> {
         &self.machine
     }
 
+    /// The wrapped state machine, for tests and audits that step outside
+    /// the node's rules.
     pub fn machine_mut(&mut self) -> &mut ServerA<P> {
         &mut self.machine
     }
@@ -223,6 +225,8 @@ impl<P: PublicOps> ServerANode<P> {
         }
     }
 
+    /// Feeds one input from the shell at time `now`; what it causes waits in
+    /// [`ServerANode::poll_transmit`] and [`ServerANode::poll_event`].
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected => {
@@ -244,10 +248,12 @@ impl<P: PublicOps> ServerANode<P> {
         }
     }
 
+    /// The next message to publish, oldest first.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next thing to persist, forget or count, oldest first.
     pub fn poll_event(&mut self) -> Option<AEvent> {
         self.events.pop_front()
     }
@@ -279,6 +285,8 @@ impl<P: PublicOps> ServerANode<P> {
             .min()
     }
 
+    /// Retries frames, gives up on parked messages and closes idle sessions
+    /// whose time has come by `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         let overdue: Vec<(SessionId, u64)> = self
             .tracks

@@ -43,10 +43,15 @@ impl Default for BOptions {
 /// A result waiting for its acknowledgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queued {
+    /// The device the result is for.
     pub device: String,
+    /// Its session.
     pub sid: SessionId,
+    /// Its frame counter.
     pub t: u64,
+    /// When B produced it: the result expires `result_ttl` later.
     pub stored_at: Millis,
+    /// The result message as published on the device's result topic.
     pub envelope: Vec<u8>,
 }
 
@@ -168,6 +173,7 @@ impl<S: SecretOps> ServerBNode<S> {
         }
     }
 
+    /// The wrapped state machine (its configuration and backend).
     pub fn machine(&self) -> &ServerB<S> {
         &self.machine
     }
@@ -178,6 +184,8 @@ impl<S: SecretOps> ServerBNode<S> {
         &mut self.machine
     }
 
+    /// Feeds one input from the shell at time `now`; what it causes waits in
+    /// [`ServerBNode::poll_transmit`] and [`ServerBNode::poll_event`].
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected => {
@@ -192,14 +200,18 @@ impl<S: SecretOps> ServerBNode<S> {
         }
     }
 
+    /// The next message to publish, oldest first.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next thing to persist, forget or count, oldest first.
     pub fn poll_event(&mut self) -> Option<BEvent> {
         self.events.pop_front()
     }
 
+    /// When [`ServerBNode::handle_timeout`] is next due: the first parked message
+    /// to give up on, result to expire or session to close.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let parked = self
             .parked
@@ -215,6 +227,8 @@ impl<S: SecretOps> ServerBNode<S> {
             .min()
     }
 
+    /// Gives up on parked messages, expires results and closes idle
+    /// sessions whose time has come by `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         let timeout = self.options.park_timeout;
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
