@@ -275,6 +275,7 @@ impl EdgeAgent {
         self.shared.disk.outbox_len()
     }
 
+    /// The counters now.
     pub fn stats(&self) -> AgentStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

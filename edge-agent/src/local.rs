@@ -174,6 +174,10 @@ impl LocalBridge {
         let (payload, retain) = match output {
             Output::Result(r) => {
                 let result_at_ms = now_ms();
+                // A latency this agent measured (finite, non-negative):
+                // whole milliseconds are the intent, and `as` saturates.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let latency_ms = r.latency_ms as u64;
                 let line = ResultLine {
                     kind: "result",
                     device: &r.device,
@@ -182,7 +186,7 @@ impl LocalBridge {
                     class: r.class,
                     outputs: &r.logits,
                     label: r.label.as_deref(),
-                    captured_at_ms: result_at_ms.saturating_sub(r.latency_ms as u64),
+                    captured_at_ms: result_at_ms.saturating_sub(latency_ms),
                     result_at_ms,
                     latency_ms: r.latency_ms,
                 };
@@ -296,9 +300,13 @@ impl LocalBridge {
                 continue;
             }
             match value.as_f64() {
-                Some(v) => {
+                Some(v) if v.abs() <= f64::from(f32::MAX) => {
+                    // In range (checked): the model takes f32, so rounding
+                    // to the nearest f32 is the intent.
+                    #[allow(clippy::cast_possible_truncation)]
                     self.latest.insert(field.clone(), v as f32);
                 }
+                Some(v) => return refuse(format!("field {field:?} = {v} is beyond f32")),
                 None => return refuse(format!("field {field:?} is not a number")),
             }
         }

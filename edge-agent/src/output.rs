@@ -87,7 +87,7 @@ impl Output {
 
 /// Integer outputs to floats, with the model's final softmax if it has one.
 pub fn decode_logits(topology: &Topology, raw: &[I256]) -> Vec<f64> {
-    let scale = 2f64.powi(topology.output_scale_bits as i32);
+    let scale = f64::from(topology.output_scale_bits).exp2();
     let values: Vec<f64> = raw.iter().map(|v| v.as_f64() / scale).collect();
     if topology.device_softmax && !values.is_empty() {
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);

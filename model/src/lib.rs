@@ -14,7 +14,12 @@
 //! tract: only ONNX import and the float reference sit behind the `onnx`
 //! feature. It also loads the MNIST and Pima data sets shipped in `data/`.
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 #[cfg(feature = "onnx")]
 mod affine;

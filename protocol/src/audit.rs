@@ -16,8 +16,11 @@ use veil_model::Topology;
 /// One round as B sees it after decryption, entries in received order.
 #[derive(Clone, Debug)]
 pub struct RoundView {
+    /// The activation stage.
     pub stage: usize,
+    /// How B evaluates it.
     pub mode: RoundMode,
+    /// Groups received, dummies included.
     pub groups: usize,
     /// Window entries per group (padded).
     pub group_size: usize,
@@ -30,6 +33,7 @@ pub struct RoundView {
     /// Blind: `β·(z_i - z_j) + γ`, one per comparison; permute: `z`, one
     /// per window entry. Grouped by `values_per_group`.
     pub values: Vec<I256>,
+    /// Entries of `values` per group.
     pub values_per_group: usize,
     /// `z + ρ`, one per slot (blind only).
     pub masked: Vec<I256>,

@@ -19,16 +19,22 @@ pub trait PublicOps: Send + Sync {
     /// Ciphertexts prepared for many dot products over them.
     type Prepared: Send + Sync;
 
+    /// A short name for logs and reports (`"paillier"`, `"plain"`).
     fn name(&self) -> &'static str;
     /// A fresh encryption (new randomness).
     fn encrypt(&self, v: I256) -> Self::Ct;
     /// The trivial encryption of a public constant (no randomness).
     fn constant(&self, v: I256) -> Self::Ct;
+    /// `[[a + b]]`.
     fn add(&self, a: &Self::Ct, b: &Self::Ct) -> Self::Ct;
+    /// `[[a + k]]` for a public `k`.
     fn add_plain(&self, a: &Self::Ct, k: I256) -> Self::Ct;
+    /// `[[k·a]]` for a public `k`.
     fn scale(&self, a: &Self::Ct, k: I256) -> Self::Ct;
     /// The same plaintext under fresh randomness.
     fn rerandomize(&self, a: &Self::Ct) -> Self::Ct;
+    /// Prepares `xs` for [`PublicOps::dot`] (inverses for negative weights,
+    /// tables for the multi-exponentiation), once for many dot products.
     fn prepare(&self, xs: &[Self::Ct]) -> Result<Self::Prepared>;
     /// `[[Σ w·x_i]]` over prepared ciphertexts.
     fn dot(&self, prepared: &Self::Prepared, terms: &[(u32, i64)]) -> Result<Self::Ct>;
@@ -36,6 +42,7 @@ pub trait PublicOps: Send + Sync {
     fn slots(&self, value_bits: u32) -> Result<usize>;
     /// Packs up to `slots(value_bits)` values into one ciphertext.
     fn pack(&self, value_bits: u32, values: &[Self::Ct]) -> Result<Self::Ct>;
+    /// The ciphertext's wire bytes.
     fn encode(&self, c: &Self::Ct) -> Vec<u8>;
     /// Decodes and validates a ciphertext from the wire.
     fn decode(&self, bytes: &[u8]) -> Result<Self::Ct>;
@@ -64,6 +71,7 @@ pub trait PublicOps: Send + Sync {
 
 /// What server B can do on top: decrypt.
 pub trait SecretOps: PublicOps {
+    /// The plaintext of a ciphertext that holds one value (centred).
     fn decrypt(&self, c: &Self::Ct) -> Result<I256>;
     /// Decrypts a packed ciphertext holding `count` values.
     fn unpack(&self, c: &Self::Ct, value_bits: u32, count: usize) -> Result<Vec<I256>>;
@@ -128,6 +136,7 @@ impl PaillierPublic {
         ChaCha20Rng::from_rng(&mut *seeds)
     }
 
+    /// The key encrypted under.
     pub fn key(&self) -> &PublicKey {
         &self.key
     }
@@ -243,6 +252,8 @@ pub struct PaillierSecret {
 }
 
 impl PaillierSecret {
+    /// B's backend with `secret`: noise as `noise` says, drawn from a
+    /// generator seeded with `seed` (injected, so runs can be repeated).
     pub fn new(secret: Arc<SecretKey>, noise: Noise, seed: [u8; 32]) -> PaillierSecret {
         PaillierSecret {
             public: PaillierPublic::new(secret.public_key().clone(), noise, seed),
@@ -250,6 +261,7 @@ impl PaillierSecret {
         }
     }
 
+    /// The public half of the key.
     pub fn key(&self) -> &PublicKey {
         self.public.key()
     }
@@ -354,8 +366,15 @@ impl SecretOps for PaillierSecret {
 /// A plaintext "ciphertext": the value itself, or packed values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlainCt {
+    /// One value.
     Value(I256),
-    Packed { value_bits: u32, values: Vec<I256> },
+    /// Several values sharing one ciphertext.
+    Packed {
+        /// The width each value was packed with.
+        value_bits: u32,
+        /// The values, first slot first.
+        values: Vec<I256>,
+    },
 }
 
 /// Identity encryption with the same packing geometry as a Paillier key of
@@ -372,6 +391,7 @@ impl Default for Plain {
 }
 
 impl Plain {
+    /// The stand-in for a key of `modulus_bits` bits.
     pub fn new(modulus_bits: u32) -> Plain {
         Plain { modulus_bits }
     }

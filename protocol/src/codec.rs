@@ -14,6 +14,7 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
 }
 
+/// Encodes a whole message with bincode under the size limit.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, config()).map_err(ProtocolError::Encode)
 }
@@ -35,6 +36,8 @@ pub(crate) fn too_large(bytes: usize) -> ProtocolError {
     }
 }
 
+/// Decodes a whole message: at most [`MAX_MESSAGE_BYTES`], checked before
+/// anything is read, and no byte left over.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(too_large(bytes.len()));
@@ -66,6 +69,7 @@ pub struct FieldWriter<'a> {
 }
 
 impl<'a> FieldWriter<'a> {
+    /// A writer appending to `out`.
     pub fn new(out: &'a mut Vec<u8>) -> FieldWriter<'a> {
         FieldWriter {
             out,
@@ -76,6 +80,9 @@ impl<'a> FieldWriter<'a> {
 
     /// Writes the low `bits` (≤ 128) bits of `value`.
     #[inline]
+    // Splits the value into its two 64-bit limbs: dropping the high half
+    // of each `as u64` is the point.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn put(&mut self, value: u128, bits: u32) {
         let value = value & low_mask(bits);
         if bits <= 64 {
@@ -126,6 +133,7 @@ pub struct FieldReader<'a> {
 }
 
 impl<'a> FieldReader<'a> {
+    /// A reader from the start of `bytes`.
     pub fn new(bytes: &'a [u8]) -> FieldReader<'a> {
         FieldReader {
             bytes,
@@ -147,6 +155,9 @@ impl<'a> FieldReader<'a> {
     }
 
     #[inline]
+    // `bits` ≤ 64 bits of the accumulator, masked first: the cast drops
+    // only zeros.
+    #[allow(clippy::cast_possible_truncation)]
     fn get64(&mut self, bits: u32) -> u64 {
         while self.filled < bits {
             let byte = self.bytes.get(self.next).copied().unwrap_or(0);

@@ -9,6 +9,9 @@
 use crate::error::{ProtocolError, Result};
 use serde::{Deserialize, Serialize};
 
+/// The device's frame counters, handed out from blocks reserved on disk
+/// first, so that a crash at any moment never lets a counter be used twice
+/// under one seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterReservation {
     next: u64,

@@ -26,8 +26,11 @@ use std::time::{Duration, Instant};
 /// One message as it crossed the (simulated) network.
 #[derive(Clone, Debug)]
 pub struct Delivery {
+    /// The sender.
     pub from: Peer,
+    /// The recipient.
     pub to: Peer,
+    /// The message's bytes as they travelled.
     pub bytes: Vec<u8>,
     /// The device whose own topic carried the message in the compact
     /// encoding ([`crate::wire`]), if one did.
@@ -47,8 +50,11 @@ impl Delivery {
 /// Time each party spent handling messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PartyTimes {
+    /// The device's share.
     pub device: Duration,
+    /// Server A's share.
     pub a: Duration,
+    /// Server B's share.
     pub b: Duration,
 }
 
@@ -70,10 +76,15 @@ impl PartyTimes {
 pub struct EngineStats {
     /// Bytes per (from, to) link.
     pub bytes: BTreeMap<(PeerKey, PeerKey), u64>,
+    /// Messages delivered.
     pub messages: u64,
+    /// Wall time of offline work.
     pub offline: PartyTimes,
+    /// Wall time of online work.
     pub online: PartyTimes,
+    /// CPU time of offline work (zero without a CPU clock).
     pub offline_cpu: PartyTimes,
+    /// CPU time of online work (zero without a CPU clock).
     pub online_cpu: PartyTimes,
 }
 
@@ -84,6 +95,7 @@ pub type CpuClock = fn() -> Duration;
 /// `Peer` as an ordered map key.
 pub type PeerKey = u8;
 
+/// The key of `p` in [`EngineStats::bytes`].
 pub fn peer_key(p: Peer) -> PeerKey {
     match p {
         Peer::Device => 0,
@@ -93,6 +105,7 @@ pub fn peer_key(p: Peer) -> PeerKey {
 }
 
 impl EngineStats {
+    /// Bytes sent from `from` to `to`.
     pub fn link(&self, from: Peer, to: Peer) -> u64 {
         self.bytes
             .get(&(peer_key(from), peer_key(to)))
@@ -104,8 +117,11 @@ impl EngineStats {
 /// The outcome of one private inference.
 #[derive(Clone, Debug)]
 pub struct Inference {
+    /// The session the frame ran under.
     pub sid: SessionId,
+    /// Its counter.
     pub t: u64,
+    /// The unmasked outputs, at the model's output scale.
     pub outputs: Vec<I256>,
     /// Wall time from masking the frame to unmasking its result.
     pub latency: Duration,
@@ -133,6 +149,9 @@ fn offline_message(topic: &str, payload: &[u8]) -> bool {
 /// A result the device delivered: its values and the bytes it came in.
 type Delivered = (Vec<I256>, usize);
 
+/// All three parties in one process, wired by an in-memory broker that
+/// delivers in order and loses nothing: the same nodes the shells run,
+/// for tests, benchmarks and `veil demo`.
 pub struct Engine<P: PublicOps, S: SecretOps> {
     device: DeviceNode,
     a: ServerANode<P>,
@@ -141,7 +160,9 @@ pub struct Engine<P: PublicOps, S: SecretOps> {
     /// lossless run never reaches a node's timeout.
     now: Millis,
     record: bool,
+    /// Every message delivered, when recording is on.
     pub transcript: Vec<Delivery>,
+    /// Traffic and time so far.
     pub stats: EngineStats,
     /// Offline messages sent during a frame, delivered by the next
     /// [`Engine::prepare`].

@@ -51,7 +51,10 @@ pub fn bits(data: &[u8]) {
         .map(|i| if i % 2 == 0 { width } else { width / 2 })
         .collect();
     let used: u64 = widths.iter().map(|w| u64::from(*w)).sum();
-    let Some(packed) = packed.get(..used.div_ceil(8) as usize) else {
+    let Ok(len) = usize::try_from(used.div_ceil(8)) else {
+        return;
+    };
+    let Some(packed) = packed.get(..len) else {
         return;
     };
     let Ok(values) = unpack_fields(packed, &widths) else {

@@ -51,6 +51,7 @@ impl InputField {
 /// The fields of a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// One per input feature, in the model's input order.
     pub fields: Vec<InputField>,
     /// Bytes of the packed values.
     pub bytes: usize,
@@ -61,6 +62,7 @@ fn bits_of(v: u64) -> u32 {
 }
 
 impl FrameLayout {
+    /// The layout the model's input bounds and σ imply.
     pub fn new(topology: &Topology, params: &Params) -> FrameLayout {
         let fields: Vec<InputField> = topology
             .input_ranges
@@ -78,10 +80,12 @@ impl FrameLayout {
         FrameLayout { fields, bytes }
     }
 
+    /// The width of each feature's mask, in input order.
     pub fn mask_bits(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.fields.iter().map(|f| f.mask_bits)
     }
 
+    /// The width each feature travels in, in input order.
     pub fn wire_bits(&self) -> Vec<u32> {
         self.fields.iter().map(InputField::wire_bits).collect()
     }
@@ -90,6 +94,7 @@ impl FrameLayout {
 /// The fields of a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResultLayout {
+    /// How many outputs.
     pub count: usize,
     /// `κ`: every output satisfies `|o| < 2^κ`.
     pub bound_bits: u32,
@@ -100,6 +105,7 @@ pub struct ResultLayout {
 }
 
 impl ResultLayout {
+    /// The layout the model's output bound and σ imply.
     pub fn new(topology: &Topology, params: &Params) -> ResultLayout {
         let bound_bits = output_bits(topology);
         let count = topology.output_len;
@@ -117,6 +123,9 @@ impl ResultLayout {
     }
 
     /// The output whose residue modulo `2^(κ+1)` is `residue`.
+    // Masked to κ + 1 ≤ MAX_VALUE_BITS < 128 bits (`Params::check`), the
+    // residue fits an i128 as it is.
+    #[allow(clippy::cast_possible_wrap)]
     pub fn centred(&self, residue: u128) -> i128 {
         let residue = (residue & low_mask(self.wire_bits())) as i128;
         if residue >> self.bound_bits != 0 {

@@ -13,10 +13,21 @@
 //! with fixed seeds; networking, storage and time belong to the shells
 //! (`veil-edge-agent`, `veil-server-a`, `veil-server-b`).
 
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 pub mod audit;
 mod backend;
 pub mod codec;
 mod counter;
+// The per-frame device path is being reworked on another branch: its
+// public items get their docs, and its one sign cast (range-checked right
+// after it) its own allow, after that lands, not in a conflicting edit.
+#[allow(missing_docs, clippy::cast_sign_loss)]
 mod device;
 mod engine;
 mod error;

@@ -27,6 +27,7 @@ pub struct Params {
     /// Dummies per activation round: at least `min_dummies`, and at least
     /// `dummy_permille`/1000 of the real entries.
     pub min_dummies: u32,
+    /// Dummies per thousand real entries, when more than `min_dummies`.
     pub dummy_permille: u32,
     /// Pack many values per plaintext on A→B messages.
     pub pack: bool,
@@ -71,6 +72,8 @@ impl Default for Params {
 pub const MAX_VALUE_BITS: u32 = 240;
 
 impl Params {
+    /// SHA-256 of the parameters: a session names it, so that a server
+    /// refuses a device that expects other ones.
     pub fn fingerprint(&self) -> [u8; 32] {
         let bytes =
             bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();

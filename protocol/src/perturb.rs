@@ -70,9 +70,17 @@ fn random_below(rng: &mut ChaCha20Rng, bound: I256) -> I256 {
     }
 }
 
+/// A uniform index below `n` (`n` ≥ 1), as every draw of the
+/// perturbation has always made it (the same stream of values).
+// The remainder is below `n`, a usize: the cast back loses nothing.
+#[allow(clippy::cast_possible_truncation)]
+fn index_below(rng: &mut ChaCha20Rng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
+}
+
 fn shuffle<T>(items: &mut [T], rng: &mut ChaCha20Rng) {
     for i in (1..items.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        let j = index_below(rng, i + 1);
         items.swap(i, j);
     }
 }
@@ -94,7 +102,7 @@ fn sample_value(sorted: &[i128], rng: &mut ChaCha20Rng) -> Option<I256> {
     if rest.is_empty() {
         return Some(I256::from(*first));
     }
-    let i = (rng.next_u64() % rest.len() as u64) as usize;
+    let i = index_below(rng, rest.len());
     let lo = I256::from(*sorted.get(i)?);
     let hi = I256::from(*sorted.get(i + 1)?);
     Some(lo + random_below(rng, hi - lo + 1))
@@ -121,7 +129,7 @@ fn dummy_group(
     let samples = samples.filter(|s| !s.groups.is_empty() && !s.sorted.is_empty());
     let out: Vec<I256> = match (samples, mode) {
         (Some(samples), RoundMode::Blind) => {
-            let g = (rng.next_u64() % samples.groups.len() as u64) as usize;
+            let g = index_below(rng, samples.groups.len());
             samples
                 .groups
                 .get(g)
@@ -190,11 +198,11 @@ fn decoy_difference(samples: Option<&StageSamples>, window: usize, rng: &mut Cha
         return I256::ZERO;
     }
     let group = pool
-        .get((rng.next_u64() % pool.len() as u64) as usize)
+        .get(index_below(rng, pool.len()))
         .map_or(&[][..], |g| g.as_slice());
     let mut pick = || {
         group
-            .get((rng.next_u64() % group.len().max(1) as u64) as usize)
+            .get(index_below(rng, group.len().max(1)))
             .copied()
             .unwrap_or(0)
     };

@@ -128,6 +128,9 @@ const COMPACT_KEYSTREAM: usize = 256;
 /// as rand's `ChaCha20Rng` with `set_stream(stream)`. A loop over double
 /// rounds, small enough to stay a few cache lines.
 #[inline(never)]
+// The 64-bit counter and stream each fill two 32-bit state words, low
+// half first: the truncating casts are the split.
+#[allow(clippy::cast_possible_truncation)]
 fn chacha_block(key: &[u32; 8], stream: u64, counter: u64) -> [u8; 64] {
     const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
     let mut state = [0u32; 16];

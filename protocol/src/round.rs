@@ -66,7 +66,15 @@ impl RoundShape {
             (None, true) => {
                 return Err(ProtocolError::EmptyPool { stage: s });
             }
-            (_, false) => (0..spec.input_len as u32).map(|j| vec![j]).collect(),
+            (_, false) => {
+                let inputs =
+                    u32::try_from(spec.input_len).map_err(|_| ProtocolError::TooLarge {
+                        what: "inputs of an activation stage",
+                        limit: u64::from(u32::MAX),
+                        got: spec.input_len as u64,
+                    })?;
+                (0..inputs).map(|j| vec![j]).collect()
+            }
         };
         let group_size = groups.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let alpha_q_bits = match spec.kind {

@@ -26,8 +26,11 @@ use veil_paillier::SecretKey;
 /// What server A is configured with.
 #[derive(Clone)]
 pub struct ServerAConfig {
+    /// The protocol parameters, as B and the devices have them.
     pub params: Params,
+    /// The model's public topology.
     pub topology: Arc<Topology>,
+    /// The model's private plan: its weights.
     pub plan: Arc<Plan>,
     /// A's own key pair: devices encrypt their seed kA under it.
     pub key: Arc<SecretKey>,
@@ -115,7 +118,9 @@ enum FrameState {
 pub enum EntryRole {
     /// A real pre-activation, by its index in the stage's input.
     Real(u32),
+    /// An entry of a dummy group.
     Dummy,
+    /// A copy filling a short pooling window.
     Padding,
     /// The slot of value 0 that hides a ReLU's sign (`hide_signs`).
     Zero,
@@ -125,13 +130,21 @@ pub enum EntryRole {
 /// them (comparisons follow `RoundView::comparisons`).
 #[derive(Clone, Debug)]
 pub struct RoundTruth {
+    /// The session.
     pub sid: SessionId,
+    /// The frame counter.
     pub t: u64,
+    /// The activation stage.
     pub stage: usize,
+    /// How B evaluates it.
     pub mode: RoundMode,
+    /// Each group's slots, in the order B receives them.
     pub groups: Vec<Vec<EntryRole>>,
 }
 
+/// Server A's state machine: linear layers on ciphertexts, and the
+/// perturbed rounds it sends B, keyed so that every worker retrying a
+/// frame repeats it exactly.
 pub struct ServerA<P: PublicOps> {
     cfg: ServerAConfig,
     layout: FrameLayout,
@@ -205,10 +218,12 @@ impl<P: PublicOps> ServerA<P> {
         self.truth.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// What it was configured with.
     pub fn config(&self) -> &ServerAConfig {
         &self.cfg
     }
 
+    /// Its crypto backend.
     pub fn backend(&self) -> &P {
         &self.backend
     }
@@ -332,11 +347,12 @@ impl<P: PublicOps> ServerA<P> {
             let width = field.wire_bits();
             // x̂ - L + b, which an honest device keeps below 2^m + R.
             let masked = reader.get(width).wrapping_sub(*a) & low_mask(width);
-            if masked > field.max_masked() {
-                return Err(ProtocolError::MaskedInput { index: i });
-            }
             // u = x̂ + b: fits, as m + 1 ≤ 125 bits.
-            u.push(masked as i128 + i128::from(field.offset));
+            let masked = i128::try_from(masked)
+                .ok()
+                .filter(|_| masked <= field.max_masked())
+                .ok_or(ProtocolError::MaskedInput { index: i })?;
+            u.push(masked + i128::from(field.offset));
         }
         let mut out = Vec::new();
         let have_masks = self.masks.contains_key(&(sid, t));
@@ -666,7 +682,11 @@ impl<P: PublicOps> ServerA<P> {
                 sid,
                 t,
                 Body::Output(Output {
-                    count: z.len() as u32,
+                    count: u32::try_from(z.len()).map_err(|_| ProtocolError::TooLarge {
+                        what: "outputs",
+                        limit: u64::from(u32::MAX),
+                        got: z.len() as u64,
+                    })?,
                     packed: params.pack,
                     values,
                 }),
@@ -683,7 +703,7 @@ fn mask_request(device: &str, sid: SessionId, from: u64, count: u64) -> Outgoing
             sid,
             from,
             Body::MaskRequest {
-                count: count.min(u64::from(u32::MAX)) as u32,
+                count: u32::try_from(count).unwrap_or(u32::MAX),
             },
         ),
     )

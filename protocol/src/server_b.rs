@@ -25,9 +25,12 @@ use veil_paillier::SecretKey;
 /// Most counters one mask request may cover.
 pub const MAX_MASK_REQUEST: u32 = 64;
 
+/// What server B is configured with.
 #[derive(Clone)]
 pub struct ServerBConfig {
+    /// The protocol parameters, as A and the devices have them.
     pub params: Params,
+    /// The model's public topology (B never sees the weights).
     pub topology: Arc<Topology>,
     /// B's key pair: devices encrypt kB under it, and (with the Paillier
     /// backend) every ciphertext of the protocol is under it too.
@@ -55,6 +58,8 @@ impl session::Owned for Session {
     }
 }
 
+/// Server B's state machine: first-layer masks, exact activations on
+/// perturbed values, and the doubly masked result.
 pub struct ServerB<S: SecretOps> {
     cfg: ServerBConfig,
     layout: FrameLayout,
@@ -70,6 +75,8 @@ pub struct ServerB<S: SecretOps> {
 }
 
 impl<S: SecretOps> ServerB<S> {
+    /// Checks the parameters against the topology and plans every
+    /// activation round an honest A will send.
     pub fn new(cfg: ServerBConfig, backend: S) -> Result<ServerB<S>> {
         cfg.params.check(&cfg.topology)?;
         let activations = cfg
@@ -92,10 +99,12 @@ impl<S: SecretOps> ServerB<S> {
         })
     }
 
+    /// What it was configured with.
     pub fn config(&self) -> &ServerBConfig {
         &self.cfg
     }
 
+    /// Its crypto backend.
     pub fn backend(&self) -> &S {
         &self.backend
     }

@@ -4,6 +4,7 @@
 
 use crate::messages::Peer;
 
+/// Every topic of this protocol generation starts here.
 pub const ROOT: &str = "veil/v1";
 
 /// Retained public key of server A (`a`) or B (`b`).
@@ -21,14 +22,18 @@ pub fn session(device: &str, server: char) -> String {
     format!("{ROOT}/dev/{device}/session/{server}")
 }
 
+/// Frames from a device to server A (compact encoding).
 pub fn frame(device: &str) -> String {
     format!("{ROOT}/dev/{device}/frame")
 }
 
+/// Results from server B to a device (compact encoding).
 pub fn result(device: &str) -> String {
     format!("{ROOT}/dev/{device}/result")
 }
 
+/// Acknowledgements and `Sync` from a device to server B (compact
+/// encoding).
 pub fn ack(device: &str) -> String {
     format!("{ROOT}/dev/{device}/ack")
 }
@@ -45,10 +50,15 @@ pub fn b_to_a(worker: &str) -> String {
 
 /// Wildcard filters the servers subscribe to.
 pub mod filters {
+    /// Every device's frames (server A).
     pub const FRAMES: &str = "veil/v1/dev/+/frame";
+    /// Every device's session messages for A.
     pub const SESSIONS_A: &str = "veil/v1/dev/+/session/a";
+    /// Every device's session messages for B.
     pub const SESSIONS_B: &str = "veil/v1/dev/+/session/b";
+    /// Every device's acknowledgements (server B).
     pub const ACKS: &str = "veil/v1/dev/+/ack";
+    /// Every A worker's messages to B.
     pub const A_TO_B: &str = "veil/v1/ab/#";
 }
 

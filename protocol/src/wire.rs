@@ -78,6 +78,9 @@ fn version_byte() -> u8 {
 }
 
 #[inline]
+// LEB128: each byte carries the low 7 bits of what is left; dropping the
+// rest in `as u8` is the encoding.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -212,8 +215,12 @@ pub fn encode(envelope: &Envelope, out: &mut Vec<u8>) -> Result<()> {
                 });
             }
             write_header(out, Kind::Reject, sid, t);
-            let index = CODES.iter().position(|c| c == code).unwrap_or(0);
-            out.push(index as u8);
+            let index = CODES
+                .iter()
+                .position(|c| c == code)
+                .and_then(|i| u8::try_from(i).ok())
+                .unwrap_or(0);
+            out.push(index);
             out.extend_from_slice(detail.as_bytes());
         }
         other => {

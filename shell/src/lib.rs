@@ -17,7 +17,12 @@
 //! as inside `veil`; the edge agent must stay small (no tract, no ring),
 //! so this crate depends on nothing the agent does not already build.
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 pub mod config;
 mod exit;

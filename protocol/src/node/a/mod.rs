@@ -65,48 +65,70 @@ pub enum AEvent {
     /// Store an accepted session message (replayed by
     /// [`ServerANode::restore`]), opened and last used at `opened`.
     PersistSession {
+        /// The session.
         sid: SessionId,
+        /// The device that opened it.
         device: String,
+        /// The device's session message, to decrypt again after a restart.
         envelope: Vec<u8>,
+        /// When it was accepted (and last used).
         opened: Millis,
     },
     /// Store that the session was last used at `used` (at most once per
     /// share of the session TTL; see [`SessionLimits`]).
     TouchSession {
+        /// The session.
         sid: SessionId,
+        /// When it was used.
         used: Millis,
     },
     /// Delete a session: retired, expired, or not loadable.
     ForgetSession {
+        /// The session.
         sid: SessionId,
     },
     /// Store a frame until its output is confirmed.
     PersistFrame {
+        /// The frame's session.
         sid: SessionId,
+        /// Its counter.
         t: u64,
+        /// Its device.
         device: String,
+        /// The frame message, replayed by [`ServerANode::restore`].
         envelope: Vec<u8>,
     },
+    /// Delete a stored frame: its output is confirmed, or it was given up.
     ForgetFrame {
+        /// The frame's session.
         sid: SessionId,
+        /// Its counter.
         t: u64,
     },
+    /// A message was refused: log and count it.
     Refused(Refusal),
+    /// Something worth counting happened.
     Note(ANote),
 }
 
 /// Things worth counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ANote {
+    /// A session accepted.
     Session,
+    /// A frame accepted.
     Frame,
     /// A copy of a frame already stored or finished.
     Duplicate,
     /// A frame dropped without a refusal (parking full).
     Dropped,
+    /// A frame started over: B did not answer in time.
     Retry,
+    /// A frame given up after its last retry.
     Abandoned,
+    /// A frame's output sent to B.
     Output,
+    /// A counter's first layer and corrections prepared ahead.
     Precomputed,
     /// A stored frame handed back in after a restart.
     Replayed,

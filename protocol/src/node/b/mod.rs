@@ -61,15 +61,21 @@ pub enum BEvent {
     /// Store an accepted session message, opened and last used at
     /// `opened`.
     PersistSession {
+        /// The session.
         sid: SessionId,
+        /// The device that opened it.
         device: String,
+        /// The device's session message, to decrypt again after a restart.
         envelope: Vec<u8>,
+        /// When it was accepted (and last used).
         opened: Millis,
     },
     /// Store that the session was last used at `used` (at most once per
     /// share of the session TTL; see [`SessionLimits`]).
     TouchSession {
+        /// The session.
         sid: SessionId,
+        /// When it was used.
         used: Millis,
     },
     /// Delete a session (retired, expired, or not loadable) with its
@@ -77,46 +83,64 @@ pub enum BEvent {
     /// `ForgetCompletion`), its queued results until acknowledged or
     /// expired.
     ForgetSession {
+        /// The session.
         sid: SessionId,
     },
     /// Delete a forgotten session's completion mark.
     ForgetCompletion {
+        /// The session.
         sid: SessionId,
     },
     /// Queue a result and store its session's completion mark (the
     /// highest finished counter, `completed` ≥ the result's `t`).
     PersistResult {
+        /// The result.
         result: Queued,
+        /// The session's completion mark.
         completed: u64,
     },
     /// Remember the stage frame `t` is at, so that a restarted B takes its
     /// next round or its output.
     PersistProgress {
+        /// The frame's session.
         sid: SessionId,
+        /// Its counter.
         t: u64,
+        /// The stage it is at.
         stage: u64,
     },
     /// Frames up to `t` of the session finished: forget their progress.
     ForgetProgress {
+        /// The session.
         sid: SessionId,
+        /// The last finished counter.
         upto: u64,
     },
     /// Drop a queued result (acknowledged or expired).
     ForgetResult {
+        /// The result's device.
         device: String,
+        /// Its session.
         sid: SessionId,
+        /// Its counter.
         t: u64,
     },
+    /// A message was refused: log and count it.
     Refused(Refusal),
+    /// Something worth counting happened.
     Note(BNote),
 }
 
 /// Things worth counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BNote {
+    /// A session accepted.
     Session,
+    /// A result produced.
     Result,
+    /// A result published again on a device's `Sync`.
     Redelivered,
+    /// A result acknowledged by its device, then forgotten.
     Acked,
     /// A result dropped unacknowledged after its time to live.
     Expired,
