@@ -228,7 +228,9 @@ impl CompiledModel {
                 let groups = match self.windows.get(s).and_then(Option::as_ref) {
                     Some(windows) if spec.kind.is_pool() => windows,
                     _ => {
-                        singles = (0..z.len() as u32).map(|j| vec![j]).collect::<Vec<_>>();
+                        // At most MAX_ELEMENTS (2^26) entries: indices fit a u32.
+                        let n = u32::try_from(z.len()).unwrap_or(u32::MAX);
+                        singles = (0..n).map(|j| vec![j]).collect::<Vec<_>>();
                         &singles
                     }
                 };
@@ -330,7 +332,7 @@ impl CompiledModel {
 
     /// Output integers to floats: divide by `2^output_scale_bits`.
     pub fn decode_output(&self, out: &[i128]) -> Vec<f64> {
-        let scale = 2f64.powi(self.topology.output_scale_bits as i32);
+        let scale = crate::semantics::pow2(self.topology.output_scale_bits);
         out.iter().map(|v| *v as f64 / scale).collect()
     }
 }

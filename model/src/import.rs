@@ -13,6 +13,7 @@ use node::{Const, Ctx, broadcast, constant, malformed, product, tensor_const};
 
 use crate::affine::{Affine, Op};
 use crate::error::ModelError;
+use crate::semantics::pow2;
 use crate::topology::{ActivationKind, MAX_ELEMENTS, PoolSpec};
 
 /// ONNX's `TensorProto.DataType` code of float32, the one element type of
@@ -47,17 +48,20 @@ pub(crate) enum FloatActivation {
 }
 
 impl FloatActivation {
-    pub fn quantize(self, weight_bits: u32) -> ActivationKind {
-        match self {
+    /// The integer kind at `weight_bits` of weight precision; refuses a
+    /// leaky-ReLU slope (read from the model file) that does not quantize
+    /// like a weight.
+    pub fn quantize(self, weight_bits: u32, stage: usize) -> Result<ActivationKind, ModelError> {
+        Ok(match self {
             FloatActivation::Relu => ActivationKind::Relu,
             FloatActivation::LeakyRelu(alpha) => ActivationKind::LeakyRelu {
-                alpha_q: (alpha * 2f64.powi(weight_bits as i32)).round() as i64,
+                alpha_q: crate::model::quantize_weight(alpha, pow2(weight_bits), stage)?,
             },
             FloatActivation::Sigmoid => ActivationKind::Sigmoid,
             FloatActivation::Tanh => ActivationKind::Tanh,
             FloatActivation::MaxPool => ActivationKind::MaxPool,
             FloatActivation::ReluMaxPool => ActivationKind::ReluMaxPool,
-        }
+        })
     }
 }
 
@@ -396,7 +400,8 @@ fn value_shape(v: &pb::ValueInfoProto) -> Result<Vec<usize>, ModelError> {
     let shape = rest
         .iter()
         .map(|d| match &d.value {
-            Some(Value::DimValue(v)) if *v > 0 => Ok(*v as usize),
+            Some(Value::DimValue(v)) if *v > 0 => usize::try_from(*v)
+                .map_err(|_| ModelError::UnsupportedGraph(format!("input dimension {v}"))),
             other => Err(ModelError::UnsupportedGraph(format!(
                 "input {:?} needs fixed feature dimensions, found {other:?}",
                 v.name

@@ -12,7 +12,7 @@ use crate::error::ModelError;
 use crate::fixed::{ActivationMode, FixedPoint, RoundingSource, WeightScale};
 use crate::import::{FloatStage, ImportedGraph, InputScale, decode, import};
 use crate::plan::{LinearLayer, Plan};
-use crate::semantics::permute_eval;
+use crate::semantics::{permute_eval, pow2};
 use crate::topology::{ActivationKind, ActivationSpec, LinearSpec, Stage, Topology};
 
 /// Largest bound (in bits) accepted at any stage; the protocol's masks add
@@ -143,7 +143,7 @@ fn resolve_scales(
             InputScale::Every(s) => vec![s; n],
             InputScale::Each(s) => s,
         },
-        (None, None) => vec![2f64.powi(fixed.frac_bits as i32); n],
+        (None, None) => vec![pow2(fixed.frac_bits); n],
     };
     if scales.len() != n {
         return Err(ModelError::InvalidScale(format!(
@@ -201,22 +201,27 @@ fn calibration_bounds(
         .collect())
 }
 
-fn quantize_weight(v: f64, scale: f64, stage: usize) -> Result<i64, ModelError> {
+pub(crate) fn quantize_weight(v: f64, scale: f64, stage: usize) -> Result<i64, ModelError> {
     let q = (v * scale).round();
     if !q.is_finite() || q.abs() >= 2f64.powi(62) {
         return Err(ModelError::WeightTooLarge { stage, value: v });
     }
+    // An integer below 2^62 in magnitude (checked): exact in an i64.
+    #[allow(clippy::cast_possible_truncation)]
     Ok(q as i64)
 }
 
 fn quantize_bias(v: f64, scale: f64, stage: usize) -> Result<i128, ModelError> {
     let q = (v * scale).round();
-    if !q.is_finite() || q.abs() >= 2f64.powi(MAX_BOUND_BITS as i32) {
+    if !q.is_finite() || q.abs() >= pow2(MAX_BOUND_BITS) {
         return Err(ModelError::BoundTooLarge {
             stage,
             bits: MAX_BOUND_BITS + 1,
         });
     }
+    // An integer below 2^MAX_BOUND_BITS in magnitude (checked): exact in
+    // an i128.
+    #[allow(clippy::cast_possible_truncation)]
     Ok(q as i128)
 }
 
@@ -233,7 +238,7 @@ fn quantize_layer(
     limit: usize,
     input_scales: Option<&[f64]>,
 ) -> Result<(LinearLayer, u32), ModelError> {
-    let activation = [2f64.powi(fixed.frac_bits as i32)];
+    let activation = [pow2(fixed.frac_bits)];
     let input_scales = match input_scales {
         Some(scales) => scales,
         None => &activation[..],
@@ -449,8 +454,8 @@ impl Model {
         let input_bounds = resolve_bounds(options, metadata_bounds, n)?;
         let input_scales = resolve_scales(options, metadata_scale, n, &fixed)?;
 
-        let limit = 2f64.powi(MAX_BOUND_BITS.min(62) as i32);
-        let mut intervals = Vec::with_capacity(n);
+        let limit = pow2(MAX_BOUND_BITS.min(62));
+        let mut ranges = Vec::with_capacity(n);
         for ((lo, hi), scale) in input_bounds.iter().zip(&input_scales) {
             let (a, b) = ((lo * scale).round(), (hi * scale).round());
             if a.abs() >= limit || b.abs() >= limit {
@@ -459,13 +464,16 @@ impl Model {
                     bits: MAX_BOUND_BITS.min(62) + 1,
                 });
             }
-            intervals.push((a as i128, b as i128));
+            // Integers below 2^62 in magnitude (checked): exact in an i64.
+            #[allow(clippy::cast_possible_truncation)]
+            ranges.push((a as i64, b as i64));
         }
-        let input_bound_bits = interval_bits(&intervals);
-        let input_ranges: Vec<(i64, i64)> = intervals
+        let input_ranges: Vec<(i64, i64)> = ranges;
+        let mut intervals: Vec<(i128, i128)> = input_ranges
             .iter()
-            .map(|(lo, hi)| (*lo as i64, *hi as i64))
+            .map(|(lo, hi)| (i128::from(*lo), i128::from(*hi)))
             .collect();
+        let input_bound_bits = interval_bits(&intervals);
 
         let mut stages = Vec::with_capacity(float_stages.len());
         let mut layers = Vec::with_capacity(float_stages.len());
@@ -499,7 +507,7 @@ impl Model {
                     input_len,
                     pool,
                 } => {
-                    let kind = kind.quantize(layer_fixed.weight_bits);
+                    let kind = kind.quantize(layer_fixed.weight_bits, s)?;
                     let win = pool.as_ref().map(|p| p.windows());
                     let out: Vec<(i128, i128)> = match &win {
                         Some(ws) => ws

@@ -105,17 +105,20 @@ impl ConvGeometry {
                     let out = (oc * oh + y) * ow + x;
                     for ic in 0..self.in_c {
                         for ky in 0..self.kernel_h {
-                            let iy = (y * self.stride_h + ky) as isize - self.pad_top as isize;
-                            if iy < 0 || iy >= self.in_h as isize {
+                            let Some(iy) = (y * self.stride_h + ky)
+                                .checked_sub(self.pad_top)
+                                .filter(|iy| *iy < self.in_h)
+                            else {
                                 continue;
-                            }
+                            };
                             for kx in 0..self.kernel_w {
-                                let ix = (x * self.stride_w + kx) as isize - self.pad_left as isize;
-                                if ix < 0 || ix >= self.in_w as isize {
+                                let Some(ix) = (x * self.stride_w + kx)
+                                    .checked_sub(self.pad_left)
+                                    .filter(|ix| *ix < self.in_w)
+                                else {
                                     continue;
-                                }
-                                let input =
-                                    (ic * self.in_h + iy as usize) * self.in_w + ix as usize;
+                                };
+                                let input = (ic * self.in_h + iy) * self.in_w + ix;
                                 let k = ((oc * self.in_c + ic) * self.kernel_h + ky)
                                     * self.kernel_w
                                     + kx;
@@ -272,6 +275,10 @@ impl LinearLayer {
     }
 
     /// The nonzero `(input index, weight)` terms of output `out`.
+    // Input indices are below the stage's input length, at most
+    // MAX_ELEMENTS (2^26, checked when a plan or topology is read): they
+    // fit a u32.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn row(&self, out: usize) -> Vec<(u32, i64)> {
         match &self.weights {
             Weights::Dense {
@@ -302,19 +309,23 @@ impl LinearLayer {
                 let mut terms = Vec::new();
                 for ic in 0..g.in_c {
                     for ky in 0..g.kernel_h {
-                        let iy = (y * g.stride_h + ky) as isize - g.pad_top as isize;
-                        if iy < 0 || iy >= g.in_h as isize {
+                        let Some(iy) = (y * g.stride_h + ky)
+                            .checked_sub(g.pad_top)
+                            .filter(|iy| *iy < g.in_h)
+                        else {
                             continue;
-                        }
+                        };
                         for kx in 0..g.kernel_w {
-                            let ix = (x * g.stride_w + kx) as isize - g.pad_left as isize;
-                            if ix < 0 || ix >= g.in_w as isize {
+                            let Some(ix) = (x * g.stride_w + kx)
+                                .checked_sub(g.pad_left)
+                                .filter(|ix| *ix < g.in_w)
+                            else {
                                 continue;
-                            }
+                            };
                             let k = ((oc * g.in_c + ic) * g.kernel_h + ky) * g.kernel_w + kx;
                             let w = kernel.get(k).copied().unwrap_or(0);
                             if w != 0 {
-                                let input = (ic * g.in_h + iy as usize) * g.in_w + ix as usize;
+                                let input = (ic * g.in_h + iy) * g.in_w + ix;
                                 terms.push((input as u32, w));
                             }
                         }

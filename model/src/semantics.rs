@@ -107,9 +107,12 @@ pub fn activate(
 /// kinds `v` is already the window maximum, so φ is the identity (MaxPool) or
 /// ReLU (ReluMaxPool). Both the reference and server B call this function,
 /// so they agree bit for bit on the same platform.
+// |φ(x)|·2^f stays below |v|·2^-w + 2^f: the rounded value fits an
+// i128, so `as` (saturating) never changes it.
+#[allow(clippy::cast_possible_truncation)]
 pub fn permute_eval(kind: &ActivationKind, v: i128, fixed: &FixedPoint) -> i128 {
-    let scale_in = 2f64.powi(fixed.linear_scale_bits() as i32);
-    let scale_out = 2f64.powi(fixed.frac_bits as i32);
+    let scale_in = pow2(fixed.linear_scale_bits());
+    let scale_out = pow2(fixed.frac_bits);
     let x = v as f64 / scale_in;
     let y = match kind {
         ActivationKind::Relu | ActivationKind::ReluMaxPool => {
@@ -123,7 +126,7 @@ pub fn permute_eval(kind: &ActivationKind, v: i128, fixed: &FixedPoint) -> i128 
             if x > 0.0 {
                 x
             } else {
-                x * (*alpha_q as f64 / 2f64.powi(fixed.weight_bits as i32))
+                x * (*alpha_q as f64 / pow2(fixed.weight_bits))
             }
         }
         ActivationKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
@@ -131,4 +134,10 @@ pub fn permute_eval(kind: &ActivationKind, v: i128, fixed: &FixedPoint) -> i128 
         ActivationKind::MaxPool => x,
     };
     (y * scale_out).round() as i128
+}
+
+/// `2^bits` as an f64, exact for every width a model uses (a width past
+/// `i32::MAX` reads as infinity rather than wrapping negative).
+pub(crate) fn pow2(bits: u32) -> f64 {
+    2f64.powi(i32::try_from(bits).unwrap_or(i32::MAX))
 }

@@ -229,6 +229,9 @@ impl PoolSpec {
     }
 
     /// Input indices of each output's window, in output order (row-major CHW).
+    // Indices are below the input length, at most MAX_ELEMENTS (2^26,
+    // checked when a topology is read): they fit a u32.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn windows(&self) -> Vec<Vec<u32>> {
         let (oh, ow) = (self.out_h(), self.out_w());
         let mut out = Vec::with_capacity(self.channels * oh * ow);
@@ -237,16 +240,20 @@ impl PoolSpec {
                 for x in 0..ow {
                     let mut win = Vec::with_capacity(self.kernel_h * self.kernel_w);
                     for ky in 0..self.kernel_h {
-                        let iy = (y * self.stride_h + ky) as isize - self.pad_top as isize;
-                        if iy < 0 || iy >= self.in_h as isize {
+                        let Some(iy) = (y * self.stride_h + ky)
+                            .checked_sub(self.pad_top)
+                            .filter(|iy| *iy < self.in_h)
+                        else {
                             continue;
-                        }
+                        };
                         for kx in 0..self.kernel_w {
-                            let ix = (x * self.stride_w + kx) as isize - self.pad_left as isize;
-                            if ix < 0 || ix >= self.in_w as isize {
+                            let Some(ix) = (x * self.stride_w + kx)
+                                .checked_sub(self.pad_left)
+                                .filter(|ix| *ix < self.in_w)
+                            else {
                                 continue;
-                            }
-                            let idx = (c * self.in_h + iy as usize) * self.in_w + ix as usize;
+                            };
+                            let idx = (c * self.in_h + iy) * self.in_w + ix;
                             win.push(idx as u32);
                         }
                     }
@@ -298,7 +305,7 @@ impl Topology {
                 got: x.len(),
             });
         }
-        let limit = 2f64.powi(t.input_bound_bits.min(63) as i32);
+        let limit = crate::semantics::pow2(t.input_bound_bits.min(63));
         x.iter()
             .zip(t.input_bounds.iter().zip(&t.input_scales))
             .enumerate()
@@ -313,6 +320,10 @@ impl Topology {
                     });
                 }
                 let q = (v * scale).round();
+                // `q` is an integer (rounded) and the input bound keeps it
+                // below 2^63 once checked; the report's `as i128` saturates
+                // a value too large to say exactly.
+                #[allow(clippy::cast_possible_truncation)]
                 if q.abs() >= limit {
                     return Err(ModelError::EncodedInputTooLarge {
                         index,
@@ -320,6 +331,7 @@ impl Topology {
                         bits: t.input_bound_bits,
                     });
                 }
+                #[allow(clippy::cast_possible_truncation)]
                 Ok(q as i64)
             })
             .collect()
@@ -490,6 +502,12 @@ impl Topology {
             }
             if bits > 100 {
                 return bad(format!("stage {s}: bound of {bits} bits"));
+            }
+            // Indices into a stage travel as u32 (windows, plan rows).
+            if i.max(o) > MAX_ELEMENTS {
+                return bad(format!(
+                    "stage {s}: {i} inputs, {o} outputs, above {MAX_ELEMENTS}"
+                ));
             }
             len = o;
         }

@@ -14,7 +14,7 @@ impl Walker {
     pub(super) fn flatten(&mut self, ctx: &Ctx) -> Result<(), ModelError> {
         let n = self.live_len();
         let axis = ctx.int("axis", 1);
-        if axis != 1 && axis != -(self.shape.len() as i64) {
+        if axis != 1 && i64::try_from(self.shape.len()).map_or(true, |rank| axis != -rank) {
             return Err(ctx.usage(format!(
                 "axis {axis}: only flattening everything but the batch"
             )));
@@ -36,6 +36,12 @@ impl Walker {
         let mut dims = Vec::with_capacity(target.data.len());
         let mut infer = None;
         for (i, d) in target.data.iter().enumerate() {
+            // Shape values come from the file: integers that fit an i64
+            // only (checked), converted exactly.
+            if !(d.fract() == 0.0 && d.abs() < 2f64.powi(63)) {
+                return Err(ctx.usage(format!("shape value {d}")));
+            }
+            #[allow(clippy::cast_possible_truncation)]
             let d = *d as i64;
             match d {
                 0 => dims.push(
@@ -47,7 +53,8 @@ impl Walker {
                     infer = Some(i);
                     dims.push(1);
                 }
-                d if d > 0 => dims.push(d as usize),
+                d if d > 0 => dims
+                    .push(usize::try_from(d).map_err(|_| ctx.usage(format!("shape value {d}")))?),
                 d => return Err(ctx.usage(format!("shape value {d}"))),
             }
         }
@@ -207,7 +214,10 @@ impl Walker {
             return Err(ctx.usage(format!("weight expects {ic} channels, data has {c}")));
         }
         if let Some(ks) = ctx.ints("kernel_shape")
-            && ks != [*kh as i64, *kw as i64]
+            && ks
+                .iter()
+                .map(|k| usize::try_from(*k).ok())
+                .ne([Some(*kh), Some(*kw)])
         {
             return Err(ctx.usage("kernel_shape does not match the weight"));
         }
