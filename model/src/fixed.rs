@@ -85,11 +85,13 @@ impl WeightScale {
             })
             .sum();
         // In units of 2^f, an error of sqrt(variance) / 2^(f + w_l) ≤ 2^-w.
-        let needed = (variance.sqrt() / 2f64.powi(fixed.frac_bits as i32)).log2();
+        let needed = (variance.sqrt() / crate::semantics::pow2(fixed.frac_bits)).log2();
         if !needed.is_finite() || needed <= 0.0 {
             return w;
         }
-        // needed < 2^11 for any i128 input: the cast cannot wrap.
+        // needed < 2^11 for any i128 input, and positive (checked): the
+        // whole number in 1..=64 converts exactly.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let extra = needed.ceil().min(64.0) as u32;
         (w + extra).min(30)
     }

@@ -249,8 +249,8 @@ fn quantize_layer(
         many => many.get(i).copied().unwrap_or(f64::NAN),
     };
     // A weight counted at its input's scale: what multiplies 2^w_l.
-    let frac_scale = 2f64.powi(fixed.frac_bits as i32);
-    let weight_unit = 2f64.powi(w as i32);
+    let frac_scale = pow2(fixed.frac_bits);
+    let weight_unit = pow2(w);
     match affine {
         Affine::Conv(c) => {
             let g = &c.geometry;
