@@ -183,21 +183,23 @@ impl Dataset {
         }
     }
 
-    /// `count` raw rows, cycling through the set if it is shorter.
-    pub fn rows(self, count: usize) -> Result<Vec<Vec<f32>>> {
+    /// `count` raw rows from the data sets in `data_dir`, cycling through
+    /// the set if it is shorter.
+    pub fn rows(self, data_dir: &std::path::Path, count: usize) -> Result<Vec<Vec<f32>>> {
         let all: Vec<Vec<f32>> = match self {
-            Dataset::Mnist => veil_model::data::load_workspace_mnist()?
-                .images
-                .into_iter()
-                .skip(8000)
-                .collect(),
-            Dataset::Pima => veil_model::data::load_pima(
-                &veil_model::data::workspace_data_dir().join("pima-test.csv"),
+            Dataset::Mnist => veil_model::data::load_mnist(
+                &data_dir.join("mnist-10k-images-idx3-ubyte.gz"),
+                &data_dir.join("mnist-10k-labels-idx1-ubyte.gz"),
             )?
-            .features
-            .iter()
-            .map(|f| f.to_vec())
+            .images
+            .into_iter()
+            .skip(8000)
             .collect(),
+            Dataset::Pima => veil_model::data::load_pima(&data_dir.join("pima-test.csv"))?
+                .features
+                .iter()
+                .map(|f| f.to_vec())
+                .collect(),
         };
         if all.is_empty() {
             bail!("the {} data set is empty", self.name());
@@ -213,6 +215,9 @@ pub struct DeviceBenchOptions {
     pub model: PathBuf,
     /// The data set its frames come from.
     pub dataset: Dataset,
+    /// The folder holding the data sets (`data/` of a checkout,
+    /// /usr/share/veil/data of a package).
+    pub data_dir: PathBuf,
     /// Frames measured per approach, after `warmup` unmeasured ones.
     pub frames: usize,
     /// Frames run before measuring.
@@ -272,7 +277,7 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
     let modes = topology.default_modes();
     let inputs = opts
         .dataset
-        .rows(total)?
+        .rows(&opts.data_dir, total)?
         .iter()
         .map(|x| -> Result<harness::Input> {
             let x_hat = model.encode_input(x).with_context(|| {

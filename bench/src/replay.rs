@@ -219,7 +219,9 @@ mod tests {
     fn replays_reproduce_the_recorded_frames() {
         let model = load_model("pima-mlp").expect("model");
         let topology = Arc::new(model.topology().clone());
-        let rows = crate::Dataset::Pima.rows(2).expect("rows");
+        let rows = crate::Dataset::Pima
+            .rows(&veil_model::data::workspace_data_dir(), 2)
+            .expect("rows");
         let inputs: Vec<Vec<i64>> = rows
             .iter()
             .map(|x| model.encode_input(x).expect("encode"))

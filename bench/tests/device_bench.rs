@@ -9,6 +9,7 @@ fn a_two_frame_pima_run_reports_every_figure() {
     let report = run_device_bench(&DeviceBenchOptions {
         model: models_dir().join("pima-mlp.onnx"),
         dataset: Dataset::Pima,
+        data_dir: veil_model::data::workspace_data_dir(),
         frames: 2,
         warmup: 0,
         callgrind_exe: None,

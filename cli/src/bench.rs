@@ -154,6 +154,7 @@ fn device(args: DeviceArgs) -> Result<()> {
             DatasetArg::Mnist => Dataset::Mnist,
             DatasetArg::Pima => Dataset::Pima,
         },
+        data_dir: crate::share::dir("data")?,
         frames: args.frames,
         warmup: args.warmup,
         callgrind_exe,
