@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use veil_bench::veil_device::VeilDevice;
 use veil_bench::{load_model, thread_cpu_time};
-use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params};
+use veil_protocol::node::{DeviceNode, DeviceOptions, Input};
+use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params, topics};
 
 fn frames() -> u64 {
     std::env::var("VEIL_FRAMES")
@@ -101,16 +102,28 @@ fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "pima-mlp".into());
     let model = load_model(&name)?;
     let topology = Arc::new(model.topology().clone());
-    let mut device = Device::new(DeviceConfig {
+    let device = Device::new(DeviceConfig {
         device: "devA".into(),
         params: Params::default(),
         topology: Arc::clone(&topology),
         server_a: veil_paillier::fixtures::key_2048_a().public_key().clone(),
         server_b: veil_paillier::fixtures::key_2048_b().public_key().clone(),
     })?;
-    let _ = device.open_session(0, &mut rand::rng())?;
-    let sid = device.current().map(|s| s.sid).expect("a session");
-    let result_bytes = device.result_layout().bytes;
+    let mut bench = VeilDevice::new(DeviceNode::new(
+        device,
+        DeviceOptions::default(),
+        rand::random(),
+    ));
+    bench.handle(Input::Connected)?;
+    bench.open_session()?;
+    bench.transmits().for_each(drop);
+    let sid = bench
+        .node
+        .device()
+        .current()
+        .map(|s| s.sid)
+        .expect("a session");
+    let result_bytes = bench.node.device().result_layout().bytes;
     let x_hat: Vec<i64> = topology.input_ranges.iter().map(|(lo, _)| *lo).collect();
     let mut frame = Vec::new();
     let mut outputs = Vec::new();
@@ -120,7 +133,12 @@ fn main() -> anyhow::Result<()> {
         });
         Ok(Envelope::new("devA", sid, t, body).to_device_bytes()?)
     };
-    let mut bench = VeilDevice::new(device);
+    let result_input = |t: u64| -> anyhow::Result<Input> {
+        Ok(Input::Message {
+            topic: topics::result("devA"),
+            payload: result_of(t)?.into(),
+        })
+    };
 
     let phases = [
         "empty region (clock reads)",
@@ -128,12 +146,13 @@ fn main() -> anyhow::Result<()> {
         "mask and encode a frame, masks prepared",
         "mask and encode a frame, masks expanded inline",
         "decode and unmask a result",
-        "region 1 of veil bench device: capture",
-        "region 2 of veil bench device: result, then prepare",
+        "region 1 of veil bench device: the node's capture",
+        "region 2 of veil bench device: the node's result",
     ];
     let mut flusher = Flusher(vec![0u8; FLUSH_BYTES]);
     let server = Server::start();
-    let mut t = 0u64;
+    // The raw phases use counters far above the node's own.
+    let mut t = 1u64 << 32;
     println!(
         "{name}: thread CPU time per phase, mean of {} frames",
         frames()
@@ -150,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                     2 => server.work(),
                     _ => {}
                 };
-                let d = &mut bench.device;
+                let d = bench.node.device_mut();
                 let spent_now = match p {
                     0 => {
                         flush(&mut flusher);
@@ -174,14 +193,19 @@ fn main() -> anyhow::Result<()> {
                         timed(|| d.read_result(&result, &mut outputs))
                     }
                     5 => {
-                        bench.device.prepare(t);
                         flush(&mut flusher);
-                        timed(|| bench.capture(&x_hat, t).map(<[u8]>::len))
+                        let mut captured = Ok(0);
+                        let spent = timed(|| captured = bench.capture(&x_hat));
+                        bench.handle(result_input(captured?)?)?;
+                        bench.transmits().for_each(drop);
+                        spent
                     }
                     _ => {
-                        bench.capture(&x_hat, t)?;
+                        let captured = bench.capture(&x_hat)?;
+                        bench.transmits().for_each(drop);
+                        let input = result_input(captured)?;
                         flush(&mut flusher);
-                        timed(|| bench.result(&result))
+                        timed(|| bench.handle(input))
                     }
                 };
                 spent[c] += spent_now;
