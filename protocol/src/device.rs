@@ -305,6 +305,9 @@ impl Device {
         }
         self.sums_ready = false;
         out.clear();
+        // One allocation for a fresh buffer: header, acknowledgements
+        // (at most 10 bytes each), values.
+        out.reserve(wire::HEADER_MAX + 10 * (acks.len() + 1) + self.layout.bytes);
         wire::write_header(out, Kind::Frame, &sid, t);
         wire::write_acks(out, t, acks)?;
         let mut writer = FieldWriter::new(out);
