@@ -15,7 +15,7 @@ use crate::messages::{
     Body, Envelope, Frame, FrameResult, Outgoing, Peer, SessionInit, check_device_name,
 };
 use crate::params::Params;
-use crate::prf::{MaskKeys, Seed, SessionId, expand_into};
+use crate::prf::{MaskKeys, Seed, SessionId, expand_sum_into};
 use crate::wire::{self, Kind};
 use ethnum::I256;
 use rand_core::CryptoRng;
@@ -93,8 +93,8 @@ pub struct Device {
     sums: Vec<u128>,
     /// `mA_j + mB_j` per output.
     out_sums: Vec<u128>,
-    /// Keystream of the expansion at hand.
-    scratch: Vec<u8>,
+    /// Keystreams (kA's, kB's) of the expansion at hand.
+    scratch: [Vec<u8>; 2],
 }
 
 /// Whether a frame's values and counter fit the session and the model,
@@ -130,7 +130,7 @@ impl Device {
             prepared: None,
             sums_ready: false,
             out_sums: Vec::new(),
-            scratch: Vec::new(),
+            scratch: [Vec::new(), Vec::new()],
         })
     }
 
@@ -386,7 +386,7 @@ impl Device {
             .get(&envelope.sid)
             .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
         let mut outputs = Vec::new();
-        let sums = output_sums(session, &self.result, envelope.t, &mut Vec::new());
+        let sums = output_sums(session, &self.result, envelope.t, &mut Default::default());
         unmask(&self.result, &sums, &result.values, &mut outputs)?;
         Ok(Opened {
             sid: envelope.sid,
@@ -418,9 +418,9 @@ impl Device {
 }
 
 /// `sums[i] = a_i + b_i` and `out_sums[j] = mA_j + mB_j` for counter
-/// `t`: one keystream per seed.
+/// `t`: one keystream per seed, read together.
 fn expand_sums(
-    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut Vec<u8>),
+    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut [Vec<u8>; 2]),
     (keys_a, keys_b): &(MaskKeys, MaskKeys),
     t: u64,
     layout: &FrameLayout,
@@ -429,23 +429,20 @@ fn expand_sums(
     sums.clear();
     out_sums.clear();
     let outputs = result.count;
-    let fields = mask_fields(layout, result);
-    expand_into(&keys_a.masks, t, fields.clone(), scratch, |i, a| {
-        if i < outputs {
-            out_sums.push(a);
-        } else {
-            sums.push(a);
-        }
-    });
-    expand_into(&keys_b.masks, t, fields, scratch, |i, b| {
-        let sum = match i.checked_sub(outputs) {
-            Some(feature) => sums.get_mut(feature),
-            None => out_sums.get_mut(i),
-        };
-        if let Some(sum) = sum {
-            *sum += b;
-        }
-    });
+    let [scratch_a, scratch_b] = scratch;
+    expand_sum_into(
+        (&keys_a.masks, &keys_b.masks),
+        t,
+        mask_fields(layout, result),
+        (scratch_a, scratch_b),
+        |i, sum| {
+            if i < outputs {
+                out_sums.push(sum);
+            } else {
+                sums.push(sum);
+            }
+        },
+    );
 }
 
 /// `mA_j + mB_j` of result `t` of `session` (the prefix of each seed's
@@ -454,17 +451,19 @@ fn output_sums(
     session: &DeviceSession,
     result: &ResultLayout,
     t: u64,
-    scratch: &mut Vec<u8>,
+    scratch: &mut [Vec<u8>; 2],
 ) -> Vec<u128> {
     let (keys_a, keys_b) = session.keys();
     let bits = std::iter::repeat_n(result.mask_bits, result.count);
     let mut sums = Vec::with_capacity(result.count);
-    expand_into(&keys_a.masks, t, bits.clone(), scratch, |_, m| sums.push(m));
-    expand_into(&keys_b.masks, t, bits, scratch, |j, m| {
-        if let Some(sum) = sums.get_mut(j) {
-            *sum += m;
-        }
-    });
+    let [scratch_a, scratch_b] = scratch;
+    expand_sum_into(
+        (&keys_a.masks, &keys_b.masks),
+        t,
+        bits,
+        (scratch_a, scratch_b),
+        |_, m| sums.push(m),
+    );
     sums
 }
 
