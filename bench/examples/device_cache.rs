@@ -4,19 +4,20 @@
 //! thread that sleeps on the network between frames meets its code and
 //! data), and right after the thread was woken by another thread that ran
 //! server work (Paillier scalar multiplications, ~1 ms) while it slept;
-//! plus the two regions `veil bench device` times and one empty region
+//! plus the two main regions `veil bench device` times (the device
+//! node's capture, and its handling of a result) and one empty region
 //! (the cost of the clock reads themselves).
 //!
-//! `cargo run --profile bench -p veil-bench --example device_cache [-- MODEL]`
+//! `cargo run --profile dist -p veil-bench --example device_cache [-- MODEL]`
 //!
 //! `VEIL_IDLE_US` sets the idle time of the flushed column (default 200 µs)
 //! and `VEIL_FRAMES` the frames per phase (default 400). The idle time is
-//! what matters on this VM (2 cores, AMD EPYC, 2026-11-28, pima-mlp): the
-//! two bench regions together take 1.7 µs warm, 4.2 µs flushed after
-//! 200 µs idle, 2.4-2.7 µs after 1 ms of server work, and 9.9 µs flushed after
-//! 40 ms idle (`VEIL_IDLE_US=40000 VEIL_FRAMES=40`), which is the idle a
-//! Pima frame through the broker leaves and what `veil bench device`
-//! measures (9.6 µs). The code is the same in every column.
+//! what matters on this VM (2 cores, AMD EPYC, 2026-11-29 03:28, load
+//! average 4.7, pima-mlp, `VEIL_IDLE_US=40000 VEIL_FRAMES=40`, the idle
+//! a Pima frame through the broker leaves): the node's capture takes
+//! 1.55 µs warm and 21.2 µs flushed, its handling of a result 1.46 µs
+//! warm and 25.3 µs flushed, an empty region 0.52 µs and 2.1 µs. The
+//! code is the same in every column.
 
 use std::sync::Arc;
 use std::time::Duration;

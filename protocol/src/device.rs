@@ -84,15 +84,18 @@ pub struct Device {
     sessions: BTreeMap<SessionId, DeviceSession>,
     current: Option<SessionId>,
     /// The frame whose masks `sums` and `out_sums` hold, expanded ahead
-    /// of its capture by [`Device::prepare`]. `sums` serve one capture;
-    /// `out_sums` stay until the next expansion, for the frame's result
-    /// (an older result's are expanded again).
+    /// of its capture by [`Device::prepare`]; they serve one capture.
     prepared: Option<(SessionId, u64)>,
     sums_ready: bool,
     /// `a_i + b_i` per feature.
     sums: Vec<u128>,
     /// `mA_j + mB_j` per output.
     out_sums: Vec<u128>,
+    /// The latest frame written and its output masks, moved out of
+    /// `out_sums` by its capture so that the next frame's can be expanded
+    /// before its result arrives (an older result's are expanded again).
+    sent: Option<(SessionId, u64)>,
+    sent_out_sums: Vec<u128>,
     /// Keystreams (kA's, kB's) of the expansion at hand.
     scratch: [Vec<u8>; 2],
 }
@@ -130,6 +133,8 @@ impl Device {
             prepared: None,
             sums_ready: false,
             out_sums: Vec::new(),
+            sent: None,
+            sent_out_sums: Vec::new(),
             scratch: [Vec::new(), Vec::new()],
         })
     }
@@ -244,7 +249,8 @@ impl Device {
     }
 
     /// Expands the input masks of counter `t` of the current session ahead
-    /// of its capture (idle time: after a result, before the next frame),
+    /// of its capture (idle time: the node does it right after the previous
+    /// capture, while the result is on its way),
     /// so that [`Device::write_frame`] only adds and packs.
     pub fn prepare(&mut self, t: u64) {
         let Some(session) = self.current.and_then(|sid| self.sessions.get(&sid)) else {
@@ -304,6 +310,8 @@ impl Device {
             self.prepared = Some((sid, t));
         }
         self.sums_ready = false;
+        std::mem::swap(&mut self.out_sums, &mut self.sent_out_sums);
+        self.sent = Some((sid, t));
         out.clear();
         // One allocation for a fresh buffer: header, acknowledgements
         // (at most 10 bytes each), values.
@@ -357,7 +365,9 @@ impl Device {
             .sessions
             .get(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        if self.prepared == Some((sid, t)) {
+        if self.sent == Some((sid, t)) {
+            unmask(&self.result, &self.sent_out_sums, body.rest(), outputs)?;
+        } else if self.sums_ready && self.prepared == Some((sid, t)) {
             unmask(&self.result, &self.out_sums, body.rest(), outputs)?;
         } else {
             let sums = output_sums(session, &self.result, t, &mut self.scratch);
@@ -413,6 +423,9 @@ impl Device {
         if self.prepared.is_some_and(|(s, _)| s == sid) {
             self.prepared = None;
             self.sums_ready = false;
+        }
+        if self.sent.is_some_and(|(s, _)| s == sid) {
+            self.sent = None;
         }
     }
 }

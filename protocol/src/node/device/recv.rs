@@ -119,8 +119,7 @@ impl DeviceNode {
         // Rides on the session's next frame, or goes on its own after
         // `ack_delay`.
         self.acks_due.insert((sid, t), now);
-        // Idle time until the next capture: its input masks now, so that
-        // the capture only adds and packs.
+        // The next frame's masks, unless its capture's predecessor did it.
         self.device.prepare(self.counter.peek());
     }
 
