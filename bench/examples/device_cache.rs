@@ -4,25 +4,27 @@
 //! thread that sleeps on the network between frames meets its code and
 //! data), and right after the thread was woken by another thread that ran
 //! server work (Paillier scalar multiplications, ~1 ms) while it slept;
-//! plus the two regions `veil bench device` times and one empty region
+//! plus the two main regions `veil bench device` times (the device
+//! node's capture, and its handling of a result) and one empty region
 //! (the cost of the clock reads themselves).
 //!
-//! `cargo run --profile bench -p veil-bench --example device_cache [-- MODEL]`
+//! `cargo run --profile dist -p veil-bench --example device_cache [-- MODEL]`
 //!
 //! `VEIL_IDLE_US` sets the idle time of the flushed column (default 200 µs)
 //! and `VEIL_FRAMES` the frames per phase (default 400). The idle time is
-//! what matters on this VM (2 cores, AMD EPYC, 2026-11-28, pima-mlp): the
-//! two bench regions together take 1.7 µs warm, 4.2 µs flushed after
-//! 200 µs idle, 2.4-2.7 µs after 1 ms of server work, and 9.9 µs flushed after
-//! 40 ms idle (`VEIL_IDLE_US=40000 VEIL_FRAMES=40`), which is the idle a
-//! Pima frame through the broker leaves and what `veil bench device`
-//! measures (9.6 µs). The code is the same in every column.
+//! what matters on this VM (2 cores, AMD EPYC, 2026-11-29 03:28, load
+//! average 4.7, pima-mlp, `VEIL_IDLE_US=40000 VEIL_FRAMES=40`, the idle
+//! a Pima frame through the broker leaves): the node's capture takes
+//! 1.55 µs warm and 21.2 µs flushed, its handling of a result 1.46 µs
+//! warm and 25.3 µs flushed, an empty region 0.52 µs and 2.1 µs. The
+//! code is the same in every column.
 
 use std::sync::Arc;
 use std::time::Duration;
 use veil_bench::veil_device::VeilDevice;
 use veil_bench::{load_model, thread_cpu_time};
-use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params};
+use veil_protocol::node::{DeviceNode, DeviceOptions, Input};
+use veil_protocol::{Body, Device, DeviceConfig, Envelope, FrameResult, Params, topics};
 
 fn frames() -> u64 {
     std::env::var("VEIL_FRAMES")
@@ -101,16 +103,28 @@ fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "pima-mlp".into());
     let model = load_model(&name)?;
     let topology = Arc::new(model.topology().clone());
-    let mut device = Device::new(DeviceConfig {
+    let device = Device::new(DeviceConfig {
         device: "devA".into(),
         params: Params::default(),
         topology: Arc::clone(&topology),
         server_a: veil_paillier::fixtures::key_2048_a().public_key().clone(),
         server_b: veil_paillier::fixtures::key_2048_b().public_key().clone(),
     })?;
-    let _ = device.open_session(0, &mut rand::rng())?;
-    let sid = device.current().map(|s| s.sid).expect("a session");
-    let result_bytes = device.result_layout().bytes;
+    let mut bench = VeilDevice::new(DeviceNode::new(
+        device,
+        DeviceOptions::default(),
+        rand::random(),
+    ));
+    bench.handle(Input::Connected)?;
+    bench.open_session()?;
+    bench.transmits().for_each(drop);
+    let sid = bench
+        .node
+        .device()
+        .current()
+        .map(|s| s.sid)
+        .expect("a session");
+    let result_bytes = bench.node.device().result_layout().bytes;
     let x_hat: Vec<i64> = topology.input_ranges.iter().map(|(lo, _)| *lo).collect();
     let mut frame = Vec::new();
     let mut outputs = Vec::new();
@@ -120,7 +134,12 @@ fn main() -> anyhow::Result<()> {
         });
         Ok(Envelope::new("devA", sid, t, body).to_device_bytes()?)
     };
-    let mut bench = VeilDevice::new(device);
+    let result_input = |t: u64| -> anyhow::Result<Input> {
+        Ok(Input::Message {
+            topic: topics::result("devA"),
+            payload: result_of(t)?.into(),
+        })
+    };
 
     let phases = [
         "empty region (clock reads)",
@@ -128,12 +147,13 @@ fn main() -> anyhow::Result<()> {
         "mask and encode a frame, masks prepared",
         "mask and encode a frame, masks expanded inline",
         "decode and unmask a result",
-        "region 1 of veil bench device: capture",
-        "region 2 of veil bench device: result, then prepare",
+        "region 1 of veil bench device: the node's capture",
+        "region 2 of veil bench device: the node's result",
     ];
     let mut flusher = Flusher(vec![0u8; FLUSH_BYTES]);
     let server = Server::start();
-    let mut t = 0u64;
+    // The raw phases use counters far above the node's own.
+    let mut t = 1u64 << 32;
     println!(
         "{name}: thread CPU time per phase, mean of {} frames",
         frames()
@@ -150,7 +170,7 @@ fn main() -> anyhow::Result<()> {
                     2 => server.work(),
                     _ => {}
                 };
-                let d = &mut bench.device;
+                let d = bench.node.device_mut();
                 let spent_now = match p {
                     0 => {
                         flush(&mut flusher);
@@ -174,14 +194,19 @@ fn main() -> anyhow::Result<()> {
                         timed(|| d.read_result(&result, &mut outputs))
                     }
                     5 => {
-                        bench.device.prepare(t);
                         flush(&mut flusher);
-                        timed(|| bench.capture(&x_hat, t).map(<[u8]>::len))
+                        let mut captured = Ok(0);
+                        let spent = timed(|| captured = bench.capture(&x_hat));
+                        bench.handle(result_input(captured?)?)?;
+                        bench.transmits().for_each(drop);
+                        spent
                     }
                     _ => {
-                        bench.capture(&x_hat, t)?;
+                        let captured = bench.capture(&x_hat)?;
+                        bench.transmits().for_each(drop);
+                        let input = result_input(captured)?;
                         flush(&mut flusher);
-                        timed(|| bench.result(&result))
+                        timed(|| bench.handle(input))
                     }
                 };
                 spent[c] += spent_now;

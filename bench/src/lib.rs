@@ -356,8 +356,19 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
                     })
                     .collect::<Vec<_>>()
             };
-            let veil_frames = frames_of(&veil_run.received, opts.callgrind_frames_veil);
-            let n_veil = veil_frames.len();
+            let mut veil_frames: Vec<replay::ReplayFrame> = inputs
+                .iter()
+                .zip(&veil_state.warmup_received)
+                .enumerate()
+                .map(|(t, (input, got))| replay::ReplayFrame {
+                    t: t as u64,
+                    x_hat: input.x_hat.clone(),
+                    received: got.clone(),
+                })
+                .collect();
+            let measured_frames = frames_of(&veil_run.received, opts.callgrind_frames_veil);
+            let n_veil = measured_frames.len();
+            veil_frames.extend(measured_frames);
             let veil_replay = replay::Replay::Veil {
                 device: veil_state.config.device.clone(),
                 params: veil_state.config.params.clone(),
@@ -366,6 +377,7 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
                 server_b: veil_state.config.server_b.to_bytes(),
                 sessions: veil_state.sessions.clone(),
                 current: veil_state.current,
+                warmup: opts.warmup,
                 frames: veil_frames,
             };
             say(&format!("callgrind: veil device work, {n_veil} frames..."));

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::sync::Arc;
 use veil_model::Topology;
 use veil_paillier::{KeySize, PublicKey, SecretKey};
-use veil_protocol::{Device, DeviceConfig, DeviceSession, Params, SessionId};
+use veil_protocol::node::{Bytes, DeviceNode, DeviceOptions, Input};
+use veil_protocol::{Device, DeviceConfig, DeviceSession, Params, SessionId, topics};
 
 /// One recorded frame: the device's input and what it received.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,7 +50,10 @@ pub enum Replay {
         sessions: Vec<DeviceSession>,
         /// The session of the frames.
         current: Option<SessionId>,
-        /// The frames.
+        /// Frames before the measured ones (replayed in every run, so that
+        /// the node's counter reaches the measured frames').
+        warmup: usize,
+        /// The frames, warm-up first.
         frames: Vec<ReplayFrame>,
     },
     /// The baseline's device.
@@ -98,6 +102,7 @@ pub fn device_work(replay: &Replay, count: usize) -> Result<Vec<usize>> {
             server_b,
             sessions,
             current,
+            warmup,
             frames,
         } => {
             let config = DeviceConfig {
@@ -107,13 +112,47 @@ pub fn device_work(replay: &Replay, count: usize) -> Result<Vec<usize>> {
                 server_a: PublicKey::from_bytes(server_a)?,
                 server_b: PublicKey::from_bytes(server_b)?,
             };
-            let mut device = VeilDevice::new(Device::restore(config, sessions.clone(), *current)?);
-            for frame in frames.iter().take(count) {
-                std::hint::black_box(device.capture(&frame.x_hat, frame.t)?);
-                for message in &frame.received {
-                    classes.push(device.result(message)?.1);
+            let device = Device::restore(config, sessions.clone(), *current)?;
+            let node = DeviceNode::new(device, DeviceOptions::default(), [7; 32]);
+            let mut device = VeilDevice::new(node);
+            // What MQTT hands the node, built before the work is counted.
+            let result = topics::result(&device.node.device().config().device);
+            let mut inputs: Vec<Vec<Input>> = frames
+                .iter()
+                .map(|f| {
+                    f.received
+                        .iter()
+                        .map(|m| Input::Message {
+                            topic: result.clone(),
+                            payload: Bytes::copy_from_slice(m),
+                        })
+                        .collect()
+                })
+                .collect();
+            device.handle(Input::Connected)?;
+            device
+                .transmits()
+                .for_each(|t| drop(std::hint::black_box(t)));
+            let mut confirms = Vec::new();
+            for (frame, received) in frames.iter().zip(&mut inputs).take(warmup + count) {
+                if device.capture(&frame.x_hat)? != frame.t {
+                    bail!("the replayed node's counter is not frame {}'s", frame.t);
+                }
+                confirms.extend(
+                    device
+                        .transmits()
+                        .filter_map(|t| std::hint::black_box(t).confirm),
+                );
+                for token in confirms.drain(..) {
+                    device.handle(Input::Confirmed(token))?;
+                }
+                for input in received.drain(..) {
+                    if let Some((_, class)) = device.handle(input)? {
+                        classes.push(class);
+                    }
                 }
             }
+            classes.drain(..classes.len().min(*warmup));
         }
         Replay::Conventional {
             device,
@@ -317,17 +356,20 @@ mod tests {
             });
         }
         let config = engine.device().config().clone();
-        let replay = Replay::Veil {
+        let replay = |warmup: usize| Replay::Veil {
             device: config.device.clone(),
             params: config.params.clone(),
             topology: config.topology.to_bytes(),
             server_a: config.server_a.to_bytes(),
             server_b: config.server_b.to_bytes(),
-            sessions,
+            sessions: sessions.clone(),
             current,
-            frames,
+            warmup,
+            frames: frames.clone(),
         };
-        assert_eq!(device_work(&replay, 2).expect("replay"), live);
+        assert_eq!(device_work(&replay(0), 2).expect("replay"), live);
+        // With the first frame as warm-up, only the second is counted.
+        assert_eq!(device_work(&replay(1), 1).expect("replay"), live[1..]);
     }
 
     #[test]

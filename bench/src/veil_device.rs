@@ -1,71 +1,113 @@
-//! veil's device as the benchmark drives it, live and under callgrind: its
-//! two pieces of per-frame work, each of which the harness times on the
-//! device's thread.
+//! veil's device as the benchmark drives it, live and under callgrind: the
+//! device node that ships ([`DeviceNode`], what the edge agent's shell
+//! drives), fed and drained the way that shell does, minus its disk.
 //!
-//! - capture: mask the frame and encode its message, carrying the
-//!   acknowledgements of the results received since the last frame;
-//! - result: decode and unmask the result, pick the class, note its
-//!   acknowledgement for the next frame, and expand the next counter's
-//!   input masks (the idle-time work the capture then does not do).
+//! Each call below is one piece of per-frame work the harness times on
+//! the device's thread, the node's clock read included:
+//! - [`VeilDevice::capture`]: the node masks the frame and queues its
+//!   message, carrying the acknowledgements of the results received since
+//!   the last frame;
+//! - [`VeilDevice::handle`]: a message from the broker (a result: the node
+//!   decodes, unmasks and delivers it, noting its acknowledgement for the
+//!   next frame) or the broker's confirmation of a publish;
+//! - [`VeilDevice::tick`]: the shell's timer check.
 //!
-//! The device encodes into a buffer it keeps; handing the bytes to the
-//! MQTT client, which copies them into its own, is the client's work.
+//! Events are drained and dropped except deliveries and refusals: writing
+//! them to disk is the edge agent's I/O, which this benchmark has no disk
+//! for. Transmits are drained into a queue the harness hands to the MQTT
+//! client, whose work is left out.
 
 use crate::conventional::argmax;
-use anyhow::Result;
-use veil_protocol::wire::MAX_ACKS;
-use veil_protocol::{Device, SessionId};
+use anyhow::{Result, bail};
+use std::time::Instant;
+use veil_protocol::node::{DeviceEvent, DeviceNode, Input, Millis, Transmit};
 
-/// veil's device as the benchmark drives it: reused buffers, masks expanded ahead.
+/// veil's device node with the bench's shell around it.
 pub struct VeilDevice {
-    /// The protocol's device.
-    pub device: Device,
-    frame: Vec<u8>,
-    outputs: Vec<i128>,
-    acks: Vec<u64>,
-    session: Option<SessionId>,
+    /// The node.
+    pub node: DeviceNode,
+    started: Instant,
+    transmits: Vec<Transmit>,
+    /// The counter and class of the latest delivered result.
+    delivered: Option<(u64, usize)>,
 }
 
 impl VeilDevice {
-    /// Wraps a device.
-    pub fn new(device: Device) -> VeilDevice {
+    /// Wraps a node; its clock counts milliseconds from now.
+    pub fn new(node: DeviceNode) -> VeilDevice {
         VeilDevice {
-            device,
-            frame: Vec::new(),
-            outputs: Vec::new(),
-            acks: Vec::new(),
-            session: None,
+            node,
+            started: Instant::now(),
+            transmits: Vec::new(),
+            delivered: None,
         }
     }
 
-    /// The frame message of counter `t`.
-    pub fn capture(&mut self, x_hat: &[i64], t: u64) -> Result<&[u8]> {
-        let sid = self
-            .device
-            .write_frame(x_hat, t, &self.acks, &mut self.frame)?;
-        self.acks.clear();
-        self.session = Some(sid);
-        Ok(&self.frame)
+    /// The node's clock: what the edge agent reads on every input.
+    pub fn now(&self) -> Millis {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A result message: its counter and predicted class.
-    pub fn result(&mut self, payload: &[u8]) -> Result<(u64, usize)> {
-        let (sid, t) = self.device.read_result(payload, &mut self.outputs)?;
-        let class = argmax(&self.outputs).unwrap_or(0);
-        if self.session == Some(sid) && self.acks.len() < MAX_ACKS {
-            self.acks.push(t);
+    /// Captures one encoded frame; returns its counter.
+    pub fn capture(&mut self, x_hat: &[i64]) -> Result<u64> {
+        let now = self.now();
+        let (_, t) = self.node.capture(now, x_hat, None)?;
+        self.drain()?;
+        Ok(t)
+    }
+
+    /// Feeds the node one input; returns the counter and class of a result
+    /// it delivered.
+    pub fn handle(&mut self, input: Input) -> Result<Option<(u64, usize)>> {
+        let now = self.now();
+        self.node.handle(now, input);
+        self.drain()?;
+        Ok(self.delivered.take())
+    }
+
+    /// Opens the next session ahead of the first capture (the device's
+    /// two Paillier encryptions and its session messages).
+    pub fn open_session(&mut self) -> Result<()> {
+        let now = self.now();
+        self.node.prepare_session(now)?;
+        self.drain()
+    }
+
+    /// The shell's timer: fires the node's timeout once it is due at
+    /// `now` (the node's clock, or later to stand for time passing).
+    pub fn tick(&mut self, now: Option<Millis>) -> Result<()> {
+        let now = now.unwrap_or_else(|| self.now());
+        if self.node.poll_timeout().is_some_and(|at| now >= at) {
+            self.node.handle_timeout(now);
         }
-        self.device.prepare(t + 1);
-        Ok((t, class))
+        self.drain()
     }
 
-    /// The acknowledgements no frame has carried yet (at the session's
-    /// end they go on their own), emptied.
-    pub fn take_acks(&mut self) -> Vec<(SessionId, u64)> {
-        let sid = self.session;
-        std::mem::take(&mut self.acks)
-            .into_iter()
-            .filter_map(|t| sid.map(|s| (s, t)))
-            .collect()
+    /// The node's messages to publish, in order.
+    pub fn transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.transmits.drain(..)
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                DeviceEvent::Deliver { t, values, .. } => {
+                    self.delivered = Some((t, argmax(&values).unwrap_or(0)));
+                }
+                DeviceEvent::Refused {
+                    t, code, detail, ..
+                } => bail!("frame {t} refused ({code}): {detail}"),
+                DeviceEvent::Expired { t, .. } => bail!("frame {t} expired"),
+                DeviceEvent::Ignored { t, why, .. } => bail!("counter {t}: {why}"),
+                DeviceEvent::PersistCounter(_)
+                | DeviceEvent::PersistSessions(_)
+                | DeviceEvent::PersistOutbox(_)
+                | DeviceEvent::Settle { .. } => {}
+            }
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            self.transmits.push(t);
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::messages::{
     Body, Envelope, Frame, FrameResult, Outgoing, Peer, SessionInit, check_device_name,
 };
 use crate::params::Params;
-use crate::prf::{MaskKeys, Seed, SessionId, expand_into};
+use crate::prf::{MaskKeys, Seed, SessionId, expand_sum_into};
 use crate::wire::{self, Kind};
 use ethnum::I256;
 use rand_core::CryptoRng;
@@ -84,17 +84,20 @@ pub struct Device {
     sessions: BTreeMap<SessionId, DeviceSession>,
     current: Option<SessionId>,
     /// The frame whose masks `sums` and `out_sums` hold, expanded ahead
-    /// of its capture by [`Device::prepare`]. `sums` serve one capture;
-    /// `out_sums` stay until the next expansion, for the frame's result
-    /// (an older result's are expanded again).
+    /// of its capture by [`Device::prepare`]; they serve one capture.
     prepared: Option<(SessionId, u64)>,
     sums_ready: bool,
     /// `a_i + b_i` per feature.
     sums: Vec<u128>,
     /// `mA_j + mB_j` per output.
     out_sums: Vec<u128>,
-    /// Keystream of the expansion at hand.
-    scratch: Vec<u8>,
+    /// The latest frame written and its output masks, moved out of
+    /// `out_sums` by its capture so that the next frame's can be expanded
+    /// before its result arrives (an older result's are expanded again).
+    sent: Option<(SessionId, u64)>,
+    sent_out_sums: Vec<u128>,
+    /// Keystreams (kA's, kB's) of the expansion at hand.
+    scratch: [Vec<u8>; 2],
 }
 
 /// Whether a frame's values and counter fit the session and the model,
@@ -130,7 +133,9 @@ impl Device {
             prepared: None,
             sums_ready: false,
             out_sums: Vec::new(),
-            scratch: Vec::new(),
+            sent: None,
+            sent_out_sums: Vec::new(),
+            scratch: [Vec::new(), Vec::new()],
         })
     }
 
@@ -244,7 +249,8 @@ impl Device {
     }
 
     /// Expands the input masks of counter `t` of the current session ahead
-    /// of its capture (idle time: after a result, before the next frame),
+    /// of its capture (idle time: the node does it right after the previous
+    /// capture, while the result is on its way),
     /// so that [`Device::write_frame`] only adds and packs.
     pub fn prepare(&mut self, t: u64) {
         let Some(session) = self.current.and_then(|sid| self.sessions.get(&sid)) else {
@@ -304,7 +310,12 @@ impl Device {
             self.prepared = Some((sid, t));
         }
         self.sums_ready = false;
+        std::mem::swap(&mut self.out_sums, &mut self.sent_out_sums);
+        self.sent = Some((sid, t));
         out.clear();
+        // One allocation for a fresh buffer: header, acknowledgements
+        // (at most 10 bytes each), values.
+        out.reserve(wire::HEADER_MAX + 10 * (acks.len() + 1) + self.layout.bytes);
         wire::write_header(out, Kind::Frame, &sid, t);
         wire::write_acks(out, t, acks)?;
         let mut writer = FieldWriter::new(out);
@@ -355,7 +366,9 @@ impl Device {
             .sessions
             .get(&sid)
             .ok_or(ProtocolError::UnknownSession(sid))?;
-        if self.prepared == Some((sid, t)) {
+        if self.sent == Some((sid, t)) {
+            unmask(&self.result, &self.sent_out_sums, body.rest(), outputs)?;
+        } else if self.sums_ready && self.prepared == Some((sid, t)) {
             unmask(&self.result, &self.out_sums, body.rest(), outputs)?;
         } else {
             let sums = output_sums(session, &self.result, t, &mut self.scratch);
@@ -384,7 +397,7 @@ impl Device {
             .get(&envelope.sid)
             .ok_or(ProtocolError::UnknownSession(envelope.sid))?;
         let mut outputs = Vec::new();
-        let sums = output_sums(session, &self.result, envelope.t, &mut Vec::new());
+        let sums = output_sums(session, &self.result, envelope.t, &mut Default::default());
         unmask(&self.result, &sums, &result.values, &mut outputs)?;
         Ok(Opened {
             sid: envelope.sid,
@@ -412,13 +425,16 @@ impl Device {
             self.prepared = None;
             self.sums_ready = false;
         }
+        if self.sent.is_some_and(|(s, _)| s == sid) {
+            self.sent = None;
+        }
     }
 }
 
 /// `sums[i] = a_i + b_i` and `out_sums[j] = mA_j + mB_j` for counter
-/// `t`: one keystream per seed.
+/// `t`: one keystream per seed, read together.
 fn expand_sums(
-    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut Vec<u8>),
+    (sums, out_sums, scratch): (&mut Vec<u128>, &mut Vec<u128>, &mut [Vec<u8>; 2]),
     (keys_a, keys_b): &(MaskKeys, MaskKeys),
     t: u64,
     layout: &FrameLayout,
@@ -427,23 +443,20 @@ fn expand_sums(
     sums.clear();
     out_sums.clear();
     let outputs = result.count;
-    let fields = mask_fields(layout, result);
-    expand_into(&keys_a.masks, t, fields.clone(), scratch, |i, a| {
-        if i < outputs {
-            out_sums.push(a);
-        } else {
-            sums.push(a);
-        }
-    });
-    expand_into(&keys_b.masks, t, fields, scratch, |i, b| {
-        let sum = match i.checked_sub(outputs) {
-            Some(feature) => sums.get_mut(feature),
-            None => out_sums.get_mut(i),
-        };
-        if let Some(sum) = sum {
-            *sum += b;
-        }
-    });
+    let [scratch_a, scratch_b] = scratch;
+    expand_sum_into(
+        (&keys_a.masks, &keys_b.masks),
+        t,
+        mask_fields(layout, result),
+        (scratch_a, scratch_b),
+        |i, sum| {
+            if i < outputs {
+                out_sums.push(sum);
+            } else {
+                sums.push(sum);
+            }
+        },
+    );
 }
 
 /// `mA_j + mB_j` of result `t` of `session` (the prefix of each seed's
@@ -452,17 +465,19 @@ fn output_sums(
     session: &DeviceSession,
     result: &ResultLayout,
     t: u64,
-    scratch: &mut Vec<u8>,
+    scratch: &mut [Vec<u8>; 2],
 ) -> Vec<u128> {
     let (keys_a, keys_b) = session.keys();
     let bits = std::iter::repeat_n(result.mask_bits, result.count);
     let mut sums = Vec::with_capacity(result.count);
-    expand_into(&keys_a.masks, t, bits.clone(), scratch, |_, m| sums.push(m));
-    expand_into(&keys_b.masks, t, bits, scratch, |j, m| {
-        if let Some(sum) = sums.get_mut(j) {
-            *sum += m;
-        }
-    });
+    let [scratch_a, scratch_b] = scratch;
+    expand_sum_into(
+        (&keys_a.masks, &keys_b.masks),
+        t,
+        bits,
+        (scratch_a, scratch_b),
+        |_, m| sums.push(m),
+    );
     sums
 }
 

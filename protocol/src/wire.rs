@@ -28,6 +28,9 @@ pub const MAX_ACKS: usize = 64;
 /// Longest refusal detail accepted.
 pub const MAX_DETAIL: usize = 4096;
 
+/// The longest header: version, kind, session id, a 10-byte counter.
+pub(crate) const HEADER_MAX: usize = 1 + 1 + 16 + 10;
+
 /// What a device-topic message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {

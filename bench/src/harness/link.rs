@@ -1,6 +1,7 @@
 //! One MQTT client behind a counting relay.
 
 use super::*;
+use std::collections::VecDeque;
 
 /// One MQTT client behind a counting relay.
 pub struct Link {
@@ -13,6 +14,12 @@ pub struct Link {
     /// QoS 1 messages received and PUBACKs sent for them.
     delivered: u64,
     acks_sent: u64,
+    /// Per publish not yet acknowledged, in order, the token its
+    /// acknowledgement is reported with (the broker acknowledges a
+    /// connection's QoS 1 publishes in order).
+    confirms: VecDeque<Option<u64>>,
+    /// Confirmations polled by [`Link::settle`], for the caller.
+    settled_confirms: Vec<u64>,
 }
 
 /// What a poll of a link produced.
@@ -24,6 +31,8 @@ pub enum Polled {
         /// Its payload.
         payload: Vec<u8>,
     },
+    /// The broker acknowledged the publish sent with this token.
+    Confirmed(u64),
     /// Something else happened (an acknowledgement).
     Other,
     /// Nothing within the timeout.
@@ -56,6 +65,8 @@ impl Link {
             acked: 0,
             delivered: 0,
             acks_sent: 0,
+            confirms: VecDeque::new(),
+            settled_confirms: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -107,10 +118,23 @@ impl Link {
 
     /// Publishes at QoS 1.
     pub fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
+        self.publish_confirmed(topic, payload, retain, None)
+    }
+
+    /// Publishes at QoS 1; the broker's acknowledgement is polled as
+    /// [`Polled::Confirmed`] with `confirm`, if given.
+    pub fn publish_confirmed(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        confirm: Option<u64>,
+    ) -> Result<()> {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .with_context(|| format!("publishing on {topic}"))?;
         self.published += 1;
+        self.confirms.push_back(confirm);
         Ok(())
     }
 
@@ -128,7 +152,10 @@ impl Link {
             }
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
                 self.acked += 1;
-                Ok(Polled::Other)
+                Ok(match self.confirms.pop_front().flatten() {
+                    Some(token) => Polled::Confirmed(token),
+                    None => Polled::Other,
+                })
             }
             Ok(Ok(Event::Outgoing(Outgoing::PubAck(_)))) => {
                 self.acks_sent += 1;
@@ -146,8 +173,12 @@ impl Link {
     pub fn settle(&mut self) -> Result<Traffic> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.acked < self.published || self.acks_sent < self.delivered {
-            if let Polled::Message { topic, .. } = self.poll(Duration::from_millis(20))? {
-                bail!("unexpected message on {topic} between frames");
+            match self.poll(Duration::from_millis(20))? {
+                Polled::Message { topic, .. } => {
+                    bail!("unexpected message on {topic} between frames")
+                }
+                Polled::Confirmed(token) => self.settled_confirms.push(token),
+                Polled::Other | Polled::Timeout => {}
             }
             if Instant::now() > deadline {
                 bail!("acknowledgements did not complete");
@@ -156,6 +187,11 @@ impl Link {
         Ok(self
             .relay
             .settle(Duration::from_millis(40), Duration::from_secs(5)))
+    }
+
+    /// The confirmations [`Link::settle`] polled, in order, emptied.
+    pub fn take_confirmed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.settled_confirms)
     }
 
     /// Disconnects cleanly.

@@ -36,12 +36,12 @@ use std::time::{Duration, Instant};
 use veil_model::{Model, Topology};
 use veil_paillier::{KeySize, SecretKey};
 use veil_protocol::node::{
-    AEvent, AOptions, BEvent, BOptions, Bytes, Input as NodeInput, Millis, Refusal, ServerANode,
-    ServerBNode, Transmit,
+    AEvent, AOptions, BEvent, BOptions, Bytes, DeviceNode, DeviceOptions, Input as NodeInput,
+    Millis, Refusal, ServerANode, ServerBNode, Transmit,
 };
 use veil_protocol::{
     Body, Device, DeviceConfig, DeviceSession, Envelope, PaillierPublic, PaillierSecret, Params,
-    Peer, PublicOps, Seed, ServerA, ServerAConfig, ServerB, ServerBConfig, SessionId, topics,
+    PublicOps, Seed, ServerA, ServerAConfig, ServerB, ServerBConfig, SessionId, topics,
 };
 
 mod baseline;

@@ -238,7 +238,7 @@ pub(super) fn serve<R: ServerRole>(
                 stats.events.fetch_add(1, Ordering::SeqCst);
                 stats.busy.store(false, Ordering::SeqCst);
             }
-            Polled::Timeout | Polled::Other => {}
+            Polled::Timeout | Polled::Other | Polled::Confirmed(_) => {}
         }
     }
     Ok(())

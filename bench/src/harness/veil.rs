@@ -10,6 +10,16 @@ pub struct VeilReplayState {
     pub sessions: Vec<DeviceSession>,
     /// The session its frames used.
     pub current: Option<SessionId>,
+    /// Messages the device received per warm-up frame, in order.
+    pub warmup_received: Vec<Vec<Vec<u8>>>,
+}
+
+/// Publishes what the device's node queued, in order.
+fn publish_all(link: &mut Link, device: &mut VeilDevice) -> Result<()> {
+    for t in device.transmits() {
+        link.publish_confirmed(&t.topic, t.payload, t.retain, t.confirm)?;
+    }
+    Ok(())
 }
 
 /// Runs veil: servers A and B and the device, over the broker.
@@ -95,27 +105,26 @@ pub fn run_veil(
         server_b: public_b,
     };
     let device_config = config.clone();
-    let (setup, frames, received, sessions, sid, cost) = on_device_thread(|| {
-        let mut device = Device::new(device_config)?;
+    let (setup, frames, received, warmup_received, sessions, sid, cost) = on_device_thread(|| {
+        let node = |config: DeviceConfig| -> Result<VeilDevice> {
+            let device = Device::new(config)?;
+            let node = DeviceNode::new(device, DeviceOptions::default(), rand::random());
+            Ok(VeilDevice::new(node))
+        };
+        let mut device = node(device_config)?;
         let mut link = Link::connect(broker, DEVICE_USER, &format!("{DEVICE_USER}-bench-veil"))?;
         link.subscribe(&[&topics::result(DEVICE_USER)])?;
         let before_setup = link.settle()?;
 
-        // Session set-up: the two seed encryptions and their messages.
+        // Session set-up: the connection's Sync, the two seed encryptions
+        // and the session messages.
         let mut setup_cpu = Duration::ZERO;
         let started = Instant::now();
-        let messages = device_work(&mut setup_cpu, || -> Result<Vec<(String, Vec<u8>)>> {
-            let init = device.open_session(0, &mut rand::rng())?;
-            init.into_iter()
-                .map(|o| {
-                    let server = if o.to == Peer::ServerA { 'a' } else { 'b' };
-                    Ok((topics::session(DEVICE_USER, server), o.envelope.to_bytes()?))
-                })
-                .collect()
+        device_work(&mut setup_cpu, || -> Result<()> {
+            device.handle(NodeInput::Connected)?;
+            device.open_session()
         })?;
-        for (topic, payload) in messages {
-            link.publish(&topic, payload, true)?;
-        }
+        publish_all(&mut link, &mut device)?;
         while link.acked < link.published {
             link.poll(Duration::from_millis(20))?;
         }
@@ -125,11 +134,13 @@ pub fn run_veil(
         let setup_traffic = after_setup.since(&before_setup);
         let mut samples = vec![setup_cpu];
         for _ in 1..SETUP_SAMPLES {
-            let mut scratch = Device::new(device.config().clone())?;
+            let mut scratch = node(device.node.device().config().clone())?;
             let mut spent = Duration::ZERO;
             device_work(&mut spent, || -> Result<()> {
-                for out in scratch.open_session(0, &mut rand::rng())? {
-                    std::hint::black_box(out.envelope.to_bytes()?);
+                scratch.handle(NodeInput::Connected)?;
+                scratch.open_session()?;
+                for t in scratch.transmits() {
+                    std::hint::black_box(t);
                 }
                 Ok(())
             })?;
@@ -138,70 +149,89 @@ pub fn run_veil(
         let setup = setup_cost(&samples, setup_wall, setup_traffic);
         check_servers(&[&server_a, &server_b])?;
         let sid = device
+            .node
+            .device()
             .current()
             .map(|s| s.sid)
             .ok_or_else(|| anyhow!("no session after opening one"))?;
-        let sessions: Vec<DeviceSession> = device.sessions().cloned().collect();
+        let sessions: Vec<DeviceSession> = device.node.device().sessions().cloned().collect();
 
         let mut log = FrameLog::new("veil", inputs.len(), warmup, quiet);
+        let mut warmup_received = Vec::new();
         let mut a_start = server_a.snapshot();
         let mut b_start = server_b.snapshot();
         let mut before = link.settle()?;
-        let mut device = VeilDevice::new(device);
+        let result_topic = topics::result(DEVICE_USER);
+        // The edge agent checks the node's timer on a tick of this period.
+        let tick = Duration::from_millis(500);
+        let mut last_tick = Instant::now();
         for (i, input) in inputs.iter().enumerate() {
             if i == warmup {
                 a_start = server_a.snapshot();
                 b_start = server_b.snapshot();
             }
-            let t = i as u64;
             let mut spent = Duration::ZERO;
             let started = Instant::now();
-            let frame = device_work(&mut spent, || -> Result<&[u8]> {
-                device.capture(&input.x_hat, t)
-            })?
-            .to_vec();
+            let t = device_work(&mut spent, || device.capture(&input.x_hat))?;
+            if t != i as u64 {
+                bail!("frame {i} got counter {t}");
+            }
             let capture = spent;
-            link.publish(&topics::frame(DEVICE_USER), frame, false)?;
+            publish_all(&mut link, &mut device)?;
             let mut got = Vec::new();
             let (class, wall) = loop {
-                match link.poll(Duration::from_millis(50))? {
-                    Polled::Message { topic, payload } if topic == topics::result(DEVICE_USER) => {
-                        let (opened_t, class) =
-                            device_work(&mut spent, || device.result(&payload))?;
-                        let wall = started.elapsed();
-                        got.push(payload);
-                        if opened_t == t {
-                            break (Some(class), wall);
-                        }
+                let polled = link.poll(Duration::from_millis(50))?;
+                let mut delivered = None;
+                match polled {
+                    Polled::Message { topic, payload } if topic == result_topic => {
+                        got.push(payload.clone());
+                        let input = NodeInput::Message {
+                            topic,
+                            payload: Bytes::from(payload),
+                        };
+                        delivered = device_work(&mut spent, || device.handle(input))?;
+                    }
+                    Polled::Confirmed(token) => {
+                        device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
                     }
                     Polled::Message { topic, .. } => bail!("unexpected message on {topic}"),
-                    _ => {
+                    Polled::Other | Polled::Timeout => {
                         check_servers(&[&server_a, &server_b])?;
                         if started.elapsed() > Duration::from_secs(1800) {
                             bail!("frame {t}: no result");
                         }
                     }
                 }
+                if last_tick.elapsed() >= tick {
+                    last_tick = Instant::now();
+                    device_work(&mut spent, || device.tick(None))?;
+                }
+                publish_all(&mut link, &mut device)?;
+                if let Some((opened, class)) = delivered
+                    && opened == t
+                {
+                    break (Some(class), started.elapsed());
+                }
             };
             wait_quiet(&[&server_a, &server_b])?;
             let after = link.settle()?;
+            for token in link.take_confirmed() {
+                device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
+            }
+            publish_all(&mut link, &mut device)?;
             let traffic = after.since(&before);
             before = after;
+            if i < warmup {
+                warmup_received.push(got.clone());
+            }
             log.record(i, spent, capture, wall, &traffic, class, got);
         }
         // The session's end: the acknowledgement of its last result, which
-        // no frame carries, goes on its own (the device node's timer).
+        // no frame carries, goes on its own when the node's timer fires.
         let mut end_cpu = Duration::ZERO;
-        let acks = device_work(&mut end_cpu, || -> Result<Vec<Vec<u8>>> {
-            device
-                .take_acks()
-                .into_iter()
-                .map(|(sid, t)| Ok(device.device.ack(sid, t).envelope.to_device_bytes()?))
-                .collect()
-        })?;
-        for ack in acks {
-            link.publish(&topics::ack(DEVICE_USER), ack, false)?;
-        }
+        let due = device.node.poll_timeout();
+        device_work(&mut end_cpu, || device.tick(due))?;
+        publish_all(&mut link, &mut device)?;
         wait_quiet(&[&server_a, &server_b])?;
         let end = link.settle()?.since(&before);
         let setup = SetupCost {
@@ -221,7 +251,15 @@ pub fn run_veil(
             n,
         );
         link.disconnect();
-        Ok((setup, frames, received, sessions, sid, cost))
+        Ok((
+            setup,
+            frames,
+            received,
+            warmup_received,
+            sessions,
+            sid,
+            cost,
+        ))
     })?;
     server_a.stop()?;
     server_b.stop()?;
@@ -234,6 +272,7 @@ pub fn run_veil(
             config,
             sessions,
             current: Some(sid),
+            warmup_received,
         },
     ))
 }

@@ -8,6 +8,8 @@ use crate::messages::{Body, Envelope, RejectCode};
 use crate::node::{Millis, Transmit};
 use crate::prf::SessionId;
 use crate::topics;
+use crate::wire::{self, Kind};
+use ethnum::I256;
 
 impl DeviceNode {
     /// A server does not know the session of a waiting frame (its session
@@ -68,14 +70,60 @@ impl DeviceNode {
     }
 
     pub(super) fn ack(&mut self, sid: SessionId, t: u64) {
-        let ack = self.device.ack(sid, t);
-        if let Ok(bytes) = ack.envelope.to_device_bytes() {
-            let topic = topics::ack(&self.device.config().device);
-            self.transmits.push_back(Transmit::new(topic, bytes));
-        }
+        let mut bytes = Vec::with_capacity(wire::HEADER_MAX);
+        wire::write_header(&mut bytes, Kind::Ack, &sid, t);
+        let topic = self.topics.ack.clone();
+        self.transmits.push_back(Transmit::new(topic, bytes));
     }
 
     pub(super) fn on_result(&mut self, now: Millis, payload: &[u8]) {
+        // A result is read in place, from its header on; anything else
+        // on the topic (a refusal) is decoded whole.
+        match wire::read_header(payload) {
+            Ok((Kind::Result, sid, t, _)) => self.on_values(now, sid, t, payload),
+            Ok(_) => self.on_other(now, payload),
+            Err(e) => self.ignored(SessionId([0; 16]), 0, e.to_string()),
+        }
+    }
+
+    fn on_values(&mut self, now: Millis, sid: SessionId, t: u64, payload: &[u8]) {
+        if self.settled.contains_key(&(sid, t)) {
+            // Already handed over: B did not get the ack, or redelivered.
+            self.ack(sid, t);
+            self.ignored(sid, t, "duplicate result".into());
+            return;
+        }
+        if !self.outbox.contains_key(&(sid, t)) {
+            // Nothing waits for it (a stale copy of the state, or a frame
+            // given up): acknowledged so that B drops it.
+            self.ack(sid, t);
+            self.ignored(sid, t, "result of no waiting frame".into());
+            return;
+        }
+        if let Err(e) = self.device.read_result(payload, &mut self.outputs) {
+            self.ack(sid, t);
+            self.ignored(sid, t, format!("cannot open a result: {e}"));
+            return;
+        }
+        let values = self.outputs.iter().map(|v| I256::from(*v)).collect();
+        if let Some(entry) = self.settle(now, sid, t, Settled::Result) {
+            self.events.push_back(DeviceEvent::Deliver {
+                sid,
+                t,
+                values,
+                captured: entry.captured,
+                label: entry.label,
+                bytes: payload.len(),
+            });
+        }
+        // Rides on the session's next frame, or goes on its own after
+        // `ack_delay`.
+        self.acks_due.insert((sid, t), now);
+        // The next frame's masks, unless its capture's predecessor did it.
+        self.device.prepare(self.counter.peek());
+    }
+
+    fn on_other(&mut self, now: Millis, payload: &[u8]) {
         let env = match Envelope::from_device_bytes(&self.device.config().device, payload) {
             Ok(env) => env,
             Err(e) => {
@@ -84,65 +132,34 @@ impl DeviceNode {
             }
         };
         let (sid, t) = (env.sid, env.t);
-        if let Body::Reject { code, detail } = env.body {
-            let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
-                // B could not serve A for a session it never got: A's
-                // message names a counter, not necessarily a frame.
-                if code == RejectCode::UnknownSession {
-                    self.republish_session(now, sid);
-                }
-                self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
-                return;
-            };
-            if code == RejectCode::UnknownSession && self.recover_session(now, sid, t) {
-                return;
-            }
-            if code == RejectCode::Completed && self.await_completed(now, sid, t) {
-                return;
-            }
-            self.settle(now, sid, t, Settled::Rejected);
-            self.events.push_back(DeviceEvent::Refused {
-                sid,
-                t,
-                code,
-                detail,
-                label: entry.label,
-            });
-            return;
-        }
-        if self.settled.contains_key(&(sid, t)) {
-            // Already handed over: B did not get the ack, or redelivered.
+        let Body::Reject { code, detail } = env.body else {
             self.ack(sid, t);
-            self.ignored(sid, t, "duplicate result".into());
-            return;
-        }
-        let Some(entry) = self.outbox.get(&(sid, t)).cloned() else {
-            // Nothing waits for it (a stale copy of the state, or a frame
-            // given up): acknowledged so that B drops it.
-            self.ack(sid, t);
-            self.ignored(sid, t, "result of no waiting frame".into());
+            self.ignored(sid, t, format!("{} sent to a device", env.body.kind()));
             return;
         };
-        match self.device.open_result(&env) {
-            Ok(opened) => {
-                self.settle(now, sid, t, Settled::Result);
-                self.events.push_back(DeviceEvent::Deliver {
-                    sid,
-                    t,
-                    values: opened.values,
-                    captured: entry.captured,
-                    label: entry.label,
-                    bytes: payload.len(),
-                });
-                // Rides on the session's next frame, or goes on its own
-                // after `ack_delay`.
-                self.acks_due.insert((sid, t), now);
+        let Some(label) = self.outbox.get(&(sid, t)).map(|e| e.label.clone()) else {
+            // B could not serve A for a session it never got: A's
+            // message names a counter, not necessarily a frame.
+            if code == RejectCode::UnknownSession {
+                self.republish_session(now, sid);
             }
-            Err(e) => {
-                self.ack(sid, t);
-                self.ignored(sid, t, format!("cannot open a result: {e}"));
-            }
+            self.ignored(sid, t, format!("refusal ({code}) of no waiting frame"));
+            return;
+        };
+        if code == RejectCode::UnknownSession && self.recover_session(now, sid, t) {
+            return;
         }
+        if code == RejectCode::Completed && self.await_completed(now, sid, t) {
+            return;
+        }
+        self.settle(now, sid, t, Settled::Rejected);
+        self.events.push_back(DeviceEvent::Refused {
+            sid,
+            t,
+            code,
+            detail,
+            label,
+        });
     }
 
     pub(super) fn ignored(&mut self, sid: SessionId, t: u64, why: String) {
