@@ -30,10 +30,15 @@ use veil_paillier::{BoxedUint, PublicKey};
 /// servers' public keys, pinned.
 #[derive(Clone)]
 pub struct DeviceConfig {
+    /// The device's name, as its topics and the broker's ACL spell it.
     pub device: String,
+    /// The protocol parameters both servers run with.
     pub params: Params,
+    /// The model's public topology (its fingerprint is pinned).
     pub topology: Arc<Topology>,
+    /// Server A's public key, pinned.
     pub server_a: PublicKey,
+    /// Server B's public key, pinned.
     pub server_b: PublicKey,
 }
 
@@ -41,10 +46,13 @@ pub struct DeviceConfig {
 /// 0600 by its shell) until every result of the session has arrived.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct DeviceSession {
+    /// The session's id.
     pub sid: SessionId,
     k_a: Seed,
     k_b: Seed,
+    /// The counter of its first frame.
     pub first_counter: u64,
+    /// How many counters it covers, from `first_counter`.
     pub frames: u64,
     /// Mask keys of kA and kB, derived on first use (not persisted).
     #[serde(skip)]
@@ -71,12 +79,17 @@ impl std::fmt::Debug for DeviceSession {
 /// An unmasked result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
+    /// The session the result belongs to.
     pub sid: SessionId,
+    /// The frame's counter.
     pub t: u64,
     /// The model outputs at scale `2^output_scale_bits`.
     pub values: Vec<I256>,
 }
 
+/// The device's cryptography: sessions (two seeds each, encrypted to A
+/// and B), frames masked with both seeds' keystreams, results unmasked.
+/// The node ([`crate::node::DeviceNode`]) decides when each happens.
 pub struct Device {
     cfg: DeviceConfig,
     layout: FrameLayout,
@@ -118,6 +131,8 @@ fn seed_plaintext(seed: &Seed) -> BoxedUint {
 }
 
 impl Device {
+    /// A device with no session yet; refuses a bad name or parameters
+    /// that do not fit the topology.
     pub fn new(cfg: DeviceConfig) -> Result<Device> {
         check_device_name(&cfg.device)?;
         cfg.params.check(&cfg.topology)?;
@@ -163,14 +178,17 @@ impl Device {
         Ok(device)
     }
 
+    /// What the device was configured with.
     pub fn config(&self) -> &DeviceConfig {
         &self.cfg
     }
 
+    /// Every session it still keeps (some results outstanding).
     pub fn sessions(&self) -> impl Iterator<Item = &DeviceSession> {
         self.sessions.values()
     }
 
+    /// The session new frames use, if one is open.
     pub fn current(&self) -> Option<&DeviceSession> {
         self.current.and_then(|sid| self.sessions.get(&sid))
     }
@@ -320,6 +338,9 @@ impl Device {
         wire::write_acks(out, t, acks)?;
         let mut writer = FieldWriter::new(out);
         for (i, ((x, field), sum)) in x_hat.iter().zip(fields).zip(&self.sums).enumerate() {
+            // Two's complement reinterpretation; the range check below
+            // refuses every x that wrapped.
+            #[allow(clippy::cast_sign_loss)]
             let shifted = x.wrapping_sub(field.offset) as u64;
             if *x < field.offset || shifted > field.range {
                 return Err(ProtocolError::Feature {

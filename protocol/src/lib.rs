@@ -24,10 +24,6 @@ pub mod audit;
 mod backend;
 pub mod codec;
 mod counter;
-// The per-frame device path is being reworked on another branch: its
-// public items get their docs, and its one sign cast (range-checked right
-// after it) its own allow, after that lands, not in a conflicting edit.
-#[allow(missing_docs, clippy::cast_sign_loss)]
 mod device;
 mod engine;
 mod error;

@@ -17,9 +17,6 @@
 
 mod a;
 mod b;
-// Being reworked on another branch (the per-frame path): documented
-// after that lands rather than in a conflicting edit.
-#[allow(missing_docs)]
 mod device;
 mod sessions;
 

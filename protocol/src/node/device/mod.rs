@@ -35,6 +35,7 @@ pub struct DeviceOptions {
     /// Settled frames remembered (to acknowledge redeliveries without
     /// delivering twice): at most this many, for at most `settled_ttl`.
     pub settled_max: usize,
+    /// How long a settled frame is remembered.
     pub settled_ttl: Millis,
     /// How long the acknowledgement of a result waits for a frame of its
     /// session to ride on before it goes on its own (a message of its own
@@ -59,26 +60,37 @@ impl Default for DeviceOptions {
 /// A frame waiting for its result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
+    /// Its session.
     pub sid: SessionId,
+    /// Its counter.
     pub t: u64,
+    /// The frame message as published (and published again on a resend).
     pub envelope: Vec<u8>,
+    /// When the application captured it.
     pub captured: Millis,
+    /// The application's label for it, handed back with its result.
     pub label: Option<String>,
 }
 
 /// How a frame ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
+    /// Its result arrived and was delivered.
     Result,
+    /// A server refused it for good.
     Rejected,
+    /// No result within the frame's TTL.
     Expired,
 }
 
 /// What survives a restart of the device.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceDurable {
+    /// The sessions whose secrets were persisted.
     pub sessions: Vec<DeviceSession>,
+    /// The highest counter reserved: counters below it are never reused.
     pub counter_mark: u64,
+    /// Frames waiting for their result.
     pub outbox: Vec<OutboxEntry>,
     /// Settled frames and when they settled.
     pub settled: Vec<(SessionId, u64, Millis)>,
@@ -91,38 +103,61 @@ pub enum DeviceEvent {
     PersistCounter(u64),
     /// Make the session secrets durable (before any frame uses them).
     PersistSessions(Vec<DeviceSession>),
+    /// Make the frame durable in the outbox (before it is published).
     PersistOutbox(OutboxEntry),
     /// Remove the frame from the outbox and remember how it ended.
     Settle {
+        /// The frame's session.
         sid: SessionId,
+        /// The frame's counter.
         t: u64,
+        /// How it ended.
         how: Settled,
     },
     /// Hand a result to the application.
     Deliver {
+        /// The frame's session.
         sid: SessionId,
+        /// The frame's counter.
         t: u64,
+        /// The model's outputs, unmasked, at scale `2^output_scale_bits`.
         values: Vec<I256>,
+        /// When the frame was captured.
         captured: Millis,
+        /// The application's label for the frame.
         label: Option<String>,
+        /// The result message's size.
         bytes: usize,
     },
+    /// A server refused the frame for good; the application hears why.
     Refused {
+        /// The frame's session.
         sid: SessionId,
+        /// The frame's counter.
         t: u64,
+        /// The refusal's code.
         code: RejectCode,
+        /// The refusal's text, for a person.
         detail: String,
+        /// The application's label for the frame.
         label: Option<String>,
     },
+    /// No result came within the frame's TTL.
     Expired {
+        /// The frame's session.
         sid: SessionId,
+        /// The frame's counter.
         t: u64,
+        /// The application's label for the frame.
         label: Option<String>,
     },
     /// Something arrived that the device ignores (for logs).
     Ignored {
+        /// The session the message named.
         sid: SessionId,
+        /// The counter it named.
         t: u64,
+        /// Why it was ignored.
         why: String,
     },
 }
@@ -236,6 +271,7 @@ impl DeviceNode {
         }
     }
 
+    /// The device's cryptography and sessions.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -350,6 +386,8 @@ impl DeviceNode {
         Ok(())
     }
 
+    /// Takes one input from the shell: a message, a confirmation, or a
+    /// change of connection.
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected => {
@@ -378,14 +416,17 @@ impl DeviceNode {
         }
     }
 
+    /// The next message to publish.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next thing the shell must make durable or tell the application.
     pub fn poll_event(&mut self) -> Option<DeviceEvent> {
         self.events.pop_front()
     }
 
+    /// When the node next needs [`DeviceNode::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Millis> {
         let expiry = self
             .outbox
@@ -419,6 +460,7 @@ impl DeviceNode {
         }
     }
 
+    /// Runs what is due at `now`: resends, expiries, lone acknowledgements.
     pub fn handle_timeout(&mut self, now: Millis) {
         let ttl = self.options.frame_ttl;
         let expired: Vec<OutboxEntry> = self
