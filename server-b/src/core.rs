@@ -160,7 +160,7 @@ impl Core {
             self.drain();
             // Everything that must survive a crash is in the store by now.
             if let Some(ack) = ack {
-                self.link.ack(ack);
+                inputs.ack(ack);
             }
         }
     }

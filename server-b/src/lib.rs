@@ -206,10 +206,24 @@ impl ServerB {
         let link = Link::start(&options.mqtt)?;
         let handle = link.handle.clone();
         let core_stats = Arc::clone(&stats);
+        // One worker: B's completion marks outlive their sessions without
+        // naming the device, so B's state cannot be split by device yet.
         let worker = Worker::start(
             link,
             "veil-server-b",
-            move || core::Core::new(options, key, topology, params, store, handle, core_stats),
+            1,
+            veil_protocol::route::message_device,
+            move |_| {
+                core::Core::new(
+                    options.clone(),
+                    Arc::clone(&key),
+                    Arc::clone(&topology),
+                    params.clone(),
+                    store.clone(),
+                    handle.clone(),
+                    Arc::clone(&core_stats),
+                )
+            },
             |mut core, rx| core.run(rx),
         )
         .await

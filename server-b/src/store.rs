@@ -8,6 +8,7 @@ use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerBError;
 
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     /// `device \0 sid t` → `stored_at_ms (8 bytes) ‖ envelope`.
