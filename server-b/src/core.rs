@@ -15,8 +15,8 @@ use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, Sessi
 use crate::store::Store;
 use crate::timing::Timing;
 use crate::{Options, ServerBError, Stats};
-use veil_shell::now_ms;
 use veil_shell::worker::{Input, Inputs};
+use veil_shell::{Shard, now_ms};
 
 pub struct Core {
     node: ServerBNode<PaillierSecret>,
@@ -26,16 +26,20 @@ pub struct Core {
     timing: Timing,
 }
 
-fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
+fn noise_for(options: &Options, key: &Arc<SecretKey>, shard: Shard) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(key.public_key(), &mut rng)),
         NoiseSource::Pool => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
+            // Shared out between the workers, each its own pool.
+            let workers = shard.count.max(1);
+            let threads = veil_shell::shards::available_cores()
+                .div_ceil(2)
+                .div_ceil(workers);
             Noise::Pool(NoisePool::new(
                 PoolFiller::Secret(Arc::clone(key)),
-                options.pool_capacity.max(16),
+                options.pool_capacity.div_ceil(workers).max(16),
                 threads,
                 rand::random(),
             ))
@@ -56,9 +60,13 @@ impl Core {
         store: Store,
         link: LinkHandle,
         stats: Arc<Stats>,
+        shard: Shard,
     ) -> Result<Core, ServerBError> {
-        let backend =
-            PaillierSecret::new(Arc::clone(&key), noise_for(&options, &key), rand::random());
+        let backend = PaillierSecret::new(
+            Arc::clone(&key),
+            noise_for(&options, &key, shard),
+            rand::random(),
+        );
         let machine = ServerB::new(
             ServerBConfig {
                 params,
@@ -76,12 +84,39 @@ impl Core {
         };
         let mut node = ServerBNode::new(machine, node_options, public);
         let now = now_ms();
-        let sessions = store.sessions(now);
+        // This worker's devices only. A mark that does not name its
+        // device (written before marks did) goes to its session's device
+        // where the session is stored, else to every worker: each then
+        // keeps it while it remembers the id, as one worker would.
+        let all_sessions = store.sessions(now);
+        let devices: std::collections::HashMap<SessionId, String> = all_sessions
+            .iter()
+            .map(|s| (s.sid, s.device.clone()))
+            .collect();
+        let completed = store
+            .completed()
+            .into_iter()
+            .filter(|(sid, _, device)| {
+                device
+                    .as_ref()
+                    .or_else(|| devices.get(sid))
+                    .is_none_or(|device| shard.owns(device))
+            })
+            .map(|(sid, t, _)| (sid, t))
+            .collect();
+        let sessions: Vec<_> = all_sessions
+            .into_iter()
+            .filter(|s| shard.owns(&s.device))
+            .collect();
+        // Progress of sessions another worker holds is skipped by the node.
         let results = store
             .all_results()
             .into_iter()
             .filter_map(|q| {
                 let (device, sid, t) = crate::store::split_result_key(&q.key)?;
+                if !shard.owns(&device) {
+                    return None;
+                }
                 Some(Queued {
                     device,
                     sid,
@@ -91,7 +126,7 @@ impl Core {
                 })
             })
             .collect();
-        node.restore(now, sessions, store.completed(), store.progress(), results);
+        node.restore(now, sessions, completed, store.progress(), results);
         let mut filters = vec![
             topics::filters::SESSIONS_B.to_string(),
             topics::filters::ACKS.to_string(),
@@ -99,8 +134,14 @@ impl Core {
         for worker in &options.a_workers {
             filters.push(topics::a_to_b(worker));
         }
-        link.subscribe(filters);
+        // The link's subscriptions are the process's: the first worker
+        // sets them, the dispatcher shares out what they bring.
+        if shard.index == 0 {
+            link.subscribe(filters);
+        }
         tracing::info!(
+            thread = shard.index,
+            threads = shard.count,
             key = %key.public_key().fingerprint_hex(),
             model = %topology.name,
             topology = %topology.fingerprint_hex(),
@@ -115,7 +156,10 @@ impl Core {
             timing: Timing::default(),
         };
         core.drain();
+        // The counters are the process's: with several workers, each
+        // logs the total of those restored so far.
         tracing::info!(
+            thread = shard.index,
             decrypted = core.stats.sessions.load(Ordering::Relaxed),
             pruned = core.stats.sessions_pruned.load(Ordering::Relaxed),
             "sessions restored: the dead ones deleted without decrypting"

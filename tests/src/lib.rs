@@ -182,6 +182,8 @@ pub struct Servers {
     pub sessions: veil_protocol::node::SessionLimits,
     /// A's worker threads (`None`: the default, one per available core).
     pub a_workers: Option<usize>,
+    /// B's worker threads (`None`: the default, one per available core).
+    pub b_workers: Option<usize>,
 }
 
 impl Servers {
@@ -200,6 +202,7 @@ impl Servers {
             round_timeout: Duration::from_secs(5),
             sessions: veil_protocol::node::SessionLimits::default(),
             a_workers: None,
+            b_workers: None,
         }
     }
 
@@ -217,11 +220,15 @@ impl Servers {
         o
     }
 
-    /// B's options: this broker, this state, [`Servers::sessions`].
+    /// B's options: this broker, this state, [`Servers::sessions`],
+    /// [`Servers::b_workers`].
     pub fn b_options(&self) -> veil_server_b::Options {
         let mut o =
             veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"));
         o.sessions = self.sessions.clone();
+        if let Some(workers) = self.b_workers {
+            o.workers = workers;
+        }
         o
     }
 

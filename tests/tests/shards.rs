@@ -1,7 +1,8 @@
-//! Server A with two worker threads, each owning one of two devices
-//! (devB hashes to the first, devA to the second): interleaved frames of
-//! both come back exact, and after a crash of A with frames of both
-//! stored, each worker replays its own and nothing is lost or doubled.
+//! Servers A and B with two worker threads each, each worker owning one
+//! of two devices (devB hashes to the first, devA to the second):
+//! interleaved frames of both come back exact, and after B restarts and A
+//! crashes with frames of both stored, each worker restores and replays
+//! its own and nothing is lost or doubled.
 #![allow(clippy::unwrap_used)] // a test: a panic is its failure report
 
 use std::collections::BTreeMap;
@@ -62,6 +63,7 @@ async fn two_workers_serve_interleaved_devices_and_replay_their_own_frames() {
     let mut servers = Servers::new(dir.path(), "pima-mlp", addr);
     servers.round_timeout = Duration::from_secs(3);
     servers.a_workers = Some(2);
+    servers.b_workers = Some(2);
     servers.start().await;
     let mut devices = Vec::new();
     for name in ["devA", "devB"] {
