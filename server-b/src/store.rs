@@ -305,6 +305,12 @@ mod tests {
         assert_eq!(store.queued(), 1);
         store.remove_completion(s1);
         assert!(store.completed().is_empty());
+        // A mark written before marks named their device.
+        store
+            .completed
+            .insert(s2.0, &9u64.to_be_bytes())
+            .expect("stored");
+        assert_eq!(store.completed(), vec![(s2, 9, None)]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
