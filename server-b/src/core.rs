@@ -51,17 +51,28 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What every worker serves with: B's key, the topology, the parameters.
+#[derive(Clone)]
+pub struct Serving {
+    pub key: Arc<SecretKey>,
+    pub topology: Arc<Topology>,
+    pub params: Params,
+}
+
 impl Core {
     pub fn new(
         options: Options,
-        key: Arc<SecretKey>,
-        topology: Arc<Topology>,
-        params: Params,
+        serving: Serving,
         store: Store,
         link: LinkHandle,
         stats: Arc<Stats>,
         shard: Shard,
     ) -> Result<Core, ServerBError> {
+        let Serving {
+            key,
+            topology,
+            params,
+        } = serving;
         let backend = PaillierSecret::new(
             Arc::clone(&key),
             noise_for(&options, &key, shard),

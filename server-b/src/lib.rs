@@ -218,6 +218,11 @@ impl ServerB {
         let handle = link.handle.clone();
         let core_stats = Arc::clone(&stats);
         let workers = options.workers;
+        let serving = core::Serving {
+            key,
+            topology,
+            params,
+        };
         let worker = Worker::start(
             link,
             "veil-server-b",
@@ -226,9 +231,7 @@ impl ServerB {
             move |shard| {
                 core::Core::new(
                     options.clone(),
-                    Arc::clone(&key),
-                    Arc::clone(&topology),
-                    params.clone(),
+                    serving.clone(),
                     store.clone(),
                     handle.clone(),
                     Arc::clone(&core_stats),
