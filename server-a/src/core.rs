@@ -41,25 +41,36 @@ pub struct Core {
 /// frames be forgotten by a path that emits no `ForgetFrame`.
 const TIMED_FRAMES: usize = 65_536;
 
-fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey, shard: Shard) -> Noise {
+/// A's noise pool when `options` ask for one: one pool for every worker
+/// thread, each drawing through [`NoisePool::share`].
+///
+/// Textbook r^N, not fixed-base values: A re-randomizes what it sends to
+/// B, the key holder, who knows φ(N), chose p and q, and could take
+/// discrete logarithms of short fixed-base exponents to strip the
+/// re-randomization. One background thread; each value is a full
+/// exponentiation, made while A waits for frames. 8,192 values: more than
+/// one CNN frame sends to B (about 5,000). One pool, not one per worker:
+/// filling 8,192 values costs about 8 s of a core (`veil load`'s thread
+/// clocks), and a filler per worker took that many more cores' share
+/// from the frames while it lasted.
+pub fn noise_pool(options: &Options, b_key: &veil_paillier::PublicKey) -> Option<NoisePool> {
+    (options.noise == NoiseSource::Pool)
+        .then(|| NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()))
+}
+
+fn noise_for(
+    options: &Options,
+    b_key: &veil_paillier::PublicKey,
+    pool: Option<&NoisePool>,
+) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(b_key, &mut rng)),
-        // Textbook r^N, not fixed-base values: A re-randomizes what it sends
-        // to B, the key holder, who knows φ(N), chose p and q, and could take
-        // discrete logarithms of short fixed-base exponents to strip the
-        // re-randomization. One background thread; each value is a full
-        // exponentiation, made while A waits for frames.
-        // 8,192 values: more than one CNN frame sends to B (about 5,000),
-        // shared out between the workers (each its own pool and thread):
-        // filling a pool at start costs a full exponentiation per value.
-        NoiseSource::Pool => Noise::Pool(NoisePool::new(
-            PoolFiller::Public(b_key.clone()),
-            8192usize.div_ceil(shard.count.max(1)).max(1024),
-            1,
-            rand::random(),
-        )),
+        NoiseSource::Pool => Noise::Pool(match pool {
+            Some(pool) => pool.share(),
+            None => NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()),
+        }),
     }
 }
 
@@ -71,6 +82,7 @@ impl Core {
         link: LinkHandle,
         stats: Arc<Stats>,
         shard: Shard,
+        pool: Option<&NoisePool>,
     ) -> Result<Core, ServerAError> {
         let Setup {
             key,
@@ -81,7 +93,7 @@ impl Core {
         let topology = Arc::new(model.topology().clone());
         let backend = PaillierPublic::new(
             b_key.clone(),
-            noise_for(&options, &b_key, shard),
+            noise_for(&options, &b_key, pool),
             rand::random(),
         );
         let machine = ServerA::new(

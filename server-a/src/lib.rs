@@ -302,6 +302,8 @@ impl ServerA {
         let handle = link.handle.clone();
         let core_stats = Arc::clone(&stats);
         let workers = options.workers;
+        // Lives as long as the workers: the closure holding it does.
+        let pool = core::noise_pool(&options, &setup.b_key);
         let worker = Worker::start(
             link,
             "veil-server-a",
@@ -315,6 +317,7 @@ impl ServerA {
                     handle.clone(),
                     Arc::clone(&core_stats),
                     shard,
+                    pool.as_ref(),
                 )
             },
             |mut core, rx| core.run(rx),

@@ -26,24 +26,35 @@ pub struct Core {
     timing: Timing,
 }
 
-fn noise_for(options: &Options, key: &Arc<SecretKey>, shard: Shard) -> Noise {
+/// B's noise pool when `options` ask for one: one for every worker
+/// thread, each drawing through [`NoisePool::share`] (fillers per worker
+/// would take that many more cores from the frames while they fill).
+pub fn noise_pool(options: &Options, key: &Arc<SecretKey>) -> Option<NoisePool> {
+    (options.noise == NoiseSource::Pool).then(|| {
+        let threads = veil_shell::shards::available_cores().div_ceil(2);
+        NoisePool::new(
+            PoolFiller::Secret(Arc::clone(key)),
+            options.pool_capacity.max(16),
+            threads,
+            rand::random(),
+        )
+    })
+}
+
+fn noise_for(options: &Options, key: &Arc<SecretKey>, pool: Option<&NoisePool>) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(key.public_key(), &mut rng)),
-        NoiseSource::Pool => {
-            // Shared out between the workers, each its own pool.
-            let workers = shard.count.max(1);
-            let threads = veil_shell::shards::available_cores()
-                .div_ceil(2)
-                .div_ceil(workers);
-            Noise::Pool(NoisePool::new(
+        NoiseSource::Pool => Noise::Pool(match pool {
+            Some(pool) => pool.share(),
+            None => NoisePool::new(
                 PoolFiller::Secret(Arc::clone(key)),
-                options.pool_capacity.div_ceil(workers).max(16),
-                threads,
+                options.pool_capacity.max(16),
+                1,
                 rand::random(),
-            ))
-        }
+            ),
+        }),
     }
 }
 
@@ -51,12 +62,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What every worker serves with: B's key, the topology, the parameters.
+/// What every worker serves with: B's key, the topology, the parameters
+/// and the noise pool they share.
 #[derive(Clone)]
 pub struct Serving {
     pub key: Arc<SecretKey>,
     pub topology: Arc<Topology>,
     pub params: Params,
+    pub pool: Option<Arc<NoisePool>>,
 }
 
 impl Core {
@@ -72,10 +85,11 @@ impl Core {
             key,
             topology,
             params,
+            pool,
         } = serving;
         let backend = PaillierSecret::new(
             Arc::clone(&key),
-            noise_for(&options, &key, shard),
+            noise_for(&options, &key, pool.as_deref()),
             rand::random(),
         );
         let machine = ServerB::new(

@@ -219,6 +219,7 @@ impl ServerB {
         let core_stats = Arc::clone(&stats);
         let workers = options.workers;
         let serving = core::Serving {
+            pool: core::noise_pool(&options, &key).map(Arc::new),
             key,
             topology,
             params,
