@@ -319,6 +319,21 @@ impl NoisePool {
         lock(&self.shared.queue).extend(values);
     }
 
+    /// Another handle on this pool's values, for another thread's backend
+    /// (a server's worker threads): it draws from the same queue and starts
+    /// no filler of its own, so the pool's filling costs what one pool's
+    /// does. Its own generator for misses is seeded from this pool's.
+    /// Dropping a handle stops nothing; dropping the pool that started the
+    /// fillers stops them (handles then compute what they draw).
+    pub fn share(&self) -> NoisePool {
+        NoisePool {
+            shared: Arc::clone(&self.shared),
+            filler: self.filler.clone(),
+            workers: Vec::new(),
+            seeds: Box::new(Mutex::new(self.child_rng())),
+        }
+    }
+
     /// Counts so far.
     pub fn stats(&self) -> PoolStats {
         PoolStats {
@@ -331,6 +346,10 @@ impl NoisePool {
 
 impl Drop for NoisePool {
     fn drop(&mut self) {
+        if self.workers.is_empty() {
+            // A handle from `share`, or a pool filled by hand.
+            return;
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wanted.notify_all();
         for worker in self.workers.drain(..) {

@@ -211,6 +211,27 @@ fn every_noise_source_encrypts_correctly_and_hides() {
 }
 
 #[test]
+fn a_shared_pool_draws_from_the_same_queue_and_dropping_it_keeps_the_values() {
+    let secret = key_2048_a();
+    let public = secret.public_key();
+    let m = public.encode_i128(42);
+    let pool = NoisePool::new(PoolFiller::Public(public.clone()), 4, 0, [9; 32]);
+    pool.fill(3);
+    let handle = pool.share();
+    let c = public
+        .encrypt_with_noise(&m, handle.take())
+        .expect("shared pool");
+    assert_eq!(dec(secret, &c), 42);
+    // One queue, one count.
+    assert_eq!(pool.stats().hits, 1);
+    assert_eq!(pool.stats().available, 2);
+    drop(handle);
+    assert_eq!(pool.stats().available, 2);
+    let _ = pool.take();
+    assert_eq!(pool.stats().hits, 2);
+}
+
+#[test]
 fn matrix_vector_product() {
     let secret = key_2048_a();
     let public = secret.public_key();

@@ -12,7 +12,10 @@ use crate::reply::{decode_item, encode_item};
 /// own topic. What decodes must re-encode to bytes that decode to the same
 /// envelope.
 pub fn envelope(data: &[u8]) {
+    let routed = crate::route::envelope_device(data);
     if let Ok(envelope) = Envelope::from_bytes(data) {
+        // A server's dispatcher routes by this head alone.
+        assert_eq!(routed.as_deref(), Some(envelope.device.as_str()));
         let _ = envelope.body.kind();
         let bytes = envelope.to_bytes().expect("a decoded envelope re-encodes");
         let again = Envelope::from_bytes(&bytes).expect("a re-encoded envelope decodes");

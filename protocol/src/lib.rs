@@ -37,6 +37,7 @@ mod perturb;
 mod prf;
 mod reply;
 mod round;
+pub mod route;
 mod server_a;
 mod server_b;
 mod session;

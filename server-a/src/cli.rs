@@ -22,6 +22,10 @@ pub struct Args {
     /// (by default that refuses to start: a key others can read is shared).
     #[arg(long, env = "VEIL_ALLOW_OPEN_KEY_FILE")]
     pub allow_open_key_file: bool,
+    /// Worker threads, each owning the devices hashed to it (over the
+    /// configuration's `workers`; 0: one per available core).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Where to serve Prometheus metrics and health checks.
     #[command(flatten)]
     pub metrics: veil_shell::MetricsArgs,
@@ -34,7 +38,10 @@ pub struct Args {
 /// Loads the configuration, keys and model, runs until SIGINT or SIGTERM,
 /// then stops cleanly.
 pub async fn run(args: Args) -> Result<()> {
-    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let mut config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
     if !args.allow_open_key_file {
         veil_shell::check_owner_only(&config.key_file).context("checking A's key file")?;
     }

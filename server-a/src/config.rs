@@ -38,6 +38,9 @@ pub struct Config {
     pub worker: String,
     /// The shared-subscription group for frames, when several workers run.
     pub shared_group: Option<String>,
+    /// Threads of this process, each with its own node owning the devices
+    /// hashed to it (0: one per available core).
+    pub workers: usize,
     /// Seconds without progress before a frame is started over.
     pub round_timeout_secs: u64,
     /// Starts-over before a frame is given up.
@@ -72,6 +75,7 @@ impl Default for Config {
             b_key_fingerprint: None,
             worker: "a1".into(),
             shared_group: None,
+            workers: 0,
             round_timeout_secs: 30,
             max_retries: 3,
             park_timeout_secs: 60,
@@ -146,6 +150,10 @@ impl Config {
     /// The runtime options this configuration asks for.
     pub fn options(&self) -> Options {
         Options {
+            workers: match self.workers {
+                0 => veil_shell::shards::available_cores(),
+                n => n,
+            },
             mqtt: self.mqtt.clone(),
             state_dir: self.state_dir.clone(),
             worker: self.worker.clone(),
@@ -172,6 +180,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-a.toml");
         let config = Config::load(Some(&path)).expect("config/server-a.toml loads");
         assert_eq!(config.worker, "a1");
+        assert_eq!(config.workers, 0);
+        assert!(config.options().workers >= 1);
         assert_eq!(config.mqtt.username.as_deref(), Some("server-a"));
         assert_eq!(config.options().round_timeout, Duration::from_secs(30));
         assert!(config.b_key_file.is_some());

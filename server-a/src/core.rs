@@ -1,6 +1,6 @@
-//! The worker thread: feeds MQTT input to A's node, applies its events to
-//! the store, publishes its transmits, reads the clock for it, and
-//! precomputes when the node says so.
+//! A worker thread: feeds MQTT input about its devices to its node,
+//! applies its events to the store, publishes its transmits, reads the
+//! clock for it, and precomputes when the node says so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use veil_protocol::{Noise, PaillierPublic, ServerA, ServerAConfig, SessionId, to
 
 use crate::store::Store;
 use crate::{Options, ServerAError, Setup, Stats, rounding_key};
+use veil_shell::Shard;
 use veil_shell::worker::{Input, Inputs};
 
 fn millis(d: Duration) -> Millis {
@@ -32,29 +33,44 @@ pub struct Core {
     accepted: HashMap<(SessionId, u64), Instant>,
     /// The input of this loop turn is the broker confirming an output.
     confirming: bool,
+    /// Which of the process's workers this is.
+    shard: Shard,
 }
 
 /// Frames timed at once at most: a bound on `Core::accepted` should
 /// frames be forgotten by a path that emits no `ForgetFrame`.
 const TIMED_FRAMES: usize = 65_536;
 
-fn noise_for(options: &Options, b_key: &veil_paillier::PublicKey) -> Noise {
+/// A's noise pool when `options` ask for one: one pool for every worker
+/// thread, each drawing through [`NoisePool::share`].
+///
+/// Textbook r^N, not fixed-base values: A re-randomizes what it sends to
+/// B, the key holder, who knows φ(N), chose p and q, and could take
+/// discrete logarithms of short fixed-base exponents to strip the
+/// re-randomization. One background thread; each value is a full
+/// exponentiation, made while A waits for frames. 8,192 values: more than
+/// one CNN frame sends to B (about 5,000). One pool, not one per worker:
+/// filling 8,192 values costs about 8 s of a core (`veil load`'s thread
+/// clocks), and a filler per worker took that many more cores' share
+/// from the frames while it lasted.
+pub fn noise_pool(options: &Options, b_key: &veil_paillier::PublicKey) -> Option<NoisePool> {
+    (options.noise == NoiseSource::Pool)
+        .then(|| NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()))
+}
+
+fn noise_for(
+    options: &Options,
+    b_key: &veil_paillier::PublicKey,
+    pool: Option<&NoisePool>,
+) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(b_key, &mut rng)),
-        // Textbook r^N, not fixed-base values: A re-randomizes what it sends
-        // to B, the key holder, who knows φ(N), chose p and q, and could take
-        // discrete logarithms of short fixed-base exponents to strip the
-        // re-randomization. One background thread; each value is a full
-        // exponentiation, made while A waits for frames.
-        // 8,192 values: more than one CNN frame sends to B (about 5,000).
-        NoiseSource::Pool => Noise::Pool(NoisePool::new(
-            PoolFiller::Public(b_key.clone()),
-            8192,
-            1,
-            rand::random(),
-        )),
+        NoiseSource::Pool => Noise::Pool(match pool {
+            Some(pool) => pool.share(),
+            None => NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()),
+        }),
     }
 }
 
@@ -65,6 +81,8 @@ impl Core {
         store: Store,
         link: LinkHandle,
         stats: Arc<Stats>,
+        shard: Shard,
+        pool: Option<&NoisePool>,
     ) -> Result<Core, ServerAError> {
         let Setup {
             key,
@@ -73,8 +91,11 @@ impl Core {
             params,
         } = setup;
         let topology = Arc::new(model.topology().clone());
-        let backend =
-            PaillierPublic::new(b_key.clone(), noise_for(&options, &b_key), rand::random());
+        let backend = PaillierPublic::new(
+            b_key.clone(),
+            noise_for(&options, &b_key, pool),
+            rand::random(),
+        );
         let machine = ServerA::new(
             ServerAConfig {
                 params,
@@ -89,13 +110,19 @@ impl Core {
             Some(group) => format!("$share/{group}/{}", topics::filters::FRAMES),
             None => topics::filters::FRAMES.to_string(),
         };
-        link.subscribe(vec![
-            topics::filters::SESSIONS_A.to_string(),
-            frames_filter,
-            topics::b_to_a(&options.worker),
-        ]);
+        // The link's subscriptions are the process's: the first worker
+        // sets them, the dispatcher shares out what they bring.
+        if shard.index == 0 {
+            link.subscribe(vec![
+                topics::filters::SESSIONS_A.to_string(),
+                frames_filter,
+                topics::b_to_a(&options.worker),
+            ]);
+        }
         tracing::info!(
             worker = %options.worker,
+            thread = shard.index,
+            threads = shard.count,
             key = %key.public_key().fingerprint_hex(),
             b_key = %b_key.fingerprint_hex(),
             model = %topology.name,
@@ -116,8 +143,18 @@ impl Core {
         };
         let mut node = ServerANode::new(machine, node_options, public);
         let now = now_ms();
-        let frames = store.frames().into_iter().map(|(_, b)| b).collect();
-        node.restore(now, store.sessions(now), frames);
+        let frames = store
+            .frames()
+            .into_iter()
+            .filter(|(device, _)| shard.owns(device))
+            .map(|(_, b)| b)
+            .collect();
+        let sessions = store
+            .sessions(now)
+            .into_iter()
+            .filter(|s| shard.owns(&s.device))
+            .collect();
+        node.restore(now, sessions, frames);
         let mut core = Core {
             node,
             store,
@@ -125,10 +162,12 @@ impl Core {
             stats,
             accepted: HashMap::new(),
             confirming: false,
+            shard,
         };
         core.drain();
         let (live, ..) = core.node.load();
         tracing::info!(
+            thread = shard.index,
             live,
             pruned = core.stats.sessions_pruned.load(Ordering::Relaxed),
             "sessions restored: the dead ones deleted without decrypting"
@@ -201,7 +240,7 @@ impl Core {
             self.drain();
             // Frames and sessions are in the store by now.
             if let Some(ack) = ack {
-                self.link.ack(ack);
+                inputs.ack(ack);
             }
         }
     }
@@ -214,9 +253,12 @@ impl Core {
         self.confirming = false;
         while let Some(t) = self.node.poll_transmit() {
             match t.confirm {
-                Some(token) => self
-                    .link
-                    .publish_confirmed(t.topic, t.payload, t.retain, token),
+                Some(token) => self.link.publish_confirmed(
+                    t.topic,
+                    t.payload,
+                    t.retain,
+                    self.shard.confirm_token(token),
+                ),
                 None => self.link.publish(t.topic, t.payload, t.retain),
             }
         }

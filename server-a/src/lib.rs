@@ -8,6 +8,17 @@
 //! until their output is confirmed, replayed after a restart), reads the
 //! clock for the node's timers and precomputes when the node has work.
 //!
+//! # Worker threads
+//!
+//! One process runs `workers` nodes (by default one per available core),
+//! each on a thread of its own and owning the devices hashed to it
+//! ([`veil_shell::shards`]): a dispatcher routes every message (frames and
+//! sessions by their topic, B's replies by the device their envelope
+//! names) to its device's node, which precomputes for its own sessions
+//! whenever its queue is empty. The nodes share the sled store, each
+//! restoring the sessions and frames of its own devices. A node's state
+//! is per device, so its rules (quotas, ordering, parking) are unchanged.
+//!
 //! # Several A workers
 //!
 //! Every A worker has its own `worker` name. Each subscribes to every
@@ -104,6 +115,9 @@ pub enum ServerAError {
 /// How the runtime behaves (everything but keys and model).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Worker threads, each with its own node owning the devices hashed to
+    /// it (at least one).
+    pub workers: usize,
     /// The broker and A's credentials.
     pub mqtt: MqttSettings,
     /// Directory of the sled store (frames in progress, sessions).
@@ -129,6 +143,7 @@ impl Options {
     /// The defaults for one worker named after the MQTT user.
     pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
         Options {
+            workers: veil_shell::shards::available_cores(),
             mqtt,
             state_dir: state_dir.into(),
             worker: "a1".into(),
@@ -245,6 +260,7 @@ impl Stats {
 
 /// What A serves with: its key pair, B's public key (every ciphertext is
 /// under it) and the model.
+#[derive(Clone)]
 pub struct Setup {
     /// A's key pair: devices encrypt their seeds for A under it.
     pub key: Arc<SecretKey>,
@@ -263,7 +279,7 @@ pub struct ServerA {
 }
 
 impl ServerA {
-    /// Restores the store, starts the worker thread and connects.
+    /// Restores the store, starts the worker threads and connects.
     pub async fn start(options: Options, setup: Setup) -> Result<ServerA, ServerAError> {
         veil_protocol::check_device_name(&options.worker)
             .map_err(|_| ServerAError::Worker(options.worker.clone()))?;
@@ -285,10 +301,25 @@ impl ServerA {
         let link = Link::start(&mqtt)?;
         let handle = link.handle.clone();
         let core_stats = Arc::clone(&stats);
+        let workers = options.workers;
+        // Lives as long as the workers: the closure holding it does.
+        let pool = core::noise_pool(&options, &setup.b_key);
         let worker = Worker::start(
             link,
             "veil-server-a",
-            move || core::Core::new(options, setup, store, handle, core_stats),
+            workers,
+            veil_protocol::route::message_device,
+            move |shard| {
+                core::Core::new(
+                    options.clone(),
+                    setup.clone(),
+                    store.clone(),
+                    handle.clone(),
+                    Arc::clone(&core_stats),
+                    shard,
+                    pool.as_ref(),
+                )
+            },
             |mut core, rx| core.run(rx),
         )
         .await

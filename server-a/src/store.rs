@@ -8,6 +8,9 @@ use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerAError;
 
+/// Clones share the database: every worker thread writes its own
+/// devices' keys.
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     /// `sid ‖ t` → `device \0 envelope`.

@@ -51,6 +51,9 @@ pub struct Config {
     pub pool_capacity: usize,
     /// A workers this B serves (`+` = all).
     pub a_workers: Vec<String>,
+    /// Threads of this process, each with its own node owning the devices
+    /// hashed to it (0: one per available core).
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             noise: NoiseSource::FixedBase,
             pool_capacity: 4096,
             a_workers: vec!["+".into()],
+            workers: 0,
         }
     }
 }
@@ -126,6 +130,10 @@ impl Config {
     /// The runtime options this configuration asks for.
     pub fn options(&self) -> Options {
         Options {
+            workers: match self.workers {
+                0 => veil_shell::shards::available_cores(),
+                n => n,
+            },
             mqtt: self.mqtt.clone(),
             state_dir: self.state_dir.clone(),
             result_ttl: Duration::from_secs(self.result_ttl_secs.max(1)),

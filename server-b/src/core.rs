@@ -15,8 +15,8 @@ use veil_protocol::{Noise, PaillierSecret, Params, ServerB, ServerBConfig, Sessi
 use crate::store::Store;
 use crate::timing::Timing;
 use crate::{Options, ServerBError, Stats};
-use veil_shell::now_ms;
 use veil_shell::worker::{Input, Inputs};
+use veil_shell::{Shard, now_ms};
 
 pub struct Core {
     node: ServerBNode<PaillierSecret>,
@@ -26,20 +26,35 @@ pub struct Core {
     timing: Timing,
 }
 
-fn noise_for(options: &Options, key: &Arc<SecretKey>) -> Noise {
+/// B's noise pool when `options` ask for one: one for every worker
+/// thread, each drawing through [`NoisePool::share`] (fillers per worker
+/// would take that many more cores from the frames while they fill).
+pub fn noise_pool(options: &Options, key: &Arc<SecretKey>) -> Option<NoisePool> {
+    (options.noise == NoiseSource::Pool).then(|| {
+        let threads = veil_shell::shards::available_cores().div_ceil(2);
+        NoisePool::new(
+            PoolFiller::Secret(Arc::clone(key)),
+            options.pool_capacity.max(16),
+            threads,
+            rand::random(),
+        )
+    })
+}
+
+fn noise_for(options: &Options, key: &Arc<SecretKey>, pool: Option<&NoisePool>) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(key.public_key(), &mut rng)),
-        NoiseSource::Pool => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
-            Noise::Pool(NoisePool::new(
+        NoiseSource::Pool => Noise::Pool(match pool {
+            Some(pool) => pool.share(),
+            None => NoisePool::new(
                 PoolFiller::Secret(Arc::clone(key)),
                 options.pool_capacity.max(16),
-                threads,
+                1,
                 rand::random(),
-            ))
-        }
+            ),
+        }),
     }
 }
 
@@ -47,18 +62,36 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What every worker serves with: B's key, the topology, the parameters
+/// and the noise pool they share.
+#[derive(Clone)]
+pub struct Serving {
+    pub key: Arc<SecretKey>,
+    pub topology: Arc<Topology>,
+    pub params: Params,
+    pub pool: Option<Arc<NoisePool>>,
+}
+
 impl Core {
     pub fn new(
         options: Options,
-        key: Arc<SecretKey>,
-        topology: Arc<Topology>,
-        params: Params,
+        serving: Serving,
         store: Store,
         link: LinkHandle,
         stats: Arc<Stats>,
+        shard: Shard,
     ) -> Result<Core, ServerBError> {
-        let backend =
-            PaillierSecret::new(Arc::clone(&key), noise_for(&options, &key), rand::random());
+        let Serving {
+            key,
+            topology,
+            params,
+            pool,
+        } = serving;
+        let backend = PaillierSecret::new(
+            Arc::clone(&key),
+            noise_for(&options, &key, pool.as_deref()),
+            rand::random(),
+        );
         let machine = ServerB::new(
             ServerBConfig {
                 params,
@@ -76,12 +109,39 @@ impl Core {
         };
         let mut node = ServerBNode::new(machine, node_options, public);
         let now = now_ms();
-        let sessions = store.sessions(now);
+        // This worker's devices only. A mark that does not name its
+        // device (written before marks did) goes to its session's device
+        // where the session is stored, else to every worker: each then
+        // keeps it while it remembers the id, as one worker would.
+        let all_sessions = store.sessions(now);
+        let devices: std::collections::HashMap<SessionId, String> = all_sessions
+            .iter()
+            .map(|s| (s.sid, s.device.clone()))
+            .collect();
+        let completed = store
+            .completed()
+            .into_iter()
+            .filter(|(sid, _, device)| {
+                device
+                    .as_ref()
+                    .or_else(|| devices.get(sid))
+                    .is_none_or(|device| shard.owns(device))
+            })
+            .map(|(sid, t, _)| (sid, t))
+            .collect();
+        let sessions: Vec<_> = all_sessions
+            .into_iter()
+            .filter(|s| shard.owns(&s.device))
+            .collect();
+        // Progress of sessions another worker holds is skipped by the node.
         let results = store
             .all_results()
             .into_iter()
             .filter_map(|q| {
                 let (device, sid, t) = crate::store::split_result_key(&q.key)?;
+                if !shard.owns(&device) {
+                    return None;
+                }
                 Some(Queued {
                     device,
                     sid,
@@ -91,7 +151,7 @@ impl Core {
                 })
             })
             .collect();
-        node.restore(now, sessions, store.completed(), store.progress(), results);
+        node.restore(now, sessions, completed, store.progress(), results);
         let mut filters = vec![
             topics::filters::SESSIONS_B.to_string(),
             topics::filters::ACKS.to_string(),
@@ -99,8 +159,14 @@ impl Core {
         for worker in &options.a_workers {
             filters.push(topics::a_to_b(worker));
         }
-        link.subscribe(filters);
+        // The link's subscriptions are the process's: the first worker
+        // sets them, the dispatcher shares out what they bring.
+        if shard.index == 0 {
+            link.subscribe(filters);
+        }
         tracing::info!(
+            thread = shard.index,
+            threads = shard.count,
             key = %key.public_key().fingerprint_hex(),
             model = %topology.name,
             topology = %topology.fingerprint_hex(),
@@ -115,7 +181,10 @@ impl Core {
             timing: Timing::default(),
         };
         core.drain();
+        // The counters are the process's: with several workers, each
+        // logs the total of those restored so far.
         tracing::info!(
+            thread = shard.index,
             decrypted = core.stats.sessions.load(Ordering::Relaxed),
             pruned = core.stats.sessions_pruned.load(Ordering::Relaxed),
             "sessions restored: the dead ones deleted without decrypting"
@@ -160,7 +229,7 @@ impl Core {
             self.drain();
             // Everything that must survive a crash is in the store by now.
             if let Some(ack) = ack {
-                self.link.ack(ack);
+                inputs.ack(ack);
             }
         }
     }

@@ -6,6 +6,13 @@
 //! marks, each frame's progress, parking, refusals and relaying A's); the
 //! shell moves MQTT messages in and out, applies the node's events to the
 //! sled store, restores it on start and reads the clock for the node.
+//!
+//! One process runs `workers` nodes (by default one per available core),
+//! each on a thread of its own owning the devices hashed to it, as server
+//! A does ([`veil_shell::shards`]): sessions and acknowledgements are
+//! routed by their topic, A's messages by the device their envelope
+//! names. Each restores its own devices' sessions, results and completion
+//! marks from the shared store.
 
 #![warn(
     missing_docs,
@@ -72,6 +79,9 @@ pub enum ServerBError {
 /// How the runtime behaves (everything but the key and the model).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Worker threads, each with its own node owning the devices hashed to
+    /// it (at least one).
+    pub workers: usize,
     /// The broker and B's credentials.
     pub mqtt: MqttSettings,
     /// Directory of the sled store (results, sessions, completion marks).
@@ -97,6 +107,7 @@ impl Options {
     /// fixed-base noise, every A worker, the default session limits.
     pub fn new(mqtt: MqttSettings, state_dir: impl Into<PathBuf>) -> Options {
         Options {
+            workers: veil_shell::shards::available_cores(),
             mqtt,
             state_dir: state_dir.into(),
             result_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -206,10 +217,28 @@ impl ServerB {
         let link = Link::start(&options.mqtt)?;
         let handle = link.handle.clone();
         let core_stats = Arc::clone(&stats);
+        let workers = options.workers;
+        let serving = core::Serving {
+            pool: core::noise_pool(&options, &key).map(Arc::new),
+            key,
+            topology,
+            params,
+        };
         let worker = Worker::start(
             link,
             "veil-server-b",
-            move || core::Core::new(options, key, topology, params, store, handle, core_stats),
+            workers,
+            veil_protocol::route::message_device,
+            move |shard| {
+                core::Core::new(
+                    options.clone(),
+                    serving.clone(),
+                    store.clone(),
+                    handle.clone(),
+                    Arc::clone(&core_stats),
+                    shard,
+                )
+            },
             |mut core, rx| core.run(rx),
         )
         .await

@@ -8,6 +8,7 @@ use veil_protocol::node::{Millis, StoredSession, decode_times, encode_times};
 
 use crate::ServerBError;
 
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     /// `device \0 sid t` → `stored_at_ms (8 bytes) ‖ envelope`.
@@ -164,14 +165,20 @@ impl Store {
         let _ = self.completed.remove(sid.0);
     }
 
-    pub fn completed(&self) -> Vec<(SessionId, u64)> {
+    /// Every completion mark, with the device whose session it is where
+    /// the mark names it (marks written before devices were kept do
+    /// not): a forgotten session's mark must reach its device's worker.
+    pub fn completed(&self) -> Vec<(SessionId, u64, Option<String>)> {
         self.completed
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(k, v)| {
                 let sid: [u8; 16] = k.as_ref().try_into().ok()?;
-                let t = u64::from_be_bytes(v.as_ref().try_into().ok()?);
-                Some((SessionId(sid), t))
+                let (t, device) = v.split_first_chunk::<8>()?;
+                let device = (!device.is_empty())
+                    .then(|| std::str::from_utf8(device).ok().map(str::to_string))
+                    .flatten();
+                Some((SessionId(sid), u64::from_be_bytes(*t), device))
             })
             .collect()
     }
@@ -183,7 +190,9 @@ impl Store {
         value.extend_from_slice(&q.envelope);
         self.results
             .insert(result_key(&q.device, q.sid, q.t), value)?;
-        self.completed.insert(q.sid.0, &completed.to_be_bytes())?;
+        let mut mark = completed.to_be_bytes().to_vec();
+        mark.extend_from_slice(q.device.as_bytes());
+        self.completed.insert(q.sid.0, mark)?;
         self.flush()
     }
 
@@ -292,10 +301,16 @@ mod tests {
         store.remove_session(s1);
         assert_eq!(store.sessions(9_999).len(), 1);
         assert!(store.progress().is_empty());
-        assert_eq!(store.completed(), vec![(s1, 7)]);
+        assert_eq!(store.completed(), vec![(s1, 7, Some("devA".into()))]);
         assert_eq!(store.queued(), 1);
         store.remove_completion(s1);
         assert!(store.completed().is_empty());
+        // A mark written before marks named their device.
+        store
+            .completed
+            .insert(s2.0, &9u64.to_be_bytes())
+            .expect("stored");
+        assert_eq!(store.completed(), vec![(s2, 9, None)]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

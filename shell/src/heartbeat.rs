@@ -8,29 +8,52 @@ use std::time::{Duration, Instant};
 
 /// The last beat, in milliseconds of a monotonic clock (a wall-clock step
 /// must neither fake progress nor fake a stall). Clones share the beat.
+/// Workers sharing a process each beat their own, and the age is the
+/// oldest one's: one stuck worker is a stall however busy the others are.
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
-    last: Arc<AtomicU64>,
+    beats: Arc<[AtomicU64]>,
+    own: usize,
 }
 
 impl Default for Heartbeat {
     /// Beaten now: a worker is progressing when it starts.
     fn default() -> Self {
-        Heartbeat {
-            last: Arc::new(AtomicU64::new(monotonic_ms())),
-        }
+        Heartbeat::shared(1).swap_remove(0)
     }
 }
 
 impl Heartbeat {
-    /// The worker turned its loop.
-    pub fn beat(&self) {
-        self.last.store(monotonic_ms(), Ordering::Relaxed);
+    /// One heartbeat for each of `workers` workers (at least one), all
+    /// beaten now; each one's age is the oldest beat of them all.
+    pub fn shared(workers: usize) -> Vec<Heartbeat> {
+        let now = monotonic_ms();
+        let beats: Arc<[AtomicU64]> = (0..workers.max(1)).map(|_| AtomicU64::new(now)).collect();
+        (0..beats.len())
+            .map(|own| Heartbeat {
+                beats: Arc::clone(&beats),
+                own,
+            })
+            .collect()
     }
 
-    /// Milliseconds since the last beat.
+    /// The worker turned its loop.
+    pub fn beat(&self) {
+        if let Some(last) = self.beats.get(self.own) {
+            last.store(monotonic_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Milliseconds since the last beat (of the worker that beat least
+    /// recently).
     pub fn age_ms(&self) -> u64 {
-        monotonic_ms().saturating_sub(self.last.load(Ordering::Relaxed))
+        let oldest = self
+            .beats
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        monotonic_ms().saturating_sub(oldest)
     }
 }
 
@@ -78,5 +101,8 @@ mod tests {
         let copy = beat.clone();
         copy.beat();
         assert!(beat.age_ms() < 1_000);
+        let workers = Heartbeat::shared(2);
+        assert_eq!(workers.len(), 2);
+        assert!(workers[0].age_ms() < 1_000);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`metrics`]: a Prometheus endpoint with `/healthz` and `/readyz`.
 //! - [`notify`]: systemd's READY and watchdog notifications.
 //! - [`heartbeat`]: a protocol worker's proof of progress, for the watchdog.
+//! - [`worker`] and [`shards`]: the servers' worker threads, one node per
+//!   thread, each owning the devices hashed to it.
 //! - [`scrape`]: a histogram read back from a metrics page (tests).
 //! - [`exit_status`]: how a binary reports its outcome and exits.
 //!
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod notify;
 pub mod scrape;
 pub mod secret_file;
+pub mod shards;
 mod signals;
 pub mod worker;
 
@@ -43,5 +46,6 @@ pub use local::{now_ms, restrict_dir};
 pub use logging::{LogArgs, LogFormat};
 pub use metrics::{Latency, Metrics, MetricsArgs};
 pub use secret_file::{SecretFileError, check_owner_only};
+pub use shards::Shard;
 pub use signals::wait_for_stop;
 pub use worker::{StartError, Worker};

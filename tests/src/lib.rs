@@ -180,6 +180,10 @@ pub struct Servers {
     pub round_timeout: Duration,
     /// Both servers' session rules.
     pub sessions: veil_protocol::node::SessionLimits,
+    /// A's worker threads (`None`: the default, one per available core).
+    pub a_workers: Option<usize>,
+    /// B's worker threads (`None`: the default, one per available core).
+    pub b_workers: Option<usize>,
 }
 
 impl Servers {
@@ -197,25 +201,34 @@ impl Servers {
             b: None,
             round_timeout: Duration::from_secs(5),
             sessions: veil_protocol::node::SessionLimits::default(),
+            a_workers: None,
+            b_workers: None,
         }
     }
 
     /// A's options: this broker, this state, [`Servers::round_timeout`],
-    /// 20 retries, [`Servers::sessions`].
+    /// 20 retries, [`Servers::sessions`], [`Servers::a_workers`].
     pub fn a_options(&self) -> veil_server_a::Options {
         let mut o =
             veil_server_a::Options::new(mqtt(self.addr, "server-a"), self.dir.join("server-a"));
         o.round_timeout = self.round_timeout;
         o.max_retries = 20;
         o.sessions = self.sessions.clone();
+        if let Some(workers) = self.a_workers {
+            o.workers = workers;
+        }
         o
     }
 
-    /// B's options: this broker, this state, [`Servers::sessions`].
+    /// B's options: this broker, this state, [`Servers::sessions`],
+    /// [`Servers::b_workers`].
     pub fn b_options(&self) -> veil_server_b::Options {
         let mut o =
             veil_server_b::Options::new(mqtt(self.addr, "server-b"), self.dir.join("server-b"));
         o.sessions = self.sessions.clone();
+        if let Some(workers) = self.b_workers {
+            o.workers = workers;
+        }
         o
     }
 
