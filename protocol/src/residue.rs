@@ -200,8 +200,9 @@ impl PublicOps for Residues {
                 *positive = positive.wrapping_add(&term);
             }
         };
+        // Slot i starts at bit slot_bits·i, below N's width.
+        let mut at = 0;
         for (i, (v, e)) in values.iter().zip(shifts).enumerate() {
-            let at = slot_bits * i as u32;
             match v {
                 Residue::Exact(x) => {
                     place(*x, at + e, &mut positive, &mut negative);
@@ -213,6 +214,7 @@ impl PublicOps for Residues {
             if let Some(o) = offsets.get(i) {
                 place(*o, at, &mut positive, &mut negative);
             }
+            at += slot_bits;
         }
         let positive = positive.rem_vartime(&self.n);
         let negative = negative.rem_vartime(&self.n);
@@ -244,7 +246,7 @@ mod tests {
         // A 2048-bit odd modulus stands in for N.
         let n = BoxedUint::one_with_precision(2048)
             .shl(2047)
-            .wrapping_add(&BoxedUint::from(12345u64).resize_unchecked(2048));
+            .wrapping_add(BoxedUint::from(12345u64).resize_unchecked(2048));
         Residues::new(&n).expect("non-zero")
     }
 
@@ -269,7 +271,13 @@ mod tests {
         // -5·2^3 + 2 + 9·2^250 + 2^241·2^500, mod N.
         let mut acc = Residue::Exact(I256::from(-38));
         acc = r.add(&acc, &r.shift(&r.constant(I256::from(9)), 250));
-        acc = r.add(&acc, &r.shift(&r.shift(&r.constant(I256::ONE << 240), 1), 500));
-        assert_eq!(Residue::Mod(r.reduce(&packed)), Residue::Mod(r.reduce(&acc)));
+        acc = r.add(
+            &acc,
+            &r.shift(&r.shift(&r.constant(I256::ONE << 240), 1), 500),
+        );
+        assert_eq!(
+            Residue::Mod(r.reduce(&packed)),
+            Residue::Mod(r.reduce(&acc))
+        );
     }
 }

@@ -6,7 +6,6 @@ mod halves;
 mod rounds;
 
 use crate::backend::PublicOps;
-use rounds::{Lists, seal};
 use crate::codec::{FieldReader, low_mask};
 use crate::device::frame_fits;
 use crate::error::{ProtocolError, Result};
@@ -20,6 +19,7 @@ use crate::round::RoundShape;
 use crate::session;
 use ethnum::I256;
 use rayon::prelude::*;
+use rounds::{Lists, seal};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use veil_model::{Plan, SeededRounding, Stage, Topology};
@@ -655,7 +655,9 @@ impl<P: PublicOps> ServerA<P> {
             .offline
             .get_mut(&(sid, t))
             .map(|o| std::mem::take(&mut o.output))
-            .ok_or(ProtocolError::Inconsistent("no offline halves for the output"))?;
+            .ok_or(ProtocolError::Inconsistent(
+                "no offline halves for the output",
+            ))?;
         let values = self.join(&cipher, &plain)?;
         self.frames.remove(&(sid, t));
         self.inputs.remove(&(sid, t));

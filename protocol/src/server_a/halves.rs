@@ -72,11 +72,7 @@ impl<P: PublicOps> PublicOps for CipherHalves<'_, P> {
     fn residues(&self) -> &P::Residues {
         self.0.residues()
     }
-    fn join(
-        &self,
-        cipher: &P::Ct,
-        plain: &<P::Residues as PublicOps>::Ct,
-    ) -> Result<P::Ct> {
+    fn join(&self, cipher: &P::Ct, plain: &<P::Residues as PublicOps>::Ct) -> Result<P::Ct> {
         self.0.join(cipher, plain)
     }
 }

@@ -54,7 +54,9 @@ impl<P: PublicOps> ServerA<P> {
             .get_mut(&(sid, t))
             .and_then(|o| o.rounds.get_mut(index))
             .map(std::mem::take)
-            .ok_or(ProtocolError::Inconsistent("no offline halves for this round"))?;
+            .ok_or(ProtocolError::Inconsistent(
+                "no offline halves for this round",
+            ))?;
         let round = Round {
             stage: narrow("stage index", s, u16::MAX.into())?,
             mode,
@@ -231,18 +233,22 @@ impl<P: PublicOps> ServerA<P> {
                 }
                 Some(Stage::Linear(_)) => cur = self.linear_terms(s, &cur)?,
                 Some(Stage::Activation(_)) => {
-                    let stage = self.plans.get(rounds.len()).filter(|p| p.stage == s).ok_or(
-                        ProtocolError::Inconsistent("a round of no activation stage"),
-                    )?;
+                    let stage = self
+                        .plans
+                        .get(rounds.len())
+                        .filter(|p| p.stage == s)
+                        .ok_or(ProtocolError::Inconsistent(
+                            "a round of no activation stage",
+                        ))?;
                     let plan = self.round_plan(sid, t, s, &stage.shape);
                     rounds.push(round_lists(&halves, pack, &stage.shape, &plan, &cur)?);
-                    let mine = mu
-                        .get(offset..offset + stage.items())
-                        .ok_or(ProtocolError::Index {
-                            what: "reply mask",
-                            index: offset + stage.items(),
-                            len: mu.len(),
-                        })?;
+                    let mine =
+                        mu.get(offset..offset + stage.items())
+                            .ok_or(ProtocolError::Index {
+                                what: "reply mask",
+                                index: offset + stage.items(),
+                                len: mu.len(),
+                            })?;
                     offset += stage.items();
                     cur = self.stage_halves(stage, &plan, mine)?;
                 }
@@ -437,8 +443,7 @@ fn round_lists<B: PublicOps>(
                             let x = input(idx)?;
                             (
                                 backend.add_plain(x, slot.rho1),
-                                alpha_q
-                                    .map(|a| backend.add_plain(&backend.scale(x, a), slot.rho2)),
+                                alpha_q.map(|a| backend.add_plain(&backend.scale(x, a), slot.rho2)),
                             )
                         }
                         Source::Value(v) => (
