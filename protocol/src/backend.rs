@@ -137,7 +137,8 @@ impl PaillierPublic {
     /// fixed in tests and simulations (a pool has its own seed).
     pub fn new(key: PublicKey, noise: Noise, seed: [u8; 32]) -> PaillierPublic {
         PaillierPublic {
-            residues: Residues::new(key.n()).expect("a Paillier modulus is odd, never zero"),
+            residues: Residues::new(key.n(), key.bits())
+                .expect("a Paillier modulus is odd, never zero"),
             key,
             noise,
             seeds: Mutex::new(ChaCha20Rng::from_seed(seed)),
@@ -442,6 +443,18 @@ impl Plain {
     }
 }
 
+/// Slots of `value_bits + 2` bits below a modulus of `modulus_bits` bits,
+/// as a Paillier key lays them out.
+pub(crate) fn packing_slots(modulus_bits: u32, value_bits: u32) -> Result<usize> {
+    if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
+        return Err(PaillierError::Packing(format!(
+            "value bound of {value_bits} bits is not packable"
+        ))
+        .into());
+    }
+    Ok(((modulus_bits - 1) / (value_bits + 2)) as usize)
+}
+
 const PLAIN_VALUE: u8 = 1;
 const PLAIN_PACKED: u8 = 2;
 
@@ -487,13 +500,7 @@ impl PublicOps for Plain {
         Ok(PlainCt::Value(acc))
     }
     fn slots(&self, value_bits: u32) -> Result<usize> {
-        if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
-            return Err(PaillierError::Packing(format!(
-                "value bound of {value_bits} bits is not packable"
-            ))
-            .into());
-        }
-        Ok(((self.modulus_bits - 1) / (value_bits + 2)) as usize)
+        packing_slots(self.modulus_bits, value_bits)
     }
     fn pack(&self, value_bits: u32, values: &[PlainCt]) -> Result<PlainCt> {
         let slots = self.slots(value_bits)?;

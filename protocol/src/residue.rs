@@ -15,11 +15,11 @@
 //! so values stay in [`I256`] while they fit and become residues mod N
 //! only when they do not (and once per packed ciphertext).
 
-use crate::backend::PublicOps;
+use crate::backend::{PublicOps, packing_slots};
 use crate::error::{ProtocolError, Result};
 use crypto_bigint::{BoxedUint, NonZero, Resize};
 use ethnum::I256;
-use veil_paillier::{PaillierError, Signed};
+use veil_paillier::Signed;
 
 /// A plain half.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,11 +39,11 @@ pub struct Residues {
 }
 
 impl Residues {
-    /// The residues modulo `n` (the Paillier modulus).
-    pub fn new(n: &BoxedUint) -> Option<Residues> {
-        let bits = n.bits_precision();
+    /// The residues modulo `n`, a Paillier modulus of `bits` bits (the
+    /// packing geometry follows the key's width).
+    pub fn new(n: &BoxedUint, bits: u32) -> Option<Residues> {
         Some(Residues {
-            n: NonZero::new(n.clone()).into_option()?,
+            n: NonZero::new(n.resize_unchecked(bits)).into_option()?,
             bits,
         })
     }
@@ -133,13 +133,7 @@ impl PublicOps for Residues {
         Ok(acc)
     }
     fn slots(&self, value_bits: u32) -> Result<usize> {
-        if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
-            return Err(PaillierError::Packing(format!(
-                "value bound of {value_bits} bits is not packable"
-            ))
-            .into());
-        }
-        Ok(((self.bits - 1) / (value_bits + 2)) as usize)
+        packing_slots(self.bits, value_bits)
     }
     fn pack(&self, value_bits: u32, values: &[Residue]) -> Result<Residue> {
         self.pack_shifted(value_bits, values, &vec![0; values.len()], &[])
@@ -247,7 +241,7 @@ mod tests {
         let n = BoxedUint::one_with_precision(2048)
             .shl(2047)
             .wrapping_add(BoxedUint::from(12345u64).resize_unchecked(2048));
-        Residues::new(&n).expect("non-zero")
+        Residues::new(&n, 2048).expect("non-zero")
     }
 
     #[test]
