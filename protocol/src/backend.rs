@@ -3,6 +3,7 @@
 //! so that whole test sets can be checked in seconds.
 
 use crate::error::{DecodeError, ProtocolError, Result};
+use crate::residue::{Residue, Residues};
 use ethnum::I256;
 use rand::rngs::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -18,6 +19,9 @@ pub trait PublicOps: Send + Sync {
     type Ct: Clone + Send + Sync;
     /// Ciphertexts prepared for many dot products over them.
     type Prepared: Send + Sync;
+    /// The arithmetic of plain halves: what completes a cipher half
+    /// computed offline (see [`crate::residue`]).
+    type Residues: PublicOps;
 
     /// A short name for logs and reports (`"paillier"`, `"plain"`).
     fn name(&self) -> &'static str;
@@ -67,6 +71,16 @@ pub trait PublicOps: Send + Sync {
     /// Work that can be done ahead of time (refilling noise pools), for idle
     /// moments.
     fn precompute(&self) {}
+    /// The backend of plain halves. Its packing leaves out the packing
+    /// bias, which the cipher half carries.
+    fn residues(&self) -> &Self::Residues;
+    /// The ciphertext of `cipher`'s plaintext plus `plain`: one
+    /// multiplication, no fresh noise (the cipher half brings it).
+    fn join(
+        &self,
+        cipher: &Self::Ct,
+        plain: &<Self::Residues as PublicOps>::Ct,
+    ) -> Result<Self::Ct>;
 }
 
 /// What server B can do on top: decrypt.
@@ -111,6 +125,7 @@ pub enum Noise {
 /// The Paillier backend for a party that holds only the public key.
 pub struct PaillierPublic {
     key: PublicKey,
+    residues: Residues,
     noise: Noise,
     /// Seeds the generator of each fresh noise value (fixed-base and
     /// textbook noise are drawn on the spot).
@@ -122,6 +137,8 @@ impl PaillierPublic {
     /// fixed in tests and simulations (a pool has its own seed).
     pub fn new(key: PublicKey, noise: Noise, seed: [u8; 32]) -> PaillierPublic {
         PaillierPublic {
+            residues: Residues::new(key.n(), key.bits())
+                .expect("a Paillier modulus is odd, never zero"),
             key,
             noise,
             seeds: Mutex::new(ChaCha20Rng::from_seed(seed)),
@@ -153,6 +170,7 @@ impl PaillierPublic {
 impl PublicOps for PaillierPublic {
     type Ct = Ciphertext;
     type Prepared = PreparedBases;
+    type Residues = Residues;
 
     fn name(&self) -> &'static str {
         "paillier"
@@ -243,6 +261,17 @@ impl PublicOps for PaillierPublic {
             pool.fill(usize::MAX);
         }
     }
+
+    fn residues(&self) -> &Residues {
+        &self.residues
+    }
+
+    fn join(&self, cipher: &Ciphertext, plain: &Residue) -> Result<Ciphertext> {
+        let plain = self
+            .key
+            .plaintext_from_residue(&self.residues.reduce(plain))?;
+        Ok(self.key.add_plain(cipher, &plain)?)
+    }
 }
 
 /// The Paillier backend for the key owner (server B).
@@ -270,6 +299,7 @@ impl PaillierSecret {
 impl PublicOps for PaillierSecret {
     type Ct = Ciphertext;
     type Prepared = PreparedBases;
+    type Residues = Residues;
 
     fn name(&self) -> &'static str {
         "paillier"
@@ -328,6 +358,12 @@ impl PublicOps for PaillierSecret {
     }
     fn precompute(&self) {
         self.public.precompute()
+    }
+    fn residues(&self) -> &Residues {
+        self.public.residues()
+    }
+    fn join(&self, cipher: &Ciphertext, plain: &Residue) -> Result<Ciphertext> {
+        self.public.join(cipher, plain)
     }
 }
 
@@ -407,12 +443,25 @@ impl Plain {
     }
 }
 
+/// Slots of `value_bits + 2` bits below a modulus of `modulus_bits` bits,
+/// as a Paillier key lays them out.
+pub(crate) fn packing_slots(modulus_bits: u32, value_bits: u32) -> Result<usize> {
+    if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
+        return Err(PaillierError::Packing(format!(
+            "value bound of {value_bits} bits is not packable"
+        ))
+        .into());
+    }
+    Ok(((modulus_bits - 1) / (value_bits + 2)) as usize)
+}
+
 const PLAIN_VALUE: u8 = 1;
 const PLAIN_PACKED: u8 = 2;
 
 impl PublicOps for Plain {
     type Ct = PlainCt;
     type Prepared = Vec<I256>;
+    type Residues = Plain;
 
     fn name(&self) -> &'static str {
         "plain"
@@ -451,13 +500,7 @@ impl PublicOps for Plain {
         Ok(PlainCt::Value(acc))
     }
     fn slots(&self, value_bits: u32) -> Result<usize> {
-        if value_bits == 0 || value_bits > veil_paillier::MAX_VALUE_BITS {
-            return Err(PaillierError::Packing(format!(
-                "value bound of {value_bits} bits is not packable"
-            ))
-            .into());
-        }
-        Ok(((self.modulus_bits - 1) / (value_bits + 2)) as usize)
+        packing_slots(self.modulus_bits, value_bits)
     }
     fn pack(&self, value_bits: u32, values: &[PlainCt]) -> Result<PlainCt> {
         let slots = self.slots(value_bits)?;
@@ -560,6 +603,33 @@ impl PublicOps for Plain {
                 Ok(PlainCt::Packed { value_bits, values })
             }
             _ => Err(layout().into()),
+        }
+    }
+    /// Plain halves are plaintext "ciphertexts" too: wrapping arithmetic
+    /// modulo 2^256 splits and joins as residues modulo N do.
+    fn residues(&self) -> &Plain {
+        self
+    }
+    fn join(&self, cipher: &PlainCt, plain: &PlainCt) -> Result<PlainCt> {
+        match (cipher, plain) {
+            (PlainCt::Value(c), PlainCt::Value(p)) => Ok(PlainCt::Value(c.wrapping_add(*p))),
+            (
+                PlainCt::Packed { value_bits, values },
+                PlainCt::Packed {
+                    value_bits: bits,
+                    values: plains,
+                },
+            ) if value_bits == bits && values.len() == plains.len() => Ok(PlainCt::Packed {
+                value_bits: *value_bits,
+                values: values
+                    .iter()
+                    .zip(plains)
+                    .map(|(c, p)| c.wrapping_add(*p))
+                    .collect(),
+            }),
+            _ => Err(ProtocolError::Inconsistent(
+                "halves of different shapes joined",
+            )),
         }
     }
 }

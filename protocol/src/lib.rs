@@ -36,6 +36,7 @@ mod params;
 mod perturb;
 mod prf;
 mod reply;
+pub mod residue;
 mod round;
 pub mod route;
 mod server_a;

@@ -2,6 +2,7 @@
 //! layer on ciphertexts under B's key, and perturbs pre-activations before B
 //! sees them (fresh permutation, dummies, blinding and masking every round).
 
+mod halves;
 mod rounds;
 
 use crate::backend::PublicOps;
@@ -18,9 +19,10 @@ use crate::round::RoundShape;
 use crate::session;
 use ethnum::I256;
 use rayon::prelude::*;
+use rounds::{Lists, seal};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use veil_model::{ActivationMode, Plan, SeededRounding, Stage, Topology};
+use veil_model::{Plan, SeededRounding, Stage, Topology};
 use veil_paillier::SecretKey;
 
 /// What server A is configured with.
@@ -67,26 +69,20 @@ impl session::Owned for Session {
 enum Masks<C> {
     /// `[[-b_i]]` and `[[-μ]]` as B sent them.
     Raw(Vec<Vec<u8>>, Vec<Vec<u8>>),
-    /// `W·[[-b]]`, one per output of the first layer, and the cipher half
-    /// of every real group's correction.
-    Ready(Vec<C>, Corrections<C>),
+    /// The cipher half of everything the frame will send B.
+    Ready(Offline<C>),
 }
 
-/// The cipher half of one activation stage's outputs, computed offline
-/// from B's `[[-μ]]`: per real group `[[-μ_X - Σ_e c_e·μ_e]]`, which the
-/// group's plain half (B's masked answers through the same correction)
-/// completes with one multiplication.
-enum Half<C> {
-    /// By group position in the round (`None` for dummies).
-    Groups(Vec<Option<C>>),
-    /// The next stage is linear: `W·[[-μ…]]` per output of that layer
-    /// (without bias), so that online the layer is a plain product plus
-    /// one multiplication per output, as the first layer is.
-    Linear(Vec<C>),
+/// The cipher half of every ciphertext one frame sends B, computed
+/// offline from B's `[[-b]]` and `[[-μ]]` and A's keyed plan, packed and
+/// re-randomized: online each is joined with its plain half by one
+/// multiplication.
+struct Offline<C> {
+    /// Per activation stage, in order (taken when its round goes out).
+    rounds: Vec<Lists<C>>,
+    /// The output round's `[[o + mA]]`, less `o`'s plain half and `mA`.
+    output: Vec<C>,
 }
-
-/// One [`Half`] per activation stage, in order.
-type Corrections<C> = Vec<Half<C>>;
 
 /// The mask quotients A needs to undo B's truncation of one slot.
 #[derive(Clone)]
@@ -152,14 +148,13 @@ pub struct ServerA<P: PublicOps> {
     /// Rounds as A built them, when an audit asked for them.
     truth: Option<Vec<RoundTruth>>,
     backend: P,
-    modes: Vec<ActivationMode>,
     sessions: HashMap<SessionId, Session>,
     masks: BTreeMap<(SessionId, u64), Masks<P::Ct>>,
     frames: HashMap<(SessionId, u64), (String, FrameState)>,
     /// `u = y - a` of every frame in flight, to start it over if needed.
     inputs: HashMap<(SessionId, u64), Vec<i128>>,
-    /// The offline halves of the corrections of every frame in flight.
-    corrections: HashMap<(SessionId, u64), Corrections<P::Ct>>,
+    /// The offline halves of every frame in flight.
+    offline: HashMap<(SessionId, u64), Offline<P::Ct>>,
     /// Each activation stage's round as A sends it.
     plans: Vec<StagePlan>,
 }
@@ -184,16 +179,14 @@ impl<P: PublicOps> ServerA<P> {
                 }
             }
         }
-        let modes = cfg.params.modes(&cfg.topology);
         let plans = stage_plans(&cfg.topology, &cfg.params)?;
         Ok(ServerA {
             plans,
-            corrections: HashMap::new(),
+            offline: HashMap::new(),
             layout: FrameLayout::new(&cfg.topology, &cfg.params),
             result: ResultLayout::new(&cfg.topology, &cfg.params),
             cfg,
             backend,
-            modes,
             sessions: HashMap::new(),
             masks: BTreeMap::new(),
             frames: HashMap::new(),
@@ -267,7 +260,7 @@ impl<P: PublicOps> ServerA<P> {
     /// up, or already answered by B).
     pub fn forget_frame(&mut self, sid: SessionId, t: u64) {
         self.frames.remove(&(sid, t));
-        self.corrections.remove(&(sid, t));
+        self.offline.remove(&(sid, t));
         self.inputs.remove(&(sid, t));
         self.masks.remove(&(sid, t));
     }
@@ -277,7 +270,7 @@ impl<P: PublicOps> ServerA<P> {
     pub fn forget_session(&mut self, sid: SessionId) {
         self.sessions.remove(&sid);
         self.frames.retain(|(s, _), _| *s != sid);
-        self.corrections.retain(|(s, _), _| *s != sid);
+        self.offline.retain(|(s, _), _| *s != sid);
         self.inputs.retain(|(s, _), _| *s != sid);
         self.masks.retain(|(s, _), _| *s != sid);
     }
@@ -412,7 +405,7 @@ impl<P: PublicOps> ServerA<P> {
         };
         self.inputs.remove(&(sid, t));
         self.masks.remove(&(sid, t));
-        self.corrections.remove(&(sid, t));
+        self.offline.remove(&(sid, t));
         self.frames
             .insert((sid, t), (device.clone(), FrameState::Waiting(u)));
         Ok(vec![mask_request(&device, sid, t, 1)])
@@ -509,8 +502,8 @@ impl<P: PublicOps> ServerA<P> {
             .map(|o| backend.dot(&prepared, &layer.row(o)))
             .collect::<Result<Vec<_>>>()?;
         let replies = backend.decode_many(&replies)?;
-        let corrections = self.prepare_corrections(sid, t, &replies)?;
-        self.masks.insert(key, Masks::Ready(ready, corrections));
+        let offline = self.prepare_offline(sid, t, ready, &replies)?;
+        self.masks.insert(key, Masks::Ready(offline));
         match self.frames.remove(&key) {
             Some((device, FrameState::Waiting(u))) => self.first_layer(&device, sid, t, &u),
             Some(other) => {
@@ -521,8 +514,9 @@ impl<P: PublicOps> ServerA<P> {
         }
     }
 
-    /// The online first layer: `[[W·x̂ + c]] = (W·u + c) ⊕ W·[[-b]]`, a
-    /// plain integer product and one multiplication per output.
+    /// The online first layer: the plain half `W·u + c` of
+    /// `[[W·x̂ + c]] = (W·u + c) ⊕ W·[[-b]]`, whose cipher half went into
+    /// the offline work.
     fn first_layer(
         &mut self,
         device: &str,
@@ -530,34 +524,28 @@ impl<P: PublicOps> ServerA<P> {
         t: u64,
         u: &[i128],
     ) -> Result<Vec<Outgoing>> {
-        let Some(Masks::Ready(ready, corrections)) = self.masks.remove(&(sid, t)) else {
+        let Some(Masks::Ready(offline)) = self.masks.remove(&(sid, t)) else {
             return Err(ProtocolError::Inconsistent("first layer without masks"));
         };
-        self.corrections.insert((sid, t), corrections);
+        self.offline.insert((sid, t), offline);
         let layer = self
             .cfg
             .plan
             .layer(0)
             .ok_or(ProtocolError::MissingLayer { stage: 0 })?;
         self.inputs.insert((sid, t), u.to_vec());
-        let plain = layer.apply(u)?;
-        let backend = &self.backend;
-        let z: Vec<P::Ct> = plain
-            .par_iter()
-            .zip(ready.par_iter())
-            .map(|(v, m)| backend.add(&backend.constant(I256::from(*v)), m))
-            .collect();
+        let z: Vec<I256> = layer.apply(u)?.into_iter().map(I256::from).collect();
         self.advance(device, sid, t, z, 1)
     }
 
-    /// Runs linear stages from `s` on until an activation round goes out to
-    /// B or the outputs do.
+    /// Runs linear stages from `s` on over plain halves until an activation
+    /// round goes out to B or the outputs do.
     fn advance(
         &mut self,
         device: &str,
         sid: SessionId,
         t: u64,
-        mut z: Vec<P::Ct>,
+        mut z: Vec<I256>,
         mut s: usize,
     ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
@@ -565,7 +553,7 @@ impl<P: PublicOps> ServerA<P> {
             match topology.stages.get(s) {
                 None => return self.output(device, sid, t, &z),
                 Some(Stage::Linear(_)) => {
-                    z = self.linear(s, &z)?;
+                    z = self.linear_plain(s, &z)?;
                     s += 1;
                 }
                 Some(Stage::Activation(_)) => {
@@ -601,18 +589,8 @@ impl<P: PublicOps> ServerA<P> {
         Ok(layer)
     }
 
-    fn linear(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
-        let layer = self.layer(s, x.len())?;
-        let backend = &self.backend;
-        Ok(self
-            .linear_terms(s, x)?
-            .par_iter()
-            .enumerate()
-            .map(|(o, dot)| backend.add_plain(dot, I256::from(layer.bias(o))))
-            .collect())
-    }
-
-    /// `W·[[x]]` of linear stage `s`, without its bias.
+    /// `W·[[x]]` of linear stage `s`, without its bias: the cipher half of
+    /// its outputs, offline.
     fn linear_terms(&self, s: usize, x: &[P::Ct]) -> Result<Vec<P::Ct>> {
         let layer = self.layer(s, x.len())?;
         let backend = &self.backend;
@@ -652,7 +630,7 @@ impl<P: PublicOps> ServerA<P> {
         device: &str,
         sid: SessionId,
         t: u64,
-        z: &[P::Ct],
+        z: &[I256],
     ) -> Result<Vec<Outgoing>> {
         let topology = Arc::clone(&self.cfg.topology);
         let params = self.cfg.params.clone();
@@ -665,16 +643,25 @@ impl<P: PublicOps> ServerA<P> {
             });
         }
         let masks = output_masks(&session.keys, t, &self.result);
-        let backend = &self.backend;
-        let masked: Vec<P::Ct> = z
-            .par_iter()
-            .zip(masks.par_iter())
-            .map(|(v, m)| backend.add_plain(v, I256::from(*m)))
+        let residues = self.backend.residues();
+        let masked: Vec<_> = z
+            .iter()
+            .zip(&masks)
+            .map(|(v, m)| residues.add_plain(&residues.constant(*v), I256::from(*m)))
             .collect();
-        let values = self.seal(&masked, output_bits(&topology) + params.sigma + 1)?;
+        let bits = output_bits(&topology) + params.sigma + 1;
+        let plain = seal(residues, params.pack, &masked, bits)?;
+        let cipher = self
+            .offline
+            .get_mut(&(sid, t))
+            .map(|o| std::mem::take(&mut o.output))
+            .ok_or(ProtocolError::Inconsistent(
+                "no offline halves for the output",
+            ))?;
+        let values = self.join(&cipher, &plain)?;
         self.frames.remove(&(sid, t));
         self.inputs.remove(&(sid, t));
-        self.corrections.remove(&(sid, t));
+        self.offline.remove(&(sid, t));
         Ok(vec![Outgoing::new(
             Peer::ServerB,
             Envelope::new(

@@ -2,36 +2,36 @@
 //! packing a round from its keyed plan, the offline cipher halves of the
 //! corrections, and the online plain halves from B's masked answers.
 
-use super::{Corrections, Entry, FrameState, Half, Pending, RoundTruth, ServerA, frame_rounding};
+use super::halves::CipherHalves;
+use super::{Entry, FrameState, Offline, Pending, RoundTruth, ServerA, frame_rounding};
 use crate::backend::PublicOps;
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Outgoing, Round, RoundMode};
+use crate::params::output_bits;
 use crate::perturb::{GroupRef, PlanInput, RoundPlan, Slot, Source, plan_round};
 use crate::prf::SessionId;
-use crate::reply::decode_item;
-use crate::round::{RoundShape, round_mode};
+use crate::reply::{StagePlan, decode_item};
+use crate::round::RoundShape;
 use ethnum::I256;
 use rayon::prelude::*;
 use std::sync::Arc;
-use veil_model::{ActivationKind, ActivationMode, Stage};
+use veil_model::{ActivationKind, Stage};
 
 impl<P: PublicOps> ServerA<P> {
+    /// Round `s` of frame `t` from the plain halves `z` of its inputs:
+    /// the plain half of every list, joined with the cipher halves
+    /// prepared offline (one multiplication per ciphertext).
     pub(super) fn build_round(
         &mut self,
         sid: SessionId,
         t: u64,
         s: usize,
-        z: &[P::Ct],
+        z: &[I256],
     ) -> Result<(Round, Pending)> {
         let params = self.cfg.params.clone();
-        let topology = Arc::clone(&self.cfg.topology);
-        let mode = round_mode(
-            self.modes
-                .get(s)
-                .copied()
-                .unwrap_or(ActivationMode::Permute),
-        );
-        let shape = RoundShape::new(&topology, &params, s, mode)?;
+        let index = self.stage_index(s)?;
+        let shape = self.plans[index].shape.clone();
+        let mode = shape.mode;
         let plan = self.round_plan(sid, t, s, &shape);
         if let Some(truth) = self.truth.as_mut() {
             truth.push(RoundTruth {
@@ -46,109 +46,26 @@ impl<P: PublicOps> ServerA<P> {
                     .collect(),
             });
         }
-        let backend = &self.backend;
-        let input = |idx: u32| -> Result<&P::Ct> {
-            z.get(idx as usize).ok_or(ProtocolError::Index {
-                what: "round entry",
-                index: idx as usize,
-                len: z.len(),
-            })
-        };
-        let all_slots: Vec<&Slot> = plan.slots.iter().flatten().collect();
-        // The sealed values, masked values and masked α-values of the round.
-        let (values, masked, masked_alpha) = match mode {
-            RoundMode::Permute => {
-                let values = all_slots
-                    .par_iter()
-                    .map(|slot| match slot.source {
-                        Source::Real(idx) => input(idx).cloned(),
-                        Source::Value(v) => Ok(backend.constant(v)),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let zeros = vec![0; values.len()];
-                let offsets = vec![I256::ZERO; values.len()];
-                (
-                    self.seal_shifted(&values, &zeros, &offsets, shape.value_bits)?,
-                    Vec::new(),
-                    Vec::new(),
-                )
-            }
-            RoundMode::Blind => {
-                // Negative weights of the comparisons share one batch
-                // inversion of the stage's inputs.
-                let prepared = backend.prepare(z)?;
-                let values = plan
-                    .comparisons
-                    .par_iter()
-                    .map(|c| -> Result<P::Ct> {
-                        let beta = I256::from(c.beta);
-                        let mut terms: Vec<(u32, i64)> = Vec::with_capacity(2);
-                        let mut constant = c.gamma_hi;
-                        match c.left {
-                            Source::Real(idx) => terms.push((idx, c.beta)),
-                            Source::Value(v) => constant += beta * v,
-                        }
-                        match c.right {
-                            Some(Source::Real(idx)) => terms.push((idx, -c.beta)),
-                            Some(Source::Value(v)) => constant -= beta * v,
-                            None => {}
-                        }
-                        Ok(if terms.is_empty() {
-                            backend.constant(constant)
-                        } else {
-                            backend.add_plain(&backend.dot(&prepared, &terms)?, constant)
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let alpha_q = match shape.kind {
-                    ActivationKind::LeakyRelu { alpha_q } => Some(I256::from(alpha_q)),
-                    _ => None,
-                };
-                type Masked<C> = (C, Option<C>);
-                let masked = all_slots
-                    .par_iter()
-                    .map(|slot| -> Result<Masked<P::Ct>> {
-                        Ok(match slot.source {
-                            Source::Real(idx) => {
-                                let x = input(idx)?;
-                                (
-                                    backend.add_plain(x, slot.rho1),
-                                    alpha_q.map(|a| {
-                                        backend.add_plain(&backend.scale(x, a), slot.rho2)
-                                    }),
-                                )
-                            }
-                            Source::Value(v) => (
-                                backend.constant(v + slot.rho1),
-                                alpha_q.map(|a| backend.constant(a * v + slot.rho2)),
-                            ),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let (masked, masked_alpha): (Vec<P::Ct>, Vec<Option<P::Ct>>) =
-                    masked.into_iter().unzip();
-                let masked_alpha: Vec<P::Ct> = masked_alpha.into_iter().flatten().collect();
-                let shifts: Vec<u32> = plan.comparisons.iter().map(|c| c.shift).collect();
-                let offsets: Vec<I256> = plan.comparisons.iter().map(|c| c.gamma_lo).collect();
-                (
-                    self.seal_shifted(&values, &shifts, &offsets, shape.value_bits)?,
-                    self.seal(&masked, shape.masked_bits)?,
-                    match shape.alpha_bits {
-                        Some(bits) => self.seal(&masked_alpha, bits)?,
-                        None => Vec::new(),
-                    },
-                )
-            }
-        };
+        let residues = self.backend.residues();
+        let z: Vec<_> = z.iter().map(|v| residues.constant(*v)).collect();
+        let plain = round_lists(residues, params.pack, &shape, &plan, &z)?;
+        let cipher = self
+            .offline
+            .get_mut(&(sid, t))
+            .and_then(|o| o.rounds.get_mut(index))
+            .map(std::mem::take)
+            .ok_or(ProtocolError::Inconsistent(
+                "no offline halves for this round",
+            ))?;
         let round = Round {
             stage: narrow("stage index", s, u16::MAX.into())?,
             mode,
             groups: narrow("groups in a round", plan.order.len(), u32::MAX.into())?,
             group_size: narrow("entries in a group", shape.group_size, u16::MAX.into())?,
             packed: params.pack,
-            values,
-            masked,
-            masked_alpha,
+            values: self.join(&cipher.values, &plain.values)?,
+            masked: self.join(&cipher.masked, &plain.masked)?,
+            masked_alpha: self.join(&cipher.masked_alpha, &plain.masked_alpha)?,
         };
         let entries = plan
             .order
@@ -177,6 +94,37 @@ impl<P: PublicOps> ServerA<P> {
         ))
     }
 
+    /// The wire bytes of each cipher half times its plain half.
+    pub(super) fn join(
+        &self,
+        cipher: &[P::Ct],
+        plain: &[<P::Residues as PublicOps>::Ct],
+    ) -> Result<Vec<Vec<u8>>> {
+        if cipher.len() != plain.len() {
+            return Err(ProtocolError::Size {
+                what: "cipher halves",
+                expected: plain.len(),
+                got: cipher.len(),
+            });
+        }
+        let backend = &self.backend;
+        cipher
+            .par_iter()
+            .zip(plain.par_iter())
+            .map(|(c, p)| Ok(backend.encode(&backend.join(c, p)?)))
+            .collect()
+    }
+
+    /// The position of activation stage `s` among the model's rounds.
+    pub(super) fn stage_index(&self, s: usize) -> Result<usize> {
+        self.plans
+            .iter()
+            .position(|p| p.stage == s)
+            .ok_or(ProtocolError::Inconsistent(
+                "a round of no activation stage",
+            ))
+    }
+
     /// What A draws for round `s` of frame `t`: keyed, so the offline
     /// step and the online round draw the same.
     pub(super) fn round_plan(
@@ -202,138 +150,110 @@ impl<P: PublicOps> ServerA<P> {
         )
     }
 
-    /// The cipher halves of frame `t`'s corrections, from B's `[[-μ]]`:
-    /// per real group `[[-μ_X]] · Π_e [[-μ_e]]^(c_e)`, with `c_e = H_e`
-    /// (leaky ReLU: `H_e - H'_e`) over the group's slots. The `H` are
-    /// keyed, not data, so this is the online `[[-s]]^H` work done ahead.
-    pub(super) fn prepare_corrections(
+    /// The cipher halves of activation stage `stage`'s outputs for frame
+    /// `t`, by output, from B's `[[-μ]]` of the stage (`mine`): per real
+    /// group `[[-μ_X]] · Π_e [[-μ_e]]^(c_e)`, with `c_e = H_e` (leaky
+    /// ReLU: `H_e - H'_e`) over the group's slots. The `H` are keyed, not
+    /// data, so this is the online `[[-s]]^H` work done ahead.
+    pub(super) fn stage_halves(
+        &self,
+        stage: &StagePlan,
+        plan: &RoundPlan,
+        mine: &[P::Ct],
+    ) -> Result<Vec<P::Ct>> {
+        let backend = &self.backend;
+        let per_group = stage.shape.replies_per_group();
+        let leaky = stage.shape.alpha_bits.is_some();
+        let groups = plan
+            .order
+            .par_iter()
+            .zip(plan.slots.par_iter())
+            .enumerate()
+            .map(|(pos, (group, slots))| -> Result<Option<(usize, P::Ct)>> {
+                let GroupRef::Real(o) = group else {
+                    return Ok(None);
+                };
+                let item = |i: usize| {
+                    mine.get(pos * per_group + i).ok_or(ProtocolError::Index {
+                        what: "reply mask of a group",
+                        index: pos * per_group + i,
+                        len: mine.len(),
+                    })
+                };
+                let mut acc = item(0)?.clone();
+                if stage.shape.mode == RoundMode::Blind {
+                    for (e, slot) in slots.iter().enumerate() {
+                        if !slot.corrected(true) {
+                            continue;
+                        }
+                        let c = if leaky { slot.h1 - slot.h2 } else { slot.h1 };
+                        acc = backend.add(&acc, &backend.scale(item(1 + e)?, c));
+                    }
+                }
+                Ok(Some((*o, acc)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut by_output: Vec<Option<P::Ct>> = vec![None; stage.shape.groups.len()];
+        for (o, cipher) in groups.into_iter().flatten() {
+            if let Some(slot) = by_output.get_mut(o) {
+                *slot = Some(cipher);
+            }
+        }
+        by_output
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or(ProtocolError::Inconsistent("a real group has no mask"))
+    }
+
+    /// Every ciphertext frame `t` will send B, as cipher halves: the
+    /// stages run over `ready` (`W·[[-b]]`, the first layer's) with every
+    /// constant dropped, each activation's outputs continuing from B's
+    /// `[[-μ]]`, linear stages as `W·C`, and each round's lists and the
+    /// output packed and re-randomized as they will travel.
+    pub(super) fn prepare_offline(
         &self,
         sid: SessionId,
         t: u64,
+        ready: Vec<P::Ct>,
         mu: &[P::Ct],
-    ) -> Result<Corrections<P::Ct>> {
-        let backend = &self.backend;
+    ) -> Result<Offline<P::Ct>> {
+        let topology = Arc::clone(&self.cfg.topology);
+        let pack = self.cfg.params.pack;
+        let halves = CipherHalves(&self.backend);
+        let mut rounds = Vec::with_capacity(self.plans.len());
+        let mut cur = ready;
         let mut offset = 0;
-        let mut out = Vec::with_capacity(self.plans.len());
-        for stage in &self.plans {
-            let plan = self.round_plan(sid, t, stage.stage, &stage.shape);
-            let per_group = stage.shape.replies_per_group();
-            let leaky = stage.shape.alpha_bits.is_some();
-            let mine = mu
-                .get(offset..offset + stage.items())
-                .ok_or(ProtocolError::Index {
-                    what: "reply mask",
-                    index: offset + stage.items(),
-                    len: mu.len(),
-                })?;
-            offset += stage.items();
-            let groups = plan
-                .order
-                .par_iter()
-                .zip(plan.slots.par_iter())
-                .enumerate()
-                .map(|(pos, (group, slots))| -> Result<Option<P::Ct>> {
-                    if matches!(group, GroupRef::Dummy) {
-                        return Ok(None);
-                    }
-                    let item = |i: usize| {
-                        mine.get(pos * per_group + i).ok_or(ProtocolError::Index {
-                            what: "reply mask of a group",
-                            index: pos * per_group + i,
-                            len: mine.len(),
-                        })
-                    };
-                    let mut acc = item(0)?.clone();
-                    if stage.shape.mode == RoundMode::Blind {
-                        for (e, slot) in slots.iter().enumerate() {
-                            if !slot.corrected(true) {
-                                continue;
-                            }
-                            let c = if leaky { slot.h1 - slot.h2 } else { slot.h1 };
-                            acc = backend.add(&acc, &backend.scale(item(1 + e)?, c));
-                        }
-                    }
-                    Ok(Some(acc))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let next = stage.stage + 1;
-            out.push(match self.cfg.topology.stages.get(next) {
-                Some(Stage::Linear(_)) => {
-                    let mut by_output: Vec<Option<P::Ct>> = vec![None; stage.shape.groups.len()];
-                    for (group, cipher) in plan.order.iter().zip(groups) {
-                        if let GroupRef::Real(o) = group
-                            && let Some(slot) = by_output.get_mut(*o)
-                        {
-                            *slot = cipher;
-                        }
-                    }
-                    let x = by_output
-                        .into_iter()
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or(ProtocolError::Inconsistent("a real group has no mask"))?;
-                    Half::Linear(self.linear_terms(next, &x)?)
+        let mut s = 1;
+        loop {
+            match topology.stages.get(s) {
+                None => {
+                    let bits = output_bits(&topology) + self.cfg.params.sigma + 1;
+                    let output = seal(&halves, pack, &cur, bits)?;
+                    return Ok(Offline { rounds, output });
                 }
-                _ => Half::Groups(groups),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Packs (when enabled) and re-randomizes ciphertexts bound for B, so
-    /// that B cannot link them to anything it produced.
-    pub(super) fn seal(&self, values: &[P::Ct], bits: u32) -> Result<Vec<Vec<u8>>> {
-        let backend = &self.backend;
-        if values.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.cfg.params.pack {
-            let slots = backend.slots(bits)?;
-            values
-                .par_chunks(slots.max(1))
-                .map(|chunk| Ok(backend.encode(&backend.rerandomize(&backend.pack(bits, chunk)?))))
-                .collect()
-        } else {
-            Ok(values
-                .par_iter()
-                .map(|v| backend.encode(&backend.rerandomize(v)))
-                .collect())
-        }
-    }
-
-    /// [`ServerA::seal`] for values still to be multiplied by `2^shift`
-    /// and then offset.
-    pub(super) fn seal_shifted(
-        &self,
-        values: &[P::Ct],
-        shifts: &[u32],
-        offsets: &[I256],
-        bits: u32,
-    ) -> Result<Vec<Vec<u8>>> {
-        let backend = &self.backend;
-        if values.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.cfg.params.pack {
-            let slots = backend.slots(bits)?.max(1);
-            values
-                .par_chunks(slots)
-                .zip(shifts.par_chunks(slots))
-                .zip(offsets.par_chunks(slots))
-                .map(|((chunk, shifts), offsets)| {
-                    let packed = backend.pack_shifted(bits, chunk, shifts, offsets)?;
-                    Ok(backend.encode(&backend.rerandomize(&packed)))
-                })
-                .collect()
-        } else {
-            Ok(values
-                .par_iter()
-                .zip(shifts.par_iter())
-                .zip(offsets.par_iter())
-                .map(|((v, e), o)| {
-                    let shifted = backend.add_plain(&backend.shift(v, *e), *o);
-                    backend.encode(&backend.rerandomize(&shifted))
-                })
-                .collect())
+                Some(Stage::Linear(_)) => cur = self.linear_terms(s, &cur)?,
+                Some(Stage::Activation(_)) => {
+                    let stage = self
+                        .plans
+                        .get(rounds.len())
+                        .filter(|p| p.stage == s)
+                        .ok_or(ProtocolError::Inconsistent(
+                            "a round of no activation stage",
+                        ))?;
+                    let plan = self.round_plan(sid, t, s, &stage.shape);
+                    rounds.push(round_lists(&halves, pack, &stage.shape, &plan, &cur)?);
+                    let mine =
+                        mu.get(offset..offset + stage.items())
+                            .ok_or(ProtocolError::Index {
+                                what: "reply mask",
+                                index: offset + stage.items(),
+                                len: mu.len(),
+                            })?;
+                    offset += stage.items();
+                    cur = self.stage_halves(stage, &plan, mine)?;
+                }
+            }
+            s += 1;
         }
     }
 
@@ -374,32 +294,14 @@ impl<P: PublicOps> ServerA<P> {
             .iter()
             .map(|b| decode_item(b))
             .collect::<Result<Vec<_>>>()?;
-        let index = self
-            .plans
-            .iter()
-            .position(|p| p.stage == pending.stage)
-            .ok_or(ProtocolError::Inconsistent(
-                "a round of no activation stage",
-            ))?;
-        let Some(halves) = self
-            .corrections
-            .get_mut(&key)
-            .and_then(|c| c.get_mut(index))
-            .map(|h| std::mem::replace(h, Half::Groups(Vec::new())))
-        else {
-            return Err(ProtocolError::Inconsistent(
-                "no offline corrections for this round",
-            ));
-        };
         let Some((_, FrameState::InRound(pending, _))) = self.frames.remove(&key) else {
             return Err(ProtocolError::Inconsistent("round state vanished"));
         };
         let leaky = pending.shape.alpha_bits.is_some();
-        let backend = &self.backend;
         let overflow = || ProtocolError::Overflow {
             what: "a masked reply beyond its bound",
         };
-        let plains: Vec<(usize, usize, I256)> = pending
+        let plains: Vec<(usize, I256)> = pending
             .order
             .par_iter()
             .enumerate()
@@ -407,7 +309,7 @@ impl<P: PublicOps> ServerA<P> {
                 GroupRef::Real(o) => Some((pos, *o)),
                 GroupRef::Dummy => None,
             })
-            .map(|(pos, o)| -> Result<(usize, usize, I256)> {
+            .map(|(pos, o)| -> Result<(usize, I256)> {
                 let base = pos * per_group;
                 let item = |i: usize| decoded.get(base + i).copied().ok_or_else(overflow);
                 // The plain half: B's masked answers through the same
@@ -432,58 +334,195 @@ impl<P: PublicOps> ServerA<P> {
                             .ok_or_else(overflow)?;
                     }
                 }
-                Ok((pos, o, plain))
+                Ok((o, plain))
             })
             .collect::<Result<Vec<_>>>()?;
-        let missing = || ProtocolError::Inconsistent("a real group has no answer");
-        match halves {
-            Half::Groups(halves) => {
-                let mut next: Vec<Option<P::Ct>> = vec![None; pending.shape.groups.len()];
-                for (pos, o, plain) in plains {
-                    let cipher = halves
-                        .get(pos)
-                        .and_then(Option::as_ref)
-                        .ok_or_else(missing)?;
-                    if let Some(slot) = next.get_mut(o) {
-                        *slot = Some(backend.add_plain(cipher, plain));
-                    }
-                }
-                let next = next
-                    .into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(missing)?;
-                self.advance(device, sid, t, next, pending.stage + 1)
-            }
-            Half::Linear(terms) => {
-                let mut x: Vec<Option<I256>> = vec![None; pending.shape.groups.len()];
-                for (_, o, plain) in plains {
-                    if let Some(slot) = x.get_mut(o) {
-                        *slot = Some(plain);
-                    }
-                }
-                let x = x
-                    .into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(missing)?;
-                let s = pending.stage + 1;
-                let plain = self.linear_plain(s, &x)?;
-                if plain.len() != terms.len() {
-                    return Err(ProtocolError::StageSize {
-                        stage: s,
-                        what: "plain halves",
-                        expected: terms.len(),
-                        got: plain.len(),
-                    });
-                }
-                let backend = &self.backend;
-                let z: Vec<P::Ct> = terms
-                    .par_iter()
-                    .zip(plain.par_iter())
-                    .map(|(c, p)| backend.add_plain(c, *p))
-                    .collect();
-                self.advance(device, sid, t, z, s + 1)
+        let mut next: Vec<Option<I256>> = vec![None; pending.shape.groups.len()];
+        for (o, plain) in plains {
+            if let Some(slot) = next.get_mut(o) {
+                *slot = Some(plain);
             }
         }
+        let next = next
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or(ProtocolError::Inconsistent("a real group has no answer"))?;
+        self.advance(device, sid, t, next, pending.stage + 1)
+    }
+}
+
+/// What a round sends B, before encoding: its comparisons (or sealed
+/// values), masked values and masked α-values, packed and sealed.
+pub(super) struct Lists<C> {
+    values: Vec<C>,
+    masked: Vec<C>,
+    masked_alpha: Vec<C>,
+}
+
+impl<C> Default for Lists<C> {
+    fn default() -> Self {
+        Lists {
+            values: Vec::new(),
+            masked: Vec::new(),
+            masked_alpha: Vec::new(),
+        }
+    }
+}
+
+/// A round's lists over `z`, the stage's inputs, on `backend`: run once
+/// offline over cipher halves and once online over plain halves.
+fn round_lists<B: PublicOps>(
+    backend: &B,
+    pack: bool,
+    shape: &RoundShape,
+    plan: &RoundPlan,
+    z: &[B::Ct],
+) -> Result<Lists<B::Ct>> {
+    let input = |idx: u32| -> Result<&B::Ct> {
+        z.get(idx as usize).ok_or(ProtocolError::Index {
+            what: "round entry",
+            index: idx as usize,
+            len: z.len(),
+        })
+    };
+    let all_slots: Vec<&Slot> = plan.slots.iter().flatten().collect();
+    match shape.mode {
+        RoundMode::Permute => {
+            let values = all_slots
+                .par_iter()
+                .map(|slot| match slot.source {
+                    Source::Real(idx) => input(idx).cloned(),
+                    Source::Value(v) => Ok(backend.constant(v)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let zeros = vec![0; values.len()];
+            let offsets = vec![I256::ZERO; values.len()];
+            Ok(Lists {
+                values: seal_shifted(backend, pack, &values, &zeros, &offsets, shape.value_bits)?,
+                masked: Vec::new(),
+                masked_alpha: Vec::new(),
+            })
+        }
+        RoundMode::Blind => {
+            // Negative weights of the comparisons share one batch
+            // inversion of the stage's inputs.
+            let prepared = backend.prepare(z)?;
+            let values = plan
+                .comparisons
+                .par_iter()
+                .map(|c| -> Result<B::Ct> {
+                    let beta = I256::from(c.beta);
+                    let mut terms: Vec<(u32, i64)> = Vec::with_capacity(2);
+                    let mut constant = c.gamma_hi;
+                    match c.left {
+                        Source::Real(idx) => terms.push((idx, c.beta)),
+                        Source::Value(v) => constant += beta * v,
+                    }
+                    match c.right {
+                        Some(Source::Real(idx)) => terms.push((idx, -c.beta)),
+                        Some(Source::Value(v)) => constant -= beta * v,
+                        None => {}
+                    }
+                    Ok(if terms.is_empty() {
+                        backend.constant(constant)
+                    } else {
+                        backend.add_plain(&backend.dot(&prepared, &terms)?, constant)
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let alpha_q = match shape.kind {
+                ActivationKind::LeakyRelu { alpha_q } => Some(I256::from(alpha_q)),
+                _ => None,
+            };
+            type Masked<C> = (C, Option<C>);
+            let masked = all_slots
+                .par_iter()
+                .map(|slot| -> Result<Masked<B::Ct>> {
+                    Ok(match slot.source {
+                        Source::Real(idx) => {
+                            let x = input(idx)?;
+                            (
+                                backend.add_plain(x, slot.rho1),
+                                alpha_q.map(|a| backend.add_plain(&backend.scale(x, a), slot.rho2)),
+                            )
+                        }
+                        Source::Value(v) => (
+                            backend.constant(v + slot.rho1),
+                            alpha_q.map(|a| backend.constant(a * v + slot.rho2)),
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (masked, masked_alpha): (Vec<B::Ct>, Vec<Option<B::Ct>>) =
+                masked.into_iter().unzip();
+            let masked_alpha: Vec<B::Ct> = masked_alpha.into_iter().flatten().collect();
+            let shifts: Vec<u32> = plan.comparisons.iter().map(|c| c.shift).collect();
+            let offsets: Vec<I256> = plan.comparisons.iter().map(|c| c.gamma_lo).collect();
+            Ok(Lists {
+                values: seal_shifted(backend, pack, &values, &shifts, &offsets, shape.value_bits)?,
+                masked: seal(backend, pack, &masked, shape.masked_bits)?,
+                masked_alpha: match shape.alpha_bits {
+                    Some(bits) => seal(backend, pack, &masked_alpha, bits)?,
+                    None => Vec::new(),
+                },
+            })
+        }
+    }
+}
+
+/// Packs (when `pack`) and re-randomizes ciphertexts bound for B, so that
+/// B cannot link them to anything it produced.
+pub(super) fn seal<B: PublicOps>(
+    backend: &B,
+    pack: bool,
+    values: &[B::Ct],
+    bits: u32,
+) -> Result<Vec<B::Ct>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    if pack {
+        let slots = backend.slots(bits)?;
+        values
+            .par_chunks(slots.max(1))
+            .map(|chunk| Ok(backend.rerandomize(&backend.pack(bits, chunk)?)))
+            .collect()
+    } else {
+        Ok(values.par_iter().map(|v| backend.rerandomize(v)).collect())
+    }
+}
+
+/// [`seal`] for values still to be multiplied by `2^shift` and then
+/// offset.
+fn seal_shifted<B: PublicOps>(
+    backend: &B,
+    pack: bool,
+    values: &[B::Ct],
+    shifts: &[u32],
+    offsets: &[I256],
+    bits: u32,
+) -> Result<Vec<B::Ct>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    if pack {
+        let slots = backend.slots(bits)?.max(1);
+        values
+            .par_chunks(slots)
+            .zip(shifts.par_chunks(slots))
+            .zip(offsets.par_chunks(slots))
+            .map(|((chunk, shifts), offsets)| {
+                let packed = backend.pack_shifted(bits, chunk, shifts, offsets)?;
+                Ok(backend.rerandomize(&packed))
+            })
+            .collect()
+    } else {
+        Ok(values
+            .par_iter()
+            .zip(shifts.par_iter())
+            .zip(offsets.par_iter())
+            .map(|((v, e), o)| backend.rerandomize(&backend.add_plain(&backend.shift(v, *e), *o)))
+            .collect())
     }
 }
 
