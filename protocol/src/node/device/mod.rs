@@ -24,7 +24,6 @@ use crate::error::{ProtocolError, Result};
 use crate::messages::{Body, Envelope, RejectCode};
 use crate::prf::SessionId;
 use crate::topics;
-use crate::wire::{self, Kind};
 use ethnum::I256;
 use outbox::Outbox;
 use rand::rngs::ChaCha20Rng;
@@ -33,8 +32,12 @@ use settled::SettledSet;
 use std::collections::{HashMap, VecDeque};
 
 mod outbox;
+mod publish;
 mod recv;
 mod settled;
+
+use publish::Pending;
+pub use publish::Publish;
 
 /// How the device's node behaves.
 #[derive(Clone, Debug)]
@@ -218,49 +221,6 @@ pub struct DeviceNode {
     ack_buffer: Vec<u8>,
     /// The owned message [`DeviceNode::poll_publish`] lends out.
     lent: Option<Transmit>,
-}
-
-/// A message queued for publishing: frames and acknowledgements are
-/// written from the node's own state when the shell asks for them.
-#[derive(Debug)]
-enum Pending {
-    /// An outbox frame (skipped if it settled in the meantime).
-    Frame {
-        sid: SessionId,
-        t: u64,
-        confirm: Option<u64>,
-    },
-    /// A lone acknowledgement.
-    Ack { sid: SessionId, t: u64 },
-    /// Anything else (session messages, `Sync`): rare, built whole.
-    Owned(Transmit),
-}
-
-/// A message to publish, lent by [`DeviceNode::poll_publish`] from the
-/// node's buffers: the shell's MQTT client copies it into its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Publish<'a> {
-    /// The MQTT topic.
-    pub topic: &'a str,
-    /// The encoded message.
-    pub payload: &'a [u8],
-    /// Whether the broker keeps it for later subscribers.
-    pub retain: bool,
-    /// Report the broker's acknowledgement as [`Input::Confirmed`] with
-    /// this token.
-    pub confirm: Option<u64>,
-}
-
-impl Publish<'_> {
-    /// An owned copy.
-    pub fn to_transmit(&self) -> Transmit {
-        Transmit {
-            topic: self.topic.to_owned(),
-            payload: self.payload.to_vec(),
-            retain: self.retain,
-            confirm: self.confirm,
-        }
-    }
 }
 
 /// The topics of one device.
@@ -509,59 +469,6 @@ impl DeviceNode {
         self.send_acks(|_| true);
         self.sync(now);
         self.send_new(now);
-    }
-
-    /// The next message to publish, as an owned copy (see
-    /// [`DeviceNode::poll_publish`] for the one that copies nothing).
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if let Some(Pending::Owned(_)) = self.transmits.front() {
-            return match self.transmits.pop_front() {
-                Some(Pending::Owned(t)) => Some(t),
-                _ => None,
-            };
-        }
-        self.poll_publish().map(|p| p.to_transmit())
-    }
-
-    /// The next message to publish, lent from the node's buffers until
-    /// the next call: what the shell hands its MQTT client, which copies
-    /// it. Frames that settled since they were queued are skipped.
-    pub fn poll_publish(&mut self) -> Option<Publish<'_>> {
-        let (sid, t, confirm) = loop {
-            match self.transmits.pop_front()? {
-                Pending::Frame { sid, t, confirm } => {
-                    if self.outbox.contains(sid, t) {
-                        break (sid, t, confirm);
-                    }
-                }
-                Pending::Ack { sid, t } => {
-                    self.ack_buffer.clear();
-                    wire::write_header(&mut self.ack_buffer, Kind::Ack, &sid, t);
-                    return Some(Publish {
-                        topic: &self.topics.ack,
-                        payload: &self.ack_buffer,
-                        retain: false,
-                        confirm: None,
-                    });
-                }
-                Pending::Owned(transmit) => {
-                    let lent = self.lent.insert(transmit);
-                    return Some(Publish {
-                        topic: &lent.topic,
-                        payload: &lent.payload,
-                        retain: lent.retain,
-                        confirm: lent.confirm,
-                    });
-                }
-            }
-        };
-        let slot = self.outbox.get(sid, t)?;
-        Some(Publish {
-            topic: &self.topics.frame,
-            payload: &slot.entry.envelope,
-            retain: false,
-            confirm,
-        })
     }
 
     /// The next thing the shell must make durable or tell the application.
