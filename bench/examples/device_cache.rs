@@ -17,7 +17,11 @@
 //! a Pima frame through the broker leaves): the node's capture takes
 //! 1.55 µs warm and 21.2 µs flushed, its handling of a result 1.46 µs
 //! warm and 25.3 µs flushed, an empty region 0.52 µs and 2.1 µs. The
-//! code is the same in every column.
+//! code is the same in every column. After the node's state was
+//! flattened (06:39, load 8.3, this example in the `dev` profile): capture
+//! 1.61 µs warm and 18.4 µs flushed, result 1.47 and 19.3 µs, empty
+//! region 0.66 and 1.24 µs; heap allocations per frame: capture 0,
+//! confirmation 0, result 1 (the values handed to the application).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -264,10 +268,10 @@ fn main() -> anyhow::Result<()> {
     bench.discard();
     let mut counted = 0;
     let mut per_input = [0u64; 3];
+    let mut confirms = Vec::with_capacity(4);
     for _ in 0..frames() {
         let before = allocations();
         let t = bench.capture(&x_hat)?;
-        let mut confirms = Vec::with_capacity(4);
         per_input[0] += allocations() - before;
         bench.publish(|m| {
             confirms.extend(m.confirm);
