@@ -130,19 +130,16 @@ pub fn device_work(replay: &Replay, count: usize) -> Result<Vec<usize>> {
                 })
                 .collect();
             device.handle(Input::Connected)?;
-            device
-                .transmits()
-                .for_each(|t| drop(std::hint::black_box(t)));
+            std::hint::black_box(device.discard());
             let mut confirms = Vec::new();
             for (frame, received) in frames.iter().zip(&mut inputs).take(warmup + count) {
                 if device.capture(&frame.x_hat)? != frame.t {
                     bail!("the replayed node's counter is not frame {}'s", frame.t);
                 }
-                confirms.extend(
-                    device
-                        .transmits()
-                        .filter_map(|t| std::hint::black_box(t).confirm),
-                );
+                device.publish(|t| {
+                    confirms.extend(std::hint::black_box(t).confirm);
+                    Ok(())
+                })?;
                 for token in confirms.drain(..) {
                     device.handle(Input::Confirmed(token))?;
                 }

@@ -14,20 +14,26 @@
 //!
 //! Events are drained and dropped except deliveries and refusals: writing
 //! them to disk is the edge agent's I/O, which this benchmark has no disk
-//! for. Transmits are drained into a queue the harness hands to the MQTT
-//! client, whose work is left out.
+//! for. Messages to publish are drained inside the timed work too
+//! ([`DeviceNode::poll_publish`], which lends them from the node's
+//! buffers), each copied into a staging buffer this shell reuses: that
+//! copy stands for the MQTT client's copy into its packet, counted
+//! against veil; the harness then hands the staged messages to the MQTT
+//! client, whose own work is left out.
 
 use crate::conventional::argmax;
 use anyhow::{Result, bail};
 use std::time::Instant;
-use veil_protocol::node::{DeviceEvent, DeviceNode, Input, Millis, Transmit};
+use veil_protocol::node::{DeviceEvent, DeviceNode, Input, Millis, Publish};
 
 /// veil's device node with the bench's shell around it.
 pub struct VeilDevice {
     /// The node.
     pub node: DeviceNode,
     started: Instant,
-    transmits: Vec<Transmit>,
+    /// Staged messages: the first `staged` are waiting for the client.
+    stage: Vec<Staged>,
+    staged: usize,
     /// The counter and class of the latest delivered result.
     delivered: Option<(u64, usize)>,
 }
@@ -38,7 +44,8 @@ impl VeilDevice {
         VeilDevice {
             node,
             started: Instant::now(),
-            transmits: Vec::new(),
+            stage: Vec::new(),
+            staged: 0,
             delivered: None,
         }
     }
@@ -83,9 +90,17 @@ impl VeilDevice {
         self.drain()
     }
 
-    /// The node's messages to publish, in order.
-    pub fn transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
-        self.transmits.drain(..)
+    /// The node's messages to publish, in order, handed to `publish` and
+    /// forgotten.
+    pub fn publish(&mut self, mut publish: impl FnMut(&Staged) -> Result<()>) -> Result<()> {
+        let staged = self.staged;
+        self.staged = 0;
+        self.stage.iter().take(staged).try_for_each(&mut publish)
+    }
+
+    /// The count of staged messages, dropped.
+    pub fn discard(&mut self) -> usize {
+        std::mem::take(&mut self.staged)
     }
 
     fn drain(&mut self) -> Result<()> {
@@ -101,13 +116,46 @@ impl VeilDevice {
                 DeviceEvent::Ignored { t, why, .. } => bail!("counter {t}: {why}"),
                 DeviceEvent::PersistCounter(_)
                 | DeviceEvent::PersistSessions(_)
-                | DeviceEvent::PersistOutbox(_)
+                | DeviceEvent::PersistOutbox { .. }
                 | DeviceEvent::Settle { .. } => {}
             }
         }
-        while let Some(t) = self.node.poll_transmit() {
-            self.transmits.push(t);
+        while let Some(publish) = self.node.poll_publish() {
+            match self.stage.get_mut(self.staged) {
+                Some(slot) => slot.copy_from(&publish),
+                None => {
+                    let mut slot = Staged::default();
+                    slot.copy_from(&publish);
+                    self.stage.push(slot);
+                }
+            }
+            self.staged += 1;
         }
         Ok(())
+    }
+}
+
+/// A message copied out of the node for the MQTT client (buffers reused
+/// from message to message).
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Whether the broker retains it.
+    pub retain: bool,
+    /// The token its confirmation reports.
+    pub confirm: Option<u64>,
+}
+
+impl Staged {
+    fn copy_from(&mut self, publish: &Publish<'_>) {
+        self.topic.clear();
+        self.topic.push_str(publish.topic);
+        self.payload.clear();
+        self.payload.extend_from_slice(publish.payload);
+        self.retain = publish.retain;
+        self.confirm = publish.confirm;
     }
 }

@@ -89,13 +89,19 @@ impl Shared {
                 current: node.device().current().map(|s| s.sid),
                 inits: None,
             })?,
-            DeviceEvent::PersistOutbox(entry) => self.disk.put_outbox(&OutboxEntry {
-                sid: entry.sid.0,
-                t: entry.t,
-                envelope: entry.envelope,
-                captured_ms: entry.captured,
-                label: entry.label,
-            })?,
+            DeviceEvent::PersistOutbox { sid, t } => {
+                // Gone if it settled before this event was applied (its
+                // Settle follows).
+                if let Some(entry) = node.outbox_entry(sid, t) {
+                    self.disk.put_outbox(&OutboxEntry {
+                        sid: entry.sid.0,
+                        t: entry.t,
+                        envelope: entry.envelope.clone(),
+                        captured_ms: entry.captured,
+                        label: entry.label.clone(),
+                    })?;
+                }
+            }
             DeviceEvent::Settle { sid, t, how } => self.disk.settle(sid, t, settled_code(how))?,
             DeviceEvent::Deliver {
                 sid,

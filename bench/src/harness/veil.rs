@@ -16,10 +16,7 @@ pub struct VeilReplayState {
 
 /// Publishes what the device's node queued, in order.
 fn publish_all(link: &mut Link, device: &mut VeilDevice) -> Result<()> {
-    for t in device.transmits() {
-        link.publish_confirmed(&t.topic, t.payload, t.retain, t.confirm)?;
-    }
-    Ok(())
+    device.publish(|t| link.publish_confirmed(&t.topic, t.payload.clone(), t.retain, t.confirm))
 }
 
 /// Runs veil: servers A and B and the device, over the broker.
@@ -139,9 +136,7 @@ pub fn run_veil(
             device_work(&mut spent, || -> Result<()> {
                 scratch.handle(NodeInput::Connected)?;
                 scratch.open_session()?;
-                for t in scratch.transmits() {
-                    std::hint::black_box(t);
-                }
+                std::hint::black_box(scratch.discard());
                 Ok(())
             })?;
             samples.push(spent);

@@ -22,7 +22,9 @@ mod sessions;
 
 pub use a::{AEvent, ANote, AOptions, ServerANode};
 pub use b::{BEvent, BNote, BOptions, Queued, ServerBNode};
-pub use device::{DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions, OutboxEntry, Settled};
+pub use device::{
+    DeviceDurable, DeviceEvent, DeviceNode, DeviceOptions, OutboxEntry, Publish, Settled,
+};
 pub use sessions::{SessionLimits, StoredSession, decode_times, encode_times, triage};
 
 use crate::messages::{Body, Envelope, RejectCode};

@@ -194,7 +194,9 @@ impl World {
             match event {
                 DeviceEvent::PersistCounter(mark) => store.counter_mark = mark,
                 DeviceEvent::PersistSessions(sessions) => store.sessions = sessions,
-                DeviceEvent::PersistOutbox(entry) => store.outbox.push(entry),
+                DeviceEvent::PersistOutbox { sid, t } => {
+                    store.outbox.extend(node.outbox_entry(sid, t).cloned())
+                }
                 DeviceEvent::Settle { sid, t, how } => {
                     if self.trace {
                         eprintln!("{} dev{d} settled ({sid}, {t}) {how:?}", now - START);

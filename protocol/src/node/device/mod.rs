@@ -4,6 +4,18 @@
 //! reservation, delivering each result to the application once, and
 //! acknowledging it: on the session's next frame (A passes it on to B), or
 //! on its own once it has waited `ack_delay` for one.
+//!
+//! The per-frame path (a capture, the broker's confirmation of its
+//! frame, its result) allocates nothing in steady state but the result's
+//! values handed to the application: the outbox is one array in counter
+//! order ([`outbox`]), each frame's buffer is reused once its frame
+//! settles, the settled set is a ring with a hash index ([`settled`]),
+//! frames and acknowledgements are published from the node's own buffers
+//! ([`DeviceNode::poll_publish`]) and the outbox event names the frame
+//! instead of copying it. Its rare paths (refusals, recoveries,
+//! reconnections, timers) are kept out of line, so that the code a frame
+//! runs stays compact: measured on this machine, most of a frame's time
+//! is refetching that code and data after the wait for the servers.
 
 use super::{Input, Millis, Transmit};
 use crate::counter::CounterReservation;
@@ -13,11 +25,19 @@ use crate::messages::{Body, Envelope, RejectCode};
 use crate::prf::SessionId;
 use crate::topics;
 use ethnum::I256;
+use outbox::Outbox;
 use rand::rngs::ChaCha20Rng;
 use rand_core::SeedableRng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use settled::SettledSet;
+use std::collections::{HashMap, VecDeque};
 
+mod outbox;
+mod publish;
 mod recv;
+mod settled;
+
+use publish::Pending;
+pub use publish::Publish;
 
 /// How the device's node behaves.
 #[derive(Clone, Debug)]
@@ -103,8 +123,16 @@ pub enum DeviceEvent {
     PersistCounter(u64),
     /// Make the session secrets durable (before any frame uses them).
     PersistSessions(Vec<DeviceSession>),
-    /// Make the frame durable in the outbox (before it is published).
-    PersistOutbox(OutboxEntry),
+    /// Make the frame durable in the outbox (before it is published): its
+    /// entry is [`DeviceNode::outbox_entry`] (not copied into the event;
+    /// gone if it settled before the shell got to it, then a
+    /// [`DeviceEvent::Settle`] follows).
+    PersistOutbox {
+        /// The frame's session.
+        sid: SessionId,
+        /// The frame's counter.
+        t: u64,
+    },
     /// Remove the frame from the outbox and remember how it ended.
     Settle {
         /// The frame's session.
@@ -168,15 +196,11 @@ pub struct DeviceNode {
     options: DeviceOptions,
     counter: CounterReservation,
     rng: ChaCha20Rng,
-    outbox: BTreeMap<(SessionId, u64), OutboxEntry>,
-    /// When each outbox frame was last sent on this connection.
-    sent: HashMap<(SessionId, u64), Millis>,
-    settled: BTreeMap<(SessionId, u64), Millis>,
-    /// Times each waiting frame was refused for an unknown session and
-    /// its session messages were sent again.
-    recoveries: HashMap<(SessionId, u64), u32>,
-    /// Delivered results not yet acknowledged, with when they arrived.
-    acks_due: BTreeMap<(SessionId, u64), Millis>,
+    outbox: Outbox,
+    settled: SettledSet,
+    /// Delivered results not yet acknowledged, with when they arrived,
+    /// in (session, counter) order.
+    acks_due: Vec<(SessionId, u64, Millis)>,
     /// The frame publish the broker has not confirmed yet: (token, key).
     inflight: Option<(u64, (SessionId, u64))>,
     next_token: u64,
@@ -187,12 +211,16 @@ pub struct DeviceNode {
     inits_published: bool,
     connected: bool,
     last_sync: Millis,
-    transmits: VecDeque<Transmit>,
+    transmits: VecDeque<Pending>,
     events: VecDeque<DeviceEvent>,
     /// The device's topics, named once.
     topics: DeviceTopics,
     /// The latest result's outputs, unmasked (reused).
     outputs: Vec<i128>,
+    /// The lone acknowledgement [`DeviceNode::poll_publish`] lends out.
+    ack_buffer: Vec<u8>,
+    /// The owned message [`DeviceNode::poll_publish`] lends out.
+    lent: Option<Transmit>,
 }
 
 /// The topics of one device.
@@ -225,16 +253,14 @@ impl DeviceNode {
         let mut node = DeviceNode::new(device, options, seed);
         node.counter =
             CounterReservation::recover(durable.counter_mark, node.options.counter_block);
-        node.outbox = durable
-            .outbox
-            .into_iter()
-            .map(|e| ((e.sid, e.t), e))
-            .collect();
-        node.settled = durable
-            .settled
-            .into_iter()
-            .map(|(sid, t, at)| ((sid, t), at))
-            .collect();
+        for entry in durable.outbox {
+            node.outbox.insert(entry);
+        }
+        let mut settled = durable.settled;
+        settled.sort_by_key(|(_, _, at)| *at);
+        for (sid, t, at) in settled {
+            node.settled.insert(sid, t, at);
+        }
         Ok(node)
     }
 
@@ -247,6 +273,7 @@ impl DeviceNode {
             result: topics::result(name),
             ack: topics::ack(name),
         };
+        let settled = SettledSet::new(options.settled_max);
         DeviceNode {
             topics,
             outputs: Vec::new(),
@@ -254,11 +281,11 @@ impl DeviceNode {
             counter: CounterReservation::recover(0, options.counter_block),
             options,
             rng: ChaCha20Rng::from_seed(seed),
-            outbox: BTreeMap::new(),
-            sent: HashMap::new(),
-            settled: BTreeMap::new(),
-            recoveries: HashMap::new(),
-            acks_due: BTreeMap::new(),
+            outbox: Outbox::default(),
+            settled,
+            acks_due: Vec::with_capacity(crate::wire::MAX_ACKS),
+            ack_buffer: Vec::with_capacity(crate::wire::HEADER_MAX),
+            lent: None,
             republished: HashMap::new(),
             inflight: None,
             next_token: 1,
@@ -301,7 +328,7 @@ impl DeviceNode {
 
     /// Frames waiting, in counter order.
     pub fn outbox(&self) -> impl Iterator<Item = &OutboxEntry> {
-        self.outbox.values()
+        self.outbox.entries()
     }
 
     /// Settled frames remembered.
@@ -309,9 +336,9 @@ impl DeviceNode {
         self.settled.len()
     }
 
-    /// The captured time of a waiting frame.
+    /// A waiting frame.
     pub fn outbox_entry(&self, sid: SessionId, t: u64) -> Option<&OutboxEntry> {
-        self.outbox.get(&(sid, t))
+        self.outbox.get(sid, t).map(|s| &s.entry)
     }
 
     /// Masks and queues one encoded frame; returns its session and
@@ -325,15 +352,10 @@ impl DeviceNode {
         if self.device.needs_session() {
             self.open_session()?;
         }
-        let t = loop {
-            match self.counter.take() {
-                Ok(t) => break t,
-                Err(ProtocolError::ReservationNeeded { mark }) => {
-                    self.events.push_back(DeviceEvent::PersistCounter(mark));
-                    self.counter.confirm(mark);
-                }
-                Err(e) => return Err(e),
-            }
+        let t = match self.counter.take() {
+            Ok(t) => t,
+            Err(ProtocolError::ReservationNeeded { mark }) => self.reserve(mark)?,
+            Err(e) => return Err(e),
         };
         // The session's due acknowledgements ride on its frame; written
         // straight into the frame's buffer, which the outbox then keeps
@@ -341,27 +363,36 @@ impl DeviceNode {
         let mut acks = [0u64; crate::wire::MAX_ACKS];
         let mut count = 0;
         if let Some(sid) = self.device.current().map(|s| s.sid) {
-            for (((_, acked), _), slot) in self.acks_due.range((sid, 0)..(sid, t)).zip(&mut acks) {
+            let due = self
+                .acks_due
+                .iter()
+                .filter(|(s, acked, _)| *s == sid && *acked < t);
+            for ((_, acked, _), slot) in due.zip(&mut acks) {
                 *slot = *acked;
                 count += 1;
             }
         }
         let acks = acks.get(..count).unwrap_or_default();
-        let mut envelope = Vec::new();
-        let sid = self.device.write_frame(x_hat, t, acks, &mut envelope)?;
-        for acked in acks {
-            self.acks_due.remove(&(sid, *acked));
+        let mut envelope = self.outbox.buffer();
+        let sid = match self.device.write_frame(x_hat, t, acks, &mut envelope) {
+            Ok(sid) => sid,
+            Err(e) => {
+                self.outbox.recycle(envelope);
+                return Err(e);
+            }
+        };
+        if !acks.is_empty() {
+            self.acks_due
+                .retain(|(s, acked, _)| *s != sid || acks.binary_search(acked).is_err());
         }
-        let entry = OutboxEntry {
+        self.outbox.insert(OutboxEntry {
             sid,
             t,
             envelope,
             captured: now,
             label,
-        };
-        self.events
-            .push_back(DeviceEvent::PersistOutbox(entry.clone()));
-        self.outbox.insert((sid, t), entry);
+        });
+        self.events.push_back(DeviceEvent::PersistOutbox { sid, t });
         self.send_new(now);
         // Idle time until the result: the next frame's masks now, while
         // the session's keys and the model's layout are in cache (measured:
@@ -371,9 +402,27 @@ impl DeviceNode {
         Ok((sid, t))
     }
 
+    /// Reserves the next block of counters (once per `counter_block`
+    /// frames) and takes one.
+    #[cold]
+    #[inline(never)]
+    fn reserve(&mut self, mut mark: u64) -> Result<u64> {
+        loop {
+            self.events.push_back(DeviceEvent::PersistCounter(mark));
+            self.counter.confirm(mark);
+            match self.counter.take() {
+                Ok(t) => return Ok(t),
+                Err(ProtocolError::ReservationNeeded { mark: next }) => mark = next,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Draws a new session (two Paillier encryptions: the device's only
     /// public-key work); its secrets are persisted before any frame uses
     /// them.
+    #[cold]
+    #[inline(never)]
     fn open_session(&mut self) -> Result<()> {
         let first = self.counter.peek();
         let [to_a, to_b] = self.device.open_session(first, &mut self.rng)?;
@@ -390,17 +439,7 @@ impl DeviceNode {
     /// change of connection.
     pub fn handle(&mut self, now: Millis, input: Input) {
         match input {
-            Input::Connected => {
-                self.connected = true;
-                self.sent.clear();
-                self.inflight = None;
-                // The broker may have lost its retained messages.
-                self.inits_published = false;
-                // Before the Sync, or B sends those results again.
-                self.send_acks(|_| true);
-                self.sync(now);
-                self.send_new(now);
-            }
+            Input::Connected => self.on_connected(now),
             Input::Disconnected => self.connected = false,
             Input::Confirmed(token) => {
                 if self.inflight.is_some_and(|(t, _)| t == token) {
@@ -416,9 +455,20 @@ impl DeviceNode {
         }
     }
 
-    /// The next message to publish.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+    #[cold]
+    #[inline(never)]
+    fn on_connected(&mut self, now: Millis) {
+        self.connected = true;
+        for slot in self.outbox.slots_mut() {
+            slot.sent = None;
+        }
+        self.inflight = None;
+        // The broker may have lost its retained messages.
+        self.inits_published = false;
+        // Before the Sync, or B sends those results again.
+        self.send_acks(|_| true);
+        self.sync(now);
+        self.send_new(now);
     }
 
     /// The next thing the shell must make durable or tell the application.
@@ -428,85 +478,83 @@ impl DeviceNode {
 
     /// When the node next needs [`DeviceNode::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let expiry = self
-            .outbox
-            .values()
-            .map(|e| e.captured.saturating_add(self.options.frame_ttl))
-            .min();
+        let mut due = None::<Millis>;
+        let mut note = |at: Millis| due = Some(due.map_or(at, |d| d.min(at)));
+        for slot in self.outbox.slots() {
+            note(slot.entry.captured.saturating_add(self.options.frame_ttl));
+        }
         // Resends and lone acknowledgements wait for a connection.
-        let due = |since: &mut dyn Iterator<Item = &Millis>, delay: Millis| {
-            since
-                .map(|at| at.saturating_add(delay))
-                .min()
-                .filter(|_| self.connected)
-        };
-        let resend = due(&mut self.sent.values(), self.options.resend_after);
-        let acks = due(&mut self.acks_due.values(), self.options.ack_delay);
-        expiry.into_iter().chain(resend).chain(acks).min()
+        if self.connected {
+            for slot in self.outbox.slots() {
+                if let Some(at) = slot.sent {
+                    note(at.saturating_add(self.options.resend_after));
+                }
+            }
+            for (_, _, at) in &self.acks_due {
+                note(at.saturating_add(self.options.ack_delay));
+            }
+        }
+        due
     }
 
     /// Sends the due acknowledgements that `pick` selects (by when their
     /// result arrived) on their own.
     fn send_acks(&mut self, pick: impl Fn(Millis) -> bool) {
-        let keys: Vec<(SessionId, u64)> = self
-            .acks_due
-            .iter()
-            .filter(|(_, at)| pick(**at))
-            .map(|(k, _)| *k)
-            .collect();
-        for (sid, t) in keys {
-            self.acks_due.remove(&(sid, t));
-            self.ack(sid, t);
-        }
+        let transmits = &mut self.transmits;
+        self.acks_due.retain(|(sid, t, at)| {
+            let send = pick(*at);
+            if send {
+                transmits.push_back(Pending::Ack { sid: *sid, t: *t });
+            }
+            !send
+        });
     }
 
     /// Runs what is due at `now`: resends, expiries, lone acknowledgements.
+    #[inline(never)]
     pub fn handle_timeout(&mut self, now: Millis) {
         let ttl = self.options.frame_ttl;
-        let expired: Vec<OutboxEntry> = self
+        let expired: Vec<(SessionId, u64)> = self
             .outbox
-            .values()
+            .entries()
             .filter(|e| now >= e.captured.saturating_add(ttl))
-            .cloned()
+            .map(|e| (e.sid, e.t))
             .collect();
-        for e in expired {
-            self.settle(now, e.sid, e.t, Settled::Expired);
-            self.events.push_back(DeviceEvent::Expired {
-                sid: e.sid,
-                t: e.t,
-                label: e.label,
-            });
+        for (sid, t) in expired {
+            if let Some(e) = self.settle(now, sid, t, Settled::Expired) {
+                self.events.push_back(DeviceEvent::Expired {
+                    sid,
+                    t,
+                    label: e.label,
+                });
+                self.outbox.recycle(e.envelope);
+            }
         }
-        let cutoff = now.saturating_sub(self.options.settled_ttl);
-        self.settled.retain(|_, at| *at >= cutoff);
+        self.settled
+            .forget_before(now.saturating_sub(self.options.settled_ttl));
         if !self.connected {
             return;
         }
         let ack_delay = self.options.ack_delay;
         self.send_acks(|at| now >= at.saturating_add(ack_delay));
         let resend_after = self.options.resend_after;
-        let mut stale: Vec<(SessionId, u64)> = self
-            .sent
-            .iter()
-            .filter(|(_, at)| now >= at.saturating_add(resend_after))
-            .map(|(k, _)| *k)
-            .collect();
-        // In counter order: MQTT keeps a topic's order, and A refuses a
-        // frame that arrives after a later one of its session.
-        stale.sort_by_key(|(sid, t)| (sid.0, *t));
-        let resent = !stale.is_empty();
-        let topic = &self.topics.frame;
-        for key in stale {
-            if let Some(entry) = self.outbox.get(&key) {
-                self.sent.insert(key, now);
-                let mut publish = Transmit::new(topic.clone(), entry.envelope.clone());
-                publish.confirm = self
-                    .inflight
-                    .filter(|(_, k)| *k == key)
-                    .map(|(token, _)| token);
-                self.transmits.push_back(publish);
-            } else {
-                self.sent.remove(&key);
+        let inflight = self.inflight;
+        let mut resent = false;
+        // In counter order (the outbox's): MQTT keeps a topic's order, and
+        // A refuses a frame that arrives after a later one of its session.
+        for slot in self.outbox.slots_mut() {
+            if slot
+                .sent
+                .is_some_and(|at| now >= at.saturating_add(resend_after))
+            {
+                slot.sent = Some(now);
+                resent = true;
+                let key = (slot.entry.sid, slot.entry.t);
+                self.transmits.push_back(Pending::Frame {
+                    sid: key.0,
+                    t: key.1,
+                    confirm: inflight.filter(|(_, k)| *k == key).map(|(token, _)| token),
+                });
             }
         }
         // Its result may be waiting at B already (lost on the way here).
@@ -516,9 +564,14 @@ impl DeviceNode {
     }
 
     fn publish_inits(&mut self) {
-        if self.inits_published {
-            return;
+        if !self.inits_published {
+            self.publish_inits_now();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn publish_inits_now(&mut self) {
         let Some((to_a, to_b)) = self.inits.clone() else {
             return;
         };
@@ -527,18 +580,20 @@ impl DeviceNode {
         for (server, bytes) in [('a', to_a), ('b', to_b)] {
             let mut publish = Transmit::new(topics::session(&device, server), bytes);
             publish.retain = true;
-            self.transmits.push_back(publish);
+            self.transmits.push_back(Pending::Owned(publish));
         }
         self.inits_published = true;
     }
 
     /// Asks B for every result it still holds for this device.
+    #[cold]
+    #[inline(never)]
     fn sync(&mut self, now: Millis) {
         let device = &self.device.config().device;
         let sid = self.device.current().map_or(SessionId([0; 16]), |s| s.sid);
         if let Ok(bytes) = Envelope::new(device, sid, 0, Body::Sync).to_device_bytes() {
-            self.transmits
-                .push_back(Transmit::new(self.topics.ack.clone(), bytes));
+            let sync = Transmit::new(self.topics.ack.clone(), bytes);
+            self.transmits.push_back(Pending::Owned(sync));
         }
         self.last_sync = now;
     }
@@ -557,71 +612,52 @@ impl DeviceNode {
         }
         let next = self
             .outbox
-            .values()
-            .filter(|e| !self.sent.contains_key(&(e.sid, e.t)))
-            .min_by_key(|e| (e.captured, e.t))
-            .map(|e| ((e.sid, e.t), e.envelope.clone()));
-        let Some((key, envelope)) = next else {
+            .slots_mut()
+            .iter_mut()
+            .filter(|s| s.sent.is_none())
+            .min_by_key(|s| (s.entry.captured, s.entry.t));
+        let Some(slot) = next else {
             return;
         };
+        slot.sent = Some(now);
+        let (sid, t) = (slot.entry.sid, slot.entry.t);
         let token = self.next_token;
         self.next_token += 1;
-        self.sent.insert(key, now);
-        self.inflight = Some((token, key));
-        let mut publish = Transmit::new(self.topics.frame.clone(), envelope);
-        publish.confirm = Some(token);
-        self.transmits.push_back(publish);
+        self.inflight = Some((token, (sid, t)));
+        self.transmits.push_back(Pending::Frame {
+            sid,
+            t,
+            confirm: Some(token),
+        });
     }
 
     /// Removes a frame from the outbox (returned) and remembers how it
     /// ended.
     fn settle(&mut self, now: Millis, sid: SessionId, t: u64, how: Settled) -> Option<OutboxEntry> {
-        let entry = self.outbox.remove(&(sid, t));
-        self.sent.remove(&(sid, t));
-        self.recoveries.remove(&(sid, t));
-        self.settled.insert((sid, t), now);
+        let entry = self.outbox.remove(sid, t);
+        self.settled.insert(sid, t, now);
         if self.inflight.is_some_and(|(_, key)| key == (sid, t)) {
             // Settled before the broker confirmed this copy (an earlier
             // copy got through): the next frame may go.
             self.inflight = None;
             self.send_new(now);
         }
-        if self.settled.len() > self.options.settled_max {
-            self.forget_oldest_settled();
-        }
         self.events.push_back(DeviceEvent::Settle { sid, t, how });
         // A session whose frames have all settled and that is no longer
         // current needs no secrets any more.
-        let current = self.device.current().map(|s| s.sid);
-        if current != Some(sid) && !self.outbox.keys().any(|(s, _)| *s == sid) {
-            self.device.forget_session(sid);
-            self.republished.remove(&sid);
-            self.events.push_back(DeviceEvent::PersistSessions(
-                self.device.sessions().cloned().collect(),
-            ));
+        if self.device.current().map(|s| s.sid) != Some(sid) && !self.outbox.holds_session(sid) {
+            self.retire_session(sid);
         }
         entry
     }
 
-    /// Forgets the oldest eighth of the settled set at once (by when they
-    /// settled): one pass over the set per `settled_max / 8` frames
-    /// instead of one per frame once it is full.
-    fn forget_oldest_settled(&mut self) {
-        let keep = self.options.settled_max - self.options.settled_max / 8;
-        let excess = self.settled.len().saturating_sub(keep);
-        let Some(nth) = excess.checked_sub(1) else {
-            return;
-        };
-        let mut times: Vec<Millis> = self.settled.values().copied().collect();
-        // `nth < excess <= times.len()`.
-        let (_, cutoff, _) = times.select_nth_unstable(nth);
-        let cutoff = *cutoff;
-        // Ties at the cutoff: only as many as needed go.
-        let mut left = excess;
-        self.settled.retain(|_, at| {
-            let forget = left > 0 && *at <= cutoff;
-            left -= usize::from(forget);
-            !forget
-        });
+    #[cold]
+    #[inline(never)]
+    fn retire_session(&mut self, sid: SessionId) {
+        self.device.forget_session(sid);
+        self.republished.remove(&sid);
+        self.events.push_back(DeviceEvent::PersistSessions(
+            self.device.sessions().cloned().collect(),
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! session or a completed frame is recovered from before a refusal is
 //! final).
 
-use super::{DeviceEvent, DeviceNode, Settled};
+use super::{DeviceEvent, DeviceNode, Pending, Settled};
 use crate::messages::{Body, Envelope, RejectCode};
 use crate::node::{Millis, Transmit};
 use crate::prf::SessionId;
@@ -15,16 +15,18 @@ impl DeviceNode {
     /// A server does not know the session of a waiting frame (its session
     /// message was lost, or overtaken for longer than the server waits):
     /// send the session messages again, then the frame. Whether it did.
+    #[cold]
+    #[inline(never)]
     pub(super) fn recover_session(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
-        let tries = self.recoveries.entry((sid, t)).or_insert(0);
-        if *tries >= self.options.session_recoveries {
+        if !self.try_recovery(sid, t) {
             return false;
         }
-        *tries += 1;
         if !self.republish_session(now, sid) {
             return false;
         }
-        self.sent.remove(&(sid, t));
+        if let Some(slot) = self.outbox.get_mut(sid, t) {
+            slot.sent = None;
+        }
         self.send_new(now);
         self.ignored(sid, t, "unknown session: its messages sent again".into());
         true
@@ -32,6 +34,8 @@ impl DeviceNode {
 
     /// Publishes a held session's messages again (retained), at most once
     /// per half resend period. Whether the session is held.
+    #[cold]
+    #[inline(never)]
     pub(super) fn republish_session(&mut self, now: Millis, sid: SessionId) -> bool {
         if let Some(at) = self.republished.get(&sid)
             && now < at.saturating_add(self.options.resend_after / 2)
@@ -49,7 +53,7 @@ impl DeviceNode {
         for (server, bytes) in [('a', to_a), ('b', to_b)] {
             let mut publish = Transmit::new(topics::session(&device, server), bytes);
             publish.retain = true;
-            self.transmits.push_back(publish);
+            self.transmits.push_back(Pending::Owned(publish));
         }
         true
     }
@@ -58,22 +62,34 @@ impl DeviceNode {
     /// its place: the result may still be on its way to B (the refusal
     /// overtook it), so ask B again on the next resends before giving up.
     /// Whether the frame stays waiting.
+    #[cold]
+    #[inline(never)]
     pub(super) fn await_completed(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
-        let tries = self.recoveries.entry((sid, t)).or_insert(0);
-        if *tries >= self.options.session_recoveries {
+        if !self.try_recovery(sid, t) {
             return false;
         }
-        *tries += 1;
         self.sync(now);
         self.ignored(sid, t, "processed already: asking B for the result".into());
         true
     }
 
+    /// Counts one more recovery of a waiting frame; whether it had tries
+    /// left.
+    fn try_recovery(&mut self, sid: SessionId, t: u64) -> bool {
+        let limit = self.options.session_recoveries;
+        let Some(slot) = self.outbox.get_mut(sid, t) else {
+            return false;
+        };
+        if slot.recoveries >= limit {
+            return false;
+        }
+        slot.recoveries += 1;
+        true
+    }
+
+    /// A lone acknowledgement, written when the shell asks for it.
     pub(super) fn ack(&mut self, sid: SessionId, t: u64) {
-        let mut bytes = Vec::with_capacity(wire::HEADER_MAX);
-        wire::write_header(&mut bytes, Kind::Ack, &sid, t);
-        let topic = self.topics.ack.clone();
-        self.transmits.push_back(Transmit::new(topic, bytes));
+        self.transmits.push_back(Pending::Ack { sid, t });
     }
 
     pub(super) fn on_result(&mut self, now: Millis, payload: &[u8]) {
@@ -87,22 +103,12 @@ impl DeviceNode {
     }
 
     fn on_values(&mut self, now: Millis, sid: SessionId, t: u64, payload: &[u8]) {
-        if self.settled.contains_key(&(sid, t)) {
-            // Already handed over: B did not get the ack, or redelivered.
-            self.ack(sid, t);
-            self.ignored(sid, t, "duplicate result".into());
-            return;
-        }
-        if !self.outbox.contains_key(&(sid, t)) {
-            // Nothing waits for it (a stale copy of the state, or a frame
-            // given up): acknowledged so that B drops it.
-            self.ack(sid, t);
-            self.ignored(sid, t, "result of no waiting frame".into());
+        if !self.outbox.contains(sid, t) {
+            self.unwaited(sid, t);
             return;
         }
         if let Err(e) = self.device.read_result(payload, &mut self.outputs) {
-            self.ack(sid, t);
-            self.ignored(sid, t, format!("cannot open a result: {e}"));
+            self.unreadable(sid, t, &e);
             return;
         }
         let values = self.outputs.iter().map(|v| I256::from(*v)).collect();
@@ -115,14 +121,42 @@ impl DeviceNode {
                 label: entry.label,
                 bytes: payload.len(),
             });
+            self.outbox.recycle(entry.envelope);
         }
         // Rides on the session's next frame, or goes on its own after
         // `ack_delay`.
-        self.acks_due.insert((sid, t), now);
+        let key = (sid, t);
+        let at = self
+            .acks_due
+            .partition_point(|(s, due, _)| (*s, *due) < key);
+        self.acks_due.insert(at, (sid, t, now));
         // The next frame's masks, unless its capture's predecessor did it.
         self.device.prepare(self.counter.peek());
     }
 
+    /// A result no frame waits for: acknowledged so that B drops it.
+    #[cold]
+    #[inline(never)]
+    fn unwaited(&mut self, sid: SessionId, t: u64) {
+        self.ack(sid, t);
+        if self.settled.contains(sid, t) {
+            // Already handed over: B did not get the ack, or redelivered.
+            self.ignored(sid, t, "duplicate result".into());
+        } else {
+            // A stale copy of the state, or a frame given up.
+            self.ignored(sid, t, "result of no waiting frame".into());
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unreadable(&mut self, sid: SessionId, t: u64, e: &crate::error::ProtocolError) {
+        self.ack(sid, t);
+        self.ignored(sid, t, format!("cannot open a result: {e}"));
+    }
+
+    #[cold]
+    #[inline(never)]
     fn on_other(&mut self, now: Millis, payload: &[u8]) {
         let env = match Envelope::from_device_bytes(&self.device.config().device, payload) {
             Ok(env) => env,
@@ -137,7 +171,7 @@ impl DeviceNode {
             self.ignored(sid, t, format!("{} sent to a device", env.body.kind()));
             return;
         };
-        let Some(label) = self.outbox.get(&(sid, t)).map(|e| e.label.clone()) else {
+        let Some(label) = self.outbox.get(sid, t).map(|s| s.entry.label.clone()) else {
             // B could not serve A for a session it never got: A's
             // message names a counter, not necessarily a frame.
             if code == RejectCode::UnknownSession {
@@ -152,7 +186,9 @@ impl DeviceNode {
         if code == RejectCode::Completed && self.await_completed(now, sid, t) {
             return;
         }
-        self.settle(now, sid, t, Settled::Rejected);
+        if let Some(entry) = self.settle(now, sid, t, Settled::Rejected) {
+            self.outbox.recycle(entry.envelope);
+        }
         self.events.push_back(DeviceEvent::Refused {
             sid,
             t,
@@ -162,6 +198,8 @@ impl DeviceNode {
         });
     }
 
+    #[cold]
+    #[inline(never)]
     pub(super) fn ignored(&mut self, sid: SessionId, t: u64, why: String) {
         self.events.push_back(DeviceEvent::Ignored { sid, t, why });
     }
