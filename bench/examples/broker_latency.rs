@@ -26,9 +26,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() -> anyhow::Result<()> {
     let broker = BenchBroker::start()?;
     let addr = broker.addr()?;
-    let mut device = Link::connect(addr, "devA", "devA-latency")?;
+    let mut device = Link::connect(addr, "devA", "devA-latency", &[])?;
     device.subscribe(&["veil/v1/dev/devA/result"])?;
-    let mut server = Link::connect(addr, "server-b", "server-b-latency")?;
+    let mut server = Link::connect(addr, "server-b", "server-b-latency", &[])?;
     server.subscribe(&["veil/v1/dev/+/ack"])?;
     println!("| payload | device → server B (median of 20) | server B → device |");
     println!("|---|---|---|");

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod conventional;
+pub mod cores;
 pub mod harness;
 pub mod meter;
 pub mod plot;
@@ -231,6 +232,9 @@ pub struct DeviceBenchOptions {
     pub callgrind_frames_conventional: usize,
     /// No progress on stderr.
     pub quiet: bool,
+    /// Let the device's thread share every CPU with the servers, the broker
+    /// and the relays, instead of a core of its own ([`cores`]).
+    pub shared_cores: bool,
 }
 
 fn machine_info() -> std::collections::BTreeMap<String, String> {
@@ -304,12 +308,27 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
         "{}: {} measured frames (+{} warm-up) per approach",
         topology.name, opts.frames, opts.warmup
     ));
-    let broker = harness::BenchBroker::start()?;
-    let addr = broker.addr()?;
-    let (veil_run, veil_state) = harness::run_veil(addr, &model, &inputs, opts.warmup, quiet)?;
-    let (conv_run, conv_key, conv_sid) =
-        harness::run_conventional(addr, &model, &inputs, opts.warmup, quiet)?;
-    drop(broker);
+    let placement = if opts.shared_cores {
+        cores::Placement::Shared
+    } else {
+        cores::Placement::own_core().context("reading this process's CPUs")?
+    };
+    say(&format!("placement: {}", placement.describe()));
+    // Everything started from here on (broker, servers, relays) inherits
+    // the others' CPUs; the device's thread moves to its own.
+    let everywhere = cores::allowed().context("reading this process's CPUs")?;
+    cores::restrict(placement.others()).context("moving the servers off the device's CPU")?;
+    let runs = (|| {
+        let broker = harness::BenchBroker::start()?;
+        let addr = broker.addr()?;
+        let veil = harness::run_veil(addr, &model, &inputs, opts.warmup, &placement, quiet)?;
+        let conv =
+            harness::run_conventional(addr, &model, &inputs, opts.warmup, &placement, quiet)?;
+        drop(broker);
+        Ok::<_, anyhow::Error>((veil, conv))
+    })();
+    cores::restrict(&everywhere).context("restoring this thread's CPUs")?;
+    let ((veil_run, veil_state), (conv_run, conv_key, conv_sid)) = runs?;
 
     let measured = &inputs[opts.warmup..];
     let veil_classes: Vec<usize> = veil_run.report.frames.iter().map(|f| f.class).collect();
@@ -332,7 +351,11 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
             .count(),
         veil: veil_run.report,
         conventional: conv_run.report,
-        machine: machine_info(),
+        machine: {
+            let mut info = machine_info();
+            info.insert("device_placement".into(), placement.describe());
+            info
+        },
         ..report::DeviceReport::default()
     };
 

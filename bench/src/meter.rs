@@ -77,6 +77,13 @@ impl Relay {
     /// Listens on a free loopback port and relays the first connection it
     /// accepts to `broker`.
     pub fn start(broker: SocketAddr) -> Result<Relay> {
+        Relay::start_on(broker, &[])
+    }
+
+    /// [`Relay::start`] with the relay's threads on `cpus` (empty: wherever
+    /// the calling thread may run), off the measured device's core.
+    pub fn start_on(broker: SocketAddr, cpus: &[usize]) -> Result<Relay> {
+        let cpus = cpus.to_vec();
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a relay port")?;
         let addr = listener.local_addr().context("relay address")?;
         let counters = Arc::new(Counters::default());
@@ -84,6 +91,9 @@ impl Relay {
         let accept = std::thread::Builder::new()
             .name("relay".into())
             .spawn(move || {
+                // Its pump threads inherit the mask. A relay left where it
+                // was only measures with the device's caches shared.
+                let _ = crate::cores::restrict(&cpus);
                 let Ok((client, _)) = listener.accept() else {
                     return;
                 };

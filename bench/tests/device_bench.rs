@@ -16,9 +16,23 @@ fn a_two_frame_pima_run_reports_every_figure() {
         callgrind_frames_veil: 0,
         callgrind_frames_conventional: 0,
         quiet: true,
+        shared_cores: false,
     })
     .expect("benchmark runs");
     let json = serde_json::to_value(&report).expect("serializes");
+    // With two CPUs or more the device had one to itself, and the report
+    // says which.
+    let cpus = veil_bench::cores::allowed().expect("affinity");
+    let placement = json["machine"]["device_placement"]
+        .as_str()
+        .expect("the placement is reported");
+    assert_eq!(
+        placement.starts_with("own core: the device's thread on CPU"),
+        cpus.len() >= 2,
+        "{placement} with CPUs {cpus:?}"
+    );
+    // The test's thread got its CPUs back.
+    assert_eq!(veil_bench::cores::allowed().expect("affinity"), cpus);
     for key in [
         "time_ratio",
         "bytes_ratio",

@@ -9,6 +9,7 @@ pub fn run_conventional(
     model: &Model,
     inputs: &[Input],
     warmup: usize,
+    placement: &Placement,
     quiet: bool,
 ) -> Result<(Run, SecretKey, SessionId)> {
     let topology: Arc<Topology> = Arc::new(model.topology().clone());
@@ -23,9 +24,14 @@ pub fn run_conventional(
         2,
         ConvA { server },
     )?;
-    let (setup, frames, received, cost, key, sid) = on_device_thread(|| {
+    let (setup, frames, received, cost, key, sid) = on_device_thread(placement, || {
         let mut device = ConvDevice::new(DEVICE_USER, Arc::clone(&topology), KeySize::Bits2048)?;
-        let mut link = Link::connect(broker, DEVICE_USER, &format!("{DEVICE_USER}-bench-conv"))?;
+        let mut link = Link::connect(
+            broker,
+            DEVICE_USER,
+            &format!("{DEVICE_USER}-bench-conv"),
+            placement.others(),
+        )?;
         link.subscribe(&[&conv_down(DEVICE_USER)])?;
         let before_setup = link.settle()?;
 

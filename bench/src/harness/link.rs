@@ -40,9 +40,15 @@ pub enum Polled {
 }
 
 impl Link {
-    /// Connects through a counting relay.
-    pub fn connect(broker: SocketAddr, user: &str, client_id: &str) -> Result<Link> {
-        let relay = Relay::start(broker)?;
+    /// Connects through a counting relay whose threads run on `relay_cpus`
+    /// (empty: wherever the calling thread may run).
+    pub fn connect(
+        broker: SocketAddr,
+        user: &str,
+        client_id: &str,
+        relay_cpus: &[usize],
+    ) -> Result<Link> {
+        let relay = Relay::start_on(broker, relay_cpus)?;
         let addr = relay.addr();
         let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         options

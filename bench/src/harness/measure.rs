@@ -25,13 +25,23 @@ pub struct Run {
 /// ciphertext validation) runs inline on that thread, and the thread's own
 /// CPU clock read around each piece of work holds all of it, with no
 /// cross-thread hand-off in the measurement.
-pub(super) fn on_device_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(super) fn on_device_thread<T: Send>(
+    placement: &Placement,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .thread_name(|_| "device".into())
         .build()
         .context("building the device's thread")?;
-    pool.install(f)
+    let device = placement.device();
+    pool.install(|| {
+        if let Some(cpu) = device {
+            crate::cores::restrict(&[cpu])
+                .with_context(|| format!("moving the device's thread to CPU {cpu}"))?;
+        }
+        f()
+    })
 }
 
 /// Runs device work, adding its CPU time to `spent`.

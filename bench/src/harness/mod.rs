@@ -22,6 +22,7 @@
 use crate::conventional::{
     ConvBody, ConvDevice, ConvEnvelope, ConvServer, ConvServerConfig, ConvStep, argmax,
 };
+use crate::cores::Placement;
 use crate::meter::{CpuGroup, Relay, Traffic, publish_packet_len};
 use crate::report::{ApproachReport, FrameCost, ServerCost, SetupCost};
 use crate::veil_device::VeilDevice;

@@ -105,7 +105,7 @@ impl ServerHandle {
                     let group = CpuGroup::default();
                     group.join_current();
                     let pool = group.pool(threads, &client_id)?;
-                    let mut link = Link::connect(broker, user, &client_id)?;
+                    let mut link = Link::connect(broker, user, &client_id, &[])?;
                     link.subscribe(&role.filters())?;
                     Ok((link, pool, group))
                 };

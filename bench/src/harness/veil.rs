@@ -25,6 +25,7 @@ pub fn run_veil(
     model: &Model,
     inputs: &[Input],
     warmup: usize,
+    placement: &Placement,
     quiet: bool,
 ) -> Result<(Run, VeilReplayState)> {
     let params = Params::default();
@@ -102,160 +103,166 @@ pub fn run_veil(
         server_b: public_b,
     };
     let device_config = config.clone();
-    let (setup, frames, received, warmup_received, sessions, sid, cost) = on_device_thread(|| {
-        let node = |config: DeviceConfig| -> Result<VeilDevice> {
-            let device = Device::new(config)?;
-            let node = DeviceNode::new(device, DeviceOptions::default(), rand::random());
-            Ok(VeilDevice::new(node))
-        };
-        let mut device = node(device_config)?;
-        let mut link = Link::connect(broker, DEVICE_USER, &format!("{DEVICE_USER}-bench-veil"))?;
-        link.subscribe(&[&topics::result(DEVICE_USER)])?;
-        let before_setup = link.settle()?;
+    let (setup, frames, received, warmup_received, sessions, sid, cost) =
+        on_device_thread(placement, || {
+            let node = |config: DeviceConfig| -> Result<VeilDevice> {
+                let device = Device::new(config)?;
+                let node = DeviceNode::new(device, DeviceOptions::default(), rand::random());
+                Ok(VeilDevice::new(node))
+            };
+            let mut device = node(device_config)?;
+            let mut link = Link::connect(
+                broker,
+                DEVICE_USER,
+                &format!("{DEVICE_USER}-bench-veil"),
+                placement.others(),
+            )?;
+            link.subscribe(&[&topics::result(DEVICE_USER)])?;
+            let before_setup = link.settle()?;
 
-        // Session set-up: the connection's Sync, the two seed encryptions
-        // and the session messages.
-        let mut setup_cpu = Duration::ZERO;
-        let started = Instant::now();
-        device_work(&mut setup_cpu, || -> Result<()> {
-            device.handle(NodeInput::Connected)?;
-            device.open_session()
-        })?;
-        publish_all(&mut link, &mut device)?;
-        while link.acked < link.published {
-            link.poll(Duration::from_millis(20))?;
-        }
-        let setup_wall = started.elapsed();
-        wait_quiet(&[&server_a, &server_b])?;
-        let after_setup = link.settle()?;
-        let setup_traffic = after_setup.since(&before_setup);
-        let mut samples = vec![setup_cpu];
-        for _ in 1..SETUP_SAMPLES {
-            let mut scratch = node(device.node.device().config().clone())?;
-            let mut spent = Duration::ZERO;
-            device_work(&mut spent, || -> Result<()> {
-                scratch.handle(NodeInput::Connected)?;
-                scratch.open_session()?;
-                std::hint::black_box(scratch.discard());
-                Ok(())
-            })?;
-            samples.push(spent);
-        }
-        let setup = setup_cost(&samples, setup_wall, setup_traffic);
-        check_servers(&[&server_a, &server_b])?;
-        let sid = device
-            .node
-            .device()
-            .current()
-            .map(|s| s.sid)
-            .ok_or_else(|| anyhow!("no session after opening one"))?;
-        let sessions: Vec<DeviceSession> = device.node.device().sessions().cloned().collect();
-
-        let mut log = FrameLog::new("veil", inputs.len(), warmup, quiet);
-        let mut warmup_received = Vec::new();
-        let mut a_start = server_a.snapshot();
-        let mut b_start = server_b.snapshot();
-        let mut before = link.settle()?;
-        let result_topic = topics::result(DEVICE_USER);
-        // The edge agent checks the node's timer on a tick of this period.
-        let tick = Duration::from_millis(500);
-        let mut last_tick = Instant::now();
-        for (i, input) in inputs.iter().enumerate() {
-            if i == warmup {
-                a_start = server_a.snapshot();
-                b_start = server_b.snapshot();
-            }
-            let mut spent = Duration::ZERO;
+            // Session set-up: the connection's Sync, the two seed encryptions
+            // and the session messages.
+            let mut setup_cpu = Duration::ZERO;
             let started = Instant::now();
-            let t = device_work(&mut spent, || device.capture(&input.x_hat))?;
-            if t != i as u64 {
-                bail!("frame {i} got counter {t}");
-            }
-            let capture = spent;
+            device_work(&mut setup_cpu, || -> Result<()> {
+                device.handle(NodeInput::Connected)?;
+                device.open_session()
+            })?;
             publish_all(&mut link, &mut device)?;
-            let mut got = Vec::new();
-            let (class, wall) = loop {
-                let polled = link.poll(Duration::from_millis(50))?;
-                let mut delivered = None;
-                match polled {
-                    Polled::Message { topic, payload } if topic == result_topic => {
-                        got.push(payload.clone());
-                        let input = NodeInput::Message {
-                            topic,
-                            payload: Bytes::from(payload),
-                        };
-                        delivered = device_work(&mut spent, || device.handle(input))?;
-                    }
-                    Polled::Confirmed(token) => {
-                        device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
-                    }
-                    Polled::Message { topic, .. } => bail!("unexpected message on {topic}"),
-                    Polled::Other | Polled::Timeout => {
-                        check_servers(&[&server_a, &server_b])?;
-                        if started.elapsed() > Duration::from_secs(1800) {
-                            bail!("frame {t}: no result");
+            while link.acked < link.published {
+                link.poll(Duration::from_millis(20))?;
+            }
+            let setup_wall = started.elapsed();
+            wait_quiet(&[&server_a, &server_b])?;
+            let after_setup = link.settle()?;
+            let setup_traffic = after_setup.since(&before_setup);
+            let mut samples = vec![setup_cpu];
+            for _ in 1..SETUP_SAMPLES {
+                let mut scratch = node(device.node.device().config().clone())?;
+                let mut spent = Duration::ZERO;
+                device_work(&mut spent, || -> Result<()> {
+                    scratch.handle(NodeInput::Connected)?;
+                    scratch.open_session()?;
+                    std::hint::black_box(scratch.discard());
+                    Ok(())
+                })?;
+                samples.push(spent);
+            }
+            let setup = setup_cost(&samples, setup_wall, setup_traffic);
+            check_servers(&[&server_a, &server_b])?;
+            let sid = device
+                .node
+                .device()
+                .current()
+                .map(|s| s.sid)
+                .ok_or_else(|| anyhow!("no session after opening one"))?;
+            let sessions: Vec<DeviceSession> = device.node.device().sessions().cloned().collect();
+
+            let mut log = FrameLog::new("veil", inputs.len(), warmup, quiet);
+            let mut warmup_received = Vec::new();
+            let mut a_start = server_a.snapshot();
+            let mut b_start = server_b.snapshot();
+            let mut before = link.settle()?;
+            let result_topic = topics::result(DEVICE_USER);
+            // The edge agent checks the node's timer on a tick of this period.
+            let tick = Duration::from_millis(500);
+            let mut last_tick = Instant::now();
+            for (i, input) in inputs.iter().enumerate() {
+                if i == warmup {
+                    a_start = server_a.snapshot();
+                    b_start = server_b.snapshot();
+                }
+                let mut spent = Duration::ZERO;
+                let started = Instant::now();
+                let t = device_work(&mut spent, || device.capture(&input.x_hat))?;
+                if t != i as u64 {
+                    bail!("frame {i} got counter {t}");
+                }
+                let capture = spent;
+                publish_all(&mut link, &mut device)?;
+                let mut got = Vec::new();
+                let (class, wall) = loop {
+                    let polled = link.poll(Duration::from_millis(50))?;
+                    let mut delivered = None;
+                    match polled {
+                        Polled::Message { topic, payload } if topic == result_topic => {
+                            got.push(payload.clone());
+                            let input = NodeInput::Message {
+                                topic,
+                                payload: Bytes::from(payload),
+                            };
+                            delivered = device_work(&mut spent, || device.handle(input))?;
+                        }
+                        Polled::Confirmed(token) => {
+                            device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
+                        }
+                        Polled::Message { topic, .. } => bail!("unexpected message on {topic}"),
+                        Polled::Other | Polled::Timeout => {
+                            check_servers(&[&server_a, &server_b])?;
+                            if started.elapsed() > Duration::from_secs(1800) {
+                                bail!("frame {t}: no result");
+                            }
                         }
                     }
-                }
-                if last_tick.elapsed() >= tick {
-                    last_tick = Instant::now();
-                    device_work(&mut spent, || device.tick(None))?;
+                    if last_tick.elapsed() >= tick {
+                        last_tick = Instant::now();
+                        device_work(&mut spent, || device.tick(None))?;
+                    }
+                    publish_all(&mut link, &mut device)?;
+                    if let Some((opened, class)) = delivered
+                        && opened == t
+                    {
+                        break (Some(class), started.elapsed());
+                    }
+                };
+                wait_quiet(&[&server_a, &server_b])?;
+                let after = link.settle()?;
+                for token in link.take_confirmed() {
+                    device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
                 }
                 publish_all(&mut link, &mut device)?;
-                if let Some((opened, class)) = delivered
-                    && opened == t
-                {
-                    break (Some(class), started.elapsed());
+                let traffic = after.since(&before);
+                before = after;
+                if i < warmup {
+                    warmup_received.push(got.clone());
                 }
-            };
-            wait_quiet(&[&server_a, &server_b])?;
-            let after = link.settle()?;
-            for token in link.take_confirmed() {
-                device_work(&mut spent, || device.handle(NodeInput::Confirmed(token)))?;
+                log.record(i, spent, capture, wall, &traffic, class, got);
             }
+            // The session's end: the acknowledgement of its last result, which
+            // no frame carries, goes on its own when the node's timer fires.
+            let mut end_cpu = Duration::ZERO;
+            let due = device.node.poll_timeout();
+            device_work(&mut end_cpu, || device.tick(due))?;
             publish_all(&mut link, &mut device)?;
-            let traffic = after.since(&before);
-            before = after;
-            if i < warmup {
-                warmup_received.push(got.clone());
-            }
-            log.record(i, spent, capture, wall, &traffic, class, got);
-        }
-        // The session's end: the acknowledgement of its last result, which
-        // no frame carries, goes on its own when the node's timer fires.
-        let mut end_cpu = Duration::ZERO;
-        let due = device.node.poll_timeout();
-        device_work(&mut end_cpu, || device.tick(due))?;
-        publish_all(&mut link, &mut device)?;
-        wait_quiet(&[&server_a, &server_b])?;
-        let end = link.settle()?.since(&before);
-        let setup = SetupCost {
-            end_cpu_us: end_cpu.as_secs_f64() * 1e6,
-            end_bytes_sent: end.sent,
-            end_bytes_received: end.received,
-            ..setup
-        };
-        check_servers(&[&server_a, &server_b])?;
-        let FrameLog {
-            frames, received, ..
-        } = log;
-        let n = frames.len();
-        let cost = server_cost(
-            server_a.snapshot().since(&a_start),
-            Some(server_b.snapshot().since(&b_start)),
-            n,
-        );
-        link.disconnect();
-        Ok((
-            setup,
-            frames,
-            received,
-            warmup_received,
-            sessions,
-            sid,
-            cost,
-        ))
-    })?;
+            wait_quiet(&[&server_a, &server_b])?;
+            let end = link.settle()?.since(&before);
+            let setup = SetupCost {
+                end_cpu_us: end_cpu.as_secs_f64() * 1e6,
+                end_bytes_sent: end.sent,
+                end_bytes_received: end.received,
+                ..setup
+            };
+            check_servers(&[&server_a, &server_b])?;
+            let FrameLog {
+                frames, received, ..
+            } = log;
+            let n = frames.len();
+            let cost = server_cost(
+                server_a.snapshot().since(&a_start),
+                Some(server_b.snapshot().since(&b_start)),
+                n,
+            );
+            link.disconnect();
+            Ok((
+                setup,
+                frames,
+                received,
+                warmup_received,
+                sessions,
+                sid,
+                cost,
+            ))
+        })?;
     server_a.stop()?;
     server_b.stop()?;
     Ok((
