@@ -199,16 +199,21 @@ fn main() -> anyhow::Result<()> {
         "{name}: thread CPU time per phase, mean of {} frames",
         frames()
     );
-    println!("| phase | warm | caches flushed | woken after server work |\n|---|---|---|---|");
+    println!(
+        "| phase | warm | caches flushed | woken after server work | idle only |\n|---|---|---|---|---|"
+    );
     for (p, phase) in phases.iter().enumerate() {
-        let mut spent = [Duration::ZERO; 3];
-        for (c, cold) in [0u8, 1, 2].into_iter().enumerate() {
+        let mut spent = [Duration::ZERO; 4];
+        for (c, cold) in [0u8, 1, 2, 3].into_iter().enumerate() {
             for _ in 0..frames() {
                 t += 1;
                 let result = result_of(t)?;
                 let flush = |f: &mut Flusher| match cold {
                     1 => f.flush(),
                     2 => server.work(),
+                    // Asleep as long, nothing run to evict the caches: what
+                    // the idle itself costs on this machine.
+                    3 => std::thread::sleep(idle()),
                     _ => {}
                 };
                 let d = bench.node.device_mut();
@@ -255,10 +260,11 @@ fn main() -> anyhow::Result<()> {
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6 / frames() as f64;
         println!(
-            "| {phase} | {:.2} µs | {:.2} µs | {:.2} µs |",
+            "| {phase} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs |",
             us(spent[0]),
             us(spent[1]),
-            us(spent[2])
+            us(spent[2]),
+            us(spent[3])
         );
     }
     // Allocations of the node's steady-state frame (capture, the broker's

@@ -4,12 +4,16 @@
 //! # Why
 //! On a deployment the servers and the broker are other machines: their
 //! work never evicts the gateway's caches. In `veil bench device` all of
-//! them share this machine, and when the device's thread shares cores with
-//! them it refetches its code and data on every input (a Pima frame's node
-//! work is about 1.6 µs warm and 18 µs after the servers' work ran on its
-//! core: `bench/examples/device_cache.rs`). Giving the device a core of its
-//! own, and everything else the others, measures the device as deployed;
-//! [`Placement::Shared`] keeps the co-located measurement.
+//! them share this machine, so the device's cost per input (a Pima
+//! capture: 2.1 µs warm, 15 µs cold) could have been the servers' work
+//! evicting its caches. `veil bench device --own-core` tests that: the
+//! device's thread alone on one CPU, everything else on the others. It is
+//! not the default because on this project's 2-core VM it made the
+//! device dearer (pima-mlp, 50 frames, 2026-11-29: 32.0 µs per frame with
+//! a core of its own, 26.2 µs shared): what the device pays for is waking
+//! after its ~40 ms wait for the result, which costs as much with nothing
+//! run meanwhile as after a 32 MB cache flush
+//! (`bench/examples/device_cache.rs`, its "idle only" column).
 //!
 //! # Platform
 //! Linux `sched_setaffinity`; elsewhere every placement is shared.

@@ -232,9 +232,10 @@ pub struct DeviceBenchOptions {
     pub callgrind_frames_conventional: usize,
     /// No progress on stderr.
     pub quiet: bool,
-    /// Let the device's thread share every CPU with the servers, the broker
-    /// and the relays, instead of a core of its own ([`cores`]).
-    pub shared_cores: bool,
+    /// Give the device's thread a CPU of its own, and the servers, the
+    /// broker and the relays the others ([`cores`]), instead of sharing
+    /// every CPU.
+    pub own_core: bool,
 }
 
 fn machine_info() -> std::collections::BTreeMap<String, String> {
@@ -308,10 +309,10 @@ pub fn run_device_bench(opts: &DeviceBenchOptions) -> Result<report::DeviceRepor
         "{}: {} measured frames (+{} warm-up) per approach",
         topology.name, opts.frames, opts.warmup
     ));
-    let placement = if opts.shared_cores {
-        cores::Placement::Shared
-    } else {
+    let placement = if opts.own_core {
         cores::Placement::own_core().context("reading this process's CPUs")?
+    } else {
+        cores::Placement::Shared
     };
     say(&format!("placement: {}", placement.describe()));
     // Everything started from here on (broker, servers, relays) inherits

@@ -16,7 +16,7 @@ fn a_two_frame_pima_run_reports_every_figure() {
         callgrind_frames_veil: 0,
         callgrind_frames_conventional: 0,
         quiet: true,
-        shared_cores: false,
+        own_core: true,
     })
     .expect("benchmark runs");
     let json = serde_json::to_value(&report).expect("serializes");

@@ -46,8 +46,7 @@ enum BenchCommand {
 /// fixed-point encoding, same activation semantics.
 ///
 /// Measured on the device, per frame: CPU time of the device's own work
-/// (the device runs on one thread, as on a one-core gateway, on a CPU of
-/// its own unless --shared-cores; its thread
+/// (the device runs on one thread, as on a one-core gateway; its thread
 /// CPU clock is read around masking, encryption, decryption, activations
 /// and message encoding; the MQTT client's own work is left out for both),
 /// wall time from frame capture to decoded result, and bytes sent and
@@ -100,14 +99,16 @@ struct DeviceArgs {
     /// measured frame: its work is tiny).
     #[arg(long, default_value_t = 1, value_name = "N")]
     callgrind_frames: usize,
-    /// Let the device's thread share every CPU with the servers and the
-    /// broker. By default, with two or more CPUs, the device's thread gets
-    /// the first one to itself and everything else runs on the rest, as on
-    /// a gateway whose servers are other machines; sharing makes the device
-    /// refetch what the servers' work evicted from its caches on every
-    /// input.
+    /// Give the device's thread the first CPU to itself and run the
+    /// servers, the broker and the relays on the others (with two CPUs or
+    /// more), as on a gateway whose servers are other machines. Not the
+    /// default: on the 2-core VM this project measures on, the device's
+    /// cost per frame comes from waking after its ~40 ms wait for the
+    /// result, not from the servers evicting its caches, and an idle core
+    /// of its own made it dearer (pima-mlp: 32.0 µs against 26.2 µs
+    /// shared, 2026-11-29).
     #[arg(long)]
-    shared_cores: bool,
+    own_core: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,7 +171,7 @@ fn device(args: DeviceArgs) -> Result<()> {
         callgrind_frames_veil: args.frames,
         callgrind_frames_conventional: args.callgrind_frames.max(1),
         quiet: false,
-        shared_cores: args.shared_cores,
+        own_core: args.own_core,
     };
     let report = veil_bench::run_device_bench(&options)?;
     print!("{}", table(&report));
