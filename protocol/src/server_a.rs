@@ -464,6 +464,13 @@ impl<P: PublicOps> ServerA<P> {
         })
     }
 
+    /// Whether a frame has a round out at B, its reply due.
+    pub fn has_frame_in_round(&self) -> bool {
+        self.frames
+            .values()
+            .any(|(_, state)| matches!(state, FrameState::InRound(..)))
+    }
+
     /// Whether precomputation is waiting to be done.
     pub fn has_offline_work(&self) -> bool {
         self.masks.values().any(|m| matches!(m, Masks::Raw(..)))

@@ -477,3 +477,136 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
         )
     );
 }
+
+/// A's precomputation is a whole frame's offline work (tens of
+/// milliseconds on pima-mlp): begun while B works on a round, it would hold
+/// up the handling of B's reply by all of it. The node offers it only when
+/// no frame has a round out, or when a frame waits for it.
+#[test]
+fn precomputation_waits_while_a_frame_has_a_round_out_at_b() {
+    let fx = fixture();
+    let day = 24 * 3600 * 1000;
+    let mut a = node_a(limits(4, day));
+    let mut b = node_b(limits(4, day));
+    let mut dev = DeviceNode::restore(
+        device_config("devA"),
+        DeviceOptions::default(),
+        DeviceDurable::default(),
+        [5; 32],
+    )
+    .expect("device node");
+    dev.handle(0, Input::Connected);
+    let rows =
+        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
+            .expect("the Pima test set");
+    let x_hat = rows
+        .features
+        .iter()
+        .find_map(|f| fx.model.encode_input(f).ok())
+        .expect("a row within the model's bounds");
+    let (_, t) = dev.capture(0, &x_hat, None).expect("captured");
+    let sent: Vec<Transmit> = std::iter::from_fn(|| dev.poll_transmit()).collect();
+    let on = |topic: &str| -> Vec<u8> {
+        sent.iter()
+            .find(|m| m.topic == topic)
+            .map(|m| m.payload.clone())
+            .unwrap_or_else(|| panic!("nothing sent on {topic}"))
+    };
+    a.handle(
+        10,
+        message(
+            topics::session("devA", 'a'),
+            on(&topics::session("devA", 'a')),
+        ),
+    );
+    b.handle(
+        10,
+        message(
+            topics::session("devA", 'b'),
+            on(&topics::session("devA", 'b')),
+        ),
+    );
+    // A asks B for masks; B's supplies: the frame's own first, the later
+    // counters' held back.
+    b_transmits(&mut b);
+    for m in a_transmits(&mut a) {
+        b.handle(15, message(m.topic, m.payload));
+    }
+    let (own, later): (Vec<Transmit>, Vec<Transmit>) = b_transmits(&mut b)
+        .into_iter()
+        .filter(|m| m.topic != topics::result("devA"))
+        .partition(|m| {
+            Envelope::from_bytes(&m.payload)
+                .is_ok_and(|e| e.t == t && matches!(e.body, Body::MaskSupply { .. }))
+        });
+    assert_eq!(own.len(), 1, "one supply for the frame's counter");
+    assert!(!later.is_empty(), "B supplies counters ahead");
+    for m in own {
+        a.handle(20, message(m.topic, m.payload));
+    }
+    assert!(a.has_work(), "the frame's masks wait for precomputation");
+    while a.has_work() {
+        a.work(25);
+    }
+    a_transmits(&mut a);
+
+    // The frame goes out to B for its first round; the later counters'
+    // supplies arrive meanwhile.
+    a.handle(
+        30,
+        message(topics::frame("devA"), on(&topics::frame("devA"))),
+    );
+    let mut to_b: Vec<Transmit> = a_transmits(&mut a)
+        .into_iter()
+        .filter(|m| m.topic != topics::result("devA"))
+        .collect();
+    assert!(!to_b.is_empty(), "the frame's first round");
+    for m in later {
+        a.handle(35, message(m.topic, m.payload));
+    }
+    assert!(
+        a.machine().has_offline_work(),
+        "the later counters' masks are raw"
+    );
+    assert!(!a.has_work(), "precomputation offered while a round is out");
+
+    // Round trips until the result: no precomputation offered while a
+    // round is out (once the output is sent, A is done with the frame).
+    let mut now = 40;
+    let mut result = false;
+    let mut rounds_out = 0;
+    while !to_b.is_empty() {
+        if a.machine().has_frame_in_round() {
+            rounds_out += 1;
+            assert!(!a.has_work(), "precomputation offered between rounds");
+        }
+        for m in to_b.drain(..) {
+            now += 1;
+            b.handle(now, message(m.topic, m.payload));
+        }
+        for m in b_transmits(&mut b) {
+            if m.topic == topics::result("devA") {
+                result = true;
+                continue;
+            }
+            now += 1;
+            a.handle(now, message(m.topic, m.payload));
+        }
+        for m in a_transmits(&mut a) {
+            if m.topic == topics::result("devA") {
+                result = true;
+            } else {
+                to_b.push(m);
+            }
+        }
+    }
+    assert!(result, "the frame's result");
+    assert!(
+        rounds_out >= 2,
+        "pima-mlp's two activation layers: {rounds_out} rounds"
+    );
+    assert!(
+        a.has_work(),
+        "with no round out, the later counters' precomputation is offered"
+    );
+}

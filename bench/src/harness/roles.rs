@@ -107,8 +107,10 @@ impl ServerRole for VeilA {
         Ok(self.drain())
     }
 
+    /// The noise pool's refill waits, like the node's own precomputation,
+    /// until no frame has a round out at B.
     fn has_offline_work(&self) -> bool {
-        self.precompute_due || self.node.has_work()
+        self.node.has_work() || (self.precompute_due && !self.node.machine().has_frame_in_round())
     }
 
     fn offline_step(&mut self) -> Result<Vec<Publish>> {

@@ -43,9 +43,12 @@ pub fn run_veil(
             key: Arc::clone(&key_a),
             rounding_key: Seed::random(&mut rng),
         },
+        // Full-length r^N, as server A re-randomizes for B by default:
+        // fixed-base noise rests on a short-exponent assumption that B,
+        // who knows φ(N), is outside of.
         PaillierPublic::new(
             public_b.clone(),
-            pooled_noise(&public_b, 1024),
+            textbook_noise(&public_b, 4096),
             rand::random(),
         ),
     )?;

@@ -365,9 +365,17 @@ impl<P: PublicOps> ServerANode<P> {
         self.machine.has_waiting_frame()
     }
 
-    /// Whether precomputation is waiting (do it when idle).
+    /// Whether precomputation is waiting that may be done now (do it when
+    /// idle): not while a frame has a round out at B, unless a frame waits
+    /// for it. A unit is a whole frame's offline work, tens of
+    /// milliseconds (pima-mlp) to hundreds (mnist-mlp); started while B
+    /// works on a round, it delays the reply's handling by all of that:
+    /// through the broker, pima-mlp took 39.5 ms per frame against 10 ms
+    /// in process, the difference one unit of A's precomputation done
+    /// between a frame's rounds (`veil bench device`, 2026-11-29).
     pub fn has_work(&self) -> bool {
-        self.machine.has_offline_work()
+        self.machine.has_waiting_frame()
+            || (self.machine.has_offline_work() && !self.machine.has_frame_in_round())
     }
 
     /// One unit of precomputation.
