@@ -22,6 +22,15 @@
 //! 1.61 µs warm and 18.4 µs flushed, result 1.47 and 19.3 µs, empty
 //! region 0.66 and 1.24 µs; heap allocations per frame: capture 0,
 //! confirmation 0, result 1 (the values handed to the application).
+//!
+//! The "idle only" column sleeps as long as the flushed one and evicts
+//! nothing: on this VM the idle alone makes the caches as cold as the
+//! flush (`VEIL_IDLE_US=40000 VEIL_FRAMES=40`, `dist`, 2026-11-29 08:44,
+//! load 1.7, quiet machine: capture 2.14 µs warm, 15.77 µs flushed,
+//! 15.32 µs idle only, 5.47 µs woken right after ~1 ms of server work;
+//! result 1.10, 20.55, 19.71 and 3.40 µs; empty region 0.52, 2.01, 1.53
+//! and 0.75 µs). What the device pays per frame is its wake-up after the
+//! wait for its result, not the servers' work on the same machine.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;

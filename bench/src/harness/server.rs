@@ -57,8 +57,8 @@ pub trait ServerRole: Send {
     /// The topic filters it subscribes to.
     fn filters(&self) -> Vec<&'static str>;
     /// Whether a message is frame work (its CPU time counts as online);
-    /// asked outside the timed region.
-    fn is_online(&self, topic: &str, payload: &[u8]) -> bool;
+    /// asked outside the timed region, before the message is handled.
+    fn is_online(&mut self, topic: &str, payload: &[u8]) -> bool;
     /// Handles one message, returning what to publish.
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Publish>>;
     /// What went wrong without failing a step (refusals), for the report.

@@ -72,6 +72,7 @@ pub fn run_veil(
         VeilB {
             node: ServerBNode::new(b, BOptions::default(), Vec::new()),
             precompute_due: true,
+            round: false,
             started: Instant::now(),
             errors: Vec::new(),
         },
