@@ -471,6 +471,27 @@ impl<P: PublicOps> ServerA<P> {
             .any(|(_, state)| matches!(state, FrameState::InRound(..)))
     }
 
+    /// Whether a session has raw masks and none ready: its next frame
+    /// would wait for precomputation.
+    pub fn has_session_without_ready_masks(&self) -> bool {
+        let mut session = None;
+        let (mut raw, mut ready) = (false, false);
+        for ((sid, _), masks) in &self.masks {
+            if session != Some(*sid) {
+                if raw && !ready {
+                    return true;
+                }
+                session = Some(*sid);
+                (raw, ready) = (false, false);
+            }
+            match masks {
+                Masks::Raw(..) => raw = true,
+                Masks::Ready(_) => ready = true,
+            }
+        }
+        raw && !ready
+    }
+
     /// Whether precomputation is waiting to be done.
     pub fn has_offline_work(&self) -> bool {
         self.masks.values().any(|m| matches!(m, Masks::Raw(..)))

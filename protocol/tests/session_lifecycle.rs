@@ -481,7 +481,8 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
 /// A's precomputation is a whole frame's offline work (tens of
 /// milliseconds on pima-mlp): begun while B works on a round, it would hold
 /// up the handling of B's reply by all of it. The node offers it only when
-/// no frame has a round out, or when a frame waits for it.
+/// no frame has a round out, when a frame waits for it, or when its session
+/// has no masks ready for the next frame.
 #[test]
 fn precomputation_waits_while_a_frame_has_a_round_out_at_b() {
     let fx = fixture();
@@ -561,7 +562,22 @@ fn precomputation_waits_while_a_frame_has_a_round_out_at_b() {
         .filter(|m| m.topic != topics::result("devA"))
         .collect();
     assert!(!to_b.is_empty(), "the frame's first round");
-    for m in later {
+    // The next counter's supply: the session has nothing else ready, so
+    // its precomputation goes ahead even with the round out.
+    let mut later = later.into_iter();
+    let next = later.next().expect("a later counter");
+    a.handle(34, message(next.topic, next.payload));
+    assert!(
+        a.has_work(),
+        "a session with no masks ready waits for the round"
+    );
+    while a.has_work() {
+        a.work(34);
+    }
+    // Further counters: one is ready, so theirs wait for the round.
+    let rest: Vec<Transmit> = later.collect();
+    assert!(!rest.is_empty(), "B supplies more than two counters ahead");
+    for m in rest {
         a.handle(35, message(m.topic, m.payload));
     }
     assert!(

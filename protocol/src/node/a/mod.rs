@@ -367,15 +367,22 @@ impl<P: PublicOps> ServerANode<P> {
 
     /// Whether precomputation is waiting that may be done now (do it when
     /// idle): not while a frame has a round out at B, unless a frame waits
-    /// for it. A unit is a whole frame's offline work, tens of
-    /// milliseconds (pima-mlp) to hundreds (mnist-mlp); started while B
-    /// works on a round, it delays the reply's handling by all of that:
-    /// through the broker, pima-mlp took 39.5 ms per frame against 10 ms
-    /// in process, the difference one unit of A's precomputation done
-    /// between a frame's rounds (`veil bench device`, 2026-11-29).
+    /// for it or a session has no masks ready for its next frame.
+    ///
+    /// A unit is a whole frame's offline work, tens of milliseconds
+    /// (pima-mlp) to hundreds (mnist-mlp); started while B works on a
+    /// round, it delays the reply's handling by all of that: through the
+    /// broker, pima-mlp took 39.5 ms per frame against 10 ms in process,
+    /// the difference one unit done between a frame's rounds (`veil bench
+    /// device`, 2026-11-29). Under load some frame always has a round out:
+    /// deferring every unit then left A idle while B worked and made each
+    /// frame wait for its own (`veil load -k 8 -m 25`: 20 frames/s), so a
+    /// session with nothing ready goes ahead.
     pub fn has_work(&self) -> bool {
         self.machine.has_waiting_frame()
-            || (self.machine.has_offline_work() && !self.machine.has_frame_in_round())
+            || (self.machine.has_offline_work()
+                && (!self.machine.has_frame_in_round()
+                    || self.machine.has_session_without_ready_masks()))
     }
 
     /// One unit of precomputation.
