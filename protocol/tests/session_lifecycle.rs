@@ -104,6 +104,28 @@ fn open(device: &str, seed: u64) -> (SessionId, Vec<u8>, Vec<u8>) {
     )
 }
 
+/// devA's node, connected, and a Pima frame within the model's bounds.
+fn connected_device(seed: u8) -> (DeviceNode, Vec<i64>) {
+    let fx = fixture();
+    let mut dev = DeviceNode::restore(
+        device_config("devA"),
+        DeviceOptions::default(),
+        DeviceDurable::default(),
+        [seed; 32],
+    )
+    .expect("device node");
+    dev.handle(0, Input::Connected);
+    let rows =
+        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
+            .expect("the Pima test set");
+    let x_hat = rows
+        .features
+        .iter()
+        .find_map(|f| fx.model.encode_input(f).ok())
+        .expect("a row within the model's bounds");
+    (dev, x_hat)
+}
+
 fn message(topic: String, payload: Vec<u8>) -> Input {
     Input::Message {
         topic,
@@ -374,25 +396,9 @@ fn a_restart_decrypts_only_the_live_sessions() {
 
 #[test]
 fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
-    let fx = fixture();
     let mut a = node_a(limits(1, 30 * 24 * 3600 * 1000));
     let mut b = node_b(limits(4, 30 * 24 * 3600 * 1000));
-    let mut dev = DeviceNode::restore(
-        device_config("devA"),
-        DeviceOptions::default(),
-        DeviceDurable::default(),
-        [3; 32],
-    )
-    .expect("device node");
-    dev.handle(0, Input::Connected);
-    let rows =
-        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
-            .expect("the Pima test set");
-    let x_hat = rows
-        .features
-        .iter()
-        .find_map(|f| fx.model.encode_input(f).ok())
-        .expect("a row within the model's bounds");
+    let (mut dev, x_hat) = connected_device(3);
     let (sid, t) = dev.capture(0, &x_hat, None).expect("captured");
     let sent: Vec<Transmit> = std::iter::from_fn(|| dev.poll_transmit()).collect();
     // The broker acknowledges what it got.
@@ -485,26 +491,10 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
 /// has no masks ready for the next frame.
 #[test]
 fn precomputation_waits_while_a_frame_has_a_round_out_at_b() {
-    let fx = fixture();
     let day = 24 * 3600 * 1000;
     let mut a = node_a(limits(4, day));
     let mut b = node_b(limits(4, day));
-    let mut dev = DeviceNode::restore(
-        device_config("devA"),
-        DeviceOptions::default(),
-        DeviceDurable::default(),
-        [5; 32],
-    )
-    .expect("device node");
-    dev.handle(0, Input::Connected);
-    let rows =
-        veil_model::data::load_pima(&veil_model::data::workspace_data_dir().join("pima-test.csv"))
-            .expect("the Pima test set");
-    let x_hat = rows
-        .features
-        .iter()
-        .find_map(|f| fx.model.encode_input(f).ok())
-        .expect("a row within the model's bounds");
+    let (mut dev, x_hat) = connected_device(5);
     let (_, t) = dev.capture(0, &x_hat, None).expect("captured");
     let sent: Vec<Transmit> = std::iter::from_fn(|| dev.poll_transmit()).collect();
     let on = |topic: &str| -> Vec<u8> {
