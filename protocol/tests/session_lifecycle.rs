@@ -559,7 +559,7 @@ fn precomputation_waits_while_a_frame_has_a_round_out_at_b() {
     a.handle(34, message(next.topic, next.payload));
     assert!(
         a.has_work(),
-        "a session with no masks ready waits for the round"
+        "a session with no masks ready was left waiting for the round"
     );
     while a.has_work() {
         a.work(34);
