@@ -75,14 +75,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: Arc<Counters>, upstream
 
 impl Relay {
     /// Listens on a free loopback port and relays the first connection it
-    /// accepts to `broker`.
-    pub fn start(broker: SocketAddr) -> Result<Relay> {
-        Relay::start_on(broker, &[])
-    }
-
-    /// [`Relay::start`] with the relay's threads on `cpus` (empty: wherever
-    /// the calling thread may run), off the measured device's core.
-    pub fn start_on(broker: SocketAddr, cpus: &[usize]) -> Result<Relay> {
+    /// accepts to `broker`, its threads on `cpus` (empty: wherever the
+    /// calling thread may run; `veil bench device --own-core` keeps them
+    /// off the device's CPU).
+    pub fn start(broker: SocketAddr, cpus: &[usize]) -> Result<Relay> {
         let cpus = cpus.to_vec();
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a relay port")?;
         let addr = listener.local_addr().context("relay address")?;
@@ -242,7 +238,7 @@ mod tests {
             s.read_exact(&mut buf).expect("read");
             s.write_all(&buf[..40]).expect("write");
         });
-        let relay = Relay::start(addr).expect("relay");
+        let relay = Relay::start(addr, &[]).expect("relay");
         let mut client = TcpStream::connect(relay.addr()).expect("connect");
         client.write_all(&[7u8; 100]).expect("send");
         let mut back = [0u8; 40];

@@ -48,7 +48,7 @@ impl Link {
         client_id: &str,
         relay_cpus: &[usize],
     ) -> Result<Link> {
-        let relay = Relay::start_on(broker, relay_cpus)?;
+        let relay = Relay::start(broker, relay_cpus)?;
         let addr = relay.addr();
         let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         options
