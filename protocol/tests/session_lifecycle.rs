@@ -484,6 +484,67 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     );
 }
 
+/// Every waiting frame of a session the servers lost goes out again, in
+/// counter order: the refusal of an earlier frame can be lost, and a later
+/// frame that reached A first would make A refuse the earlier one as
+/// already processed (found by the simulator, seed 774).
+#[test]
+fn a_lost_session_sends_every_waiting_frame_again_in_counter_order() {
+    let mut b = node_b(limits(4, 30 * 24 * 3600 * 1000));
+    let (mut dev, x_hat) = connected_device(7);
+    let mut frames = Vec::new();
+    let mut sid = None;
+    for (now, _) in (0..2).map(|i| (i * 10, i)) {
+        let (s, _) = dev.capture(now, &x_hat, None).expect("captured");
+        sid = Some(s);
+        for m in std::iter::from_fn(|| dev.poll_transmit()).collect::<Vec<_>>() {
+            if m.topic == topics::frame("devA") {
+                frames.push(m.payload.clone());
+            }
+            if let Some(token) = m.confirm {
+                dev.handle(now + 5, Input::Confirmed(token));
+            }
+        }
+    }
+    let sid = sid.expect("a session");
+    assert_eq!(frames.len(), 2, "both frames went out");
+    // A refuses frame 1 as of an unknown session; its refusal of frame 0
+    // is lost.
+    let refusal = Envelope::new(
+        "devA",
+        sid,
+        1,
+        Body::Reject {
+            code: RejectCode::UnknownSession,
+            detail: "unknown session".into(),
+        },
+    );
+    b.handle(
+        30,
+        message(topics::a_to_b("a1"), refusal.to_bytes().expect("encodes")),
+    );
+    let relayed: Vec<Transmit> = b_transmits(&mut b)
+        .into_iter()
+        .filter(|m| m.topic == topics::result("devA"))
+        .collect();
+    assert_eq!(relayed.len(), 1);
+    for m in relayed {
+        dev.handle(40, message(m.topic, m.payload));
+    }
+    let mut again = Vec::new();
+    for _ in 0..4 {
+        for m in std::iter::from_fn(|| dev.poll_transmit()).collect::<Vec<_>>() {
+            if m.topic == topics::frame("devA") {
+                again.push(m.payload.clone());
+            }
+            if let Some(token) = m.confirm {
+                dev.handle(50, Input::Confirmed(token));
+            }
+        }
+    }
+    assert_eq!(again, frames, "frames 0 and 1 again, in that order");
+}
+
 /// A's precomputation is a whole frame's offline work (tens of
 /// milliseconds on pima-mlp): begun while B works on a round, it would hold
 /// up the handling of B's reply by all of it. The node offers it only when

@@ -27,6 +27,8 @@ struct Captured {
     /// Stale state copies that brought the frame back after its delivery.
     restored: u32,
     refused: u32,
+    /// The refusals' reasons, for the failure report.
+    refusals: Vec<String>,
     expired: u32,
 }
 
@@ -55,6 +57,7 @@ impl Checker {
                 delivered: 0,
                 restored: 0,
                 refused: 0,
+                refusals: Vec::new(),
                 expired: 0,
             },
         );
@@ -122,7 +125,10 @@ impl Checker {
             // A device restored from an old copy of its state sends a frame
             // whose result it had already delivered and acknowledged.
             Some(c) if code == RejectCode::Completed && c.delivered > 0 => {}
-            Some(c) => c.refused += 1,
+            Some(c) => {
+                c.refused += 1;
+                c.refusals.push(why);
+            }
             None => self.fail(format!("dev{device} refused unknown ({sid}, {t}): {why}")),
         }
     }
@@ -217,8 +223,8 @@ impl Checker {
             let delivered = c.delivered >= 1 && c.delivered <= 1 + c.restored;
             if !delivered || c.refused != 0 || c.expired != 0 {
                 missing.push(format!(
-                    "dev{d} ({sid}, {t}): {} results, {} refusals, {} expiries",
-                    c.delivered, c.refused, c.expired
+                    "dev{d} ({sid}, {t}): {} results, {} refusals {:?}, {} expiries",
+                    c.delivered, c.refused, c.refusals, c.expired
                 ));
             }
         }

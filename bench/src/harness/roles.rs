@@ -132,9 +132,10 @@ impl ServerRole for VeilA {
 pub(super) struct VeilB {
     pub(super) node: ServerBNode<PaillierSecret>,
     pub(super) precompute_due: bool,
-    /// Whether the message being handled is a round (more of the frame to
-    /// come).
-    pub(super) round: bool,
+    /// What the message being handled says of the pool's refill: due
+    /// (a frame's output, or a mask request, which comes after one),
+    /// not yet (a round: more of the frame to come) or nothing.
+    pub(super) refill: Option<bool>,
     pub(super) started: Instant,
     pub(super) errors: Vec<String>,
 }
@@ -150,7 +151,11 @@ impl ServerRole for VeilB {
 
     fn is_online(&mut self, _topic: &str, payload: &[u8]) -> bool {
         let body = Envelope::from_bytes(payload).map(|e| e.body);
-        self.round = matches!(body, Ok(Body::Round(_)));
+        self.refill = match &body {
+            Ok(Body::Output(_) | Body::MaskRequest { .. }) => Some(true),
+            Ok(Body::Round(_)) => Some(false),
+            _ => None,
+        };
         body.is_ok_and(|b| is_online(&b))
     }
 
@@ -161,8 +166,12 @@ impl ServerRole for VeilB {
         // output), as the in-process engine refills between frames: a
         // refill begun between two rounds held up A's next round (mnist-mlp
         // through the broker: a third of the frames took 95-128 ms against
-        // 30-56 ms). Server B's own pool fills on a thread of its own.
-        self.precompute_due |= !self.round;
+        // 30-56 ms), and one begun after the acknowledgement that A
+        // forwards with a frame held up its output (frames of 95-111 ms,
+        // 2026-11-29). Server B's own pool fills on a thread of its own.
+        if let Some(due) = self.refill {
+            self.precompute_due = due;
+        }
         let transmits = std::iter::from_fn(|| self.node.poll_transmit()).collect();
         let refusals = std::iter::from_fn(|| self.node.poll_event())
             .filter_map(|e| match e {

@@ -191,7 +191,7 @@ pub(super) fn serve<R: ServerRole>(
             }
             link.publish(&p.topic, p.payload, false)?;
         }
-        Ok(())
+        link.flush()
     };
     while !stats.stop.load(Ordering::SeqCst) {
         if let Ok(mut t) = traffic.lock() {
@@ -205,8 +205,20 @@ pub(super) fn serve<R: ServerRole>(
                 stats.busy.store(true, Ordering::SeqCst);
                 let online = role.is_online(&topic, &payload);
                 let before = group.total();
+                let began = Instant::now();
                 let outcome = pool.install(|| role.on_message(&topic, &payload));
                 let spent = group.total().saturating_sub(before);
+                // The timeline `--log veil_bench=debug` prints: which
+                // message made whom wait, with the log lines' timestamps.
+                tracing::debug!(
+                    server = std::thread::current().name(),
+                    topic,
+                    online,
+                    bytes = payload.len(),
+                    cpu_ms = spent.as_secs_f64() * 1e3,
+                    wall_ms = began.elapsed().as_secs_f64() * 1e3,
+                    "message handled"
+                );
                 let counter = if online {
                     &stats.online_ns
                 } else {
@@ -226,8 +238,15 @@ pub(super) fn serve<R: ServerRole>(
             Polled::Timeout if offline => {
                 stats.busy.store(true, Ordering::SeqCst);
                 let before = group.total();
+                let began = Instant::now();
                 let outcome = pool.install(|| role.offline_step());
                 let spent = group.total().saturating_sub(before);
+                tracing::debug!(
+                    server = std::thread::current().name(),
+                    cpu_ms = spent.as_secs_f64() * 1e3,
+                    wall_ms = began.elapsed().as_secs_f64() * 1e3,
+                    "offline step done"
+                );
                 stats
                     .offline_ns
                     .fetch_add(spent.as_nanos() as u64, Ordering::SeqCst);

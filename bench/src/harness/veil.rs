@@ -72,7 +72,7 @@ pub fn run_veil(
         VeilB {
             node: ServerBNode::new(b, BOptions::default(), Vec::new()),
             precompute_due: true,
-            round: false,
+            refill: None,
             started: Instant::now(),
             errors: Vec::new(),
         },
@@ -183,6 +183,7 @@ pub fn run_veil(
                     bail!("frame {i} got counter {t}");
                 }
                 let capture = spent;
+                tracing::debug!(frame = t, "frame captured");
                 publish_all(&mut link, &mut device)?;
                 let mut got = Vec::new();
                 let (class, wall) = loop {
@@ -216,6 +217,11 @@ pub fn run_veil(
                     if let Some((opened, class)) = delivered
                         && opened == t
                     {
+                        tracing::debug!(
+                            frame = t,
+                            wall_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "result decoded"
+                        );
                         break (Some(class), started.elapsed());
                     }
                 };

@@ -615,7 +615,10 @@ impl DeviceNode {
             .slots_mut()
             .iter_mut()
             .filter(|s| s.sent.is_none())
-            .min_by_key(|s| (s.entry.captured, s.entry.t));
+            // Counter order, not capture time: the device's clock can
+            // step back (simulator seed 8320: frame 3 went before frame 2,
+            // and A refused 2 as already processed).
+            .min_by_key(|s| (s.entry.t, s.entry.captured));
         let Some(slot) = next else {
             return;
         };

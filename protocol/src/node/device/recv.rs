@@ -14,7 +14,8 @@ use ethnum::I256;
 impl DeviceNode {
     /// A server does not know the session of a waiting frame (its session
     /// message was lost, or overtaken for longer than the server waits):
-    /// send the session messages again, then the frame. Whether it did.
+    /// send the session messages again, then every waiting frame of the
+    /// session, in counter order. Whether it did.
     #[cold]
     #[inline(never)]
     pub(super) fn recover_session(&mut self, now: Millis, sid: SessionId, t: u64) -> bool {
@@ -24,8 +25,20 @@ impl DeviceNode {
         if !self.republish_session(now, sid) {
             return false;
         }
-        if let Some(slot) = self.outbox.get_mut(sid, t) {
-            slot.sent = None;
+        // Not this frame alone: the server refused or dropped the
+        // session's earlier frames too, and one that came after a later
+        // frame would be refused as already processed (seed 774 of the
+        // simulator: frame 0 lost its refusal, frame 1 went first, and
+        // frame 0 was then turned away for good). The frame in flight
+        // keeps its resend timer: A parks it until the session message
+        // comes, and one taken off the timer with its publish lost was
+        // never sent again (seed 9831).
+        let in_flight = self.inflight.map(|(_, frame)| frame);
+        for slot in self.outbox.slots_mut() {
+            let frame = (slot.entry.sid, slot.entry.t);
+            if frame.0 == sid && Some(frame) != in_flight {
+                slot.sent = None;
+            }
         }
         self.send_new(now);
         self.ignored(sid, t, "unknown session: its messages sent again".into());
