@@ -194,6 +194,18 @@ fn limits(max_per_device: usize, ttl: Millis) -> SessionLimits {
     }
 }
 
+/// Hands devA the one refusal B relays on its result topic, at `now`.
+fn relay_one_refusal(b: &mut ServerBNode<Plain>, dev: &mut DeviceNode, now: Millis) {
+    let relayed: Vec<Transmit> = b_transmits(b)
+        .into_iter()
+        .filter(|m| m.topic == topics::result("devA"))
+        .collect();
+    assert_eq!(relayed.len(), 1, "B relays the refusal to devA");
+    for m in relayed {
+        dev.handle(now, message(m.topic, m.payload));
+    }
+}
+
 #[test]
 fn opening_past_the_quota_retires_the_least_recently_used_session() {
     let mut b = node_b(limits(2, 30 * 24 * 3600 * 1000));
@@ -445,16 +457,8 @@ fn a_frame_of_a_forgotten_session_makes_the_device_send_it_again() {
     for m in to_b_refusals {
         b.handle(40, message(m.topic, m.payload));
     }
-    let relayed: Vec<Transmit> = b_transmits(&mut b)
-        .into_iter()
-        .filter(|m| m.topic == topics::result("devA"))
-        .collect();
-    assert_eq!(relayed.len(), 1);
-
     // The device sends the session again, then the frame.
-    for m in relayed {
-        dev.handle(50, message(m.topic, m.payload));
-    }
+    relay_one_refusal(&mut b, &mut dev, 50);
     let again: Vec<Transmit> = std::iter::from_fn(|| dev.poll_transmit()).collect();
     let session_again = again
         .iter()
@@ -523,14 +527,7 @@ fn a_lost_session_sends_every_waiting_frame_again_in_counter_order() {
         30,
         message(topics::a_to_b("a1"), refusal.to_bytes().expect("encodes")),
     );
-    let relayed: Vec<Transmit> = b_transmits(&mut b)
-        .into_iter()
-        .filter(|m| m.topic == topics::result("devA"))
-        .collect();
-    assert_eq!(relayed.len(), 1);
-    for m in relayed {
-        dev.handle(40, message(m.topic, m.payload));
-    }
+    relay_one_refusal(&mut b, &mut dev, 40);
     let mut again = Vec::new();
     for _ in 0..4 {
         for m in std::iter::from_fn(|| dev.poll_transmit()).collect::<Vec<_>>() {
