@@ -287,7 +287,7 @@ impl<P: PublicOps> ServerA<P> {
             return Ok(Vec::new());
         }
         let seed = session::accept(init, &self.cfg.key, &self.cfg.topology, &self.cfg.params)?;
-        let lookahead = self.cfg.params.mask_lookahead.max(1);
+        let lookahead = self.lookahead();
         self.sessions.insert(
             sid,
             Session {
@@ -309,7 +309,6 @@ impl<P: PublicOps> ServerA<P> {
         t: u64,
         frame: &Frame,
     ) -> Result<Vec<Outgoing>> {
-        let params = self.cfg.params.clone();
         let session = self.session(device, sid)?;
         if t < session.first_counter {
             return Err(ProtocolError::BeforeSession {
@@ -324,7 +323,7 @@ impl<P: PublicOps> ServerA<P> {
         }
         // `t` is the sender's claim: near u64::MAX the look-ahead window
         // would wrap (a panic in debug builds, a bogus request in release).
-        let lookahead = params.mask_lookahead.max(1);
+        let lookahead = self.lookahead();
         let (next, until) = t
             .checked_add(1)
             .and_then(|next| Some((next, next.checked_add(lookahead)?)))
@@ -694,7 +693,7 @@ impl<P: PublicOps> ServerA<P> {
         self.frames.remove(&(sid, t));
         self.inputs.remove(&(sid, t));
         self.offline.remove(&(sid, t));
-        let lookahead = params.mask_lookahead.max(1);
+        let lookahead = self.lookahead();
         let request = self.sessions.get_mut(&sid).and_then(|session| {
             // The latest frame's window: an earlier frame finishing late
             // asks for nothing the latest one did not.
@@ -720,6 +719,11 @@ impl<P: PublicOps> ServerA<P> {
             ),
         );
         Ok(std::iter::once(output).chain(request).collect())
+    }
+
+    /// How many counters ahead of the latest frame A keeps masks asked for.
+    fn lookahead(&self) -> u64 {
+        self.cfg.params.mask_lookahead.max(1)
     }
 
     /// The request for the masks of the counters from `next` up to `until`

@@ -26,8 +26,7 @@ struct Captured {
     delivered: u32,
     /// Stale state copies that brought the frame back after its delivery.
     restored: u32,
-    refused: u32,
-    /// The refusals' reasons, for the failure report.
+    /// The reasons of the refusals it got.
     refusals: Vec<String>,
     expired: u32,
 }
@@ -56,7 +55,6 @@ impl Checker {
                 lost: false,
                 delivered: 0,
                 restored: 0,
-                refused: 0,
                 refusals: Vec::new(),
                 expired: 0,
             },
@@ -125,10 +123,7 @@ impl Checker {
             // A device restored from an old copy of its state sends a frame
             // whose result it had already delivered and acknowledged.
             Some(c) if code == RejectCode::Completed && c.delivered > 0 => {}
-            Some(c) => {
-                c.refused += 1;
-                c.refusals.push(why);
-            }
+            Some(c) => c.refusals.push(why),
             None => self.fail(format!("dev{device} refused unknown ({sid}, {t}): {why}")),
         }
     }
@@ -221,10 +216,13 @@ impl Checker {
                 continue;
             }
             let delivered = c.delivered >= 1 && c.delivered <= 1 + c.restored;
-            if !delivered || c.refused != 0 || c.expired != 0 {
+            if !delivered || !c.refusals.is_empty() || c.expired != 0 {
                 missing.push(format!(
                     "dev{d} ({sid}, {t}): {} results, {} refusals {:?}, {} expiries",
-                    c.delivered, c.refused, c.refusals, c.expired
+                    c.delivered,
+                    c.refusals.len(),
+                    c.refusals,
+                    c.expired
                 ));
             }
         }
