@@ -99,9 +99,15 @@ pub fn pooled_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
     ))
 }
 
-/// A's noise as server A uses it by default: textbook `r^N` precomputed into
-/// a pool (refilled offline), since A re-randomizes for B, who holds the key.
-pub fn textbook_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
+/// A's noise as server A uses it by default: textbook `r^N`, since A
+/// re-randomizes for B, who holds the key. With packing on (`pack`) every
+/// ciphertext A sends is packed and gets its noise with the packing, which
+/// shares its squarings, so nothing is pooled; without, a pool of
+/// `capacity` values refilled offline.
+pub fn textbook_noise(key: &veil_paillier::PublicKey, pack: bool, capacity: usize) -> Noise {
+    if pack {
+        return Noise::Textbook;
+    }
     Noise::Pool(NoisePool::new(
         PoolFiller::Public(key.clone()),
         capacity,
@@ -110,7 +116,7 @@ pub fn textbook_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise 
     ))
 }
 
-/// The three parties on the Paillier backend, in one process: A with pooled
+/// The three parties on the Paillier backend, in one process: A with
 /// textbook noise, B with pooled fixed-base noise (its replies go to A, who
 /// cannot decrypt them anyway).
 pub fn paillier_engine(
@@ -118,9 +124,9 @@ pub fn paillier_engine(
     params: &Params,
     keys: &(Arc<SecretKey>, Arc<SecretKey>),
 ) -> Result<Engine<PaillierPublic, PaillierSecret>> {
-    // A CNN frame sends about 5,000 ciphertexts to B; a pool smaller than
-    // that runs dry and the rest of the noise is made online.
-    let a_noise = textbook_noise(keys.1.public_key(), 16384);
+    // Unpacked, a CNN frame sends about 5,000 ciphertexts to B; a pool
+    // smaller than that runs dry and the rest of the noise is made online.
+    let a_noise = textbook_noise(keys.1.public_key(), params.pack, 16384);
     paillier_engine_with(model, params, keys, a_noise)
 }
 

@@ -106,18 +106,11 @@ impl PublicKey {
         if lanes == 0 {
             return Vec::new();
         }
-        let n_nz = self.inner.n_odd.as_nz_ref();
         let ctx = self.ctx();
         let mut bases: Vec<Elem> = (0..count)
             .map(|i| {
                 let rng = &mut *rngs[i % lanes];
-                let r = loop {
-                    let r = random_below(rng, n_nz);
-                    if r.gcd(&self.inner.n).is_one().to_bool() {
-                        break r;
-                    }
-                };
-                ctx.enter(&r)
+                ctx.enter(&self.random_unit(rng))
             })
             .collect();
         let exponent = crate::words::u64_words(&self.inner.n);
@@ -126,6 +119,17 @@ impl PublicKey {
             b.zeroize();
         }
         noise.into_iter().map(Noise).collect()
+    }
+
+    /// A uniform element of Z*_N: the `r` of textbook noise.
+    pub(crate) fn random_unit<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> BoxedUint {
+        let n_nz = self.inner.n_odd.as_nz_ref();
+        loop {
+            let r = random_below(rng, n_nz);
+            if r.gcd(&self.inner.n).is_one().to_bool() {
+                return r;
+            }
+        }
     }
 
     /// The textbook noise `r^N mod N²` for a given `r` in Z*_N, for

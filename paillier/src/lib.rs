@@ -51,6 +51,6 @@ pub use keys::{
     KeySize, PublicKey, SecretKey, generate_keypair, warn_if_exposed, write_secret_file,
 };
 pub use multiexp::PreparedBases;
-pub use pack::{MAX_VALUE_BITS, PackLayout};
+pub use pack::{MAX_VALUE_BITS, PackJob, PackLayout};
 pub use plaintext::{Plaintext, Signed};
 pub use randomness::{FixedBaseNoise, NoisePool, NoiseSource, PoolFiller, PoolStats};

@@ -504,6 +504,7 @@ mod batch;
 mod ifma;
 #[cfg(target_arch = "x86_64")]
 mod ifma_mb;
+mod injected;
 
 fn select_kernel(padded: usize) -> Kernel {
     if std::env::var_os("VEIL_PORTABLE_ARITH").is_some() {

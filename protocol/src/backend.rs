@@ -7,11 +7,32 @@ use crate::residue::{Residue, Residues};
 use ethnum::I256;
 use rand::rngs::ChaCha20Rng;
 use rand_core::SeedableRng;
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 use veil_paillier::{
-    BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PaillierError, PreparedBases, PublicKey,
-    SecretKey, Signed,
+    BoxedUint, Ciphertext, FixedBaseNoise, NoisePool, PackJob, PaillierError, PreparedBases,
+    PublicKey, SecretKey, Signed,
 };
+
+/// The values of one packed ciphertext with their shifts (empty: none)
+/// and slot offsets (missing: 0).
+#[derive(Debug)]
+pub struct PackChunk<'a, C> {
+    /// Lowest slot first.
+    pub values: &'a [C],
+    /// Slot i holds `values[i]·2^(shifts[i])`.
+    pub shifts: &'a [u32],
+    /// Added to each slot.
+    pub offsets: &'a [I256],
+}
+
+impl<C> Clone for PackChunk<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for PackChunk<'_, C> {}
 
 /// What server A (and anyone holding only the public key) can do.
 pub trait PublicOps: Send + Sync {
@@ -68,6 +89,32 @@ pub trait PublicOps: Send + Sync {
         shifts: &[u32],
         offsets: &[I256],
     ) -> Result<Self::Ct>;
+    /// Each chunk packed ([`PublicOps::pack_shifted`]; no shifts and no
+    /// offsets: [`PublicOps::pack`]) and re-randomized: what A sends B. A
+    /// backend may do both in one pass.
+    fn seal_packed(
+        &self,
+        value_bits: u32,
+        chunks: &[PackChunk<'_, Self::Ct>],
+    ) -> Result<Vec<Self::Ct>> {
+        chunks
+            .par_iter()
+            .map(|chunk| {
+                let packed = if chunk.shifts.is_empty() && chunk.offsets.is_empty() {
+                    self.pack(value_bits, chunk.values)?
+                } else {
+                    let zeros = vec![0; chunk.values.len()];
+                    let shifts = if chunk.shifts.is_empty() {
+                        &zeros[..]
+                    } else {
+                        chunk.shifts
+                    };
+                    self.pack_shifted(value_bits, chunk.values, shifts, chunk.offsets)?
+                };
+                Ok(self.rerandomize(&packed))
+            })
+            .collect()
+    }
     /// Work that can be done ahead of time (refilling noise pools), for idle
     /// moments.
     fn precompute(&self) {}
@@ -254,6 +301,44 @@ impl PublicOps for PaillierPublic {
         Ok(self
             .key
             .pack_shifted_offset(&layout, values, shifts, offsets)?)
+    }
+
+    /// Textbook noise (pooled or not) is made with the packing, its
+    /// squarings doing Horner's ([`PublicKey::pack_noised`]): a packed
+    /// ciphertext then costs one exponentiation, not two. Fixed-base noise
+    /// stays a multiplication after the packing.
+    fn seal_packed(
+        &self,
+        value_bits: u32,
+        chunks: &[PackChunk<'_, Ciphertext>],
+    ) -> Result<Vec<Ciphertext>> {
+        if matches!(self.noise, Noise::FixedBase(_)) {
+            return chunks
+                .par_iter()
+                .map(|c| {
+                    let zeros = vec![0; c.values.len()];
+                    let shifts = if c.shifts.is_empty() {
+                        &zeros[..]
+                    } else {
+                        c.shifts
+                    };
+                    let packed = self.pack_shifted(value_bits, c.values, shifts, c.offsets)?;
+                    Ok(self.rerandomize(&packed))
+                })
+                .collect();
+        }
+        let layout = self.key.pack_layout(value_bits)?;
+        let jobs: Vec<PackJob<'_>> = chunks
+            .iter()
+            .map(|c| PackJob {
+                values: c.values,
+                shifts: c.shifts,
+                offsets: c.offsets,
+            })
+            .collect();
+        Ok(self
+            .key
+            .pack_noised(&layout, &jobs, &mut self.child_rng())?)
     }
 
     fn precompute(&self) {

@@ -53,8 +53,17 @@ const TIMED_FRAMES: usize = 65_536;
 /// filling 8,192 values costs about 8 s of a core (`veil load`'s thread
 /// clocks), and a filler per worker took that many more cores' share
 /// from the frames while it lasted.
-pub fn noise_pool(options: &Options, b_key: &veil_paillier::PublicKey) -> Option<NoisePool> {
-    (options.noise == NoiseSource::Pool)
+///
+/// With packing on (`pack`, the default) there is no pool: every
+/// ciphertext A sends is packed, and its textbook noise is made with the
+/// packing, whose squarings it shares (`PublicKey::pack_noised`), so a
+/// pooled value would cost a second exponentiation.
+pub fn noise_pool(
+    options: &Options,
+    b_key: &veil_paillier::PublicKey,
+    pack: bool,
+) -> Option<NoisePool> {
+    (options.noise == NoiseSource::Pool && !pack)
         .then(|| NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()))
 }
 
@@ -62,11 +71,14 @@ fn noise_for(
     options: &Options,
     b_key: &veil_paillier::PublicKey,
     pool: Option<&NoisePool>,
+    pack: bool,
 ) -> Noise {
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
         NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(b_key, &mut rng)),
+        // See `noise_pool`.
+        NoiseSource::Pool if pack => Noise::Textbook,
         NoiseSource::Pool => Noise::Pool(match pool {
             Some(pool) => pool.share(),
             None => NoisePool::new(PoolFiller::Public(b_key.clone()), 8192, 1, rand::random()),
@@ -93,7 +105,7 @@ impl Core {
         let topology = Arc::new(model.topology().clone());
         let backend = PaillierPublic::new(
             b_key.clone(),
-            noise_for(&options, &b_key, pool),
+            noise_for(&options, &b_key, pool, params.pack),
             rand::random(),
         );
         let machine = ServerA::new(

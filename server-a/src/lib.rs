@@ -303,7 +303,7 @@ impl ServerA {
         let core_stats = Arc::clone(&stats);
         let workers = options.workers;
         // Lives as long as the workers: the closure holding it does.
-        let pool = core::noise_pool(&options, &setup.b_key);
+        let pool = core::noise_pool(&options, &setup.b_key, setup.params.pack);
         let worker = Worker::start(
             link,
             "veil-server-a",

@@ -48,7 +48,7 @@ pub fn run_veil(
         // who knows φ(N), is outside of.
         PaillierPublic::new(
             public_b.clone(),
-            textbook_noise(&public_b, 4096),
+            textbook_noise(&public_b, params.pack, 4096),
             rand::random(),
         ),
     )?;

@@ -296,6 +296,140 @@ impl Modulus {
         ctx.unpack(&acc.unwrap_or_else(|| ctx.broadcast(&self.one)))
     }
 
+    /// [`Modulus::pow_vartime_with`] of every base with one shared public
+    /// exponent and each lane's extras, in batches of eight. With
+    /// `public_positions` the positions are no secret and lanes share a
+    /// multiplication per position; otherwise every extra of every lane
+    /// gets a multiplication of its own (the other lanes multiply by one),
+    /// so that their number does not depend on where the positions fall.
+    pub(crate) fn pow_vartime_with_many(
+        &self,
+        bases: &[Elem],
+        exp: &[u64],
+        extras: &[Vec<(u32, &Elem)>],
+        public_positions: bool,
+    ) -> Vec<Elem> {
+        let none: Vec<(u32, &Elem)> = Vec::new();
+        let lane_extras = |i: usize| extras.get(i).unwrap_or(&none);
+        in_batches(
+            bases.len(),
+            self.batch,
+            |k, range| {
+                let ctx = self.lanes(k, range.len());
+                let lanes: Vec<&Vec<(u32, &Elem)>> = range.clone().map(lane_extras).collect();
+                self.pow_vartime_with8(&ctx, &bases[range], exp, &lanes, public_positions)
+            },
+            |i| self.pow_vartime_with(&bases[i], exp, lane_extras(i)),
+        )
+    }
+
+    fn pow_vartime_with8(
+        &self,
+        ctx: &Ctx<'_>,
+        bases: &[Elem],
+        exp: &[u64],
+        extras: &[&Vec<(u32, &Elem)>],
+        public_positions: bool,
+    ) -> Vec<Elem> {
+        // One list of (lane, extra) in lane order: the schedule's extra i.
+        let flat: Vec<(usize, u32, &Elem)> = extras
+            .iter()
+            .enumerate()
+            .flat_map(|(lane, list)| list.iter().map(move |(p, e)| (lane, *p, *e)))
+            .collect();
+        let positions: Vec<u32> = flat.iter().map(|(_, p, _)| *p).collect();
+        let (window, steps) = super::injected::schedule(exp, &positions);
+        let base = ctx.pack(bases.iter());
+        let mut odd = Vec::with_capacity(1 << (window - 1));
+        let mut scratch = ctx.wide(ctx.zeros());
+        if window > 1 {
+            let mut square = ctx.wide(base.clone());
+            ctx.sqr_assign(&mut square, &mut scratch);
+            odd.push(base);
+            for i in 1..(1usize << (window - 1)) {
+                let next = ctx.mul(&odd[i - 1], &square);
+                odd.push(next);
+            }
+            wipe(&mut square);
+        } else {
+            odd.push(base);
+        }
+        let one = &self.one;
+        // The steps with each run of extras that share a multiplication
+        // packed: every lane holds its own factor or one.
+        enum Step {
+            Window(usize),
+            Extras(Vec<Lane8>),
+        }
+        let mut groups: Vec<(u32, Step)> = Vec::with_capacity(steps.len());
+        let mut pending: Option<(u32, [Option<&Elem>; LANES])> = None;
+        let flush = |pending: &mut Option<(u32, [Option<&Elem>; LANES])>,
+                     groups: &mut Vec<(u32, Step)>| {
+            if let Some((p, lanes)) = pending.take() {
+                let packed = ctx.pack(lanes.iter().map(|e| e.unwrap_or(one)));
+                groups.push((p, Step::Extras(packed)));
+            }
+        };
+        for (position, factor) in steps {
+            match factor {
+                super::injected::Factor::Window(k) => {
+                    flush(&mut pending, &mut groups);
+                    groups.push((position, Step::Window(k)));
+                }
+                super::injected::Factor::Extra(i) => {
+                    let Some(&(lane, _, elem)) = flat.get(i) else {
+                        continue;
+                    };
+                    let joins = matches!(&pending, Some((p, lanes))
+                        if public_positions && *p == position && lanes[lane].is_none());
+                    if !joins {
+                        flush(&mut pending, &mut groups);
+                        pending = Some((position, [None; LANES]));
+                    }
+                    if let Some((_, lanes)) = pending.as_mut() {
+                        lanes[lane] = Some(elem);
+                    }
+                }
+            }
+        }
+        flush(&mut pending, &mut groups);
+        let mut acc: Option<Vec<Lane8>> = None;
+        let mut remaining = 0u32;
+        for (position, step) in &groups {
+            let factor = match step {
+                Step::Window(k) => match odd.get(*k) {
+                    Some(f) => f,
+                    None => continue,
+                },
+                Step::Extras(f) => f,
+            };
+            acc = Some(match acc.take() {
+                Some(mut a) => {
+                    for _ in *position..remaining {
+                        ctx.sqr_assign(&mut a, &mut scratch);
+                    }
+                    ctx.mul_assign(&mut a, factor, &mut scratch, false);
+                    a
+                }
+                None => ctx.wide(factor.clone()),
+            });
+            remaining = *position;
+        }
+        for entry in &mut odd {
+            wipe(entry);
+        }
+        let Some(mut acc) = acc else {
+            return ctx.unpack(&ctx.broadcast(&self.one));
+        };
+        for _ in 0..remaining {
+            ctx.sqr_assign(&mut acc, &mut scratch);
+        }
+        let out = ctx.unpack(&acc);
+        wipe(&mut acc);
+        wipe(&mut scratch);
+        out
+    }
+
     /// The comb evaluation of a fixed-base table (`table[i][d] =
     /// h^(d·2^(window·i))`) at every exponent, in batches of eight:
     /// `acc ← acc·table[i][digit_i]` row by row, each row read in full.

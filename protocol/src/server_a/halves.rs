@@ -2,7 +2,7 @@
 //! cipher halves, every public constant dropped (the plain half online
 //! carries it), every ciphertext re-randomized with A's noise for B.
 
-use crate::backend::PublicOps;
+use crate::backend::{PackChunk, PublicOps};
 use crate::error::Result;
 use ethnum::I256;
 
@@ -68,6 +68,19 @@ impl<P: PublicOps> PublicOps for CipherHalves<'_, P> {
         _offsets: &[I256],
     ) -> Result<P::Ct> {
         self.0.pack_shifted(value_bits, values, shifts, &[])
+    }
+    /// Offsets dropped with the other constants; the inner backend may
+    /// make its noise with the packing.
+    fn seal_packed(&self, value_bits: u32, chunks: &[PackChunk<'_, P::Ct>]) -> Result<Vec<P::Ct>> {
+        let chunks: Vec<PackChunk<'_, P::Ct>> = chunks
+            .iter()
+            .map(|c| PackChunk {
+                values: c.values,
+                shifts: c.shifts,
+                offsets: &[],
+            })
+            .collect();
+        self.0.seal_packed(value_bits, &chunks)
     }
     fn residues(&self) -> &P::Residues {
         self.0.residues()

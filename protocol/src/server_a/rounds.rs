@@ -4,7 +4,7 @@
 
 use super::halves::CipherHalves;
 use super::{Entry, FrameState, Offline, Pending, RoundTruth, ServerA, frame_rounding};
-use crate::backend::PublicOps;
+use crate::backend::{PackChunk, PublicOps};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{Outgoing, Round, RoundMode};
 use crate::params::output_bits;
@@ -395,10 +395,8 @@ fn round_lists<B: PublicOps>(
                     Source::Value(v) => Ok(backend.constant(v)),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let zeros = vec![0; values.len()];
-            let offsets = vec![I256::ZERO; values.len()];
             Ok(Lists {
-                values: seal_shifted(backend, pack, &values, &zeros, &offsets, shape.value_bits)?,
+                values: seal(backend, pack, &values, shape.value_bits)?,
                 masked: Vec::new(),
                 masked_alpha: Vec::new(),
             })
@@ -478,22 +476,11 @@ pub(super) fn seal<B: PublicOps>(
     values: &[B::Ct],
     bits: u32,
 ) -> Result<Vec<B::Ct>> {
-    if values.is_empty() {
-        return Ok(Vec::new());
-    }
-    if pack {
-        let slots = backend.slots(bits)?;
-        values
-            .par_chunks(slots.max(1))
-            .map(|chunk| Ok(backend.rerandomize(&backend.pack(bits, chunk)?)))
-            .collect()
-    } else {
-        Ok(values.par_iter().map(|v| backend.rerandomize(v)).collect())
-    }
+    seal_shifted(backend, pack, values, &[], &[], bits)
 }
 
 /// [`seal`] for values still to be multiplied by `2^shift` and then
-/// offset.
+/// offset (both empty: neither).
 fn seal_shifted<B: PublicOps>(
     backend: &B,
     pack: bool,
@@ -507,15 +494,16 @@ fn seal_shifted<B: PublicOps>(
     }
     if pack {
         let slots = backend.slots(bits)?.max(1);
-        values
-            .par_chunks(slots)
-            .zip(shifts.par_chunks(slots))
-            .zip(offsets.par_chunks(slots))
-            .map(|((chunk, shifts), offsets)| {
-                let packed = backend.pack_shifted(bits, chunk, shifts, offsets)?;
-                Ok(backend.rerandomize(&packed))
+        let chunks: Vec<PackChunk<'_, B::Ct>> = (0..values.len().div_ceil(slots))
+            .map(|i| PackChunk {
+                values: part(values, i, slots),
+                shifts: part(shifts, i, slots),
+                offsets: part(offsets, i, slots),
             })
-            .collect()
+            .collect();
+        backend.seal_packed(bits, &chunks)
+    } else if shifts.is_empty() {
+        Ok(values.par_iter().map(|v| backend.rerandomize(v)).collect())
     } else {
         Ok(values
             .par_iter()
@@ -524,6 +512,12 @@ fn seal_shifted<B: PublicOps>(
             .map(|((v, e), o)| backend.rerandomize(&backend.add_plain(&backend.shift(v, *e), *o)))
             .collect())
     }
+}
+
+/// Chunk `i` of `list` cut in chunks of `slots` (empty past its end).
+fn part<T>(list: &[T], i: usize, slots: usize) -> &[T] {
+    list.get(i * slots..((i + 1) * slots).min(list.len()))
+        .unwrap_or(&[])
 }
 
 /// `value` in the narrower integer a round's header carries it in; the
