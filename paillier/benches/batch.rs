@@ -16,7 +16,7 @@ use rand::rngs::ChaCha20Rng;
 use std::hint::black_box;
 use std::time::Duration;
 use veil_paillier::fixtures::key_2048_a;
-use veil_paillier::{Ciphertext, FixedBaseNoise};
+use veil_paillier::{Ciphertext, FixedBaseNoise, PackJob};
 
 /// Operations per measured call: a multiple of eight and a remainder, as a
 /// round of a server would have.
@@ -113,6 +113,38 @@ fn minimums() {
             },
             || {
                 black_box(public.fresh_noise_batch(&mut r2, count));
+            },
+        );
+        // A's sealing of full packs (12 slots of 160 bits, a comparison
+        // list's): Horner's rule and then a separate r^N ("single"), against
+        // `pack_noised` ("batch"), whose r^N does Horner's squarings.
+        let layout = public.pack_layout(158).expect("layout");
+        let packs: Vec<Vec<Ciphertext>> = (0..count)
+            .map(|_| cts.iter().cycle().take(layout.slots).cloned().collect())
+            .collect();
+        let jobs: Vec<PackJob<'_>> = packs
+            .iter()
+            .map(|values| PackJob {
+                layout,
+                values,
+                shifts: &[],
+                offsets: &[],
+            })
+            .collect();
+        min_pair(
+            "seal-pack",
+            count,
+            || {
+                one_thread(|| {
+                    for values in &packs {
+                        let packed = public.pack(&layout, values).ok();
+                        let noise = public.fresh_noise(&mut r1);
+                        black_box(packed.map(|p| public.rerandomize(&p, noise)));
+                    }
+                })
+            },
+            || {
+                black_box(one_thread(|| public.pack_noised(&jobs, &mut r2)).ok());
             },
         );
         min_pair(

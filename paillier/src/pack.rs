@@ -32,6 +32,8 @@ pub struct PackLayout {
 /// as [`PublicKey::pack_shifted_offset`] takes them.
 #[derive(Clone, Copy, Debug)]
 pub struct PackJob<'a> {
+    /// How this ciphertext's values are laid out (jobs may differ).
+    pub layout: PackLayout,
     /// The ciphertexts to pack.
     pub values: &'a [Ciphertext],
     /// Slot i holds `values[i]·2^(shifts[i])`; empty for no shifts.
@@ -167,16 +169,16 @@ impl PublicKey {
     /// assumption as textbook noise (DCR alone).
     pub fn pack_noised<R: CryptoRng + ?Sized>(
         &self,
-        layout: &PackLayout,
         jobs: &[PackJob<'_>],
         rng: &mut R,
     ) -> Result<Vec<Ciphertext>> {
-        let zeros = vec![0u32; layout.slots];
         let mut biases = Vec::with_capacity(jobs.len());
         let mut extras: Vec<Vec<(u32, &Elem)>> = Vec::with_capacity(jobs.len());
         for job in jobs {
+            let layout = &job.layout;
+            let zeros = vec![0u32; job.values.len()];
             let shifts = if job.shifts.is_empty() {
-                zeros.get(..job.values.len()).unwrap_or(&zeros)
+                &zeros[..]
             } else {
                 job.shifts
             };
@@ -422,13 +424,14 @@ mod tests {
         for shifted in [false, true] {
             let jobs: Vec<PackJob<'_>> = (0..counts.len())
                 .map(|j| PackJob {
+                    layout,
                     values: &values[j],
                     shifts: if shifted { &shifts[j] } else { &[] },
                     offsets: &offsets[j],
                 })
                 .collect();
             let sealed = key
-                .pack_noised(&layout, &jobs, &mut ChaCha20Rng::seed_from_u64(9))
+                .pack_noised(&jobs, &mut ChaCha20Rng::seed_from_u64(9))
                 .expect("packs");
             let mut draws = ChaCha20Rng::seed_from_u64(9);
             for (job, got) in jobs.iter().zip(&sealed) {
@@ -472,22 +475,24 @@ mod tests {
             .expect("encrypts");
         let too_many = vec![c.clone(); layout.slots + 1];
         let jobs = [PackJob {
+            layout,
             values: &too_many,
             shifts: &[],
             offsets: &[],
         }];
         assert!(matches!(
-            key.pack_noised(&layout, &jobs, &mut rng),
+            key.pack_noised(&jobs, &mut rng),
             Err(PaillierError::Packing(_))
         ));
         let one = [c];
         let jobs = [PackJob {
+            layout,
             values: &one,
             shifts: &[layout.slot_bits + 1],
             offsets: &[],
         }];
         assert!(matches!(
-            key.pack_noised(&layout, &jobs, &mut rng),
+            key.pack_noised(&jobs, &mut rng),
             Err(PaillierError::Packing(_))
         ));
     }

@@ -18,6 +18,8 @@ use veil_paillier::{
 /// and slot offsets (missing: 0).
 #[derive(Debug)]
 pub struct PackChunk<'a, C> {
+    /// Every value satisfies `|v| < 2^value_bits` (sets the slot width).
+    pub value_bits: u32,
     /// Lowest slot first.
     pub values: &'a [C],
     /// Slot i holds `values[i]·2^(shifts[i])`.
@@ -92,16 +94,13 @@ pub trait PublicOps: Send + Sync {
     /// Each chunk packed ([`PublicOps::pack_shifted`]; no shifts and no
     /// offsets: [`PublicOps::pack`]) and re-randomized: what A sends B. A
     /// backend may do both in one pass.
-    fn seal_packed(
-        &self,
-        value_bits: u32,
-        chunks: &[PackChunk<'_, Self::Ct>],
-    ) -> Result<Vec<Self::Ct>> {
+    fn seal_packed(&self, chunks: &[PackChunk<'_, Self::Ct>]) -> Result<Vec<Self::Ct>> {
         chunks
             .par_iter()
             .map(|chunk| {
+                let bits = chunk.value_bits;
                 let packed = if chunk.shifts.is_empty() && chunk.offsets.is_empty() {
-                    self.pack(value_bits, chunk.values)?
+                    self.pack(bits, chunk.values)?
                 } else {
                     let zeros = vec![0; chunk.values.len()];
                     let shifts = if chunk.shifts.is_empty() {
@@ -109,7 +108,7 @@ pub trait PublicOps: Send + Sync {
                     } else {
                         chunk.shifts
                     };
-                    self.pack_shifted(value_bits, chunk.values, shifts, chunk.offsets)?
+                    self.pack_shifted(bits, chunk.values, shifts, chunk.offsets)?
                 };
                 Ok(self.rerandomize(&packed))
             })
@@ -307,11 +306,7 @@ impl PublicOps for PaillierPublic {
     /// squarings doing Horner's ([`PublicKey::pack_noised`]): a packed
     /// ciphertext then costs one exponentiation, not two. Fixed-base noise
     /// stays a multiplication after the packing.
-    fn seal_packed(
-        &self,
-        value_bits: u32,
-        chunks: &[PackChunk<'_, Ciphertext>],
-    ) -> Result<Vec<Ciphertext>> {
+    fn seal_packed(&self, chunks: &[PackChunk<'_, Ciphertext>]) -> Result<Vec<Ciphertext>> {
         if matches!(self.noise, Noise::FixedBase(_)) {
             return chunks
                 .par_iter()
@@ -322,23 +317,23 @@ impl PublicOps for PaillierPublic {
                     } else {
                         c.shifts
                     };
-                    let packed = self.pack_shifted(value_bits, c.values, shifts, c.offsets)?;
+                    let packed = self.pack_shifted(c.value_bits, c.values, shifts, c.offsets)?;
                     Ok(self.rerandomize(&packed))
                 })
                 .collect();
         }
-        let layout = self.key.pack_layout(value_bits)?;
-        let jobs: Vec<PackJob<'_>> = chunks
+        let jobs = chunks
             .iter()
-            .map(|c| PackJob {
-                values: c.values,
-                shifts: c.shifts,
-                offsets: c.offsets,
+            .map(|c| {
+                Ok(PackJob {
+                    layout: self.key.pack_layout(c.value_bits)?,
+                    values: c.values,
+                    shifts: c.shifts,
+                    offsets: c.offsets,
+                })
             })
-            .collect();
-        Ok(self
-            .key
-            .pack_noised(&layout, &jobs, &mut self.child_rng())?)
+            .collect::<Result<Vec<PackJob<'_>>>>()?;
+        Ok(self.key.pack_noised(&jobs, &mut self.child_rng())?)
     }
 
     fn precompute(&self) {

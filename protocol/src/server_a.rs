@@ -681,7 +681,7 @@ impl<P: PublicOps> ServerA<P> {
             .map(|(v, m)| residues.add_plain(&residues.constant(*v), I256::from(*m)))
             .collect();
         let bits = output_bits(&topology) + params.sigma + 1;
-        let plain = seal(residues, params.pack, &masked, bits)?;
+        let plain = seal(residues, params.pack, masked, bits)?;
         let cipher = self
             .offline
             .get_mut(&(sid, t))

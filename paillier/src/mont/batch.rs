@@ -17,10 +17,20 @@ use zeroize::Zeroize;
 /// Operations per batch: the 64-bit lanes of a 512-bit register.
 pub(crate) const LANES: usize = 8;
 
-/// Smaller remainders run as single operations: a batch costs the same
-/// whatever its number of live lanes, and one batched multiplication costs
-/// about as much as two single ones at N = 2048 (see the crate README).
-const MIN_LANES: usize = 3;
+/// Live lanes below which a batch costs more than its operations run one
+/// by one: a batch costs the same whatever its number of live lanes. At
+/// N = 2048 a batch of eight multiplications modulo p² (40 limbs) takes
+/// 1.8 µs against 0.42 µs for one single (crate README), 4.3 singles' worth;
+/// modulo N² (79 limbs) textbook noise gains 1.36-1.38× from batches of
+/// eight (docs/results, 2026-11-29 12:30), 5.8 singles' worth. Until
+/// 2026-11-29 a batch ran from three live lanes at every size.
+fn min_lanes(limbs: usize) -> usize {
+    if limbs <= 48 { 5 } else { 6 }
+}
+
+/// The comb of fixed-base noise gains 1.03-1.10× from a full batch (its
+/// cost is table reads): only full batches pay.
+const MIN_COMB_LANES: usize = LANES;
 
 /// One limb of eight numbers, aligned for 512-bit loads and stores.
 #[derive(Clone, Copy, Default)]
@@ -77,6 +87,7 @@ fn wipe(v: &mut [Lane8]) {
 fn in_batches<T>(
     count: usize,
     kernels: Option<Kernels>,
+    min_lanes: usize,
     mut batched: impl FnMut(Kernels, std::ops::Range<usize>) -> Vec<T>,
     mut single: impl FnMut(usize) -> T,
 ) -> Vec<T> {
@@ -85,7 +96,7 @@ fn in_batches<T>(
     while start < count {
         let end = (start + LANES).min(count);
         match kernels {
-            Some(k) if end - start >= MIN_LANES => out.extend(batched(k, start..end)),
+            Some(k) if end - start >= min_lanes => out.extend(batched(k, start..end)),
             _ => out.extend((start..end).map(&mut single)),
         }
         start = end;
@@ -193,6 +204,7 @@ impl Modulus {
         in_batches(
             bases.len(),
             self.batch,
+            min_lanes(self.n),
             |k, range| {
                 let ctx = self.lanes(k, range.len());
                 let lane_exps: Vec<&[u64]> = range.clone().map(exp).collect();
@@ -247,6 +259,7 @@ impl Modulus {
         in_batches(
             bases.len(),
             self.batch,
+            min_lanes(self.n),
             |k, range| {
                 let ctx = self.lanes(k, range.len());
                 self.pow_vartime8(&ctx, &bases[range], exp)
@@ -314,6 +327,7 @@ impl Modulus {
         in_batches(
             bases.len(),
             self.batch,
+            min_lanes(self.n),
             |k, range| {
                 let ctx = self.lanes(k, range.len());
                 let lanes: Vec<&Vec<(u32, &Elem)>> = range.clone().map(lane_extras).collect();
@@ -445,6 +459,7 @@ impl Modulus {
         in_batches(
             exps.len(),
             self.batch,
+            MIN_COMB_LANES,
             |k, range| {
                 let ctx = self.lanes(k, range.len());
                 let lane_exps = &exps[range];

@@ -45,7 +45,7 @@ pub(super) fn schedule(exp: &[u64], positions: &[u32]) -> (u32, Vec<(u32, Factor
     );
     // Stable: at one position the windows come first, then the extras in
     // the caller's order, so the batched form repeats the single one.
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.sort_by_key(|step| std::cmp::Reverse(step.0));
     (window, steps)
 }
 

@@ -71,16 +71,12 @@ impl<P: PublicOps> PublicOps for CipherHalves<'_, P> {
     }
     /// Offsets dropped with the other constants; the inner backend may
     /// make its noise with the packing.
-    fn seal_packed(&self, value_bits: u32, chunks: &[PackChunk<'_, P::Ct>]) -> Result<Vec<P::Ct>> {
+    fn seal_packed(&self, chunks: &[PackChunk<'_, P::Ct>]) -> Result<Vec<P::Ct>> {
         let chunks: Vec<PackChunk<'_, P::Ct>> = chunks
             .iter()
-            .map(|c| PackChunk {
-                values: c.values,
-                shifts: c.shifts,
-                offsets: &[],
-            })
+            .map(|c| PackChunk { offsets: &[], ..*c })
             .collect();
-        self.0.seal_packed(value_bits, &chunks)
+        self.0.seal_packed(&chunks)
     }
     fn residues(&self) -> &P::Residues {
         self.0.residues()

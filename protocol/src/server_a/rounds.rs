@@ -48,7 +48,7 @@ impl<P: PublicOps> ServerA<P> {
         }
         let residues = self.backend.residues();
         let z: Vec<_> = z.iter().map(|v| residues.constant(*v)).collect();
-        let plain = round_lists(residues, params.pack, &shape, &plan, &z)?;
+        let plain = round_lists(residues, &shape, &plan, &z)?.seal(residues, params.pack)?;
         let cipher = self
             .offline
             .get_mut(&(sid, t))
@@ -227,8 +227,21 @@ impl<P: PublicOps> ServerA<P> {
         loop {
             match topology.stages.get(s) {
                 None => {
+                    // Every list of the frame sealed at once: a Pima frame's
+                    // seven ciphertexts fill one batch of the multi-buffer
+                    // kernel, where a round's two or three ran one by one.
                     let bits = output_bits(&topology) + self.cfg.params.sigma + 1;
-                    let output = seal(&halves, pack, &cur, bits)?;
+                    let output = ToSeal::plain(cur, bits);
+                    let mut lists: Vec<&ToSeal<P::Ct>> = vec![&output];
+                    for round in &rounds {
+                        lists.extend(RoundToSeal::lists(round));
+                    }
+                    let mut sealed = seal_lists(&halves, pack, &lists)?.into_iter();
+                    let output = sealed.next().unwrap_or_default();
+                    let rounds = rounds
+                        .iter()
+                        .map(|round| round.take_sealed(&mut sealed))
+                        .collect();
                     return Ok(Offline { rounds, output });
                 }
                 Some(Stage::Linear(_)) => cur = self.linear_terms(s, &cur)?,
@@ -241,7 +254,7 @@ impl<P: PublicOps> ServerA<P> {
                             "a round of no activation stage",
                         ))?;
                     let plan = self.round_plan(sid, t, s, &stage.shape);
-                    rounds.push(round_lists(&halves, pack, &stage.shape, &plan, &cur)?);
+                    rounds.push(round_lists(&halves, &stage.shape, &plan, &cur)?);
                     let mine =
                         mu.get(offset..offset + stage.items())
                             .ok_or(ProtocolError::Index {
@@ -373,11 +386,10 @@ impl<C> Default for Lists<C> {
 /// offline over cipher halves and once online over plain halves.
 fn round_lists<B: PublicOps>(
     backend: &B,
-    pack: bool,
     shape: &RoundShape,
     plan: &RoundPlan,
     z: &[B::Ct],
-) -> Result<Lists<B::Ct>> {
+) -> Result<RoundToSeal<B::Ct>> {
     let input = |idx: u32| -> Result<&B::Ct> {
         z.get(idx as usize).ok_or(ProtocolError::Index {
             what: "round entry",
@@ -395,10 +407,10 @@ fn round_lists<B: PublicOps>(
                     Source::Value(v) => Ok(backend.constant(v)),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Lists {
-                values: seal(backend, pack, &values, shape.value_bits)?,
-                masked: Vec::new(),
-                masked_alpha: Vec::new(),
+            Ok(RoundToSeal {
+                values: ToSeal::plain(values, shape.value_bits),
+                masked: ToSeal::plain(Vec::new(), shape.masked_bits),
+                masked_alpha: None,
             })
         }
         RoundMode::Blind => {
@@ -456,15 +468,82 @@ fn round_lists<B: PublicOps>(
             let masked_alpha: Vec<B::Ct> = masked_alpha.into_iter().flatten().collect();
             let shifts: Vec<u32> = plan.comparisons.iter().map(|c| c.shift).collect();
             let offsets: Vec<I256> = plan.comparisons.iter().map(|c| c.gamma_lo).collect();
-            Ok(Lists {
-                values: seal_shifted(backend, pack, &values, &shifts, &offsets, shape.value_bits)?,
-                masked: seal(backend, pack, &masked, shape.masked_bits)?,
-                masked_alpha: match shape.alpha_bits {
-                    Some(bits) => seal(backend, pack, &masked_alpha, bits)?,
-                    None => Vec::new(),
+            Ok(RoundToSeal {
+                values: ToSeal {
+                    values,
+                    shifts,
+                    offsets,
+                    bits: shape.value_bits,
                 },
+                masked: ToSeal::plain(masked, shape.masked_bits),
+                masked_alpha: shape
+                    .alpha_bits
+                    .map(|bits| ToSeal::plain(masked_alpha, bits)),
             })
         }
+    }
+}
+
+/// One list bound for B before packing and re-randomization: values,
+/// each one's shift and offset (both empty: none), and the value bound.
+pub(super) struct ToSeal<C> {
+    values: Vec<C>,
+    shifts: Vec<u32>,
+    offsets: Vec<I256>,
+    bits: u32,
+}
+
+impl<C> ToSeal<C> {
+    fn plain(values: Vec<C>, bits: u32) -> ToSeal<C> {
+        ToSeal {
+            values,
+            shifts: Vec::new(),
+            offsets: Vec::new(),
+            bits,
+        }
+    }
+}
+
+/// A round's lists before sealing.
+pub(super) struct RoundToSeal<C> {
+    values: ToSeal<C>,
+    masked: ToSeal<C>,
+    masked_alpha: Option<ToSeal<C>>,
+}
+
+impl<C> RoundToSeal<C> {
+    /// Its lists in the order [`RoundToSeal::take_sealed`] reads them.
+    fn lists(&self) -> impl Iterator<Item = &ToSeal<C>> {
+        [
+            Some(&self.values),
+            Some(&self.masked),
+            self.masked_alpha.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The round's sealed lists from `sealed`, which yields one per list
+    /// of [`RoundToSeal::lists`].
+    fn take_sealed(&self, sealed: &mut impl Iterator<Item = Vec<C>>) -> Lists<C> {
+        let values = sealed.next().unwrap_or_default();
+        let masked = sealed.next().unwrap_or_default();
+        let masked_alpha = match self.masked_alpha {
+            Some(_) => sealed.next().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Lists {
+            values,
+            masked,
+            masked_alpha,
+        }
+    }
+
+    /// The round's lists sealed on `backend`.
+    fn seal<B: PublicOps<Ct = C>>(self, backend: &B, pack: bool) -> Result<Lists<C>> {
+        let lists: Vec<&ToSeal<C>> = self.lists().collect();
+        let mut sealed = seal_lists(backend, pack, &lists)?.into_iter();
+        Ok(self.take_sealed(&mut sealed))
     }
 }
 
@@ -473,45 +552,63 @@ fn round_lists<B: PublicOps>(
 pub(super) fn seal<B: PublicOps>(
     backend: &B,
     pack: bool,
-    values: &[B::Ct],
+    values: Vec<B::Ct>,
     bits: u32,
 ) -> Result<Vec<B::Ct>> {
-    seal_shifted(backend, pack, values, &[], &[], bits)
+    let list = ToSeal::plain(values, bits);
+    Ok(seal_lists(backend, pack, &[&list])?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
 }
 
-/// [`seal`] for values still to be multiplied by `2^shift` and then
-/// offset (both empty: neither).
-fn seal_shifted<B: PublicOps>(
+/// [`seal`] of several lists in one call to the backend, which can then
+/// fill its batches across them; one sealed list per list, in order.
+fn seal_lists<B: PublicOps>(
     backend: &B,
     pack: bool,
-    values: &[B::Ct],
-    shifts: &[u32],
-    offsets: &[I256],
-    bits: u32,
-) -> Result<Vec<B::Ct>> {
-    if values.is_empty() {
-        return Ok(Vec::new());
-    }
-    if pack {
-        let slots = backend.slots(bits)?.max(1);
-        let chunks: Vec<PackChunk<'_, B::Ct>> = (0..values.len().div_ceil(slots))
-            .map(|i| PackChunk {
-                values: part(values, i, slots),
-                shifts: part(shifts, i, slots),
-                offsets: part(offsets, i, slots),
+    lists: &[&ToSeal<B::Ct>],
+) -> Result<Vec<Vec<B::Ct>>> {
+    if !pack {
+        return Ok(lists
+            .iter()
+            .map(|list| {
+                if list.shifts.is_empty() {
+                    list.values
+                        .par_iter()
+                        .map(|v| backend.rerandomize(v))
+                        .collect()
+                } else {
+                    list.values
+                        .par_iter()
+                        .zip(list.shifts.par_iter())
+                        .zip(list.offsets.par_iter())
+                        .map(|((v, e), o)| {
+                            backend.rerandomize(&backend.add_plain(&backend.shift(v, *e), *o))
+                        })
+                        .collect()
+                }
             })
-            .collect();
-        backend.seal_packed(bits, &chunks)
-    } else if shifts.is_empty() {
-        Ok(values.par_iter().map(|v| backend.rerandomize(v)).collect())
-    } else {
-        Ok(values
-            .par_iter()
-            .zip(shifts.par_iter())
-            .zip(offsets.par_iter())
-            .map(|((v, e), o)| backend.rerandomize(&backend.add_plain(&backend.shift(v, *e), *o)))
-            .collect())
+            .collect());
     }
+    let mut chunks: Vec<PackChunk<'_, B::Ct>> = Vec::new();
+    let mut counts = Vec::with_capacity(lists.len());
+    for list in lists {
+        let slots = backend.slots(list.bits)?.max(1);
+        let count = list.values.len().div_ceil(slots);
+        chunks.extend((0..count).map(|i| PackChunk {
+            value_bits: list.bits,
+            values: part(&list.values, i, slots),
+            shifts: part(&list.shifts, i, slots),
+            offsets: part(&list.offsets, i, slots),
+        }));
+        counts.push(count);
+    }
+    let mut sealed = backend.seal_packed(&chunks)?.into_iter();
+    Ok(counts
+        .into_iter()
+        .map(|count| sealed.by_ref().take(count).collect())
+        .collect())
 }
 
 /// Chunk `i` of `list` cut in chunks of `slots` (empty past its end).
