@@ -17,15 +17,18 @@ use zeroize::Zeroize;
 /// Operations per batch: the 64-bit lanes of a 512-bit register.
 pub(crate) const LANES: usize = 8;
 
-/// Live lanes below which a batch costs more than its operations run one
-/// by one: a batch costs the same whatever its number of live lanes. At
-/// N = 2048 a batch of eight multiplications modulo p² (40 limbs) takes
-/// 1.8 µs against 0.42 µs for one single (crate README), 4.3 singles' worth;
-/// modulo N² (79 limbs) textbook noise gains 1.36-1.38× from batches of
-/// eight (docs/results, 2026-11-29 12:30), 5.8 singles' worth. Until
-/// 2026-11-29 a batch ran from three live lanes at every size.
+/// Live lanes from which a batch runs. A batch costs the same whatever
+/// its number of live lanes. Modulo N² (79 limbs), where textbook noise
+/// gains 1.36-1.38× from batches of eight (docs/results, 2026-11-29
+/// 12:30), a batch costs 5.8 single operations, so it starts at six.
+/// Modulo p² (40 limbs) a batch of eight costs 4.3 singles (1.8 µs
+/// against 0.42 µs, crate README), but B's rounds of three or four
+/// decryptions wait on their wall time, not their CPU: with batches from
+/// five, pima-mlp's online latency was 8.3-9.1 ms p50 in three runs, from
+/// three 6.9-8.4 ms in five (`cargo bench -p veil-bench --bench protocol`,
+/// 2026-11-29 14:40-14:55), at the same CPU, so it stays at three.
 fn min_lanes(limbs: usize) -> usize {
-    if limbs <= 48 { 5 } else { 6 }
+    if limbs <= 48 { 3 } else { 6 }
 }
 
 /// The comb of fixed-base noise gains 1.03-1.10× from a full batch (its
