@@ -299,38 +299,7 @@ impl Modulus {
     }
 
     pub(crate) fn pow_words_vartime(&self, base: &Elem, exp: &[u64]) -> Elem {
-        let bits = words_bits(exp);
-        if bits == 0 {
-            return self.one();
-        }
-        let window = sliding_window(bits);
-        let mut odd = Vec::with_capacity(1 << (window - 1));
-        odd.push(base.clone());
-        if window > 1 {
-            let square = self.sqr(base);
-            for i in 1..(1usize << (window - 1)) {
-                let next = self.mul(&odd[i - 1], &square);
-                odd.push(next);
-            }
-        }
-        let mut acc: Option<Elem> = None;
-        sliding_windows(exp, bits, window, |squarings, index| {
-            if let Some(a) = acc.as_mut() {
-                for _ in 0..squarings {
-                    self.sqr_assign(a);
-                }
-            }
-            if let Some(factor) = index.and_then(|k| odd.get(k)) {
-                acc = Some(match acc.take() {
-                    Some(mut a) => {
-                        self.mul_assign(&mut a, factor);
-                        a
-                    }
-                    None => factor.clone(),
-                });
-            }
-        });
-        acc.unwrap_or_else(|| self.one())
+        self.pow_vartime_with(base, exp, &[])
     }
 
     /// `base^e` for a machine-word exponent (variable time in `e`).

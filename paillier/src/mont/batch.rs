@@ -259,57 +259,7 @@ impl Modulus {
     /// exponent, in batches of eight: the exponent alone decides the
     /// sequence of operations, so the lanes run it together.
     pub(crate) fn pow_vartime_many(&self, bases: &[Elem], exp: &[u64]) -> Vec<Elem> {
-        in_batches(
-            bases.len(),
-            self.batch,
-            min_lanes(self.n),
-            |k, range| {
-                let ctx = self.lanes(k, range.len());
-                self.pow_vartime8(&ctx, &bases[range], exp)
-            },
-            |i| self.pow_words_vartime(&bases[i], exp),
-        )
-    }
-
-    fn pow_vartime8(&self, ctx: &Ctx<'_>, bases: &[Elem], exp: &[u64]) -> Vec<Elem> {
-        let bits = super::words_bits(exp);
-        if bits == 0 {
-            return ctx.unpack(&ctx.broadcast(&self.one));
-        }
-        let window = super::sliding_window(bits);
-        let base = ctx.pack(bases.iter());
-        let mut odd = Vec::with_capacity(1 << (window - 1));
-        if window > 1 {
-            let mut square = ctx.wide(base.clone());
-            let mut scratch = ctx.wide(ctx.zeros());
-            ctx.sqr_assign(&mut square, &mut scratch);
-            odd.push(base);
-            for i in 1..(1usize << (window - 1)) {
-                let next = ctx.mul(&odd[i - 1], &square);
-                odd.push(next);
-            }
-        } else {
-            odd.push(base);
-        }
-        let mut scratch = ctx.wide(ctx.zeros());
-        let mut acc: Option<Vec<Lane8>> = None;
-        super::sliding_windows(exp, bits, window, |squarings, index| {
-            if let Some(a) = acc.as_mut() {
-                for _ in 0..squarings {
-                    ctx.sqr_assign(a, &mut scratch);
-                }
-            }
-            if let Some(factor) = index.and_then(|k| odd.get(k)) {
-                acc = Some(match acc.take() {
-                    Some(mut a) => {
-                        ctx.mul_assign(&mut a, factor, &mut scratch, false);
-                        a
-                    }
-                    None => ctx.wide(factor.clone()),
-                });
-            }
-        });
-        ctx.unpack(&acc.unwrap_or_else(|| ctx.broadcast(&self.one)))
+        self.pow_vartime_with_many(bases, exp, &[], true)
     }
 
     /// [`Modulus::pow_vartime_with`] of every base with one shared public
@@ -490,7 +440,7 @@ impl Modulus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::Width;
     use super::super::tests::random_odd;
     use super::*;
@@ -502,7 +452,11 @@ mod tests {
 
     /// A modulus with the dispatched kernels and the same with the portable
     /// ones, and `count` random bases.
-    fn setup(bits: u32, count: usize, seed: u64) -> ([Modulus; 2], Vec<Elem>, ChaCha20Rng) {
+    pub(in crate::mont) fn setup(
+        bits: u32,
+        count: usize,
+        seed: u64,
+    ) -> ([Modulus; 2], Vec<Elem>, ChaCha20Rng) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let m = random_odd(&mut rng, bits);
         let nz = NonZero::new(m.clone()).expect("odd");

@@ -106,14 +106,11 @@ impl Modulus {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Width;
-    use super::super::tests::random_odd;
+    use super::super::batch::tests::setup;
     use super::*;
     use crate::words::u64_words;
-    use crypto_bigint::{BoxedUint, NonZero, RandomBits};
+    use crypto_bigint::{BoxedUint, RandomBits};
     use proptest::prelude::*;
-    use rand::SeedableRng;
-    use rand::rngs::ChaCha20Rng;
 
     /// `base^exp · Π f^(2^s)` the long way.
     fn reference(ctx: &Modulus, base: &Elem, exp: &[u64], extras: &[(u32, &Elem)]) -> Vec<u64> {
@@ -126,18 +123,6 @@ mod tests {
             ctx.mul_assign(&mut acc, &f);
         }
         ctx.canonical(&acc)
-    }
-
-    fn setup(bits: u32, count: usize, seed: u64) -> ([Modulus; 2], Vec<Elem>, ChaCha20Rng) {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let m = random_odd(&mut rng, bits);
-        let nz = NonZero::new(m.clone()).expect("odd");
-        let ctx = Modulus::new(&m, bits, Width::Half);
-        let elems = (0..count)
-            .map(|_| ctx.enter(&BoxedUint::random_bits(&mut rng, bits).rem(&nz)))
-            .collect();
-        let portable = Modulus::new(&m, bits, Width::Half).with_portable_kernel();
-        ([ctx, portable], elems, rng)
     }
 
     proptest! {
