@@ -110,7 +110,7 @@ impl PublicKey {
         let mut bases: Vec<Elem> = (0..count)
             .map(|i| {
                 let rng = &mut *rngs[i % lanes];
-                ctx.enter(&self.random_unit(rng))
+                self.enter_random_unit(rng)
             })
             .collect();
         let exponent = crate::words::u64_words(&self.inner.n);
@@ -119,6 +119,15 @@ impl PublicKey {
             b.zeroize();
         }
         noise.into_iter().map(Noise).collect()
+    }
+
+    /// A uniform `r` of Z*_N in Montgomery form modulo N², the plain copy
+    /// wiped: whoever knows r can strip its noise.
+    pub(crate) fn enter_random_unit<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Elem {
+        let mut r = self.random_unit(rng);
+        let elem = self.ctx().enter(&r);
+        r.zeroize();
+        elem
     }
 
     /// A uniform element of Z*_N: the `r` of textbook noise.

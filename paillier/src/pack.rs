@@ -194,10 +194,7 @@ impl PublicKey {
             );
         }
         let ctx = self.ctx();
-        let mut bases: Vec<Elem> = jobs
-            .iter()
-            .map(|_| ctx.enter(&self.random_unit(rng)))
-            .collect();
+        let mut bases: Vec<Elem> = jobs.iter().map(|_| self.enter_random_unit(rng)).collect();
         let exponent = crate::words::u64_words(self.n());
         let public_positions = jobs.iter().all(|j| j.shifts.is_empty());
         // Batches run in parallel; the r were drawn in job order above, so
