@@ -36,6 +36,32 @@ impl<C> Clone for PackChunk<'_, C> {
 
 impl<C> Copy for PackChunk<'_, C> {}
 
+/// [`PublicOps::seal_packed`] in two steps: each chunk packed, then
+/// re-randomized with the backend's noise.
+fn pack_then_rerandomize<B: PublicOps + ?Sized>(
+    backend: &B,
+    chunks: &[PackChunk<'_, B::Ct>],
+) -> Result<Vec<B::Ct>> {
+    chunks
+        .par_iter()
+        .map(|chunk| {
+            let bits = chunk.value_bits;
+            let packed = if chunk.shifts.is_empty() && chunk.offsets.is_empty() {
+                backend.pack(bits, chunk.values)?
+            } else {
+                let zeros = vec![0; chunk.values.len()];
+                let shifts = if chunk.shifts.is_empty() {
+                    &zeros[..]
+                } else {
+                    chunk.shifts
+                };
+                backend.pack_shifted(bits, chunk.values, shifts, chunk.offsets)?
+            };
+            Ok(backend.rerandomize(&packed))
+        })
+        .collect()
+}
+
 /// What server A (and anyone holding only the public key) can do.
 pub trait PublicOps: Send + Sync {
     /// One ciphertext (possibly holding packed values).
@@ -95,24 +121,7 @@ pub trait PublicOps: Send + Sync {
     /// offsets: [`PublicOps::pack`]) and re-randomized: what A sends B. A
     /// backend may do both in one pass.
     fn seal_packed(&self, chunks: &[PackChunk<'_, Self::Ct>]) -> Result<Vec<Self::Ct>> {
-        chunks
-            .par_iter()
-            .map(|chunk| {
-                let bits = chunk.value_bits;
-                let packed = if chunk.shifts.is_empty() && chunk.offsets.is_empty() {
-                    self.pack(bits, chunk.values)?
-                } else {
-                    let zeros = vec![0; chunk.values.len()];
-                    let shifts = if chunk.shifts.is_empty() {
-                        &zeros[..]
-                    } else {
-                        chunk.shifts
-                    };
-                    self.pack_shifted(bits, chunk.values, shifts, chunk.offsets)?
-                };
-                Ok(self.rerandomize(&packed))
-            })
-            .collect()
+        pack_then_rerandomize(self, chunks)
     }
     /// Work that can be done ahead of time (refilling noise pools), for idle
     /// moments.
@@ -308,19 +317,7 @@ impl PublicOps for PaillierPublic {
     /// stays a multiplication after the packing.
     fn seal_packed(&self, chunks: &[PackChunk<'_, Ciphertext>]) -> Result<Vec<Ciphertext>> {
         if matches!(self.noise, Noise::FixedBase(_)) {
-            return chunks
-                .par_iter()
-                .map(|c| {
-                    let zeros = vec![0; c.values.len()];
-                    let shifts = if c.shifts.is_empty() {
-                        &zeros[..]
-                    } else {
-                        c.shifts
-                    };
-                    let packed = self.pack_shifted(c.value_bits, c.values, shifts, c.offsets)?;
-                    Ok(self.rerandomize(&packed))
-                })
-                .collect();
+            return pack_then_rerandomize(self, chunks);
         }
         let jobs = chunks
             .iter()
