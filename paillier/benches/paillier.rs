@@ -116,6 +116,9 @@ fn single_ops(c: &mut Criterion) {
     group.bench_function("mul-scalar-16bit", |bench| {
         bench.iter(|| public.mul_i128(black_box(&a), black_box(40_000)))
     });
+    // A's multi-exponentiations invert their bases once per batch.
+    let _ = report("negate (inversion modulo N^2)", 1, || public.neg(&a));
+    group.bench_function("negate", |bench| bench.iter(|| public.neg(black_box(&a))));
     let _ = report("rerandomize (fixed-base)", 1, || {
         public.rerandomize(&a, table.noise(&mut r))
     });

@@ -221,7 +221,7 @@ impl PublicKey {
     pub fn neg(&self, a: &Ciphertext) -> Ciphertext {
         // Every validated ciphertext is a unit, so the inverse exists; a
         // non-unit can only come from a caller mixing keys.
-        let inv = self.ctx().invert_vartime(&a.elem, &self.inner.nn);
+        let inv = self.ctx().invert_vartime(&a.elem, self.inversion());
         self.wrap(inv.unwrap_or_else(|| a.elem.clone()))
     }
 

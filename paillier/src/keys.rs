@@ -188,6 +188,14 @@ impl PublicKey {
         self.inner.nn.as_ref()
     }
 
+    /// N² with its root, for inversions.
+    pub(crate) fn inversion(&self) -> crate::mont::SquareModulus<'_> {
+        crate::mont::SquareModulus {
+            root: &self.inner.n_odd,
+            square: &self.inner.nn,
+        }
+    }
+
     /// Bytes of one serialized ciphertext (2·bits/8).
     pub fn ciphertext_len(&self) -> usize {
         (2 * self.inner.bits / 8) as usize

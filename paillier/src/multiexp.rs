@@ -247,7 +247,7 @@ impl PublicKey {
         );
         let n_inv = match n {
             Some(n) => Some(
-                ctx.invert_vartime(&n, &self.inner.nn)
+                ctx.invert_vartime(&n, self.inversion())
                     .ok_or(PaillierError::CiphertextNotUnit)?,
             ),
             None => None,
@@ -271,11 +271,12 @@ impl PublicKey {
         self.check_same_key(cts)?;
         let ctx = self.ctx();
         let bases: Vec<Elem> = cts.iter().map(|c| c.elem.clone()).collect();
-        // Each chunk pays one inversion (0.6-0.7 ms at N = 2048, against
-        // about 3 µs per base for the three multiplications), so a chunk
-        // per thread only pays off for many bases: with two chunks of a
-        // pima-mlp stage's 16 bases, inversions were 15% of A's offline
-        // CPU per frame.
+        // Each chunk pays one inversion (0.19 ms at N = 2048, lifted from
+        // one modulo N; 0.74 ms modulo N² directly: `paillier` bench
+        // "negate", 2026-11-29), against about 3 µs per base for the three
+        // multiplications, so a chunk per thread only pays off for many
+        // bases: with two chunks of a pima-mlp stage's 16 bases, direct
+        // inversions were 15% of A's offline CPU per frame.
         let chunk = bases
             .len()
             .div_ceil(rayon::current_num_threads().max(1))
@@ -284,7 +285,7 @@ impl PublicKey {
             .par_chunks(chunk)
             .map(|chunk| {
                 let refs: Vec<&Elem> = chunk.iter().collect();
-                ctx.batch_invert_vartime(&refs, &self.inner.nn)
+                ctx.batch_invert_vartime(&refs, self.inversion())
             })
             .collect();
         let inverses = inverses
