@@ -205,6 +205,7 @@ async fn load(args: Args) -> Result<()> {
         })
     });
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut tasks = Vec::with_capacity(agents.len());
     for (i, agent) in agents.into_iter().enumerate() {
@@ -227,6 +228,9 @@ async fn load(args: Args) -> Result<()> {
         problems.extend(run.problems);
     }
     let wall = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let attack_report = match attack {
         Some(attack) => Some(attack.stop().await),
         None => None,
@@ -258,6 +262,21 @@ async fn load(args: Args) -> Result<()> {
         a.rejected,
         b.rejected
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "CPU {cpu:.2} s, every role ({:.1} ms per result, {:.2} cores busy)",
+            1000.0 * cpu / (delivered.max(1) as f64),
+            cpu / wall.max(1e-9)
+        );
+    }
+    // Masks are prepared `mask_lookahead` counters ahead of each session's
+    // frames: what a short run prepares past its last frame is CPU its
+    // results did not need, and more of it gets done the more idle time
+    // the run has.
+    println!(
+        "server A prepared {} frames' offline work for {delivered} results",
+        a.precomputed
+    );
     if let Some(report) = &attack_report {
         println!("attacker: {report:?}");
         println!("broker counters: {}", broker.counters());
@@ -286,6 +305,19 @@ async fn load(args: Args) -> Result<()> {
 
 /// The username of `--attack`'s device; no simulated device has it.
 const ATTACKER: &str = "attacker";
+
+/// User and system CPU time of this process so far (every thread), from
+/// /proc/self/stat; `None` where there is none.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, field 2, may hold spaces: count from its ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15, in USER_HZ ticks: 100 per
+    // second in Linux's user-space ABI.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
 
 /// `VmHWM` from /proc/self/status (0 where there is none).
 fn peak_rss_mib() -> u64 {
