@@ -90,21 +90,9 @@ pub fn fresh_keys() -> Result<(Arc<SecretKey>, Arc<SecretKey>)> {
 /// Encryption noise for a server: fixed-base values, precomputed into a pool
 /// of `capacity` during idle time (the engine refills it offline).
 pub fn pooled_noise(key: &veil_paillier::PublicKey, capacity: usize) -> Noise {
-    fixed_base_pool(FixedBaseNoise::new(key, &mut rand::rng()), capacity)
-}
-
-/// [`pooled_noise`] for the key's owner (server B): the same values,
-/// computed modulo p² and q² as the shipped server B does.
-pub fn owner_pooled_noise(key: &Arc<SecretKey>, capacity: usize) -> Noise {
-    fixed_base_pool(
-        FixedBaseNoise::for_key_owner(Arc::clone(key), &mut rand::rng()),
-        capacity,
-    )
-}
-
-fn fixed_base_pool(table: FixedBaseNoise, capacity: usize) -> Noise {
+    let table = Arc::new(FixedBaseNoise::new(key, &mut rand::rng()));
     Noise::Pool(NoisePool::new(
-        PoolFiller::FixedBase(Arc::new(table)),
+        PoolFiller::FixedBase(table),
         capacity,
         0,
         rand::random(),
@@ -177,7 +165,7 @@ pub fn paillier_engine_with(
             topology,
             key: Arc::clone(key_b),
         },
-        PaillierSecret::new(Arc::clone(key_b), owner_pooled_noise(key_b, 16384), [2; 32]),
+        PaillierSecret::new(Arc::clone(key_b), pooled_noise(&public, 16384), [2; 32]),
     )?;
     let mut engine = Engine::new(device, a, b, [2; 32]);
     engine.set_cpu_clock(process_cpu_time);

@@ -88,17 +88,6 @@ fn single_ops(c: &mut Criterion) {
     group.bench_function("encrypt/fixed-base", |bench| {
         bench.iter(|| public.encrypt_with_noise(black_box(&m), table.noise(&mut r)))
     });
-    // The same values for the key owner, modulo p² and q² (server B).
-    let owner = FixedBaseNoise::for_key_owner(
-        std::sync::Arc::new(SecretKey::from_bytes(&secret.to_bytes()).expect("decodes")),
-        &mut r,
-    );
-    let _ = report("encrypt fixed-base (key owner, crt)", 1, || {
-        public.encrypt_with_noise(&m, owner.noise(&mut r))
-    });
-    group.bench_function("encrypt/fixed-base-owner", |bench| {
-        bench.iter(|| public.encrypt_with_noise(black_box(&m), owner.noise(&mut r)))
-    });
     // A pool warm enough never to run dry during the measurement: what a
     // server sees when precomputation keeps up.
     let pool = NoisePool::new(PoolFiller::Public(public.clone()), 64, 0, [1; 32]);

@@ -8,7 +8,7 @@
 //! derived from them.
 
 use crate::counter;
-use crate::mont::{Elem, Modulus, Width};
+use crate::mont::{Modulus, Width};
 use crypto_bigint::{BoxedUint, ConcatenatingMul, NonZero, RandomMod, Resize};
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
@@ -222,46 +222,24 @@ impl Crt {
             .unzip();
         let mut yp = self.half_pow_many(&xp, &self.pp, &self.pp_ctx, self.p.as_ref());
         let mut yq = self.half_pow_many(&xq, &self.qq, &self.qq_ctx, self.q.as_ref());
+        let wide = 2 * self.bits;
         let out = yp
             .iter()
             .zip(&yq)
-            .map(|(yp, yq)| self.combine_squares(yp, yq))
+            .map(|(yp, yq)| {
+                let diff = yq.sub_mod(&yp.rem(&self.qq), &self.qq);
+                let h = diff.mul_mod(&self.pp_inv_qq, &self.qq);
+                let high = self
+                    .pp
+                    .as_ref()
+                    .concatenating_mul(&h)
+                    .resize_unchecked(wide);
+                high.wrapping_add(yp.resize_unchecked(wide))
+            })
             .collect();
         for v in xp.iter_mut().chain(&mut xq).chain(&mut yp).chain(&mut yq) {
             v.zeroize();
         }
         Some(out)
-    }
-
-    /// The value modulo N² that is `yp` modulo p² and `yq` modulo q²
-    /// (Garner), with `2·bits` precision; both below their moduli.
-    pub(crate) fn combine_squares(&self, yp: &BoxedUint, yq: &BoxedUint) -> BoxedUint {
-        let wide = 2 * self.bits;
-        let diff = yq.sub_mod(&yp.rem(&self.qq), &self.qq);
-        let mut h = diff.mul_mod(&self.pp_inv_qq, &self.qq);
-        let high = self
-            .pp
-            .as_ref()
-            .concatenating_mul(&h)
-            .resize_unchecked(wide);
-        h.zeroize();
-        high.wrapping_add(yp.resize_unchecked(wide))
-    }
-
-    /// The Montgomery contexts modulo p² and q².
-    pub(crate) fn square_contexts(&self) -> (&Modulus, &Modulus) {
-        (&self.pp_ctx, &self.qq_ctx)
-    }
-
-    /// `x` (below N²) reduced modulo p² and q², each entered in its
-    /// context.
-    pub(crate) fn enter_halves(&self, x: &BoxedUint) -> (Elem, Elem) {
-        let enter = |square: &NonZero<BoxedUint>, ctx: &Modulus| {
-            let mut half = x.rem(square).resize_unchecked(self.bits);
-            let elem = ctx.enter(&half);
-            half.zeroize();
-            elem
-        };
-        (enter(&self.pp, &self.pp_ctx), enter(&self.qq, &self.qq_ctx))
     }
 }

@@ -22,8 +22,7 @@
 
 use crate::ciphertext::Noise;
 use crate::keys::{PublicKey, SecretKey, random_below, random_bits};
-use crate::mont::{Elem, Modulus, batch_width, bits_at, ct_select_into};
-use crypto_bigint::BoxedUint;
+use crate::mont::{Elem, batch_width, bits_at, ct_select_into};
 use rand::rngs::ChaCha20Rng;
 use rand_core::{CryptoRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -55,57 +54,10 @@ pub enum NoiseSource {
 /// out without branches or secret-dependent addresses.
 pub struct FixedBaseNoise {
     key: PublicKey,
-    comb: Comb,
+    /// `table[i][d] = h^(d·2^(window·i))` for digits d in `0..2^window`.
+    table: Vec<Vec<Elem>>,
     window: u32,
     alpha_bits: u32,
-}
-
-/// Rows `table[i][d] = h^(d·2^(window·i))` for digits d in `0..2^window`.
-enum Comb {
-    /// Modulo N²: anyone with the public key.
-    Public(Vec<Vec<Elem>>),
-    /// Modulo p² and q², combined by the CRT: the key owner (server B).
-    /// A multiplication at half the size costs under a third of one
-    /// modulo N², so the two halves and the combination together cost
-    /// less than the comb modulo N²; the value is the same `h^α`.
-    Owner {
-        key: Arc<SecretKey>,
-        p: Vec<Vec<Elem>>,
-        q: Vec<Vec<Elem>>,
-    },
-}
-
-/// The comb's rows over `base` in `ctx`.
-fn comb_rows(ctx: &Modulus, base: Elem, rows: usize, per_row: usize) -> Vec<Vec<Elem>> {
-    let mut table = Vec::with_capacity(rows);
-    let mut row_base = base;
-    for _ in 0..rows {
-        let mut row = Vec::with_capacity(per_row);
-        row.push(ctx.one());
-        row.push(row_base.clone());
-        for d in 2..per_row {
-            let next = ctx.mul(&row[d - 1], &row_base);
-            row.push(next);
-        }
-        // h^(2^(window·(i+1))) = (last entry)·row_base.
-        row_base = ctx.mul(&row[per_row - 1], &row_base);
-        table.push(row);
-    }
-    table
-}
-
-/// `h^α` from the comb's rows: one multiplication per row, each row read
-/// in full (α is secret).
-fn comb_eval(ctx: &Modulus, table: &[Vec<Elem>], window: u32, alpha: &[u64]) -> Elem {
-    let mut acc = ctx.one();
-    let mut selected = ctx.one();
-    for (i, row) in table.iter().enumerate() {
-        let digit = bits_at(alpha, i as u32 * window, window);
-        ct_select_into(row, digit, &mut selected);
-        ctx.mul_assign(&mut acc, &selected);
-    }
-    selected.zeroize();
-    acc
 }
 
 impl FixedBaseNoise {
@@ -129,48 +81,34 @@ impl FixedBaseNoise {
         alpha_bits: u32,
     ) -> Self {
         let window = window.clamp(1, 8);
-        let h = Self::draw_base(key, rng);
-        let rows = alpha_bits.div_ceil(window) as usize;
-        FixedBaseNoise {
-            key: key.clone(),
-            comb: Comb::Public(comb_rows(key.ctx(), h, rows, 1 << window)),
-            window,
-            alpha_bits,
-        }
-    }
-
-    /// [`FixedBaseNoise::new`] for the key's owner: the same values (for
-    /// the same `rng`, the same base and the same α), computed modulo p²
-    /// and q² and combined (B's encryptions of its masks, 2026-11-29:
-    /// about 13% of a `veil load` run's CPU on the comb modulo N²).
-    pub fn for_key_owner<R: CryptoRng + ?Sized>(key: Arc<SecretKey>, rng: &mut R) -> Self {
-        let public = key.public_key().clone();
-        let window = Self::DEFAULT_WINDOW;
-        let alpha_bits = 2 * public.size().security_bits();
-        let h = Self::draw_base(&public, rng);
-        let h = public.ctx().retrieve(&h);
-        let crt = &key.crt;
-        let (hp, hq) = crt.enter_halves(&h);
-        let (ctx_p, ctx_q) = crt.square_contexts();
-        let rows = alpha_bits.div_ceil(window) as usize;
-        let p = comb_rows(ctx_p, hp, rows, 1 << window);
-        let q = comb_rows(ctx_q, hq, rows, 1 << window);
-        FixedBaseNoise {
-            key: public,
-            comb: Comb::Owner { key, p, q },
-            window,
-            alpha_bits,
-        }
-    }
-
-    /// `h = (-x²)^N mod N²` for a uniform x, in Montgomery form.
-    fn draw_base<R: CryptoRng + ?Sized>(key: &PublicKey, rng: &mut R) -> Elem {
         let ctx = key.ctx();
         let n = key.n();
         let x = random_below(rng, key.inner.n_odd.as_nz_ref());
         let x2 = x.mul_mod(&x, key.inner.n_odd.as_nz_ref());
         let minus_x2 = n.wrapping_sub(&x2);
-        ctx.pow_vartime(&ctx.enter(&minus_x2), n)
+        let h = ctx.pow_vartime(&ctx.enter(&minus_x2), n);
+        let rows = alpha_bits.div_ceil(window) as usize;
+        let per_row = 1usize << window;
+        let mut table = Vec::with_capacity(rows);
+        let mut row_base = h;
+        for _ in 0..rows {
+            let mut row = Vec::with_capacity(per_row);
+            row.push(ctx.one());
+            row.push(row_base.clone());
+            for d in 2..per_row {
+                let next = ctx.mul(&row[d - 1], &row_base);
+                row.push(next);
+            }
+            // h^(2^(window·(i+1))) = (last entry)·row_base.
+            row_base = ctx.mul(&row[per_row - 1], &row_base);
+            table.push(row);
+        }
+        FixedBaseNoise {
+            key: key.clone(),
+            table,
+            window,
+            alpha_bits,
+        }
     }
 
     /// Bits of the short exponent α.
@@ -204,7 +142,7 @@ impl FixedBaseNoise {
         if lanes == 0 {
             return Vec::new();
         }
-        let mut alphas: Vec<_> = (0..count)
+        let alphas: Vec<_> = (0..count)
             .map(|i| {
                 let mut alpha = random_bits(&mut *rngs[i % lanes], self.alpha_bits);
                 let words = crate::words::u64_words(&alpha);
@@ -213,52 +151,27 @@ impl FixedBaseNoise {
             })
             .collect();
         let refs: Vec<&[u64]> = alphas.iter().map(|a| &a[..]).collect();
-        let window = self.window;
-        let out = match &self.comb {
-            Comb::Public(table) => self.key.ctx().comb_many(table, window, &refs, |alpha| {
-                comb_eval(self.key.ctx(), table, window, alpha)
-            }),
-            Comb::Owner { key, p, q } => {
-                let (ctx_p, ctx_q) = key.crt.square_contexts();
-                let half = |ctx: &Modulus, table: &[Vec<Elem>]| {
-                    ctx.comb_many(table, window, &refs, |alpha| {
-                        comb_eval(ctx, table, window, alpha)
-                    })
-                };
-                let (yp, yq) = (half(ctx_p, p), half(ctx_q, q));
-                yp.iter()
-                    .zip(&yq)
-                    .map(|(yp, yq)| self.combine(key, ctx_p.retrieve(yp), ctx_q.retrieve(yq)))
-                    .collect()
-            }
-        };
-        for alpha in &mut alphas {
-            alpha.zeroize();
-        }
-        out.into_iter().map(Noise).collect()
+        self.key
+            .ctx()
+            .comb_many(&self.table, self.window, &refs, |alpha| {
+                self.noise_for(alpha).into_elem()
+            })
+            .into_iter()
+            .map(Noise)
+            .collect()
     }
 
     fn noise_for(&self, alpha: &[u64]) -> Noise {
-        match &self.comb {
-            Comb::Public(table) => Noise(comb_eval(self.key.ctx(), table, self.window, alpha)),
-            Comb::Owner { key, p, q } => {
-                let (ctx_p, ctx_q) = key.crt.square_contexts();
-                let yp = ctx_p.retrieve(&comb_eval(ctx_p, p, self.window, alpha));
-                let yq = ctx_q.retrieve(&comb_eval(ctx_q, q, self.window, alpha));
-                Noise(self.combine(key, yp, yq))
-            }
+        let ctx = self.key.ctx();
+        let mut acc = ctx.one();
+        let mut selected = ctx.one();
+        for (i, row) in self.table.iter().enumerate() {
+            let digit = bits_at(alpha, i as u32 * self.window, self.window);
+            ct_select_into(row, digit, &mut selected);
+            ctx.mul_assign(&mut acc, &selected);
         }
-    }
-
-    /// The CRT combination of the halves, in Montgomery form modulo N²;
-    /// wipes them.
-    fn combine(&self, key: &SecretKey, mut yp: BoxedUint, mut yq: BoxedUint) -> Elem {
-        let mut x = key.crt.combine_squares(&yp, &yq);
-        let elem = self.key.ctx().enter(&x);
-        for v in [&mut x, &mut yp, &mut yq] {
-            v.zeroize();
-        }
-        elem
+        selected.zeroize();
+        Noise(acc)
     }
 }
 

@@ -337,36 +337,3 @@ fn a_seeded_pool_draws_the_same_noise() {
     let other = draw([4; 32]);
     assert!(first.iter().zip(&other).all(|(a, b)| a != b));
 }
-
-#[test]
-fn key_owner_fixed_base_noise_is_the_public_comb_by_crt() {
-    let secret = key_2048_a();
-    let public = secret.public_key();
-    let owner_key = Arc::new(SecretKey::from_bytes(&secret.to_bytes()).expect("decodes"));
-    // The same generator state draws the same base, and then the same α.
-    let comb = FixedBaseNoise::new(public, &mut rng(40));
-    let owner = FixedBaseNoise::for_key_owner(owner_key, &mut rng(40));
-    assert_eq!(owner.alpha_bits(), comb.alpha_bits());
-    let m = public.encode_i128(-123_456_789);
-    for seed in 41..45 {
-        let by_comb = public
-            .encrypt_with_noise(&m, comb.noise(&mut rng(seed)))
-            .expect("encrypts");
-        let by_owner = public
-            .encrypt_with_noise(&m, owner.noise(&mut rng(seed)))
-            .expect("encrypts");
-        assert_eq!(by_comb, by_owner);
-        assert_eq!(dec(secret, &by_owner), -123_456_789);
-    }
-    // A full batch of eight and a remainder of three.
-    let by_comb = comb.noise_batch(&mut rng(50), 11);
-    let by_owner = owner.noise_batch(&mut rng(50), 11);
-    assert_eq!(by_owner.len(), 11);
-    let mut seen = std::collections::HashSet::new();
-    for (a, b) in by_comb.into_iter().zip(by_owner) {
-        let a = public.encrypt_with_noise(&m, a).expect("encrypts");
-        let b = public.encrypt_with_noise(&m, b).expect("encrypts");
-        assert_eq!(a, b);
-        assert!(seen.insert(b.to_bytes()), "a noise value repeated");
-    }
-}

@@ -45,9 +45,7 @@ fn noise_for(options: &Options, key: &Arc<SecretKey>, pool: Option<&NoisePool>) 
     let mut rng = rand::rng();
     match options.noise {
         NoiseSource::Textbook => Noise::Textbook,
-        NoiseSource::FixedBase => {
-            Noise::FixedBase(FixedBaseNoise::for_key_owner(Arc::clone(key), &mut rng))
-        }
+        NoiseSource::FixedBase => Noise::FixedBase(FixedBaseNoise::new(key.public_key(), &mut rng)),
         NoiseSource::Pool => Noise::Pool(match pool {
             Some(pool) => pool.share(),
             None => NoisePool::new(

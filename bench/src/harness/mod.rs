@@ -26,7 +26,7 @@ use crate::cores::Placement;
 use crate::meter::{CpuGroup, Relay, Traffic, publish_packet_len};
 use crate::report::{ApproachReport, FrameCost, ServerCost, SetupCost};
 use crate::veil_device::VeilDevice;
-use crate::{owner_pooled_noise, textbook_noise, thread_cpu_time};
+use crate::{pooled_noise, textbook_noise, thread_cpu_time};
 use anyhow::{Context, Result, anyhow, bail};
 use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError};
 use std::net::SocketAddr;

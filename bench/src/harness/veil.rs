@@ -60,7 +60,7 @@ pub fn run_veil(
         },
         PaillierSecret::new(
             Arc::clone(&key_b),
-            owner_pooled_noise(&key_b, 16384),
+            pooled_noise(&public_b, 16384),
             rand::random(),
         ),
     )?;
