@@ -320,8 +320,7 @@ impl Modulus {
         let SquareModulus { root, square } = modulus;
         let precision = square.as_ref().bits_precision();
         let c = self.retrieve(a).resize_unchecked(precision);
-        let root_nz: NonZero<BoxedUint> = Option::from(NonZero::new(root.as_ref().clone()))?;
-        let low = c.rem_vartime(&root_nz);
+        let low = c.rem_vartime(root.as_nz_ref());
         let y: BoxedUint = Option::from(low.invert_odd_mod_vartime(root))?;
         let y = self.enter(&y.resize_unchecked(precision));
         let cy = self.retrieve(&self.mul(a, &y)).resize_unchecked(precision);
